@@ -1,0 +1,1 @@
+//! tessera-agent (placeholder until its issue lands).

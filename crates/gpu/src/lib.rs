@@ -1,0 +1,1 @@
+//! tessera-gpu (placeholder until its issue lands).

@@ -1,0 +1,1 @@
+//! tessera-planner (placeholder until its issue lands).

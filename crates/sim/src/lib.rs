@@ -1,0 +1,1 @@
+//! tessera-sim (placeholder until its issue lands).
