@@ -1,1 +1,74 @@
-fn main() {}
+//! `tessera`: carve GPUs into right-sized slices and place workloads on them.
+//!
+//! Each subcommand lives in `cmd/<name>.rs` and follows four steps: parse (clap), resolve
+//! (catalog, files, backends), run (library calls), render (`output`, `render`). This file only
+//! dispatches and turns errors into exit codes: 0 done, 1 a valid request that cannot be met,
+//! 2 bad input or an error.
+
+mod cmd;
+mod output;
+mod render;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use output::{CliError, Ctx, Format};
+
+/// Share GPUs by carving them into right-sized MIG, MPS and time-slice slices.
+#[derive(Debug, Parser)]
+#[command(name = "tessera", version, about, propagate_version = true)]
+struct Cli {
+    /// Output format.
+    #[arg(short = 'o', long = "output", global = true, value_enum, default_value_t = Format::Table)]
+    output: Format,
+    /// Extra catalog file(s) adding or overriding GPU models (same format as the built-in one).
+    #[arg(long = "catalog", global = true, value_name = "FILE")]
+    catalog: Vec<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// List the GPU models of the catalog.
+    Gpus(cmd::gpus::Args),
+    /// Show a model's GPU-instance profiles and their placements (like `nvidia-smi mig -lgip/-lgipp`).
+    Profiles(cmd::profiles::Args),
+    /// Enumerate the valid MIG layouts of a model.
+    Layouts(cmd::layouts::Args),
+    /// Check a MIG layout (`PROFILE@START ...`) against the model's rules.
+    Check(cmd::check::Args),
+    /// Catalog tools: import a new model from nvidia-smi output, print the built-in catalog.
+    #[command(subcommand)]
+    Catalog(cmd::catalog::CatalogCmd),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = output::load_catalog(&cli.catalog).and_then(|catalog| {
+        let ctx = Ctx {
+            catalog,
+            output: cli.output,
+        };
+        run(&cli.command, &ctx)
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e}");
+            e.exit_code()
+        }
+    }
+}
+
+fn run(command: &Command, ctx: &Ctx) -> Result<ExitCode, CliError> {
+    match command {
+        Command::Gpus(a) => cmd::gpus::run(a, ctx),
+        Command::Profiles(a) => cmd::profiles::run(a, ctx),
+        Command::Layouts(a) => cmd::layouts::run(a, ctx),
+        Command::Check(a) => cmd::check::run(a, ctx),
+        Command::Catalog(c) => cmd::catalog::run(c, ctx),
+    }
+}

@@ -1,0 +1,7 @@
+//! One module per subcommand.
+
+pub mod catalog;
+pub mod check;
+pub mod gpus;
+pub mod layouts;
+pub mod profiles;
