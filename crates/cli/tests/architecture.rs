@@ -1,0 +1,129 @@
+//! The crate graph is the architecture: this test fails, in words, when a crate depends on
+//! something its layer may not use, or when a source file lacks its `//!` module doc.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .ancestors()
+        .nth(2)
+        .unwrap()
+        .to_path_buf()
+}
+
+/// Dependency names of the `[dependencies]` table (not dev- or build-dependencies).
+fn normal_deps(manifest: &str) -> Vec<String> {
+    let mut deps = Vec::new();
+    let mut in_deps = false;
+    for line in manifest.lines() {
+        let t = line.trim();
+        if t.starts_with('[') {
+            in_deps = t == "[dependencies]" || t.starts_with("[target.") && t.ends_with(".dependencies]");
+            continue;
+        }
+        if in_deps && !t.is_empty() && !t.starts_with('#') {
+            if let Some((name, _)) = t.split_once('=') {
+                // `foo.workspace = true` and `foo = { ... }` both name `foo`.
+                let name = name.trim().split('.').next().unwrap_or_default();
+                deps.push(name.trim_matches('"').to_string());
+            }
+        }
+    }
+    deps
+}
+
+const IO_CRATES: &[&str] = &[
+    "tokio", "rusqlite", "redb", "nvml-wrapper", "nvml-wrapper-sys", "kube", "tonic", "axum", "cudarc", "hyper",
+];
+
+#[test]
+fn layers_depend_only_downwards() {
+    // crate -> the tessera crates it may use.
+    let allowed: BTreeMap<&str, &[&str]> = BTreeMap::from([
+        ("model", &[][..]),
+        ("planner", &["tessera-model"][..]),
+        ("gpu", &["tessera-model"][..]),
+        ("agent", &["tessera-model", "tessera-gpu", "tessera-planner"][..]),
+        ("bench", &["tessera-model", "tessera-gpu"][..]),
+        ("server", &["tessera-model", "tessera-planner", "tessera-gpu", "tessera-agent"][..]),
+        ("sim", &["tessera-model", "tessera-planner", "tessera-gpu", "tessera-agent"][..]),
+    ]);
+    let root = workspace_root();
+    let mut problems = Vec::new();
+    for entry in std::fs::read_dir(root.join("crates")).unwrap() {
+        let dir = entry.unwrap().path();
+        let name = dir.file_name().unwrap().to_str().unwrap().to_string();
+        let Ok(manifest) = std::fs::read_to_string(dir.join("Cargo.toml")) else {
+            continue;
+        };
+        let deps = normal_deps(&manifest);
+        if name == "cli" {
+            continue;
+        }
+        let Some(ok) = allowed.get(name.as_str()) else {
+            problems.push(format!("crates/{name} is not in the layer table of this test: add it with the crates it may use"));
+            continue;
+        };
+        for d in &deps {
+            if d.starts_with("tessera-") && !ok.contains(&d.as_str()) {
+                problems.push(format!("{name} may not depend on {d}: it is a lower layer than {d}"));
+            }
+            if (name == "model" || name == "planner") && IO_CRATES.contains(&d.as_str()) {
+                problems.push(format!("{name} may not depend on {d}: it is the pure core (no I/O, no async)"));
+            }
+        }
+    }
+    assert!(problems.is_empty(), "architecture rules broken:\n  {}", problems.join("\n  "));
+}
+
+#[test]
+fn pure_core_does_no_io() {
+    let root = workspace_root();
+    let mut problems = Vec::new();
+    for krate in ["model", "planner"] {
+        for file in rust_files(&root.join("crates").join(krate).join("src")) {
+            let text = std::fs::read_to_string(&file).unwrap();
+            for forbidden in ["std::fs", "std::net", "SystemTime::now", "Instant::now", "thread_rng"] {
+                if text.contains(forbidden) {
+                    problems.push(format!("{} uses {forbidden}: the pure core may not do I/O or read clocks", file.display()));
+                }
+            }
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+#[test]
+fn every_module_has_a_doc_comment() {
+    let root = workspace_root();
+    let mut missing = Vec::new();
+    for entry in std::fs::read_dir(root.join("crates")).unwrap() {
+        let src = entry.unwrap().path().join("src");
+        for file in rust_files(&src) {
+            let text = std::fs::read_to_string(&file).unwrap();
+            let first = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("");
+            if !first.trim_start().starts_with("//!") {
+                missing.push(file.display().to_string());
+            }
+        }
+    }
+    assert!(missing.is_empty(), "these files lack a `//!` module doc at the top:\n  {}", missing.join("\n  "));
+}
+
+fn rust_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for e in entries {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(rust_files(&p));
+        } else if p.extension().is_some_and(|x| x == "rs") {
+            out.push(p);
+        }
+    }
+    out.sort();
+    out
+}
