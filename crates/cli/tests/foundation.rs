@@ -81,8 +81,16 @@ fn brute_force_count(m: &GpuModel) -> usize {
 fn layout_counts_agree_with_brute_force_for_every_model() {
     for m in &Catalog::builtin().models {
         let v = json(&["layouts", "--gpu", &m.key, "-o", "json"]);
-        assert_eq!(v["count"].as_u64().unwrap() as usize, brute_force_count(m), "{}", m.key);
-        assert_eq!(v["layouts"].as_array().unwrap().len(), v["count"].as_u64().unwrap() as usize);
+        assert_eq!(
+            v["count"].as_u64().unwrap() as usize,
+            brute_force_count(m),
+            "{}",
+            m.key
+        );
+        assert_eq!(
+            v["layouts"].as_array().unwrap().len(),
+            v["count"].as_u64().unwrap() as usize
+        );
         let maximal = json(&["layouts", "--gpu", &m.key, "--maximal", "-o", "json"]);
         assert!(maximal["count"].as_u64().unwrap() < v["count"].as_u64().unwrap());
     }
@@ -106,18 +114,38 @@ fn layouts_are_distinct_and_drawn_in_table_mode() {
 
 #[test]
 fn check_reports_valid_invalid_and_unknown() {
-    let ok = tessera(&["check", "--gpu", "a100-80gb", "3g.40gb@0", "2g.20gb@4", "1g.10gb@6", "-o", "json"]);
+    let ok = tessera(&[
+        "check",
+        "--gpu",
+        "a100-80gb",
+        "3g.40gb@0",
+        "2g.20gb@4",
+        "1g.10gb@6",
+        "-o",
+        "json",
+    ]);
     assert_eq!(ok.status.code(), Some(0));
     let v: Value = serde_json::from_slice(&ok.stdout).unwrap();
     assert_eq!(v["valid"], true);
     assert_eq!(v["errors"].as_array().unwrap().len(), 0);
 
-    let bad = tessera(&["check", "--gpu", "a100-80gb", "3g.40gb@0", "2g.20gb@2", "-o", "json"]);
+    let bad = tessera(&[
+        "check",
+        "--gpu",
+        "a100-80gb",
+        "3g.40gb@0",
+        "2g.20gb@2",
+        "-o",
+        "json",
+    ]);
     assert_eq!(bad.status.code(), Some(1));
     let v: Value = serde_json::from_slice(&bad.stdout).unwrap();
     assert_eq!(v["valid"], false);
     let errs = v["errors"].to_string();
-    assert!(errs.contains("3g.40gb@0") && errs.contains("2g.20gb@2") && errs.contains("overlap"), "{errs}");
+    assert!(
+        errs.contains("3g.40gb@0") && errs.contains("2g.20gb@2") && errs.contains("overlap"),
+        "{errs}"
+    );
 
     let gpu = tessera(&["check", "--gpu", "v100", "1g.5gb@0"]);
     assert_eq!(gpu.status.code(), Some(2));
@@ -133,8 +161,23 @@ fn check_reports_valid_invalid_and_unknown() {
 #[test]
 fn gpus_lists_every_model_in_every_format() {
     let v = json(&["gpus", "-o", "json"]);
-    let keys: Vec<&str> = v.as_array().unwrap().iter().map(|g| g["key"].as_str().unwrap()).collect();
-    for k in ["a30-24gb", "a100-40gb", "a100-80gb", "h100-80gb", "h100-nvl-94gb", "gh200-96gb", "h200-141gb", "b200-180gb", "rtx-pro-6000-blackwell-96gb"] {
+    let keys: Vec<&str> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g["key"].as_str().unwrap())
+        .collect();
+    for k in [
+        "a30-24gb",
+        "a100-40gb",
+        "a100-80gb",
+        "h100-80gb",
+        "h100-nvl-94gb",
+        "gh200-96gb",
+        "h200-141gb",
+        "b200-180gb",
+        "rtx-pro-6000-blackwell-96gb",
+    ] {
         assert!(keys.contains(&k), "{k} missing from {keys:?}");
     }
     let y = tessera(&["gpus", "-o", "yaml"]);
@@ -159,11 +202,139 @@ fn a_catalog_file_adds_and_overrides_models() {
     let path = dir.path().join("extra.yaml");
     std::fs::write(&path, file.to_yaml()).unwrap();
     let p = path.to_str().unwrap();
-    let v = json(&["--catalog", p, "profiles", "--gpu", "My Lab A30", "-o", "json"]);
+    let v = json(&[
+        "--catalog",
+        p,
+        "profiles",
+        "--gpu",
+        "My Lab A30",
+        "-o",
+        "json",
+    ]);
     assert_eq!(v.as_array().unwrap().len(), 5);
 
     std::fs::write(&path, "schema_version: 1\nmodels: [{key: x}]").unwrap();
     let out = tessera(&["--catalog", p, "gpus"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("extra.yaml"));
+}
+
+fn fixture(name: &str) -> String {
+    format!(
+        "{}/../model/tests/fixtures/nvidia-smi/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    )
+}
+
+#[test]
+fn catalog_import_reproduces_the_catalog_for_every_fixture_pair() {
+    let pairs = [
+        (
+            "h100-80gb_lgip_2.txt",
+            "h100-80gb_lgipp_2.txt",
+            "h100-pcie-80gb",
+        ),
+        (
+            "h100-nvl_lgip_1.txt",
+            "h100-nvl_lgipp_1.txt",
+            "h100-nvl-94gb",
+        ),
+        (
+            "rtx-pro-6000_lgip_1.txt",
+            "rtx-pro-6000_lgipp_1.txt",
+            "rtx-pro-6000-blackwell-96gb",
+        ),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    for (lgip, lgipp, key) in pairs {
+        let out = tessera(&[
+            "catalog",
+            "import",
+            "--lgip",
+            &fixture(lgip),
+            "--lgipp",
+            &fixture(lgipp),
+            "--key",
+            "imported",
+        ]);
+        assert!(
+            out.status.success(),
+            "{lgip}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // The printed entry is a valid catalog file: load it back and compare with the built-in model.
+        let file = dir.path().join(format!("{key}.yaml"));
+        std::fs::write(&file, &out.stdout).unwrap();
+        let imported = json(&[
+            "--catalog",
+            file.to_str().unwrap(),
+            "profiles",
+            "--gpu",
+            "imported",
+            "-o",
+            "json",
+        ]);
+        let builtin = json(&["profiles", "--gpu", key, "-o", "json"]);
+        let shape = |v: &Value| -> Vec<String> {
+            v.as_array()
+                .unwrap()
+                .iter()
+                .map(|p| {
+                    format!(
+                        "{} {} {} {} {} {}",
+                        p["name"],
+                        p["id"],
+                        p["compute_slices"],
+                        p["memory_slices"],
+                        p["max"],
+                        p["placements"]
+                    )
+                })
+                .collect()
+        };
+        assert_eq!(shape(&imported), shape(&builtin), "{key}");
+        let layouts_a = json(&[
+            "--catalog",
+            file.to_str().unwrap(),
+            "layouts",
+            "--gpu",
+            "imported",
+            "-o",
+            "json",
+        ]);
+        let layouts_b = json(&["layouts", "--gpu", key, "-o", "json"]);
+        assert_eq!(layouts_a["count"], layouts_b["count"], "{key}");
+    }
+}
+
+#[test]
+fn catalog_import_rejects_malformed_input_naming_the_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad-lgipp.txt");
+    std::fs::write(&bad, "GPU  0 Profile ID 19 Placements: {0,1,2,3,4,5,6}:1\nGPU  0 Profile ID 15 Placements: {0,2,4,6:2\n").unwrap();
+    let out = tessera(&[
+        "catalog",
+        "import",
+        "--lgip",
+        &fixture("h100-nvl_lgip_1.txt"),
+        "--lgipp",
+        bad.to_str().unwrap(),
+        "--key",
+        "x",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let msg = String::from_utf8_lossy(&out.stderr);
+    assert!(msg.contains("line 2"), "{msg}");
+    let missing = tessera(&[
+        "catalog",
+        "import",
+        "--lgip",
+        "/nonexistent/lgip",
+        "--lgipp",
+        bad.to_str().unwrap(),
+        "--key",
+        "x",
+    ]);
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("/nonexistent/lgip"));
 }
