@@ -19,7 +19,8 @@ fn normal_deps(manifest: &str) -> Vec<String> {
     for line in manifest.lines() {
         let t = line.trim();
         if t.starts_with('[') {
-            in_deps = t == "[dependencies]" || t.starts_with("[target.") && t.ends_with(".dependencies]");
+            in_deps =
+                t == "[dependencies]" || t.starts_with("[target.") && t.ends_with(".dependencies]");
             continue;
         }
         if in_deps && !t.is_empty() && !t.starts_with('#') {
@@ -34,7 +35,16 @@ fn normal_deps(manifest: &str) -> Vec<String> {
 }
 
 const IO_CRATES: &[&str] = &[
-    "tokio", "rusqlite", "redb", "nvml-wrapper", "nvml-wrapper-sys", "kube", "tonic", "axum", "cudarc", "hyper",
+    "tokio",
+    "rusqlite",
+    "redb",
+    "nvml-wrapper",
+    "nvml-wrapper-sys",
+    "kube",
+    "tonic",
+    "axum",
+    "cudarc",
+    "hyper",
 ];
 
 #[test]
@@ -44,10 +54,29 @@ fn layers_depend_only_downwards() {
         ("model", &[][..]),
         ("planner", &["tessera-model"][..]),
         ("gpu", &["tessera-model"][..]),
-        ("agent", &["tessera-model", "tessera-gpu", "tessera-planner"][..]),
+        (
+            "agent",
+            &["tessera-model", "tessera-gpu", "tessera-planner"][..],
+        ),
         ("bench", &["tessera-model", "tessera-gpu"][..]),
-        ("server", &["tessera-model", "tessera-planner", "tessera-gpu", "tessera-agent"][..]),
-        ("sim", &["tessera-model", "tessera-planner", "tessera-gpu", "tessera-agent"][..]),
+        (
+            "server",
+            &[
+                "tessera-model",
+                "tessera-planner",
+                "tessera-gpu",
+                "tessera-agent",
+            ][..],
+        ),
+        (
+            "sim",
+            &[
+                "tessera-model",
+                "tessera-planner",
+                "tessera-gpu",
+                "tessera-agent",
+            ][..],
+        ),
     ]);
     let root = workspace_root();
     let mut problems = Vec::new();
@@ -67,14 +96,22 @@ fn layers_depend_only_downwards() {
         };
         for d in &deps {
             if d.starts_with("tessera-") && !ok.contains(&d.as_str()) {
-                problems.push(format!("{name} may not depend on {d}: it is a lower layer than {d}"));
+                problems.push(format!(
+                    "{name} may not depend on {d}: it is a lower layer than {d}"
+                ));
             }
             if (name == "model" || name == "planner") && IO_CRATES.contains(&d.as_str()) {
-                problems.push(format!("{name} may not depend on {d}: it is the pure core (no I/O, no async)"));
+                problems.push(format!(
+                    "{name} may not depend on {d}: it is the pure core (no I/O, no async)"
+                ));
             }
         }
     }
-    assert!(problems.is_empty(), "architecture rules broken:\n  {}", problems.join("\n  "));
+    assert!(
+        problems.is_empty(),
+        "architecture rules broken:\n  {}",
+        problems.join("\n  ")
+    );
 }
 
 #[test]
@@ -84,9 +121,18 @@ fn pure_core_does_no_io() {
     for krate in ["model", "planner"] {
         for file in rust_files(&root.join("crates").join(krate).join("src")) {
             let text = std::fs::read_to_string(&file).unwrap();
-            for forbidden in ["std::fs", "std::net", "SystemTime::now", "Instant::now", "thread_rng"] {
+            for forbidden in [
+                "std::fs",
+                "std::net",
+                "SystemTime::now",
+                "Instant::now",
+                "thread_rng",
+            ] {
                 if text.contains(forbidden) {
-                    problems.push(format!("{} uses {forbidden}: the pure core may not do I/O or read clocks", file.display()));
+                    problems.push(format!(
+                        "{} uses {forbidden}: the pure core may not do I/O or read clocks",
+                        file.display()
+                    ));
                 }
             }
         }
@@ -108,7 +154,11 @@ fn every_module_has_a_doc_comment() {
             }
         }
     }
-    assert!(missing.is_empty(), "these files lack a `//!` module doc at the top:\n  {}", missing.join("\n  "));
+    assert!(
+        missing.is_empty(),
+        "these files lack a `//!` module doc at the top:\n  {}",
+        missing.join("\n  ")
+    );
 }
 
 fn rust_files(dir: &Path) -> Vec<PathBuf> {

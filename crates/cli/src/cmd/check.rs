@@ -32,7 +32,10 @@ pub fn run(args: &Args, ctx: &Ctx) -> Result<ExitCode, CliError> {
     let m = ctx.model(&args.gpu)?;
     let mut items = Vec::new();
     for s in &args.specs {
-        items.push(m.parse_spec(s).map_err(|e| CliError::Usage(e.to_string()))?);
+        items.push(
+            m.parse_spec(s)
+                .map_err(|e| CliError::Usage(e.to_string()))?,
+        );
     }
     let errors: Vec<String> = m.validate(&items).iter().map(|v| v.to_string()).collect();
     let out = CheckOut {

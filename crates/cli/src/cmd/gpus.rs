@@ -52,7 +52,14 @@ pub fn run(_args: &Args, ctx: &Ctx) -> Result<ExitCode, CliError> {
         })
         .collect();
     emit(ctx.output, &rows, || {
-        let mut t = table(&["KEY", "NAMES", "COMPUTE", "MEM SLICES", "MEMORY", "PROFILES"]);
+        let mut t = table(&[
+            "KEY",
+            "NAMES",
+            "COMPUTE",
+            "MEM SLICES",
+            "MEMORY",
+            "PROFILES",
+        ]);
         for r in &rows {
             t.add_row(vec![
                 r.key.clone(),

@@ -69,7 +69,17 @@ pub fn run(args: &Args, ctx: &Ctx) -> Result<ExitCode, CliError> {
         .collect();
     emit(ctx.output, &rows, || {
         let mut t = table(&[
-            "PROFILE", "ID", "MAX", "MEMORY", "SM", "DEC", "ENC", "CE", "JPEG", "OFA", "PLACEMENTS",
+            "PROFILE",
+            "ID",
+            "MAX",
+            "MEMORY",
+            "SM",
+            "DEC",
+            "ENC",
+            "CE",
+            "JPEG",
+            "OFA",
+            "PLACEMENTS",
         ]);
         for r in &rows {
             let starts: Vec<String> = r.placements.iter().map(|s| s.to_string()).collect();
@@ -100,8 +110,13 @@ pub fn run(args: &Args, ctx: &Ctx) -> Result<ExitCode, CliError> {
             m.compute_slices,
             m.memory_slices
         );
-        if rows.iter().any(|r| !r.inferred.iter().all(|f| f == "nvml_index")) {
-            s.push_str("* some numbers inferred, not read from a capture (see -o json `inferred`)\n");
+        if rows
+            .iter()
+            .any(|r| !r.inferred.iter().all(|f| f == "nvml_index"))
+        {
+            s.push_str(
+                "* some numbers inferred, not read from a capture (see -o json `inferred`)\n",
+            );
         }
         s
     })?;
