@@ -300,7 +300,7 @@ impl Catalog {
         let ql = q.to_ascii_lowercase();
         self.models
             .iter()
-            .find(|m| m.key == ql || m.aliases.iter().any(|a| *a == ql))
+            .find(|m| m.key == ql || m.aliases.contains(&ql))
             .or_else(|| {
                 self.models
                     .iter()
