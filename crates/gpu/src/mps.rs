@@ -1,0 +1,794 @@
+//! MPS (Multi-Process Service) control: one `nvidia-cuda-mps-control` daemon per GPU (or per
+//! MIG instance), its default limits, and the environment its clients need.
+//!
+//! Layout under the state directory, per target (`gpu0`, or `gpu0-gi3` inside a MIG
+//! instance): `mps/<name>/pipe` (`CUDA_MPS_PIPE_DIRECTORY`), `mps/<name>/log`
+//! (`CUDA_MPS_LOG_DIRECTORY`) and `mps/<name>/mps.json`, the record of what [`MpsControl::start`]
+//! did, so that [`MpsControl::stop`] in another process can undo it.
+//!
+//! Compute mode: unless [`MpsOptions::leave_compute_mode`] is set, `start` reads the GPU's
+//! compute mode, writes it to the record, *then* sets `EXCLUSIVE_PROCESS`, and `stop` restores
+//! the recorded mode after the daemon quit. With `leave_compute_mode` the compute mode is never
+//! read or written (no backend needed), e.g. for benchmarks that compare sharing modes.
+//!
+//! The daemon is reached through an [`MpsRunner`]: [`ProcessRunner`] runs the real binary,
+//! [`SimRunner`] keeps a small JSON file in the pipe directory instead, for tests and the
+//! simulator.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use serde::{Deserialize, Serialize};
+
+use crate::backend::{ComputeMode, GpuBackend};
+use crate::error::GpuError;
+use crate::sim::write_atomic;
+
+/// The control binary's name.
+pub const MPS_CONTROL_BINARY: &str = "nvidia-cuda-mps-control";
+/// Longest pipe directory: the daemon's Unix socket `PIPE/control` must fit `sun_path` (108).
+pub const MAX_PIPE_DIR_LEN: usize = 96;
+
+/// Errors of MPS control.
+#[derive(Debug, thiserror::Error)]
+pub enum MpsError {
+    /// The control binary is not installed.
+    #[error("{binary} not found ({detail}); install the NVIDIA driver utilities, or use the sim backend")]
+    BinaryNotFound {
+        /// The binary looked for.
+        binary: String,
+        /// What the OS said.
+        detail: String,
+    },
+    /// A daemon command failed.
+    #[error("MPS `{command}` for {target}: {detail}")]
+    Command {
+        /// The target (`gpu0`).
+        target: String,
+        /// The command sent.
+        command: String,
+        /// What went wrong.
+        detail: String,
+    },
+    /// A file or directory under the state directory.
+    #[error("{}: {source}", .path.display())]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The pipe directory path is too long for a Unix socket.
+    #[error("MPS pipe directory {} is {len} bytes; keep it under {MAX_PIPE_DIR_LEN} (choose a shorter state directory)", .path.display())]
+    PathTooLong {
+        /// The pipe directory.
+        path: PathBuf,
+        /// Its length.
+        len: usize,
+    },
+    /// A limit out of range.
+    #[error("{0}")]
+    InvalidLimit(String),
+    /// Compute mode must be managed but no backend was given.
+    #[error("MPS for {target}: setting the compute mode needs a GPU backend; pass one, or set leave_compute_mode")]
+    NeedsBackend {
+        /// The target.
+        target: String,
+    },
+    /// A GPU backend call failed.
+    #[error(transparent)]
+    Gpu(#[from] GpuError),
+}
+
+/// What an MPS daemon serves: a whole GPU or one MIG instance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MpsTarget {
+    /// The physical GPU's index (whose compute mode is managed).
+    pub gpu: u32,
+    /// The GPU-instance ID when the daemon serves one MIG instance.
+    pub gi_id: Option<u32>,
+    /// What the daemon and its clients get as `CUDA_VISIBLE_DEVICES`: a GPU index or UUID,
+    /// or a `MIG-…` UUID.
+    pub visible_device: String,
+}
+
+impl MpsTarget {
+    /// A whole GPU; `visible_device` is its index or `GPU-…` UUID.
+    pub fn gpu(gpu: u32, visible_device: impl Into<String>) -> Self {
+        MpsTarget {
+            gpu,
+            gi_id: None,
+            visible_device: visible_device.into(),
+        }
+    }
+
+    /// One MIG instance, by its `MIG-…` UUID.
+    pub fn mig(gpu: u32, gi_id: u32, mig_uuid: impl Into<String>) -> Self {
+        MpsTarget {
+            gpu,
+            gi_id: Some(gi_id),
+            visible_device: mig_uuid.into(),
+        }
+    }
+
+    /// Directory name: `gpu0` or `gpu0-gi3`.
+    pub fn name(&self) -> String {
+        match self.gi_id {
+            Some(gi) => format!("gpu{}-gi{gi}", self.gpu),
+            None => format!("gpu{}", self.gpu),
+        }
+    }
+}
+
+/// How [`MpsControl`] starts daemons.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MpsOptions {
+    /// Root of the pipe, log and record directories.
+    pub state_dir: PathBuf,
+    /// Never read or change the compute mode (no backend needed).
+    pub leave_compute_mode: bool,
+    /// `set_default_active_thread_percentage` at start (1-100), if any.
+    pub default_active_thread_percentage: Option<u8>,
+    /// `set_default_device_pinned_mem_limit 0 …` at start, in MiB, if any.
+    pub default_pinned_mem_limit_mib: Option<u64>,
+}
+
+impl MpsOptions {
+    /// Options with no default limits that manage the compute mode.
+    pub fn new(state_dir: impl Into<PathBuf>) -> Self {
+        MpsOptions {
+            state_dir: state_dir.into(),
+            leave_compute_mode: false,
+            default_active_thread_percentage: None,
+            default_pinned_mem_limit_mib: None,
+        }
+    }
+}
+
+/// Limits for one client, as environment variables. A client can only lower the daemon's
+/// defaults.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct ClientLimits {
+    /// `CUDA_MPS_ACTIVE_THREAD_PERCENTAGE` (1-100): a ceiling on the SM share.
+    pub active_thread_percentage: Option<u8>,
+    /// `CUDA_MPS_PINNED_DEVICE_MEM_LIMIT` for device 0, in MiB.
+    pub pinned_mem_limit_mib: Option<u64>,
+}
+
+/// What a running daemon looks like; also the `mps.json` record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MpsStatus {
+    /// The target.
+    pub target: MpsTarget,
+    /// `CUDA_MPS_PIPE_DIRECTORY`.
+    pub pipe_dir: PathBuf,
+    /// `CUDA_MPS_LOG_DIRECTORY`.
+    pub log_dir: PathBuf,
+    /// Whether `start` manages the compute mode (false with `leave_compute_mode`).
+    pub manages_compute_mode: bool,
+    /// The compute mode before `start`, to restore on `stop`.
+    pub previous_compute_mode: Option<ComputeMode>,
+    /// Whether the daemon was started (false while `start` is between recording and starting).
+    pub running: bool,
+    /// Default active thread percentage set on the daemon.
+    pub default_active_thread_percentage: Option<u8>,
+    /// Default pinned device memory limit set on the daemon, in MiB.
+    pub default_pinned_mem_limit_mib: Option<u64>,
+}
+
+/// What `stop` did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StopReport {
+    /// Whether a daemon record was found.
+    pub was_running: bool,
+    /// The compute mode restored, if any.
+    pub restored_compute_mode: Option<ComputeMode>,
+    /// Why `quit` failed, if it did (the daemon may have died already); cleanup went on.
+    pub quit_error: Option<String>,
+}
+
+/// How the control daemon is reached.
+pub trait MpsRunner: Send {
+    /// Start the daemon (`nvidia-cuda-mps-control -d`) with these extra environment variables.
+    fn start_daemon(&mut self, env: &BTreeMap<String, String>) -> Result<(), String>;
+    /// Send one command line to the daemon of `env`'s pipe directory; returns its reply.
+    fn send(&mut self, env: &BTreeMap<String, String>, command: &str) -> Result<String, String>;
+}
+
+/// Runs the real `nvidia-cuda-mps-control`.
+#[derive(Debug, Clone)]
+pub struct ProcessRunner {
+    /// The binary (default: found on `PATH`).
+    pub binary: PathBuf,
+}
+
+impl Default for ProcessRunner {
+    fn default() -> Self {
+        ProcessRunner {
+            binary: PathBuf::from(MPS_CONTROL_BINARY),
+        }
+    }
+}
+
+impl ProcessRunner {
+    fn spawn_err(&self, e: std::io::Error) -> String {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            format!("not-found: {e}")
+        } else {
+            format!("cannot run {}: {e}", self.binary.display())
+        }
+    }
+}
+
+impl MpsRunner for ProcessRunner {
+    fn start_daemon(&mut self, env: &BTreeMap<String, String>) -> Result<(), String> {
+        let out = Command::new(&self.binary)
+            .arg("-d")
+            .envs(env)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| self.spawn_err(e))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "exit {}: {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ))
+        }
+    }
+
+    fn send(&mut self, env: &BTreeMap<String, String>, command: &str) -> Result<String, String> {
+        let mut child = Command::new(&self.binary)
+            .envs(env)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| self.spawn_err(e))?;
+        if let Some(mut stdin) = child.stdin.take() {
+            writeln!(stdin, "{command}").map_err(|e| format!("cannot write the command: {e}"))?;
+        }
+        let out = child
+            .wait_with_output()
+            .map_err(|e| format!("cannot wait for the control client: {e}"))?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+        } else {
+            Err(format!(
+                "exit {}: {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ))
+        }
+    }
+}
+
+/// A simulated daemon: a JSON file `sim-control.json` in the pipe directory.
+#[derive(Debug, Clone, Default)]
+pub struct SimRunner;
+
+/// The simulated daemon's file.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SimDaemon {
+    /// Whether the daemon runs.
+    pub running: bool,
+    /// Environment it was started with.
+    pub env: BTreeMap<String, String>,
+    /// Every command received, in order.
+    pub commands: Vec<String>,
+    /// Current default active thread percentage.
+    pub default_active_thread_percentage: Option<u8>,
+    /// Current default pinned memory limits, per device ordinal (`12G`).
+    pub default_pinned_mem_limit: BTreeMap<u32, String>,
+}
+
+impl SimRunner {
+    /// The simulated daemon's file for a pipe directory.
+    pub fn file(pipe_dir: &Path) -> PathBuf {
+        pipe_dir.join("sim-control.json")
+    }
+
+    /// Read the simulated daemon of a pipe directory (default when none ran).
+    pub fn read(pipe_dir: &Path) -> SimDaemon {
+        fs::read_to_string(Self::file(pipe_dir))
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or_default()
+    }
+
+    fn write(pipe_dir: &Path, d: &SimDaemon) -> Result<(), String> {
+        let text = serde_json::to_string_pretty(d).expect("serializes");
+        write_atomic(&Self::file(pipe_dir), text.as_bytes()).map_err(|e| e.to_string())
+    }
+
+    fn pipe(env: &BTreeMap<String, String>) -> Result<PathBuf, String> {
+        env.get("CUDA_MPS_PIPE_DIRECTORY")
+            .map(PathBuf::from)
+            .ok_or_else(|| "CUDA_MPS_PIPE_DIRECTORY is not set".to_string())
+    }
+}
+
+impl MpsRunner for SimRunner {
+    fn start_daemon(&mut self, env: &BTreeMap<String, String>) -> Result<(), String> {
+        let pipe = Self::pipe(env)?;
+        let mut d = Self::read(&pipe);
+        if d.running {
+            return Err("an MPS control daemon is already running on this pipe directory".into());
+        }
+        d.running = true;
+        d.env = env.clone();
+        Self::write(&pipe, &d)
+    }
+
+    fn send(&mut self, env: &BTreeMap<String, String>, command: &str) -> Result<String, String> {
+        let pipe = Self::pipe(env)?;
+        let mut d = Self::read(&pipe);
+        if !d.running {
+            return Err("cannot connect to the MPS control daemon (not running)".into());
+        }
+        d.commands.push(command.to_string());
+        let words: Vec<&str> = command.split_whitespace().collect();
+        let reply = match words.as_slice() {
+            ["quit"] => {
+                d.running = false;
+                String::new()
+            }
+            ["set_default_active_thread_percentage", p] => {
+                let v: u8 = p.parse().map_err(|_| format!("bad percentage `{p}`"))?;
+                d.default_active_thread_percentage = Some(v);
+                v.to_string()
+            }
+            ["get_default_active_thread_percentage"] => d
+                .default_active_thread_percentage
+                .map(|v| format!("{v}.0"))
+                .unwrap_or_else(|| "100.0".into()),
+            ["set_default_device_pinned_mem_limit", dev, limit] => {
+                let dev: u32 = dev.parse().map_err(|_| format!("bad device `{dev}`"))?;
+                d.default_pinned_mem_limit.insert(dev, limit.to_string());
+                String::new()
+            }
+            ["get_server_list"] => String::new(),
+            _ => return Err(format!("unknown command `{command}`")),
+        };
+        Self::write(&pipe, &d)?;
+        Ok(reply)
+    }
+}
+
+/// Format a memory limit in MiB as MPS takes it: `12G` when whole GiB, else `1536M`.
+pub fn format_mem_limit(mib: u64) -> String {
+    if mib > 0 && (mib / 1024) * 1024 == mib {
+        format!("{}G", mib / 1024)
+    } else {
+        format!("{mib}M")
+    }
+}
+
+/// Starts and stops MPS daemons and answers client environments.
+pub struct MpsControl {
+    runner: Box<dyn MpsRunner>,
+    opts: MpsOptions,
+}
+
+impl std::fmt::Debug for MpsControl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MpsControl")
+            .field("opts", &self.opts)
+            .finish()
+    }
+}
+
+impl MpsControl {
+    /// Control through any runner.
+    pub fn new(runner: Box<dyn MpsRunner>, opts: MpsOptions) -> Self {
+        MpsControl { runner, opts }
+    }
+
+    /// Control of the real daemon (`nvidia-cuda-mps-control` on `PATH`).
+    pub fn real(opts: MpsOptions) -> Self {
+        Self::new(Box::new(ProcessRunner::default()), opts)
+    }
+
+    /// Control of simulated daemons.
+    pub fn sim(opts: MpsOptions) -> Self {
+        Self::new(Box::new(SimRunner), opts)
+    }
+
+    /// The options.
+    pub fn options(&self) -> &MpsOptions {
+        &self.opts
+    }
+
+    fn dir(&self, target: &MpsTarget) -> PathBuf {
+        self.opts.state_dir.join("mps").join(target.name())
+    }
+
+    /// The pipe directory of a target.
+    pub fn pipe_dir(&self, target: &MpsTarget) -> PathBuf {
+        self.dir(target).join("pipe")
+    }
+
+    /// The log directory of a target.
+    pub fn log_dir(&self, target: &MpsTarget) -> PathBuf {
+        self.dir(target).join("log")
+    }
+
+    fn record_path(&self, target: &MpsTarget) -> PathBuf {
+        self.dir(target).join("mps.json")
+    }
+
+    fn daemon_env(&self, target: &MpsTarget) -> BTreeMap<String, String> {
+        let mut env = BTreeMap::new();
+        env.insert(
+            "CUDA_MPS_PIPE_DIRECTORY".into(),
+            self.pipe_dir(target).display().to_string(),
+        );
+        env.insert(
+            "CUDA_MPS_LOG_DIRECTORY".into(),
+            self.log_dir(target).display().to_string(),
+        );
+        env.insert("CUDA_VISIBLE_DEVICES".into(), target.visible_device.clone());
+        env
+    }
+
+    /// The record of a started daemon, if any.
+    pub fn status(&self, target: &MpsTarget) -> Result<Option<MpsStatus>, MpsError> {
+        let path = self.record_path(target);
+        match fs::read_to_string(&path) {
+            Ok(text) => serde_json::from_str(&text)
+                .map(Some)
+                .map_err(|e| MpsError::Io {
+                    path,
+                    source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+                }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(MpsError::Io { path, source }),
+        }
+    }
+
+    fn save(&self, st: &MpsStatus) -> Result<(), MpsError> {
+        let path = self.record_path(&st.target);
+        let text = serde_json::to_string_pretty(st).expect("serializes");
+        write_atomic(&path, text.as_bytes()).map_err(|source| MpsError::Io { path, source })
+    }
+
+    fn send(&mut self, target: &MpsTarget, command: &str) -> Result<String, MpsError> {
+        let env = self.daemon_env(target);
+        self.runner
+            .send(&env, command)
+            .map_err(|detail| self.command_err(target, command, detail))
+    }
+
+    fn command_err(&self, target: &MpsTarget, command: &str, detail: String) -> MpsError {
+        match detail.strip_prefix("not-found: ") {
+            Some(d) => MpsError::BinaryNotFound {
+                binary: MPS_CONTROL_BINARY.into(),
+                detail: d.into(),
+            },
+            None => MpsError::Command {
+                target: target.name(),
+                command: command.into(),
+                detail,
+            },
+        }
+    }
+
+    /// Start the daemon for `target` (idempotent: a recorded running daemon is left as is and
+    /// its status returned). Order: create the directories; unless `leave_compute_mode`, read
+    /// the compute mode, record it, then set `EXCLUSIVE_PROCESS`; start the daemon; set the
+    /// default limits; record `running`. If the daemon does not start, the compute mode is
+    /// restored and the record removed. `backend` is needed only to manage the compute mode.
+    pub fn start(
+        &mut self,
+        target: &MpsTarget,
+        backend: Option<&mut dyn GpuBackend>,
+    ) -> Result<MpsStatus, MpsError> {
+        if let Some(st) = self.status(target)? {
+            if st.running {
+                return Ok(st);
+            }
+        }
+        if let Some(p) = self.opts.default_active_thread_percentage {
+            check_percentage(p)?;
+        }
+        let pipe = self.pipe_dir(target);
+        let len = pipe.as_os_str().len();
+        if len > MAX_PIPE_DIR_LEN {
+            return Err(MpsError::PathTooLong { path: pipe, len });
+        }
+        for d in [self.pipe_dir(target), self.log_dir(target)] {
+            fs::create_dir_all(&d).map_err(|source| MpsError::Io { path: d, source })?;
+        }
+        let mut st = MpsStatus {
+            target: target.clone(),
+            pipe_dir: self.pipe_dir(target),
+            log_dir: self.log_dir(target),
+            manages_compute_mode: !self.opts.leave_compute_mode,
+            previous_compute_mode: None,
+            running: false,
+            default_active_thread_percentage: None,
+            default_pinned_mem_limit_mib: None,
+        };
+        let mut backend = backend;
+        if st.manages_compute_mode {
+            let b = backend
+                .as_deref_mut()
+                .ok_or_else(|| MpsError::NeedsBackend {
+                    target: target.name(),
+                })?;
+            let prev = b.compute_mode(target.gpu)?;
+            st.previous_compute_mode = Some(prev);
+            self.save(&st)?;
+            if prev != ComputeMode::ExclusiveProcess {
+                b.set_compute_mode(target.gpu, ComputeMode::ExclusiveProcess)?;
+            }
+        } else {
+            self.save(&st)?;
+        }
+        let env = self.daemon_env(target);
+        if let Err(detail) = self.runner.start_daemon(&env) {
+            let err = self.command_err(target, "-d", detail);
+            if let (Some(prev), Some(b)) = (st.previous_compute_mode, backend) {
+                let _ = b.set_compute_mode(target.gpu, prev);
+            }
+            let _ = fs::remove_file(self.record_path(target));
+            return Err(err);
+        }
+        st.running = true;
+        self.save(&st)?;
+        if let Some(p) = self.opts.default_active_thread_percentage {
+            self.set_default_active_thread_percentage(target, p)?;
+        }
+        if let Some(m) = self.opts.default_pinned_mem_limit_mib {
+            self.set_default_device_pinned_mem_limit(target, 0, m)?;
+        }
+        Ok(self.status(target)?.expect("just saved"))
+    }
+
+    /// Set the daemon's default SM share for new clients (1-100).
+    pub fn set_default_active_thread_percentage(
+        &mut self,
+        target: &MpsTarget,
+        percentage: u8,
+    ) -> Result<(), MpsError> {
+        check_percentage(percentage)?;
+        self.send(
+            target,
+            &format!("set_default_active_thread_percentage {percentage}"),
+        )?;
+        self.update(target, |st| {
+            st.default_active_thread_percentage = Some(percentage)
+        })
+    }
+
+    /// Set the daemon's default pinned device memory limit for new clients on device ordinal
+    /// `device` (as the daemon numbers its visible devices).
+    pub fn set_default_device_pinned_mem_limit(
+        &mut self,
+        target: &MpsTarget,
+        device: u32,
+        mib: u64,
+    ) -> Result<(), MpsError> {
+        if mib == 0 {
+            return Err(MpsError::InvalidLimit(
+                "a pinned memory limit of 0 MiB leaves clients nothing; give at least 1".into(),
+            ));
+        }
+        self.send(
+            target,
+            &format!(
+                "set_default_device_pinned_mem_limit {device} {}",
+                format_mem_limit(mib)
+            ),
+        )?;
+        self.update(target, |st| st.default_pinned_mem_limit_mib = Some(mib))
+    }
+
+    fn update(&self, target: &MpsTarget, f: impl FnOnce(&mut MpsStatus)) -> Result<(), MpsError> {
+        if let Some(mut st) = self.status(target)? {
+            f(&mut st);
+            self.save(&st)?;
+        }
+        Ok(())
+    }
+
+    /// Stop the daemon: send `quit`, restore the recorded compute mode (if `start` changed
+    /// it), remove the record. Idempotent: without a record it does nothing. A failing `quit`
+    /// (daemon already gone) does not stop the cleanup; it is reported in the result.
+    pub fn stop(
+        &mut self,
+        target: &MpsTarget,
+        backend: Option<&mut dyn GpuBackend>,
+    ) -> Result<StopReport, MpsError> {
+        let Some(st) = self.status(target)? else {
+            return Ok(StopReport {
+                was_running: false,
+                restored_compute_mode: None,
+                quit_error: None,
+            });
+        };
+        let quit_error = if st.running {
+            match self.send(target, "quit") {
+                Ok(_) => None,
+                Err(MpsError::BinaryNotFound { .. }) | Err(MpsError::Command { .. }) => {
+                    Some("quit failed; the daemon may have exited already".to_string())
+                }
+                Err(e) => return Err(e),
+            }
+        } else {
+            None
+        };
+        let mut restored = None;
+        if st.manages_compute_mode {
+            if let Some(prev) = st.previous_compute_mode {
+                let b = backend.ok_or_else(|| MpsError::NeedsBackend {
+                    target: target.name(),
+                })?;
+                b.set_compute_mode(target.gpu, prev)?;
+                restored = Some(prev);
+            }
+        }
+        let path = self.record_path(target);
+        fs::remove_file(&path).map_err(|source| MpsError::Io { path, source })?;
+        Ok(StopReport {
+            was_running: st.running,
+            restored_compute_mode: restored,
+            quit_error,
+        })
+    }
+
+    /// The environment a client process needs to use the daemon of `target` with `limits`:
+    /// `CUDA_MPS_PIPE_DIRECTORY`, `CUDA_MPS_LOG_DIRECTORY`, `CUDA_VISIBLE_DEVICES`, and, when
+    /// set, `CUDA_MPS_ACTIVE_THREAD_PERCENTAGE` and `CUDA_MPS_PINNED_DEVICE_MEM_LIMIT`
+    /// (`0=12G`: device 0 of what the client sees).
+    pub fn client_env(
+        &self,
+        target: &MpsTarget,
+        limits: &ClientLimits,
+    ) -> Result<BTreeMap<String, String>, MpsError> {
+        let mut env = self.daemon_env(target);
+        if let Some(p) = limits.active_thread_percentage {
+            check_percentage(p)?;
+            env.insert("CUDA_MPS_ACTIVE_THREAD_PERCENTAGE".into(), p.to_string());
+        }
+        if let Some(m) = limits.pinned_mem_limit_mib {
+            env.insert(
+                "CUDA_MPS_PINNED_DEVICE_MEM_LIMIT".into(),
+                format!("0={}", format_mem_limit(m)),
+            );
+        }
+        Ok(env)
+    }
+}
+
+fn check_percentage(p: u8) -> Result<(), MpsError> {
+    if (1..=100).contains(&p) {
+        Ok(())
+    } else {
+        Err(MpsError::InvalidLimit(format!(
+            "active thread percentage {p} is out of range; give 1 to 100"
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sim::{SimBackend, SimConfig, SimState};
+    use tessera_model::Catalog;
+
+    fn sim_gpu() -> SimBackend {
+        let c = Catalog::builtin().clone();
+        let st = SimState::new(&c, &[("h100-80gb".into(), 2)], 1, false).unwrap();
+        SimBackend::new(st, c, SimConfig::default()).unwrap()
+    }
+
+    #[test]
+    fn start_sets_exclusive_process_and_stop_restores_the_previous_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut b = sim_gpu();
+        b.set_compute_mode(1, ComputeMode::Prohibited).unwrap();
+        let mut opts = MpsOptions::new(dir.path());
+        opts.default_active_thread_percentage = Some(50);
+        opts.default_pinned_mem_limit_mib = Some(12 * 1024);
+        let mut mps = MpsControl::sim(opts);
+        let t = MpsTarget::gpu(1, "1");
+        let st = mps.start(&t, Some(&mut b)).unwrap();
+        assert!(st.running);
+        assert_eq!(st.previous_compute_mode, Some(ComputeMode::Prohibited));
+        assert_eq!(b.compute_mode(1).unwrap(), ComputeMode::ExclusiveProcess);
+        assert_eq!(b.compute_mode(0).unwrap(), ComputeMode::Default);
+        let d = SimRunner::read(&st.pipe_dir);
+        assert_eq!(d.default_active_thread_percentage, Some(50));
+        assert_eq!(
+            d.default_pinned_mem_limit.get(&0).map(String::as_str),
+            Some("12G")
+        );
+        assert_eq!(d.env["CUDA_VISIBLE_DEVICES"], "1");
+        // Idempotent start.
+        assert_eq!(
+            mps.start(&t, Some(&mut b)).unwrap(),
+            mps.status(&t).unwrap().unwrap()
+        );
+        let r = mps.stop(&t, Some(&mut b)).unwrap();
+        assert_eq!(r.restored_compute_mode, Some(ComputeMode::Prohibited));
+        assert_eq!(b.compute_mode(1).unwrap(), ComputeMode::Prohibited);
+        assert!(!SimRunner::read(&st.pipe_dir).running);
+        assert!(!mps.stop(&t, Some(&mut b)).unwrap().was_running);
+    }
+
+    #[test]
+    fn leave_compute_mode_touches_nothing_and_needs_no_backend() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut opts = MpsOptions::new(dir.path());
+        opts.leave_compute_mode = true;
+        let mut mps = MpsControl::sim(opts);
+        let t = MpsTarget::gpu(0, "GPU-abc");
+        let st = mps.start(&t, None).unwrap();
+        assert!(!st.manages_compute_mode && st.previous_compute_mode.is_none());
+        mps.stop(&t, None).unwrap();
+        // Without the option, a backend is required.
+        let mut mps = MpsControl::sim(MpsOptions::new(dir.path()));
+        assert!(matches!(
+            mps.start(&t, None),
+            Err(MpsError::NeedsBackend { .. })
+        ));
+    }
+
+    #[test]
+    fn client_env_has_the_four_variables() {
+        let mps = MpsControl::sim(MpsOptions::new("/run/tessera"));
+        let t = MpsTarget::mig(0, 3, "MIG-1234");
+        let env = mps
+            .client_env(
+                &t,
+                &ClientLimits {
+                    active_thread_percentage: Some(25),
+                    pinned_mem_limit_mib: Some(1536),
+                },
+            )
+            .unwrap();
+        assert_eq!(
+            env["CUDA_MPS_PIPE_DIRECTORY"],
+            "/run/tessera/mps/gpu0-gi3/pipe"
+        );
+        assert_eq!(env["CUDA_MPS_PINNED_DEVICE_MEM_LIMIT"], "0=1536M");
+        assert_eq!(env["CUDA_MPS_ACTIVE_THREAD_PERCENTAGE"], "25");
+        assert_eq!(env["CUDA_VISIBLE_DEVICES"], "MIG-1234");
+        assert!(mps
+            .client_env(
+                &t,
+                &ClientLimits {
+                    active_thread_percentage: Some(0),
+                    pinned_mem_limit_mib: None
+                }
+            )
+            .is_err());
+    }
+
+    #[test]
+    fn a_missing_binary_is_named_and_the_compute_mode_restored() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut b = sim_gpu();
+        let runner = ProcessRunner {
+            binary: dir.path().join("no-such-mps-control"),
+        };
+        let mut mps = MpsControl::new(Box::new(runner), MpsOptions::new(dir.path()));
+        let t = MpsTarget::gpu(0, "0");
+        let e = mps.start(&t, Some(&mut b)).unwrap_err();
+        assert!(matches!(e, MpsError::BinaryNotFound { .. }), "{e}");
+        assert_eq!(b.compute_mode(0).unwrap(), ComputeMode::Default);
+        assert!(mps.status(&t).unwrap().is_none());
+    }
+
+    #[test]
+    fn memory_limits_format_like_mps_expects() {
+        assert_eq!(format_mem_limit(12 * 1024), "12G");
+        assert_eq!(format_mem_limit(1536), "1536M");
+    }
+}

@@ -1,0 +1,1049 @@
+//! The real backend: NVML through `nvml-wrapper` (library loading and `nvmlInit`) and the raw
+//! function table of `nvml-wrapper-sys` for the MIG calls the safe crate lacks.
+//!
+//! The library is loaded at run time, so the binary builds and runs without a driver; without
+//! `libnvidia-ml.so.1`, [`NvmlBackend::open`] fails with [`GpuError::LibraryNotFound`]. A
+//! function the installed driver lacks is [`GpuError::NotSupported`] naming the symbol, never a
+//! panic (the sys crate's convenience methods would panic; we read its symbol table instead).
+//!
+//! NVML calls used: `nvmlDeviceGetCount_v2`, `nvmlDeviceGetHandleByIndex_v2`, `nvmlDeviceGetName`,
+//! `nvmlDeviceGetUUID`, `nvmlDeviceGetMemoryInfo`, `nvmlDeviceGetPciInfo_v3`,
+//! `nvmlDeviceGetMigMode`, `nvmlDeviceSetMigMode`, `nvmlDeviceGetComputeMode`,
+//! `nvmlDeviceSetComputeMode`, `nvmlDeviceGetGpuInstanceProfileInfoV`,
+//! `nvmlDeviceGetGpuInstancePossiblePlacements_v2`, `nvmlDeviceGetGpuInstances`,
+//! `nvmlGpuInstanceGetInfo`, `nvmlDeviceCreateGpuInstanceWithPlacement`,
+//! `nvmlDeviceGetGpuInstanceById`, `nvmlGpuInstanceDestroy`,
+//! `nvmlGpuInstanceGetComputeInstanceProfileInfo`, `nvmlGpuInstanceGetComputeInstances`,
+//! `nvmlComputeInstanceGetInfo_v2`, `nvmlGpuInstanceCreateComputeInstance`,
+//! `nvmlComputeInstanceDestroy`, `nvmlDeviceGetMaxMigDeviceCount`,
+//! `nvmlDeviceGetMigDeviceHandleByIndex`, `nvmlDeviceGetGpuInstanceId`,
+//! `nvmlDeviceGetComputeInstanceId`, `nvmlDeviceGetComputeRunningProcesses_v3`,
+//! `nvmlEventSetCreate`, `nvmlDeviceRegisterEvents`, `nvmlEventSetWait_v2`, `nvmlEventSetFree`,
+//! `nvmlDeviceGetIndex`.
+//!
+//! Processes: in MIG mode the parent handle lists every process with its GPU-instance ID when
+//! the caller is privileged; otherwise each MIG device handle lists its own. If neither can be
+//! read, [`GpuBackend::instances`] fails rather than report an instance as idle.
+
+// The bindings keep NVML's C names, also for the constants matched on below.
+#![allow(non_upper_case_globals)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::ffi::c_char;
+use std::ptr;
+
+use nvml_wrapper::error::NvmlError;
+use nvml_wrapper::Nvml;
+use nvml_wrapper_sys::bindings::*;
+use tessera_model::Catalog;
+
+use crate::backend::{
+    ComputeInstance, ComputeMode, GpuBackend, GpuEvent, GpuInfo, GpuInstance, IdleInstance, MigMode,
+};
+use crate::error::GpuError;
+use crate::profiles::ProfileInfo;
+
+/// NVML's "no value" for GI/CI IDs in process and event records.
+const NO_ID: u32 = 0xFFFF_FFFF;
+/// Most profile placements we ask for (the largest grid has 32 slices).
+const MAX_PLACEMENTS: usize = 32;
+/// Most GIs/CIs we ask for per profile.
+const MAX_INSTANCES: usize = 64;
+
+/// The real NVML backend.
+pub struct NvmlBackend {
+    nvml: Nvml,
+    catalog: Catalog,
+    tables: BTreeMap<u32, Vec<ProfileInfo>>,
+    events: Option<EventSet>,
+}
+
+/// An NVML event set handle.
+struct EventSet(nvmlEventSet_t);
+
+// SAFETY: NVML is thread-safe, and the handle stays valid until `nvmlEventSetFree`, which
+// only `NvmlBackend::drop` calls, before NVML shuts down.
+unsafe impl Send for EventSet {}
+
+impl std::fmt::Debug for NvmlBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NvmlBackend").finish_non_exhaustive()
+    }
+}
+
+/// Look up a symbol in the sys crate's table, or say which one the driver lacks.
+macro_rules! sym {
+    ($self:expr, $name:ident) => {
+        $self
+            .nvml
+            .lib()
+            .$name
+            .as_ref()
+            .map_err(|_| GpuError::NotSupported {
+                op: format!("NVML {}", stringify!($name)),
+                reason: "the installed driver's NVML lacks this function; update the NVIDIA driver"
+                    .into(),
+            })
+    };
+}
+
+/// The name of an NVML return code.
+fn code_name(code: nvmlReturn_t) -> &'static str {
+    match code {
+        nvmlReturn_enum_NVML_ERROR_UNINITIALIZED => "NVML_ERROR_UNINITIALIZED",
+        nvmlReturn_enum_NVML_ERROR_INVALID_ARGUMENT => "NVML_ERROR_INVALID_ARGUMENT",
+        nvmlReturn_enum_NVML_ERROR_NOT_SUPPORTED => "NVML_ERROR_NOT_SUPPORTED",
+        nvmlReturn_enum_NVML_ERROR_NO_PERMISSION => "NVML_ERROR_NO_PERMISSION",
+        nvmlReturn_enum_NVML_ERROR_NOT_FOUND => "NVML_ERROR_NOT_FOUND",
+        nvmlReturn_enum_NVML_ERROR_INSUFFICIENT_SIZE => "NVML_ERROR_INSUFFICIENT_SIZE",
+        nvmlReturn_enum_NVML_ERROR_DRIVER_NOT_LOADED => "NVML_ERROR_DRIVER_NOT_LOADED",
+        nvmlReturn_enum_NVML_ERROR_TIMEOUT => "NVML_ERROR_TIMEOUT",
+        nvmlReturn_enum_NVML_ERROR_IRQ_ISSUE => "NVML_ERROR_IRQ_ISSUE",
+        nvmlReturn_enum_NVML_ERROR_LIBRARY_NOT_FOUND => "NVML_ERROR_LIBRARY_NOT_FOUND",
+        nvmlReturn_enum_NVML_ERROR_FUNCTION_NOT_FOUND => "NVML_ERROR_FUNCTION_NOT_FOUND",
+        nvmlReturn_enum_NVML_ERROR_GPU_IS_LOST => "NVML_ERROR_GPU_IS_LOST",
+        nvmlReturn_enum_NVML_ERROR_RESET_REQUIRED => "NVML_ERROR_RESET_REQUIRED",
+        nvmlReturn_enum_NVML_ERROR_IN_USE => "NVML_ERROR_IN_USE",
+        nvmlReturn_enum_NVML_ERROR_MEMORY => "NVML_ERROR_MEMORY",
+        nvmlReturn_enum_NVML_ERROR_NO_DATA => "NVML_ERROR_NO_DATA",
+        nvmlReturn_enum_NVML_ERROR_INSUFFICIENT_RESOURCES => "NVML_ERROR_INSUFFICIENT_RESOURCES",
+        nvmlReturn_enum_NVML_ERROR_ARGUMENT_VERSION_MISMATCH => {
+            "NVML_ERROR_ARGUMENT_VERSION_MISMATCH"
+        }
+        nvmlReturn_enum_NVML_ERROR_NOT_READY => "NVML_ERROR_NOT_READY",
+        nvmlReturn_enum_NVML_ERROR_INVALID_STATE => "NVML_ERROR_INVALID_STATE",
+        nvmlReturn_enum_NVML_ERROR_UNKNOWN => "NVML_ERROR_UNKNOWN",
+        _ => "an unexpected NVML code",
+    }
+}
+
+/// Map an NVML return code to our error, naming the call.
+pub fn error_from_code(code: nvmlReturn_t, op: String) -> GpuError {
+    let name = code_name(code);
+    match code {
+        nvmlReturn_enum_NVML_ERROR_INSUFFICIENT_RESOURCES => GpuError::InsufficientResources {
+            op,
+            detail: name.into(),
+        },
+        nvmlReturn_enum_NVML_ERROR_IN_USE => GpuError::InUse { op, pids: vec![] },
+        nvmlReturn_enum_NVML_ERROR_NOT_SUPPORTED => GpuError::NotSupported {
+            op,
+            reason: format!("{name} (MIG mode off, profile not offered, or a vGPU guest)"),
+        },
+        nvmlReturn_enum_NVML_ERROR_NOT_FOUND => GpuError::NotFound {
+            op,
+            detail: name.into(),
+        },
+        nvmlReturn_enum_NVML_ERROR_NO_PERMISSION => GpuError::NoPermission { op },
+        nvmlReturn_enum_NVML_ERROR_INVALID_ARGUMENT
+        | nvmlReturn_enum_NVML_ERROR_ARGUMENT_VERSION_MISMATCH => GpuError::InvalidArgument {
+            op,
+            detail: name.into(),
+        },
+        nvmlReturn_enum_NVML_ERROR_RESET_REQUIRED => GpuError::ResetRequired { op },
+        nvmlReturn_enum_NVML_ERROR_TIMEOUT
+        | nvmlReturn_enum_NVML_ERROR_NOT_READY
+        | nvmlReturn_enum_NVML_ERROR_IRQ_ISSUE
+        | nvmlReturn_enum_NVML_ERROR_MEMORY => GpuError::Transient {
+            op,
+            detail: name.into(),
+        },
+        nvmlReturn_enum_NVML_ERROR_GPU_IS_LOST => GpuError::GpuLost { op },
+        nvmlReturn_enum_NVML_ERROR_DRIVER_NOT_LOADED => GpuError::DriverNotLoaded,
+        nvmlReturn_enum_NVML_ERROR_LIBRARY_NOT_FOUND => GpuError::LibraryNotFound {
+            detail: name.into(),
+        },
+        _ => GpuError::Unknown {
+            op,
+            detail: format!("{name}, code {code}"),
+        },
+    }
+}
+
+fn check(code: nvmlReturn_t, op: impl FnOnce() -> String) -> Result<(), GpuError> {
+    if code == nvmlReturn_enum_NVML_SUCCESS {
+        Ok(())
+    } else {
+        Err(error_from_code(code, op()))
+    }
+}
+
+/// Whether a code means "this profile index does not exist on this GPU".
+fn profile_absent(code: nvmlReturn_t) -> bool {
+    code == nvmlReturn_enum_NVML_ERROR_NOT_SUPPORTED
+        || code == nvmlReturn_enum_NVML_ERROR_INVALID_ARGUMENT
+        || code == nvmlReturn_enum_NVML_ERROR_NOT_FOUND
+}
+
+/// A NUL-terminated C string in a fixed buffer.
+fn cstr(buf: &[c_char]) -> String {
+    let bytes: Vec<u8> = buf
+        .iter()
+        .take_while(|&&c| c != 0)
+        .map(|&c| c as u8)
+        .collect();
+    String::from_utf8_lossy(&bytes).trim().to_string()
+}
+
+/// `NVML_STRUCT_VERSION(GpuInstanceProfileInfo, 2)`.
+fn profile_info_v2_version() -> u32 {
+    (std::mem::size_of::<nvmlGpuInstanceProfileInfo_v2_t>() as u32) | (2 << 24)
+}
+
+fn compute_mode_from(raw: nvmlComputeMode_t) -> ComputeMode {
+    match raw {
+        nvmlComputeMode_enum_NVML_COMPUTEMODE_EXCLUSIVE_THREAD => ComputeMode::ExclusiveThread,
+        nvmlComputeMode_enum_NVML_COMPUTEMODE_PROHIBITED => ComputeMode::Prohibited,
+        nvmlComputeMode_enum_NVML_COMPUTEMODE_EXCLUSIVE_PROCESS => ComputeMode::ExclusiveProcess,
+        _ => ComputeMode::Default,
+    }
+}
+
+fn compute_mode_to(mode: ComputeMode) -> nvmlComputeMode_t {
+    match mode {
+        ComputeMode::Default => nvmlComputeMode_enum_NVML_COMPUTEMODE_DEFAULT,
+        ComputeMode::ExclusiveThread => nvmlComputeMode_enum_NVML_COMPUTEMODE_EXCLUSIVE_THREAD,
+        ComputeMode::Prohibited => nvmlComputeMode_enum_NVML_COMPUTEMODE_PROHIBITED,
+        ComputeMode::ExclusiveProcess => nvmlComputeMode_enum_NVML_COMPUTEMODE_EXCLUSIVE_PROCESS,
+    }
+}
+
+/// A GI handle with what NVML says about it.
+struct GiHandle {
+    handle: nvmlGpuInstance_t,
+    id: u32,
+    profile_id: u32,
+    start: u32,
+    size: u32,
+}
+
+impl NvmlBackend {
+    /// Load libnvidia-ml.so.1 and initialize NVML. The catalog names the models and fills in
+    /// profile names when an old driver reports none.
+    pub fn open(catalog: Catalog) -> Result<Self, GpuError> {
+        let nvml = Nvml::init().map_err(|e| match e {
+            NvmlError::LibloadingError(e) => GpuError::LibraryNotFound {
+                detail: e.to_string(),
+            },
+            NvmlError::DriverNotLoaded => GpuError::DriverNotLoaded,
+            NvmlError::NoPermission => GpuError::NoPermission {
+                op: "initialize NVML".into(),
+            },
+            NvmlError::LibraryNotFound => GpuError::LibraryNotFound {
+                detail: "NVML_ERROR_LIBRARY_NOT_FOUND".into(),
+            },
+            other => GpuError::Unknown {
+                op: "initialize NVML".into(),
+                detail: other.to_string(),
+            },
+        })?;
+        Ok(NvmlBackend {
+            nvml,
+            catalog,
+            tables: BTreeMap::new(),
+            events: None,
+        })
+    }
+
+    fn count(&self) -> Result<u32, GpuError> {
+        let f = sym!(self, nvmlDeviceGetCount_v2)?;
+        let mut n = 0;
+        // SAFETY: valid out pointer.
+        check(unsafe { f(&mut n) }, || "count GPUs".into())?;
+        Ok(n)
+    }
+
+    fn device(&self, gpu: u32) -> Result<nvmlDevice_t, GpuError> {
+        let n = self.count()?;
+        if gpu >= n {
+            return Err(GpuError::NotFound {
+                op: format!("GPU {gpu}"),
+                detail: format!("this machine has {n} GPU(s), indices 0..{}", n.max(1) - 1),
+            });
+        }
+        let f = sym!(self, nvmlDeviceGetHandleByIndex_v2)?;
+        let mut dev: nvmlDevice_t = ptr::null_mut();
+        // SAFETY: index checked, valid out pointer.
+        check(unsafe { f(gpu, &mut dev) }, || {
+            format!("GPU {gpu}: get handle")
+        })?;
+        Ok(dev)
+    }
+
+    fn string(
+        &self,
+        f: unsafe extern "C" fn(nvmlDevice_t, *mut c_char, u32) -> nvmlReturn_t,
+        dev: nvmlDevice_t,
+        op: impl FnOnce() -> String,
+    ) -> Result<String, GpuError> {
+        let mut buf = [0 as c_char; 128];
+        // SAFETY: the buffer is larger than NVML's largest name/UUID buffer size (96).
+        check(unsafe { f(dev, buf.as_mut_ptr(), buf.len() as u32) }, op)?;
+        Ok(cstr(&buf))
+    }
+
+    fn uuid_of(&self, dev: nvmlDevice_t, op: impl FnOnce() -> String) -> Result<String, GpuError> {
+        let f = sym!(self, nvmlDeviceGetUUID)?;
+        self.string(*f, dev, op)
+    }
+
+    fn mig_mode_of(&self, gpu: u32, dev: nvmlDevice_t) -> Result<MigMode, GpuError> {
+        let f = sym!(self, nvmlDeviceGetMigMode)?;
+        let (mut cur, mut pend) = (0u32, 0u32);
+        // SAFETY: valid handle and out pointers.
+        check(unsafe { f(dev, &mut cur, &mut pend) }, || {
+            format!("GPU {gpu}: read MIG mode")
+        })?;
+        Ok(MigMode {
+            current: cur == NVML_DEVICE_MIG_ENABLE,
+            pending: pend == NVML_DEVICE_MIG_ENABLE,
+        })
+    }
+
+    fn info(&self, gpu: u32) -> Result<GpuInfo, GpuError> {
+        let dev = self.device(gpu)?;
+        let name = self.string(*sym!(self, nvmlDeviceGetName)?, dev, || {
+            format!("GPU {gpu}: read name")
+        })?;
+        let uuid = self.uuid_of(dev, || format!("GPU {gpu}: read UUID"))?;
+        let mut mem: nvmlMemory_t = nvmlMemory_t {
+            total: 0,
+            free: 0,
+            used: 0,
+        };
+        let f = sym!(self, nvmlDeviceGetMemoryInfo)?;
+        // SAFETY: valid handle and out pointer.
+        check(unsafe { f(dev, &mut mem) }, || {
+            format!("GPU {gpu}: read memory")
+        })?;
+        let mut model = self.catalog.get(&name).map(|m| m.key.clone());
+        if model.is_none() {
+            if let Ok(f) = sym!(self, nvmlDeviceGetPciInfo_v3) {
+                // SAFETY: plain C struct of integers and char arrays; zero is a valid value.
+                let mut pci: nvmlPciInfo_t = unsafe { std::mem::zeroed() };
+                // SAFETY: valid handle and out pointer.
+                if unsafe { f(dev, &mut pci) } == nvmlReturn_enum_NVML_SUCCESS {
+                    let id = format!("0x{:08X}", pci.pciDeviceId);
+                    model = self.catalog.get(&id).map(|m| m.key.clone());
+                }
+            }
+        }
+        let mig = match self.mig_mode_of(gpu, dev) {
+            Ok(m) => Some(m),
+            Err(GpuError::NotSupported { .. }) => None,
+            Err(e) => return Err(e),
+        };
+        let compute_mode = self.compute_mode_of(gpu, dev).ok();
+        Ok(GpuInfo {
+            index: gpu,
+            uuid,
+            name,
+            model,
+            memory_mib: mem.total / (1024 * 1024),
+            mig,
+            compute_mode,
+        })
+    }
+
+    fn compute_mode_of(&self, gpu: u32, dev: nvmlDevice_t) -> Result<ComputeMode, GpuError> {
+        let f = sym!(self, nvmlDeviceGetComputeMode)?;
+        let mut mode: nvmlComputeMode_t = 0;
+        // SAFETY: valid handle and out pointer.
+        check(unsafe { f(dev, &mut mode) }, || {
+            format!("GPU {gpu}: read compute mode")
+        })?;
+        Ok(compute_mode_from(mode))
+    }
+
+    /// Read the GPU-instance profile table from NVML (every profile index, its info and its
+    /// possible placements).
+    fn read_table(&self, gpu: u32, dev: nvmlDevice_t) -> Result<Vec<ProfileInfo>, GpuError> {
+        let info_v = sym!(self, nvmlDeviceGetGpuInstanceProfileInfoV)?;
+        let places = sym!(self, nvmlDeviceGetGpuInstancePossiblePlacements_v2)?;
+        let model = self
+            .info(gpu)
+            .ok()
+            .and_then(|i| i.model)
+            .and_then(|k| self.catalog.get(&k).cloned());
+        let mut out = Vec::new();
+        for idx in 0..NVML_GPU_INSTANCE_PROFILE_COUNT {
+            // SAFETY: plain C struct; zero is valid; the version field is set below.
+            let mut info: nvmlGpuInstanceProfileInfo_v2_t = unsafe { std::mem::zeroed() };
+            info.version = profile_info_v2_version();
+            // SAFETY: valid handle, versioned out struct.
+            let rc = unsafe { info_v(dev, idx, &mut info) };
+            if profile_absent(rc) {
+                continue;
+            }
+            check(rc, || format!("GPU {gpu}: read GPU-instance profile {idx}"))?;
+            let mut buf = [nvmlGpuInstancePlacement_t { start: 0, size: 0 }; MAX_PLACEMENTS];
+            let mut count = MAX_PLACEMENTS as u32;
+            // SAFETY: the buffer holds `count` placements.
+            let rc = unsafe { places(dev, info.id, buf.as_mut_ptr(), &mut count) };
+            check(rc, || {
+                format!("GPU {gpu}: read placements of profile ID {}", info.id)
+            })?;
+            let used = &buf[..(count as usize).min(MAX_PLACEMENTS)];
+            let mut placements: Vec<u8> = used.iter().map(|p| p.start as u8).collect();
+            placements.sort_unstable();
+            let size = used.first().map(|p| p.size as u8).unwrap_or(0);
+            let mut name = cstr(&info.name);
+            if let Some(rest) = name.strip_prefix("MIG ") {
+                name = rest.to_string();
+            }
+            if name.is_empty() {
+                name = model
+                    .as_ref()
+                    .and_then(|m| m.profile_by_id(info.id).map(|i| m.profile(i).name.clone()))
+                    .unwrap_or_else(|| format!("profile-id-{}", info.id));
+            }
+            out.push(ProfileInfo {
+                nvml_index: idx,
+                id: info.id,
+                name,
+                compute_slices: info.sliceCount as u8,
+                memory_slices: size,
+                memory_mib: info.memorySizeMB,
+                max: info.instanceCount.min(255) as u8,
+                sm: info.multiprocessorCount,
+                ce: info.copyEngineCount,
+                dec: info.decoderCount,
+                enc: info.encoderCount,
+                jpeg: info.jpegCount,
+                ofa: info.ofaCount,
+                placements,
+            });
+        }
+        Ok(out)
+    }
+
+    fn table(&mut self, gpu: u32) -> Result<Vec<ProfileInfo>, GpuError> {
+        if let Some(t) = self.tables.get(&gpu) {
+            return Ok(t.clone());
+        }
+        let dev = self.device(gpu)?;
+        let mig = self.mig_mode_of(gpu, dev)?;
+        if !mig.current {
+            return Err(GpuError::NotSupported {
+                op: format!("GPU {gpu}: read the profile table"),
+                reason: "MIG mode is disabled; NVML lists profiles only while it is enabled".into(),
+            });
+        }
+        let t = self.read_table(gpu, dev)?;
+        self.tables.insert(gpu, t.clone());
+        Ok(t)
+    }
+
+    /// Every GPU instance of a device, with its info.
+    fn gi_handles(
+        &self,
+        gpu: u32,
+        dev: nvmlDevice_t,
+        table: &[ProfileInfo],
+    ) -> Result<Vec<GiHandle>, GpuError> {
+        let list = sym!(self, nvmlDeviceGetGpuInstances)?;
+        let get_info = sym!(self, nvmlGpuInstanceGetInfo)?;
+        let mut out = Vec::new();
+        for p in table {
+            let mut buf: Vec<nvmlGpuInstance_t> = vec![ptr::null_mut(); MAX_INSTANCES];
+            let mut count = 0u32;
+            // SAFETY: the buffer holds MAX_INSTANCES handles, more than any profile's count.
+            let rc = unsafe { list(dev, p.id, buf.as_mut_ptr(), &mut count) };
+            check(rc, || {
+                format!("GPU {gpu}: list GPU instances of {}", p.name)
+            })?;
+            for &h in &buf[..(count as usize).min(MAX_INSTANCES)] {
+                // SAFETY: plain C struct; zero is valid.
+                let mut info: nvmlGpuInstanceInfo_t = unsafe { std::mem::zeroed() };
+                // SAFETY: a handle NVML just returned; valid out pointer.
+                check(unsafe { get_info(h, &mut info) }, || {
+                    format!("GPU {gpu}: read GPU-instance info")
+                })?;
+                out.push(GiHandle {
+                    handle: h,
+                    id: info.id,
+                    profile_id: info.profileId,
+                    start: info.placement.start,
+                    size: info.placement.size,
+                });
+            }
+        }
+        out.sort_by_key(|g| (g.start, g.id));
+        Ok(out)
+    }
+
+    /// The compute instances of a GI: (handle, id, profile id).
+    fn ci_handles(
+        &self,
+        gpu: u32,
+        gi: &GiHandle,
+    ) -> Result<Vec<(nvmlComputeInstance_t, u32, u32)>, GpuError> {
+        let prof = sym!(self, nvmlGpuInstanceGetComputeInstanceProfileInfo)?;
+        let list = sym!(self, nvmlGpuInstanceGetComputeInstances)?;
+        let get_info = sym!(self, nvmlComputeInstanceGetInfo_v2)?;
+        let mut out: Vec<(nvmlComputeInstance_t, u32, u32)> = Vec::new();
+        for idx in 0..NVML_COMPUTE_INSTANCE_PROFILE_COUNT {
+            // SAFETY: plain C struct; zero is valid.
+            let mut info: nvmlComputeInstanceProfileInfo_t = unsafe { std::mem::zeroed() };
+            // SAFETY: valid GI handle and out pointer.
+            let rc = unsafe {
+                prof(
+                    gi.handle,
+                    idx,
+                    NVML_COMPUTE_INSTANCE_ENGINE_PROFILE_SHARED,
+                    &mut info,
+                )
+            };
+            if profile_absent(rc) {
+                continue;
+            }
+            check(rc, || {
+                format!(
+                    "GPU {gpu}: read compute-instance profile {idx} of GI {}",
+                    gi.id
+                )
+            })?;
+            let mut buf: Vec<nvmlComputeInstance_t> = vec![ptr::null_mut(); MAX_INSTANCES];
+            let mut count = 0u32;
+            // SAFETY: the buffer holds MAX_INSTANCES handles.
+            let rc = unsafe { list(gi.handle, info.id, buf.as_mut_ptr(), &mut count) };
+            check(rc, || {
+                format!("GPU {gpu}: list compute instances of GI {}", gi.id)
+            })?;
+            for &h in &buf[..(count as usize).min(MAX_INSTANCES)] {
+                // SAFETY: plain C struct; zero is valid.
+                let mut ci: nvmlComputeInstanceInfo_t = unsafe { std::mem::zeroed() };
+                // SAFETY: a handle NVML just returned; valid out pointer.
+                check(unsafe { get_info(h, &mut ci) }, || {
+                    format!("GPU {gpu}: read compute-instance info of GI {}", gi.id)
+                })?;
+                if !out.iter().any(|(_, id, _)| *id == ci.id) {
+                    out.push((h, ci.id, ci.profileId));
+                }
+            }
+        }
+        out.sort_by_key(|c| c.1);
+        Ok(out)
+    }
+
+    /// Compute processes on a handle (parent GPU or MIG device).
+    fn processes(&self, dev: nvmlDevice_t) -> Result<Vec<nvmlProcessInfo_t>, nvmlReturn_t> {
+        let Ok(f) = self
+            .nvml
+            .lib()
+            .nvmlDeviceGetComputeRunningProcesses_v3
+            .as_ref()
+        else {
+            return Err(nvmlReturn_enum_NVML_ERROR_FUNCTION_NOT_FOUND);
+        };
+        let mut count = 0u32;
+        // SAFETY: a null buffer with count 0 asks for the count.
+        let rc = unsafe { f(dev, &mut count, ptr::null_mut()) };
+        if rc == nvmlReturn_enum_NVML_SUCCESS {
+            return Ok(vec![]);
+        }
+        if rc != nvmlReturn_enum_NVML_ERROR_INSUFFICIENT_SIZE {
+            return Err(rc);
+        }
+        for _ in 0..4 {
+            let mut n = count + 16;
+            let zero = nvmlProcessInfo_t {
+                pid: 0,
+                usedGpuMemory: 0,
+                gpuInstanceId: NO_ID,
+                computeInstanceId: NO_ID,
+            };
+            let mut buf = vec![zero; n as usize];
+            // SAFETY: the buffer holds `n` records.
+            let rc = unsafe { f(dev, &mut n, buf.as_mut_ptr()) };
+            if rc == nvmlReturn_enum_NVML_SUCCESS {
+                buf.truncate(n as usize);
+                return Ok(buf);
+            }
+            if rc != nvmlReturn_enum_NVML_ERROR_INSUFFICIENT_SIZE {
+                return Err(rc);
+            }
+            count = n;
+        }
+        Err(nvmlReturn_enum_NVML_ERROR_TIMEOUT)
+    }
+
+    /// PIDs per GI ID and MIG UUIDs per (GI, CI), from the parent and each MIG device handle.
+    #[allow(clippy::type_complexity)]
+    fn mig_devices(
+        &self,
+        gpu: u32,
+        dev: nvmlDevice_t,
+    ) -> Result<(BTreeMap<u32, BTreeSet<u32>>, BTreeMap<(u32, u32), String>), GpuError> {
+        let mut pids: BTreeMap<u32, BTreeSet<u32>> = BTreeMap::new();
+        let mut uuids = BTreeMap::new();
+        let parent = self.processes(dev);
+        if let Ok(list) = &parent {
+            for p in list {
+                if p.gpuInstanceId != NO_ID {
+                    pids.entry(p.gpuInstanceId).or_default().insert(p.pid);
+                }
+            }
+        }
+        let max_f = sym!(self, nvmlDeviceGetMaxMigDeviceCount)?;
+        let by_index = sym!(self, nvmlDeviceGetMigDeviceHandleByIndex)?;
+        let gi_of = sym!(self, nvmlDeviceGetGpuInstanceId)?;
+        let ci_of = sym!(self, nvmlDeviceGetComputeInstanceId)?;
+        let mut max = 0u32;
+        // SAFETY: valid handle and out pointer.
+        check(unsafe { max_f(dev, &mut max) }, || {
+            format!("GPU {gpu}: count MIG devices")
+        })?;
+        for i in 0..max {
+            let mut mig: nvmlDevice_t = ptr::null_mut();
+            // SAFETY: valid handle and out pointer.
+            let rc = unsafe { by_index(dev, i, &mut mig) };
+            if rc == nvmlReturn_enum_NVML_ERROR_NOT_FOUND
+                || rc == nvmlReturn_enum_NVML_ERROR_INVALID_ARGUMENT
+            {
+                continue;
+            }
+            check(rc, || format!("GPU {gpu}: get MIG device {i}"))?;
+            let (mut gi, mut ci) = (0u32, 0u32);
+            // SAFETY: a MIG handle NVML just returned; valid out pointers.
+            check(unsafe { gi_of(mig, &mut gi) }, || {
+                format!("GPU {gpu}: GI of MIG device {i}")
+            })?;
+            // SAFETY: as above.
+            check(unsafe { ci_of(mig, &mut ci) }, || {
+                format!("GPU {gpu}: CI of MIG device {i}")
+            })?;
+            let uuid = self.uuid_of(mig, || format!("GPU {gpu}: UUID of MIG device {i}"))?;
+            uuids.insert((gi, ci), uuid);
+            match self.processes(mig) {
+                Ok(list) => {
+                    for p in list {
+                        pids.entry(gi).or_default().insert(p.pid);
+                    }
+                }
+                Err(rc) if parent.is_err() => {
+                    return Err(error_from_code(
+                        rc,
+                        format!("GPU {gpu}: list the processes of MIG device GI {gi} CI {ci} (an instance is never assumed idle)"),
+                    ))
+                }
+                Err(_) => {}
+            }
+        }
+        Ok((pids, uuids))
+    }
+
+    fn observe(
+        &mut self,
+        gpu: u32,
+    ) -> Result<(nvmlDevice_t, Vec<GpuInstance>, Vec<GiHandle>), GpuError> {
+        let op = format!("GPU {gpu}: list GPU instances");
+        let dev = self.device(gpu)?;
+        if !self.mig_mode_of(gpu, dev)?.current {
+            return Err(GpuError::NotSupported {
+                op,
+                reason: "MIG mode is disabled".into(),
+            });
+        }
+        let table = self.table(gpu)?;
+        let gis = self.gi_handles(gpu, dev, &table)?;
+        let (pids, uuids) = self.mig_devices(gpu, dev)?;
+        let mut out = Vec::new();
+        for gi in &gis {
+            let cis = self.ci_handles(gpu, gi)?;
+            let prof = table.iter().find(|p| p.id == gi.profile_id);
+            let compute_instances: Vec<ComputeInstance> = cis
+                .iter()
+                .map(|&(_, id, profile_id)| ComputeInstance {
+                    ci_id: id,
+                    profile_id,
+                    uuid: uuids.get(&(gi.id, id)).cloned(),
+                })
+                .collect();
+            out.push(GpuInstance {
+                gpu,
+                gi_id: gi.id,
+                profile: prof
+                    .map(|p| p.name.clone())
+                    .unwrap_or_else(|| format!("profile-id-{}", gi.profile_id)),
+                profile_id: gi.profile_id,
+                start: gi.start as u8,
+                size: gi.size as u8,
+                uuid: compute_instances.iter().find_map(|c| c.uuid.clone()),
+                compute_instances,
+                pids: pids
+                    .get(&gi.id)
+                    .map(|s| s.iter().copied().collect())
+                    .unwrap_or_default(),
+            });
+        }
+        Ok((dev, out, gis))
+    }
+
+    fn gi_by_id(&self, gpu: u32, dev: nvmlDevice_t, gi_id: u32) -> Result<GiHandle, GpuError> {
+        let by_id = sym!(self, nvmlDeviceGetGpuInstanceById)?;
+        let get_info = sym!(self, nvmlGpuInstanceGetInfo)?;
+        let mut h: nvmlGpuInstance_t = ptr::null_mut();
+        // SAFETY: valid handle and out pointer.
+        check(unsafe { by_id(dev, gi_id, &mut h) }, || {
+            format!("GPU {gpu}: find GPU instance {gi_id}")
+        })?;
+        // SAFETY: plain C struct; zero is valid.
+        let mut info: nvmlGpuInstanceInfo_t = unsafe { std::mem::zeroed() };
+        // SAFETY: a handle NVML just returned.
+        check(unsafe { get_info(h, &mut info) }, || {
+            format!("GPU {gpu}: read GPU instance {gi_id}")
+        })?;
+        Ok(GiHandle {
+            handle: h,
+            id: info.id,
+            profile_id: info.profileId,
+            start: info.placement.start,
+            size: info.placement.size,
+        })
+    }
+
+    /// Create the default (whole-GI) compute instance of a GI.
+    fn create_ci(&self, gpu: u32, gi: &GiHandle) -> Result<(), GpuError> {
+        let prof = sym!(self, nvmlGpuInstanceGetComputeInstanceProfileInfo)?;
+        let create = sym!(self, nvmlGpuInstanceCreateComputeInstance)?;
+        let mut best: Option<nvmlComputeInstanceProfileInfo_t> = None;
+        for idx in 0..NVML_COMPUTE_INSTANCE_PROFILE_COUNT {
+            // SAFETY: plain C struct; zero is valid.
+            let mut info: nvmlComputeInstanceProfileInfo_t = unsafe { std::mem::zeroed() };
+            // SAFETY: valid GI handle and out pointer.
+            let rc = unsafe {
+                prof(
+                    gi.handle,
+                    idx,
+                    NVML_COMPUTE_INSTANCE_ENGINE_PROFILE_SHARED,
+                    &mut info,
+                )
+            };
+            if rc != nvmlReturn_enum_NVML_SUCCESS {
+                continue;
+            }
+            if best.is_none_or(|b| info.sliceCount > b.sliceCount) {
+                best = Some(info);
+            }
+        }
+        let info = best.ok_or_else(|| GpuError::NotSupported {
+            op: format!("GPU {gpu}: create the compute instance of GI {}", gi.id),
+            reason: "NVML reports no compute-instance profile for this GPU instance".into(),
+        })?;
+        let mut ci: nvmlComputeInstance_t = ptr::null_mut();
+        // SAFETY: valid GI handle and out pointer.
+        check(unsafe { create(gi.handle, info.id, &mut ci) }, || {
+            format!("GPU {gpu}: create the compute instance of GI {}", gi.id)
+        })
+    }
+
+    fn find(&mut self, gpu: u32, gi_id: u32) -> Result<GpuInstance, GpuError> {
+        let (_, obs, _) = self.observe(gpu)?;
+        obs.into_iter()
+            .find(|i| i.gi_id == gi_id)
+            .ok_or_else(|| GpuError::NotFound {
+                op: format!("GPU {gpu}: read back GPU instance {gi_id}"),
+                detail: "it vanished right after it was made".into(),
+            })
+    }
+
+    fn ensure_events(&mut self) -> Result<nvmlEventSet_t, GpuError> {
+        if let Some(s) = &self.events {
+            return Ok(s.0);
+        }
+        let create = sym!(self, nvmlEventSetCreate)?;
+        let register = sym!(self, nvmlDeviceRegisterEvents)?;
+        let mut set: nvmlEventSet_t = ptr::null_mut();
+        // SAFETY: valid out pointer.
+        check(unsafe { create(&mut set) }, || {
+            "create an NVML event set".into()
+        })?;
+        self.events = Some(EventSet(set));
+        for gpu in 0..self.count()? {
+            let dev = self.device(gpu)?;
+            // SAFETY: valid device and set handles.
+            let rc = unsafe { register(dev, u64::from(nvmlEventTypeXidCriticalError), set) };
+            if rc != nvmlReturn_enum_NVML_ERROR_NOT_SUPPORTED {
+                check(rc, || format!("GPU {gpu}: subscribe to XID events"))?;
+            }
+        }
+        Ok(set)
+    }
+}
+
+impl Drop for NvmlBackend {
+    fn drop(&mut self) {
+        if let Some(set) = self.events.take() {
+            if let Ok(f) = self.nvml.lib().nvmlEventSetFree.as_ref() {
+                // SAFETY: the set was created by nvmlEventSetCreate and is freed once.
+                unsafe {
+                    f(set.0);
+                }
+            }
+        }
+    }
+}
+
+impl GpuBackend for NvmlBackend {
+    fn describe(&self) -> String {
+        "nvml".into()
+    }
+
+    fn gpus(&mut self) -> Result<Vec<GpuInfo>, GpuError> {
+        (0..self.count()?).map(|i| self.info(i)).collect()
+    }
+
+    fn profiles(&mut self, gpu: u32) -> Result<Vec<ProfileInfo>, GpuError> {
+        self.table(gpu)
+    }
+
+    fn instances(&mut self, gpu: u32) -> Result<Vec<GpuInstance>, GpuError> {
+        Ok(self.observe(gpu)?.1)
+    }
+
+    fn create_gi(&mut self, gpu: u32, profile: &str, start: u8) -> Result<GpuInstance, GpuError> {
+        let op = format!("GPU {gpu}: create GPU instance {profile}@{start}");
+        let dev = self.device(gpu)?;
+        if !self.mig_mode_of(gpu, dev)?.current {
+            return Err(GpuError::NotSupported {
+                op,
+                reason: "MIG mode is disabled; enable it with `tessera agent mig-mode --enable`"
+                    .into(),
+            });
+        }
+        let table = self.table(gpu)?;
+        let Some(p) = table.iter().find(|p| p.name.eq_ignore_ascii_case(profile)) else {
+            let names: Vec<&str> = table.iter().map(|p| p.name.as_str()).collect();
+            return Err(GpuError::NotSupported {
+                op,
+                reason: format!(
+                    "the GPU offers no profile `{profile}`; it offers {}",
+                    names.join(", ")
+                ),
+            });
+        };
+        if !p.placements.contains(&start) {
+            return Err(GpuError::InvalidArgument {
+                op,
+                detail: format!(
+                    "{start} is not a placement of {}; allowed starts: {:?}",
+                    p.name, p.placements
+                ),
+            });
+        }
+        let create = sym!(self, nvmlDeviceCreateGpuInstanceWithPlacement)?;
+        let get_info = sym!(self, nvmlGpuInstanceGetInfo)?;
+        let destroy = sym!(self, nvmlGpuInstanceDestroy)?;
+        let placement = nvmlGpuInstancePlacement_t {
+            start: u32::from(start),
+            size: u32::from(p.memory_slices),
+        };
+        let mut h: nvmlGpuInstance_t = ptr::null_mut();
+        // SAFETY: valid device handle, placement and out pointer.
+        check(unsafe { create(dev, p.id, &placement, &mut h) }, || {
+            op.clone()
+        })?;
+        // SAFETY: plain C struct; zero is valid.
+        let mut info: nvmlGpuInstanceInfo_t = unsafe { std::mem::zeroed() };
+        // SAFETY: the handle NVML just returned.
+        check(unsafe { get_info(h, &mut info) }, || {
+            format!("{op}: read the new GPU instance")
+        })?;
+        let gi = GiHandle {
+            handle: h,
+            id: info.id,
+            profile_id: info.profileId,
+            start: info.placement.start,
+            size: info.placement.size,
+        };
+        if let Err(e) = self.create_ci(gpu, &gi) {
+            // Roll back so that a failed create leaves nothing behind (best effort).
+            // SAFETY: the GI handle is valid and has no compute instance.
+            unsafe {
+                destroy(h);
+            }
+            return Err(e);
+        }
+        self.find(gpu, gi.id)
+    }
+
+    fn create_default_ci(&mut self, gpu: u32, gi_id: u32) -> Result<GpuInstance, GpuError> {
+        let dev = self.device(gpu)?;
+        let gi = self.gi_by_id(gpu, dev, gi_id)?;
+        if !self.ci_handles(gpu, &gi)?.is_empty() {
+            return Err(GpuError::InsufficientResources {
+                op: format!("GPU {gpu}: create the compute instance of GI {gi_id}"),
+                detail: "the GPU instance already has compute instances".into(),
+            });
+        }
+        self.create_ci(gpu, &gi)?;
+        self.find(gpu, gi_id)
+    }
+
+    fn destroy_gi(&mut self, instance: &IdleInstance) -> Result<(), GpuError> {
+        let gpu = instance.gpu();
+        let op = format!(
+            "GPU {gpu}: destroy GPU instance {} (GI {})",
+            instance.spec(),
+            instance.gi_id()
+        );
+        let (dev, obs, _) = self.observe(gpu)?;
+        let Some(now) = obs.iter().find(|i| i.gi_id == instance.gi_id()) else {
+            return Err(GpuError::NotFound {
+                op,
+                detail: format!("GPU {gpu} has no GPU instance {}", instance.gi_id()),
+            });
+        };
+        if now.profile != instance.profile() || now.start != instance.start() {
+            return Err(GpuError::NotFound {
+                op,
+                detail: format!(
+                    "GI {} is now {}, not the instance observed",
+                    now.gi_id,
+                    now.spec()
+                ),
+            });
+        }
+        if now.is_busy() {
+            return Err(GpuError::InUse {
+                op,
+                pids: now.pids.clone(),
+            });
+        }
+        let gi = self.gi_by_id(gpu, dev, instance.gi_id())?;
+        let destroy_ci = sym!(self, nvmlComputeInstanceDestroy)?;
+        for (h, ci_id, _) in self.ci_handles(gpu, &gi)? {
+            // SAFETY: a CI handle NVML just returned.
+            check(unsafe { destroy_ci(h) }, || {
+                format!("{op}: destroy compute instance {ci_id}")
+            })?;
+        }
+        let destroy = sym!(self, nvmlGpuInstanceDestroy)?;
+        // SAFETY: a GI handle NVML just returned; its CIs are gone.
+        check(unsafe { destroy(gi.handle) }, || op.clone())
+    }
+
+    fn mig_mode(&mut self, gpu: u32) -> Result<MigMode, GpuError> {
+        let dev = self.device(gpu)?;
+        self.mig_mode_of(gpu, dev)
+    }
+
+    fn set_mig_mode(&mut self, gpu: u32, enabled: bool) -> Result<MigMode, GpuError> {
+        let dev = self.device(gpu)?;
+        let f = sym!(self, nvmlDeviceSetMigMode)?;
+        let mode = if enabled {
+            NVML_DEVICE_MIG_ENABLE
+        } else {
+            NVML_DEVICE_MIG_DISABLE
+        };
+        let mut activation: nvmlReturn_t = nvmlReturn_enum_NVML_SUCCESS;
+        // SAFETY: valid handle and out pointer.
+        check(unsafe { f(dev, mode, &mut activation) }, || {
+            format!(
+                "GPU {gpu}: {} MIG mode",
+                if enabled { "enable" } else { "disable" }
+            )
+        })?;
+        self.tables.remove(&gpu);
+        self.mig_mode_of(gpu, dev)
+    }
+
+    fn compute_mode(&mut self, gpu: u32) -> Result<ComputeMode, GpuError> {
+        let dev = self.device(gpu)?;
+        self.compute_mode_of(gpu, dev)
+    }
+
+    fn set_compute_mode(&mut self, gpu: u32, mode: ComputeMode) -> Result<(), GpuError> {
+        let dev = self.device(gpu)?;
+        let f = sym!(self, nvmlDeviceSetComputeMode)?;
+        // SAFETY: valid handle.
+        check(unsafe { f(dev, compute_mode_to(mode)) }, || {
+            format!("GPU {gpu}: set compute mode {mode}")
+        })
+    }
+
+    fn poll_events(&mut self, timeout_ms: u32) -> Result<Vec<GpuEvent>, GpuError> {
+        let set = self.ensure_events()?;
+        let wait = sym!(self, nvmlEventSetWait_v2)?;
+        let index = sym!(self, nvmlDeviceGetIndex)?;
+        let mut out = Vec::new();
+        let mut timeout = timeout_ms;
+        while out.len() < 1024 {
+            // SAFETY: plain C struct; zero is valid.
+            let mut data: nvmlEventData_t = unsafe { std::mem::zeroed() };
+            // SAFETY: a live event set and a valid out pointer.
+            let rc = unsafe { wait(set, &mut data, timeout) };
+            if rc == nvmlReturn_enum_NVML_ERROR_TIMEOUT {
+                break;
+            }
+            check(rc, || "wait for XID events".into())?;
+            let mut gpu = 0u32;
+            // SAFETY: the device handle of the event.
+            check(unsafe { index(data.device, &mut gpu) }, || {
+                "find the GPU of an XID event".into()
+            })?;
+            let id = |v: u32| (v != NO_ID).then_some(v);
+            out.push(GpuEvent {
+                gpu,
+                xid: data.eventData,
+                gi_id: id(data.gpuInstanceId),
+                ci_id: id(data.computeInstanceId),
+            });
+            timeout = 0;
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn return_codes_map_to_the_matching_variants() {
+        let op = || "GPU 0: x".to_string();
+        assert!(matches!(
+            error_from_code(nvmlReturn_enum_NVML_ERROR_INSUFFICIENT_RESOURCES, op()),
+            GpuError::InsufficientResources { .. }
+        ));
+        assert!(matches!(
+            error_from_code(nvmlReturn_enum_NVML_ERROR_IN_USE, op()),
+            GpuError::InUse { .. }
+        ));
+        assert!(error_from_code(nvmlReturn_enum_NVML_ERROR_TIMEOUT, op()).is_transient());
+        assert!(error_from_code(12345, op()).is_transient());
+        assert!(!error_from_code(nvmlReturn_enum_NVML_ERROR_NO_PERMISSION, op()).is_transient());
+    }
+
+    #[test]
+    fn the_profile_info_struct_version_matches_nvml_h() {
+        // nvml.h: sizeof(nvmlGpuInstanceProfileInfo_v2_t) | (2 << 24); the struct is 152 bytes.
+        assert_eq!(profile_info_v2_version(), 0x0200_0098);
+    }
+
+    #[test]
+    fn c_strings_stop_at_nul() {
+        let mut buf = [0 as c_char; 16];
+        for (i, b) in b"MIG 1g.10gb".iter().enumerate() {
+            buf[i] = *b as c_char;
+        }
+        assert_eq!(cstr(&buf), "MIG 1g.10gb");
+    }
+
+    #[test]
+    fn without_a_driver_open_says_so_plainly() {
+        // On machines with a driver this opens; that is fine too.
+        if let Err(e) = NvmlBackend::open(Catalog::builtin().clone()) {
+            let text = e.to_string();
+            assert!(
+                matches!(
+                    e,
+                    GpuError::LibraryNotFound { .. } | GpuError::DriverNotLoaded
+                ),
+                "{text}"
+            );
+            assert!(text.contains("--backend sim:STATE"), "{text}");
+        }
+    }
+}
