@@ -327,10 +327,7 @@ impl Catalog {
 
 /// Reduce a PCI device ID to its 16-bit device part: `0x233010DE`, `0x2330`, `2330` -> 0x2330.
 fn normalize_pci_id(s: &str) -> Option<u16> {
-    let hex = s
-        .trim()
-        .trim_start_matches("0x")
-        .trim_start_matches("0X");
+    let hex = s.trim().trim_start_matches("0x").trim_start_matches("0X");
     if hex.is_empty() || hex.len() > 8 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
         return None;
     }
@@ -351,7 +348,9 @@ impl GpuModel {
             problem,
         };
         if self.key.is_empty() {
-            return Err(bad("the key is empty; give the model a key such as `h100-80gb`".into()));
+            return Err(bad(
+                "the key is empty; give the model a key such as `h100-80gb`".into(),
+            ));
         }
         if self.memory_slices == 0 || self.memory_slices > MAX_GRID {
             return Err(bad(format!(
@@ -363,7 +362,9 @@ impl GpuModel {
             return Err(bad("compute_slices is 0; it must be at least 1".into()));
         }
         if self.profiles.is_empty() {
-            return Err(bad("it has no profiles; list at least one GPU-instance profile".into()));
+            return Err(bad(
+                "it has no profiles; list at least one GPU-instance profile".into(),
+            ));
         }
         if self.profiles.len() > crate::layout::MAX_PROFILES {
             return Err(bad(format!(
@@ -389,7 +390,10 @@ impl GpuModel {
                 )));
             }
             if p.max == 0 {
-                return Err(bad(format!("profile `{}` has max 0; it must be at least 1", p.name)));
+                return Err(bad(format!(
+                    "profile `{}` has max 0; it must be at least 1",
+                    p.name
+                )));
             }
             if p.placements.is_empty() {
                 return Err(bad(format!(
@@ -494,7 +498,9 @@ mod tests {
     fn every_model_has_a_full_gpu_profile_and_unique_ids() {
         for m in &Catalog::builtin().models {
             assert!(
-                m.profiles.iter().any(|p| p.memory_slices == m.memory_slices),
+                m.profiles
+                    .iter()
+                    .any(|p| p.memory_slices == m.memory_slices),
                 "{} has no full-GPU profile",
                 m.key
             );
@@ -530,16 +536,28 @@ mod tests {
             models: vec![m, extra],
         });
         assert_eq!(c.models.len(), n + 1);
-        assert_eq!(c.lookup("a30").unwrap().notes, vec!["overridden".to_string()]);
+        assert_eq!(
+            c.lookup("a30").unwrap().notes,
+            vec!["overridden".to_string()]
+        );
         assert!(c.get("my-gpu").is_some());
     }
 
     #[test]
     fn structural_errors_name_the_model_and_profile() {
-        let text = Catalog::builtin_text().replacen("\"placements\": [0, 1, 2, 3]", "\"placements\": [0, 1, 2, 9]", 1);
+        let text = Catalog::builtin_text().replacen(
+            "\"placements\": [0, 1, 2, 3]",
+            "\"placements\": [0, 1, 2, 9]",
+            1,
+        );
         let err = Catalog::from_yaml(&text).unwrap_err().to_string();
-        assert!(err.contains("a30-24gb") && err.contains("1g.6gb") && err.contains("placement 9"), "{err}");
-        let err = Catalog::from_yaml("schema_version: 7\nmodels: []").unwrap_err().to_string();
+        assert!(
+            err.contains("a30-24gb") && err.contains("1g.6gb") && err.contains("placement 9"),
+            "{err}"
+        );
+        let err = Catalog::from_yaml("schema_version: 7\nmodels: []")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("schema_version 7"), "{err}");
         assert!(Catalog::from_yaml("models: [").is_err());
     }

@@ -310,7 +310,11 @@ impl GpuModel {
     /// Memory-slice bit mask of an instance.
     pub fn mask(&self, p: Placed) -> u32 {
         let size = u32::from(self.profile(p.profile).memory_slices);
-        let bits = if size >= 32 { u32::MAX } else { (1u32 << size) - 1 };
+        let bits = if size >= 32 {
+            u32::MAX
+        } else {
+            (1u32 << size) - 1
+        };
         bits.checked_shl(u32::from(p.start)).unwrap_or(0)
     }
 
@@ -412,7 +416,10 @@ impl GpuModel {
             out.push(Violation::MultipleMe { instances: me });
         }
         for a in items.iter().filter(|p| kind(p) == MediaKind::MeAll) {
-            for b in items.iter().filter(|b| *b != a && kind(b) != MediaKind::NoMe) {
+            for b in items
+                .iter()
+                .filter(|b| *b != a && kind(b) != MediaKind::NoMe)
+            {
                 out.push(Violation::MeAllExcludes {
                     me_all: self.spec(*a),
                     other: self.spec(*b),
@@ -504,13 +511,18 @@ mod tests {
     }
 
     fn specs(m: &GpuModel, s: &str) -> Vec<Placed> {
-        s.split_whitespace().map(|x| m.parse_spec(x).unwrap()).collect()
+        s.split_whitespace()
+            .map(|x| m.parse_spec(x).unwrap())
+            .collect()
     }
 
     #[test]
     fn a_known_good_a100_layout_is_valid() {
         let m = model("a100-80gb");
-        assert_eq!(m.validate(&specs(m, "3g.40gb@0 2g.20gb@4 1g.10gb@6")), vec![]);
+        assert_eq!(
+            m.validate(&specs(m, "3g.40gb@0 2g.20gb@4 1g.10gb@6")),
+            vec![]
+        );
         assert_eq!(m.validate(&specs(m, "4g.40gb@0 3g.40gb@4")), vec![]);
     }
 
@@ -529,8 +541,15 @@ mod tests {
         );
 
         let v = m.validate(&specs(m, "1g.10gb+me@0 1g.10gb+me@1"));
-        assert!(v.iter().any(|x| matches!(x, Violation::MultipleMe { .. })), "{v:?}");
-        assert!(v.iter().any(|x| matches!(x, Violation::TooManyOfProfile { .. })), "{v:?}");
+        assert!(
+            v.iter().any(|x| matches!(x, Violation::MultipleMe { .. })),
+            "{v:?}"
+        );
+        assert!(
+            v.iter()
+                .any(|x| matches!(x, Violation::TooManyOfProfile { .. })),
+            "{v:?}"
+        );
 
         // One +me instance beside an ordinary one of the same size is fine.
         let m = model("a30");
@@ -542,7 +561,9 @@ mod tests {
         // On 8-slice GPUs 4g and 3g take 4 memory slices each; seven 1g would also fit memory.
         let m = model("a100-40gb");
         let v = m.validate(&specs(m, "4g.20gb@0 1g.5gb@4 1g.5gb@5 1g.5gb@6 1g.5gb@7"));
-        assert!(v.iter().any(|x| matches!(x, Violation::BadPlacement { .. })));
+        assert!(v
+            .iter()
+            .any(|x| matches!(x, Violation::BadPlacement { .. })));
         let v = m.validate(&specs(m, "4g.20gb@0 1g.5gb@4 1g.5gb@5 1g.5gb@6"));
         assert_eq!(v, vec![]);
         let v = m.validate(&specs(m, "4g.20gb@0 3g.20gb@4"));
@@ -552,7 +573,10 @@ mod tests {
     #[test]
     fn me_all_excludes_everything_but_no_me() {
         let m = model("rtx-pro-6000");
-        assert_eq!(m.validate(&specs(m, "1g.24gb+me.all@0 1g.24gb-me@3 2g.48gb-me@6")), vec![]);
+        assert_eq!(
+            m.validate(&specs(m, "1g.24gb+me.all@0 1g.24gb-me@3 2g.48gb-me@6")),
+            vec![]
+        );
         let v = m.validate(&specs(m, "1g.24gb+me.all@0 1g.24gb@3"));
         assert_eq!(v.len(), 1, "{v:?}");
         assert!(v[0].to_string().contains("1g.24gb+me.all@0"));
@@ -563,7 +587,10 @@ mod tests {
     #[test]
     fn spec_parsing_names_the_problem() {
         let m = model("h100-80gb");
-        assert!(matches!(m.parse_spec("3g.40gb"), Err(LayoutError::BadSpec { .. })));
+        assert!(matches!(
+            m.parse_spec("3g.40gb"),
+            Err(LayoutError::BadSpec { .. })
+        ));
         let e = m.parse_spec("3g.41gb@0").unwrap_err().to_string();
         assert!(e.contains("3g.41gb") && e.contains("3g.40gb"), "{e}");
         assert_eq!(m.spec(m.parse_spec("MIG 3g.40gb@4").unwrap()), "3g.40gb@4");
@@ -577,6 +604,8 @@ mod tests {
         let full = m.profile_named("4g.24gb").unwrap();
         assert!(all.iter().any(|l| l.items() == [Placed::new(full, 0)]));
         let max = m.maximal_layouts();
-        assert!(max.iter().all(|l| m.is_maximal(l.items()) && m.validate(l.items()).is_empty()));
+        assert!(max
+            .iter()
+            .all(|l| m.is_maximal(l.items()) && m.validate(l.items()).is_empty()));
     }
 }

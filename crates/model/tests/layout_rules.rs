@@ -46,7 +46,11 @@ fn enumeration_equals_brute_force_for_every_model() {
         let fast: BTreeSet<Vec<Placed>> = listed.iter().map(|l| l.items().to_vec()).collect();
         assert_eq!(fast.len(), listed.len(), "{}: duplicates", m.key);
         let slow = brute_force(m);
-        assert_eq!(fast, slow, "{}: enumeration differs from brute force", m.key);
+        assert_eq!(
+            fast, slow,
+            "{}: enumeration differs from brute force",
+            m.key
+        );
     }
 }
 
