@@ -1,1 +1,38 @@
-//! tessera-server (placeholder until its issue lands).
+//! tessera-server: the single-machine daemon (`tessera serve`) that hands out right-sized GPU
+//! slices on demand.
+//!
+//! Clients (`tessera run`) queue a request over a Unix socket; the scheduler asks the planner
+//! for the cheapest way to serve the head of the queue using only idle instances, the GPU is
+//! re-partitioned when needed, and the request is leased a slice (a MIG instance, an MPS client
+//! share or a time-slice replica). The lease ends when the client says its command ended, or
+//! when the client process is gone or silent. Everything the daemon knows lives in SQLite, so a
+//! `kill -9` loses nothing.
+//!
+//! Modules, in the order a request meets them:
+//! - [`wire`]: the API's JSON types (version 1);
+//! - [`http`]: the axum router, peer-credential and bearer-token identity ([`ident`]);
+//! - [`daemon`]: the API operations, the scheduler thread, liveness ([`liveness`]) and recovery;
+//! - [`sched`]: the scheduling rule (queue order, reservations against starvation);
+//! - [`fleet`]: the GPUs (NVML or simulated), MPS, layout changes;
+//! - [`store`]: SQLite (queue, leases, desired layouts, journal, schema version);
+//! - [`metrics`]: Prometheus metrics; [`config`]: the YAML configuration;
+//! - [`client`]: the client used by the CLI; [`serve`]: sockets and signals;
+//! - [`demo`]: the scripted in-process demonstration behind `tessera demo`.
+
+pub mod client;
+pub mod config;
+pub mod daemon;
+pub mod error;
+pub mod fleet;
+pub mod http;
+pub mod ident;
+pub mod liveness;
+pub mod metrics;
+pub mod sched;
+pub mod serve;
+pub mod store;
+pub mod wire;
+
+pub use config::Config;
+pub use daemon::Daemon;
+pub use error::{ApiError, ServerError};

@@ -1,0 +1,390 @@
+//! The daemon's configuration: a YAML file (`--config`), flags that override it, and defaults.
+//!
+//! ```yaml
+//! backend: auto                 # auto | nvml | sim
+//! sim_gpus: h100-80gb:2         # the simulated fleet (sim, or auto without a GPU)
+//! state_dir: /var/lib/tessera   # SQLite database (and the simulated GPUs' state)
+//! socket: /run/tessera/tessera.sock
+//! socket_group: gpu-users       # group that may connect (the socket is mode 0660)
+//! listen: 127.0.0.1:9400        # optional HTTP API + /metrics (bearer token)
+//! token_file: /etc/tessera/token   # or token: ..., or the TESSERA_TOKEN environment variable
+//! http_uid: 0                   # who an HTTP caller with the token acts as (0: sees everything)
+//! default_mode: auto            # auto: MIG where the GPU can (and, on NVML, has MIG on), else timeslice
+//! gpus:                         # per-GPU overrides, by NVML index
+//! - {index: 0, mode: mig}
+//! - {index: 1, mode: mps, mps: {reserve_mib: 1024, max_clients: 48, sm_oversubscription: 1.0}}
+//! - {index: 2, mode: timeslice, replicas: 4}
+//! scheduler:
+//!   tick_ms: 1000               # scheduling and liveness pass at least this often
+//!   max_reserved_gpus: 1        # how many waiting requests may hold a GPU for themselves
+//!   reserve_after_ms: 0         # a request holds a GPU only after waiting this long
+//! lease:
+//!   heartbeat_interval_ms: 5000
+//!   heartbeat_timeout_ms: 30000
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::ServerError;
+
+/// Which GPU backend the daemon drives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BackendChoice {
+    /// NVML when a GPU is found, otherwise the simulated fleet.
+    #[default]
+    Auto,
+    /// Real GPUs through NVML; fails without a driver.
+    Nvml,
+    /// Simulated GPUs whose state lives in the state directory.
+    Sim,
+}
+
+/// How a GPU is shared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ModeChoice {
+    /// MIG where possible, else time-slicing.
+    Auto,
+    /// MIG instances.
+    Mig,
+    /// MPS clients with memory and SM limits.
+    Mps,
+    /// Time-slice replicas of the whole GPU.
+    Timeslice,
+}
+
+/// MPS settings of one GPU.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MpsSettings {
+    /// Device memory kept back for the driver and the MPS server, MiB.
+    pub reserve_mib: u64,
+    /// Most clients at once (48 on Volta and newer).
+    pub max_clients: u32,
+    /// How far SM percentages may add up past 100 (1.0: not at all).
+    pub sm_oversubscription: f64,
+}
+
+impl Default for MpsSettings {
+    fn default() -> Self {
+        MpsSettings {
+            reserve_mib: 1024,
+            max_clients: 48,
+            sm_oversubscription: 1.0,
+        }
+    }
+}
+
+/// Settings of one GPU, by index.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GpuSettings {
+    /// NVML index.
+    pub index: u32,
+    /// Sharing mode.
+    #[serde(default = "auto_mode")]
+    pub mode: ModeChoice,
+    /// MPS settings (mode `mps`).
+    #[serde(default)]
+    pub mps: MpsSettings,
+    /// Time-slice replicas offered (mode `timeslice`).
+    #[serde(default = "default_replicas")]
+    pub replicas: u32,
+}
+
+fn auto_mode() -> ModeChoice {
+    ModeChoice::Auto
+}
+
+fn default_replicas() -> u32 {
+    4
+}
+
+/// Scheduler settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SchedulerSettings {
+    /// A scheduling and liveness pass runs at least this often (and on every change).
+    pub tick_ms: u64,
+    /// How many waiting requests may each reserve a GPU (see the crate docs' starvation rule).
+    pub max_reserved_gpus: u32,
+    /// A waiting request reserves a GPU only after waiting this long.
+    pub reserve_after_ms: u64,
+}
+
+impl Default for SchedulerSettings {
+    fn default() -> Self {
+        SchedulerSettings {
+            tick_ms: 1000,
+            max_reserved_gpus: 1,
+            reserve_after_ms: 0,
+        }
+    }
+}
+
+/// Lease liveness settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LeaseSettings {
+    /// How often clients are told to send a heartbeat.
+    pub heartbeat_interval_ms: u64,
+    /// A request whose client sent nothing for this long ends (`expired`).
+    pub heartbeat_timeout_ms: u64,
+}
+
+impl Default for LeaseSettings {
+    fn default() -> Self {
+        LeaseSettings {
+            heartbeat_interval_ms: 5_000,
+            heartbeat_timeout_ms: 30_000,
+        }
+    }
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Backend.
+    pub backend: BackendChoice,
+    /// Simulated fleet: `MODEL:COUNT[,MODEL:COUNT...]`.
+    pub sim_gpus: String,
+    /// State directory (database, simulated GPUs).
+    pub state_dir: Option<PathBuf>,
+    /// Unix socket path.
+    pub socket: Option<PathBuf>,
+    /// Group (name or number) given to the socket so its members may connect.
+    pub socket_group: Option<String>,
+    /// Optional HTTP listen address (`127.0.0.1:9400`).
+    pub listen: Option<String>,
+    /// Bearer token for HTTP (prefer `token_file` or `TESSERA_TOKEN`).
+    pub token: Option<String>,
+    /// File holding the bearer token.
+    pub token_file: Option<PathBuf>,
+    /// uid an HTTP caller with the token acts as.
+    pub http_uid: u32,
+    /// Mode of GPUs not listed in `gpus`.
+    pub default_mode: ModeChoice,
+    /// Per-GPU settings.
+    pub gpus: Vec<GpuSettings>,
+    /// Scheduler.
+    pub scheduler: SchedulerSettings,
+    /// Leases.
+    pub lease: LeaseSettings,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            backend: BackendChoice::Auto,
+            sim_gpus: "h100-80gb:2".into(),
+            state_dir: None,
+            socket: None,
+            socket_group: None,
+            listen: None,
+            token: None,
+            token_file: None,
+            http_uid: 0,
+            default_mode: ModeChoice::Auto,
+            gpus: Vec::new(),
+            scheduler: SchedulerSettings::default(),
+            lease: LeaseSettings::default(),
+        }
+    }
+}
+
+impl Config {
+    /// Parse a YAML (or JSON) configuration; errors name the file.
+    pub fn from_yaml(text: &str, origin: &Path) -> Result<Config, ServerError> {
+        let cfg: Config = serde_yaml_ng::from_str(text).map_err(|e| ServerError::Config {
+            path: origin.to_path_buf(),
+            problem: e.to_string(),
+        })?;
+        cfg.check(origin)?;
+        Ok(cfg)
+    }
+
+    /// Read and parse a configuration file.
+    pub fn load(path: &Path) -> Result<Config, ServerError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ServerError::Config {
+            path: path.to_path_buf(),
+            problem: format!("cannot read it: {e}"),
+        })?;
+        Config::from_yaml(&text, path)
+    }
+
+    fn check(&self, origin: &Path) -> Result<(), ServerError> {
+        let bad = |problem: String| ServerError::Config {
+            path: origin.to_path_buf(),
+            problem,
+        };
+        let mut seen = std::collections::BTreeSet::new();
+        for g in &self.gpus {
+            if !seen.insert(g.index) {
+                return Err(bad(format!("GPU {} is listed twice under `gpus`", g.index)));
+            }
+            if g.mode == ModeChoice::Timeslice && g.replicas == 0 {
+                return Err(bad(format!("GPU {}: replicas must be at least 1", g.index)));
+            }
+            if g.mps.max_clients == 0 || g.mps.sm_oversubscription < 1.0 {
+                return Err(bad(format!(
+                    "GPU {}: mps.max_clients must be at least 1 and mps.sm_oversubscription at least 1.0",
+                    g.index
+                )));
+            }
+        }
+        if self.scheduler.tick_ms == 0 {
+            return Err(bad("scheduler.tick_ms must be at least 1".into()));
+        }
+        if self.lease.heartbeat_interval_ms == 0
+            || self.lease.heartbeat_timeout_ms <= self.lease.heartbeat_interval_ms
+        {
+            return Err(bad(
+                "lease.heartbeat_timeout_ms must be larger than lease.heartbeat_interval_ms (> 0)"
+                    .into(),
+            ));
+        }
+        parse_sim_gpus(&self.sim_gpus).map_err(bad)?;
+        Ok(())
+    }
+
+    /// The settings of GPU `index` (defaults when it is not listed).
+    pub fn gpu(&self, index: u32) -> GpuSettings {
+        self.gpus
+            .iter()
+            .find(|g| g.index == index)
+            .cloned()
+            .unwrap_or(GpuSettings {
+                index,
+                mode: self.default_mode,
+                mps: MpsSettings::default(),
+                replicas: default_replicas(),
+            })
+    }
+
+    /// The state directory: the configured one or `<runtime dir>/state`.
+    pub fn state_dir(&self) -> PathBuf {
+        self.state_dir
+            .clone()
+            .unwrap_or_else(|| default_base_dir().join("state"))
+    }
+
+    /// The socket path: the configured one or [`default_socket`].
+    pub fn socket(&self) -> PathBuf {
+        self.socket.clone().unwrap_or_else(default_socket)
+    }
+
+    /// The bearer token: `TESSERA_TOKEN`, else `token_file`'s first line, else `token`.
+    pub fn resolve_token(&self) -> Result<Option<String>, ServerError> {
+        if let Ok(t) = std::env::var("TESSERA_TOKEN") {
+            if !t.trim().is_empty() {
+                return Ok(Some(t.trim().to_string()));
+            }
+        }
+        if let Some(path) = &self.token_file {
+            let text = std::fs::read_to_string(path).map_err(|e| ServerError::Config {
+                path: path.clone(),
+                problem: format!("cannot read the token file: {e}"),
+            })?;
+            let t = text.lines().next().unwrap_or("").trim().to_string();
+            if t.is_empty() {
+                return Err(ServerError::Config {
+                    path: path.clone(),
+                    problem: "the token file is empty".into(),
+                });
+            }
+            return Ok(Some(t));
+        }
+        Ok(self.token.clone().filter(|t| !t.trim().is_empty()))
+    }
+}
+
+/// Parse `h100-80gb:2,a100-40gb:1` into (model, count) pairs.
+pub fn parse_sim_gpus(text: &str) -> Result<Vec<(String, u32)>, String> {
+    let mut out = Vec::new();
+    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (model, count) = match part.rsplit_once(':') {
+            Some((m, c)) => (
+                m.trim(),
+                c.trim().parse::<u32>().map_err(|_| {
+                    format!("sim GPUs `{part}`: the count after `:` must be a number")
+                })?,
+            ),
+            None => (part, 1),
+        };
+        if model.is_empty() || count == 0 || count > 64 {
+            return Err(format!(
+                "sim GPUs `{part}`: write MODEL:COUNT with a count from 1 to 64, e.g. h100-80gb:2"
+            ));
+        }
+        out.push((model.to_string(), count));
+    }
+    if out.is_empty() {
+        return Err("sim GPUs: give at least one MODEL:COUNT, e.g. h100-80gb:2".into());
+    }
+    Ok(out)
+}
+
+/// `$XDG_RUNTIME_DIR/tessera` when that variable is set, else `/tmp/tessera`.
+pub fn default_base_dir() -> PathBuf {
+    match std::env::var_os("XDG_RUNTIME_DIR") {
+        Some(d) if !d.is_empty() => PathBuf::from(d).join("tessera"),
+        _ => PathBuf::from("/tmp/tessera"),
+    }
+}
+
+/// The socket clients use when given none: `$TESSERA_SOCKET`, else
+/// `<base dir>/tessera.sock` (see [`default_base_dir`]).
+pub fn default_socket() -> PathBuf {
+    match std::env::var_os("TESSERA_SOCKET") {
+        Some(s) if !s.is_empty() => PathBuf::from(s),
+        _ => default_base_dir().join("tessera.sock"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_config_parses_and_defaults_fill_the_rest() {
+        let text = "backend: sim\nsim_gpus: h100-80gb:1,a100-40gb:2\ngpus:\n- {index: 1, mode: mps}\n- {index: 2, mode: timeslice, replicas: 8}\nscheduler: {max_reserved_gpus: 2}\n";
+        let c = Config::from_yaml(text, Path::new("t.yaml")).unwrap();
+        assert_eq!(c.backend, BackendChoice::Sim);
+        assert_eq!(c.gpu(0).mode, ModeChoice::Auto);
+        assert_eq!(c.gpu(1).mode, ModeChoice::Mps);
+        assert_eq!(c.gpu(1).mps.max_clients, 48);
+        assert_eq!(c.gpu(2).replicas, 8);
+        assert_eq!(c.scheduler.max_reserved_gpus, 2);
+        assert_eq!(c.scheduler.tick_ms, 1000);
+    }
+
+    #[test]
+    fn mistakes_name_the_file_and_the_field() {
+        let e = Config::from_yaml("bakend: sim\n", Path::new("x.yaml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("x.yaml") && e.contains("bakend"), "{e}");
+        let e = Config::from_yaml("gpus: [{index: 0}, {index: 0}]", Path::new("x.yaml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("listed twice"), "{e}");
+        let e = Config::from_yaml("sim_gpus: h100:zero", Path::new("x.yaml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("count"), "{e}");
+    }
+
+    #[test]
+    fn sim_gpu_lists_parse() {
+        assert_eq!(
+            parse_sim_gpus("h100-80gb:2, a30").unwrap(),
+            vec![("h100-80gb".into(), 2), ("a30".into(), 1)]
+        );
+        assert!(parse_sim_gpus("").is_err());
+        assert!(parse_sim_gpus("h100:0").is_err());
+    }
+}

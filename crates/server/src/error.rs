@@ -1,0 +1,125 @@
+//! Errors of the daemon ([`ServerError`]) and of one API call ([`ApiError`], which carries its
+//! HTTP status).
+
+use std::path::PathBuf;
+
+/// Errors that stop the daemon or one of its parts.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The configuration is wrong.
+    #[error("config {}: {problem}", path.display())]
+    Config {
+        /// The file (or `<flags>`).
+        path: PathBuf,
+        /// What is wrong and how to fix it.
+        problem: String,
+    },
+    /// The state database failed.
+    #[error("state database {}: {problem}", path.display())]
+    Store {
+        /// The database file.
+        path: PathBuf,
+        /// What went wrong.
+        problem: String,
+    },
+    /// The database was written by another schema version.
+    #[error("state database {}: schema version {found} is not supported (this build uses {expected}); move the file away to start afresh", path.display())]
+    Schema {
+        /// The database file.
+        path: PathBuf,
+        /// Version in the file.
+        found: u32,
+        /// Version of this build.
+        expected: u32,
+    },
+    /// A file or socket operation failed.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The GPU backend could not be set up or failed.
+    #[error("GPU backend: {0}")]
+    Backend(String),
+    /// The GPU fleet does not match the configuration.
+    #[error("{0}")]
+    Fleet(String),
+}
+
+impl ServerError {
+    /// An I/O error on a path.
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        ServerError::Io {
+            path: path.into(),
+            source,
+        }
+    }
+}
+
+/// An API call's failure: an HTTP status and a message for the caller.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct ApiError {
+    /// HTTP status code.
+    pub status: u16,
+    /// What went wrong and what to do (for 5xx: an incident id only).
+    pub message: String,
+}
+
+impl ApiError {
+    /// 400: the body or a parameter is malformed.
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        ApiError {
+            status: 400,
+            message: message.into(),
+        }
+    }
+    /// 401: no or a wrong bearer token.
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        ApiError {
+            status: 401,
+            message: message.into(),
+        }
+    }
+    /// 403: the caller may not do this.
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        ApiError {
+            status: 403,
+            message: message.into(),
+        }
+    }
+    /// 404: no such object (or not the caller's).
+    pub fn not_found(message: impl Into<String>) -> Self {
+        ApiError {
+            status: 404,
+            message: message.into(),
+        }
+    }
+    /// 409: the request conflicts with the current state.
+    pub fn conflict(message: impl Into<String>) -> Self {
+        ApiError {
+            status: 409,
+            message: message.into(),
+        }
+    }
+    /// 422: well-formed, but no GPU of this fleet can ever serve it.
+    pub fn unsatisfiable(message: impl Into<String>) -> Self {
+        ApiError {
+            status: 422,
+            message: message.into(),
+        }
+    }
+    /// 500: the daemon's own failure; the details go to the log under an incident id.
+    pub fn internal(detail: impl std::fmt::Display) -> Self {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        let id = NEXT.fetch_add(1, Ordering::Relaxed);
+        tracing::error!(incident = id, "internal error: {detail}");
+        ApiError {
+            status: 500,
+            message: format!("internal error (incident {id}; see the daemon's log)"),
+        }
+    }
+}

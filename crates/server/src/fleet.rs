@@ -1,0 +1,537 @@
+//! The machine's GPUs as the daemon drives them: the backend (NVML or the simulator), each
+//! GPU's sharing mode and limits, the MPS daemons, and layout changes through the agent.
+//!
+//! Backend choice (`--backend`): `nvml` opens the driver and fails without one; `sim` opens (or
+//! creates) `<state dir>/sim-gpus.json`; `auto` tries NVML and falls back to the simulator when
+//! no driver or no GPU is found, saying so in the daemon's first log line.
+//!
+//! Modes: a GPU's configured mode, or for `auto`: MIG when the GPU can do MIG (on NVML: when
+//! its MIG mode is already on, since tessera never switches MIG mode), else time-slicing. The
+//! simulator's GPUs are put in the MIG mode their configured mode needs when the state file is
+//! first created.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use tessera_gpu::mps::{ClientLimits, MpsControl, MpsOptions, MpsTarget};
+use tessera_gpu::sim::{SimBackend, SimConfig, SimState};
+use tessera_gpu::{GpuBackend, GpuError, GpuInstance, MigMode};
+use tessera_model::{Catalog, GpuModel, Placed};
+use tessera_planner::GpuMode;
+
+use crate::config::{parse_sim_gpus, BackendChoice, Config, ModeChoice, MpsSettings};
+use crate::error::ServerError;
+
+/// One GPU's fixed facts, resolved at start.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GpuFacts {
+    /// NVML index.
+    pub index: u32,
+    /// `GPU-…` UUID.
+    pub uuid: String,
+    /// Catalog key of its model.
+    pub model: String,
+    /// Sharing mode.
+    pub mode: GpuMode,
+    /// Device memory, MiB.
+    pub memory_mib: u64,
+    /// MPS settings (mode MPS).
+    pub mps: MpsSettings,
+    /// Replicas offered (mode timeslice).
+    pub replicas: u32,
+}
+
+impl GpuFacts {
+    /// MPS: memory clients may take, MiB.
+    pub fn mps_usable_mib(&self) -> u64 {
+        self.memory_mib.saturating_sub(self.mps.reserve_mib)
+    }
+}
+
+/// Where operations on a GPU are written before and after they run (the state database).
+pub trait OpJournal {
+    /// Record that `op` (JSON) on `gpu` is about to run; returns a handle for the outcome.
+    fn intent(&mut self, gpu: u32, op: &str) -> Result<u64, String>;
+    /// Record how the operation ended.
+    fn outcome(&mut self, seq: u64, ok: bool, detail: Option<&str>) -> Result<(), String>;
+}
+
+/// What applying a layout did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ApplyReport {
+    /// Instances destroyed (`PROFILE@START`).
+    pub destroyed: Vec<String>,
+    /// Instances created.
+    pub created: Vec<String>,
+    /// Operations that failed.
+    pub failed: u32,
+}
+
+impl ApplyReport {
+    /// Whether anything changed.
+    pub fn changed(&self) -> bool {
+        !self.destroyed.is_empty() || !self.created.is_empty()
+    }
+}
+
+/// Why a layout could not be applied.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ApplyError {
+    /// The layout would remove or overlap a busy instance; nothing was changed.
+    #[error("GPU {gpu}: refused: the layout would remove busy instance {instance} (processes {pids:?}); nothing was changed")]
+    Busy {
+        /// GPU index.
+        gpu: u32,
+        /// `PROFILE@START` of the busy instance.
+        instance: String,
+        /// Its processes.
+        pids: Vec<u32>,
+    },
+    /// The layout breaks the model's rules.
+    #[error("GPU {gpu}: invalid layout: {problem}")]
+    Invalid {
+        /// GPU index.
+        gpu: u32,
+        /// The broken rules.
+        problem: String,
+    },
+    /// A backend call failed (after retries).
+    #[error("{0}")]
+    Backend(String),
+}
+
+/// The GPUs, the backend and MPS control, owned by the scheduler thread.
+pub struct Fleet {
+    backend: Hw,
+    mps: MpsControl,
+    catalog: Catalog,
+    /// Every GPU, by index.
+    pub gpus: Vec<GpuFacts>,
+    describe: String,
+}
+
+impl std::fmt::Debug for Fleet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fleet")
+            .field("backend", &self.describe)
+            .field("gpus", &self.gpus)
+            .finish()
+    }
+}
+
+/// The backend: the simulator is kept by type, since the daemon also marks its instances busy.
+enum Hw {
+    Sim(Box<SimBackend>),
+    Other(Box<dyn GpuBackend>),
+}
+
+impl Hw {
+    fn get(&mut self) -> &mut dyn GpuBackend {
+        match self {
+            Hw::Sim(b) => b.as_mut(),
+            Hw::Other(b) => b.as_mut(),
+        }
+    }
+}
+
+/// The simulator's state file inside a state directory.
+pub fn sim_state_path(state_dir: &Path) -> PathBuf {
+    state_dir.join("sim-gpus.json")
+}
+
+impl Fleet {
+    /// Open the backend the configuration asks for. Returns the fleet and the sentence the
+    /// daemon logs first (which backend, and why).
+    pub fn open(
+        cfg: &Config,
+        state_dir: &Path,
+        catalog: &Catalog,
+    ) -> Result<(Fleet, String), ServerError> {
+        let (backend, why): (Hw, String) = match cfg.backend {
+            BackendChoice::Sim => {
+                let b = open_sim(cfg, state_dir, catalog)?;
+                let n = b.state().gpus.len();
+                (Hw::Sim(Box::new(b)), format!("simulated fleet of {n} GPU(s) (--backend sim)"))
+            }
+            BackendChoice::Nvml => {
+                let mut b = tessera_gpu::nvml::NvmlBackend::open(catalog.clone())
+                    .map_err(|e| ServerError::Backend(e.to_string()))?;
+                let n = b.gpus().map_err(|e| ServerError::Backend(e.to_string()))?.len();
+                if n == 0 {
+                    return Err(ServerError::Backend(
+                        "NVML found no GPU; use --backend sim to simulate one".into(),
+                    ));
+                }
+                (Hw::Other(Box::new(b)), format!("NVML with {n} GPU(s)"))
+            }
+            BackendChoice::Auto => match tessera_gpu::nvml::NvmlBackend::open(catalog.clone()) {
+                Ok(mut b) => match b.gpus() {
+                    Ok(g) if !g.is_empty() => {
+                        let n = g.len();
+                        (Hw::Other(Box::new(b)), format!("NVML with {n} GPU(s) (--backend auto)"))
+                    }
+                    Ok(_) => {
+                        drop(b);
+                        let s = open_sim(cfg, state_dir, catalog)?;
+                        let why = format!(
+                            "no GPU found by NVML; using a simulated fleet ({}) — pass --backend nvml to insist on real GPUs",
+                            describe_sim(&s)
+                        );
+                        (Hw::Sim(Box::new(s)), why)
+                    }
+                    Err(e) => {
+                        drop(b);
+                        let s = open_sim(cfg, state_dir, catalog)?;
+                        let why = format!(
+                            "NVML cannot list GPUs ({e}); using a simulated fleet ({})",
+                            describe_sim(&s)
+                        );
+                        (Hw::Sim(Box::new(s)), why)
+                    }
+                },
+                Err(e) => {
+                    let s = open_sim(cfg, state_dir, catalog)?;
+                    let why = format!(
+                        "no NVIDIA driver ({}); using a simulated fleet ({})",
+                        short_reason(&e),
+                        describe_sim(&s)
+                    );
+                    (Hw::Sim(Box::new(s)), why)
+                }
+            },
+        };
+        let fleet = Fleet::build(backend, cfg, state_dir, catalog)?;
+        Ok((fleet, why))
+    }
+
+    /// A fleet over a simulator built by the caller (the demo's in-memory one, tests).
+    pub fn with_sim(
+        sim: SimBackend,
+        cfg: &Config,
+        state_dir: &Path,
+        catalog: &Catalog,
+    ) -> Result<Fleet, ServerError> {
+        Fleet::build(Hw::Sim(Box::new(sim)), cfg, state_dir, catalog)
+    }
+
+    fn build(
+        mut backend: Hw,
+        cfg: &Config,
+        state_dir: &Path,
+        catalog: &Catalog,
+    ) -> Result<Fleet, ServerError> {
+        let mps_opts = MpsOptions::new(state_dir.to_path_buf());
+        let mps = match backend {
+            Hw::Sim(_) => MpsControl::sim(mps_opts),
+            Hw::Other(_) => MpsControl::real(mps_opts),
+        };
+        let describe = backend.get().describe();
+        let mut fleet = Fleet {
+            backend,
+            mps,
+            catalog: catalog.clone(),
+            gpus: Vec::new(),
+            describe,
+        };
+        fleet.resolve(cfg)?;
+        Ok(fleet)
+    }
+
+    fn resolve(&mut self, cfg: &Config) -> Result<(), ServerError> {
+        let infos = self
+            .backend
+            .get()
+            .gpus()
+            .map_err(|e| ServerError::Backend(e.to_string()))?;
+        for info in infos {
+            let settings = cfg.gpu(info.index);
+            let model_key = info.model.clone().ok_or_else(|| {
+                ServerError::Fleet(format!(
+                    "GPU {} ({}) is not in the catalog; add it with `tessera catalog import` and --catalog",
+                    info.index, info.name
+                ))
+            })?;
+            let mig_on = info.mig.map(|m| m.current).unwrap_or(false);
+            let mig_capable = info.mig.is_some();
+            let mode = match settings.mode {
+                ModeChoice::Auto if mig_capable && (self.is_sim() || mig_on) => GpuMode::Mig,
+                ModeChoice::Auto => GpuMode::Timeslice,
+                ModeChoice::Mig => GpuMode::Mig,
+                ModeChoice::Mps => GpuMode::Mps,
+                ModeChoice::Timeslice => GpuMode::Timeslice,
+            };
+            let want_mig = mode == GpuMode::Mig;
+            if want_mig && !mig_capable {
+                return Err(ServerError::Fleet(format!(
+                    "GPU {} ({}) cannot do MIG; set `mode: mps` or `mode: timeslice` for it in the config",
+                    info.index, info.name
+                )));
+            }
+            if mig_capable && want_mig != mig_on {
+                if self.is_sim() {
+                    self.set_sim_mig(info.index, want_mig)?;
+                } else {
+                    return Err(ServerError::Fleet(format!(
+                        "GPU {}: configured mode {} needs MIG mode {}, but it is {}; change it with `nvidia-smi -i {} -mig {}` (Ampere: then reset the GPU), or change the GPU's mode in the config",
+                        info.index,
+                        mode,
+                        if want_mig { "on" } else { "off" },
+                        if mig_on { "on" } else { "off" },
+                        info.index,
+                        u8::from(want_mig)
+                    )));
+                }
+            }
+            let memory_mib = self
+                .catalog
+                .get(&model_key)
+                .and_then(|m| m.memory_mib())
+                .filter(|_| info.memory_mib == 0)
+                .unwrap_or(info.memory_mib);
+            let facts = GpuFacts {
+                index: info.index,
+                uuid: info.uuid.clone(),
+                model: model_key,
+                mode,
+                memory_mib,
+                mps: settings.mps,
+                replicas: settings.replicas,
+            };
+            if mode == GpuMode::Mps {
+                let target = MpsTarget::gpu(facts.index, facts.uuid.clone());
+                self.mps
+                    .start(&target, Some(self.backend.get()))
+                    .map_err(|e| ServerError::Backend(format!("GPU {}: start MPS: {e}", facts.index)))?;
+            }
+            self.gpus.push(facts);
+        }
+        for g in &cfg.gpus {
+            if !self.gpus.iter().any(|f| f.index == g.index) {
+                return Err(ServerError::Fleet(format!(
+                    "the config sets GPU {} but the machine has GPUs 0..{}",
+                    g.index,
+                    self.gpus.len().saturating_sub(1)
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    fn set_sim_mig(&mut self, gpu: u32, on: bool) -> Result<(), ServerError> {
+        let m = self
+            .backend
+            .get()
+            .set_mig_mode(gpu, on)
+            .map_err(|e| ServerError::Fleet(format!("simulated GPU {gpu}: {e}; delete the sim state file to start afresh")))?;
+        if m != MigMode::steady(on) {
+            return Err(ServerError::Fleet(format!(
+                "simulated GPU {gpu}: MIG mode is {m} after the change"
+            )));
+        }
+        Ok(())
+    }
+
+    /// `nvml` or `sim:PATH`.
+    pub fn describe(&self) -> &str {
+        &self.describe
+    }
+
+    /// Whether the GPUs are simulated.
+    pub fn is_sim(&self) -> bool {
+        matches!(self.backend, Hw::Sim(_))
+    }
+
+    /// The catalog.
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+
+    /// The catalog model of a GPU.
+    pub fn model(&self, gpu: u32) -> &GpuModel {
+        let key = &self.gpus[gpu as usize].model;
+        self.catalog
+            .get(key)
+            .expect("GPU models were resolved from the catalog at start")
+    }
+
+    /// The GPU instances of a MIG GPU now.
+    pub fn instances(&mut self, gpu: u32) -> Result<Vec<GpuInstance>, GpuError> {
+        let b = self.backend.get();
+        retry(|| b.instances(gpu))
+    }
+
+    /// Mark the simulated instance at `start` busy with `pid` (a no-op on real GPUs, where
+    /// the command's own CUDA context makes it busy).
+    pub fn attach(&mut self, gpu: u32, start: u8, pid: Option<u32>) {
+        let Hw::Sim(sim) = &mut self.backend else {
+            return;
+        };
+        if let Err(e) = sim.set_busy(gpu, start, pid) {
+            tracing::warn!("GPU {gpu}: cannot mark the simulated instance at {start} busy: {e}");
+        }
+    }
+
+    /// Remove the simulated processes of the instance at `start` (no-op on real GPUs).
+    pub fn detach(&mut self, gpu: u32, start: u8) {
+        let Hw::Sim(sim) = &mut self.backend else {
+            return;
+        };
+        if let Err(e) = sim.set_idle(gpu, start) {
+            tracing::warn!("GPU {gpu}: cannot mark the simulated instance at {start} idle: {e}");
+        }
+    }
+
+    /// The environment of an MPS client on `gpu` with these limits.
+    pub fn mps_env(
+        &self,
+        gpu: u32,
+        memory_mib: u64,
+        sm_percent: u8,
+    ) -> Result<BTreeMap<String, String>, String> {
+        let f = &self.gpus[gpu as usize];
+        let target = MpsTarget::gpu(gpu, f.uuid.clone());
+        self.mps
+            .client_env(
+                &target,
+                &ClientLimits {
+                    active_thread_percentage: Some(sm_percent),
+                    pinned_mem_limit_mib: Some(memory_mib),
+                },
+            )
+            .map_err(|e| e.to_string())
+    }
+
+    /// Change a MIG GPU to exactly `desired`: destroy the idle instances not in it, create the
+    /// missing ones at their placements, keep every instance that matches. Refuses, changing
+    /// nothing, when the layout is invalid or would remove a busy instance. Each operation is
+    /// journalled before it runs and its outcome after.
+    pub fn apply(
+        &mut self,
+        gpu: u32,
+        desired: &[Placed],
+        journal: &mut dyn OpJournal,
+    ) -> Result<ApplyReport, ApplyError> {
+        let model = self.model(gpu).clone();
+        let violations = model.validate(desired);
+        if !violations.is_empty() {
+            let text: Vec<String> = violations.iter().map(|v| v.to_string()).collect();
+            return Err(ApplyError::Invalid {
+                gpu,
+                problem: text.join("; "),
+            });
+        }
+        let want: Vec<(String, u8)> = desired
+            .iter()
+            .map(|p| (model.profile(p.profile).name.clone(), p.start))
+            .collect();
+        let current = self
+            .instances(gpu)
+            .map_err(|e| ApplyError::Backend(e.to_string()))?;
+        let keep = |i: &GpuInstance| {
+            i.uuid.is_some() && want.iter().any(|(p, s)| *p == i.profile && *s == i.start)
+        };
+        for i in &current {
+            if i.is_busy() && !keep(i) {
+                return Err(ApplyError::Busy {
+                    gpu,
+                    instance: i.spec(),
+                    pids: i.pids.clone(),
+                });
+            }
+        }
+        let mut report = ApplyReport::default();
+        for i in current.iter().filter(|i| !keep(i)) {
+            let Some(idle) = i.idle() else { continue };
+            let op = format!(r#"{{"op":"destroy","gpu":{gpu},"instance":"{}"}}"#, i.spec());
+            let seq = journal.intent(gpu, &op).map_err(ApplyError::Backend)?;
+            let b = self.backend.get();
+            match retry(|| b.destroy_gi(&idle)) {
+                Ok(()) | Err(GpuError::NotFound { .. }) => {
+                    journal.outcome(seq, true, None).map_err(ApplyError::Backend)?;
+                    report.destroyed.push(i.spec());
+                }
+                Err(e) => {
+                    let _ = journal.outcome(seq, false, Some(&e.to_string()));
+                    return Err(ApplyError::Backend(e.to_string()));
+                }
+            }
+        }
+        let have: Vec<(String, u8)> = current
+            .iter()
+            .filter(|i| keep(i))
+            .map(|i| (i.profile.clone(), i.start))
+            .collect();
+        for (profile, start) in &want {
+            if have.iter().any(|(p, s)| p == profile && s == start) {
+                continue;
+            }
+            let op = format!(r#"{{"op":"create","gpu":{gpu},"instance":"{profile}@{start}"}}"#);
+            let seq = journal.intent(gpu, &op).map_err(ApplyError::Backend)?;
+            let b = self.backend.get();
+            match retry(|| b.create_gi(gpu, profile, *start)) {
+                Ok(_) => {
+                    journal.outcome(seq, true, None).map_err(ApplyError::Backend)?;
+                    report.created.push(format!("{profile}@{start}"));
+                }
+                Err(e) => {
+                    let _ = journal.outcome(seq, false, Some(&e.to_string()));
+                    report.failed += 1;
+                    return Err(ApplyError::Backend(e.to_string()));
+                }
+            }
+        }
+        Ok(report)
+    }
+}
+
+/// Retry transient backend errors a few times.
+fn retry<T>(mut f: impl FnMut() -> Result<T, GpuError>) -> Result<T, GpuError> {
+    let mut last = None;
+    for attempt in 0..5u32 {
+        match f() {
+            Ok(v) => return Ok(v),
+            Err(e) if e.is_transient() => {
+                last = Some(e);
+                std::thread::sleep(std::time::Duration::from_millis(5 << attempt));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last.expect("the loop ran"))
+}
+
+fn short_reason(e: &GpuError) -> String {
+    match e {
+        GpuError::LibraryNotFound { .. } => "libnvidia-ml.so.1 not found".into(),
+        GpuError::DriverNotLoaded => "the kernel driver is not loaded".into(),
+        other => other.to_string(),
+    }
+}
+
+fn describe_sim(b: &SimBackend) -> String {
+    let mut counts: Vec<(String, u32)> = Vec::new();
+    for g in &b.state().gpus {
+        match counts.iter_mut().find(|(m, _)| *m == g.model) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((g.model.clone(), 1)),
+        }
+    }
+    let list: Vec<String> = counts.iter().map(|(m, n)| format!("{n}× {m}")).collect();
+    format!("{}, state in {}", list.join(" + "), b.describe().trim_start_matches("sim:"))
+}
+
+/// Open `<state dir>/sim-gpus.json`, creating it from `sim_gpus` when it does not exist.
+fn open_sim(cfg: &Config, state_dir: &Path, catalog: &Catalog) -> Result<SimBackend, ServerError> {
+    let path = sim_state_path(state_dir);
+    if path.exists() {
+        return SimBackend::open(&path, catalog.clone(), SimConfig::default())
+            .map_err(|e| ServerError::Backend(e.to_string()));
+    }
+    let list = parse_sim_gpus(&cfg.sim_gpus).map_err(|p| ServerError::Config {
+        path: PathBuf::from("--sim-gpus"),
+        problem: p,
+    })?;
+    let state = SimState::new(catalog, &list, 0x7e55e7a, true)
+        .map_err(|e| ServerError::Backend(e.to_string()))?;
+    SimBackend::create(&path, state, catalog.clone()).map_err(|e| ServerError::Backend(e.to_string()))
+}

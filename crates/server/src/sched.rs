@@ -1,0 +1,707 @@
+//! Scheduling decisions, without I/O: given every GPU's state and one waiting request, which
+//! slice (if any) it gets now and how the GPU's layout must change; or, when it must wait,
+//! which GPU it reserves.
+//!
+//! # The rule (what the README states)
+//! The queue is ordered by priority (higher first), then arrival. Each scheduling pass walks
+//! it in that order and, for each request:
+//! 1. asks the planner for the cheapest way to serve that one request on the GPUs it may use
+//!    (right mode and model, not drained, healthy, not reserved by an earlier request), where
+//!    every leased instance and every instance with processes is `used` (never destroyed or
+//!    moved) and idle instances may be destroyed or re-created;
+//! 2. if served, the GPU is re-partitioned (when the plan changes it) and the lease granted
+//!    before the next request is considered;
+//! 3. if not, the request **reserves** a GPU, provided fewer than `max_reserved_gpus`
+//!    reservations exist in this pass and it has waited at least `reserve_after_ms`:
+//!    - MIG: among the placements of its profile on GPUs no earlier request reserved, the
+//!      one overlapping the fewest used instances (then lowest GPU, then lowest start) such that
+//!      the profile fits there once those instances end. Later requests may still be served on
+//!      that GPU, but only where their slice does not overlap the reserved placement **and**
+//!      the reserved placement would still fit next to every used instance plus theirs
+//!      (compute slices and instance counts included): they can never delay it.
+//!    - MPS and time-slicing: the GPU with the least memory (MPS) or fewest replicas
+//!      (time-slice) in use; later requests get no new lease on that GPU at all.
+//!
+//! The reserved region only ever empties (nothing new is leased in it), so the reserving
+//! request is served as soon as the leases in its way end: no starvation, for every request in
+//! turn, since a request that cannot reserve (the limit is reached) is behind one that can.
+//! Priorities order the queue but never preempt a running lease.
+
+use std::collections::BTreeMap;
+
+use tessera_model::{Catalog, GpuModel, LayoutState, Placed, ProfileIdx};
+use tessera_planner::{
+    plan, AssignedSlice, ClusterSpec, GpuMode, GpuSpec, InstanceSpec, MpsClientSpec, NodeSpec,
+    PlanOptions, RequestKind, RequestSpec,
+};
+
+use crate::fleet::GpuFacts;
+use crate::wire::SliceAsk;
+
+/// A MIG instance as the scheduler sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceState {
+    /// Profile name.
+    pub profile: String,
+    /// Placement start.
+    pub start: u8,
+    /// `MIG-…` UUID (none while it has no compute instance).
+    pub uuid: Option<String>,
+    /// The lease holding it.
+    pub lease: Option<u64>,
+    /// Processes on it.
+    pub pids: Vec<u32>,
+}
+
+impl InstanceState {
+    /// Leased or running processes: never destroyed, never leased again.
+    pub fn used(&self) -> bool {
+        self.lease.is_some() || !self.pids.is_empty()
+    }
+}
+
+/// An MPS client lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MpsClient {
+    /// The lease.
+    pub lease: u64,
+    /// Memory limit, MiB.
+    pub memory_mib: u64,
+    /// SM percentage.
+    pub sm_percent: u8,
+}
+
+/// One GPU as a pass sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GpuState {
+    /// Fixed facts.
+    pub facts: GpuFacts,
+    /// No new leases.
+    pub drained: bool,
+    /// No XID seen; failed GPUs get no new leases.
+    pub healthy: bool,
+    /// A change failed on it in this pass; skip it until the next.
+    pub failed: bool,
+    /// MIG instances.
+    pub instances: Vec<InstanceState>,
+    /// MPS clients.
+    pub mps_clients: Vec<MpsClient>,
+    /// Time-slice replicas in use → lease.
+    pub replicas: BTreeMap<u32, u64>,
+}
+
+impl GpuState {
+    /// A GPU with nothing on it.
+    pub fn empty(facts: GpuFacts) -> GpuState {
+        GpuState {
+            facts,
+            drained: false,
+            healthy: true,
+            failed: false,
+            instances: Vec::new(),
+            mps_clients: Vec::new(),
+            replicas: BTreeMap::new(),
+        }
+    }
+
+    /// Leased slices now.
+    pub fn busy(&self) -> u32 {
+        match self.facts.mode {
+            GpuMode::Mig => self.instances.iter().filter(|i| i.lease.is_some()).count() as u32,
+            GpuMode::Mps => self.mps_clients.len() as u32,
+            GpuMode::Timeslice => self.replicas.len() as u32,
+        }
+    }
+
+    /// Whether any lease or process holds part of the GPU.
+    pub fn in_use(&self) -> bool {
+        self.instances.iter().any(InstanceState::used)
+            || !self.mps_clients.is_empty()
+            || !self.replicas.is_empty()
+    }
+
+    fn usable(&self) -> bool {
+        !self.drained && self.healthy && !self.failed
+    }
+}
+
+/// A request waiting in the queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Waiting {
+    /// Request ID.
+    pub id: u64,
+    /// What it asks.
+    pub ask: SliceAsk,
+    /// Model restriction (catalog key after resolution).
+    pub gpu_model: Option<String>,
+    /// How long it has waited.
+    pub waited_ms: u64,
+}
+
+/// The slice picked for a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Pick {
+    /// A MIG instance at this placement (existing, or created by the new layout).
+    Mig {
+        /// Profile name.
+        profile: String,
+        /// Placement start.
+        start: u8,
+    },
+    /// An MPS client.
+    Mps {
+        /// Memory limit, MiB.
+        memory_mib: u64,
+        /// SM percentage.
+        sm_percent: u8,
+    },
+    /// A time-slice replica.
+    Timeslice {
+        /// Replica number.
+        replica: u32,
+    },
+}
+
+/// How to serve a request now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Serve {
+    /// GPU index.
+    pub gpu: u32,
+    /// The GPU's new layout, when it must change (MIG).
+    pub layout: Option<Vec<Placed>>,
+    /// The slice.
+    pub pick: Pick,
+}
+
+/// A waiting request's hold on a GPU.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reservation {
+    /// The request.
+    pub request: u64,
+    /// GPU index.
+    pub gpu: u32,
+    /// MIG: the placement it waits for; `None`: the whole GPU.
+    pub region: Option<Placed>,
+}
+
+/// One way to serve a request: a mode, the GPUs of that mode it may use, and what to ask the
+/// planner for there.
+#[derive(Debug, Clone)]
+struct Variant {
+    gpus: Vec<u32>,
+    kind: RequestKind,
+}
+
+/// Resolve a model query to its catalog key.
+pub fn model_key(catalog: &Catalog, query: &str) -> Option<String> {
+    catalog.get(query).map(|m| m.key.clone())
+}
+
+/// The smallest ordinary profile (no `+me`/`-me`) of `model` with at least `mib` of memory.
+pub fn smallest_profile_for(model: &GpuModel, mib: u64) -> Option<ProfileIdx> {
+    model
+        .profile_indices()
+        .filter(|(_, p)| p.media_kind() == tessera_model::catalog::MediaKind::Standard)
+        .filter(|(_, p)| p.memory_mib.is_some_and(|m| m >= mib))
+        .min_by_key(|(i, p)| (p.memory_mib, p.compute_slices, p.memory_slices, *i))
+        .map(|(i, _)| i)
+}
+
+/// The SM share of an MPS request that gave none: its memory's share of the GPU, 1 to 100.
+pub fn default_sm_percent(facts: &GpuFacts, memory_mib: u64) -> u8 {
+    let usable = facts.mps_usable_mib().max(1);
+    (memory_mib.saturating_mul(100).div_ceil(usable)).clamp(1, 100) as u8
+}
+
+fn variants(catalog: &Catalog, gpus: &[GpuState], w: &Waiting) -> Vec<Variant> {
+    let of_model = |g: &GpuState| w.gpu_model.as_ref().is_none_or(|m| *m == g.facts.model);
+    let mut out = Vec::new();
+    match &w.ask {
+        SliceAsk::Mig { profile } => {
+            let list: Vec<u32> = gpus
+                .iter()
+                .filter(|g| g.facts.mode == GpuMode::Mig && of_model(g))
+                .filter(|g| {
+                    catalog
+                        .get(&g.facts.model)
+                        .is_some_and(|m| m.profile_named(profile).is_some())
+                })
+                .map(|g| g.facts.index)
+                .collect();
+            if !list.is_empty() {
+                out.push(Variant {
+                    gpus: list,
+                    kind: RequestKind::Mig(profile.clone()),
+                });
+            }
+        }
+        SliceAsk::Mem {
+            memory_mib,
+            sm_percent,
+        } => {
+            // MIG first (isolated), one variant per model, least wasted memory first.
+            let mut by_model: BTreeMap<(u64, String), Vec<u32>> = BTreeMap::new();
+            let mut profile_of: BTreeMap<String, String> = BTreeMap::new();
+            for g in gpus.iter().filter(|g| g.facts.mode == GpuMode::Mig && of_model(g)) {
+                let Some(model) = catalog.get(&g.facts.model) else { continue };
+                let Some(p) = smallest_profile_for(model, *memory_mib) else { continue };
+                let prof = model.profile(p);
+                let waste = prof.memory_mib.unwrap_or(0) - memory_mib;
+                profile_of.insert(model.key.clone(), prof.name.clone());
+                by_model
+                    .entry((waste, model.key.clone()))
+                    .or_default()
+                    .push(g.facts.index);
+            }
+            for ((_, key), list) in by_model {
+                out.push(Variant {
+                    gpus: list,
+                    kind: RequestKind::Mig(profile_of[&key].clone()),
+                });
+            }
+            // Then MPS, one variant per GPU (each has its own limits).
+            for g in gpus.iter().filter(|g| g.facts.mode == GpuMode::Mps && of_model(g)) {
+                if g.facts.mps_usable_mib() < *memory_mib {
+                    continue;
+                }
+                let sm = sm_percent.unwrap_or_else(|| default_sm_percent(&g.facts, *memory_mib));
+                out.push(Variant {
+                    gpus: vec![g.facts.index],
+                    kind: RequestKind::Mps(tessera_planner::MpsRequest {
+                        memory_mib: *memory_mib,
+                        sm_percent: u32::from(sm),
+                    }),
+                });
+            }
+        }
+        SliceAsk::Share => {
+            let list: Vec<u32> = gpus
+                .iter()
+                .filter(|g| g.facts.mode == GpuMode::Timeslice && of_model(g))
+                .map(|g| g.facts.index)
+                .collect();
+            if !list.is_empty() {
+                out.push(Variant {
+                    gpus: list,
+                    kind: RequestKind::Timeslice,
+                });
+            }
+        }
+    }
+    out
+}
+
+/// Whether no GPU of this fleet could ever serve the ask (ignoring what runs now and drains).
+/// `Err` says why and what exists instead.
+pub fn check_feasible(catalog: &Catalog, gpus: &[GpuFacts], ask: &SliceAsk, model: Option<&str>) -> Result<(), String> {
+    let states: Vec<GpuState> = gpus.iter().cloned().map(GpuState::empty).collect();
+    let w = Waiting {
+        id: 0,
+        ask: ask.clone(),
+        gpu_model: model.map(str::to_string),
+        waited_ms: 0,
+    };
+    if decide(catalog, &states, &w, &[]).is_some() {
+        return Ok(());
+    }
+    let restriction = model.map(|m| format!(" of model {m}")).unwrap_or_default();
+    let mut have: Vec<String> = Vec::new();
+    for g in gpus {
+        let desc = match g.mode {
+            GpuMode::Mig => {
+                let m = catalog.get(&g.model);
+                let names = m.map(|m| m.profile_names().join(", ")).unwrap_or_default();
+                format!("GPU {} {} (mig: {names})", g.index, g.model)
+            }
+            GpuMode::Mps => format!(
+                "GPU {} {} (mps: up to {} per client)",
+                g.index,
+                g.model,
+                crate::wire::format_mib(g.mps_usable_mib())
+            ),
+            GpuMode::Timeslice => format!("GPU {} {} (timeslice: use --share)", g.index, g.model),
+        };
+        have.push(desc);
+    }
+    Err(format!(
+        "no GPU{restriction} of this machine can ever serve `{ask}`; it has {}",
+        have.join("; ")
+    ))
+}
+
+fn planner_gpu(g: &GpuState) -> GpuSpec {
+    let mut spec = GpuSpec::mig(&g.facts.model, Vec::new());
+    spec.mode = g.facts.mode;
+    match g.facts.mode {
+        GpuMode::Mig => {
+            spec.instances = g
+                .instances
+                .iter()
+                .map(|i| InstanceSpec {
+                    profile: i.profile.clone(),
+                    start: i.start,
+                    used: i.used(),
+                })
+                .collect();
+        }
+        GpuMode::Mps => {
+            spec.clients = g
+                .mps_clients
+                .iter()
+                .map(|c| MpsClientSpec {
+                    memory_mib: c.memory_mib,
+                    sm_percent: u32::from(c.sm_percent),
+                })
+                .collect();
+        }
+        GpuMode::Timeslice => {
+            spec.replicas = Some(g.facts.replicas);
+            spec.replicas_used = g.replicas.len() as u32;
+        }
+    }
+    spec
+}
+
+fn options_for(g: &GpuState) -> PlanOptions {
+    PlanOptions {
+        mps_reserve_mib: g.facts.mps.reserve_mib,
+        mps_sm_oversubscription: g.facts.mps.sm_oversubscription,
+        mps_max_clients: g.facts.mps.max_clients,
+        timeslice_replicas: g.facts.replicas,
+        ..PlanOptions::default()
+    }
+}
+
+/// The used instances of a MIG GPU as placements of its model (unknown profiles skipped).
+fn used_placements(model: &GpuModel, g: &GpuState) -> Vec<Placed> {
+    g.instances
+        .iter()
+        .filter(|i| i.used())
+        .filter_map(|i| Some(Placed::new(model.profile_named(&i.profile)?, i.start)))
+        .collect()
+}
+
+/// Whether granting `new` on a GPU keeps a MIG reservation whole: `new` does not overlap the
+/// reserved placement, and the placement still fits next to every used instance plus `new`.
+fn keeps_reservation(model: &GpuModel, g: &GpuState, region: Placed, new: Placed) -> bool {
+    if model.mask(region) & model.mask(new) != 0 {
+        return false;
+    }
+    let mut rest: Vec<Placed> = used_placements(model, g)
+        .into_iter()
+        .filter(|p| model.mask(*p) & model.mask(region) == 0)
+        .collect();
+    rest.push(new);
+    if !model.validate(&rest).is_empty() {
+        return false;
+    }
+    LayoutState::of(model, &rest).fits(model, region)
+}
+
+/// How to serve `w` now, or `None` when it must wait. `reservations` are those of requests
+/// ahead of `w`.
+pub fn decide(
+    catalog: &Catalog,
+    gpus: &[GpuState],
+    w: &Waiting,
+    reservations: &[Reservation],
+) -> Option<Serve> {
+    let by_index: BTreeMap<u32, &GpuState> = gpus.iter().map(|g| (g.facts.index, g)).collect();
+    for v in variants(catalog, gpus, w) {
+        let mut candidates: Vec<u32> = v
+            .gpus
+            .iter()
+            .copied()
+            .filter(|i| by_index[i].usable())
+            .filter(|i| {
+                !reservations
+                    .iter()
+                    .any(|r| r.gpu == *i && r.region.is_none() && r.request != w.id)
+            })
+            .collect();
+        while !candidates.is_empty() {
+            let cluster = ClusterSpec {
+                nodes: vec![NodeSpec {
+                    name: "local".into(),
+                    gpus: candidates.iter().map(|i| planner_gpu(by_index[i])).collect(),
+                }],
+            };
+            let req = RequestSpec {
+                id: format!("r{}", w.id),
+                kind: v.kind.clone(),
+                priority: 1,
+            };
+            let opts = options_for(by_index[&candidates[0]]);
+            let plan = match plan(catalog, &cluster, &[req], &opts) {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::warn!("request {}: the planner refused the input: {e}", w.id);
+                    break;
+                }
+            };
+            let Some(a) = plan.assignments.first() else { break };
+            let gpu = candidates[a.gpu];
+            let g = by_index[&gpu];
+            let gp = &plan.gpus[a.gpu];
+            let pick = match &a.slice {
+                AssignedSlice::Mig { profile, start } => Pick::Mig {
+                    profile: profile.clone(),
+                    start: *start,
+                },
+                AssignedSlice::Mps {
+                    memory_mib,
+                    sm_percent,
+                } => Pick::Mps {
+                    memory_mib: *memory_mib,
+                    sm_percent: (*sm_percent).clamp(1, 100) as u8,
+                },
+                AssignedSlice::Timeslice { .. } => {
+                    let replica = (0..g.facts.replicas)
+                        .find(|r| !g.replicas.contains_key(r))
+                        .unwrap_or(g.facts.replicas);
+                    Pick::Timeslice { replica }
+                }
+            };
+            // A MIG grant must leave every earlier reservation on this GPU whole.
+            if let Pick::Mig { profile, start } = &pick {
+                let model = catalog.get(&g.facts.model)?;
+                let new = Placed::new(model.profile_named(profile)?, *start);
+                let breaks = reservations.iter().any(|r| {
+                    r.gpu == gpu
+                        && r.request != w.id
+                        && r.region.is_some_and(|reg| !keeps_reservation(model, g, reg, new))
+                });
+                if breaks {
+                    candidates.retain(|c| *c != gpu);
+                    continue;
+                }
+            }
+            let layout = if gp.changed() {
+                let model = catalog.get(&g.facts.model)?;
+                let mut items = Vec::with_capacity(gp.layout.len());
+                for i in &gp.layout {
+                    items.push(Placed::new(model.profile_named(&i.profile)?, i.start));
+                }
+                Some(items)
+            } else {
+                None
+            };
+            return Some(Serve { gpu, layout, pick });
+        }
+    }
+    None
+}
+
+/// The GPU (and MIG placement) a request that must wait reserves, if any; `taken` are the
+/// reservations of requests ahead of it (one per GPU).
+pub fn reserve(
+    catalog: &Catalog,
+    gpus: &[GpuState],
+    w: &Waiting,
+    taken: &[Reservation],
+) -> Option<Reservation> {
+    let free = |g: &GpuState| !g.drained && g.healthy && !taken.iter().any(|r| r.gpu == g.facts.index);
+    let by_index: BTreeMap<u32, &GpuState> = gpus.iter().map(|g| (g.facts.index, g)).collect();
+    for v in variants(catalog, gpus, w) {
+        let mut best: Option<((usize, u64, u32, u8), Reservation)> = None;
+        for gi in &v.gpus {
+            let g = by_index[gi];
+            if !free(g) {
+                continue;
+            }
+            match &v.kind {
+                RequestKind::Mig(profile) => {
+                    let Some(model) = catalog.get(&g.facts.model) else { continue };
+                    let Some(p) = model.profile_named(profile) else { continue };
+                    let used = used_placements(model, g);
+                    for &s in &model.profile(p).placements {
+                        let region = Placed::new(p, s);
+                        let rmask = model.mask(region);
+                        let blockers = used.iter().filter(|u| model.mask(**u) & rmask != 0).count();
+                        let rest: Vec<Placed> = used
+                            .iter()
+                            .copied()
+                            .filter(|u| model.mask(*u) & rmask == 0)
+                            .collect();
+                        if !LayoutState::of(model, &rest).fits(model, region) {
+                            continue;
+                        }
+                        let key = (blockers, 0, *gi, s);
+                        if best.as_ref().is_none_or(|(k, _)| key < *k) {
+                            best = Some((
+                                key,
+                                Reservation {
+                                    request: w.id,
+                                    gpu: *gi,
+                                    region: Some(region),
+                                },
+                            ));
+                        }
+                    }
+                }
+                RequestKind::Mps(m) => {
+                    let f = &g.facts;
+                    if m.memory_mib > f.mps_usable_mib()
+                        || f64::from(m.sm_percent) > 100.0 * f.mps.sm_oversubscription
+                    {
+                        continue;
+                    }
+                    let used: u64 = g.mps_clients.iter().map(|c| c.memory_mib).sum();
+                    let key = (g.mps_clients.len(), used, *gi, 0);
+                    if best.as_ref().is_none_or(|(k, _)| key < *k) {
+                        best = Some((key, Reservation { request: w.id, gpu: *gi, region: None }));
+                    }
+                }
+                RequestKind::Timeslice => {
+                    let key = (g.replicas.len(), 0, *gi, 0);
+                    if best.as_ref().is_none_or(|(k, _)| key < *k) {
+                        best = Some((key, Reservation { request: w.id, gpu: *gi, region: None }));
+                    }
+                }
+            }
+        }
+        if let Some((_, r)) = best {
+            return Some(r);
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::MpsSettings;
+
+    fn facts(index: u32, model: &str, mode: GpuMode) -> GpuFacts {
+        let m = Catalog::builtin().lookup(model).unwrap();
+        GpuFacts {
+            index,
+            uuid: format!("GPU-{index}"),
+            model: m.key.clone(),
+            mode,
+            memory_mib: m.memory_mib().unwrap(),
+            mps: MpsSettings::default(),
+            replicas: 2,
+        }
+    }
+
+    fn inst(profile: &str, start: u8, lease: Option<u64>) -> InstanceState {
+        InstanceState {
+            profile: profile.into(),
+            start,
+            uuid: Some(format!("MIG-{profile}-{start}")),
+            lease,
+            pids: vec![],
+        }
+    }
+
+    fn waiting(id: u64, ask: SliceAsk) -> Waiting {
+        Waiting {
+            id,
+            ask,
+            gpu_model: None,
+            waited_ms: 0,
+        }
+    }
+
+    fn mig(p: &str) -> SliceAsk {
+        SliceAsk::Mig { profile: p.into() }
+    }
+
+    #[test]
+    fn an_idle_matching_instance_is_reused_without_a_repartition() {
+        let mut g = GpuState::empty(facts(0, "h100-80gb", GpuMode::Mig));
+        g.instances = vec![inst("3g.40gb", 0, Some(1)), inst("3g.40gb", 4, None)];
+        let s = decide(Catalog::builtin(), &[g], &waiting(2, mig("3g.40gb")), &[]).unwrap();
+        assert_eq!(s.pick, Pick::Mig { profile: "3g.40gb".into(), start: 4 });
+        assert_eq!(s.layout, None);
+    }
+
+    #[test]
+    fn a_repartition_keeps_every_used_instance() {
+        let c = Catalog::builtin();
+        let m = c.lookup("h100-80gb").unwrap();
+        let mut g = GpuState::empty(facts(0, "h100-80gb", GpuMode::Mig));
+        g.instances = vec![inst("1g.10gb", 0, Some(1)), inst("3g.40gb", 4, None)];
+        let s = decide(c, &[g], &waiting(2, mig("2g.20gb")), &[]).unwrap();
+        let layout = s.layout.expect("must re-partition");
+        assert!(layout.contains(&m.parse_spec("1g.10gb@0").unwrap()), "{layout:?}");
+        assert!(m.validate(&layout).is_empty());
+    }
+
+    #[test]
+    fn a_full_gpu_waits_and_reserves_the_placement_with_fewest_blockers() {
+        let c = Catalog::builtin();
+        let m = c.lookup("h100-80gb").unwrap();
+        let mut g = GpuState::empty(facts(0, "h100-80gb", GpuMode::Mig));
+        g.instances = vec![
+            inst("1g.10gb", 0, Some(1)),
+            inst("1g.10gb", 1, Some(2)),
+            inst("1g.10gb", 4, Some(3)),
+        ];
+        let w = waiting(9, mig("3g.40gb"));
+        assert_eq!(decide(c, std::slice::from_ref(&g), &w, &[]), None);
+        let r = reserve(c, std::slice::from_ref(&g), &w, &[]).unwrap();
+        // 3g.40gb may start at 0 (two blockers) or 4 (one blocker).
+        assert_eq!(r.region, Some(m.parse_spec("3g.40gb@4").unwrap()));
+        // A later 1g.10gb may not land in slices 4-7 ...
+        let later = decide(c, std::slice::from_ref(&g), &waiting(10, mig("1g.10gb")), std::slice::from_ref(&r)).unwrap();
+        match later.pick {
+            Pick::Mig { start, .. } => assert!(start < 4, "landed in the reserved region at {start}"),
+            other => panic!("{other:?}"),
+        }
+        // ... so once slices 0-3 are taken, it waits although slices 5 and 6 are free.
+        let mut g2 = g.clone();
+        g2.instances.push(inst("1g.10gb", 2, Some(4)));
+        g2.instances.push(inst("1g.10gb", 3, Some(5)));
+        let blocked = decide(c, std::slice::from_ref(&g2), &waiting(11, mig("1g.10gb")), std::slice::from_ref(&r));
+        assert_eq!(blocked, None);
+        // Without the reservation it would have been served there.
+        assert!(decide(c, &[g2], &waiting(11, mig("1g.10gb")), &[]).is_some());
+    }
+
+    #[test]
+    fn mem_asks_take_the_smallest_mig_profile_then_mps() {
+        let c = Catalog::builtin();
+        let g0 = GpuState::empty(facts(0, "h100-80gb", GpuMode::Mig));
+        let g1 = GpuState::empty(facts(1, "h100-80gb", GpuMode::Mps));
+        let ask = SliceAsk::Mem { memory_mib: 12 * 1024, sm_percent: None };
+        let s = decide(c, &[g0.clone(), g1.clone()], &waiting(1, ask.clone()), &[]).unwrap();
+        assert_eq!(s.gpu, 0);
+        assert!(matches!(&s.pick, Pick::Mig { profile, .. } if profile == "1g.20gb"), "{s:?}");
+        let mut drained = g0;
+        drained.drained = true;
+        let s = decide(c, &[drained, g1], &waiting(1, ask), &[]).unwrap();
+        assert_eq!(s.gpu, 1);
+        assert!(matches!(s.pick, Pick::Mps { memory_mib: 12288, sm_percent } if sm_percent > 0));
+    }
+
+    #[test]
+    fn timeslice_replicas_are_numbered_and_run_out() {
+        let c = Catalog::builtin();
+        let mut g = GpuState::empty(facts(2, "a100-40gb", GpuMode::Timeslice));
+        let s = decide(c, std::slice::from_ref(&g), &waiting(1, SliceAsk::Share), &[]).unwrap();
+        assert_eq!(s.pick, Pick::Timeslice { replica: 0 });
+        g.replicas.insert(0, 1);
+        let s = decide(c, std::slice::from_ref(&g), &waiting(2, SliceAsk::Share), &[]).unwrap();
+        assert_eq!(s.pick, Pick::Timeslice { replica: 1 });
+        g.replicas.insert(1, 2);
+        assert_eq!(decide(c, std::slice::from_ref(&g), &waiting(3, SliceAsk::Share), &[]), None);
+        let r = reserve(c, std::slice::from_ref(&g), &waiting(3, SliceAsk::Share), &[]).unwrap();
+        assert_eq!((r.gpu, r.region), (2, None));
+    }
+
+    #[test]
+    fn impossible_asks_are_named_with_what_exists() {
+        let c = Catalog::builtin();
+        let gpus = [facts(0, "h100-80gb", GpuMode::Mig), facts(1, "h100-80gb", GpuMode::Mps)];
+        assert!(check_feasible(c, &gpus, &mig("7g.80gb"), None).is_ok());
+        let e = check_feasible(c, &gpus, &mig("7g.40gb"), None).unwrap_err();
+        assert!(e.contains("7g.40gb") && e.contains("3g.40gb"), "{e}");
+        let e = check_feasible(c, &gpus, &SliceAsk::Share, None).unwrap_err();
+        assert!(e.contains("share"), "{e}");
+        let e = check_feasible(c, &gpus, &SliceAsk::Mem { memory_mib: 200_000, sm_percent: None }, None)
+            .unwrap_err();
+        assert!(e.contains("mps"), "{e}");
+    }
+}
