@@ -47,6 +47,14 @@ fn blas_err(op: &str) -> impl Fn(cudarc::cublas::result::CublasError) -> BenchEr
     }
 }
 
+/// The loader's message with its cause (libloading puts the `dlerror` text in `source()`).
+fn load_error(e: &libloading::Error) -> String {
+    match std::error::Error::source(e) {
+        Some(cause) => cause.to_string(),
+        None => e.to_string(),
+    }
+}
+
 /// Check, without initialising CUDA, that the driver (and, when `need_cublas`, cuBLAS) can be
 /// loaded. Run in the parent before any tenant starts.
 pub fn preflight(need_cublas: bool) -> Result<(), BenchError> {
@@ -56,7 +64,7 @@ pub fn preflight(need_cublas: bool) -> Result<(), BenchError> {
     if let Err(e) = driver {
         return Err(BenchError::NoDriver {
             lib: DRIVER_LIB.into(),
-            detail: e.to_string(),
+            detail: load_error(&e),
         });
     }
     if need_cublas {
@@ -72,7 +80,7 @@ pub fn preflight(need_cublas: bool) -> Result<(), BenchError> {
                 }
                 Err(e) => {
                     if last.is_empty() || name.ends_with(".so.12") {
-                        last = e.to_string();
+                        last = load_error(&e);
                     }
                 }
             }

@@ -8,8 +8,8 @@ use std::path::PathBuf;
 pub enum BenchError {
     /// The CUDA driver library cannot be loaded: there is no NVIDIA GPU/driver on this machine.
     #[error(
-        "no CUDA driver found ({lib}): {detail}; `tessera bench sharing` needs an NVIDIA GPU and its \
-         driver (pass --cpu-standin to exercise the orchestration without one)"
+        "no CUDA driver found ({lib}): {detail}; `tessera bench sharing` needs an NVIDIA GPU and \
+         its driver"
     )]
     NoDriver {
         /// The library that was looked for.

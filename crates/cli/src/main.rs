@@ -43,6 +43,9 @@ enum Command {
     /// Catalog tools: import a new model from nvidia-smi output, print the built-in catalog.
     #[command(subcommand)]
     Catalog(cmd::catalog::CatalogCmd),
+    /// Benchmarks: what each GPU sharing mode gives each tenant (`bench sharing`).
+    #[command(subcommand)]
+    Bench(cmd::bench::BenchCmd),
 }
 
 fn main() -> ExitCode {
@@ -70,5 +73,6 @@ fn run(command: &Command, ctx: &Ctx) -> Result<ExitCode, CliError> {
         Command::Layouts(a) => cmd::layouts::run(a, ctx),
         Command::Check(a) => cmd::check::run(a, ctx),
         Command::Catalog(c) => cmd::catalog::run(c, ctx),
+        Command::Bench(c) => cmd::bench::run(c, ctx),
     }
 }

@@ -1,5 +1,7 @@
 //! One module per subcommand.
 
+pub mod bench;
+pub mod bench_sharing;
 pub mod catalog;
 pub mod check;
 pub mod gpus;

@@ -1,0 +1,27 @@
+//! `tessera bench`: measurements. Each subcommand is its own module: `sharing` in
+//! `bench_sharing.rs` (plus the hidden `tenant` entry point it re-executes).
+
+use std::process::ExitCode;
+
+use clap::Subcommand;
+
+use crate::output::{CliError, Ctx};
+
+/// Subcommands of `tessera bench`.
+#[derive(Debug, Subcommand)]
+pub enum BenchCmd {
+    /// Measure what time-slicing, MPS and MIG give each tenant of a GPU, idle and loaded
+    /// (PCIe and memory bandwidth, small and large TF32 GEMM).
+    Sharing(super::bench_sharing::Args),
+    /// Internal: one tenant process of `bench sharing` (started by it, not by people).
+    #[command(hide = true)]
+    Tenant,
+}
+
+/// Run a `bench` subcommand.
+pub fn run(cmd: &BenchCmd, ctx: &Ctx) -> Result<ExitCode, CliError> {
+    match cmd {
+        BenchCmd::Sharing(a) => super::bench_sharing::run(a, ctx),
+        BenchCmd::Tenant => super::bench_sharing::run_tenant(),
+    }
+}
