@@ -43,6 +43,12 @@ enum Command {
     /// Catalog tools: import a new model from nvidia-smi output, print the built-in catalog.
     #[command(subcommand)]
     Catalog(cmd::catalog::CatalogCmd),
+    /// A simulated machine of MIG GPUs in a state file, for `--backend sim:STATE`.
+    #[command(subcommand, name = "sim-gpu")]
+    SimGpu(cmd::sim_gpu::SimGpuCmd),
+    /// The node agent: GPU status, reconcile MIG layouts, MIG mode.
+    #[command(subcommand)]
+    Agent(cmd::agent::AgentCmd),
     /// Benchmarks: what each GPU sharing mode gives each tenant (`bench sharing`).
     #[command(subcommand)]
     Bench(cmd::bench::BenchCmd),
@@ -73,6 +79,8 @@ fn run(command: &Command, ctx: &Ctx) -> Result<ExitCode, CliError> {
         Command::Layouts(a) => cmd::layouts::run(a, ctx),
         Command::Check(a) => cmd::check::run(a, ctx),
         Command::Catalog(c) => cmd::catalog::run(c, ctx),
+        Command::SimGpu(c) => cmd::sim_gpu::run(c, ctx),
+        Command::Agent(c) => cmd::agent::run(c, ctx),
         Command::Bench(c) => cmd::bench::run(c, ctx),
     }
 }

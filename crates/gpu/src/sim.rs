@@ -355,11 +355,17 @@ impl SimBackend {
 
     /// Open a state file, holding its lock until the backend is dropped.
     pub fn open(path: &Path, catalog: Catalog, config: SimConfig) -> Result<Self, GpuError> {
-        let lock = lock_file(path)?;
         let bad = |detail: String| GpuError::State {
             path: path.to_path_buf(),
             detail,
         };
+        if !path.is_file() {
+            return Err(bad(
+                "no such file; create it with `tessera sim-gpu init STATE --gpus h100-80gb:1`"
+                    .into(),
+            ));
+        }
+        let lock = lock_file(path)?;
         let text = fs::read_to_string(path).map_err(|e| {
             if e.kind() == std::io::ErrorKind::NotFound {
                 bad(

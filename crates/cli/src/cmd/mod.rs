@@ -1,5 +1,6 @@
 //! One module per subcommand.
 
+pub mod agent;
 pub mod bench;
 pub mod bench_sharing;
 pub mod catalog;
@@ -7,3 +8,4 @@ pub mod check;
 pub mod gpus;
 pub mod layouts;
 pub mod profiles;
+pub mod sim_gpu;

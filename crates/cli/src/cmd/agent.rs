@@ -1,0 +1,633 @@
+//! `tessera agent status|apply|mig-mode`: the node agent on a real GPU (`--backend nvml`) or on
+//! a simulated machine (`--backend sim:STATE`).
+//!
+//! Exit codes of `apply`: 0 every GPU matches its desired layout; 1 a GPU was refused because
+//! busy instances are in the way (or MIG mode is off), nothing changed on it; 2 bad input or
+//! an error. `--crash-after N` (hidden, for tests) exits with 137 right after the N-th op.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use serde::Serialize;
+use tessera_agent::{
+    parse_desired, ApplyResult, FileJournal, GpuReport, Journal, MemJournal, Reconciler, Refusal,
+    RetryPolicy, ThreadSleeper,
+};
+use tessera_gpu::{
+    catalog_diff, open_backend, BackendSpec, ComputeMode, FaultTiming, GpuBackend, GpuError,
+    GpuInstance, Health, HealthTracker, MigMode, ProfileDiff, SimConfig,
+};
+use tessera_model::Placed;
+
+use crate::output::{emit, read_file, table, CliError, Ctx};
+use crate::render::draw_layout;
+
+/// `tessera agent` subcommands.
+#[derive(Debug, clap::Subcommand)]
+pub enum AgentCmd {
+    /// Show each GPU: MIG mode, health, instances (profile, start, UUID, busy, PIDs), and for
+    /// NVML the differences between the GPU's profile table and the catalog.
+    Status(StatusArgs),
+    /// Reconcile GPUs to desired layouts: keep what matches, destroy idle extras, create what
+    /// is missing; refuse a GPU whose busy instances are in the way.
+    Apply(ApplyArgs),
+    /// Report MIG mode, or change it with --enable/--disable (Ampere needs a GPU reset).
+    MigMode(MigModeArgs),
+}
+
+/// Arguments of `agent status`.
+#[derive(Debug, clap::Args)]
+pub struct StatusArgs {
+    /// Backend: `nvml` or `sim:STATE`.
+    #[arg(long, env = "TESSERA_BACKEND")]
+    pub backend: String,
+    /// Wait this long for XID events before reporting health.
+    #[arg(long, default_value_t = 0, value_name = "MS")]
+    pub watch_ms: u32,
+}
+
+/// Arguments of `agent apply`.
+#[derive(Debug, clap::Args)]
+pub struct ApplyArgs {
+    /// Backend: `nvml` or `sim:STATE`.
+    #[arg(long, env = "TESSERA_BACKEND")]
+    pub backend: String,
+    /// The GPU to reconcile to SPEC... (no SPEC: an empty layout).
+    #[arg(long, required_unless_present = "desired", conflicts_with = "desired")]
+    pub gpu: Option<u32>,
+    /// Desired instances as PROFILE@START, e.g. `3g.40gb@0 2g.20gb@4`.
+    #[arg(value_name = "SPEC", requires = "gpu")]
+    pub specs: Vec<String>,
+    /// Desired layouts of many GPUs (YAML/JSON: `gpus: {0: [3g.40gb@0], 1: []}`).
+    #[arg(long, value_name = "FILE")]
+    pub desired: Option<PathBuf>,
+    /// Directory of the operation journal (default: none kept).
+    #[arg(long, value_name = "DIR")]
+    pub journal: Option<PathBuf>,
+    /// Simulated backend only: probability that a call fails with a transient error.
+    #[arg(long, value_name = "RATE")]
+    pub faults: Option<f64>,
+    /// Simulated backend only: seed of the fault generator.
+    #[arg(long, value_name = "S", default_value_t = 0)]
+    pub fault_seed: u64,
+    /// Simulated backend only: whether faults strike before or after a change takes effect.
+    #[arg(long, value_enum, default_value_t = Timing::Before)]
+    pub fault_timing: Timing,
+    /// Consecutive retryable failures before giving up on a GPU.
+    #[arg(long, default_value_t = 6)]
+    pub max_retries: u32,
+    /// First retry delay in milliseconds (doubles per retry, capped at 3 s).
+    #[arg(long, default_value_t = 100, hide = true)]
+    pub backoff_ms: u64,
+    /// Exit abruptly (status 137) right after the N-th operation (crash test hook).
+    #[arg(long, value_name = "N", hide = true)]
+    pub crash_after: Option<u32>,
+}
+
+/// When injected faults strike.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Timing {
+    /// Before the call takes effect.
+    Before,
+    /// After the call took effect.
+    After,
+    /// Either, at random.
+    Mixed,
+}
+
+/// Arguments of `agent mig-mode`.
+#[derive(Debug, clap::Args)]
+pub struct MigModeArgs {
+    /// Backend: `nvml` or `sim:STATE`.
+    #[arg(long, env = "TESSERA_BACKEND")]
+    pub backend: String,
+    /// GPU index.
+    #[arg(long)]
+    pub gpu: u32,
+    /// Turn MIG mode on.
+    #[arg(long, conflicts_with = "disable")]
+    pub enable: bool,
+    /// Turn MIG mode off (every GPU instance must be gone).
+    #[arg(long)]
+    pub disable: bool,
+}
+
+/// Run an `agent` subcommand.
+pub fn run(cmd: &AgentCmd, ctx: &Ctx) -> Result<ExitCode, CliError> {
+    match cmd {
+        AgentCmd::Status(a) => status(a, ctx),
+        AgentCmd::Apply(a) => apply(a, ctx),
+        AgentCmd::MigMode(a) => mig_mode(a, ctx),
+    }
+}
+
+fn spec(text: &str) -> Result<BackendSpec, CliError> {
+    BackendSpec::parse(text).map_err(|e| CliError::Usage(format!("--backend: {e}")))
+}
+
+fn open(ctx: &Ctx, spec: &BackendSpec, sim: SimConfig) -> Result<Box<dyn GpuBackend>, CliError> {
+    open_backend(spec, &ctx.catalog, sim).map_err(|e| match e {
+        GpuError::State { .. } => CliError::Usage(e.to_string()),
+        other => CliError::Other(other.to_string()),
+    })
+}
+
+// ---------------------------------------------------------------------------------- status
+
+/// `agent status` output (JSON/YAML wire format).
+#[derive(Debug, Serialize)]
+pub struct StatusOut {
+    /// The backend used (`nvml`, `sim:PATH`).
+    pub backend: String,
+    /// Every GPU.
+    pub gpus: Vec<GpuStatus>,
+}
+
+/// One GPU in `agent status`.
+#[derive(Debug, Serialize)]
+pub struct GpuStatus {
+    /// NVML index.
+    pub index: u32,
+    /// `GPU-…` UUID.
+    pub uuid: String,
+    /// Product name.
+    pub name: String,
+    /// Catalog model key, if the product is known.
+    pub model: Option<String>,
+    /// Device memory in MiB.
+    pub memory_mib: u64,
+    /// MIG mode (`null`: the GPU cannot do MIG).
+    pub mig: Option<MigMode>,
+    /// Compute mode.
+    pub compute_mode: Option<ComputeMode>,
+    /// Health from XID events (every instance shares it).
+    pub health: Health,
+    /// GPU instances, by start.
+    pub instances: Vec<InstanceRow>,
+    /// NVML only: differences between the GPU's profile table and the catalog.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub catalog_diff: Option<Vec<ProfileDiff>>,
+    /// Why something could not be read, if anything.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
+}
+
+/// One GPU instance in `agent status`.
+#[derive(Debug, Serialize)]
+pub struct InstanceRow {
+    /// Profile name.
+    pub profile: String,
+    /// Placement start.
+    pub start: u8,
+    /// GPU-instance ID.
+    pub gi_id: u32,
+    /// MIG device UUID (`null` while the GI has no compute instance).
+    pub uuid: Option<String>,
+    /// Whether processes run on it.
+    pub busy: bool,
+    /// The processes.
+    pub pids: Vec<u32>,
+    /// `healthy` or `unhealthy` (an XID anywhere on the GPU marks every instance).
+    pub health: String,
+}
+
+fn status(a: &StatusArgs, ctx: &Ctx) -> Result<ExitCode, CliError> {
+    let spec = spec(&a.backend)?;
+    let mut b = open(ctx, &spec, SimConfig::default())?;
+    let gpus = b.gpus().map_err(|e| CliError::Other(e.to_string()))?;
+    let mut health = HealthTracker::default();
+    let mut event_note = None;
+    match b.poll_events(a.watch_ms) {
+        Ok(events) => {
+            for e in &events {
+                health.observe(e);
+            }
+        }
+        Err(e) => event_note = Some(format!("XID events not available: {e}")),
+    }
+    let mut out = StatusOut {
+        backend: b.describe(),
+        gpus: Vec::new(),
+    };
+    let mut failed = false;
+    for g in gpus {
+        let h = health.gpu(g.index);
+        let mut notes: Vec<String> = event_note.iter().cloned().collect();
+        let mut instances = Vec::new();
+        if g.mig.is_some_and(|m| m.current) {
+            match b.instances(g.index) {
+                Ok(list) => {
+                    instances = list
+                        .iter()
+                        .map(|i| InstanceRow {
+                            profile: i.profile.clone(),
+                            start: i.start,
+                            gi_id: i.gi_id,
+                            uuid: i.uuid.clone(),
+                            busy: i.is_busy(),
+                            pids: i.pids.clone(),
+                            health: if h.is_healthy() {
+                                "healthy"
+                            } else {
+                                "unhealthy"
+                            }
+                            .into(),
+                        })
+                        .collect()
+                }
+                Err(e) => {
+                    failed = true;
+                    notes.push(format!("instances: {e}"));
+                }
+            }
+        }
+        let catalog_diff = if spec == BackendSpec::Nvml {
+            match catalog_diff(b.as_mut(), &ctx.catalog, &g) {
+                Ok(Some(d)) => Some(d),
+                Ok(None) => {
+                    notes.push(format!(
+                        "`{}` matches no catalog model; import its tables with `tessera catalog import`",
+                        g.name
+                    ));
+                    None
+                }
+                Err(e) => {
+                    notes.push(format!("catalog diff not available: {e}"));
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        out.gpus.push(GpuStatus {
+            index: g.index,
+            uuid: g.uuid,
+            name: g.name,
+            model: g.model,
+            memory_mib: g.memory_mib,
+            mig: g.mig,
+            compute_mode: g.compute_mode,
+            health: h,
+            instances,
+            catalog_diff,
+            notes,
+        });
+    }
+    emit(ctx.output, &out, || status_table(ctx, &out))?;
+    Ok(if failed {
+        ExitCode::from(2)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn health_text(h: &Health) -> String {
+    match h {
+        Health::Healthy => "healthy".into(),
+        Health::Unhealthy { xids } => {
+            let x: Vec<String> = xids.iter().map(|x| x.to_string()).collect();
+            format!("UNHEALTHY (XID {})", x.join(", "))
+        }
+    }
+}
+
+fn status_table(ctx: &Ctx, out: &StatusOut) -> String {
+    let mut s = format!("backend: {}\n", out.backend);
+    for g in &out.gpus {
+        s.push_str(&format!(
+            "\nGPU {}  {}  ({})  {}\n  memory {} MiB, MIG {}, compute mode {}, {}\n",
+            g.index,
+            g.name,
+            g.model.as_deref().unwrap_or("not in catalog"),
+            g.uuid,
+            g.memory_mib,
+            g.mig
+                .map(|m| m.to_string())
+                .unwrap_or_else(|| "not supported".into()),
+            g.compute_mode
+                .map(|m| m.to_string())
+                .unwrap_or_else(|| "?".into()),
+            health_text(&g.health),
+        ));
+        if g.mig.is_some_and(|m| m.current) {
+            if g.instances.is_empty() {
+                s.push_str("  no GPU instances\n");
+            } else {
+                let mut t = table(&["PROFILE", "START", "GI", "UUID", "BUSY", "PIDS"]);
+                for i in &g.instances {
+                    t.add_row(vec![
+                        i.profile.clone(),
+                        i.start.to_string(),
+                        i.gi_id.to_string(),
+                        i.uuid
+                            .clone()
+                            .unwrap_or_else(|| "(no compute instance)".into()),
+                        if i.busy { "busy" } else { "idle" }.into(),
+                        i.pids
+                            .iter()
+                            .map(|p| p.to_string())
+                            .collect::<Vec<_>>()
+                            .join(","),
+                    ]);
+                }
+                s.push_str(&indent(&t.to_string()));
+                s.push('\n');
+                if let Some(m) = g.model.as_deref().and_then(|k| ctx.catalog.get(k)) {
+                    let drawn: Vec<(Placed, String)> = g
+                        .instances
+                        .iter()
+                        .filter_map(|i| {
+                            let p = m.profile_named(&i.profile)?;
+                            let label = if i.busy { "busy" } else { "" };
+                            Some((Placed::new(p, i.start), label.to_string()))
+                        })
+                        .collect();
+                    s.push_str(&indent(&draw_layout(m, &drawn)));
+                }
+            }
+        }
+        if let Some(diff) = &g.catalog_diff {
+            if diff.is_empty() {
+                s.push_str("  profile table matches the catalog\n");
+            } else {
+                s.push_str("  profile table differs from the catalog:\n");
+                for d in diff {
+                    s.push_str(&format!("    - {d}\n"));
+                }
+            }
+        }
+        for n in &g.notes {
+            s.push_str(&format!("  note: {n}\n"));
+        }
+    }
+    s
+}
+
+fn indent(text: &str) -> String {
+    text.lines().map(|l| format!("  {l}\n")).collect::<String>()
+}
+
+// ----------------------------------------------------------------------------------- apply
+
+/// `agent apply` output (JSON/YAML wire format).
+#[derive(Debug, Serialize)]
+pub struct ApplyOut {
+    /// The backend used.
+    pub backend: String,
+    /// One entry per GPU, in index order.
+    pub gpus: Vec<ApplyGpu>,
+}
+
+/// One GPU's apply result.
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+pub enum ApplyGpu {
+    /// Converged or refused (see [`GpuReport`]).
+    Report(Box<GpuReport>),
+    /// Stopped with an error.
+    Error {
+        /// The GPU.
+        gpu: u32,
+        /// Always `error`.
+        status: String,
+        /// The message.
+        error: String,
+    },
+}
+
+fn apply(a: &ApplyArgs, ctx: &Ctx) -> Result<ExitCode, CliError> {
+    let spec = spec(&a.backend)?;
+    if let Some(rate) = a.faults {
+        if !(0.0..=1.0).contains(&rate) {
+            return Err(CliError::Usage(format!(
+                "--faults {rate}: give a probability between 0 and 1"
+            )));
+        }
+        if spec == BackendSpec::Nvml {
+            return Err(CliError::Usage(
+                "--faults works only with --backend sim:STATE; real GPUs fail on their own".into(),
+            ));
+        }
+    }
+    let desired = match (&a.desired, a.gpu) {
+        (Some(path), _) => parse_desired(&read_file(path)?)
+            .map_err(|e| CliError::Usage(format!("{}: {e}", path.display())))?,
+        (None, Some(gpu)) => [(gpu, a.specs.clone())].into_iter().collect(),
+        (None, None) => {
+            return Err(CliError::Usage(
+                "give --gpu N [SPEC...] or --desired FILE".into(),
+            ))
+        }
+    };
+    let sim = SimConfig {
+        faults: a.faults.unwrap_or(0.0),
+        fault_seed: a.fault_seed,
+        fault_timing: match a.fault_timing {
+            Timing::Before => FaultTiming::Before,
+            Timing::After => FaultTiming::After,
+            Timing::Mixed => FaultTiming::Mixed,
+        },
+        crash: None,
+    };
+    let mut backend = open(ctx, &spec, sim)?;
+    let mut file_journal;
+    let mut mem_journal = MemJournal::new();
+    let journal: &mut dyn Journal = match &a.journal {
+        Some(dir) => {
+            file_journal = FileJournal::open(dir).map_err(|e| CliError::Other(e.to_string()))?;
+            &mut file_journal
+        }
+        None => &mut mem_journal,
+    };
+    let policy = RetryPolicy {
+        max_failures: a.max_retries,
+        base_delay: Duration::from_millis(a.backoff_ms),
+        ..RetryPolicy::default()
+    };
+    let mut sleeper = ThreadSleeper;
+    let results = Reconciler::new(backend.as_mut(), journal, &ctx.catalog, &mut sleeper)
+        .with_policy(policy)
+        .crash_after(a.crash_after)
+        .apply_all(&desired);
+    if results
+        .iter()
+        .any(|(_, r)| matches!(r, Err(e) if e.is_crash()))
+    {
+        // The test hook: die as abruptly as a killed agent would, printing nothing.
+        std::process::exit(137);
+    }
+    let mut code = 0u8;
+    let mut gpus = Vec::new();
+    for (gpu, r) in results {
+        match r {
+            Ok(report) => {
+                if let ApplyResult::Refused { refusal } = &report.result {
+                    code = code.max(match refusal {
+                        Refusal::InvalidLayout { .. } => 2,
+                        Refusal::Busy { .. } | Refusal::MigDisabled { .. } => 1,
+                    });
+                }
+                gpus.push(ApplyGpu::Report(Box::new(report)));
+            }
+            Err(e) => {
+                code = 2;
+                gpus.push(ApplyGpu::Error {
+                    gpu,
+                    status: "error".into(),
+                    error: e.to_string(),
+                });
+            }
+        }
+    }
+    let out = ApplyOut {
+        backend: backend.describe(),
+        gpus,
+    };
+    emit(ctx.output, &out, || apply_table(&out))?;
+    Ok(ExitCode::from(code))
+}
+
+fn instance_table(instances: &[GpuInstance]) -> String {
+    if instances.is_empty() {
+        return "  no GPU instances\n".into();
+    }
+    let mut t = table(&["PROFILE", "START", "GI", "UUID", "BUSY"]);
+    for i in instances {
+        t.add_row(vec![
+            i.profile.clone(),
+            i.start.to_string(),
+            i.gi_id.to_string(),
+            i.uuid
+                .clone()
+                .unwrap_or_else(|| "(no compute instance)".into()),
+            if i.is_busy() {
+                format!(
+                    "busy ({})",
+                    i.pids
+                        .iter()
+                        .map(|p| p.to_string())
+                        .collect::<Vec<_>>()
+                        .join(",")
+                )
+            } else {
+                "idle".into()
+            },
+        ]);
+    }
+    indent(&t.to_string())
+}
+
+fn apply_table(out: &ApplyOut) -> String {
+    let mut s = String::new();
+    for g in &out.gpus {
+        match g {
+            ApplyGpu::Report(r) => {
+                match &r.result {
+                    ApplyResult::Converged => s.push_str(&format!(
+                        "GPU {} ({}): matches the desired layout ({} op(s) applied)\n",
+                        r.gpu,
+                        r.model,
+                        r.applied.len()
+                    )),
+                    ApplyResult::Refused { refusal } => s.push_str(&format!("{refusal}\n")),
+                }
+                for rec in &r.recovered {
+                    s.push_str(&format!(
+                        "  recovered from a crash: {} ({})\n",
+                        rec.op,
+                        if rec.applied {
+                            "had taken effect"
+                        } else {
+                            "had not taken effect"
+                        }
+                    ));
+                }
+                for op in &r.applied {
+                    s.push_str(&format!("  done: {op}\n"));
+                }
+                if !r.retried.is_empty() {
+                    s.push_str(&format!("  retried {} time(s)\n", r.retried.len()));
+                }
+                s.push_str(&instance_table(&r.instances));
+            }
+            ApplyGpu::Error { gpu, error, .. } => {
+                s.push_str(&format!("GPU {gpu}: error: {error}\n"));
+            }
+        }
+    }
+    s
+}
+
+// -------------------------------------------------------------------------------- mig-mode
+
+/// `agent mig-mode` output (JSON/YAML wire format).
+#[derive(Debug, Serialize)]
+pub struct MigModeOut {
+    /// GPU index.
+    pub gpu: u32,
+    /// MIG mode before the command.
+    pub before: MigMode,
+    /// MIG mode after the command.
+    pub after: MigMode,
+    /// Whether a GPU reset is needed for the change to take effect.
+    pub reset_required: bool,
+    /// Advice for people.
+    pub note: Option<String>,
+}
+
+fn mig_mode(a: &MigModeArgs, ctx: &Ctx) -> Result<ExitCode, CliError> {
+    let spec = spec(&a.backend)?;
+    let mut b = open(ctx, &spec, SimConfig::default())?;
+    let before = b
+        .mig_mode(a.gpu)
+        .map_err(|e| CliError::Other(e.to_string()))?;
+    let want = if a.enable {
+        Some(true)
+    } else if a.disable {
+        Some(false)
+    } else {
+        None
+    };
+    let after = match want {
+        Some(on) if on != before.pending => b
+            .set_mig_mode(a.gpu, on)
+            .map_err(|e| CliError::Other(e.to_string()))?,
+        _ => before,
+    };
+    let reset_required = after.current != after.pending;
+    let note = if reset_required {
+        Some(format!(
+            "the change is pending: Ampere GPUs (A100, A30) apply it only after a GPU reset with no \
+             process on the GPU (`nvidia-smi -r -i {}`); Hopper and newer switch at once but lose the \
+             mode on driver reload",
+            a.gpu
+        ))
+    } else if want.is_none() {
+        Some("report only; pass --enable or --disable to change it (on Ampere that needs a GPU reset)".into())
+    } else {
+        None
+    };
+    let out = MigModeOut {
+        gpu: a.gpu,
+        before,
+        after,
+        reset_required,
+        note,
+    };
+    emit(ctx.output, &out, || {
+        let mut s = if want.is_some() && before != after {
+            format!(
+                "GPU {}: MIG mode {} -> {}\n",
+                out.gpu, out.before, out.after
+            )
+        } else {
+            format!("GPU {}: MIG mode {}\n", out.gpu, out.after)
+        };
+        if let Some(n) = &out.note {
+            s.push_str(&format!("note: {n}\n"));
+        }
+        s
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
