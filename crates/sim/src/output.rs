@@ -1,0 +1,484 @@
+//! Files a simulation writes: CSV tables and plots (PNG and SVG, drawn with plotters).
+//!
+//! PNG text is drawn with DejaVu Sans, embedded from `assets/DejaVuSans.ttf` (a byte copy of
+//! Debian's `fonts-dejavu-core`; its license, `assets/DejaVuSans-LICENSE.txt`, allows
+//! redistribution). SVG text names the `sans-serif` family and is drawn by the viewer.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use plotters::coord::Shift;
+use plotters::prelude::*;
+use plotters::style::FontStyle;
+
+use crate::policy::PolicyKind;
+use crate::report::{ReplayReport, SaturateReport};
+
+const FONT: &[u8] = include_bytes!("../assets/DejaVuSans.ttf");
+
+/// One policy's replay line: (day, allocated %, queued pods) points.
+type ReplaySeries = (PolicyKind, Vec<(f64, f64, f64)>);
+
+/// Pixel size of every plot.
+const SIZE: (u32, u32) = (1400, 600);
+
+/// Errors from writing output files.
+#[derive(Debug, thiserror::Error)]
+pub enum OutputError {
+    /// A file or directory could not be written.
+    #[error("cannot write {path}: {source}")]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// Drawing a plot failed.
+    #[error("cannot draw {path}: {message}")]
+    Plot {
+        /// The plot file.
+        path: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
+}
+
+fn write(path: PathBuf, text: &str) -> Result<PathBuf, OutputError> {
+    std::fs::write(&path, text).map_err(|source| OutputError::Io {
+        path: path.clone(),
+        source,
+    })?;
+    Ok(path)
+}
+
+fn ensure_dir(dir: &Path) -> Result<(), OutputError> {
+    std::fs::create_dir_all(dir).map_err(|source| OutputError::Io {
+        path: dir.to_path_buf(),
+        source,
+    })
+}
+
+fn register_font() {
+    static DONE: OnceLock<()> = OnceLock::new();
+    DONE.get_or_init(|| {
+        // The embedded file is a valid TrueType font; if it ever were not, text would be
+        // missing from the PNG and the drawing call reports the error.
+        let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, FONT);
+    });
+}
+
+/// Line colour of a policy (the same in every plot).
+fn colour(p: PolicyKind) -> RGBColor {
+    match p {
+        PolicyKind::Tessera => RGBColor(0xd6, 0x27, 0x28),
+        PolicyKind::Nos => RGBColor(0x1f, 0x77, 0xb4),
+        PolicyKind::BestFit => RGBColor(0x2c, 0xa0, 0x2c),
+        PolicyKind::StaticMig => RGBColor(0x94, 0x67, 0xbd),
+        PolicyKind::WholeGpu => RGBColor(0x7f, 0x7f, 0x7f),
+    }
+}
+
+/// Write the saturate CSVs and plots into `dir`; returns the files written.
+pub fn write_saturate(report: &SaturateReport, dir: &Path) -> Result<Vec<PathBuf>, OutputError> {
+    ensure_dir(dir)?;
+    let mut files = Vec::new();
+
+    let mut s = String::from(
+        "policy,allocated_pct_at_100,unallocated_pct_at_100,allocated_pct_at_100_sd,milli_served_pct_at_100,\
+allocated_pct_at_130,failed_pods,failed_pods_total,failed_cpu_pods_total,creates,destroys,repartitions,busy_destroyed\n",
+    );
+    for p in &report.policies {
+        let _ = writeln!(
+            s,
+            "{},{:.3},{:.3},{:.3},{:.3},{:.3},{:.3},{:.3},{:.3},{:.3},{:.3},{:.3},{}",
+            p.policy,
+            p.allocated_pct_at_100,
+            p.unallocated_pct_at_100,
+            p.allocated_pct_at_100_sd,
+            p.milli_served_pct_at_100,
+            p.allocated_pct_at_130,
+            p.failed_pods,
+            p.failed_pods_total,
+            p.failed_cpu_pods_total,
+            p.creates,
+            p.destroys,
+            p.repartitions,
+            p.busy_destroyed
+        );
+    }
+    files.push(write(dir.join("saturate_summary.csv"), &s)?);
+
+    let mut s = String::from(
+        "policy,arrived_pct,allocated_pct,allocated_pct_sd,unallocated_pct,milli_served_pct,failed_gpu_pods\n",
+    );
+    for p in &report.policies {
+        for c in &p.curve {
+            let _ = writeln!(
+                s,
+                "{},{},{:.3},{:.3},{:.3},{:.3},{:.3}",
+                p.policy,
+                c.arrived_pct,
+                c.allocated_pct,
+                c.allocated_pct_sd,
+                100.0 - c.allocated_pct,
+                c.milli_served_pct,
+                c.failed_gpu_pods
+            );
+        }
+    }
+    files.push(write(dir.join("saturate_curve.csv"), &s)?);
+
+    let mut s = String::from(
+        "policy,seed,pods,gpu_pods,allocated_pct_at_100,milli_served_pct_at_100,failed_pods_at_100,\
+failed_gpu_pods,failed_cpu_pods,creates,destroys,repartitions,busy_destroyed\n",
+    );
+    for r in &report.runs {
+        let at = r.at(100);
+        let _ = writeln!(
+            s,
+            "{},{},{},{},{:.3},{:.3},{},{},{},{},{},{},{}",
+            r.policy,
+            r.seed,
+            r.pods,
+            r.gpu_pods,
+            at.allocated_pct,
+            at.milli_served_pct,
+            at.failed_gpu_pods,
+            r.failed_gpu_pods,
+            r.failed_cpu_pods,
+            r.counters.creates,
+            r.counters.destroys,
+            r.counters.repartitions,
+            r.counters.busy_destroyed
+        );
+    }
+    files.push(write(dir.join("saturate_runs.csv"), &s)?);
+
+    if let Some(mix) = &report.setup.static_mig_partition {
+        let mut s = String::from("layout,gpus\n");
+        for m in mix {
+            let _ = writeln!(s, "{},{}", m.layout, m.gpus);
+        }
+        files.push(write(dir.join("static_mig_partition.csv"), &s)?);
+    }
+
+    let series: Vec<(PolicyKind, Vec<(f64, f64)>)> = report
+        .policies
+        .iter()
+        .map(|p| {
+            (
+                p.policy,
+                p.curve
+                    .iter()
+                    .map(|c| (f64::from(c.arrived_pct), c.allocated_pct))
+                    .collect(),
+            )
+        })
+        .collect();
+    let title = format!(
+        "{} GPUs as {} ({} seeds)",
+        report.setup.gpus,
+        report.setup.gpu_model,
+        report.seeds.len()
+    );
+    register_font();
+    let png = dir.join("saturate_allocation.png");
+    let root = BitMapBackend::new(&png, SIZE).into_drawing_area();
+    saturate_plot(root, &series, &title).map_err(|message| plot_error(&png, message))?;
+    files.push(png);
+    let svg = dir.join("saturate_allocation.svg");
+    let root = SVGBackend::new(&svg, SIZE).into_drawing_area();
+    saturate_plot(root, &series, &title).map_err(|message| plot_error(&svg, message))?;
+    files.push(svg);
+    Ok(files)
+}
+
+/// Write the replay CSVs and plots into `dir`; returns the files written.
+pub fn write_replay(report: &ReplayReport, dir: &Path) -> Result<Vec<PathBuf>, OutputError> {
+    ensure_dir(dir)?;
+    let mut files = Vec::new();
+    let mut s = String::from(
+        "policy,delay_mean_s,delay_p95_s,delay_max_s,delayed_gpu_pods,started_gpu_pods,never_started,rejected_pods,\
+allocated_mean_pct,allocated_peak_pct,repartitions,creates,destroys,busy_destroyed\n",
+    );
+    for p in &report.policies {
+        let _ = writeln!(
+            s,
+            "{},{:.3},{:.3},{},{},{},{},{},{:.3},{:.3},{},{},{},{}",
+            p.policy,
+            p.delay_mean_s,
+            p.delay_p95_s,
+            p.delay_max_s,
+            p.delayed_gpu_pods,
+            p.started_gpu_pods,
+            p.never_started,
+            p.rejected_pods,
+            p.allocated_mean_pct,
+            p.allocated_peak_pct,
+            p.repartitions,
+            p.creates,
+            p.destroys,
+            p.busy_destroyed
+        );
+    }
+    files.push(write(dir.join("replay_summary.csv"), &s)?);
+
+    let mut s = String::from("policy,time_s,time_days,allocated_pct,queued\n");
+    for r in &report.runs {
+        for t in &r.timeline {
+            let _ = writeln!(
+                s,
+                "{},{},{:.4},{:.3},{}",
+                r.policy,
+                t.time_s,
+                t.time_s as f64 / 86400.0,
+                t.allocated_pct,
+                t.queued
+            );
+        }
+    }
+    files.push(write(dir.join("replay_timeline.csv"), &s)?);
+
+    let series: Vec<ReplaySeries> = report
+        .runs
+        .iter()
+        .map(|r| {
+            (
+                r.policy,
+                r.timeline
+                    .iter()
+                    .map(|t| (t.time_s as f64 / 86400.0, t.allocated_pct, t.queued as f64))
+                    .collect(),
+            )
+        })
+        .collect();
+    let title = format!("{} GPUs as {}", report.setup.gpus, report.setup.gpu_model);
+    register_font();
+    let png = dir.join("replay_allocation.png");
+    let root = BitMapBackend::new(&png, SIZE).into_drawing_area();
+    replay_plot(root, &series, &title).map_err(|message| plot_error(&png, message))?;
+    files.push(png);
+    let svg = dir.join("replay_allocation.svg");
+    let root = SVGBackend::new(&svg, SIZE).into_drawing_area();
+    replay_plot(root, &series, &title).map_err(|message| plot_error(&svg, message))?;
+    files.push(svg);
+    Ok(files)
+}
+
+fn plot_error(path: &Path, message: String) -> OutputError {
+    OutputError::Plot {
+        path: path.to_path_buf(),
+        message,
+    }
+}
+
+/// Turn a drawing error into text.
+fn text<E: std::error::Error + Send + Sync>(e: DrawingAreaErrorKind<E>) -> String {
+    e.to_string()
+}
+
+/// Left: allocated share against arrived workload (with the ideal line); right: the
+/// unallocated share from 70 % arrived on, where the policies part.
+fn saturate_plot<DB: DrawingBackend>(
+    root: DrawingArea<DB, Shift>,
+    series: &[(PolicyKind, Vec<(f64, f64)>)],
+    title: &str,
+) -> Result<(), String>
+where
+    DB::ErrorType: 'static,
+{
+    root.fill(&WHITE).map_err(text)?;
+    let root = root
+        .titled(
+            &format!("Saturate (FGD protocol): {title}"),
+            ("sans-serif", 24),
+        )
+        .map_err(text)?;
+    let (left, right) = root.split_horizontally(SIZE.0 / 2);
+
+    let mut chart = ChartBuilder::on(&left)
+        .margin(16)
+        .x_label_area_size(44)
+        .y_label_area_size(56)
+        .caption("Allocated GPU compute", ("sans-serif", 20))
+        .build_cartesian_2d(0f64..130f64, 0f64..100f64)
+        .map_err(text)?;
+    chart
+        .configure_mesh()
+        .x_desc("Arrived workload (% of GPU compute slices)")
+        .y_desc("Allocated (% of slices)")
+        .label_style(("sans-serif", 15))
+        .axis_desc_style(("sans-serif", 16))
+        .draw()
+        .map_err(text)?;
+    chart
+        .draw_series(LineSeries::new(
+            [(0.0, 0.0), (100.0, 100.0), (130.0, 100.0)],
+            ShapeStyle::from(&BLACK.mix(0.35)).stroke_width(1),
+        ))
+        .map_err(text)?
+        .label("ideal")
+        .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], BLACK.mix(0.35)));
+    for (p, pts) in series {
+        let c = colour(*p);
+        chart
+            .draw_series(LineSeries::new(pts.iter().copied(), c.stroke_width(2)))
+            .map_err(text)?
+            .label(p.name())
+            .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], c.stroke_width(3)));
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::LowerRight)
+        .label_font(("sans-serif", 16))
+        .background_style(WHITE.mix(0.9))
+        .border_style(BLACK.mix(0.3))
+        .draw()
+        .map_err(text)?;
+
+    let zoom: Vec<(PolicyKind, Vec<(f64, f64)>)> = series
+        .iter()
+        .map(|(p, pts)| {
+            (
+                *p,
+                pts.iter()
+                    .filter(|(x, _)| *x >= 70.0)
+                    .map(|&(x, y)| (x, 100.0 - y))
+                    .collect(),
+            )
+        })
+        .collect();
+    let ymax = zoom
+        .iter()
+        .flat_map(|(_, pts)| pts.iter().map(|p| p.1))
+        .fold(5.0f64, f64::max);
+    let ymax = (ymax / 5.0).ceil() * 5.0;
+    let mut chart = ChartBuilder::on(&right)
+        .margin(16)
+        .x_label_area_size(44)
+        .y_label_area_size(56)
+        .caption(
+            "Unallocated GPU compute (lower is better)",
+            ("sans-serif", 20),
+        )
+        .build_cartesian_2d(70f64..130f64, 0f64..ymax)
+        .map_err(text)?;
+    chart
+        .configure_mesh()
+        .x_desc("Arrived workload (% of GPU compute slices)")
+        .y_desc("Unallocated (% of slices)")
+        .label_style(("sans-serif", 15))
+        .axis_desc_style(("sans-serif", 16))
+        .draw()
+        .map_err(text)?;
+    let x0 = (100.0 - ymax).max(70.0);
+    chart
+        .draw_series(LineSeries::new(
+            [(x0, 100.0 - x0), (100.0, 0.0), (130.0, 0.0)],
+            ShapeStyle::from(&BLACK.mix(0.35)).stroke_width(1),
+        ))
+        .map_err(text)?;
+    chart
+        .draw_series(std::iter::once(PathElement::new(
+            [(100.0, 0.0), (100.0, ymax)],
+            ShapeStyle::from(&BLACK.mix(0.2)).stroke_width(1),
+        )))
+        .map_err(text)?;
+    for (p, pts) in &zoom {
+        chart
+            .draw_series(LineSeries::new(
+                pts.iter().copied(),
+                colour(*p).stroke_width(2),
+            ))
+            .map_err(text)?;
+    }
+    root.present().map_err(text)?;
+    Ok(())
+}
+
+/// Left: allocated share over time; right: pods waiting over time.
+fn replay_plot<DB: DrawingBackend>(
+    root: DrawingArea<DB, Shift>,
+    series: &[ReplaySeries],
+    title: &str,
+) -> Result<(), String>
+where
+    DB::ErrorType: 'static,
+{
+    root.fill(&WHITE).map_err(text)?;
+    let root = root
+        .titled(&format!("Replay: {title}"), ("sans-serif", 24))
+        .map_err(text)?;
+    let (left, right) = root.split_horizontally(SIZE.0 / 2);
+    let all = || series.iter().flat_map(|(_, pts)| pts.iter());
+    let t0 = all().map(|p| p.0).fold(f64::INFINITY, f64::min);
+    let t1 = all().map(|p| p.0).fold(f64::NEG_INFINITY, f64::max);
+    let (t0, t1) = if t0.is_finite() && t1 > t0 {
+        (t0, t1)
+    } else {
+        (0.0, 1.0)
+    };
+    let qmax = all().map(|p| p.2).fold(1.0f64, f64::max) * 1.05;
+
+    let mut chart = ChartBuilder::on(&left)
+        .margin(16)
+        .x_label_area_size(44)
+        .y_label_area_size(56)
+        .caption("Allocated GPU compute", ("sans-serif", 20))
+        .build_cartesian_2d(t0..t1, 0f64..100f64)
+        .map_err(text)?;
+    chart
+        .configure_mesh()
+        .x_desc("Time (days since the trace start)")
+        .y_desc("Allocated (% of slices)")
+        .label_style(("sans-serif", 15))
+        .axis_desc_style(("sans-serif", 16))
+        .draw()
+        .map_err(text)?;
+    for (p, pts) in series {
+        let c = colour(*p);
+        chart
+            .draw_series(LineSeries::new(
+                pts.iter().map(|q| (q.0, q.1)),
+                c.stroke_width(2),
+            ))
+            .map_err(text)?
+            .label(p.name())
+            .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], c.stroke_width(3)));
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .label_font(("sans-serif", 16))
+        .background_style(WHITE.mix(0.9))
+        .border_style(BLACK.mix(0.3))
+        .draw()
+        .map_err(text)?;
+
+    let mut chart = ChartBuilder::on(&right)
+        .margin(16)
+        .x_label_area_size(44)
+        .y_label_area_size(64)
+        .caption("Pods waiting", ("sans-serif", 20))
+        .build_cartesian_2d(t0..t1, 0f64..qmax)
+        .map_err(text)?;
+    chart
+        .configure_mesh()
+        .x_desc("Time (days since the trace start)")
+        .y_desc("Queued pods")
+        .label_style(("sans-serif", 15))
+        .axis_desc_style(("sans-serif", 16))
+        .draw()
+        .map_err(text)?;
+    for (p, pts) in series {
+        chart
+            .draw_series(LineSeries::new(
+                pts.iter().map(|q| (q.0, q.2)),
+                colour(*p).stroke_width(2),
+            ))
+            .map_err(text)?;
+    }
+    root.present().map_err(text)?;
+    Ok(())
+}

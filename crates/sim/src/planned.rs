@@ -1,0 +1,395 @@
+//! `tessera` and `nos`: the planner decides the layouts and the placement.
+//!
+//! Each pod is planned on its own, when it arrives (saturate) or is tried from the queue
+//! (replay), as one MIG request for its mapped profile.
+//!
+//! **What the planner sees.** The planner knows GPUs, not CPU or memory, so the simulator first
+//! keeps the GPUs that could serve the pod: those on a node where the pod's CPU and memory fit,
+//! and where the profile fits once every free instance is gone (the planner never touches busy
+//! ones). GPUs in the same state (the same instances, busy or free) are interchangeable to
+//! the planner, so each state is passed once, as a one-GPU node; the nodes are named so that
+//! name order is the order of first appearance in the cluster (node, then GPU index). This keeps
+//! each call small (a few hundred GPUs instead of thousands) without changing what either
+//! algorithm can choose. It also spares `nos` one of its known weaknesses (counting free
+//! devices on nodes the pod cannot use), which only favours the baseline.
+//!
+//! **Binding.** The planner's assignment names a state; the pod goes to a GPU in that state:
+//! for `nos` the first one in node order (nos walks nodes by name), for `tessera` the one on the
+//! node with the fewest free slices (the best-fit tie-break of the `best-fit` policy). The
+//! plan's destroys and creates for that GPU are applied, each checked against the current state
+//! (destroying a busy instance is refused and counted), and the GPU's new layout must equal the
+//! plan's. Changes the plan makes to GPUs that get no pod are not applied: with one request
+//! they serve nothing (they are counted in [`Planned::unapplied_changes`]).
+//!
+//! **Multi-GPU pods.** The planner has no gang requests, so the simulator picks the node (for
+//! `nos` the first by name, for `tessera` best fit: the fewest idle GPUs left) among those with
+//! room for the CPU, the memory and enough idle GPUs, and asks the planner to serve `num_gpu`
+//! full-GPU requests on that node alone; the next node is tried if it cannot.
+
+use std::collections::HashMap;
+
+use tessera_model::{Catalog, Placed, ProfileIdx};
+use tessera_planner::{
+    plan, AssignedSlice, ClusterSpec, GpuPlan, GpuSpec, InstanceSpec, NodeSpec, Plan, PlanOptions,
+    Policy, RequestSpec,
+};
+
+use crate::cluster::{Binding, Cluster, OpError, PodId};
+use crate::mapping::Mapping;
+use crate::policy::{
+    fits_anywhere, gang_candidates, place_cpu_only, Placer, PlannerStats, PolicyKind, SimError,
+};
+use crate::workload::SimPod;
+
+/// Most nodes tried for one multi-GPU pod.
+const GANG_TRIES: usize = 16;
+
+/// A planner-driven policy.
+#[derive(Debug)]
+pub struct Planned<'m> {
+    mapping: Mapping<'m>,
+    policy: PolicyKind,
+    opts: PlanOptions,
+    /// A catalog holding only the simulated model (fast lookups inside the planner).
+    catalog: Catalog,
+    /// Changes planned for GPUs that got no pod, not applied.
+    pub unapplied_changes: u64,
+    /// Planner calls made.
+    pub calls: u64,
+    /// Whether nodes in the same state are passed to the planner once (see the module docs).
+    group: bool,
+}
+
+/// A node's state as a comparable key: per GPU, (start, profile, busy) of each instance packed
+/// in a `u16`, then a separator.
+type StateKey = Vec<u16>;
+
+impl<'m> Planned<'m> {
+    /// The policy (`tessera` or `nos`).
+    pub fn new(mapping: Mapping<'m>, policy: PolicyKind) -> Self {
+        let model = mapping.model().clone();
+        let catalog = Catalog {
+            schema_version: tessera_model::catalog::SCHEMA_VERSION,
+            sources: Default::default(),
+            models: vec![model],
+        };
+        let opts = PlanOptions {
+            policy: match policy {
+                PolicyKind::Nos => Policy::Nos,
+                _ => Policy::Tessera,
+            },
+            ..PlanOptions::default()
+        };
+        Planned {
+            mapping,
+            policy,
+            opts,
+            catalog,
+            unapplied_changes: 0,
+            calls: 0,
+            group: true,
+        }
+    }
+
+    /// Pass every eligible node to the planner, not one per state (slower; gives the same
+    /// placements, which is how the grouping is checked).
+    pub fn ungrouped(mut self) -> Self {
+        self.group = false;
+        self
+    }
+
+    fn op_err(&self, source: OpError) -> SimError {
+        SimError::Op {
+            policy: self.policy,
+            source,
+        }
+    }
+
+    fn planner_err(&self, message: String) -> SimError {
+        SimError::Planner {
+            policy: self.policy,
+            message,
+        }
+    }
+
+    fn gpu_spec(&self, cluster: &Cluster, n: usize, g: usize) -> GpuSpec {
+        let model = self.mapping.model();
+        let instances = cluster.nodes[n].gpus[g]
+            .instances()
+            .iter()
+            .map(|i| InstanceSpec {
+                profile: model.profile(i.placed.profile).name.clone(),
+                start: i.placed.start,
+                used: i.pod.is_some(),
+            })
+            .collect();
+        GpuSpec::mig(&model.key, instances)
+    }
+
+    fn call(&mut self, cluster: &ClusterSpec, requests: &[RequestSpec]) -> Result<Plan, SimError> {
+        self.calls += 1;
+        plan(&self.catalog, cluster, requests, &self.opts)
+            .map_err(|e| self.planner_err(e.to_string()))
+    }
+
+    fn placed_of(&self, profile: &str, start: u8) -> Result<Placed, SimError> {
+        let p = self.mapping.model().profile_named(profile).ok_or_else(|| {
+            self.planner_err(format!("the plan names unknown profile `{profile}`"))
+        })?;
+        Ok(Placed::new(p, start))
+    }
+
+    /// Apply one GPU's plan to the real GPU (n, g). Returns false when the plan would destroy a
+    /// busy instance (refused and counted; nothing is applied).
+    fn apply(
+        &self,
+        cluster: &mut Cluster,
+        n: usize,
+        g: usize,
+        gp: &GpuPlan,
+    ) -> Result<bool, SimError> {
+        let mut destroys = Vec::with_capacity(gp.destroy.len());
+        for d in &gp.destroy {
+            destroys.push(self.placed_of(&d.profile, d.start)?);
+        }
+        let busy: Vec<Placed> = destroys
+            .iter()
+            .copied()
+            .filter(|&p| {
+                cluster.nodes[n].gpus[g]
+                    .find(p)
+                    .is_some_and(|i| i.pod.is_some())
+            })
+            .collect();
+        if !busy.is_empty() {
+            for p in busy {
+                // Refused by the cluster, which counts it in `busy_destroyed`.
+                let _ = cluster.destroy(n, g, p);
+            }
+            return Ok(false);
+        }
+        // Busy instances missing from the new layout would be destroyed too.
+        let mut layout = Vec::with_capacity(gp.layout.len());
+        for l in &gp.layout {
+            layout.push(self.placed_of(&l.profile, l.start)?);
+        }
+        let lost = cluster.nodes[n].gpus[g]
+            .instances()
+            .iter()
+            .filter(|i| i.pod.is_some() && !layout.contains(&i.placed))
+            .count() as u64;
+        if lost > 0 {
+            cluster.counters.busy_destroyed += lost;
+            return Ok(false);
+        }
+        if !destroys.is_empty() {
+            cluster.note_repartition();
+        }
+        for p in destroys {
+            cluster.destroy(n, g, p).map_err(|e| self.op_err(e))?;
+        }
+        for c in &gp.create {
+            let p = self.placed_of(&c.profile, c.start)?;
+            cluster.create(n, g, p, false).map_err(|e| self.op_err(e))?;
+        }
+        let mut now: Vec<Placed> = cluster.nodes[n].gpus[g]
+            .instances()
+            .iter()
+            .map(|i| i.placed)
+            .collect();
+        now.sort();
+        layout.sort();
+        if now != layout {
+            let m = self.mapping.model();
+            let text = |v: &[Placed]| v.iter().map(|&p| m.spec(p)).collect::<Vec<_>>().join(" ");
+            return Err(self.planner_err(format!(
+                "node {n} GPU {g}: applying the plan gives [{}], the plan says [{}]",
+                text(&now),
+                text(&layout)
+            )));
+        }
+        Ok(true)
+    }
+
+    fn place_single(
+        &mut self,
+        cluster: &mut Cluster,
+        id: PodId,
+        pod: &SimPod,
+        p: ProfileIdx,
+    ) -> Result<bool, SimError> {
+        let model = self.mapping.model();
+        // Eligible nodes grouped by state, in order of first appearance.
+        let mut classes: Vec<Vec<usize>> = Vec::new();
+        let mut index: HashMap<StateKey, usize> = HashMap::new();
+        for (n, node) in cluster.nodes.iter().enumerate() {
+            if !node.fits(pod.cpu, pod.mem)
+                || !node
+                    .gpus
+                    .iter()
+                    .any(|g| fits_anywhere(model, g.busy_state(), p))
+            {
+                continue;
+            }
+            let mut key: StateKey = Vec::with_capacity(node.gpus.len() * 4);
+            for gpu in &node.gpus {
+                key.extend(gpu.instances().iter().map(|i| {
+                    u16::from(i.placed.start) << 8
+                        | u16::from(i.placed.profile.0) << 1
+                        | u16::from(i.pod.is_some())
+                }));
+                key.push(u16::MAX);
+            }
+            if !self.group {
+                classes.push(vec![n]);
+                continue;
+            }
+            let c = *index.entry(key).or_insert_with(|| {
+                classes.push(Vec::new());
+                classes.len() - 1
+            });
+            classes[c].push(n);
+        }
+        if classes.is_empty() {
+            return Ok(false);
+        }
+        let spec = ClusterSpec {
+            nodes: classes
+                .iter()
+                .enumerate()
+                .map(|(c, members)| NodeSpec {
+                    name: format!("s{c:06}"),
+                    gpus: (0..cluster.nodes[members[0]].gpus.len())
+                        .map(|g| self.gpu_spec(cluster, members[0], g))
+                        .collect(),
+                })
+                .collect(),
+        };
+        let request = RequestSpec::mig("pod", &model.profile(p).name);
+        let plan = self.call(&spec, std::slice::from_ref(&request))?;
+        let changed = plan.gpus.iter().filter(|g| g.changed()).count() as u64;
+        let Some(a) = plan.assignments.iter().find(|a| a.request == request.id) else {
+            self.unapplied_changes += changed;
+            return Ok(false);
+        };
+        let AssignedSlice::Mig { profile, start } = &a.slice else {
+            return Err(self.planner_err("a MIG request got a non-MIG slice".into()));
+        };
+        let c: usize = a
+            .node
+            .strip_prefix('s')
+            .and_then(|s| s.parse().ok())
+            .filter(|&c| c < classes.len())
+            .ok_or_else(|| self.planner_err(format!("the plan names unknown node `{}`", a.node)))?;
+        // Nodes of one class are interchangeable: take the first in cluster order.
+        let (n, g) = (classes[c][0], a.gpu);
+        let gp = plan
+            .gpus
+            .iter()
+            .find(|x| x.node == a.node && x.gpu == g)
+            .ok_or_else(|| {
+                self.planner_err(format!("the plan has no GPU {} on `{}`", g, a.node))
+            })?;
+        self.unapplied_changes += changed - u64::from(gp.changed());
+        if !self.apply(cluster, n, g, gp)? {
+            return Ok(false);
+        }
+        let placed = self.placed_of(profile, *start)?;
+        cluster
+            .bind(
+                id,
+                pod.cpu,
+                pod.mem,
+                Binding {
+                    node: n,
+                    instances: vec![(g, placed)],
+                },
+            )
+            .map_err(|e| self.op_err(e))?;
+        Ok(true)
+    }
+
+    fn place_gang(
+        &mut self,
+        cluster: &mut Cluster,
+        id: PodId,
+        pod: &SimPod,
+        count: usize,
+    ) -> Result<bool, SimError> {
+        let full = self.mapping.full();
+        let full_name = self.mapping.model().profile(full).name.clone();
+        let mut cands = gang_candidates(cluster, full, pod, count);
+        if self.policy == PolicyKind::Nos {
+            cands.sort_by_key(|(n, _)| *n);
+        }
+        for (n, _) in cands.into_iter().take(GANG_TRIES) {
+            let node = &cluster.nodes[n];
+            let spec = ClusterSpec {
+                nodes: vec![NodeSpec {
+                    name: node.name.clone(),
+                    gpus: (0..node.gpus.len())
+                        .map(|g| self.gpu_spec(cluster, n, g))
+                        .collect(),
+                }],
+            };
+            let requests: Vec<RequestSpec> = (0..count)
+                .map(|k| RequestSpec::mig(&format!("pod-{k}"), &full_name))
+                .collect();
+            let plan = self.call(&spec, &requests)?;
+            if plan.assignments.len() < count {
+                self.unapplied_changes += plan.gpus.iter().filter(|g| g.changed()).count() as u64;
+                continue;
+            }
+            let mut instances = Vec::with_capacity(count);
+            for a in &plan.assignments {
+                let AssignedSlice::Mig { profile, start } = &a.slice else {
+                    return Err(self.planner_err("a MIG request got a non-MIG slice".into()));
+                };
+                instances.push((a.gpu, self.placed_of(profile, *start)?));
+            }
+            for gp in &plan.gpus {
+                if !gp.changed() {
+                    continue;
+                }
+                if !instances.iter().any(|&(g, _)| g == gp.gpu) {
+                    self.unapplied_changes += 1;
+                    continue;
+                }
+                if !self.apply(cluster, n, gp.gpu, gp)? {
+                    return Ok(false);
+                }
+            }
+            cluster
+                .bind(id, pod.cpu, pod.mem, Binding { node: n, instances })
+                .map_err(|e| self.op_err(e))?;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+}
+
+impl Placer for Planned<'_> {
+    fn place(
+        &mut self,
+        cluster: &mut Cluster,
+        pods: &[(PodId, &SimPod)],
+    ) -> Result<Vec<bool>, SimError> {
+        let mut out = Vec::with_capacity(pods.len());
+        for &(id, pod) in pods {
+            let ok = match pod.demand {
+                None => place_cpu_only(cluster, id, pod).map_err(|e| self.op_err(e))?,
+                Some(d) if d.count > 1 => self.place_gang(cluster, id, pod, d.count as usize)?,
+                Some(d) => self.place_single(cluster, id, pod, d.profile)?,
+            };
+            out.push(ok);
+        }
+        Ok(out)
+    }
+
+    fn planner_stats(&self) -> PlannerStats {
+        PlannerStats {
+            calls: self.calls,
+            unapplied_changes: self.unapplied_changes,
+        }
+    }
+}
