@@ -93,6 +93,9 @@ pub enum BenchError {
     /// The parent and a tenant disagree on the line protocol (a version mismatch or a bug).
     #[error("tenant protocol: {0}")]
     Protocol(String),
+    /// Ctrl-C or SIGTERM: tenants were stopped and the MPS daemon (if any) was shut down.
+    #[error("interrupted: tenant processes stopped, MPS daemon (if any) stopped and GPU settings restored")]
+    Interrupted,
     /// A chart could not be drawn.
     #[error("chart {path}: {message}")]
     Chart {

@@ -216,11 +216,29 @@ fn start_all(
     Ok((group, rx))
 }
 
-fn recv_until(
-    rx: &Receiver<(usize, Event)>,
-    deadline: Instant,
-) -> Result<(usize, Event), RecvTimeoutError> {
-    rx.recv_timeout(deadline.saturating_duration_since(Instant::now()))
+enum Wait {
+    Got(usize, Event),
+    TimedOut,
+}
+
+/// Next event before `deadline`, waking every 100 ms to notice an interrupt. An interrupt wins
+/// over whatever a tenant said (it was probably interrupted too).
+fn recv_until(rx: &Receiver<(usize, Event)>, deadline: Instant) -> Result<Wait, BenchError> {
+    loop {
+        crate::interrupt::check()?;
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Ok(Wait::TimedOut);
+        }
+        match rx.recv_timeout(left.min(Duration::from_millis(100))) {
+            Ok((i, ev)) => {
+                crate::interrupt::check()?;
+                return Ok(Wait::Got(i, ev));
+            }
+            Err(RecvTimeoutError::Timeout) => continue,
+            Err(RecvTimeoutError::Disconnected) => return Ok(Wait::TimedOut),
+        }
+    }
 }
 
 /// Start one tenant per `(spec, slot)`, wait for all to be ready, start them at one instant and
@@ -240,17 +258,17 @@ pub fn run_group(
     let mut ready = vec![false; n];
     let deadline = Instant::now() + limits.ready;
     while ready.iter().any(|r| !r) {
-        match recv_until(&rx, deadline) {
-            Ok((i, Event::Msg(Ok(TenantMessage::Ready { .. })))) => ready[i] = true,
-            Ok((i, Event::Msg(Ok(TenantMessage::Error(e))))) => {
+        match recv_until(&rx, deadline)? {
+            Wait::Got(i, Event::Msg(Ok(TenantMessage::Ready { .. }))) => ready[i] = true,
+            Wait::Got(i, Event::Msg(Ok(TenantMessage::Error(e)))) => {
                 return Err(group.fail(i, "setting up", e))
             }
-            Ok((i, Event::Msg(Ok(other)))) => {
+            Wait::Got(i, Event::Msg(Ok(other))) => {
                 return Err(group.fail(i, "setting up", format!("unexpected message {other:?}")))
             }
-            Ok((_, Event::Msg(Err(e)))) => return Err(e),
-            Ok((i, Event::Eof)) => return Err(group.died(i, "setting up")),
-            Err(_) => {
+            Wait::Got(_, Event::Msg(Err(e))) => return Err(e),
+            Wait::Got(i, Event::Eof) => return Err(group.died(i, "setting up")),
+            Wait::TimedOut => {
                 let i = ready.iter().position(|r| !r).unwrap_or(0);
                 return Err(BenchError::Timeout {
                     tenant: i as u32,
@@ -280,21 +298,21 @@ pub fn run_group(
     let wait = limits.start_margin + Duration::from_secs_f64(duration_s) + limits.grace;
     let deadline = Instant::now() + wait;
     while results.iter().any(Option::is_none) {
-        match recv_until(&rx, deadline) {
-            Ok((i, Event::Msg(Ok(TenantMessage::Result(r))))) => results[i] = Some(r),
-            Ok((i, Event::Msg(Ok(TenantMessage::Error(e))))) => {
+        match recv_until(&rx, deadline)? {
+            Wait::Got(i, Event::Msg(Ok(TenantMessage::Result(r)))) => results[i] = Some(r),
+            Wait::Got(i, Event::Msg(Ok(TenantMessage::Error(e)))) => {
                 return Err(group.fail(i, "measuring", e))
             }
-            Ok((i, Event::Msg(Ok(other)))) => {
+            Wait::Got(i, Event::Msg(Ok(other))) => {
                 return Err(group.fail(i, "measuring", format!("unexpected message {other:?}")))
             }
-            Ok((_, Event::Msg(Err(e)))) => return Err(e),
-            Ok((i, Event::Eof)) => {
+            Wait::Got(_, Event::Msg(Err(e))) => return Err(e),
+            Wait::Got(i, Event::Eof) => {
                 if results[i].is_none() {
                     return Err(group.died(i, "measuring"));
                 }
             }
-            Err(_) => {
+            Wait::TimedOut => {
                 let i = results.iter().position(Option::is_none).unwrap_or(0);
                 return Err(BenchError::Timeout {
                     tenant: i as u32,
@@ -318,19 +336,19 @@ pub fn run_probe(
 ) -> Result<crate::protocol::DeviceInfo, BenchError> {
     let (mut group, rx) = start_all(cmd, std::slice::from_ref(spec), std::slice::from_ref(slot))?;
     let deadline = Instant::now() + limits.ready;
-    match recv_until(&rx, deadline) {
-        Ok((_, Event::Msg(Ok(TenantMessage::Probe(info))))) => Ok(info),
-        Ok((i, Event::Msg(Ok(TenantMessage::Error(e))))) => {
+    match recv_until(&rx, deadline)? {
+        Wait::Got(_, Event::Msg(Ok(TenantMessage::Probe(info)))) => Ok(info),
+        Wait::Got(i, Event::Msg(Ok(TenantMessage::Error(e)))) => {
             Err(group.fail(i, "probing the device", e))
         }
-        Ok((i, Event::Msg(Ok(other)))) => Err(group.fail(
+        Wait::Got(i, Event::Msg(Ok(other))) => Err(group.fail(
             i,
             "probing the device",
             format!("unexpected message {other:?}"),
         )),
-        Ok((_, Event::Msg(Err(e)))) => Err(e),
-        Ok((i, Event::Eof)) => Err(group.died(i, "probing the device")),
-        Err(_) => Err(BenchError::Timeout {
+        Wait::Got(_, Event::Msg(Err(e))) => Err(e),
+        Wait::Got(i, Event::Eof) => Err(group.died(i, "probing the device")),
+        Wait::TimedOut => Err(BenchError::Timeout {
             tenant: 0,
             slot: slot.label.clone(),
             what: "answer the device probe",

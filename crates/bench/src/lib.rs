@@ -19,6 +19,7 @@ pub mod cpu;
 pub mod cuda;
 pub mod error;
 pub mod group;
+pub mod interrupt;
 pub mod inventory;
 pub mod mps;
 pub mod peaks;

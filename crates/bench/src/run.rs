@@ -279,16 +279,18 @@ pub fn run_sharing(
                 let used = &slots[..count as usize];
                 let r = match run_group(cmd, &specs, used, cfg.duration_s, cfg.limits) {
                     Ok(outs) => aggregate(&outs, &labels[..count as usize], peak),
+                    // Stop everything; guards stop the tenants and the MPS daemon.
+                    Err(BenchError::Interrupted) => return Err(BenchError::Interrupted),
                     Err(e) => {
                         progress.warn(&format!("{} {} {load}: {e}", mode.name(), w.name()));
                         failed(e.to_string())
                     }
                 };
                 progress.advance(1);
-                r
+                Ok(r)
             };
-            let idle = phase(1, "idle");
-            let loaded = phase(n, "loaded");
+            let idle = phase(1, "idle")?;
+            let loaded = phase(n, "loaded")?;
             results.push(CellReport {
                 workload: w,
                 mode,

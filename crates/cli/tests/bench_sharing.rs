@@ -262,3 +262,68 @@ fn the_tenant_entry_point_refuses_to_run_by_hand() {
     assert_eq!(o.status.code(), Some(3));
     assert!(text(&o.stdout).contains("TESSERA_BENCH_TENANT_SPEC is not set"));
 }
+
+fn children_of(pid: u32) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
+#[test]
+fn ctrl_c_stops_the_tenants_and_exits_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .args([
+            "bench",
+            "sharing",
+            "--cpu-standin",
+            "--tenants",
+            "2",
+            "--duration",
+            "30",
+            "--modes",
+            "timeslice",
+            "--workloads",
+            "htod",
+            "--out",
+            dir.path().to_str().unwrap(),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    // Wait until tenants run (the handler is installed before any tenant starts).
+    let mut tenants = Vec::new();
+    for _ in 0..600 {
+        tenants = children_of(pid);
+        if !tenants.is_empty() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(!tenants.is_empty(), "no tenant process appeared");
+    // The first child may be the short device probe; give the idle run's tenant time to start.
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    tenants.extend(children_of(pid));
+    let kill = Command::new("kill")
+        .args(["-INT", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "stderr: {}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("interrupted"),
+        "{}",
+        text(&out.stderr)
+    );
+    for t in tenants {
+        assert!(
+            !Path::new(&format!("/proc/{t}")).exists(),
+            "tenant {t} outlived the bench"
+        );
+    }
+}

@@ -135,7 +135,8 @@ pub fn run(args: &Args, ctx: &Ctx) -> Result<ExitCode, CliError> {
         program,
         args: vec!["bench".into(), "tenant".into()],
     };
-    // Run.
+    // Run. Ctrl-C stops the tenants and the MPS daemon cleanly instead of killing this process.
+    tessera_bench::interrupt::install();
     let bar = Bar::new();
     let report = run_sharing(&cfg, &cmd, &bar).map_err(|e| {
         bar.finish();
