@@ -171,8 +171,11 @@ fn observe(
         }
         info = Some(d);
     }
-    if cfg.backend == Backend::CpuStandin && gpu.is_none() {
-        target.name = "CPU stand-in".into();
+    if cfg.backend == Backend::CpuStandin {
+        target.name = match gpu {
+            Some(g) => format!("CPU stand-in (MIG slots from a listing of {})", g.name),
+            None => "CPU stand-in".into(),
+        };
     }
     Ok((target, info))
 }
@@ -291,6 +294,17 @@ pub fn run_sharing(
             };
             let idle = phase(1, "idle")?;
             let loaded = phase(n, "loaded")?;
+            if let Some(ov) = loaded.overlap_s {
+                if ov < 0.9 * cfg.duration_s {
+                    notes.push(format!(
+                        "{} {}: the tenants measured together for only {ov:.2} s of {} s (late \
+                         starts or slow batches); the loaded figures are optimistic",
+                        mode.name(),
+                        w.name(),
+                        cfg.duration_s
+                    ));
+                }
+            }
             results.push(CellReport {
                 workload: w,
                 mode,

@@ -52,6 +52,8 @@ enum Command {
     /// Benchmarks: what each GPU sharing mode gives each tenant (`bench sharing`).
     #[command(subcommand)]
     Bench(cmd::bench::BenchCmd),
+    /// Replay a GPU cluster trace under each slicing policy (saturate or replay mode).
+    Sim(cmd::sim::Args),
 }
 
 fn main() -> ExitCode {
@@ -82,5 +84,6 @@ fn run(command: &Command, ctx: &Ctx) -> Result<ExitCode, CliError> {
         Command::SimGpu(c) => cmd::sim_gpu::run(c, ctx),
         Command::Agent(c) => cmd::agent::run(c, ctx),
         Command::Bench(c) => cmd::bench::run(c, ctx),
+        Command::Sim(a) => cmd::sim::run(a, ctx),
     }
 }

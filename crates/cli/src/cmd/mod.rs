@@ -8,4 +8,5 @@ pub mod check;
 pub mod gpus;
 pub mod layouts;
 pub mod profiles;
+pub mod sim;
 pub mod sim_gpu;
