@@ -224,6 +224,18 @@ allocated_mean_pct,allocated_peak_pct,repartitions,creates,destroys,busy_destroy
     }
     files.push(write(dir.join("replay_summary.csv"), &s)?);
 
+    let mut s = String::from("policy,class,started,delayed,delay_mean_s,delay_p95_s,delay_max_s\n");
+    for p in &report.policies {
+        for c in &p.delay_by_class {
+            let _ = writeln!(
+                s,
+                "{},{},{},{},{:.3},{:.3},{}",
+                p.policy, c.class, c.started, c.delayed, c.mean_s, c.p95_s, c.max_s
+            );
+        }
+    }
+    files.push(write(dir.join("replay_delay_by_class.csv"), &s)?);
+
     let mut s = String::from("policy,time_s,time_days,allocated_pct,queued\n");
     for r in &report.runs {
         for t in &r.timeline {

@@ -40,6 +40,52 @@ pub struct TimePoint {
     pub queued: u64,
 }
 
+/// Names of the pod classes of [`ReplayRun::delay_by_class`].
+pub const CLASSES: [&str; 3] = ["shared", "whole", "multi"];
+
+/// Queueing delay of the started GPU pods of one class.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ClassDelay {
+    /// `shared`, `whole` or `multi`.
+    pub class: &'static str,
+    /// Pods of the class that started.
+    pub started: u64,
+    /// Of those, pods that waited at all.
+    pub delayed: u64,
+    /// Mean delay, seconds.
+    pub mean_s: f64,
+    /// 95th percentile delay, seconds.
+    pub p95_s: f64,
+    /// Longest delay, seconds.
+    pub max_s: u64,
+}
+
+/// Index into [`CLASSES`] of a GPU pod.
+fn class_of(p: &SimPod) -> usize {
+    match p.demand {
+        Some(d) if d.count > 1 => 2,
+        Some(d) if d.full => 1,
+        _ => 0,
+    }
+}
+
+/// The `q` quantile (nearest rank) of sorted values; 0 when empty.
+fn percentile(sorted: &[u64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = ((sorted.len() as f64 * q).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1] as f64
+}
+
+fn mean_u64(v: &[u64]) -> f64 {
+    if v.is_empty() {
+        0.0
+    } else {
+        v.iter().sum::<u64>() as f64 / v.len() as f64
+    }
+}
+
 /// One replay run (one policy).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ReplayRun {
@@ -63,6 +109,9 @@ pub struct ReplayRun {
     pub delay_p95_s: f64,
     /// Longest queueing delay of a started GPU pod, seconds.
     pub delay_max_s: u64,
+    /// Queueing delay per pod class: `shared` (a fraction of a GPU), `whole` (one full GPU),
+    /// `multi` (several full GPUs on one node).
+    pub delay_by_class: Vec<ClassDelay>,
     /// Time-weighted mean of the allocated share from the first to the last arrival, %.
     pub allocated_mean_pct: f64,
     /// Highest allocated share, %.
@@ -118,6 +167,7 @@ pub fn run(
     let mut departures: BinaryHeap<Reverse<(u64, usize)>> = BinaryHeap::new();
     let mut queue: Vec<usize> = Vec::new();
     let mut delays: Vec<u64> = Vec::new();
+    let mut by_class: [Vec<u64>; 3] = Default::default();
     let mut timeline: Vec<TimePoint> = Vec::new();
     let (mut rejected, mut next) = (0u64, 0usize);
     let mut allocated = 0u64;
@@ -173,6 +223,7 @@ pub fn run(
                 allocated += p.slices();
                 if p.demand.is_some() {
                     delays.push(now - p.arrive);
+                    by_class[class_of(p)].push(now - p.arrive);
                 }
                 departures.push(Reverse((now + p.duration, i)));
             } else {
@@ -195,11 +246,22 @@ pub fn run(
     let gpu_pods = pods.iter().filter(|p| p.demand.is_some()).count() as u64;
     let mut sorted = delays.clone();
     sorted.sort_unstable();
-    let p95 = if sorted.is_empty() {
-        0.0
-    } else {
-        sorted[((sorted.len() as f64 * 0.95).ceil() as usize).clamp(1, sorted.len()) - 1] as f64
-    };
+    let p95 = percentile(&sorted, 0.95);
+    let classes = CLASSES
+        .iter()
+        .zip(by_class.iter_mut())
+        .map(|(name, d)| {
+            d.sort_unstable();
+            ClassDelay {
+                class: name,
+                started: d.len() as u64,
+                delayed: d.iter().filter(|&&x| x > 0).count() as u64,
+                mean_s: mean_u64(d),
+                p95_s: percentile(d, 0.95),
+                max_s: d.last().copied().unwrap_or(0),
+            }
+        })
+        .collect();
     let last_arrival = arrivals.last().map_or(0, |&i| pods[i].arrive);
     let (mean_alloc, peak) = time_weighted(&timeline, last_arrival);
     Ok(ReplayRun {
@@ -210,13 +272,10 @@ pub fn run(
         started_gpu_pods: delays.len() as u64,
         never_started: queue.len() as u64,
         delayed_gpu_pods: delays.iter().filter(|&&d| d > 0).count() as u64,
-        delay_mean_s: if delays.is_empty() {
-            0.0
-        } else {
-            delays.iter().sum::<u64>() as f64 / delays.len() as f64
-        },
+        delay_mean_s: mean_u64(&delays),
         delay_p95_s: p95,
         delay_max_s: sorted.last().copied().unwrap_or(0),
+        delay_by_class: classes,
         allocated_mean_pct: mean_alloc,
         allocated_peak_pct: peak,
         counters: cluster.counters,

@@ -109,6 +109,8 @@ pub struct ReplaySummary {
     pub delay_max_s: u64,
     /// GPU pods that waited at all.
     pub delayed_gpu_pods: u64,
+    /// Delay per pod class (`shared`, `whole`, `multi`).
+    pub delay_by_class: Vec<crate::replay::ClassDelay>,
     /// GPU pods that started.
     pub started_gpu_pods: u64,
     /// Pods never started.
@@ -296,6 +298,14 @@ pub fn run_replay(
             delay_p95_s: r3(r.delay_p95_s),
             delay_max_s: r.delay_max_s,
             delayed_gpu_pods: r.delayed_gpu_pods,
+            delay_by_class: r
+                .delay_by_class
+                .iter()
+                .map(|c| crate::replay::ClassDelay {
+                    mean_s: r3(c.mean_s),
+                    ..c.clone()
+                })
+                .collect(),
             started_gpu_pods: r.started_gpu_pods,
             never_started: r.never_started,
             rejected_pods: r.rejected_pods,

@@ -129,6 +129,23 @@ impl Trace {
         self
     }
 
+    /// Keep an evenly spread `fraction` (0 < fraction ≤ 1) of the nodes: node `i` stays when
+    /// `⌊(i+1)·f⌋ > ⌊i·f⌋`, so every part of the node list (and so every node shape, since the
+    /// file groups them) keeps its share.
+    pub fn sample_nodes(mut self, fraction: f64) -> Trace {
+        if fraction >= 1.0 {
+            return self;
+        }
+        let f = fraction.max(0.0);
+        let mut i = 0usize;
+        self.nodes.retain(|_| {
+            let keep = ((i + 1) as f64 * f).floor() > (i as f64 * f).floor();
+            i += 1;
+            keep
+        });
+        self
+    }
+
     /// Total GPUs over all nodes.
     pub fn gpu_count(&self) -> u64 {
         self.nodes.iter().map(|n| u64::from(n.gpus)).sum()
@@ -290,6 +307,20 @@ p0,12000,16384,1,1000,,LS,Running,0,100,0\np1,6000,12288,1,460,,LS,Pending,5,90,
             .unwrap_err()
             .to_string();
         assert!(e.contains("1460") && e.contains("gpu_milli"), "{e}");
+    }
+
+    #[test]
+    fn sampling_keeps_an_even_share_of_nodes() {
+        let mut nodes = String::from("sn,cpu_milli,memory_mib,gpu,model\n");
+        for i in 0..100 {
+            nodes.push_str(&format!("n{i},1,1,{},X\n", 1 + i / 50));
+        }
+        let t = Trace::parse(&nodes, PODS).unwrap();
+        let s = t.clone().sample_nodes(0.1);
+        assert_eq!(s.nodes.len(), 10);
+        assert_eq!(s.nodes.iter().filter(|n| n.gpus == 1).count(), 5);
+        assert_eq!(t.clone().sample_nodes(1.0).nodes.len(), 100);
+        assert_eq!(t.sample_nodes(0.0).nodes.len(), 0);
     }
 
     #[test]
