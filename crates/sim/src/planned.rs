@@ -23,8 +23,12 @@
 //!
 //! **Multi-GPU pods.** The planner has no gang requests, so the simulator picks the node (for
 //! `nos` the first by name, for `tessera` best fit: the fewest idle GPUs left) among those with
-//! room for the CPU, the memory and enough idle GPUs, and asks the planner to serve `num_gpu`
-//! full-GPU requests on that node alone; the next node is tried if it cannot.
+//! room for the CPU, the memory and enough idle GPUs, and asks the planner for `num_gpu`
+//! full-GPU instances on that node alone, one request at a time, each call seeing the
+//! instances already taken as used (one call with `num_gpu` separate requests would trip nos's
+//! rule of checking each request alone against the same free devices, which a real
+//! `num_gpu`-device pod does not). The next node is tried if one request cannot be served; the
+//! instances created for the failed attempt stay, free.
 
 use std::collections::HashMap;
 
@@ -322,45 +326,60 @@ impl<'m> Planned<'m> {
         if self.policy == PolicyKind::Nos {
             cands.sort_by_key(|(n, _)| *n);
         }
-        for (n, _) in cands.into_iter().take(GANG_TRIES) {
-            let node = &cluster.nodes[n];
-            let spec = ClusterSpec {
-                nodes: vec![NodeSpec {
-                    name: node.name.clone(),
-                    gpus: (0..node.gpus.len())
-                        .map(|g| self.gpu_spec(cluster, n, g))
-                        .collect(),
-                }],
-            };
-            let requests: Vec<RequestSpec> = (0..count)
-                .map(|k| RequestSpec::mig(&format!("pod-{k}"), &full_name))
-                .collect();
-            let plan = self.call(&spec, &requests)?;
-            if plan.assignments.len() < count {
-                self.unapplied_changes += plan.gpus.iter().filter(|g| g.changed()).count() as u64;
-                continue;
-            }
-            let mut instances = Vec::with_capacity(count);
-            for a in &plan.assignments {
+        'node: for (n, _) in cands.into_iter().take(GANG_TRIES) {
+            // One full-GPU request at a time, each seeing the instances already taken.
+            let mut taken: Vec<(usize, Placed)> = Vec::with_capacity(count);
+            for k in 0..count {
+                let node = &cluster.nodes[n];
+                let gpus = (0..node.gpus.len())
+                    .map(|g| {
+                        let mut spec = self.gpu_spec(cluster, n, g);
+                        for (i, inst) in spec.instances.iter_mut().enumerate() {
+                            let placed = node.gpus[g].instances()[i].placed;
+                            inst.used |= taken.contains(&(g, placed));
+                        }
+                        spec
+                    })
+                    .collect();
+                let spec = ClusterSpec {
+                    nodes: vec![NodeSpec {
+                        name: node.name.clone(),
+                        gpus,
+                    }],
+                };
+                let request = RequestSpec::mig(&format!("pod-{k}"), &full_name);
+                let plan = self.call(&spec, std::slice::from_ref(&request))?;
+                let changed = plan.gpus.iter().filter(|g| g.changed()).count() as u64;
+                let Some(a) = plan.assignments.first() else {
+                    self.unapplied_changes += changed;
+                    continue 'node;
+                };
                 let AssignedSlice::Mig { profile, start } = &a.slice else {
                     return Err(self.planner_err("a MIG request got a non-MIG slice".into()));
                 };
-                instances.push((a.gpu, self.placed_of(profile, *start)?));
-            }
-            for gp in &plan.gpus {
-                if !gp.changed() {
-                    continue;
+                let placed = self.placed_of(profile, *start)?;
+                let gp =
+                    plan.gpus.iter().find(|x| x.gpu == a.gpu).ok_or_else(|| {
+                        self.planner_err(format!("the plan has no GPU {}", a.gpu))
+                    })?;
+                self.unapplied_changes += changed - u64::from(gp.changed());
+                // An instance taken by an earlier request is marked used, so the planner
+                // cannot destroy it; `apply` refuses (and counts) it if it tried.
+                if !self.apply(cluster, n, a.gpu, gp)? {
+                    continue 'node;
                 }
-                if !instances.iter().any(|&(g, _)| g == gp.gpu) {
-                    self.unapplied_changes += 1;
-                    continue;
-                }
-                if !self.apply(cluster, n, gp.gpu, gp)? {
-                    return Ok(false);
-                }
+                taken.push((a.gpu, placed));
             }
             cluster
-                .bind(id, pod.cpu, pod.mem, Binding { node: n, instances })
+                .bind(
+                    id,
+                    pod.cpu,
+                    pod.mem,
+                    Binding {
+                        node: n,
+                        instances: taken,
+                    },
+                )
                 .map_err(|e| self.op_err(e))?;
             return Ok(true);
         }
