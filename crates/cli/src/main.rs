@@ -49,6 +49,20 @@ enum Command {
     /// The node agent: GPU status, reconcile MIG layouts, MIG mode.
     #[command(subcommand)]
     Agent(cmd::agent::AgentCmd),
+    /// Run the daemon that queues slice requests, re-partitions GPUs and leases slices.
+    Serve(cmd::serve::Args),
+    /// Wait for a GPU slice, run a command in it, give the slice back when it ends.
+    Run(cmd::run::Args),
+    /// Your requests and leases (root: everyone's).
+    Ps(cmd::ps::Args),
+    /// Every GPU of the daemon with its layout and who holds what.
+    Status(cmd::status::Args),
+    /// Cancel a request (a leased one: stop its command and free the slice).
+    Cancel(cmd::cancel::Args),
+    /// Stop new leases on a GPU and empty it once its leases end (root).
+    Drain(cmd::drain::Args),
+    /// The daemon in-process on a simulated fleet with a scripted mix of users and requests.
+    Demo(cmd::demo::Args),
     /// Benchmarks: what each GPU sharing mode gives each tenant (`bench sharing`).
     #[command(subcommand)]
     Bench(cmd::bench::BenchCmd),
@@ -85,5 +99,12 @@ fn run(command: &Command, ctx: &Ctx) -> Result<ExitCode, CliError> {
         Command::Agent(c) => cmd::agent::run(c, ctx),
         Command::Bench(c) => cmd::bench::run(c, ctx),
         Command::Sim(a) => cmd::sim::run(a, ctx),
+        Command::Serve(a) => cmd::serve::run(a, ctx),
+        Command::Run(a) => cmd::run::run(a, ctx),
+        Command::Ps(a) => cmd::ps::run(a, ctx),
+        Command::Status(a) => cmd::status::run(a, ctx),
+        Command::Cancel(a) => cmd::cancel::run(a, ctx),
+        Command::Drain(a) => cmd::drain::run(a, ctx),
+        Command::Demo(a) => cmd::demo::run(a, ctx),
     }
 }

@@ -137,9 +137,9 @@ impl Client {
         timeout: Duration,
     ) -> Result<T, ClientError> {
         let bytes = match body {
-            Some(b) => Some(
-                serde_json::to_vec(b).map_err(|e| ClientError::Protocol(e.to_string()))?,
-            ),
+            Some(b) => {
+                Some(serde_json::to_vec(b).map_err(|e| ClientError::Protocol(e.to_string()))?)
+            }
             None => None,
         };
         let r = self.raw(method, path, bytes.as_deref(), timeout).await?;
@@ -159,19 +159,29 @@ impl Client {
 
     /// Queue a request.
     pub async fn submit(&self, body: &SubmitBody) -> Result<RequestView, ClientError> {
-        self.call("POST", "/v1/requests", Some(body), self.timeout).await
+        self.call("POST", "/v1/requests", Some(body), self.timeout)
+            .await
     }
 
     /// The caller's requests (root: all); `all` adds recently ended ones.
     pub async fn list(&self, all: bool) -> Result<Vec<RequestView>, ClientError> {
-        let path = if all { "/v1/requests?all=1" } else { "/v1/requests" };
+        let path = if all {
+            "/v1/requests?all=1"
+        } else {
+            "/v1/requests"
+        };
         self.call("GET", path, None::<&()>, self.timeout).await
     }
 
     /// One request.
     pub async fn get(&self, id: u64) -> Result<RequestView, ClientError> {
-        self.call("GET", &format!("/v1/requests/{id}"), None::<&()>, self.timeout)
-            .await
+        self.call(
+            "GET",
+            &format!("/v1/requests/{id}"),
+            None::<&()>,
+            self.timeout,
+        )
+        .await
     }
 
     /// Long-poll until the request leaves the queue or `timeout` passes.
@@ -216,7 +226,8 @@ impl Client {
 
     /// Every GPU and its slices.
     pub async fn status(&self) -> Result<StatusView, ClientError> {
-        self.call("GET", "/v1/status", None::<&()>, self.timeout).await
+        self.call("GET", "/v1/status", None::<&()>, self.timeout)
+            .await
     }
 
     /// Drain or undrain a GPU (root).
@@ -273,7 +284,9 @@ pub fn parse_response(buf: &[u8]) -> Result<RawResponse, String> {
     let mut chunked = false;
     let mut length: Option<usize> = None;
     for l in lines {
-        let Some((k, v)) = l.split_once(':') else { continue };
+        let Some((k, v)) = l.split_once(':') else {
+            continue;
+        };
         let (k, v) = (k.trim().to_ascii_lowercase(), v.trim());
         if k == "transfer-encoding" && v.eq_ignore_ascii_case("chunked") {
             chunked = true;
@@ -291,7 +304,8 @@ pub fn parse_response(buf: &[u8]) -> Result<RawResponse, String> {
                 .position(|w| w == b"\r\n")
                 .ok_or("truncated chunk size")?
                 + pos;
-            let size_text = std::str::from_utf8(&rest[pos..line_end]).map_err(|_| "bad chunk size")?;
+            let size_text =
+                std::str::from_utf8(&rest[pos..line_end]).map_err(|_| "bad chunk size")?;
             let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)
                 .map_err(|_| format!("bad chunk size `{size_text}`"))?;
             pos = line_end + 2;

@@ -9,6 +9,7 @@
 //! listen: 127.0.0.1:9400        # optional HTTP API + /metrics (bearer token)
 //! token_file: /etc/tessera/token   # or token: ..., or the TESSERA_TOKEN environment variable
 //! http_uid: 0                   # who an HTTP caller with the token acts as (0: sees everything)
+//! admins: [1000]                # uids with root's powers over the daemon (see all, cancel, drain)
 //! default_mode: auto            # auto: MIG where the GPU can (and, on NVML, has MIG on), else timeslice
 //! gpus:                         # per-GPU overrides, by NVML index
 //! - {index: 0, mode: mig}
@@ -166,6 +167,9 @@ pub struct Config {
     pub token_file: Option<PathBuf>,
     /// uid an HTTP caller with the token acts as.
     pub http_uid: u32,
+    /// uids that may do what root may: see and cancel everyone's requests, drain GPUs, force
+    /// layouts.
+    pub admins: Vec<u32>,
     /// Mode of GPUs not listed in `gpus`.
     pub default_mode: ModeChoice,
     /// Per-GPU settings.
@@ -188,6 +192,7 @@ impl Default for Config {
             token: None,
             token_file: None,
             http_uid: 0,
+            admins: Vec::new(),
             default_mode: ModeChoice::Auto,
             gpus: Vec::new(),
             scheduler: SchedulerSettings::default(),

@@ -43,7 +43,10 @@ use tessera_planner::GpuMode;
 
 use crate::config::Config;
 use crate::error::{ApiError, ServerError};
-use crate::fleet::{ApplyError, Fleet, GpuFacts, OpJournal};
+use tessera_agent::journal::JOURNAL_VERSION;
+use tessera_agent::{Entry, EntryKind, Journal, JournalError, OpRecord, Outcome};
+
+use crate::fleet::{ApplyError, Fleet, GpuFacts};
 use crate::ident::Identity;
 use crate::liveness::ProcessStamp;
 use crate::metrics::Metrics;
@@ -236,7 +239,10 @@ impl Daemon {
         let now = now_ms();
         let (position, queue_length) = if r.state == RequestState::Queued {
             let queue = self.queue_order();
-            let pos = queue.iter().position(|id| *id == r.id).map(|p| p as u32 + 1);
+            let pos = queue
+                .iter()
+                .position(|id| *id == r.id)
+                .map(|p| p as u32 + 1);
             (pos, Some(queue.len() as u32))
         } else {
             (None, None)
@@ -328,7 +334,9 @@ impl Daemon {
         }
         if body.command.len() > 4096 || body.command.iter().map(String::len).sum::<usize>() > 65536
         {
-            return Err(ApiError::bad_request("the command line is too long to record"));
+            return Err(ApiError::bad_request(
+                "the command line is too long to record",
+            ));
         }
         let gpu_model = match &body.gpu_model {
             Some(q) => Some(sched::model_key(&self.inner.catalog, q).ok_or_else(|| {
@@ -345,8 +353,13 @@ impl Daemon {
             },
             other => other,
         };
-        sched::check_feasible(&self.inner.catalog, &self.inner.gpus, &ask, gpu_model.as_deref())
-            .map_err(ApiError::unsatisfiable)?;
+        sched::check_feasible(
+            &self.inner.catalog,
+            &self.inner.gpus,
+            &ask,
+            gpu_model.as_deref(),
+        )
+        .map_err(ApiError::unsatisfiable)?;
         let (pid, pid_start) = match who.process {
             Some(p) => (Some(p.pid), Some(p.start_ticks)),
             None => (None, None),
@@ -470,16 +483,15 @@ impl Daemon {
         let row = self.visible(who, id)?;
         if row.state.is_active() {
             let (state, reason) = match (row.state, body.exit_code, body.signal) {
-                (RequestState::Queued, _, _) => {
-                    (RequestState::Cancelled, "withdrawn by the client".to_string())
-                }
+                (RequestState::Queued, _, _) => (
+                    RequestState::Cancelled,
+                    "withdrawn by the client".to_string(),
+                ),
                 (_, _, Some(sig)) => (RequestState::Done, format!("signal {sig}")),
                 (_, Some(code), None) => (RequestState::Done, format!("exit {code}")),
                 (_, None, None) => (RequestState::Done, "released".to_string()),
             };
-            let code = body
-                .exit_code
-                .or(body.signal.map(|s| 128 + s));
+            let code = body.exit_code.or(body.signal.map(|s| 128 + s));
             let ended = lock(&self.inner.store)
                 .end(id, state, code, &reason, now_ms())
                 .map_err(api_err)?;
@@ -510,8 +522,14 @@ impl Daemon {
                 tracing::info!(request = id, "{reason}");
             }
             RequestState::Leased => {
-                lock(&self.inner.store).request_cancel(id).map_err(api_err)?;
-                tracing::info!(request = id, "lease cancelled by {}; waiting for CMD to stop", who.user);
+                lock(&self.inner.store)
+                    .request_cancel(id)
+                    .map_err(api_err)?;
+                tracing::info!(
+                    request = id,
+                    "lease cancelled by {}; waiting for CMD to stop",
+                    who.user
+                );
             }
             other => {
                 return Err(ApiError::conflict(format!(
@@ -534,7 +552,12 @@ impl Daemon {
             )
         };
         let owners: BTreeMap<u64, &RequestRow> = active.iter().map(|r| (r.id, r)).collect();
-        let snap = self.inner.snapshot.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let snap = self
+            .inner
+            .snapshot
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         let holder = |lease: Option<u64>| -> (Option<u64>, Option<String>) {
             match lease.and_then(|l| owners.get(&l)) {
                 Some(r) if who.may_see(r.uid) => (Some(r.id), Some(r.user.clone())),
@@ -662,7 +685,11 @@ impl Daemon {
         lock(&self.inner.store)
             .set_drained(gpu, drain)
             .map_err(api_err)?;
-        tracing::info!("GPU {gpu}: {} by {}", if drain { "drained" } else { "back in service" }, who.user);
+        tracing::info!(
+            "GPU {gpu}: {} by {}",
+            if drain { "drained" } else { "back in service" },
+            who.user
+        );
         self.kick();
         // Let the scheduler publish the new state before answering.
         let mut rx = self.inner.changes.subscribe();
@@ -750,34 +777,60 @@ fn create_private_dir(dir: &std::path::Path) -> Result<(), ServerError> {
         .map_err(|e| ServerError::io(dir, e))
 }
 
-/// The journal in the database, for the fleet's operations.
-struct StoreJournal<'a> {
+/// The agent's journal, kept in the state database.
+struct DbJournal<'a> {
     store: &'a Mutex<Store>,
-    gpu: u32,
 }
 
-impl OpJournal for StoreJournal<'_> {
-    fn intent(&mut self, gpu: u32, op: &str) -> Result<u64, String> {
-        self.gpu = gpu;
-        let body = format!(r#"{{"type":"intent","op":{op}}}"#);
+fn journal_err(e: impl std::fmt::Display) -> JournalError {
+    JournalError::Io {
+        path: PathBuf::from("tessera.db"),
+        source: std::io::Error::other(e.to_string()),
+    }
+}
+
+impl Journal for DbJournal<'_> {
+    fn intent(&mut self, op: &OpRecord) -> Result<u64, JournalError> {
+        let body =
+            serde_json::to_string(&EntryKind::Intent { op: op.clone() }).map_err(journal_err)?;
         lock(self.store)
-            .journal_append(gpu, &body, now_ms())
-            .map_err(|e| e.to_string())
+            .journal_append(op.gpu(), &body, now_ms())
+            .map_err(journal_err)
     }
 
-    fn outcome(&mut self, seq: u64, ok: bool, detail: Option<&str>) -> Result<(), String> {
-        let body = serde_json::json!({
-            "type": "outcome",
-            "intent": seq,
-            "outcome": if ok { serde_json::json!({"result": "done"}) } else {
-                serde_json::json!({"result": "failed", "error": detail.unwrap_or("")})
-            },
+    fn outcome(&mut self, seq: u64, outcome: &Outcome) -> Result<(), JournalError> {
+        let body = serde_json::to_string(&EntryKind::Outcome {
+            intent: seq,
+            outcome: outcome.clone(),
         })
-        .to_string();
-        lock(self.store)
-            .journal_append(self.gpu, &body, now_ms())
-            .map(|_| ())
-            .map_err(|e| e.to_string())
+        .map_err(journal_err)?;
+        let mut s = lock(self.store);
+        let gpu = s
+            .journal_gpu(seq)
+            .map_err(journal_err)?
+            .ok_or(JournalError::UnknownIntent { seq })?;
+        s.journal_append(gpu, &body, now_ms())
+            .map_err(journal_err)?;
+        Ok(())
+    }
+
+    fn entries(&self) -> Result<Vec<Entry>, JournalError> {
+        let rows = lock(self.store).journal().map_err(journal_err)?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in rows {
+            let kind: EntryKind =
+                serde_json::from_str(&r.body).map_err(|e| JournalError::Torn {
+                    path: PathBuf::from("tessera.db (table journal)"),
+                    offset: r.seq,
+                    detail: e.to_string(),
+                })?;
+            out.push(Entry {
+                v: JOURNAL_VERSION,
+                seq: r.seq,
+                kind,
+            });
+        }
+        Ok(out)
     }
 }
 
@@ -798,7 +851,6 @@ impl Scheduler {
         loop {
             let wait = next.saturating_duration_since(Instant::now());
             let msg = rx.recv_timeout(wait);
-            let do_pass;
             let handle = |m: Cmd, this: &mut Scheduler| -> bool {
                 match m {
                     Cmd::Kick => {}
@@ -820,18 +872,15 @@ impl Scheduler {
                             return;
                         }
                     }
-                    do_pass = true;
                 }
-                Err(RecvTimeoutError::Timeout) => do_pass = true,
+                Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return,
             }
             if self.inner().stopped.load(Ordering::SeqCst) {
                 return;
             }
-            if do_pass {
-                self.pass();
-                next = Instant::now() + tick;
-            }
+            self.pass();
+            next = Instant::now() + tick;
         }
     }
 
@@ -856,21 +905,25 @@ impl Scheduler {
             }
         }
         for (gpu, specs) in desired {
-            let Some(f) = self.inner().gpus.get(gpu as usize) else { continue };
+            let Some(f) = self.inner().gpus.get(gpu as usize) else {
+                continue;
+            };
             if f.mode != GpuMode::Mig {
                 continue;
             }
             let model = self.fleet.model(gpu).clone();
-            let layout: Vec<Placed> = specs.iter().filter_map(|s| model.parse_spec(s).ok()).collect();
+            let layout: Vec<Placed> = specs
+                .iter()
+                .filter_map(|s| model.parse_spec(s).ok())
+                .collect();
             let leased = self.leased_placements(&active, gpu);
             if leased.iter().any(|p| !layout.contains(p)) {
                 tracing::warn!("GPU {gpu}: the stored desired layout does not keep every leased instance; leaving the GPU as it is");
                 continue;
             }
             let d = self.d.clone();
-            let mut j = StoreJournal {
+            let mut j = DbJournal {
                 store: &d.inner.store,
-                gpu,
             };
             match self.fleet.apply(gpu, &layout, &mut j) {
                 Ok(rep) if rep.changed() => tracing::info!(
@@ -891,7 +944,10 @@ impl Scheduler {
             hb.insert(r.id, now);
         }
         drop(hb);
-        let queued = active.iter().filter(|r| r.state == RequestState::Queued).count();
+        let queued = active
+            .iter()
+            .filter(|r| r.state == RequestState::Queued)
+            .count();
         let leased = active.len() - queued;
         if !active.is_empty() {
             tracing::info!("re-adopted {leased} lease(s) and {queued} queued request(s) from the state database");
@@ -923,7 +979,13 @@ impl Scheduler {
         let mut ended = false;
         for r in active {
             let gone = match (r.pid, r.pid_start) {
-                (Some(pid), Some(start)) if !(ProcessStamp { pid, start_ticks: start }).is_alive() => {
+                (Some(pid), Some(start))
+                    if !(ProcessStamp {
+                        pid,
+                        start_ticks: start,
+                    })
+                    .is_alive() =>
+                {
                     Some(format!("client process {pid} is gone"))
                 }
                 _ => None,
@@ -931,9 +993,8 @@ impl Scheduler {
             let silent = {
                 let mut hb = lock(&self.inner().heartbeats);
                 let last = *hb.entry(r.id).or_insert(now);
-                (now.duration_since(last) > timeout).then(|| {
-                    format!("no heartbeat for {}s", now.duration_since(last).as_secs())
-                })
+                (now.duration_since(last) > timeout)
+                    .then(|| format!("no heartbeat for {}s", now.duration_since(last).as_secs()))
             };
             if let Some(reason) = gone.or(silent) {
                 let done = lock(&self.inner().store)
@@ -951,7 +1012,11 @@ impl Scheduler {
 
     /// Observe every GPU and build the scheduler's view, syncing simulated busy marks with
     /// the leases.
-    fn observe(&mut self, active: &[RequestRow], errors: &mut BTreeMap<u32, String>) -> Vec<GpuState> {
+    fn observe(
+        &mut self,
+        active: &[RequestRow],
+        errors: &mut BTreeMap<u32, String>,
+    ) -> Vec<GpuState> {
         let drained = lock(&self.inner().store).drained().unwrap_or_default();
         let mut out = Vec::new();
         for f in self.inner().gpus.clone() {
@@ -999,7 +1064,11 @@ impl Scheduler {
         out
     }
 
-    fn observe_mig(&mut self, gpu: u32, leases: &[&RequestRow]) -> Result<Vec<InstanceState>, String> {
+    fn observe_mig(
+        &mut self,
+        gpu: u32,
+        leases: &[&RequestRow],
+    ) -> Result<Vec<InstanceState>, String> {
         let observed = self.fleet.instances(gpu).map_err(|e| e.to_string())?;
         let mut out = Vec::new();
         for i in observed {
@@ -1041,13 +1110,13 @@ impl Scheduler {
             .set_desired(gpu, &specs, now_ms())
             .map_err(|e| ApplyError::Backend(e.to_string()))?;
         let d = self.d.clone();
-        let mut j = StoreJournal {
+        let mut j = DbJournal {
             store: &d.inner.store,
-            gpu,
         };
         let res = self.fleet.apply(gpu, layout, &mut j);
         match &res {
             Ok(rep) => {
+                let _ = lock(&self.inner().store).prune_journal(2_000);
                 if rep.changed() {
                     self.inner().metrics.repartitions.inc();
                     let _ = lock(&self.inner().store).bump("repartitions", 1);
@@ -1091,8 +1160,10 @@ impl Scheduler {
         self.pass();
         match res {
             Ok(_) => Ok(()),
-            Err(e @ ApplyError::Busy { .. }) => Err(ApiError::conflict(e.to_string())),
-            Err(e @ ApplyError::Invalid { .. }) => Err(ApiError::bad_request(e.to_string())),
+            Err(e @ ApplyError::Refused { busy: true, .. }) => {
+                Err(ApiError::conflict(e.to_string()))
+            }
+            Err(e @ ApplyError::Refused { .. }) => Err(ApiError::bad_request(e.to_string())),
             Err(e) => Err(ApiError::conflict(e.to_string())),
         }
     }
@@ -1116,12 +1187,16 @@ impl Scheduler {
         let mut gpus = self.observe(&active, &mut errors);
 
         // Drained GPUs with nothing running are emptied.
-        for i in 0..gpus.len() {
-            let g = &gpus[i];
-            if g.drained && g.facts.mode == GpuMode::Mig && !g.in_use() && !g.instances.is_empty() && !g.failed {
+        for g in gpus.iter_mut() {
+            if g.drained
+                && g.facts.mode == GpuMode::Mig
+                && !g.in_use()
+                && !g.instances.is_empty()
+                && !g.failed
+            {
                 let gpu = g.facts.index;
                 match self.apply(gpu, &[]) {
-                    Ok(_) => gpus[i].instances.clear(),
+                    Ok(_) => g.instances.clear(),
                     Err(e) => {
                         errors.insert(gpu, e.to_string());
                     }
@@ -1165,7 +1240,14 @@ impl Scheduler {
             }
         }
 
-        self.publish(&gpus, &reservations, errors, queue.len() - granted.len(), &active, &granted);
+        self.publish(
+            &gpus,
+            &reservations,
+            errors,
+            queue.len() - granted.len(),
+            &active,
+            &granted,
+        );
         if changed {
             self.d.changed();
         }
@@ -1215,12 +1297,18 @@ impl Scheduler {
                     .iter()
                     .find(|i| i.profile == *profile && i.start == *start && !i.used())
                 else {
-                    errors.insert(gpu, format!("instance {profile}@{start} missing after the re-partition"));
+                    errors.insert(
+                        gpu,
+                        format!("instance {profile}@{start} missing after the re-partition"),
+                    );
                     gpus[idx].failed = true;
                     return false;
                 };
                 let Some(uuid) = inst.uuid.clone() else {
-                    errors.insert(gpu, format!("instance {profile}@{start} has no MIG device UUID"));
+                    errors.insert(
+                        gpu,
+                        format!("instance {profile}@{start} has no MIG device UUID"),
+                    );
                     gpus[idx].failed = true;
                     return false;
                 };
@@ -1315,8 +1403,9 @@ impl Scheduler {
     ) {
         let m = &self.inner().metrics;
         m.queue_length.set(queued as i64);
-        let mut by_type: BTreeMap<&str, i64> =
-            [("mig", 0), ("mps", 0), ("timeslice", 0)].into_iter().collect();
+        let mut by_type: BTreeMap<&str, i64> = [("mig", 0), ("mps", 0), ("timeslice", 0)]
+            .into_iter()
+            .collect();
         for g in gpus {
             let t = match g.facts.mode {
                 GpuMode::Mig => "mig",
@@ -1332,12 +1421,20 @@ impl Scheduler {
                 GpuMode::Mps => g.mps_clients.len() as i64,
                 GpuMode::Timeslice => i64::from(g.facts.replicas),
             };
-            m.slices.get_or_create(&Metrics::gpu(g.facts.index)).set(total);
+            m.slices
+                .get_or_create(&Metrics::gpu(g.facts.index))
+                .set(total);
         }
         for (t, n) in by_type {
-            m.leases_active.get_or_create(&Metrics::slice_type(t)).set(n);
+            m.leases_active
+                .get_or_create(&Metrics::slice_type(t))
+                .set(n);
         }
-        let mut snap = self.inner().snapshot.write().unwrap_or_else(|e| e.into_inner());
+        let mut snap = self
+            .inner()
+            .snapshot
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
         *snap = Snapshot {
             gpus: gpus.to_vec(),
             reservations: reservations.to_vec(),
@@ -1350,7 +1447,9 @@ impl Scheduler {
 fn dangling_intents(rows: &[crate::store::JournalRow]) -> Vec<u64> {
     let mut open: BTreeSet<u64> = BTreeSet::new();
     for r in rows {
-        let Ok(v) = serde_json::from_str::<serde_json::Value>(&r.body) else { continue };
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(&r.body) else {
+            continue;
+        };
         match v.get("type").and_then(|t| t.as_str()) {
             Some("intent") => {
                 open.insert(r.seq);

@@ -13,6 +13,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use tessera_agent::{ApplyResult, Journal, OpRecord, Reconciler, RetryPolicy, ThreadSleeper};
 use tessera_gpu::mps::{ClientLimits, MpsControl, MpsOptions, MpsTarget};
 use tessera_gpu::sim::{SimBackend, SimConfig, SimState};
 use tessera_gpu::{GpuBackend, GpuError, GpuInstance, MigMode};
@@ -48,14 +49,6 @@ impl GpuFacts {
     }
 }
 
-/// Where operations on a GPU are written before and after they run (the state database).
-pub trait OpJournal {
-    /// Record that `op` (JSON) on `gpu` is about to run; returns a handle for the outcome.
-    fn intent(&mut self, gpu: u32, op: &str) -> Result<u64, String>;
-    /// Record how the operation ended.
-    fn outcome(&mut self, seq: u64, ok: bool, detail: Option<&str>) -> Result<(), String>;
-}
-
 /// What applying a layout did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ApplyReport {
@@ -63,8 +56,8 @@ pub struct ApplyReport {
     pub destroyed: Vec<String>,
     /// Instances created.
     pub created: Vec<String>,
-    /// Operations that failed.
-    pub failed: u32,
+    /// Operations a crash had cut short, found on this apply.
+    pub recovered: usize,
 }
 
 impl ApplyReport {
@@ -77,25 +70,16 @@ impl ApplyReport {
 /// Why a layout could not be applied.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ApplyError {
-    /// The layout would remove or overlap a busy instance; nothing was changed.
-    #[error("GPU {gpu}: refused: the layout would remove busy instance {instance} (processes {pids:?}); nothing was changed")]
-    Busy {
-        /// GPU index.
-        gpu: u32,
-        /// `PROFILE@START` of the busy instance.
-        instance: String,
-        /// Its processes.
-        pids: Vec<u32>,
+    /// The agent refused (a busy instance in the way, an invalid layout, MIG off); nothing
+    /// was changed on the GPU.
+    #[error("{message}")]
+    Refused {
+        /// Whether it was about busy instances.
+        busy: bool,
+        /// The agent's message (names the instance and its processes).
+        message: String,
     },
-    /// The layout breaks the model's rules.
-    #[error("GPU {gpu}: invalid layout: {problem}")]
-    Invalid {
-        /// GPU index.
-        gpu: u32,
-        /// The broken rules.
-        problem: String,
-    },
-    /// A backend call failed (after retries).
+    /// A backend call failed (after the agent's retries), or the journal failed.
     #[error("{0}")]
     Backend(String),
 }
@@ -151,12 +135,18 @@ impl Fleet {
             BackendChoice::Sim => {
                 let b = open_sim(cfg, state_dir, catalog)?;
                 let n = b.state().gpus.len();
-                (Hw::Sim(Box::new(b)), format!("simulated fleet of {n} GPU(s) (--backend sim)"))
+                (
+                    Hw::Sim(Box::new(b)),
+                    format!("simulated fleet of {n} GPU(s) (--backend sim)"),
+                )
             }
             BackendChoice::Nvml => {
                 let mut b = tessera_gpu::nvml::NvmlBackend::open(catalog.clone())
                     .map_err(|e| ServerError::Backend(e.to_string()))?;
-                let n = b.gpus().map_err(|e| ServerError::Backend(e.to_string()))?.len();
+                let n = b
+                    .gpus()
+                    .map_err(|e| ServerError::Backend(e.to_string()))?
+                    .len();
                 if n == 0 {
                     return Err(ServerError::Backend(
                         "NVML found no GPU; use --backend sim to simulate one".into(),
@@ -168,7 +158,10 @@ impl Fleet {
                 Ok(mut b) => match b.gpus() {
                     Ok(g) if !g.is_empty() => {
                         let n = g.len();
-                        (Hw::Other(Box::new(b)), format!("NVML with {n} GPU(s) (--backend auto)"))
+                        (
+                            Hw::Other(Box::new(b)),
+                            format!("NVML with {n} GPU(s) (--backend auto)"),
+                        )
                     }
                     Ok(_) => {
                         drop(b);
@@ -301,7 +294,9 @@ impl Fleet {
                 let target = MpsTarget::gpu(facts.index, facts.uuid.clone());
                 self.mps
                     .start(&target, Some(self.backend.get()))
-                    .map_err(|e| ServerError::Backend(format!("GPU {}: start MPS: {e}", facts.index)))?;
+                    .map_err(|e| {
+                        ServerError::Backend(format!("GPU {}: start MPS: {e}", facts.index))
+                    })?;
             }
             self.gpus.push(facts);
         }
@@ -318,11 +313,11 @@ impl Fleet {
     }
 
     fn set_sim_mig(&mut self, gpu: u32, on: bool) -> Result<(), ServerError> {
-        let m = self
-            .backend
-            .get()
-            .set_mig_mode(gpu, on)
-            .map_err(|e| ServerError::Fleet(format!("simulated GPU {gpu}: {e}; delete the sim state file to start afresh")))?;
+        let m = self.backend.get().set_mig_mode(gpu, on).map_err(|e| {
+            ServerError::Fleet(format!(
+                "simulated GPU {gpu}: {e}; delete the sim state file to start afresh"
+            ))
+        })?;
         if m != MigMode::steady(on) {
             return Err(ServerError::Fleet(format!(
                 "simulated GPU {gpu}: MIG mode is {m} after the change"
@@ -401,86 +396,56 @@ impl Fleet {
             .map_err(|e| e.to_string())
     }
 
-    /// Change a MIG GPU to exactly `desired`: destroy the idle instances not in it, create the
-    /// missing ones at their placements, keep every instance that matches. Refuses, changing
-    /// nothing, when the layout is invalid or would remove a busy instance. Each operation is
-    /// journalled before it runs and its outcome after.
+    /// Change a MIG GPU to exactly `desired` through the agent's reconciler: destroy the idle
+    /// instances not in it, create the missing ones at their placements, keep every instance
+    /// that matches (same UUID). Operations cut short by a crash are recovered first. Refused,
+    /// changing nothing, when the layout is invalid or would remove a busy instance. Each
+    /// operation is journalled (intent before, outcome after) in `journal`.
     pub fn apply(
         &mut self,
         gpu: u32,
         desired: &[Placed],
-        journal: &mut dyn OpJournal,
+        journal: &mut dyn Journal,
     ) -> Result<ApplyReport, ApplyError> {
-        let model = self.model(gpu).clone();
-        let violations = model.validate(desired);
-        if !violations.is_empty() {
-            let text: Vec<String> = violations.iter().map(|v| v.to_string()).collect();
-            return Err(ApplyError::Invalid {
-                gpu,
-                problem: text.join("; "),
+        let catalog = self.catalog.clone();
+        let mut sleeper = ThreadSleeper;
+        let mut rec = Reconciler::new(self.backend.get(), journal, &catalog, &mut sleeper)
+            .with_policy(RetryPolicy {
+                max_failures: 4,
+                base_delay: std::time::Duration::from_millis(20),
+                max_delay: std::time::Duration::from_millis(500),
+                max_rounds: 32,
+            });
+        let report = rec
+            .recover(gpu)
+            .and_then(|recovered| {
+                let mut r = rec.apply_gpu(gpu, desired)?;
+                r.recovered.extend(recovered);
+                Ok(r)
+            })
+            .map_err(|e| ApplyError::Backend(e.to_string()))?;
+        if let ApplyResult::Refused { refusal } = &report.result {
+            return Err(ApplyError::Refused {
+                busy: refusal.is_busy(),
+                message: refusal.to_string(),
             });
         }
-        let want: Vec<(String, u8)> = desired
-            .iter()
-            .map(|p| (model.profile(p.profile).name.clone(), p.start))
-            .collect();
-        let current = self
-            .instances(gpu)
-            .map_err(|e| ApplyError::Backend(e.to_string()))?;
-        let keep = |i: &GpuInstance| {
-            i.uuid.is_some() && want.iter().any(|(p, s)| *p == i.profile && *s == i.start)
+        let mut out = ApplyReport {
+            recovered: report.recovered.len(),
+            ..ApplyReport::default()
         };
-        for i in &current {
-            if i.is_busy() && !keep(i) {
-                return Err(ApplyError::Busy {
-                    gpu,
-                    instance: i.spec(),
-                    pids: i.pids.clone(),
-                });
+        for op in &report.applied {
+            match op {
+                OpRecord::DestroyGi { profile, start, .. } => {
+                    out.destroyed.push(format!("{profile}@{start}"))
+                }
+                OpRecord::CreateGi { profile, start, .. } => {
+                    out.created.push(format!("{profile}@{start}"))
+                }
+                OpRecord::CreateCi { .. } => {}
             }
         }
-        let mut report = ApplyReport::default();
-        for i in current.iter().filter(|i| !keep(i)) {
-            let Some(idle) = i.idle() else { continue };
-            let op = format!(r#"{{"op":"destroy","gpu":{gpu},"instance":"{}"}}"#, i.spec());
-            let seq = journal.intent(gpu, &op).map_err(ApplyError::Backend)?;
-            let b = self.backend.get();
-            match retry(|| b.destroy_gi(&idle)) {
-                Ok(()) | Err(GpuError::NotFound { .. }) => {
-                    journal.outcome(seq, true, None).map_err(ApplyError::Backend)?;
-                    report.destroyed.push(i.spec());
-                }
-                Err(e) => {
-                    let _ = journal.outcome(seq, false, Some(&e.to_string()));
-                    return Err(ApplyError::Backend(e.to_string()));
-                }
-            }
-        }
-        let have: Vec<(String, u8)> = current
-            .iter()
-            .filter(|i| keep(i))
-            .map(|i| (i.profile.clone(), i.start))
-            .collect();
-        for (profile, start) in &want {
-            if have.iter().any(|(p, s)| p == profile && s == start) {
-                continue;
-            }
-            let op = format!(r#"{{"op":"create","gpu":{gpu},"instance":"{profile}@{start}"}}"#);
-            let seq = journal.intent(gpu, &op).map_err(ApplyError::Backend)?;
-            let b = self.backend.get();
-            match retry(|| b.create_gi(gpu, profile, *start)) {
-                Ok(_) => {
-                    journal.outcome(seq, true, None).map_err(ApplyError::Backend)?;
-                    report.created.push(format!("{profile}@{start}"));
-                }
-                Err(e) => {
-                    let _ = journal.outcome(seq, false, Some(&e.to_string()));
-                    report.failed += 1;
-                    return Err(ApplyError::Backend(e.to_string()));
-                }
-            }
-        }
-        Ok(report)
+        Ok(out)
     }
 }
 
@@ -517,7 +482,11 @@ fn describe_sim(b: &SimBackend) -> String {
         }
     }
     let list: Vec<String> = counts.iter().map(|(m, n)| format!("{n}× {m}")).collect();
-    format!("{}, state in {}", list.join(" + "), b.describe().trim_start_matches("sim:"))
+    format!(
+        "{}, state in {}",
+        list.join(" + "),
+        b.describe().trim_start_matches("sim:")
+    )
 }
 
 /// Open `<state dir>/sim-gpus.json`, creating it from `sim_gpus` when it does not exist.
@@ -533,5 +502,6 @@ fn open_sim(cfg: &Config, state_dir: &Path, catalog: &Catalog) -> Result<SimBack
     })?;
     let state = SimState::new(catalog, &list, 0x7e55e7a, true)
         .map_err(|e| ServerError::Backend(e.to_string()))?;
-    SimBackend::create(&path, state, catalog.clone()).map_err(|e| ServerError::Backend(e.to_string()))
+    SimBackend::create(&path, state, catalog.clone())
+        .map_err(|e| ServerError::Backend(e.to_string()))
 }

@@ -79,7 +79,13 @@ pub struct AppState {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        (status, Json(ErrorBody { error: self.message })).into_response()
+        (
+            status,
+            Json(ErrorBody {
+                error: self.message,
+            }),
+        )
+            .into_response()
     }
 }
 
@@ -96,7 +102,12 @@ impl FromRequestParts<AppState> for Caller {
             .map(|c| c.0.clone())
             .ok_or_else(|| ApiError::internal("a request without connection info"))?;
         match peer {
-            Peer::Unix { uid: Some(uid), pid } => Ok(Caller(Identity::from_peer(uid, pid))),
+            Peer::Unix {
+                uid: Some(uid),
+                pid,
+            } => Ok(Caller(
+                Identity::from_peer(uid, pid).with_admins(&state.daemon.config().admins),
+            )),
             Peer::Unix { uid: None, .. } => Err(ApiError::unauthorized(
                 "the daemon could not read this connection's credentials",
             )),
@@ -115,7 +126,10 @@ impl FromRequestParts<AppState> for Caller {
                         "missing or wrong bearer token; send `Authorization: Bearer TOKEN`",
                     ));
                 }
-                Ok(Caller(Identity::http(state.daemon.config().http_uid)))
+                let cfg = state.daemon.config();
+                Ok(Caller(
+                    Identity::http(cfg.http_uid).with_admins(&cfg.admins),
+                ))
             }
         }
     }
@@ -183,7 +197,15 @@ async fn list(
     q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(q) = q.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    let all = matches!(q.all.as_deref(), Some("1" | "true" | "yes"));
+    let all = match q.all.as_deref() {
+        None | Some("0" | "false" | "no") => false,
+        Some("1" | "true" | "yes") => true,
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "all=`{other}`: use all=true or all=false"
+            )))
+        }
+    };
     Ok(Json(s.daemon.list(&who, all)?).into_response())
 }
 
@@ -209,7 +231,12 @@ async fn wait(
             .map_err(|_| ApiError::bad_request(format!("timeout_ms `{t}` is not a number")))?,
     };
     let ms = ms.min(60_000);
-    Ok(Json(s.daemon.wait(&who, parse_id(&id)?, Duration::from_millis(ms)).await?).into_response())
+    Ok(Json(
+        s.daemon
+            .wait(&who, parse_id(&id)?, Duration::from_millis(ms))
+            .await?,
+    )
+    .into_response())
 }
 
 async fn heartbeat(
@@ -256,7 +283,12 @@ async fn layout(
     Path(gpu): Path<String>,
     Body(body): Body<LayoutBody>,
 ) -> Result<Response, ApiError> {
-    Ok(Json(s.daemon.force_layout(&who, parse_gpu(&gpu)?, &body.layout).await?).into_response())
+    Ok(Json(
+        s.daemon
+            .force_layout(&who, parse_gpu(&gpu)?, &body.layout)
+            .await?,
+    )
+    .into_response())
 }
 
 async fn metrics(State(s): State<AppState>) -> Response {

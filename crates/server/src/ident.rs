@@ -1,6 +1,6 @@
 //! Who is calling: the Unix socket's peer credentials (`SO_PEERCRED`: uid and PID, which the
 //! kernel vouches for), or a bearer token on HTTP. A caller sees and cancels only its own
-//! requests; uid 0 sees and cancels everything.
+//! requests; uid 0 (and the uids of the config's `admins`) see and cancel everything.
 
 use crate::liveness::ProcessStamp;
 
@@ -26,6 +26,8 @@ pub struct Identity {
     pub process: Option<ProcessStamp>,
     /// The transport.
     pub via: Via,
+    /// May see and change everyone's requests (uid 0, or listed in the config's `admins`).
+    pub admin: bool,
 }
 
 impl Identity {
@@ -40,6 +42,7 @@ impl Identity {
             user: user_name(uid),
             process,
             via: Via::Socket,
+            admin: uid == 0,
         }
     }
 
@@ -50,6 +53,7 @@ impl Identity {
             user: user_name(uid),
             process: None,
             via: Via::Http,
+            admin: uid == 0,
         }
     }
 
@@ -61,12 +65,19 @@ impl Identity {
             user: user.to_string(),
             process: ProcessStamp::of(std::process::id()),
             via: Via::InProcess,
+            admin: uid == 0,
         }
     }
 
     /// Whether the caller may see and change everyone's requests.
     pub fn is_admin(&self) -> bool {
-        self.uid == 0
+        self.admin
+    }
+
+    /// The same caller, made an administrator when `admins` lists its uid.
+    pub fn with_admins(mut self, admins: &[u32]) -> Identity {
+        self.admin |= admins.contains(&self.uid);
+        self
     }
 
     /// Whether the caller may see and cancel a request of `owner_uid`.

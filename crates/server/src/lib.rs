@@ -22,6 +22,7 @@
 pub mod client;
 pub mod config;
 pub mod daemon;
+pub mod demo;
 pub mod error;
 pub mod fleet;
 pub mod http;

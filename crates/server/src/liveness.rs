@@ -77,7 +77,10 @@ mod tests {
 
     #[test]
     fn a_reaped_child_is_dead_and_a_zombie_is_dead_too() {
-        let mut child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
         let stamp = ProcessStamp::of(child.id()).unwrap();
         assert!(stamp.is_alive());
         child.kill().unwrap();

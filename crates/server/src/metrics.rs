@@ -70,16 +70,26 @@ impl Metrics {
     pub fn new() -> Metrics {
         let mut registry = Registry::with_prefix("tessera");
         let queue_length = Gauge::default();
-        registry.register("queue_length", "Requests waiting for a slice", queue_length.clone());
-        let buckets = [0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0];
-        let wait_seconds = Histogram::new(buckets.into_iter());
+        registry.register(
+            "queue_length",
+            "Requests waiting for a slice",
+            queue_length.clone(),
+        );
+        let buckets = [
+            0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0,
+        ];
+        let wait_seconds = Histogram::new(buckets);
         registry.register(
             "wait_seconds",
             "Seconds from submission to lease",
             wait_seconds.clone(),
         );
         let leases_total = Family::<SliceType, Counter>::default();
-        registry.register("leases", "Leases granted by slice type", leases_total.clone());
+        registry.register(
+            "leases",
+            "Leases granted by slice type",
+            leases_total.clone(),
+        );
         let leases_active = Family::<SliceType, Gauge>::default();
         registry.register(
             "leases_active",
@@ -87,7 +97,11 @@ impl Metrics {
             leases_active.clone(),
         );
         let repartitions = Counter::default();
-        registry.register("repartitions", "GPU layout changes applied", repartitions.clone());
+        registry.register(
+            "repartitions",
+            "GPU layout changes applied",
+            repartitions.clone(),
+        );
         let operations_failed = Counter::default();
         registry.register(
             "operations_failed",
@@ -151,7 +165,9 @@ mod tests {
         let m = Metrics::new();
         m.queue_length.set(3);
         m.wait_seconds.observe(1.5);
-        m.leases_total.get_or_create(&Metrics::slice_type("mig")).inc();
+        m.leases_total
+            .get_or_create(&Metrics::slice_type("mig"))
+            .inc();
         m.repartitions.inc();
         m.slices_busy.get_or_create(&Metrics::gpu(0)).set(2);
         let text = m.render();

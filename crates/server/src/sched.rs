@@ -242,9 +242,16 @@ fn variants(catalog: &Catalog, gpus: &[GpuState], w: &Waiting) -> Vec<Variant> {
             // MIG first (isolated), one variant per model, least wasted memory first.
             let mut by_model: BTreeMap<(u64, String), Vec<u32>> = BTreeMap::new();
             let mut profile_of: BTreeMap<String, String> = BTreeMap::new();
-            for g in gpus.iter().filter(|g| g.facts.mode == GpuMode::Mig && of_model(g)) {
-                let Some(model) = catalog.get(&g.facts.model) else { continue };
-                let Some(p) = smallest_profile_for(model, *memory_mib) else { continue };
+            for g in gpus
+                .iter()
+                .filter(|g| g.facts.mode == GpuMode::Mig && of_model(g))
+            {
+                let Some(model) = catalog.get(&g.facts.model) else {
+                    continue;
+                };
+                let Some(p) = smallest_profile_for(model, *memory_mib) else {
+                    continue;
+                };
                 let prof = model.profile(p);
                 let waste = prof.memory_mib.unwrap_or(0) - memory_mib;
                 profile_of.insert(model.key.clone(), prof.name.clone());
@@ -260,7 +267,10 @@ fn variants(catalog: &Catalog, gpus: &[GpuState], w: &Waiting) -> Vec<Variant> {
                 });
             }
             // Then MPS, one variant per GPU (each has its own limits).
-            for g in gpus.iter().filter(|g| g.facts.mode == GpuMode::Mps && of_model(g)) {
+            for g in gpus
+                .iter()
+                .filter(|g| g.facts.mode == GpuMode::Mps && of_model(g))
+            {
                 if g.facts.mps_usable_mib() < *memory_mib {
                     continue;
                 }
@@ -293,7 +303,12 @@ fn variants(catalog: &Catalog, gpus: &[GpuState], w: &Waiting) -> Vec<Variant> {
 
 /// Whether no GPU of this fleet could ever serve the ask (ignoring what runs now and drains).
 /// `Err` says why and what exists instead.
-pub fn check_feasible(catalog: &Catalog, gpus: &[GpuFacts], ask: &SliceAsk, model: Option<&str>) -> Result<(), String> {
+pub fn check_feasible(
+    catalog: &Catalog,
+    gpus: &[GpuFacts],
+    ask: &SliceAsk,
+    model: Option<&str>,
+) -> Result<(), String> {
     let states: Vec<GpuState> = gpus.iter().cloned().map(GpuState::empty).collect();
     let w = Waiting {
         id: 0,
@@ -423,7 +438,10 @@ pub fn decide(
             let cluster = ClusterSpec {
                 nodes: vec![NodeSpec {
                     name: "local".into(),
-                    gpus: candidates.iter().map(|i| planner_gpu(by_index[i])).collect(),
+                    gpus: candidates
+                        .iter()
+                        .map(|i| planner_gpu(by_index[i]))
+                        .collect(),
                 }],
             };
             let req = RequestSpec {
@@ -439,7 +457,9 @@ pub fn decide(
                     break;
                 }
             };
-            let Some(a) = plan.assignments.first() else { break };
+            let Some(a) = plan.assignments.first() else {
+                break;
+            };
             let gpu = candidates[a.gpu];
             let g = by_index[&gpu];
             let gp = &plan.gpus[a.gpu];
@@ -469,7 +489,8 @@ pub fn decide(
                 let breaks = reservations.iter().any(|r| {
                     r.gpu == gpu
                         && r.request != w.id
-                        && r.region.is_some_and(|reg| !keeps_reservation(model, g, reg, new))
+                        && r.region
+                            .is_some_and(|reg| !keeps_reservation(model, g, reg, new))
                 });
                 if breaks {
                     candidates.retain(|c| *c != gpu);
@@ -500,7 +521,8 @@ pub fn reserve(
     w: &Waiting,
     taken: &[Reservation],
 ) -> Option<Reservation> {
-    let free = |g: &GpuState| !g.drained && g.healthy && !taken.iter().any(|r| r.gpu == g.facts.index);
+    let free =
+        |g: &GpuState| !g.drained && g.healthy && !taken.iter().any(|r| r.gpu == g.facts.index);
     let by_index: BTreeMap<u32, &GpuState> = gpus.iter().map(|g| (g.facts.index, g)).collect();
     for v in variants(catalog, gpus, w) {
         let mut best: Option<((usize, u64, u32, u8), Reservation)> = None;
@@ -511,8 +533,12 @@ pub fn reserve(
             }
             match &v.kind {
                 RequestKind::Mig(profile) => {
-                    let Some(model) = catalog.get(&g.facts.model) else { continue };
-                    let Some(p) = model.profile_named(profile) else { continue };
+                    let Some(model) = catalog.get(&g.facts.model) else {
+                        continue;
+                    };
+                    let Some(p) = model.profile_named(profile) else {
+                        continue;
+                    };
                     let used = used_placements(model, g);
                     for &s in &model.profile(p).placements {
                         let region = Placed::new(p, s);
@@ -549,13 +575,27 @@ pub fn reserve(
                     let used: u64 = g.mps_clients.iter().map(|c| c.memory_mib).sum();
                     let key = (g.mps_clients.len(), used, *gi, 0);
                     if best.as_ref().is_none_or(|(k, _)| key < *k) {
-                        best = Some((key, Reservation { request: w.id, gpu: *gi, region: None }));
+                        best = Some((
+                            key,
+                            Reservation {
+                                request: w.id,
+                                gpu: *gi,
+                                region: None,
+                            },
+                        ));
                     }
                 }
                 RequestKind::Timeslice => {
                     let key = (g.replicas.len(), 0, *gi, 0);
                     if best.as_ref().is_none_or(|(k, _)| key < *k) {
-                        best = Some((key, Reservation { request: w.id, gpu: *gi, region: None }));
+                        best = Some((
+                            key,
+                            Reservation {
+                                request: w.id,
+                                gpu: *gi,
+                                region: None,
+                            },
+                        ));
                     }
                 }
             }
@@ -613,7 +653,13 @@ mod tests {
         let mut g = GpuState::empty(facts(0, "h100-80gb", GpuMode::Mig));
         g.instances = vec![inst("3g.40gb", 0, Some(1)), inst("3g.40gb", 4, None)];
         let s = decide(Catalog::builtin(), &[g], &waiting(2, mig("3g.40gb")), &[]).unwrap();
-        assert_eq!(s.pick, Pick::Mig { profile: "3g.40gb".into(), start: 4 });
+        assert_eq!(
+            s.pick,
+            Pick::Mig {
+                profile: "3g.40gb".into(),
+                start: 4
+            }
+        );
         assert_eq!(s.layout, None);
     }
 
@@ -625,7 +671,10 @@ mod tests {
         g.instances = vec![inst("1g.10gb", 0, Some(1)), inst("3g.40gb", 4, None)];
         let s = decide(c, &[g], &waiting(2, mig("2g.20gb")), &[]).unwrap();
         let layout = s.layout.expect("must re-partition");
-        assert!(layout.contains(&m.parse_spec("1g.10gb@0").unwrap()), "{layout:?}");
+        assert!(
+            layout.contains(&m.parse_spec("1g.10gb@0").unwrap()),
+            "{layout:?}"
+        );
         assert!(m.validate(&layout).is_empty());
     }
 
@@ -645,16 +694,29 @@ mod tests {
         // 3g.40gb may start at 0 (two blockers) or 4 (one blocker).
         assert_eq!(r.region, Some(m.parse_spec("3g.40gb@4").unwrap()));
         // A later 1g.10gb may not land in slices 4-7 ...
-        let later = decide(c, std::slice::from_ref(&g), &waiting(10, mig("1g.10gb")), std::slice::from_ref(&r)).unwrap();
+        let later = decide(
+            c,
+            std::slice::from_ref(&g),
+            &waiting(10, mig("1g.10gb")),
+            std::slice::from_ref(&r),
+        )
+        .unwrap();
         match later.pick {
-            Pick::Mig { start, .. } => assert!(start < 4, "landed in the reserved region at {start}"),
+            Pick::Mig { start, .. } => {
+                assert!(start < 4, "landed in the reserved region at {start}")
+            }
             other => panic!("{other:?}"),
         }
         // ... so once slices 0-3 are taken, it waits although slices 5 and 6 are free.
         let mut g2 = g.clone();
         g2.instances.push(inst("1g.10gb", 2, Some(4)));
         g2.instances.push(inst("1g.10gb", 3, Some(5)));
-        let blocked = decide(c, std::slice::from_ref(&g2), &waiting(11, mig("1g.10gb")), std::slice::from_ref(&r));
+        let blocked = decide(
+            c,
+            std::slice::from_ref(&g2),
+            &waiting(11, mig("1g.10gb")),
+            std::slice::from_ref(&r),
+        );
         assert_eq!(blocked, None);
         // Without the reservation it would have been served there.
         assert!(decide(c, &[g2], &waiting(11, mig("1g.10gb")), &[]).is_some());
@@ -665,10 +727,16 @@ mod tests {
         let c = Catalog::builtin();
         let g0 = GpuState::empty(facts(0, "h100-80gb", GpuMode::Mig));
         let g1 = GpuState::empty(facts(1, "h100-80gb", GpuMode::Mps));
-        let ask = SliceAsk::Mem { memory_mib: 12 * 1024, sm_percent: None };
+        let ask = SliceAsk::Mem {
+            memory_mib: 12 * 1024,
+            sm_percent: None,
+        };
         let s = decide(c, &[g0.clone(), g1.clone()], &waiting(1, ask.clone()), &[]).unwrap();
         assert_eq!(s.gpu, 0);
-        assert!(matches!(&s.pick, Pick::Mig { profile, .. } if profile == "1g.20gb"), "{s:?}");
+        assert!(
+            matches!(&s.pick, Pick::Mig { profile, .. } if profile == "1g.20gb"),
+            "{s:?}"
+        );
         let mut drained = g0;
         drained.drained = true;
         let s = decide(c, &[drained, g1], &waiting(1, ask), &[]).unwrap();
@@ -680,28 +748,65 @@ mod tests {
     fn timeslice_replicas_are_numbered_and_run_out() {
         let c = Catalog::builtin();
         let mut g = GpuState::empty(facts(2, "a100-40gb", GpuMode::Timeslice));
-        let s = decide(c, std::slice::from_ref(&g), &waiting(1, SliceAsk::Share), &[]).unwrap();
+        let s = decide(
+            c,
+            std::slice::from_ref(&g),
+            &waiting(1, SliceAsk::Share),
+            &[],
+        )
+        .unwrap();
         assert_eq!(s.pick, Pick::Timeslice { replica: 0 });
         g.replicas.insert(0, 1);
-        let s = decide(c, std::slice::from_ref(&g), &waiting(2, SliceAsk::Share), &[]).unwrap();
+        let s = decide(
+            c,
+            std::slice::from_ref(&g),
+            &waiting(2, SliceAsk::Share),
+            &[],
+        )
+        .unwrap();
         assert_eq!(s.pick, Pick::Timeslice { replica: 1 });
         g.replicas.insert(1, 2);
-        assert_eq!(decide(c, std::slice::from_ref(&g), &waiting(3, SliceAsk::Share), &[]), None);
-        let r = reserve(c, std::slice::from_ref(&g), &waiting(3, SliceAsk::Share), &[]).unwrap();
+        assert_eq!(
+            decide(
+                c,
+                std::slice::from_ref(&g),
+                &waiting(3, SliceAsk::Share),
+                &[]
+            ),
+            None
+        );
+        let r = reserve(
+            c,
+            std::slice::from_ref(&g),
+            &waiting(3, SliceAsk::Share),
+            &[],
+        )
+        .unwrap();
         assert_eq!((r.gpu, r.region), (2, None));
     }
 
     #[test]
     fn impossible_asks_are_named_with_what_exists() {
         let c = Catalog::builtin();
-        let gpus = [facts(0, "h100-80gb", GpuMode::Mig), facts(1, "h100-80gb", GpuMode::Mps)];
+        let gpus = [
+            facts(0, "h100-80gb", GpuMode::Mig),
+            facts(1, "h100-80gb", GpuMode::Mps),
+        ];
         assert!(check_feasible(c, &gpus, &mig("7g.80gb"), None).is_ok());
         let e = check_feasible(c, &gpus, &mig("7g.40gb"), None).unwrap_err();
         assert!(e.contains("7g.40gb") && e.contains("3g.40gb"), "{e}");
         let e = check_feasible(c, &gpus, &SliceAsk::Share, None).unwrap_err();
         assert!(e.contains("share"), "{e}");
-        let e = check_feasible(c, &gpus, &SliceAsk::Mem { memory_mib: 200_000, sm_percent: None }, None)
-            .unwrap_err();
+        let e = check_feasible(
+            c,
+            &gpus,
+            &SliceAsk::Mem {
+                memory_mib: 200_000,
+                sm_percent: None,
+            },
+            None,
+        )
+        .unwrap_err();
         assert!(e.contains("mps"), "{e}");
     }
 }

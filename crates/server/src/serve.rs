@@ -50,7 +50,9 @@ pub fn bind_socket(path: &Path, group: Option<&str>) -> Result<UnixListener, Ser
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
             return Err(ServerError::Config {
                 path: path.to_path_buf(),
-                problem: "a daemon already listens on this socket; stop it or pass another --socket".into(),
+                problem:
+                    "a daemon already listens on this socket; stop it or pass another --socket"
+                        .into(),
             });
         }
         std::fs::remove_file(path).map_err(|e| ServerError::io(path, e))?;
@@ -83,7 +85,15 @@ fn resolve_group(name: &str) -> Option<u32> {
     let mut buf = vec![0u8; 16 * 1024];
     let mut out: *mut libc::group = std::ptr::null_mut();
     // SAFETY: all pointers valid for the call.
-    let rc = unsafe { libc::getgrnam_r(c.as_ptr(), &mut grp, buf.as_mut_ptr().cast(), buf.len(), &mut out) };
+    let rc = unsafe {
+        libc::getgrnam_r(
+            c.as_ptr(),
+            &mut grp,
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            &mut out,
+        )
+    };
     (rc == 0 && !out.is_null()).then_some(grp.gr_gid)
 }
 
@@ -114,9 +124,11 @@ pub async fn serve(cfg: Config, catalog: Catalog) -> Result<(), ServerError> {
     let socket = cfg.socket();
     let unix = bind_socket(&socket, cfg.socket_group.as_deref())?;
     let tcp = match &cfg.listen {
-        Some(addr) => Some(TcpListener::bind(addr).await.map_err(|e| {
-            ServerError::io(PathBuf::from(format!("--listen {addr}")), e)
-        })?),
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|e| ServerError::io(PathBuf::from(format!("--listen {addr}")), e))?,
+        ),
         None => None,
     };
     let (daemon, sched) = Daemon::start(cfg.clone(), catalog, fleet)?;
@@ -160,8 +172,6 @@ pub async fn serve(cfg: Config, catalog: Catalog) -> Result<(), ServerError> {
     tracing::info!("shutting down; leases and the queue are kept in the state database");
     daemon.stop();
     let _ = std::fs::remove_file(&socket);
-    tokio::task::spawn_blocking(move || sched.join())
-        .await
-        .ok();
+    tokio::task::spawn_blocking(move || sched.join()).await.ok();
     result
 }

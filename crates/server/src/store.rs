@@ -362,8 +362,9 @@ impl Store {
 
     /// Every queued or leased request, by ID.
     pub fn active(&self) -> Result<Vec<RequestRow>, ServerError> {
-        let sql =
-            format!("SELECT {COLUMNS} FROM requests WHERE state IN ('queued', 'leased') ORDER BY id");
+        let sql = format!(
+            "SELECT {COLUMNS} FROM requests WHERE state IN ('queued', 'leased') ORDER BY id"
+        );
         self.query(&sql, [])
     }
 
@@ -437,7 +438,12 @@ impl Store {
     }
 
     /// Record the desired layout of a GPU (before changing it).
-    pub fn set_desired(&mut self, gpu: u32, layout: &[String], now_ms: u64) -> Result<(), ServerError> {
+    pub fn set_desired(
+        &mut self,
+        gpu: u32,
+        layout: &[String],
+        now_ms: u64,
+    ) -> Result<(), ServerError> {
         let text = serde_json::to_string(layout).map_err(|e| self.err(e))?;
         self.conn
             .execute(
@@ -472,7 +478,12 @@ impl Store {
 
     /// Append a journal record (`body` is the agent's entry as JSON); returns its sequence
     /// number. The transaction commits before this returns (durable, `synchronous=FULL`).
-    pub fn journal_append(&mut self, gpu: u32, body: &str, now_ms: u64) -> Result<u64, ServerError> {
+    pub fn journal_append(
+        &mut self,
+        gpu: u32,
+        body: &str,
+        now_ms: u64,
+    ) -> Result<u64, ServerError> {
         let sum = checksum(gpu, body);
         self.conn
             .execute(
@@ -517,6 +528,18 @@ impl Store {
             out.push(row);
         }
         Ok(out)
+    }
+
+    /// The GPU of journal record `seq`.
+    pub fn journal_gpu(&self, seq: u64) -> Result<Option<u32>, ServerError> {
+        self.conn
+            .query_row(
+                "SELECT gpu FROM journal WHERE seq = ?1",
+                params![seq as i64],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|e| self.err(e))
     }
 
     /// Keep only the newest `keep` journal records (call when no operation is cut short).
@@ -632,10 +655,17 @@ mod tests {
         assert!(s.grant(id, &slice, &env, 2000).unwrap());
         assert!(!s.grant(id, &slice, &env, 2001).unwrap(), "granted twice");
         let r = s.get(id).unwrap().unwrap();
-        assert_eq!((r.state, r.slice.as_ref(), r.leased_ms), (RequestState::Leased, Some(&slice), Some(2000)));
+        assert_eq!(
+            (r.state, r.slice.as_ref(), r.leased_ms),
+            (RequestState::Leased, Some(&slice), Some(2000))
+        );
         assert_eq!(r.env, env);
-        assert!(s.end(id, RequestState::Done, Some(3), "exit 3", 3000).unwrap());
-        assert!(!s.end(id, RequestState::Expired, None, "late", 3001).unwrap());
+        assert!(s
+            .end(id, RequestState::Done, Some(3), "exit 3", 3000)
+            .unwrap());
+        assert!(!s
+            .end(id, RequestState::Expired, None, "late", 3001)
+            .unwrap());
         let r = s.get(id).unwrap().unwrap();
         assert_eq!((r.state, r.exit_code), (RequestState::Done, Some(3)));
         assert!(s.active().unwrap().is_empty());
@@ -649,18 +679,34 @@ mod tests {
         let (a, b) = {
             let mut s = Store::open(&path).unwrap();
             let a = s
-                .insert(&new(1, SliceAsk::Mig { profile: "1g.10gb".into() }))
+                .insert(&new(
+                    1,
+                    SliceAsk::Mig {
+                        profile: "1g.10gb".into(),
+                    },
+                ))
                 .unwrap();
             let b = s.insert(&new(2, SliceAsk::Share)).unwrap();
             s.set_desired(0, &["1g.10gb@0".into()], 5).unwrap();
             s.set_drained(1, true).unwrap();
             s.bump("repartitions", 2).unwrap();
-            s.end(b, RequestState::Cancelled, None, "cancelled", 9).unwrap();
+            s.end(b, RequestState::Cancelled, None, "cancelled", 9)
+                .unwrap();
             (a, b)
         };
         let mut s = Store::open(&path).unwrap();
-        assert_eq!(s.active().unwrap().iter().map(|r| r.id).collect::<Vec<_>>(), vec![a]);
-        assert!(!s.grant(b, &Slice::Timeslice { gpu: 0, replica: 0 }, &BTreeMap::new(), 10).unwrap());
+        assert_eq!(
+            s.active().unwrap().iter().map(|r| r.id).collect::<Vec<_>>(),
+            vec![a]
+        );
+        assert!(!s
+            .grant(
+                b,
+                &Slice::Timeslice { gpu: 0, replica: 0 },
+                &BTreeMap::new(),
+                10
+            )
+            .unwrap());
         assert_eq!(s.desired().unwrap()[&0], vec!["1g.10gb@0".to_string()]);
         assert_eq!(s.drained().unwrap(), BTreeSet::from([1]));
         assert_eq!(s.counter("repartitions").unwrap(), 2);
@@ -677,7 +723,10 @@ mod tests {
         let rows = s.journal().unwrap();
         assert_eq!(rows.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![a, b]);
         s.conn
-            .execute("UPDATE journal SET body = 'tampered' WHERE seq = ?1", params![a as i64])
+            .execute(
+                "UPDATE journal SET body = 'tampered' WHERE seq = ?1",
+                params![a as i64],
+            )
             .unwrap();
         let e = s.journal().unwrap_err().to_string();
         assert!(e.contains(&format!("journal record {a}")), "{e}");
@@ -692,8 +741,11 @@ mod tests {
         let path = dir.path().join("t.db");
         drop(Store::open(&path).unwrap());
         let conn = Connection::open(&path).unwrap();
-        conn.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'", [])
-            .unwrap();
+        conn.execute(
+            "UPDATE meta SET value = '99' WHERE key = 'schema_version'",
+            [],
+        )
+        .unwrap();
         drop(conn);
         let e = Store::open(&path).err().unwrap().to_string();
         assert!(e.contains("schema version 99") && e.contains("t.db"), "{e}");

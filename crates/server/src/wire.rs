@@ -448,7 +448,7 @@ pub fn parse_duration_ms(text: &str) -> Result<u64, String> {
 
 /// `12 GiB`, `512 MiB`, `1.5 GiB`.
 pub fn format_mib(mib: u64) -> String {
-    if mib >= 1024 && mib % 1024 == 0 {
+    if mib >= 1024 && mib.trailing_zeros() >= 10 {
         format!("{}GiB", mib / 1024)
     } else if mib >= 1024 {
         format!("{:.1}GiB", mib as f64 / 1024.0)
@@ -482,7 +482,9 @@ mod tests {
         assert_eq!(parse_size_mib("512MiB").unwrap(), 512);
         assert_eq!(parse_size_mib("1.5G").unwrap(), 1536);
         assert_eq!(parse_size_mib("100").unwrap(), 100);
-        assert!(parse_size_mib("12 parsecs").unwrap_err().contains("unknown unit"));
+        assert!(parse_size_mib("12 parsecs")
+            .unwrap_err()
+            .contains("unknown unit"));
         assert!(parse_size_mib("GiB").is_err());
         assert!(parse_size_mib("0").is_err());
     }
@@ -510,7 +512,11 @@ mod tests {
         ];
         for a in asks {
             let text = serde_json::to_string(&a).unwrap();
-            assert_eq!(serde_json::from_str::<SliceAsk>(&text).unwrap(), a, "{text}");
+            assert_eq!(
+                serde_json::from_str::<SliceAsk>(&text).unwrap(),
+                a,
+                "{text}"
+            );
         }
         let body: SubmitBody =
             serde_json::from_str(r#"{"slice": {"kind": "mig", "profile": "1g.10gb"}}"#).unwrap();

@@ -3,10 +3,17 @@
 pub mod agent;
 pub mod bench;
 pub mod bench_sharing;
+pub mod cancel;
 pub mod catalog;
 pub mod check;
+pub mod demo;
+pub mod drain;
 pub mod gpus;
 pub mod layouts;
 pub mod profiles;
+pub mod ps;
+pub mod run;
+pub mod serve;
 pub mod sim;
 pub mod sim_gpu;
+pub mod status;

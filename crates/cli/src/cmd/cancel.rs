@@ -1,0 +1,36 @@
+//! `tessera cancel ID`: cancel one of your requests (root: anyone's). A queued request leaves
+//! the queue; a leased one is told to stop: its `tessera run` sends SIGTERM to the command
+//! (SIGKILL 10 s later) and the slice is freed once the command has stopped.
+
+use std::process::ExitCode;
+
+use tessera_server::wire::RequestState;
+
+use super::ps::{block_on, client_error, ps_table, SocketArg};
+use crate::output::{emit, CliError, Ctx};
+
+/// Arguments of `tessera cancel`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    pub socket: SocketArg,
+    /// The request ID (`tessera ps` lists them).
+    pub id: u64,
+}
+
+/// Run the command.
+pub fn run(args: &Args, ctx: &Ctx) -> Result<ExitCode, CliError> {
+    let client = args.socket.client();
+    let v = block_on(client.cancel(args.id))?.map_err(client_error)?;
+    emit(ctx.output, &v, || {
+        let line = match v.state {
+            RequestState::Leased => format!(
+                "request {}: lease cancelled; its command is being stopped\n",
+                v.id
+            ),
+            _ => format!("request {} cancelled\n", v.id),
+        };
+        format!("{line}{}", ps_table(std::slice::from_ref(&v)))
+    })?;
+    Ok(ExitCode::SUCCESS)
+}

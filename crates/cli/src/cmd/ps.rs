@@ -1,0 +1,124 @@
+//! `tessera ps`: your requests and leases (root: everyone's): id, user, slice, state, time
+//! waited and time running. Also the helpers every daemon client command shares.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use tessera_server::client::{Client, ClientError};
+use tessera_server::wire::{format_ms, RequestState, RequestView};
+
+use crate::output::{emit, table, CliError, Ctx};
+
+/// The daemon's socket, shared by every client command.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SocketArg {
+    /// The daemon's Unix socket. Default: $TESSERA_SOCKET, else
+    /// $XDG_RUNTIME_DIR/tessera/tessera.sock, else /tmp/tessera/tessera.sock.
+    #[arg(long, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+}
+
+impl SocketArg {
+    /// A client of the chosen socket.
+    pub fn client(&self) -> Client {
+        Client::new(
+            self.socket
+                .clone()
+                .unwrap_or_else(tessera_server::config::default_socket),
+        )
+    }
+}
+
+/// Run a future on a small runtime of this thread.
+pub fn block_on<F: Future>(f: F) -> Result<F::Output, CliError> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::Other(format!("cannot start the async runtime: {e}")))?;
+    Ok(rt.block_on(f))
+}
+
+/// A client error as the CLI reports it.
+pub fn client_error(e: ClientError) -> CliError {
+    CliError::Other(e.to_string())
+}
+
+/// Arguments of `tessera ps`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    pub socket: SocketArg,
+    /// Also list the 100 most recently ended requests.
+    #[arg(short, long)]
+    pub all: bool,
+}
+
+/// What a request holds or wants, in a few words.
+pub fn slice_text(v: &RequestView) -> String {
+    match &v.slice {
+        Some(s) => s.to_string(),
+        None => {
+            let mut t = format!("({})", v.ask);
+            if let Some(m) = &v.gpu_model {
+                t.push_str(&format!(" on {m}"));
+            }
+            t
+        }
+    }
+}
+
+/// The state, with the queue place while queued.
+pub fn state_text(v: &RequestView) -> String {
+    match (v.state, v.position, v.queue_length) {
+        (RequestState::Queued, Some(p), Some(n)) => format!("queued {p}/{n}"),
+        (RequestState::Leased, _, _) if v.cancel_requested => "leased (cancelling)".into(),
+        (RequestState::Done, _, _) => match &v.end_reason {
+            Some(r) => format!("done ({r})"),
+            None => "done".into(),
+        },
+        (RequestState::Expired, _, _) => match &v.end_reason {
+            Some(r) => format!("expired ({r})"),
+            None => "expired".into(),
+        },
+        (s, _, _) => s.to_string(),
+    }
+}
+
+/// The `ps` table.
+pub fn ps_table(rows: &[RequestView]) -> String {
+    if rows.is_empty() {
+        return "no requests\n".into();
+    }
+    let mut t = table(&[
+        "ID", "USER", "SLICE", "STATE", "WAITED", "RUNNING", "COMMAND",
+    ]);
+    for v in rows {
+        let mut cmd = v.command.join(" ");
+        if cmd.chars().count() > 40 {
+            cmd = cmd.chars().take(39).collect::<String>() + "…";
+        }
+        t.add_row(vec![
+            v.id.to_string(),
+            v.user.clone(),
+            slice_text(v),
+            state_text(v),
+            format_ms(v.waited_ms),
+            if v.running_ms > 0 || v.state == RequestState::Leased {
+                format_ms(v.running_ms)
+            } else {
+                "-".into()
+            },
+            cmd,
+        ]);
+    }
+    format!("{t}\n")
+}
+
+/// Run the command.
+pub fn run(args: &Args, ctx: &Ctx) -> Result<ExitCode, CliError> {
+    let client = args.socket.client();
+    let rows = block_on(client.list(args.all))?.map_err(client_error)?;
+    emit(ctx.output, &rows, || ps_table(&rows))?;
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,101 @@
+//! `tessera serve`: run the daemon that queues slice requests and leases GPU slices.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use tessera_server::config::{BackendChoice, Config};
+
+use crate::output::{CliError, Ctx};
+
+/// Arguments of `tessera serve`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// GPU backend: `auto` uses NVML when a GPU is found, else a simulated fleet.
+    #[arg(long, value_enum)]
+    pub backend: Option<BackendArg>,
+    /// Simulated fleet (`--backend sim`, or `auto` without a GPU): MODEL:COUNT[,MODEL:COUNT].
+    #[arg(long, value_name = "LIST")]
+    pub sim_gpus: Option<String>,
+    /// State directory (SQLite database, simulated GPUs, MPS pipes).
+    /// Default: $XDG_RUNTIME_DIR/tessera/state, else /tmp/tessera/state.
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Unix socket of the API (mode 0660).
+    /// Default: $TESSERA_SOCKET, else $XDG_RUNTIME_DIR/tessera/tessera.sock, else /tmp/tessera/tessera.sock.
+    #[arg(long, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+    /// Also serve the API and /metrics over HTTP on this address (needs a bearer token:
+    /// $TESSERA_TOKEN, or token_file in the config).
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<String>,
+    /// YAML configuration (per-GPU modes, scheduler and lease settings); flags override it.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+}
+
+/// `--backend` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BackendArg {
+    /// NVML when a GPU is found, else simulated.
+    Auto,
+    /// Real GPUs only.
+    Nvml,
+    /// Simulated GPUs only.
+    Sim,
+}
+
+/// The configuration the flags describe (file first, flags on top).
+pub fn resolve_config(args: &Args) -> Result<Config, CliError> {
+    let mut cfg = match &args.config {
+        Some(path) => Config::load(path).map_err(|e| CliError::Usage(e.to_string()))?,
+        None => Config::default(),
+    };
+    if let Some(b) = args.backend {
+        cfg.backend = match b {
+            BackendArg::Auto => BackendChoice::Auto,
+            BackendArg::Nvml => BackendChoice::Nvml,
+            BackendArg::Sim => BackendChoice::Sim,
+        };
+    }
+    if let Some(s) = &args.sim_gpus {
+        tessera_server::config::parse_sim_gpus(s)
+            .map_err(|e| CliError::Usage(format!("--sim-gpus: {e}")))?;
+        cfg.sim_gpus = s.clone();
+    }
+    if let Some(d) = &args.state_dir {
+        cfg.state_dir = Some(d.clone());
+    }
+    if let Some(s) = &args.socket {
+        cfg.socket = Some(s.clone());
+    }
+    if let Some(l) = &args.listen {
+        cfg.listen = Some(l.clone());
+    }
+    Ok(cfg)
+}
+
+/// Log to stderr; `RUST_LOG` overrides the default level (info).
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false)
+        .try_init();
+}
+
+/// Run the command.
+pub fn run(args: &Args, ctx: &Ctx) -> Result<ExitCode, CliError> {
+    let cfg = resolve_config(args)?;
+    init_logging();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::Other(format!("cannot start the async runtime: {e}")))?;
+    rt.block_on(tessera_server::serve::serve(cfg, ctx.catalog.clone()))
+        .map_err(|e| CliError::Other(e.to_string()))?;
+    Ok(ExitCode::SUCCESS)
+}
