@@ -341,7 +341,14 @@ fn a_forced_repartition_that_would_touch_a_lease_is_refused_and_changes_nothing(
     let Some(Slice::Mig { uuid, start, .. }) = leased.slice.clone() else {
         panic!("{leased:?}")
     };
-    let before = block(client.status()).unwrap();
+    let before = poll(10, "the lease in the status", || {
+        let st = block(client.status()).ok()?;
+        st.gpus[0]
+            .instances
+            .iter()
+            .any(|i| i.lease == Some(leased.id))
+            .then_some(st)
+    });
     let err = block(client.set_layout(0, &["7g.80gb@0".into()])).unwrap_err();
     match &err {
         ClientError::Api {
@@ -558,4 +565,58 @@ fn another_user_cannot_see_or_cancel_a_request() {
     block(client.cancel(lease.id)).unwrap();
     let st = wait_child(&mut alice, 30, "alice's run");
     assert_eq!(st.code(), Some(143));
+}
+
+#[test]
+fn signals_reach_the_command_and_a_waiting_request_is_withdrawn() {
+    let dir = temp_dir();
+    let d = Daemon::start(
+        dir.path(),
+        "sim_gpus: h100-80gb:1\nscheduler: {tick_ms: 100}\n",
+    );
+    let client = d.client();
+    let mut a = d
+        .cli(&[
+            "run",
+            "-q",
+            "--mig",
+            "7g.80gb",
+            "--",
+            "sh",
+            "-c",
+            "trap 'kill $!; exit 7' TERM; sleep 30 & wait",
+        ])
+        .spawn()
+        .unwrap();
+    let lease = poll(30, "the lease", || {
+        block(client.list(false))
+            .ok()?
+            .into_iter()
+            .find(|v| v.state == RequestState::Leased)
+    });
+    let mut b = d
+        .cli(&["run", "-q", "--mig", "1g.10gb", "--", "true"])
+        .spawn()
+        .unwrap();
+    let waiting = poll(30, "the queued request", || {
+        block(client.list(false))
+            .ok()?
+            .into_iter()
+            .find(|v| v.state == RequestState::Queued)
+    });
+    // SIGINT while waiting withdraws the request: exit 130.
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(b.id() as i32, libc::SIGINT) };
+    assert_eq!(wait_child(&mut b, 30, "the waiting run").code(), Some(130));
+    let w = block(client.get(waiting.id)).unwrap();
+    assert_eq!(w.state, RequestState::Cancelled, "{w:?}");
+    // SIGTERM to `tessera run` reaches CMD, whose exit code comes back.
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(a.id() as i32, libc::SIGTERM) };
+    assert_eq!(wait_child(&mut a, 30, "the running run").code(), Some(7));
+    let v = poll(10, "the release", || {
+        let v = block(client.get(lease.id)).ok()?;
+        (v.state == RequestState::Done).then_some(v)
+    });
+    assert_eq!(v.exit_code, Some(7));
 }

@@ -228,3 +228,54 @@ fn a_drained_gpu_gets_no_new_lease_and_is_emptied() {
         .unwrap();
     assert!(out.status.success());
 }
+
+fn http(port: u16, method: &str, path: &str, token: Option<&str>, body: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: x\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).unwrap();
+    let r = tessera_server::client::parse_response(&buf).unwrap();
+    (r.status, String::from_utf8_lossy(&r.body).into_owned())
+}
+
+#[test]
+fn http_needs_the_bearer_token_and_serves_metrics() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dir = temp_dir();
+    let d = Daemon::start(
+        dir.path(),
+        &format!("sim_gpus: h100-80gb:1\nlisten: 127.0.0.1:{port}\ntoken: s3cret-token\n"),
+    );
+    server_common::poll(20, "the HTTP listener", || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+    });
+    assert_eq!(http(port, "GET", "/v1/status", None, "").0, 401);
+    assert_eq!(http(port, "GET", "/v1/status", Some("wrong"), "").0, 401);
+    let (code, body) = http(port, "GET", "/v1/status", Some("s3cret-token"), "");
+    assert_eq!(code, 200, "{body}");
+    let (code, body) = http(
+        port,
+        "POST",
+        "/v1/requests",
+        Some("s3cret-token"),
+        "{\"slice\": {\"kind\": \"mig\", \"profile\": \"1g.10gb\"}}",
+    );
+    assert_eq!(code, 201, "{body}");
+    let (code, body) = http(port, "GET", "/metrics", None, "");
+    assert_eq!(code, 200);
+    assert!(body.contains("tessera_queue_length"), "{body}");
+    drop(d);
+}

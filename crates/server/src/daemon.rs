@@ -1226,6 +1226,13 @@ impl Scheduler {
                     if self.serve(r, serve, &mut gpus, &mut errors) {
                         granted.insert(r.id);
                         changed = true;
+                        // Status shows a lease as soon as the database does.
+                        self.publish(
+                            &gpus,
+                            &reservations,
+                            errors.clone(),
+                            queue.len() - granted.len(),
+                        );
                     }
                 }
                 None => {
@@ -1240,14 +1247,7 @@ impl Scheduler {
             }
         }
 
-        self.publish(
-            &gpus,
-            &reservations,
-            errors,
-            queue.len() - granted.len(),
-            &active,
-            &granted,
-        );
+        self.publish(&gpus, &reservations, errors, queue.len() - granted.len());
         if changed {
             self.d.changed();
         }
@@ -1398,8 +1398,6 @@ impl Scheduler {
         reservations: &[Reservation],
         errors: BTreeMap<u32, String>,
         queued: usize,
-        _active: &[RequestRow],
-        _granted: &BTreeSet<u64>,
     ) {
         let m = &self.inner().metrics;
         m.queue_length.set(queued as i64);

@@ -281,7 +281,7 @@ async fn session(
             )
         }
     };
-    release_with_retry(&client, id, &release, quiet).await;
+    release_with_retry(&client, id, &release, &mut signals, quiet).await;
     Ok(ExitCode::from(code.clamp(0, 255) as u8))
 }
 
@@ -457,9 +457,15 @@ async fn run_command(
     }
 }
 
-/// Tell the daemon CMD ended; retry for a minute while the daemon is down (it also notices
-/// on its own that this process is gone).
-async fn release_with_retry(client: &Client, id: u64, body: &ReleaseBody, quiet: bool) {
+/// Tell the daemon CMD ended; retry for a minute while the daemon is down, or until a signal
+/// arrives (the daemon also notices on its own that this process is gone).
+async fn release_with_retry(
+    client: &Client,
+    id: u64,
+    body: &ReleaseBody,
+    signals: &mut mpsc::UnboundedReceiver<Sig>,
+    quiet: bool,
+) {
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut told = false;
     loop {
@@ -470,7 +476,10 @@ async fn release_with_retry(client: &Client, id: u64, body: &ReleaseBody, quiet:
                     say(quiet, &format!("{e}; retrying the release"));
                     told = true;
                 }
-                tokio::time::sleep(Duration::from_millis(250)).await;
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+                    Some(_) = signals.recv() => return,
+                }
             }
             Err(e) => {
                 say(quiet, &format!("could not release request {id}: {e}"));
