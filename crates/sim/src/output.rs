@@ -318,6 +318,10 @@ where
         .map_err(text)?;
     chart
         .configure_mesh()
+        .light_line_style(TRANSPARENT)
+        .bold_line_style(BLACK.mix(0.12))
+        .x_label_formatter(&|v| format!("{v:.0}"))
+        .y_label_formatter(&|v| format!("{v:.0}"))
         .x_desc("Arrived workload (% of GPU compute slices)")
         .y_desc("Allocated (% of slices)")
         .label_style(("sans-serif", 15))
@@ -349,42 +353,54 @@ where
         .draw()
         .map_err(text)?;
 
+    // Zoom on 95-130 % arrived; the scale follows the policies that stay close to the ideal,
+    // and a policy far above it is drawn along the top edge and named in a note.
+    const X0: f64 = 95.0;
     let zoom: Vec<(PolicyKind, Vec<(f64, f64)>)> = series
         .iter()
         .map(|(p, pts)| {
-            (
-                *p,
-                pts.iter()
-                    .filter(|(x, _)| *x >= 70.0)
-                    .map(|&(x, y)| (x, 100.0 - y))
-                    .collect(),
-            )
+            let z = pts
+                .iter()
+                .filter(|(x, _)| *x >= X0)
+                .map(|&(x, y)| (x, 100.0 - y))
+                .collect();
+            (*p, z)
         })
         .collect();
-    let ymax = zoom
+    let at100 = |pts: &[(f64, f64)]| {
+        pts.iter()
+            .find(|(x, _)| *x >= 100.0)
+            .map_or(0.0, |p| p.1)
+    };
+    let mut levels: Vec<f64> = zoom.iter().map(|(_, pts)| at100(pts)).collect();
+    levels.sort_by(f64::total_cmp);
+    let median = levels.get(levels.len() / 2).copied().unwrap_or(1.0);
+    let near: f64 = zoom
         .iter()
-        .flat_map(|(_, pts)| pts.iter().map(|p| p.1))
-        .fold(5.0f64, f64::max);
-    let ymax = (ymax / 5.0).ceil() * 5.0;
+        .filter(|(_, pts)| at100(pts) <= 3.0 * median.max(0.5))
+        .flat_map(|(_, pts)| pts.iter().filter(|p| p.0 >= 100.0).map(|p| p.1))
+        .fold(1.0f64, f64::max);
+    let ymax = ((near * 1.5) / 0.5).ceil() * 0.5;
     let mut chart = ChartBuilder::on(&right)
         .margin(16)
         .x_label_area_size(44)
         .y_label_area_size(56)
-        .caption(
-            "Unallocated GPU compute (lower is better)",
-            ("sans-serif", 20),
-        )
-        .build_cartesian_2d(70f64..130f64, 0f64..ymax)
+        .caption("Unallocated GPU compute (zoom, lower is better)", ("sans-serif", 20))
+        .build_cartesian_2d(X0..130f64, 0f64..ymax)
         .map_err(text)?;
     chart
         .configure_mesh()
+        .light_line_style(TRANSPARENT)
+        .bold_line_style(BLACK.mix(0.12))
+        .x_label_formatter(&|v| format!("{v:.0}"))
+        .y_label_formatter(&|v| format!("{v:.1}"))
         .x_desc("Arrived workload (% of GPU compute slices)")
         .y_desc("Unallocated (% of slices)")
         .label_style(("sans-serif", 15))
         .axis_desc_style(("sans-serif", 16))
         .draw()
         .map_err(text)?;
-    let x0 = (100.0 - ymax).max(70.0);
+    let x0 = (100.0 - ymax).max(X0);
     chart
         .draw_series(LineSeries::new(
             [(x0, 100.0 - x0), (100.0, 0.0), (130.0, 0.0)],
@@ -397,12 +413,32 @@ where
             ShapeStyle::from(&BLACK.mix(0.2)).stroke_width(1),
         )))
         .map_err(text)?;
+    let mut off = Vec::new();
     for (p, pts) in &zoom {
+        if at100(pts) > ymax {
+            off.push(format!("{p}: {:.1} % at 100 % (off scale)", at100(pts)));
+        }
         chart
             .draw_series(LineSeries::new(
-                pts.iter().copied(),
+                pts.iter().map(|&(x, y)| (x, y.min(ymax))),
                 colour(*p).stroke_width(2),
             ))
+            .map_err(text)?;
+        // The value at 100 % arrived, as a dot.
+        let y = at100(pts);
+        if y <= ymax {
+            chart
+                .draw_series(std::iter::once(Circle::new((100.0, y), 4, colour(*p).filled())))
+                .map_err(text)?;
+        }
+    }
+    for (i, note) in off.iter().enumerate() {
+        chart
+            .draw_series(std::iter::once(Text::new(
+                note.clone(),
+                (X0 + 12.0, ymax * (0.93 - 0.07 * i as f64)),
+                ("sans-serif", 16),
+            )))
             .map_err(text)?;
     }
     root.present().map_err(text)?;
@@ -442,6 +478,10 @@ where
         .map_err(text)?;
     chart
         .configure_mesh()
+        .light_line_style(TRANSPARENT)
+        .bold_line_style(BLACK.mix(0.12))
+        .x_label_formatter(&|v| format!("{v:.0}"))
+        .y_label_formatter(&|v| format!("{v:.0}"))
         .x_desc("Time (days since the trace start)")
         .y_desc("Allocated (% of slices)")
         .label_style(("sans-serif", 15))
@@ -477,6 +517,10 @@ where
         .map_err(text)?;
     chart
         .configure_mesh()
+        .light_line_style(TRANSPARENT)
+        .bold_line_style(BLACK.mix(0.12))
+        .x_label_formatter(&|v| format!("{v:.0}"))
+        .y_label_formatter(&|v| format!("{v:.0}"))
         .x_desc("Time (days since the trace start)")
         .y_desc("Queued pods")
         .label_style(("sans-serif", 15))

@@ -212,12 +212,12 @@ fn saturate_table(r: &SaturateReport) -> String {
         "ALLOCATED@100%",
         "UNALLOCATED@100%",
         "SD",
-        "GPU_MILLI SERVED@100%",
+        "MILLI SERVED@100%",
         "ALLOCATED@130%",
-        "FAILED PODS@100%",
+        "FAILED@100%",
         "CREATES",
         "DESTROYS",
-        "RE-PARTITIONS",
+        "REPARTITIONS",
         "BUSY DESTROYED",
     ]);
     for p in &r.policies {
@@ -249,14 +249,14 @@ fn replay_table(r: &ReplayReport) -> String {
     let mut t = table(&[
         "POLICY",
         "DELAY MEAN",
-        "DELAY P95",
-        "DELAY MAX",
-        "DELAYED PODS",
-        "MEAN: SHARED / WHOLE / MULTI",
+        "P95",
+        "MAX",
+        "DELAYED",
+        "MEAN SHARED/WHOLE/MULTI",
         "NEVER STARTED",
-        "ALLOCATED MEAN",
-        "ALLOCATED PEAK",
-        "RE-PARTITIONS",
+        "ALLOC MEAN",
+        "ALLOC PEAK",
+        "REPARTITIONS",
         "CREATES",
         "DESTROYS",
         "BUSY DESTROYED",
@@ -270,9 +270,10 @@ fn replay_table(r: &ReplayReport) -> String {
             p.delayed_gpu_pods.to_string(),
             p.delay_by_class
                 .iter()
-                .map(|c| format!("{:.0} s", c.mean_s))
+                .map(|c| format!("{:.0}", c.mean_s))
                 .collect::<Vec<_>>()
-                .join(" / "),
+                .join(" / ")
+                + " s",
             p.never_started.to_string(),
             format!("{:.2} %", p.allocated_mean_pct),
             format!("{:.2} %", p.allocated_peak_pct),
