@@ -367,11 +367,7 @@ where
             (*p, z)
         })
         .collect();
-    let at100 = |pts: &[(f64, f64)]| {
-        pts.iter()
-            .find(|(x, _)| *x >= 100.0)
-            .map_or(0.0, |p| p.1)
-    };
+    let at100 = |pts: &[(f64, f64)]| pts.iter().find(|(x, _)| *x >= 100.0).map_or(0.0, |p| p.1);
     let mut levels: Vec<f64> = zoom.iter().map(|(_, pts)| at100(pts)).collect();
     levels.sort_by(f64::total_cmp);
     let median = levels.get(levels.len() / 2).copied().unwrap_or(1.0);
@@ -385,7 +381,10 @@ where
         .margin(16)
         .x_label_area_size(44)
         .y_label_area_size(56)
-        .caption("Unallocated GPU compute (zoom, lower is better)", ("sans-serif", 20))
+        .caption(
+            "Unallocated GPU compute (zoom, lower is better)",
+            ("sans-serif", 20),
+        )
         .build_cartesian_2d(X0..130f64, 0f64..ymax)
         .map_err(text)?;
     chart
@@ -428,7 +427,11 @@ where
         let y = at100(pts);
         if y <= ymax {
             chart
-                .draw_series(std::iter::once(Circle::new((100.0, y), 4, colour(*p).filled())))
+                .draw_series(std::iter::once(Circle::new(
+                    (100.0, y),
+                    4,
+                    colour(*p).filled(),
+                )))
                 .map_err(text)?;
         }
     }

@@ -143,48 +143,69 @@ impl<'m> Planned<'m> {
         Ok(Placed::new(p, start))
     }
 
+    /// Busy instances of the real GPU (n, g) that a GPU plan would destroy, either by listing
+    /// them in `destroy` or by leaving them out of the new `layout`. `reserved` instances count
+    /// as busy too (taken by an earlier request of the same pod).
+    fn busy_violations(
+        &self,
+        cluster: &Cluster,
+        n: usize,
+        g: usize,
+        gp: &GpuPlan,
+        reserved: &[Placed],
+    ) -> Result<u64, SimError> {
+        let mut layout = Vec::with_capacity(gp.layout.len());
+        for l in &gp.layout {
+            layout.push(self.placed_of(&l.profile, l.start)?);
+        }
+        let mut destroys = Vec::with_capacity(gp.destroy.len());
+        for d in &gp.destroy {
+            destroys.push(self.placed_of(&d.profile, d.start)?);
+        }
+        Ok(cluster.nodes[n].gpus[g]
+            .instances()
+            .iter()
+            .filter(|i| i.pod.is_some() || reserved.contains(&i.placed))
+            .filter(|i| destroys.contains(&i.placed) || !layout.contains(&i.placed))
+            .count() as u64)
+    }
+
+    /// Count the busy instances that changes planned for GPUs that get no pod would destroy
+    /// (they are not applied, but every plan is checked).
+    fn check_unapplied(
+        &self,
+        cluster: &mut Cluster,
+        gps: impl Iterator<Item = (usize, usize, GpuPlan)>,
+    ) -> Result<(), SimError> {
+        for (n, g, gp) in gps {
+            let v = self.busy_violations(cluster, n, g, &gp, &[])?;
+            cluster.counters.busy_destroyed += v;
+        }
+        Ok(())
+    }
+
     /// Apply one GPU's plan to the real GPU (n, g). Returns false when the plan would destroy a
-    /// busy instance (refused and counted; nothing is applied).
+    /// busy (or `reserved`) instance: that is counted in `busy_destroyed` and nothing is applied.
     fn apply(
         &self,
         cluster: &mut Cluster,
         n: usize,
         g: usize,
         gp: &GpuPlan,
+        reserved: &[Placed],
     ) -> Result<bool, SimError> {
+        let v = self.busy_violations(cluster, n, g, gp, reserved)?;
+        if v > 0 {
+            cluster.counters.busy_destroyed += v;
+            return Ok(false);
+        }
         let mut destroys = Vec::with_capacity(gp.destroy.len());
         for d in &gp.destroy {
             destroys.push(self.placed_of(&d.profile, d.start)?);
         }
-        let busy: Vec<Placed> = destroys
-            .iter()
-            .copied()
-            .filter(|&p| {
-                cluster.nodes[n].gpus[g]
-                    .find(p)
-                    .is_some_and(|i| i.pod.is_some())
-            })
-            .collect();
-        if !busy.is_empty() {
-            for p in busy {
-                // Refused by the cluster, which counts it in `busy_destroyed`.
-                let _ = cluster.destroy(n, g, p);
-            }
-            return Ok(false);
-        }
-        // Busy instances missing from the new layout would be destroyed too.
         let mut layout = Vec::with_capacity(gp.layout.len());
         for l in &gp.layout {
             layout.push(self.placed_of(&l.profile, l.start)?);
-        }
-        let lost = cluster.nodes[n].gpus[g]
-            .instances()
-            .iter()
-            .filter(|i| i.pod.is_some() && !layout.contains(&i.placed))
-            .count() as u64;
-        if lost > 0 {
-            cluster.counters.busy_destroyed += lost;
-            return Ok(false);
         }
         if !destroys.is_empty() {
             cluster.note_repartition();
@@ -274,6 +295,16 @@ impl<'m> Planned<'m> {
         let changed = plan.gpus.iter().filter(|g| g.changed()).count() as u64;
         let Some(a) = plan.assignments.iter().find(|a| a.request == request.id) else {
             self.unapplied_changes += changed;
+            let others: Vec<(usize, usize, GpuPlan)> = plan
+                .gpus
+                .iter()
+                .filter(|x| x.changed())
+                .filter_map(|x| {
+                    let c: usize = x.node.strip_prefix('s')?.parse().ok()?;
+                    Some((classes.get(c)?[0], x.gpu, x.clone()))
+                })
+                .collect();
+            self.check_unapplied(cluster, others.into_iter())?;
             return Ok(false);
         };
         let AssignedSlice::Mig { profile, start } = &a.slice else {
@@ -295,7 +326,17 @@ impl<'m> Planned<'m> {
                 self.planner_err(format!("the plan has no GPU {} on `{}`", g, a.node))
             })?;
         self.unapplied_changes += changed - u64::from(gp.changed());
-        if !self.apply(cluster, n, g, gp)? {
+        let others: Vec<(usize, usize, GpuPlan)> = plan
+            .gpus
+            .iter()
+            .filter(|x| x.changed() && !(x.node == a.node && x.gpu == g))
+            .filter_map(|x| {
+                let c: usize = x.node.strip_prefix('s')?.parse().ok()?;
+                Some((classes.get(c)?[0], x.gpu, x.clone()))
+            })
+            .collect();
+        self.check_unapplied(cluster, others.into_iter())?;
+        if !self.apply(cluster, n, g, gp, &[])? {
             return Ok(false);
         }
         let placed = self.placed_of(profile, *start)?;
@@ -352,6 +393,13 @@ impl<'m> Planned<'m> {
                 let changed = plan.gpus.iter().filter(|g| g.changed()).count() as u64;
                 let Some(a) = plan.assignments.first() else {
                     self.unapplied_changes += changed;
+                    let others: Vec<(usize, usize, GpuPlan)> = plan
+                        .gpus
+                        .iter()
+                        .filter(|x| x.changed())
+                        .map(|x| (n, x.gpu, x.clone()))
+                        .collect();
+                    self.check_unapplied(cluster, others.into_iter())?;
                     continue 'node;
                 };
                 let AssignedSlice::Mig { profile, start } = &a.slice else {
@@ -363,9 +411,21 @@ impl<'m> Planned<'m> {
                         self.planner_err(format!("the plan has no GPU {}", a.gpu))
                     })?;
                 self.unapplied_changes += changed - u64::from(gp.changed());
+                let others: Vec<(usize, usize, GpuPlan)> = plan
+                    .gpus
+                    .iter()
+                    .filter(|x| x.changed() && x.gpu != a.gpu)
+                    .map(|x| (n, x.gpu, x.clone()))
+                    .collect();
+                self.check_unapplied(cluster, others.into_iter())?;
                 // An instance taken by an earlier request is marked used, so the planner
                 // cannot destroy it; `apply` refuses (and counts) it if it tried.
-                if !self.apply(cluster, n, a.gpu, gp)? {
+                let reserved: Vec<Placed> = taken
+                    .iter()
+                    .filter(|(g, _)| *g == a.gpu)
+                    .map(|&(_, p)| p)
+                    .collect();
+                if !self.apply(cluster, n, a.gpu, gp, &reserved)? {
                     continue 'node;
                 }
                 taken.push((a.gpu, placed));
@@ -410,5 +470,115 @@ impl Placer for Planned<'_> {
             calls: self.calls,
             unapplied_changes: self.unapplied_changes,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::trace::TraceNode;
+    use tessera_planner::{GpuMode, InstanceRef};
+
+    fn iref(profile: &str, start: u8) -> InstanceRef {
+        InstanceRef {
+            profile: profile.into(),
+            start,
+        }
+    }
+
+    fn gpu_plan(
+        layout: Vec<InstanceRef>,
+        create: Vec<InstanceRef>,
+        destroy: Vec<InstanceRef>,
+    ) -> GpuPlan {
+        GpuPlan {
+            node: "s000000".into(),
+            gpu: 0,
+            model: "a100-80gb".into(),
+            mode: GpuMode::Mig,
+            layout,
+            create,
+            destroy,
+        }
+    }
+
+    #[test]
+    fn a_plan_that_would_destroy_busy_work_is_refused_and_counted() {
+        let model = Catalog::builtin().lookup("a100-80gb").unwrap();
+        let nodes = [TraceNode {
+            name: "n".into(),
+            cpu_milli: 1000,
+            memory_mib: 1000,
+            gpus: 1,
+            model: "G2".into(),
+        }];
+        let mut cluster = Cluster::new(model, &nodes);
+        let busy = model.parse_spec("4g.40gb@0").unwrap();
+        let free = model.parse_spec("3g.40gb@4").unwrap();
+        cluster.create(0, 0, busy, false).unwrap();
+        cluster.create(0, 0, free, false).unwrap();
+        cluster
+            .bind(
+                1,
+                10,
+                10,
+                Binding {
+                    node: 0,
+                    instances: vec![(0, busy)],
+                },
+            )
+            .unwrap();
+        let planned = Planned::new(Mapping::new(model).unwrap(), PolicyKind::Tessera);
+
+        // Destroying the busy instance outright.
+        let gp = gpu_plan(
+            vec![iref("7g.80gb", 0)],
+            vec![iref("7g.80gb", 0)],
+            vec![iref("4g.40gb", 0), iref("3g.40gb", 4)],
+        );
+        assert!(!planned.apply(&mut cluster, 0, 0, &gp, &[]).unwrap());
+        assert_eq!(cluster.counters.busy_destroyed, 1);
+        // Leaving it out of the new layout without saying so.
+        let gp = gpu_plan(vec![iref("3g.40gb", 4)], vec![], vec![]);
+        assert!(!planned.apply(&mut cluster, 0, 0, &gp, &[]).unwrap());
+        assert_eq!(cluster.counters.busy_destroyed, 2);
+        // Destroying an instance reserved for the same pod.
+        let gp = gpu_plan(
+            vec![iref("4g.40gb", 0), iref("2g.20gb", 4)],
+            vec![iref("2g.20gb", 4)],
+            vec![iref("3g.40gb", 4)],
+        );
+        assert!(!planned.apply(&mut cluster, 0, 0, &gp, &[free]).unwrap());
+        assert_eq!(cluster.counters.busy_destroyed, 3);
+        // Nothing was changed by the refused plans.
+        assert_eq!(cluster.nodes[0].gpus[0].instances().len(), 2);
+        // The same change without the reservation is a valid re-partition of free space.
+        assert!(planned.apply(&mut cluster, 0, 0, &gp, &[]).unwrap());
+        assert_eq!(cluster.counters.busy_destroyed, 3);
+        assert_eq!(
+            (cluster.counters.destroys, cluster.counters.repartitions),
+            (1, 1)
+        );
+        cluster.check().unwrap();
+    }
+
+    #[test]
+    fn a_plan_whose_layout_disagrees_with_its_operations_is_an_error() {
+        let model = Catalog::builtin().lookup("a100-80gb").unwrap();
+        let nodes = [TraceNode {
+            name: "n".into(),
+            cpu_milli: 1000,
+            memory_mib: 1000,
+            gpus: 1,
+            model: "G2".into(),
+        }];
+        let mut cluster = Cluster::new(model, &nodes);
+        let planned = Planned::new(Mapping::new(model).unwrap(), PolicyKind::Nos);
+        let gp = gpu_plan(vec![iref("3g.40gb", 0)], vec![iref("3g.40gb", 4)], vec![]);
+        let e = planned
+            .apply(&mut cluster, 0, 0, &gp, &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("3g.40gb@4") && e.contains("3g.40gb@0"), "{e}");
     }
 }
