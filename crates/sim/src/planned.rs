@@ -12,7 +12,7 @@
 //! name order for nos. This keeps each call small (a few dozen to a few hundred nodes instead
 //! of 1,213) without changing what either algorithm can choose: on the full trace, passing
 //! every eligible node instead (`SimContext::planner_ungrouped`) gives the same results for one
-//! seed and is about 9× slower, and a property test checks that placements are identical on
+//! seed and is 4–9× slower, and a property test checks that placements are identical on
 //! random small traces. Leaving out the nodes the pod cannot use also spares `nos` one of its
 //! known weaknesses (counting free devices on nodes the pod cannot use), which only favours
 //! the baseline.
