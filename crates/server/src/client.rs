@@ -18,7 +18,7 @@ use crate::wire::{
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// The daemon cannot be reached (not running, wrong socket, no permission).
-    #[error("cannot reach the tessera daemon at {}: {source}; start it with `tessera serve` or pass --socket", .socket.display())]
+    #[error("cannot reach the tessera daemon at {}: {source}; {}", .socket.display(), connect_hint(.source))]
     Connect {
         /// The socket.
         socket: PathBuf,
@@ -44,6 +44,14 @@ pub enum ClientError {
     /// The answer could not be understood.
     #[error("unexpected answer from the daemon: {0}")]
     Protocol(String),
+}
+
+fn connect_hint(e: &std::io::Error) -> &'static str {
+    if e.kind() == std::io::ErrorKind::PermissionDenied {
+        "ask the administrator to add you to the socket's group (socket_group in the daemon's config)"
+    } else {
+        "start it with `tessera serve`, or pass --socket (or set TESSERA_SOCKET)"
+    }
 }
 
 impl ClientError {

@@ -5,7 +5,7 @@
 //! from small to large profiles and back), GPU 1 in MPS mode (memory and SM limits), GPU 2
 //! time-sliced with four replicas. The script (from a fixed seed) has five users submitting
 //! MIG requests of every H100 size (1g.10gb to 7g.80gb), `--mem` requests that land on MIG or
-//! MPS, and `--share` requests, arriving over the first ~85% of the scenario; each "command" is
+//! MPS, and `--share` requests, arriving over the first three quarters of the scenario; each "command" is
 //! a sleep. The same code paths as `tessera serve` run: SQLite state, the scheduler, the
 //! planner, the simulated backend; only the socket is skipped (clients call the daemon's
 //! operations directly, as named users).
@@ -129,8 +129,8 @@ pub fn script(duration_s: f64, seed: u64) -> Vec<Scripted> {
             other => other,
         };
         let jitter = (pick(1000) as f64 / 1000.0) * 0.6 / n as f64;
-        let at = (frac + jitter) * 0.85 * duration_s;
-        let run = duration_s * (0.08 + 0.16 * pick(1000) as f64 / 1000.0);
+        let at = (frac + jitter) * 0.75 * duration_s;
+        let run = duration_s * (0.07 + 0.14 * pick(1000) as f64 / 1000.0);
         let (user, _) = USERS[pick(USERS.len())];
         out.push(Scripted {
             at_s: (at * 10.0).round() / 10.0,

@@ -134,11 +134,12 @@ impl Fleet {
         let (backend, why): (Hw, String) = match cfg.backend {
             BackendChoice::Sim => {
                 let b = open_sim(cfg, state_dir, catalog)?;
-                let n = b.state().gpus.len();
-                (
-                    Hw::Sim(Box::new(b)),
-                    format!("simulated fleet of {n} GPU(s) (--backend sim)"),
-                )
+                let why = format!(
+                    "simulated fleet ({}) (--backend sim){}",
+                    describe_sim(&b),
+                    sim_mismatch(cfg, catalog, &b)
+                );
+                (Hw::Sim(Box::new(b)), why)
             }
             BackendChoice::Nvml => {
                 let mut b = tessera_gpu::nvml::NvmlBackend::open(catalog.clone())
@@ -167,8 +168,9 @@ impl Fleet {
                         drop(b);
                         let s = open_sim(cfg, state_dir, catalog)?;
                         let why = format!(
-                            "no GPU found by NVML; using a simulated fleet ({}) — pass --backend nvml to insist on real GPUs",
-                            describe_sim(&s)
+                            "no GPU found by NVML; using a simulated fleet ({}) — pass --backend nvml to insist on real GPUs{}",
+                            describe_sim(&s),
+                            sim_mismatch(cfg, catalog, &s)
                         );
                         (Hw::Sim(Box::new(s)), why)
                     }
@@ -176,8 +178,9 @@ impl Fleet {
                         drop(b);
                         let s = open_sim(cfg, state_dir, catalog)?;
                         let why = format!(
-                            "NVML cannot list GPUs ({e}); using a simulated fleet ({})",
-                            describe_sim(&s)
+                            "NVML cannot list GPUs ({e}); using a simulated fleet ({}){}",
+                            describe_sim(&s),
+                            sim_mismatch(cfg, catalog, &s)
                         );
                         (Hw::Sim(Box::new(s)), why)
                     }
@@ -185,9 +188,10 @@ impl Fleet {
                 Err(e) => {
                     let s = open_sim(cfg, state_dir, catalog)?;
                     let why = format!(
-                        "no NVIDIA driver ({}); using a simulated fleet ({})",
+                        "no NVIDIA driver ({}); using a simulated fleet ({}){}",
                         short_reason(&e),
-                        describe_sim(&s)
+                        describe_sim(&s),
+                        sim_mismatch(cfg, catalog, &s)
                     );
                     (Hw::Sim(Box::new(s)), why)
                 }
@@ -416,13 +420,9 @@ impl Fleet {
                 max_delay: std::time::Duration::from_millis(500),
                 max_rounds: 32,
             });
+        // `apply_gpu` first recovers the intents a crash left without outcome.
         let report = rec
-            .recover(gpu)
-            .and_then(|recovered| {
-                let mut r = rec.apply_gpu(gpu, desired)?;
-                r.recovered.extend(recovered);
-                Ok(r)
-            })
+            .apply_gpu(gpu, desired)
             .map_err(|e| ApplyError::Backend(e.to_string()))?;
         if let ApplyResult::Refused { refusal } = &report.result {
             return Err(ApplyError::Refused {
@@ -473,7 +473,7 @@ fn short_reason(e: &GpuError) -> String {
     }
 }
 
-fn describe_sim(b: &SimBackend) -> String {
+fn sim_counts(b: &SimBackend) -> Vec<(String, u32)> {
     let mut counts: Vec<(String, u32)> = Vec::new();
     for g in &b.state().gpus {
         match counts.iter_mut().find(|(m, _)| *m == g.model) {
@@ -481,12 +481,39 @@ fn describe_sim(b: &SimBackend) -> String {
             None => counts.push((g.model.clone(), 1)),
         }
     }
-    let list: Vec<String> = counts.iter().map(|(m, n)| format!("{n}× {m}")).collect();
+    counts
+}
+
+fn describe_sim(b: &SimBackend) -> String {
+    let list: Vec<String> = sim_counts(b)
+        .iter()
+        .map(|(m, n)| format!("{n}× {m}"))
+        .collect();
     format!(
         "{}, state in {}",
         list.join(" + "),
         b.describe().trim_start_matches("sim:")
     )
+}
+
+/// A note when the simulated fleet in the state file is not the one `sim_gpus` asks for.
+fn sim_mismatch(cfg: &Config, catalog: &Catalog, b: &SimBackend) -> String {
+    let Ok(want) = parse_sim_gpus(&cfg.sim_gpus) else {
+        return String::new();
+    };
+    let want: Vec<(String, u32)> = want
+        .into_iter()
+        .map(|(m, n)| (catalog.get(&m).map_or(m, |x| x.key.clone()), n))
+        .collect();
+    if want == sim_counts(b) {
+        String::new()
+    } else {
+        format!(
+            "; NOTE: the state directory already holds this simulated fleet, so sim_gpus `{}` is ignored (delete {} to start afresh)",
+            cfg.sim_gpus,
+            b.describe().trim_start_matches("sim:")
+        )
+    }
 }
 
 /// Open `<state dir>/sim-gpus.json`, creating it from `sim_gpus` when it does not exist.
