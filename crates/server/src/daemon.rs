@@ -1018,10 +1018,20 @@ impl Scheduler {
         errors: &mut BTreeMap<u32, String>,
     ) -> Vec<GpuState> {
         let drained = lock(&self.inner().store).drained().unwrap_or_default();
+        let health = self.fleet.poll_health();
         let mut out = Vec::new();
         for f in self.inner().gpus.clone() {
             let mut g = GpuState::empty(f.clone());
             g.drained = drained.contains(&f.index);
+            if let Some(tessera_gpu::Health::Unhealthy { xids }) = health.get(&f.index) {
+                g.healthy = false;
+                errors.insert(
+                    f.index,
+                    format!(
+                        "unhealthy after XID {xids:?}: no new leases until the daemon restarts"
+                    ),
+                );
+            }
             let leases: Vec<&RequestRow> = active
                 .iter()
                 .filter(|r| r.state == RequestState::Leased)

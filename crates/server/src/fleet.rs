@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use tessera_agent::{ApplyResult, Journal, OpRecord, Reconciler, RetryPolicy, ThreadSleeper};
 use tessera_gpu::mps::{ClientLimits, MpsControl, MpsOptions, MpsTarget};
 use tessera_gpu::sim::{SimBackend, SimConfig, SimState};
-use tessera_gpu::{GpuBackend, GpuError, GpuInstance, MigMode};
+use tessera_gpu::{GpuBackend, GpuError, GpuInstance, Health, HealthTracker, MigMode};
 use tessera_model::{Catalog, GpuModel, Placed};
 use tessera_planner::GpuMode;
 
@@ -88,6 +88,7 @@ pub enum ApplyError {
 pub struct Fleet {
     backend: Hw,
     mps: MpsControl,
+    health: HealthTracker,
     catalog: Catalog,
     /// Every GPU, by index.
     pub gpus: Vec<GpuFacts>,
@@ -226,6 +227,7 @@ impl Fleet {
         let mut fleet = Fleet {
             backend,
             mps,
+            health: HealthTracker::default(),
             catalog: catalog.clone(),
             gpus: Vec::new(),
             describe,
@@ -351,6 +353,31 @@ impl Fleet {
         self.catalog
             .get(key)
             .expect("GPU models were resolved from the catalog at start")
+    }
+
+    /// Read the GPUs' XID events (without waiting) and return each GPU's health. An XID that
+    /// is not an application error marks the whole GPU unhealthy until the daemon restarts
+    /// (every slice of it, not just the instance NVML names).
+    pub fn poll_health(&mut self) -> BTreeMap<u32, Health> {
+        match self.backend.get().poll_events(0) {
+            Ok(events) => {
+                for e in events {
+                    if self.health.observe(&e) {
+                        tracing::error!(
+                            "GPU {}: XID {} — no new leases on it until the daemon restarts",
+                            e.gpu,
+                            e.xid
+                        );
+                    }
+                }
+            }
+            Err(GpuError::NotSupported { .. }) => {}
+            Err(e) => tracing::debug!("cannot read GPU events: {e}"),
+        }
+        self.gpus
+            .iter()
+            .map(|g| (g.index, self.health.gpu(g.index)))
+            .collect()
     }
 
     /// The GPU instances of a MIG GPU now.

@@ -215,3 +215,40 @@ async fn a_repartition_cut_short_by_a_crash_is_finished_on_restart() {
         .await
         .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gpu_with_an_xid_gets_no_new_leases() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.sim_gpus = "h100-80gb:2".into();
+    let catalog = Catalog::builtin().clone();
+    let mut st = SimState::new(&catalog, &[("h100-80gb".into(), 2)], 3, true).unwrap();
+    st.events.push(tessera_gpu::GpuEvent {
+        gpu: 0,
+        xid: 79,
+        gi_id: None,
+        ci_id: None,
+    });
+    let sim = SimBackend::new(st, catalog.clone(), SimConfig::default()).unwrap();
+    std::fs::create_dir_all(cfg.state_dir()).unwrap();
+    let fleet = Fleet::with_sim(sim, &cfg, &cfg.state_dir(), &catalog).unwrap();
+    let (d, sched) = Daemon::start(cfg, catalog, fleet).unwrap();
+    let who = Identity::in_process(1000, "alice");
+    let v = d.submit(&who, mig("7g.80gb")).unwrap();
+    let v = until("the lease", || {
+        let x = d.get(&who, v.id).ok()?;
+        (x.state == RequestState::Leased).then_some(x)
+    })
+    .await;
+    assert_eq!(v.slice.unwrap().gpu(), 1, "GPU 0 fell off the bus (XID 79)");
+    let st = d.status(&who).unwrap();
+    assert!(st.gpus[0].last_error.as_deref().unwrap().contains("XID"));
+    // A second whole-GPU request waits: GPU 0 is unhealthy, GPU 1 is taken.
+    let w = d.submit(&who, mig("7g.80gb")).unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(d.get(&who, w.id).unwrap().state, RequestState::Queued);
+    d.stop();
+    tokio::task::spawn_blocking(move || sched.join())
+        .await
+        .unwrap();
+}
