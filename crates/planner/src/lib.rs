@@ -1,1 +1,248 @@
-//! tessera-planner (placeholder until its issue lands).
+//! The tessera planner: given a cluster's GPUs (their mode, current slices, and which slices are
+//! busy) and the requests that wait, decide every GPU's new layout and which request gets which
+//! slice. Pure and deterministic: no I/O, no clock, randomness only from an explicit seed
+//! ([`gen`]); the same input gives the same [`Plan`] byte for byte.
+//!
+//! # Semantics
+//! - A GPU is in one mode, `mig`, `mps` or `timeslice`; the planner never changes modes.
+//! - **MIG**: a request names a profile exactly (`1g.10gb`; names compare without case and
+//!   match any model that has the profile). The plan may destroy idle instances and create new
+//!   ones at exact placements; it never destroys or moves a busy (`used`) instance. A request is
+//!   assigned only an instance that is free (not busy) in the GPU's final layout, and every final
+//!   layout satisfies the model's layout rules (`GpuModel::validate`).
+//! - **MPS**: a request asks for device memory (MiB) and an SM share (percent). A GPU takes
+//!   clients while their memory fits in the GPU's memory minus [`PlanOptions::mps_reserve_mib`],
+//!   their SM percentages add up to at most `100 ×` [`PlanOptions::mps_sm_oversubscription`],
+//!   and there are at most [`PlanOptions::mps_max_clients`] clients.
+//! - **Time-slicing**: a request takes one replica; a GPU offers `replicas` (default
+//!   [`PlanOptions::timeslice_replicas`]).
+//!
+//! # Objective
+//! Plans are compared lexicographically:
+//! 1. **maximise the total priority of served requests** (priority defaults to 1);
+//! 2. then **minimise the operations**: MIG instances created plus MIG instances destroyed;
+//! 3. then **maximise the free score** `Σ L²` over MIG GPUs, where `L` is the size, in memory
+//!    slices, of the largest profile of the GPU's model that has an allowed placement lying
+//!    entirely on slices held by no busy or assigned instance (idle instances count as free
+//!    space, since they can be destroyed at no risk). Squaring rewards keeping whole GPUs and
+//!    large contiguous ranges free, able to serve the largest profiles.
+//!
+//! MPS and time-slice placements add no operations and no free score; among equal plans the
+//! policies put them best-fit (on the GPU with the least room that still fits).
+//!
+//! # Policies
+//! See [`Policy`]: `tessera` (ours, greedy with best-fit scoring plus a per-GPU exhaustive
+//! improvement pass), `nos` (a re-implementation of the nos algorithm), `first-fit` and `exact`
+//! (exhaustive, small inputs only).
+
+mod check;
+mod dp;
+mod error;
+mod exact;
+mod firstfit;
+pub mod gen;
+pub mod input;
+mod mps;
+mod nos;
+pub mod plan;
+mod problem;
+pub mod quality;
+mod tables;
+mod tessera;
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+use tessera_model::Catalog;
+
+pub use check::check_plan;
+pub use error::PlanError;
+pub use input::{
+    ClusterSpec, GpuMode, GpuSpec, InstanceSpec, MpsClientSpec, MpsRequest, NodeSpec,
+    RequestKind, RequestSpec, RequestsFile,
+};
+pub use plan::{AssignedSlice, Assignment, GpuPlan, InstanceRef, Plan, PlanStats};
+
+/// A planning algorithm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Policy {
+    /// Ours: reuse free matching instances, then create in free space, then destroy idle
+    /// instances only where that serves more; GPUs chosen best-fit by the free score; then a
+    /// per-GPU exhaustive improvement pass.
+    #[default]
+    Tessera,
+    /// The nos algorithm (per-profile geometries, node-name order, lacking-vector scoring),
+    /// with our placements used only to turn its counts into a valid layout.
+    Nos,
+    /// Requests by priority, each to the first GPU (input order) that has a free matching
+    /// instance or room to create one; never destroys.
+    FirstFit,
+    /// Exhaustive search for the optimum of the objective; refuses large inputs.
+    Exact,
+}
+
+impl Policy {
+    /// Every policy, in a fixed order.
+    pub const ALL: [Policy; 4] = [Policy::Tessera, Policy::Nos, Policy::FirstFit, Policy::Exact];
+
+    /// The policy's name (`tessera`, `nos`, `first-fit`, `exact`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Policy::Tessera => "tessera",
+            Policy::Nos => "nos",
+            Policy::FirstFit => "first-fit",
+            Policy::Exact => "exact",
+        }
+    }
+}
+
+impl fmt::Display for Policy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Policy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "tessera" => Ok(Policy::Tessera),
+            "nos" => Ok(Policy::Nos),
+            "first-fit" | "firstfit" | "first_fit" => Ok(Policy::FirstFit),
+            "exact" => Ok(Policy::Exact),
+            other => Err(format!(
+                "unknown policy `{other}`; use tessera, nos, first-fit or exact"
+            )),
+        }
+    }
+}
+
+/// The most the `exact` policy takes on; larger inputs are refused with these numbers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExactLimit {
+    /// Most GPUs (all modes together).
+    pub max_gpus: usize,
+    /// Most pending requests.
+    pub max_requests: usize,
+    /// Most search steps (dynamic-programming transitions plus MPS search nodes), estimated
+    /// before searching.
+    pub max_steps: u64,
+}
+
+impl Default for ExactLimit {
+    fn default() -> Self {
+        ExactLimit {
+            max_gpus: 12,
+            max_requests: 24,
+            max_steps: 50_000_000,
+        }
+    }
+}
+
+/// Options of a planning run.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PlanOptions {
+    /// The algorithm.
+    pub policy: Policy,
+    /// MiB of each MPS GPU's memory kept for the driver and MPS server (default 512).
+    pub mps_reserve_mib: u64,
+    /// Factor on the 100 % SM budget of an MPS GPU (default 1.0: no oversubscription).
+    pub mps_sm_oversubscription: f64,
+    /// Most MPS clients per GPU (default 48, the Volta+ limit).
+    pub mps_max_clients: u32,
+    /// Replicas of a time-slice GPU whose `replicas` is not given (default 4).
+    pub timeslice_replicas: u32,
+    /// Size limits of the `exact` policy.
+    pub exact_limit: ExactLimit,
+}
+
+impl Default for PlanOptions {
+    fn default() -> Self {
+        PlanOptions {
+            policy: Policy::Tessera,
+            mps_reserve_mib: 512,
+            mps_sm_oversubscription: 1.0,
+            mps_max_clients: 48,
+            timeslice_replicas: 4,
+            exact_limit: ExactLimit::default(),
+        }
+    }
+}
+
+impl PlanOptions {
+    /// Default options with another policy.
+    pub fn with_policy(policy: Policy) -> Self {
+        PlanOptions {
+            policy,
+            ..PlanOptions::default()
+        }
+    }
+}
+
+/// How good a plan is, in the terms of the objective.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Objective {
+    /// Requests served.
+    pub served: usize,
+    /// Sum of served priorities (maximised first).
+    pub served_priority: u64,
+    /// MIG creates plus destroys (minimised second).
+    pub operations: u64,
+    /// `Σ L²` over MIG GPUs (maximised third).
+    pub free_score: u64,
+}
+
+impl Objective {
+    /// A key whose natural order is the objective's: greater is better.
+    pub fn key(&self) -> (u64, std::cmp::Reverse<u64>, u64) {
+        (
+            self.served_priority,
+            std::cmp::Reverse(self.operations),
+            self.free_score,
+        )
+    }
+
+    /// Whether `self` is strictly better than `other`.
+    pub fn better_than(&self, other: &Objective) -> bool {
+        self.key() > other.key()
+    }
+}
+
+/// Plan `requests` on `cluster` with `opts.policy`. Errors are bad input only (unknown model or
+/// profile, invalid current layout, duplicate ids, bad limits) or, for `exact`, an input too
+/// large to search.
+pub fn plan(
+    catalog: &Catalog,
+    cluster: &ClusterSpec,
+    requests: &[RequestSpec],
+    opts: &PlanOptions,
+) -> Result<Plan, PlanError> {
+    let problem = problem::Problem::new(catalog, cluster, requests, opts)?;
+    let sol = solve(&problem, opts)?;
+    debug_assert_eq!(problem.check(&sol), Ok(()));
+    Ok(problem.to_plan(&sol, opts.policy))
+}
+
+/// Plan and also return the objective of the plan (what `bench quality` compares).
+pub fn plan_with_objective(
+    catalog: &Catalog,
+    cluster: &ClusterSpec,
+    requests: &[RequestSpec],
+    opts: &PlanOptions,
+) -> Result<(Plan, Objective), PlanError> {
+    let problem = problem::Problem::new(catalog, cluster, requests, opts)?;
+    let sol = solve(&problem, opts)?;
+    debug_assert_eq!(problem.check(&sol), Ok(()));
+    Ok((problem.to_plan(&sol, opts.policy), problem.objective(&sol)))
+}
+
+fn solve(p: &problem::Problem<'_>, opts: &PlanOptions) -> Result<problem::Solution, PlanError> {
+    Ok(match opts.policy {
+        Policy::Tessera => tessera::solve(p),
+        Policy::Nos => nos::solve(p),
+        Policy::FirstFit => firstfit::solve(p),
+        Policy::Exact => exact::solve(p, &opts.exact_limit)?,
+    })
+}

@@ -1,0 +1,51 @@
+//! The `first-fit` baseline: requests by priority (then input order), each to the first GPU in
+//! input order that has a free instance of its profile or room to create one at the lowest
+//! allowed start. It never destroys anything.
+
+use crate::mps;
+use crate::problem::{Problem, ReqKind, Slot, Solution};
+
+/// Plan with first-fit.
+pub(crate) fn solve(p: &Problem<'_>) -> Solution {
+    let mut sol = p.empty_solution();
+    mig(p, &mut sol);
+    let order = mps::order_by(p, |k| matches!(k, ReqKind::Mps { .. }), |_| 0u8);
+    mps::mps_first_fit(p, &order, &mut sol.slots);
+    mps::timeslice(p, false, &mut sol.slots);
+    sol
+}
+
+/// The MIG part of first-fit.
+pub(crate) fn mig(p: &Problem<'_>, sol: &mut Solution) {
+    let mut held: Vec<u64> = p.mig.iter().map(|g| g.busy).collect();
+    // Without destroys a GPU that cannot take a profile now never can: skip it for good.
+    let mut cursor = vec![0usize; p.profiles.len()];
+    let order = mps::order_by(p, |k| matches!(k, ReqKind::Mig(_)), |_| 0u8);
+    for i in order {
+        let ReqKind::Mig(gp) = p.reqs[i].kind else {
+            continue;
+        };
+        for m in cursor[gp]..p.mig.len() {
+            let t = p.t(m);
+            let choice = p.local[p.mig[m].t][gp].and_then(|lp| {
+                let layout = sol.layouts[m];
+                let idle = layout & !held[m] & t.by_profile[lp];
+                if idle != 0 {
+                    Some(idle.trailing_zeros() as usize)
+                } else {
+                    crate::tables::bits(t.by_profile[lp]).find(|&c| t.fits(layout, c))
+                }
+            });
+            match choice {
+                Some(c) => {
+                    sol.layouts[m] |= 1 << c;
+                    held[m] |= 1 << c;
+                    sol.slots[i] = Some(Slot::Mig(m, c));
+                    break;
+                }
+                // Every GPU before the first that fits is dead for this profile.
+                None => cursor[gp] = m + 1,
+            }
+        }
+    }
+}

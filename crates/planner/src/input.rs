@@ -1,0 +1,336 @@
+//! Input documents: the cluster (nodes, their GPUs, each GPU's mode and current slices) and the
+//! pending requests. Both are read from YAML or JSON text; the caller reads the files.
+//!
+//! ```yaml
+//! # cluster
+//! nodes:
+//! - name: node-a
+//!   gpus:                      # a GPU's index is its position in this list
+//!   - model: a100-40gb         # catalog key, alias, product name or PCI ID
+//!     mode: mig                # mig (default) | mps | timeslice
+//!     instances:
+//!     - {profile: 3g.20gb, start: 4, used: true}
+//!     - {profile: 1g.5gb, start: 0}          # used defaults to false
+//!   - model: h100-80gb
+//!     mode: mps
+//!     clients: [{memory_mib: 8192, sm_percent: 25}]
+//!   - model: a30-24gb
+//!     mode: timeslice
+//!     replicas: 4
+//!     replicas_used: 1
+//! # requests
+//! requests:
+//! - {id: r1, mig: 1g.5gb}
+//! - {id: r2, mig: 2g.10gb, priority: 5}
+//! - {id: r3, mps: {memory_mib: 10000, sm_percent: 20}}
+//! - {id: r4, timeslice: true}
+//! ```
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::PlanError;
+
+/// The cluster: every node and GPU the planner may use, with what runs on them now.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSpec {
+    /// The nodes, in any order (names must be unique).
+    pub nodes: Vec<NodeSpec>,
+}
+
+/// One node and its GPUs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeSpec {
+    /// Node name, unique in the cluster.
+    pub name: String,
+    /// The GPUs; a GPU's index is its position in this list.
+    #[serde(default)]
+    pub gpus: Vec<GpuSpec>,
+}
+
+/// How a GPU is shared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GpuMode {
+    /// Split into MIG GPU instances.
+    #[default]
+    Mig,
+    /// Shared by MPS clients with memory and SM limits.
+    Mps,
+    /// Shared by time-slicing; each request takes one replica.
+    Timeslice,
+}
+
+impl GpuMode {
+    /// The mode's name as written in the input (`mig`, `mps`, `timeslice`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GpuMode::Mig => "mig",
+            GpuMode::Mps => "mps",
+            GpuMode::Timeslice => "timeslice",
+        }
+    }
+}
+
+impl fmt::Display for GpuMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for GpuMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "mig" => Ok(GpuMode::Mig),
+            "mps" => Ok(GpuMode::Mps),
+            "timeslice" | "time-slice" => Ok(GpuMode::Timeslice),
+            other => Err(format!(
+                "unknown GPU mode `{other}`; use mig, mps or timeslice"
+            )),
+        }
+    }
+}
+
+/// One GPU: its model, mode and current state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GpuSpec {
+    /// Catalog key, alias, NVML product name or PCI device ID.
+    pub model: String,
+    /// Sharing mode (default `mig`).
+    #[serde(default)]
+    pub mode: GpuMode,
+    /// MIG mode: the GPU instances that exist now.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub instances: Vec<InstanceSpec>,
+    /// MPS mode: the clients that run now.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub clients: Vec<MpsClientSpec>,
+    /// Time-slice mode: replicas offered (default: [`crate::PlanOptions::timeslice_replicas`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<u32>,
+    /// Time-slice mode: replicas in use now.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub replicas_used: u32,
+}
+
+fn is_zero(v: &u32) -> bool {
+    *v == 0
+}
+
+impl GpuSpec {
+    /// A MIG GPU of `model` with these instances.
+    pub fn mig(model: &str, instances: Vec<InstanceSpec>) -> Self {
+        GpuSpec {
+            model: model.to_string(),
+            mode: GpuMode::Mig,
+            instances,
+            clients: Vec::new(),
+            replicas: None,
+            replicas_used: 0,
+        }
+    }
+}
+
+/// A MIG GPU instance that exists now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InstanceSpec {
+    /// Profile name, e.g. `3g.40gb`.
+    pub profile: String,
+    /// Placement start on the memory-slice grid.
+    pub start: u8,
+    /// Whether a workload uses it (a used instance is never destroyed or moved).
+    #[serde(default)]
+    pub used: bool,
+}
+
+/// An MPS client that runs now, with its limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MpsClientSpec {
+    /// Pinned device-memory limit in MiB.
+    pub memory_mib: u64,
+    /// Active-thread (SM) percentage.
+    pub sm_percent: u32,
+}
+
+/// What an MPS request asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MpsRequest {
+    /// Device memory in MiB (becomes the client's pinned-memory limit).
+    pub memory_mib: u64,
+    /// SM share in percent, 1 to 100 (becomes its active-thread percentage).
+    pub sm_percent: u32,
+}
+
+/// What kind of slice a request wants.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RequestKind {
+    /// A MIG GPU instance of exactly this profile (name as `nvidia-smi` prints it).
+    Mig(String),
+    /// An MPS client with these limits.
+    Mps(MpsRequest),
+    /// One time-slice replica of a GPU.
+    Timeslice,
+}
+
+/// One pending request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "RawRequest", into = "RawRequest")]
+pub struct RequestSpec {
+    /// Unique id.
+    pub id: String,
+    /// The slice it wants.
+    pub kind: RequestKind,
+    /// Weight in the objective (at least 1, default 1).
+    pub priority: u32,
+}
+
+impl RequestSpec {
+    /// A MIG request of priority 1.
+    pub fn mig(id: &str, profile: &str) -> Self {
+        RequestSpec {
+            id: id.to_string(),
+            kind: RequestKind::Mig(profile.to_string()),
+            priority: 1,
+        }
+    }
+
+    /// An MPS request of priority 1.
+    pub fn mps(id: &str, memory_mib: u64, sm_percent: u32) -> Self {
+        RequestSpec {
+            id: id.to_string(),
+            kind: RequestKind::Mps(MpsRequest {
+                memory_mib,
+                sm_percent,
+            }),
+            priority: 1,
+        }
+    }
+
+    /// A time-slice request of priority 1.
+    pub fn timeslice(id: &str) -> Self {
+        RequestSpec {
+            id: id.to_string(),
+            kind: RequestKind::Timeslice,
+            priority: 1,
+        }
+    }
+
+    /// The same request with another priority.
+    pub fn with_priority(mut self, priority: u32) -> Self {
+        self.priority = priority;
+        self
+    }
+}
+
+/// The wire shape of a request: `{id, mig: PROFILE}`, `{id, mps: {...}}` or `{id, timeslice: true}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRequest {
+    id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    mig: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    mps: Option<MpsRequest>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    timeslice: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    priority: Option<u32>,
+}
+
+impl TryFrom<RawRequest> for RequestSpec {
+    type Error = String;
+    fn try_from(r: RawRequest) -> Result<Self, String> {
+        let id = r.id;
+        let kinds = usize::from(r.mig.is_some())
+            + usize::from(r.mps.is_some())
+            + usize::from(r.timeslice.is_some());
+        if kinds != 1 {
+            return Err(format!(
+                "request `{id}` must have exactly one of `mig: PROFILE`, `mps: {{memory_mib, sm_percent}}` or `timeslice: true` (found {kinds})"
+            ));
+        }
+        let kind = if let Some(p) = r.mig {
+            RequestKind::Mig(p)
+        } else if let Some(m) = r.mps {
+            RequestKind::Mps(m)
+        } else if r.timeslice == Some(true) {
+            RequestKind::Timeslice
+        } else {
+            return Err(format!(
+                "request `{id}`: `timeslice: false` asks for nothing; write `timeslice: true` or drop the request"
+            ));
+        };
+        Ok(RequestSpec {
+            id,
+            kind,
+            priority: r.priority.unwrap_or(1),
+        })
+    }
+}
+
+impl From<RequestSpec> for RawRequest {
+    fn from(r: RequestSpec) -> Self {
+        let (mig, mps, timeslice) = match r.kind {
+            RequestKind::Mig(p) => (Some(p), None, None),
+            RequestKind::Mps(m) => (None, Some(m), None),
+            RequestKind::Timeslice => (None, None, Some(true)),
+        };
+        RawRequest {
+            id: r.id,
+            mig,
+            mps,
+            timeslice,
+            priority: (r.priority != 1).then_some(r.priority),
+        }
+    }
+}
+
+/// A requests document: `{requests: [...]}`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RequestsFile {
+    /// The pending requests, in arrival order (ties between equal requests go to the earlier).
+    pub requests: Vec<RequestSpec>,
+}
+
+/// Parse YAML or JSON (JSON when the text starts with `{` or `[`).
+fn parse_any<T: serde::de::DeserializeOwned>(text: &str, what: &str) -> Result<T, PlanError> {
+    let t = text.trim_start();
+    let res = if t.starts_with('{') || t.starts_with('[') {
+        serde_json::from_str(t).map_err(|e| e.to_string())
+    } else {
+        serde_yaml_ng::from_str(text).map_err(|e| e.to_string())
+    };
+    res.map_err(|message| PlanError::Parse {
+        what: what.to_string(),
+        message,
+    })
+}
+
+impl ClusterSpec {
+    /// Read a cluster document from YAML or JSON text.
+    pub fn from_str_any(text: &str) -> Result<Self, PlanError> {
+        parse_any(text, "cluster")
+    }
+}
+
+impl RequestsFile {
+    /// Read a requests document from YAML or JSON text. A bare list of requests is accepted too.
+    pub fn from_str_any(text: &str) -> Result<Self, PlanError> {
+        let t = text.trim_start();
+        if t.starts_with('[') || t.starts_with('-') {
+            let list: Vec<RequestSpec> = parse_any(text, "requests")?;
+            return Ok(RequestsFile { requests: list });
+        }
+        parse_any(text, "requests")
+    }
+}

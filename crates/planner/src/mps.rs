@@ -1,0 +1,131 @@
+//! MPS and time-slice placement shared by the policies: best-fit (the GPU with the least room
+//! that still fits) and first-fit (the first GPU in input order).
+
+use std::collections::BTreeSet;
+
+use crate::problem::{Problem, ReqKind, Slot};
+
+/// Request indices of one kind, sorted by priority (highest first), then by `tie`, then input
+/// order.
+pub(crate) fn order_by<K: Ord>(
+    p: &Problem<'_>,
+    want: impl Fn(&ReqKind) -> bool,
+    tie: impl Fn(&ReqKind) -> K,
+) -> Vec<usize> {
+    let mut v: Vec<usize> = (0..p.reqs.len()).filter(|&i| want(&p.reqs[i].kind)).collect();
+    v.sort_by_key(|&i| (std::cmp::Reverse(p.reqs[i].prio), tie(&p.reqs[i].kind), i));
+    v
+}
+
+/// Place MPS requests in `order`, each on the fitting GPU with the least free memory.
+pub(crate) fn mps_best_fit(p: &Problem<'_>, order: &[usize], slots: &mut [Option<Slot>]) {
+    let mut room: Vec<(u64, u32, u32)> = p
+        .mps
+        .iter()
+        .map(|g| (g.mem_free, g.sm_free, g.clients_free))
+        .collect();
+    let mut by_mem: BTreeSet<(u64, usize)> = room
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| r.2 > 0)
+        .map(|(g, r)| (r.0, g))
+        .collect();
+    for &i in order {
+        let ReqKind::Mps { mem, sm } = p.reqs[i].kind else {
+            continue;
+        };
+        let found = by_mem
+            .range((mem, 0)..)
+            .find(|&&(_, g)| room[g].1 >= sm && room[g].2 > 0)
+            .copied();
+        if let Some((free, g)) = found {
+            by_mem.remove(&(free, g));
+            room[g].0 -= mem;
+            room[g].1 -= sm;
+            room[g].2 -= 1;
+            if room[g].2 > 0 {
+                by_mem.insert((room[g].0, g));
+            }
+            slots[i] = Some(Slot::Mps(g));
+        }
+    }
+}
+
+/// Place MPS requests in `order`, each on the first GPU (input order) where it fits.
+pub(crate) fn mps_first_fit(p: &Problem<'_>, order: &[usize], slots: &mut [Option<Slot>]) {
+    let mut room: Vec<(u64, u32, u32)> = p
+        .mps
+        .iter()
+        .map(|g| (g.mem_free, g.sm_free, g.clients_free))
+        .collect();
+    for &i in order {
+        let ReqKind::Mps { mem, sm } = p.reqs[i].kind else {
+            continue;
+        };
+        if let Some(g) = room
+            .iter()
+            .position(|r| r.0 >= mem && r.1 >= sm && r.2 > 0)
+        {
+            room[g].0 -= mem;
+            room[g].1 -= sm;
+            room[g].2 -= 1;
+            slots[i] = Some(Slot::Mps(g));
+        }
+    }
+}
+
+/// Place time-slice requests by priority: best-fit (fewest free replicas first) or first-fit.
+pub(crate) fn timeslice(p: &Problem<'_>, best_fit: bool, slots: &mut [Option<Slot>]) {
+    let order = order_by(p, |k| *k == ReqKind::Ts, |_| 0u8);
+    let mut free: Vec<u32> = p.ts.iter().map(|g| g.free).collect();
+    let mut set: BTreeSet<(u32, usize)> = free
+        .iter()
+        .enumerate()
+        .filter(|(_, &f)| f > 0)
+        .map(|(g, &f)| (if best_fit { f } else { 0 }, g))
+        .collect();
+    for i in order {
+        let Some(&(k, g)) = set.iter().next() else {
+            break;
+        };
+        set.remove(&(k, g));
+        free[g] -= 1;
+        if free[g] > 0 {
+            set.insert((if best_fit { free[g] } else { 0 }, g));
+        }
+        slots[i] = Some(Slot::Ts(g));
+    }
+}
+
+/// Served priority of the MPS slots in `slots`.
+fn mps_value(p: &Problem<'_>, slots: &[Option<Slot>]) -> u64 {
+    slots
+        .iter()
+        .zip(&p.reqs)
+        .filter(|(s, _)| matches!(s, Some(Slot::Mps(_))))
+        .map(|(_, r)| r.prio)
+        .sum()
+}
+
+/// Tessera's MPS step. Two candidate plans, the better kept (ties: the first): by priority and
+/// then the smaller dominant share (the larger of the memory and SM fractions) first, each on
+/// the fitting GPU with the least free memory; and the first-fit plan (priority, then input
+/// order, first GPU that fits), so tessera never serves less than first-fit on MPS.
+pub(crate) fn mps_tessera(p: &Problem<'_>, slots: &mut [Option<Slot>]) {
+    if p.mps.is_empty() {
+        return;
+    }
+    let is_mps = |k: &ReqKind| matches!(k, ReqKind::Mps { .. });
+    let mem_ref = p.mps.iter().map(|g| g.mem_total).max().unwrap_or(1).max(1);
+    let share = |k: &ReqKind| match k {
+        ReqKind::Mps { mem, sm } => (u128::from(*mem) * 10_000 / u128::from(mem_ref))
+            .max(u128::from(*sm) * 100),
+        _ => 0,
+    };
+    let mut a = slots.to_vec();
+    mps_best_fit(p, &order_by(p, is_mps, share), &mut a);
+    let mut b = slots.to_vec();
+    mps_first_fit(p, &order_by(p, is_mps, |_| 0u8), &mut b);
+    let best = if mps_value(p, &b) > mps_value(p, &a) { b } else { a };
+    slots.copy_from_slice(&best);
+}

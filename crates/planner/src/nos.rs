@@ -1,0 +1,489 @@
+//! The `nos` policy: a re-implementation of the nos planner's algorithm (see the project's notes
+//! on nos), behind the same interface as ours, so both run on one input in one process.
+//!
+//! 1. *Lacking.* For every pending pod separately, the cluster-wide free devices of its resource
+//!    are summed over all nodes; when the pod's request exceeds them, the shortfall is added to
+//!    the lacking vector. Pods are checked one at a time against the same totals, not
+//!    cumulatively. Nothing lacking: no re-partitioning.
+//! 2. Pods are sorted by priority (highest first), then smaller requested profile first.
+//! 3. Nodes with free capacity, in order of name, until nothing lacks: copy the whole snapshot;
+//!    for each GPU in index order pick, among the model's allowed geometries (per-profile counts)
+//!    that keep at least the used devices of every profile, the first with the highest
+//!    `Σ min(new free devices of p, lacking p)` over lacking profiles; subtract the GPU's free
+//!    devices from the lacking vector; then simulate the scheduler filter for every pod on the
+//!    node (pods stay in the list); keep the copy if at least one pod fits, else revert.
+//!    MPS GPUs: capacity is memory in whole GB; missing slices are created smallest first while
+//!    memory lasts; used slices are never removed; SM shares are not modelled.
+//! 4. Each node's geometry becomes its desired state.
+//!
+//! Our additions, which nos does not have: allowed geometries are derived from the catalog (the
+//! per-profile counts of every maximal valid layout), which is generous to nos (it knew only
+//! A30/A100 and no `+me` profiles); each changed geometry is turned into a hardware-valid layout
+//! that keeps the busy instances where they are and as many idle ones as possible, or the GPU
+//! keeps its current layout when no placement realises the counts. Pods are then bound
+//! first-fit (node name order, GPU index order) to free devices, as the scheduler would; an MPS
+//! pod whose client breaks our memory, SM or client limits is not served. nos has no
+//! time-slicing: time-slice requests go first-fit.
+
+use std::cmp::Reverse;
+
+use crate::mps;
+use crate::problem::{Problem, ReqKind, Slot, Solution};
+use crate::tables::{bits, Tables};
+
+const MAXP: usize = tessera_model::layout::MAX_PROFILES;
+
+/// Per-profile device counts.
+type Counts = [u8; MAXP];
+
+/// One GPU in the nos snapshot.
+#[derive(Debug, Clone)]
+enum GpuState {
+    Mig {
+        /// MIG GPU index.
+        m: usize,
+        /// Devices per local profile (the geometry).
+        geo: Counts,
+        /// Used devices per local profile.
+        used: Counts,
+    },
+    Mps {
+        /// MPS GPU index.
+        i: usize,
+        /// Capacity in whole GB.
+        cap_gb: u32,
+        /// GB held by used slices.
+        used_gb: u32,
+        /// Free slices per MPS resource.
+        free: Vec<u16>,
+    },
+}
+
+/// The whole-cluster snapshot nos plans on.
+#[derive(Debug, Clone)]
+struct Snapshot {
+    gpus: Vec<GpuState>,
+    /// Free devices per (node, resource), flat.
+    node_free: Vec<i64>,
+}
+
+struct Pod {
+    req: usize,
+    res: usize,
+}
+
+/// Plan with the nos algorithm.
+pub(crate) fn solve(p: &Problem<'_>) -> Solution {
+    let mut sol = p.empty_solution();
+    let np = p.profiles.len();
+    // Resources: MIG global profiles, then MPS slice sizes in GB.
+    let mut mps_sizes: Vec<u32> = p
+        .reqs
+        .iter()
+        .filter_map(|r| match r.kind {
+            ReqKind::Mps { mem, .. } => Some(gb_ceil(mem)),
+            _ => None,
+        })
+        .collect();
+    mps_sizes.sort_unstable();
+    mps_sizes.dedup();
+    let nres = np + mps_sizes.len();
+    let nk = mps_sizes.len();
+
+    let nodes = p.cluster.nodes.len();
+    // GPUs per node in index order, as snapshot indices.
+    let mut node_gpus: Vec<Vec<usize>> = vec![Vec::new(); nodes];
+    let mut snap = Snapshot {
+        gpus: Vec::new(),
+        node_free: vec![0; nodes * nres],
+    };
+    for g in &p.gpus {
+        let st = match g.mode {
+            crate::GpuMode::Mig => {
+                let mg = &p.mig[g.slot];
+                let t = &p.tables[mg.t];
+                let mut geo = [0u8; MAXP];
+                let mut used = [0u8; MAXP];
+                for c in bits(mg.existing) {
+                    geo[usize::from(t.prof[c])] += 1;
+                }
+                for c in bits(mg.busy) {
+                    used[usize::from(t.prof[c])] += 1;
+                }
+                GpuState::Mig {
+                    m: g.slot,
+                    geo,
+                    used,
+                }
+            }
+            crate::GpuMode::Mps => {
+                let s = &p.mps[g.slot];
+                let model = p.models[g.model];
+                GpuState::Mps {
+                    i: g.slot,
+                    cap_gb: (model.memory_mib().unwrap_or(0) / 1024) as u32,
+                    used_gb: s.mem_used.iter().map(|&m| gb_ceil(m)).sum(),
+                    free: vec![0; nk],
+                }
+            }
+            crate::GpuMode::Timeslice => continue,
+        };
+        node_gpus[g.node].push(snap.gpus.len());
+        snap.gpus.push(st);
+    }
+    for (n, gs) in node_gpus.iter().enumerate() {
+        for &gi in gs {
+            add_free(p, &snap.gpus[gi], &mut snap.node_free[n * nres..(n + 1) * nres], 1);
+        }
+    }
+
+    let mut pods: Vec<Pod> = p
+        .reqs
+        .iter()
+        .enumerate()
+        .filter_map(|(i, r)| match r.kind {
+            ReqKind::Mig(gp) => Some(Pod { req: i, res: gp }),
+            ReqKind::Mps { mem, .. } => Some(Pod {
+                req: i,
+                res: np + mps_sizes.binary_search(&gb_ceil(mem)).expect("size listed"),
+            }),
+            ReqKind::Ts => None,
+        })
+        .collect();
+
+    // 1. Lacking vector: each pod against the same cluster-wide totals.
+    let mut lacking = vec![0i64; nres];
+    for pod in &pods {
+        let total: i64 = (0..nodes).map(|n| snap.node_free[n * nres + pod.res]).sum();
+        let diff = total - 1;
+        if diff < 0 {
+            lacking[pod.res] += -diff;
+        }
+    }
+
+    // 2. Priority first, then the smaller request.
+    let size_of = |res: usize| -> (u32, u32) {
+        if res < np {
+            profile_size(&p.profiles[res])
+        } else {
+            (mps_sizes[res - np], 0)
+        }
+    };
+    pods.sort_by_key(|pod| (Reverse(p.reqs[pod.req].prio), size_of(pod.res), pod.req));
+
+    // 3. Nodes by name.
+    if lacking.iter().any(|&l| l > 0) {
+        let geometries: Vec<Vec<Counts>> = p.tables.iter().map(allowed_geometries).collect();
+        let mut order: Vec<usize> = (0..nodes).collect();
+        order.sort_by(|&a, &b| p.cluster.nodes[a].name.cmp(&p.cluster.nodes[b].name));
+        for n in order {
+            if lacking.iter().all(|&l| l <= 0) {
+                break;
+            }
+            if !node_gpus[n]
+                .iter()
+                .any(|&gi| has_free_capacity(&snap.gpus[gi], &geometries, p))
+            {
+                continue;
+            }
+            let mut fork = snap.clone();
+            for &gi in &node_gpus[n] {
+                let range = n * nres..(n + 1) * nres;
+                add_free(p, &fork.gpus[gi], &mut fork.node_free[range.clone()], -1);
+                update_geometry(p, &mut fork.gpus[gi], &geometries, &lacking, &mps_sizes);
+                add_free(p, &fork.gpus[gi], &mut fork.node_free[range], 1);
+                // Subtract this GPU's free devices from the lacking vector.
+                for (r, l) in lacking.iter_mut().enumerate() {
+                    if *l > 0 {
+                        *l = (*l - free_of(p, &fork.gpus[gi], r)).max(0);
+                    }
+                }
+            }
+            // Scheduler filter: every pod against this node; fitting pods take a device.
+            let mut any = false;
+            for pod in &pods {
+                let slot = n * nres + pod.res;
+                if fork.node_free[slot] > 0 {
+                    if let Some(&gi) = node_gpus[n]
+                        .iter()
+                        .find(|&&gi| free_of(p, &fork.gpus[gi], pod.res) > 0)
+                    {
+                        take(p, &mut fork.gpus[gi], pod.res, &mps_sizes);
+                        fork.node_free[slot] -= 1;
+                        any = true;
+                    }
+                }
+            }
+            if any {
+                snap = fork;
+            }
+        }
+    }
+
+    // 4. Desired geometries become layouts where the hardware allows.
+    let mut mps_free: Vec<Vec<u16>> = vec![vec![0; nk]; p.mps.len()];
+    for st in &snap.gpus {
+        match st {
+            GpuState::Mig { m, geo, .. } => {
+                let g = &p.mig[*m];
+                let t = p.t(*m);
+                if counts_of(t, g.existing) != *geo {
+                    if let Some(l) = realise(t, g.busy, g.existing, geo) {
+                        sol.layouts[*m] = l;
+                    }
+                }
+            }
+            GpuState::Mps { i, free, .. } => mps_free[*i] = free.clone(),
+        }
+    }
+
+    // Bind pods first-fit, as the scheduler would.
+    let mut order: Vec<usize> = (0..nodes).collect();
+    order.sort_by(|&a, &b| p.cluster.nodes[a].name.cmp(&p.cluster.nodes[b].name));
+    let mut held: Vec<u64> = p.mig.iter().map(|g| g.busy).collect();
+    let mut room: Vec<(u64, u32, u32)> = p
+        .mps
+        .iter()
+        .map(|g| (g.mem_free, g.sm_free, g.clients_free))
+        .collect();
+    let mut on_node: Vec<Vec<(crate::GpuMode, usize)>> = vec![Vec::new(); nodes];
+    for g in &p.gpus {
+        on_node[g.node].push((g.mode, g.slot));
+    }
+    for pod in &pods {
+        'nodes: for &n in &order {
+            for &(mode, slot) in &on_node[n] {
+                match (mode, p.reqs[pod.req].kind) {
+                    (crate::GpuMode::Mig, ReqKind::Mig(gp)) => {
+                        let Some(lp) = p.local[p.mig[slot].t][gp] else {
+                            continue;
+                        };
+                        let free = p.free_of(slot, sol.layouts[slot], lp) & !held[slot];
+                        if free != 0 {
+                            let c = free.trailing_zeros() as usize;
+                            held[slot] |= 1 << c;
+                            sol.slots[pod.req] = Some(Slot::Mig(slot, c));
+                            break 'nodes;
+                        }
+                    }
+                    (crate::GpuMode::Mps, ReqKind::Mps { mem, sm }) => {
+                        let k = pod.res - np;
+                        if mps_free[slot][k] > 0 {
+                            mps_free[slot][k] -= 1;
+                            let r = &mut room[slot];
+                            // The pod lands here; our limits decide whether it is served.
+                            if r.0 >= mem && r.1 >= sm && r.2 > 0 {
+                                *r = (r.0 - mem, r.1 - sm, r.2 - 1);
+                                sol.slots[pod.req] = Some(Slot::Mps(slot));
+                            }
+                            break 'nodes;
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+    mps::timeslice(p, false, &mut sol.slots);
+    sol
+}
+
+fn gb_ceil(mib: u64) -> u32 {
+    mib.div_ceil(1024) as u32
+}
+
+/// (memory GB, compute slices) read from a profile name `Ng.Mgb...`, as nos parses names.
+fn profile_size(name: &str) -> (u32, u32) {
+    let mut parts = name.split('.');
+    let g: u32 = parts
+        .next()
+        .and_then(|x| x.strip_suffix('g'))
+        .and_then(|x| x.parse().ok())
+        .unwrap_or(0);
+    let mem: u32 = parts
+        .next()
+        .map(|x| x.chars().take_while(|c| c.is_ascii_digit()).collect::<String>())
+        .and_then(|x| x.parse().ok())
+        .unwrap_or(0);
+    (mem, g)
+}
+
+/// Per-profile counts of every maximal valid layout of the model, in enumeration order,
+/// without repeats.
+fn allowed_geometries(t: &Tables<'_>) -> Vec<Counts> {
+    let mut out: Vec<Counts> = Vec::new();
+    let all = if t.cand.len() == 64 {
+        u64::MAX
+    } else {
+        (1u64 << t.cand.len()) - 1
+    };
+    t.for_each_superset(0, all, &mut |l| {
+        if (0..t.cand.len()).all(|c| l & (1 << c) != 0 || !t.fits(l, c)) {
+            let c = counts_of(t, l);
+            if !out.contains(&c) {
+                out.push(c);
+            }
+        }
+        true
+    });
+    out
+}
+
+fn counts_of(t: &Tables<'_>, layout: u64) -> Counts {
+    let mut c = [0u8; MAXP];
+    for i in bits(layout) {
+        c[usize::from(t.prof[i])] += 1;
+    }
+    c
+}
+
+/// Free devices of resource `r` on a snapshot GPU.
+fn free_of(p: &Problem<'_>, st: &GpuState, r: usize) -> i64 {
+    let np = p.profiles.len();
+    match st {
+        GpuState::Mig { m, geo, used } => {
+            if r >= np {
+                return 0;
+            }
+            match p.local[p.mig[*m].t][r] {
+                Some(lp) => i64::from(geo[lp]) - i64::from(used[lp]),
+                None => 0,
+            }
+        }
+        GpuState::Mps { free, .. } => {
+            if r < np {
+                0
+            } else {
+                i64::from(free[r - np])
+            }
+        }
+    }
+}
+
+/// Add (`sign` 1) or remove (`sign` -1) a GPU's free devices to its node's totals.
+fn add_free(p: &Problem<'_>, st: &GpuState, node_free: &mut [i64], sign: i64) {
+    for (r, f) in node_free.iter_mut().enumerate() {
+        *f += sign * free_of(p, st, r);
+    }
+}
+
+/// Mark one free device of resource `r` used.
+fn take(p: &Problem<'_>, st: &mut GpuState, r: usize, mps_sizes: &[u32]) {
+    let np = p.profiles.len();
+    match st {
+        GpuState::Mig { m, used, .. } => {
+            if let Some(lp) = p.local[p.mig[*m].t][r] {
+                used[lp] += 1;
+            }
+        }
+        GpuState::Mps { free, used_gb, .. } => {
+            free[r - np] -= 1;
+            *used_gb += mps_sizes[r - np];
+        }
+    }
+}
+
+fn has_free_capacity(st: &GpuState, geos: &[Vec<Counts>], p: &Problem<'_>) -> bool {
+    match st {
+        GpuState::Mig { m, geo, used } => {
+            let nprof = p.t(*m).profiles();
+            if (0..nprof).any(|lp| geo[lp] > used[lp]) {
+                return true;
+            }
+            let used_total: u32 = used.iter().map(|&u| u32::from(u)).sum();
+            geos[p.mig[*m].t].iter().any(|g| {
+                (0..nprof).all(|lp| g[lp] >= used[lp])
+                    && g.iter().map(|&x| u32::from(x)).sum::<u32>() > used_total
+            })
+        }
+        GpuState::Mps {
+            cap_gb,
+            used_gb,
+            free,
+            ..
+        } => *cap_gb > *used_gb || free.iter().any(|&f| f > 0),
+    }
+}
+
+/// nos's per-GPU geometry update for the lacking vector.
+fn update_geometry(
+    p: &Problem<'_>,
+    st: &mut GpuState,
+    geos: &[Vec<Counts>],
+    lacking: &[i64],
+    mps_sizes: &[u32],
+) {
+    let np = p.profiles.len();
+    match st {
+        GpuState::Mig { m, geo, used } => {
+            let t = p.mig[*m].t;
+            let nprof = p.tables[t].profiles();
+            let loc = &p.local[t];
+            let mut best: Option<(i64, &Counts)> = None;
+            for g in &geos[t] {
+                if (0..nprof).any(|lp| g[lp] < used[lp]) {
+                    continue;
+                }
+                let mut score = 0i64;
+                for (gp, lp) in loc.iter().enumerate() {
+                    if let (Some(lp), true) = (lp, lacking[gp] > 0) {
+                        let provided = i64::from(g[*lp]) - i64::from(used[*lp]);
+                        score += provided.min(lacking[gp]);
+                    }
+                }
+                if best.is_none_or(|(b, _)| score > b) {
+                    best = Some((score, g));
+                }
+            }
+            if let Some((score, g)) = best {
+                if score > 0 {
+                    *geo = *g;
+                }
+            }
+        }
+        GpuState::Mps {
+            cap_gb,
+            used_gb,
+            free,
+            ..
+        } => {
+            let mut left = i64::from(*cap_gb)
+                - i64::from(*used_gb)
+                - free
+                    .iter()
+                    .zip(mps_sizes)
+                    .map(|(&f, &s)| i64::from(f) * i64::from(s))
+                    .sum::<i64>();
+            for (k, &size) in mps_sizes.iter().enumerate() {
+                let mut want = lacking[np + k];
+                while want > 0 && left >= i64::from(size) {
+                    free[k] += 1;
+                    left -= i64::from(size);
+                    want -= 1;
+                }
+            }
+        }
+    }
+}
+
+/// A valid layout with exactly the counts `geo` that keeps every busy instance, keeping as many
+/// idle instances as possible; `None` when the placements cannot realise the counts.
+fn realise(t: &Tables<'_>, busy: u64, existing: u64, geo: &Counts) -> Option<u64> {
+    let mut extra = existing & !busy;
+    for (lp, &n) in geo.iter().enumerate().take(t.profiles()) {
+        if n > 0 {
+            extra |= t.by_profile[lp];
+        }
+    }
+    let mut best: Option<(u32, u64)> = None;
+    t.for_each_superset(busy, extra, &mut |l| {
+        if counts_of(t, l) == *geo {
+            let ops = (l ^ existing).count_ones();
+            if best.is_none_or(|(o, _)| ops < o) {
+                best = Some((ops, l));
+            }
+        }
+        true
+    });
+    best.map(|(_, l)| l)
+}

@@ -1,0 +1,132 @@
+//! The plan: every GPU's new layout with the instances to create and destroy, which request
+//! gets which slice, what stays unassigned, and the totals. It is a value (serde), stable byte
+//! for byte for the same input, and documented field by field as a wire format.
+//!
+//! ```json
+//! {"policy": "tessera",
+//!  "gpus": [{"node": "node-a", "gpu": 0, "model": "a100-40gb", "mode": "mig",
+//!            "layout": [{"profile": "3g.20gb", "start": 4}],
+//!            "create": [], "destroy": []}],
+//!  "assignments": [{"request": "r1", "node": "node-a", "gpu": 0, "profile": "1g.5gb", "start": 0},
+//!                  {"request": "r3", "node": "node-b", "gpu": 1, "memory_mib": 10000, "sm_percent": 20},
+//!                  {"request": "r4", "node": "node-b", "gpu": 2, "timeslice": true}],
+//!  "unassigned": ["r9"],
+//!  "stats": {"served": 3, "served_priority": 7, "operations": 2}}
+//! ```
+
+use serde::{Deserialize, Serialize};
+
+use crate::input::GpuMode;
+use crate::Policy;
+
+/// A planning result.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Plan {
+    /// The policy that made it.
+    pub policy: Policy,
+    /// Every GPU of the cluster, in input order (unchanged ones with empty `create`/`destroy`).
+    pub gpus: Vec<GpuPlan>,
+    /// Served requests, in input order.
+    pub assignments: Vec<Assignment>,
+    /// Ids of requests left waiting, in input order.
+    pub unassigned: Vec<String>,
+    /// Totals.
+    pub stats: PlanStats,
+}
+
+/// One GPU's plan.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GpuPlan {
+    /// Node name.
+    pub node: String,
+    /// GPU index on the node.
+    pub gpu: usize,
+    /// Catalog key of the model.
+    pub model: String,
+    /// Sharing mode (unchanged by the plan).
+    pub mode: GpuMode,
+    /// MIG: every instance after the plan, sorted by start (busy ones included).
+    pub layout: Vec<InstanceRef>,
+    /// MIG: instances to create, sorted by start. Create them after the destroys.
+    pub create: Vec<InstanceRef>,
+    /// MIG: idle instances to destroy, sorted by start.
+    pub destroy: Vec<InstanceRef>,
+}
+
+impl GpuPlan {
+    /// Whether the plan creates or destroys anything on this GPU.
+    pub fn changed(&self) -> bool {
+        !self.create.is_empty() || !self.destroy.is_empty()
+    }
+}
+
+/// A MIG instance by profile name and placement start.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct InstanceRef {
+    /// Profile name, e.g. `3g.40gb`.
+    pub profile: String,
+    /// Placement start on the memory-slice grid.
+    pub start: u8,
+}
+
+/// A served request and the slice it gets.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Assignment {
+    /// Request id.
+    pub request: String,
+    /// Node name.
+    pub node: String,
+    /// GPU index on the node.
+    pub gpu: usize,
+    /// The slice: a MIG instance, or the limits of an MPS client or time-slice replica.
+    #[serde(flatten)]
+    pub slice: AssignedSlice,
+}
+
+/// The slice of an assignment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum AssignedSlice {
+    /// A MIG instance that is free in the GPU's new layout.
+    Mig {
+        /// Profile name.
+        profile: String,
+        /// Placement start.
+        start: u8,
+    },
+    /// An MPS client with these limits.
+    Mps {
+        /// Pinned device-memory limit in MiB.
+        memory_mib: u64,
+        /// Active-thread (SM) percentage.
+        sm_percent: u32,
+    },
+    /// One time-slice replica (time-slicing has no limits to carry).
+    Timeslice {
+        /// Always `true`.
+        timeslice: bool,
+    },
+}
+
+/// Totals of a plan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct PlanStats {
+    /// Requests served.
+    pub served: usize,
+    /// Sum of the served requests' priorities (the first objective).
+    pub served_priority: u64,
+    /// MIG instances to create plus instances to destroy (the second objective).
+    pub operations: usize,
+}
+
+impl Plan {
+    /// The GPUs the plan changes.
+    pub fn changed_gpus(&self) -> impl Iterator<Item = &GpuPlan> {
+        self.gpus.iter().filter(|g| g.changed())
+    }
+
+    /// The plan as pretty JSON (stable byte for byte).
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("plans always serialize")
+    }
+}

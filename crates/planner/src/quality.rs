@@ -1,0 +1,109 @@
+//! `bench quality`: each policy against the exact optimum on many small random instances.
+
+use serde::{Deserialize, Serialize};
+use tessera_model::Catalog;
+
+use crate::{check_plan, gen, plan, Objective, PlanOptions, Policy};
+
+/// One policy's totals over the instances.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PolicyQuality {
+    /// The policy.
+    pub policy: Policy,
+    /// Requests served, summed.
+    pub served: u64,
+    /// Served priority, summed.
+    pub served_priority: u64,
+    /// `served_priority` over the optimum's, summed over instances.
+    pub share_of_optimum: f64,
+    /// Instances where the policy reached the optimum's served priority.
+    pub optimal_instances: u64,
+    /// Operations, summed.
+    pub operations: u64,
+    /// Plans that broke a guarantee (always 0 unless there is a bug).
+    pub invalid_plans: u64,
+}
+
+/// The report of a quality run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QualityReport {
+    /// Instances generated.
+    pub instances: u64,
+    /// Seed of the first instance (instance `k` uses `seed + k`).
+    pub seed: u64,
+    /// Instances skipped because `exact` refused them.
+    pub skipped: u64,
+    /// The optimum's served priority, summed.
+    pub optimum_priority: u64,
+    /// The optimum's served requests, summed.
+    pub optimum_served: u64,
+    /// Per policy, in the order tessera, nos, first-fit, exact.
+    pub policies: Vec<PolicyQuality>,
+}
+
+/// Generate `instances` small instances from `seed` ([`gen::small_instance`]), plan each with
+/// every policy, check every plan, and total the results against `exact`.
+pub fn quality(catalog: &Catalog, instances: u64, seed: u64) -> QualityReport {
+    let mut rows: Vec<PolicyQuality> = Policy::ALL
+        .iter()
+        .map(|&policy| PolicyQuality {
+            policy,
+            served: 0,
+            served_priority: 0,
+            share_of_optimum: 0.0,
+            optimal_instances: 0,
+            operations: 0,
+            invalid_plans: 0,
+        })
+        .collect();
+    let mut skipped = 0;
+    let mut opt_total = 0u64;
+    let mut opt_served = 0u64;
+    for k in 0..instances {
+        let (cluster, requests) = gen::small_instance(catalog, seed.wrapping_add(k));
+        let exact_opts = PlanOptions::with_policy(Policy::Exact);
+        let Ok(best) = plan(catalog, &cluster, &requests, &exact_opts) else {
+            skipped += 1;
+            continue;
+        };
+        opt_total += best.stats.served_priority;
+        opt_served += best.stats.served as u64;
+        for row in rows.iter_mut() {
+            let opts = PlanOptions::with_policy(row.policy);
+            let obj = plan(catalog, &cluster, &requests, &opts)
+                .map_err(|e| vec![e.to_string()])
+                .and_then(|pl| check_plan(catalog, &cluster, &requests, &opts, &pl));
+            match obj {
+                Ok(Objective {
+                    served,
+                    served_priority,
+                    operations,
+                    ..
+                }) => {
+                    row.served += served as u64;
+                    row.served_priority += served_priority;
+                    row.operations += operations;
+                    if served_priority >= best.stats.served_priority {
+                        row.optimal_instances += 1;
+                    }
+                }
+                Err(_) => row.invalid_plans += 1,
+            }
+        }
+    }
+    for row in &mut rows {
+        row.share_of_optimum = if opt_total == 0 {
+            1.0
+        } else {
+            row.served_priority as f64 / opt_total as f64
+        };
+    }
+    QualityReport {
+        instances,
+        seed,
+        skipped,
+        optimum_priority: opt_total,
+        optimum_served: opt_served,
+        policies: rows,
+    }
+}

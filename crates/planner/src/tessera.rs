@@ -1,0 +1,558 @@
+//! The `tessera` policy.
+//!
+//! **MIG** runs in three steps:
+//! 1. *Greedy.* Requests are taken in groups (by priority; a second run groups them by priority
+//!    per GPU fraction). Inside a group, smaller profiles go first and each request takes the
+//!    cheapest option over all GPUs: reuse an idle instance of its profile (0 operations), else
+//!    create one in free space (1), and only after the whole group had its chance, destroy the
+//!    fewest idle instances that make room (1 + destroyed). Among GPUs with the same cost the one
+//!    whose free score `L²` drops least wins (best fit: nearly full GPUs fill up first, whole GPUs
+//!    stay whole), then the GPU that comes first. Each (GPU, profile) pair keeps its best option
+//!    as a key in an ordered index, so a request costs a few index lookups and one GPU refresh,
+//!    not a scan of the cluster.
+//! 2. The better of the two greedy runs (by the objective) is kept.
+//! 3. *Improvement.* Each GPU that holds requests placed by this plan is re-solved exhaustively
+//!    over its valid layouts that keep its busy instances, with its own requests plus the best
+//!    waiting requests of its profiles as candidates; the result replaces the GPU's plan when it
+//!    serves more priority (or as much with fewer operations). Displaced requests wait again
+//!    and may be taken by a later GPU. The work is capped by a fixed step budget, so large inputs
+//!    stay fast and the result stays deterministic.
+//!
+//! **MPS** is best-fit under three request orders, keeping the best; **time-slicing** serves the
+//! highest priorities on the fullest GPUs first (optimal: every replica is alike).
+
+use std::cmp::Reverse;
+use std::collections::{BTreeSet, BinaryHeap};
+
+use crate::mps;
+use crate::problem::{Problem, ReqKind, Slot, Solution};
+use crate::tables::{bits, Tables};
+
+/// Layout visits the improvement step may spend per plan.
+const IMPROVE_BUDGET: u64 = 400_000;
+/// Passes of the improvement step over the GPUs.
+const IMPROVE_PASSES: usize = 4;
+/// Up to this many MIG GPUs, the improvement step tries every pair of GPUs.
+const ALL_PAIRS_UP_TO: usize = 64;
+/// Beyond that, each GPU is paired with this many following GPUs.
+const PAIR_WINDOW: usize = 8;
+
+const NONE: u64 = u64::MAX;
+
+
+/// Plan with the tessera policy.
+pub(crate) fn solve(p: &Problem<'_>) -> Solution {
+    let mut sol = p.empty_solution();
+    mig(p, &mut sol);
+    mps::mps_tessera(p, &mut sol.slots);
+    mps::timeslice(p, true, &mut sol.slots);
+    sol
+}
+
+fn sq(x: u32) -> u32 {
+    x * x
+}
+
+/// One way to serve a request on one GPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Opt {
+    /// Operations: 0 reuse, 1 create, 1 + destroyed.
+    pub ops: u32,
+    /// Drop of the GPU's free score `L²`.
+    pub loss: u32,
+    /// The candidate that serves the request.
+    pub cand: usize,
+    /// Idle instances to destroy first.
+    pub destroy: u64,
+}
+
+impl Opt {
+    fn rank(&self) -> (u32, u32, usize) {
+        (self.ops, self.loss, self.cand)
+    }
+}
+
+/// What option search needs to know about one GPU, computed once per change.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct View {
+    layout: u64,
+    held: u64,
+    held_mem: u32,
+    /// `L²` now.
+    cur: u32,
+    /// Compute slices of `layout`.
+    compute: u32,
+}
+
+impl View {
+    pub(crate) fn new(t: &Tables<'_>, layout: u64, held: u64) -> Self {
+        let held_mem = t.mem_of(held);
+        View {
+            layout,
+            held,
+            held_mem,
+            cur: sq(t.largest_free(held_mem)),
+            compute: t.compute_of(layout),
+        }
+    }
+}
+
+/// The best option for profile `lp` on a GPU (see [`View`]): reuse beats create beats
+/// destroy-and-create; then the smallest free-score drop; then the lowest candidate.
+pub(crate) fn option(t: &Tables<'_>, v: &View, lp: usize) -> Option<Opt> {
+    let loss = |c: usize| v.cur - sq(t.largest_free(v.held_mem | t.mask[c]));
+    let idle = v.layout & !v.held;
+    let mine = t.by_profile[lp];
+    let mut best: Option<Opt> = None;
+    let consider = |best: &mut Option<Opt>, o: Opt| {
+        if best.is_none_or(|b| o.rank() < b.rank()) {
+            *best = Some(o);
+        }
+    };
+    for c in bits(idle & mine) {
+        consider(&mut best, Opt {
+            ops: 0,
+            loss: loss(c),
+            cand: c,
+            destroy: 0,
+        });
+    }
+    if best.is_some() {
+        return best;
+    }
+    for c in bits(mine) {
+        if t.fits_with(v.layout, v.compute, c) {
+            consider(&mut best, Opt {
+                ops: 1,
+                loss: loss(c),
+                cand: c,
+                destroy: 0,
+            });
+        }
+    }
+    if best.is_some() || idle == 0 {
+        return best;
+    }
+    for c in bits(mine) {
+        if t.conflict[c] & v.held != 0 {
+            continue;
+        }
+        let d0 = idle & t.conflict[c];
+        let rest = v.layout & !d0;
+        let d = if t.fits(rest, c) {
+            d0
+        } else {
+            // Counts or compute slices still block: destroy the fewest further idle instances.
+            let others = idle & !d0;
+            match fewest_to_remove(t, rest, others, c) {
+                Some(s) => d0 | s,
+                None => continue,
+            }
+        };
+        consider(&mut best, Opt {
+            ops: 1 + d.count_ones(),
+            loss: loss(c),
+            cand: c,
+            destroy: d,
+        });
+    }
+    best
+}
+
+/// The smallest subset of `others` whose removal from `layout` lets `c` fit (ties: the
+/// numerically smallest set).
+fn fewest_to_remove(t: &Tables<'_>, layout: u64, others: u64, c: usize) -> Option<u64> {
+    if others.count_ones() > 12 {
+        return t.fits(layout & !others, c).then_some(others);
+    }
+    let mut best: Option<u64> = None;
+    let mut sub = others;
+    loop {
+        if t.fits(layout & !sub, c)
+            && best.is_none_or(|b| (sub.count_ones(), sub) < (b.count_ones(), b))
+        {
+            best = Some(sub);
+        }
+        if sub == 0 {
+            break;
+        }
+        sub = (sub - 1) & others;
+    }
+    best
+}
+
+fn key_of(o: &Opt, m: usize) -> u64 {
+    (u64::from(o.ops.min(0xffff)) << 48) | (u64::from(o.loss) << 32) | m as u64
+}
+
+/// The greedy engine's state.
+#[derive(Clone)]
+struct Greedy<'p, 'a> {
+    p: &'p Problem<'a>,
+    layout: Vec<u64>,
+    held: Vec<u64>,
+    /// Per tables: the requested (local profile, global profile) pairs.
+    slots_of: Vec<Vec<(usize, usize)>>,
+    /// Per global profile: (tables, slot) pairs that offer it.
+    where_gp: Vec<Vec<(usize, usize)>>,
+    /// Per MIG GPU: offset of its keys.
+    key_base: Vec<usize>,
+    keys: Vec<u64>,
+    /// Per tables, per slot: a min-heap of option keys; an entry is live only while it equals
+    /// the GPU's current key for the slot (stale entries are dropped when they surface).
+    index: Vec<Vec<BinaryHeap<Reverse<u64>>>>,
+    /// Per tables, per slot: GPUs whose key may be out of date.
+    dirty: Vec<Vec<Vec<u32>>>,
+    /// Per key: whether it is listed in `dirty`.
+    dirty_flag: Vec<bool>,
+    slots: Vec<Option<Slot>>,
+}
+
+impl<'p, 'a> Greedy<'p, 'a> {
+    fn new(p: &'p Problem<'a>, demand: &[u32]) -> Self {
+        let nt = p.tables.len();
+        let mut slots_of = vec![Vec::new(); nt];
+        let mut where_gp = vec![Vec::new(); p.profiles.len()];
+        for (t, loc) in p.local.iter().enumerate() {
+            for (gp, lp) in loc.iter().enumerate() {
+                if let (Some(lp), true) = (lp, demand[gp] > 0) {
+                    where_gp[gp].push((t, slots_of[t].len()));
+                    slots_of[t].push((*lp, gp));
+                }
+            }
+        }
+        let mut key_base = Vec::with_capacity(p.mig.len());
+        let mut n = 0;
+        for g in &p.mig {
+            key_base.push(n);
+            n += slots_of[g.t].len();
+        }
+        let index = slots_of
+            .iter()
+            .map(|s| vec![BinaryHeap::new(); s.len()])
+            .collect();
+        let dirty = slots_of.iter().map(|s| vec![Vec::new(); s.len()]).collect();
+        let mut g = Greedy {
+            p,
+            layout: p.mig.iter().map(|g| g.existing).collect(),
+            held: p.mig.iter().map(|g| g.busy).collect(),
+            slots_of,
+            where_gp,
+            key_base,
+            keys: vec![NONE; n],
+            dirty,
+            dirty_flag: vec![false; n],
+            index,
+            slots: vec![None; p.reqs.len()],
+        };
+        // Initial keys, heapified in bulk.
+        let mut init: Vec<Vec<Vec<Reverse<u64>>>> =
+            g.slots_of.iter().map(|s| vec![Vec::new(); s.len()]).collect();
+        for m in 0..p.mig.len() {
+            let t = p.mig[m].t;
+            let tables = &p.tables[t];
+            let view = View::new(tables, g.layout[m], g.held[m]);
+            for (s, &(lp, _)) in g.slots_of[t].iter().enumerate() {
+                if let Some(o) = option(tables, &view, lp) {
+                    let k = key_of(&o, m);
+                    g.keys[g.key_base[m] + s] = k;
+                    init[t][s].push(Reverse(k));
+                }
+            }
+        }
+        g.index = init
+            .into_iter()
+            .map(|v| v.into_iter().map(BinaryHeap::from).collect())
+            .collect();
+        g
+    }
+
+    /// GPU `m` changed: its keys are recomputed lazily, when a slot is next queried.
+    fn touch(&mut self, m: usize) {
+        let t = self.p.mig[m].t;
+        let base = self.key_base[m];
+        for s in 0..self.slots_of[t].len() {
+            if !self.dirty_flag[base + s] {
+                self.dirty_flag[base + s] = true;
+                self.dirty[t][s].push(m as u32);
+            }
+        }
+    }
+
+    /// Bring slot `s` of tables `t` up to date.
+    fn clean(&mut self, t: usize, s: usize) {
+        let tables = &self.p.tables[t];
+        let lp = self.slots_of[t][s].0;
+        for m in std::mem::take(&mut self.dirty[t][s]) {
+            let m = m as usize;
+            let ki = self.key_base[m] + s;
+            self.dirty_flag[ki] = false;
+            let view = View::new(tables, self.layout[m], self.held[m]);
+            let new = option(tables, &view, lp).map_or(NONE, |o| key_of(&o, m));
+            if self.keys[ki] != new {
+                if new != NONE {
+                    self.index[t][s].push(Reverse(new));
+                }
+                self.keys[ki] = new;
+            }
+        }
+    }
+
+    /// Serve request `r` with the best option of at most `max_ops` operations.
+    fn place(&mut self, r: usize, gp: usize, max_ops: u32) -> bool {
+        let mut best: Option<(u64, usize, usize)> = None;
+        for wi in 0..self.where_gp[gp].len() {
+            let (t, s) = self.where_gp[gp][wi];
+            self.clean(t, s);
+            let heap = &mut self.index[t][s];
+            // Drop stale entries until the top is some GPU's current key.
+            while let Some(&Reverse(k)) = heap.peek() {
+                let m = (k & 0xffff_ffff) as usize;
+                if self.keys[self.key_base[m] + s] == k {
+                    if best.is_none_or(|b| k < b.0) {
+                        best = Some((k, t, s));
+                    }
+                    break;
+                }
+                heap.pop();
+            }
+        }
+        let Some((k, t, s)) = best else {
+            return false;
+        };
+        if (k >> 48) as u32 > max_ops {
+            return false;
+        }
+        let m = (k & 0xffff_ffff) as usize;
+        let lp = self.slots_of[t][s].0;
+        let tables = &self.p.tables[t];
+        let o = option(tables, &View::new(tables, self.layout[m], self.held[m]), lp)
+            .expect("an indexed option exists");
+        self.layout[m] = (self.layout[m] & !o.destroy) | 1 << o.cand;
+        self.held[m] |= 1 << o.cand;
+        self.slots[r] = Some(Slot::Mig(m, o.cand));
+        self.touch(m);
+        true
+    }
+
+    /// Run over request groups: in each group first without destroying, then with.
+    fn run(mut self, groups: &[Vec<usize>]) -> (Vec<u64>, Vec<Option<Slot>>) {
+        for group in groups {
+            let mut deferred = Vec::new();
+            for &r in group {
+                let ReqKind::Mig(gp) = self.p.reqs[r].kind else {
+                    continue;
+                };
+                if !self.place(r, gp, 1) {
+                    deferred.push((r, gp));
+                }
+            }
+            for (r, gp) in deferred {
+                self.place(r, gp, u32::MAX);
+            }
+        }
+        (self.layout, self.slots)
+    }
+}
+
+/// MIG requests in groups of equal priority (highest first); inside a group larger profiles
+/// first (as a fraction of a GPU) when `large_first`, else smaller first; then input order.
+fn request_groups(p: &Problem<'_>, large_first: bool) -> Vec<Vec<usize>> {
+    let w: Vec<u64> = (0..p.profiles.len()).map(|gp| p.profile_weight(gp)).collect();
+    let mut mig: Vec<(usize, u64, u64)> = p
+        .reqs
+        .iter()
+        .enumerate()
+        .filter_map(|(i, r)| match r.kind {
+            ReqKind::Mig(gp) => Some((i, r.prio, if large_first { u64::MAX - w[gp] } else { w[gp] })),
+            _ => None,
+        })
+        .collect();
+    mig.sort_by_key(|&(i, prio, w)| (Reverse(prio), w, i));
+    let mut out: Vec<Vec<usize>> = Vec::new();
+    for (k, e) in mig.iter().enumerate() {
+        if k == 0 || mig[k - 1].1 != e.1 {
+            out.push(Vec::new());
+        }
+        out.last_mut().expect("pushed").push(e.0);
+    }
+    out
+}
+
+fn mig(p: &Problem<'_>, sol: &mut Solution) {
+    let mut demand = vec![0u32; p.profiles.len()];
+    for r in &p.reqs {
+        if let ReqKind::Mig(gp) = r.kind {
+            demand[gp] += 1;
+        }
+    }
+    if p.mig.is_empty() || demand.iter().all(|&d| d == 0) {
+        return;
+    }
+    // Two greedy runs, larger profiles first and smaller first; the better plan wins (ties:
+    // larger first). Loose clusters favour the first, tight ones the second.
+    let start = Greedy::new(p, &demand);
+    let mut best: Option<(crate::Objective, Solution)> = None;
+    for large_first in [true, false] {
+        let (layouts, slots) = start.clone().run(&request_groups(p, large_first));
+        let cand = Solution { layouts, slots };
+        let obj = p.objective(&cand);
+        if best.as_ref().is_none_or(|(b, _)| obj.better_than(b)) {
+            best = Some((obj, cand));
+        }
+    }
+    let (_, mut s) = best.expect("two runs");
+    improve(p, &mut s);
+    // First-fit's plan is the fallback: tessera never serves less than first-fit.
+    let mut ff = p.empty_solution();
+    crate::firstfit::mig(p, &mut ff);
+    if p.objective(&ff).better_than(&p.objective(&s)) {
+        improve(p, &mut ff);
+        s = ff;
+    }
+    sol.layouts = s.layouts;
+    for (i, slot) in s.slots.into_iter().enumerate() {
+        if slot.is_some() {
+            sol.slots[i] = slot;
+        }
+    }
+}
+
+/// The improvement step (see the module docs).
+fn improve(p: &Problem<'_>, sol: &mut Solution) {
+    let mut imp = Improver::new(p, sol);
+    if imp.waiting.iter().all(BTreeSet::is_empty) {
+        return;
+    }
+    let n = p.mig.len();
+    // Small clusters try every pair of GPUs; large ones pair each GPU with its next neighbours
+    // (the same node, mostly), within the step budget.
+    let window = if n <= ALL_PAIRS_UP_TO { n } else { PAIR_WINDOW };
+    for _ in 0..IMPROVE_PASSES {
+        let mut changed = false;
+        for g in 0..n {
+            match imp.try_set(&[g], sol) {
+                Step::Improved => changed = true,
+                Step::Same => {}
+                Step::OutOfBudget => return,
+            }
+        }
+        for g in 0..n {
+            for h in g + 1..n.min(g + 1 + window) {
+                match imp.try_set(&[g, h], sol) {
+                    Step::Improved => changed = true,
+                    Step::Same => {}
+                    Step::OutOfBudget => return,
+                }
+            }
+        }
+        if !changed {
+            break;
+        }
+    }
+}
+
+enum Step {
+    Improved,
+    Same,
+    OutOfBudget,
+}
+
+/// State of the improvement step: requests per GPU and the waiting ones per profile.
+struct Improver<'p, 'a> {
+    p: &'p Problem<'a>,
+    on_gpu: Vec<Vec<usize>>,
+    waiting: Vec<BTreeSet<(Reverse<u64>, usize)>>,
+    budget: u64,
+}
+
+impl<'p, 'a> Improver<'p, 'a> {
+    fn new(p: &'p Problem<'a>, sol: &Solution) -> Self {
+        let mut on_gpu: Vec<Vec<usize>> = vec![Vec::new(); p.mig.len()];
+        let mut waiting = vec![BTreeSet::new(); p.profiles.len()];
+        for (i, r) in p.reqs.iter().enumerate() {
+            let ReqKind::Mig(gp) = r.kind else { continue };
+            match sol.slots[i] {
+                Some(Slot::Mig(m, _)) => on_gpu[m].push(i),
+                _ => {
+                    waiting[gp].insert((Reverse(r.prio), i));
+                }
+            }
+        }
+        Improver {
+            p,
+            on_gpu,
+            waiting,
+            budget: IMPROVE_BUDGET,
+        }
+    }
+
+    /// Re-solve the GPUs `set` exactly with their requests plus the best waiting ones; keep the
+    /// result when it serves more priority, or as much with fewer operations.
+    fn try_set(&mut self, set: &[usize], sol: &mut Solution) -> Step {
+        let p = self.p;
+        if set.iter().all(|&g| self.on_gpu[g].is_empty()) {
+            return Step::Same;
+        }
+        // Candidates: the set's requests plus, per profile, as many waiting ones as fit.
+        let mut cap = vec![0usize; p.profiles.len()];
+        for &g in set {
+            let t = p.t(g);
+            for (gp, lp) in p.local[p.mig[g].t].iter().enumerate() {
+                if let Some(lp) = lp {
+                    cap[gp] += usize::from(t.prof_max[*lp]);
+                }
+            }
+        }
+        let mut cands: Vec<usize> = set.iter().flat_map(|&g| self.on_gpu[g].iter().copied()).collect();
+        let mut any_waiting = false;
+        for (gp, &c) in cap.iter().enumerate() {
+            for &(_, i) in self.waiting[gp].iter().take(c) {
+                cands.push(i);
+                any_waiting = true;
+            }
+        }
+        if !any_waiting {
+            return Step::Same;
+        }
+        let search = match crate::dp::Search::prepare(p, set, &cands, self.budget) {
+            Ok(s) => s,
+            Err(_) => {
+                self.budget = 0;
+                return Step::OutOfBudget;
+            }
+        };
+        self.budget -= search.steps.min(self.budget);
+        let out = search.run(p);
+        let cur_value: u64 = set
+            .iter()
+            .flat_map(|&g| self.on_gpu[g].iter())
+            .map(|&i| p.reqs[i].prio)
+            .sum();
+        let cur_ops: u32 = set
+            .iter()
+            .map(|&g| (sol.layouts[g] ^ p.mig[g].existing).count_ones())
+            .sum();
+        if (out.value, Reverse(out.ops)) <= (cur_value, Reverse(cur_ops)) {
+            return Step::Same;
+        }
+        for &g in set {
+            for i in std::mem::take(&mut self.on_gpu[g]) {
+                sol.slots[i] = None;
+                let ReqKind::Mig(gp) = p.reqs[i].kind else { unreachable!() };
+                self.waiting[gp].insert((Reverse(p.reqs[i].prio), i));
+            }
+        }
+        for (k, &g) in set.iter().enumerate() {
+            sol.layouts[g] = out.layouts[k];
+        }
+        for (i, k, c) in out.assign {
+            let g = set[k];
+            let ReqKind::Mig(gp) = p.reqs[i].kind else { unreachable!() };
+            self.waiting[gp].remove(&(Reverse(p.reqs[i].prio), i));
+            sol.slots[i] = Some(Slot::Mig(g, c));
+            self.on_gpu[g].push(i);
+        }
+        Step::Improved
+    }
+}
