@@ -1,1 +1,2 @@
+//! Criterion benchmarks of the planner's hot paths (placeholder until the real ones land).
 fn main() {}

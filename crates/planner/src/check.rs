@@ -43,7 +43,10 @@ pub fn check_plan(
             };
             match t.cand_index(Placed::new(pi, r.start)) {
                 Some(c) if set & (1 << c) == 0 => set |= 1 << c,
-                _ => errs.push(format!("{what}: {}@{} is not a placement or is repeated", r.profile, r.start)),
+                _ => errs.push(format!(
+                    "{what}: {}@{} is not a placement or is repeated",
+                    r.profile, r.start
+                )),
             }
         }
         set
@@ -54,14 +57,24 @@ pub fn check_plan(
     for (gi, (g, gp)) in p.gpus.iter().zip(&plan.gpus).enumerate() {
         let node = &p.cluster.nodes[g.node].name;
         let place = format!("node `{node}` GPU {}", g.index);
-        if gp.node != *node || gp.gpu != g.index || gp.mode != g.mode || gp.model != p.models[g.model].key {
-            errs.push(format!("{place}: listed as `{}` GPU {} ({}, {}) out of order or mislabelled", gp.node, gp.gpu, gp.model, gp.mode));
+        if gp.node != *node
+            || gp.gpu != g.index
+            || gp.mode != g.mode
+            || gp.model != p.models[g.model].key
+        {
+            errs.push(format!(
+                "{place}: listed as `{}` GPU {} ({}, {}) out of order or mislabelled",
+                gp.node, gp.gpu, gp.model, gp.mode
+            ));
             continue;
         }
         at.insert((node.as_str(), g.index), gi);
         if g.mode != GpuMode::Mig {
             if !gp.layout.is_empty() || gp.changed() {
-                errs.push(format!("{place}: a {} GPU has a MIG layout or operations", g.mode));
+                errs.push(format!(
+                    "{place}: a {} GPU has a MIG layout or operations",
+                    g.mode
+                ));
             }
             continue;
         }
@@ -79,7 +92,9 @@ pub fn check_plan(
             errs.push(format!("{place}: a busy instance is destroyed or moved"));
         }
         if create != fin & !mg.existing || destroy != mg.existing & !fin {
-            errs.push(format!("{place}: create/destroy do not match the change of layout"));
+            errs.push(format!(
+                "{place}: create/destroy do not match the change of layout"
+            ));
         }
         let sorted = |l: &[InstanceRef], set: u64| -> bool {
             let want: Vec<(u8, String)> = t
@@ -90,16 +105,27 @@ pub fn check_plan(
             let got: Vec<(u8, String)> = l.iter().map(|r| (r.start, r.profile.clone())).collect();
             want == got
         };
-        if !sorted(&gp.layout, fin) || !sorted(&gp.create, create) || !sorted(&gp.destroy, destroy) {
-            errs.push(format!("{place}: instances are not listed sorted by start with canonical names"));
+        if !sorted(&gp.layout, fin) || !sorted(&gp.create, create) || !sorted(&gp.destroy, destroy)
+        {
+            errs.push(format!(
+                "{place}: instances are not listed sorted by start with canonical names"
+            ));
         }
         operations += u64::from((fin ^ mg.existing).count_ones());
         finals[g.slot] = fin;
     }
-    let ids: BTreeMap<&str, usize> = requests.iter().enumerate().map(|(i, r)| (r.id.as_str(), i)).collect();
+    let ids: BTreeMap<&str, usize> = requests
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (r.id.as_str(), i))
+        .collect();
     let mut served = vec![false; requests.len()];
     let mut held: Vec<u64> = p.mig.iter().map(|g| g.busy).collect();
-    let mut mps_room: Vec<(u64, u32, u32)> = p.mps.iter().map(|g| (g.mem_free, g.sm_free, g.clients_free)).collect();
+    let mut mps_room: Vec<(u64, u32, u32)> = p
+        .mps
+        .iter()
+        .map(|g| (g.mem_free, g.sm_free, g.clients_free))
+        .collect();
     let mut ts_room: Vec<u32> = p.ts.iter().map(|g| g.free).collect();
     let mut value = 0u64;
     let mut last = None;
@@ -113,13 +139,19 @@ pub fn check_plan(
             continue;
         }
         if last.is_some_and(|l| l > ri) {
-            errs.push(format!("assignments are not in input order at `{}`", a.request));
+            errs.push(format!(
+                "assignments are not in input order at `{}`",
+                a.request
+            ));
         }
         last = Some(ri);
         served[ri] = true;
         value += u64::from(requests[ri].priority);
         let Some(&gi) = at.get(&(a.node.as_str(), a.gpu)) else {
-            errs.push(format!("request `{}`: no GPU {} on node `{}`", a.request, a.gpu, a.node));
+            errs.push(format!(
+                "request `{}`: no GPU {} on node `{}`",
+                a.request, a.gpu, a.node
+            ));
             continue;
         };
         let g = p.gpus[gi];
@@ -128,7 +160,10 @@ pub fn check_plan(
                 let mg = &p.mig[g.slot];
                 let t = &p.tables[mg.t];
                 let ok_name = want.trim().eq_ignore_ascii_case(profile);
-                let c = t.model.profile_named(profile).and_then(|pi| t.cand_index(Placed::new(pi, *start)));
+                let c = t
+                    .model
+                    .profile_named(profile)
+                    .and_then(|pi| t.cand_index(Placed::new(pi, *start)));
                 match c {
                     Some(c) if ok_name && finals[g.slot] & (1 << c) != 0 && held[g.slot] & (1 << c) == 0 => {
                         held[g.slot] |= 1 << c;
@@ -139,24 +174,44 @@ pub fn check_plan(
                     )),
                 }
             }
-            (RequestKind::Mps(m), AssignedSlice::Mps { memory_mib, sm_percent }, GpuMode::Mps) => {
+            (
+                RequestKind::Mps(m),
+                AssignedSlice::Mps {
+                    memory_mib,
+                    sm_percent,
+                },
+                GpuMode::Mps,
+            ) => {
                 let r = &mut mps_room[g.slot];
                 if *memory_mib != m.memory_mib || *sm_percent != m.sm_percent {
-                    errs.push(format!("request `{}`: the MPS limits differ from the request", a.request));
+                    errs.push(format!(
+                        "request `{}`: the MPS limits differ from the request",
+                        a.request
+                    ));
                 } else if r.0 < m.memory_mib || r.1 < m.sm_percent || r.2 == 0 {
-                    errs.push(format!("request `{}`: the MPS GPU has no room for it", a.request));
+                    errs.push(format!(
+                        "request `{}`: the MPS GPU has no room for it",
+                        a.request
+                    ));
                 } else {
                     *r = (r.0 - m.memory_mib, r.1 - m.sm_percent, r.2 - 1);
                 }
             }
-            (RequestKind::Timeslice, AssignedSlice::Timeslice { timeslice: true }, GpuMode::Timeslice) => {
+            (
+                RequestKind::Timeslice,
+                AssignedSlice::Timeslice { timeslice: true },
+                GpuMode::Timeslice,
+            ) => {
                 if ts_room[g.slot] == 0 {
                     errs.push(format!("request `{}`: no free replica", a.request));
                 } else {
                     ts_room[g.slot] -= 1;
                 }
             }
-            _ => errs.push(format!("request `{}`: the slice does not match the request or the GPU's mode", a.request)),
+            _ => errs.push(format!(
+                "request `{}`: the slice does not match the request or the GPU's mode",
+                a.request
+            )),
         }
     }
     let want_unassigned: Vec<&str> = requests

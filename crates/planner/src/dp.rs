@@ -187,14 +187,13 @@ impl Search {
         for opts in &self.options {
             let mut next = vec![UNSET; n];
             let mut ch = vec![u32::MAX; n];
-            for s in 0..n {
-                if best[s].0 == u32::MAX {
+            for (s, &here) in best.iter().enumerate() {
+                if here.0 == u32::MAX {
                     continue;
                 }
                 let digits = decode(s);
                 for (oi, o) in opts.iter().enumerate() {
-                    if o
-                        .digits
+                    if o.digits
                         .iter()
                         .zip(&digits)
                         .zip(&self.dims)
@@ -203,7 +202,7 @@ impl Search {
                         continue;
                     }
                     let s2 = s + o.offset;
-                    let cand = (best[s].0 + o.ops, best[s].1 + o.score);
+                    let cand = (here.0 + o.ops, here.1 + o.score);
                     let cur = next[s2];
                     if cur.0 == u32::MAX || (Reverse(cand.0), cand.1) > (Reverse(cur.0), cur.1) {
                         next[s2] = cand;

@@ -25,6 +25,7 @@ pub(crate) fn mig(p: &Problem<'_>, sol: &mut Solution) {
         let ReqKind::Mig(gp) = p.reqs[i].kind else {
             continue;
         };
+        #[allow(clippy::needless_range_loop)] // `m` indexes four parallel vectors
         for m in cursor[gp]..p.mig.len() {
             let t = p.t(m);
             let choice = p.local[p.mig[m].t][gp].and_then(|lp| {

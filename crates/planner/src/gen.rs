@@ -46,7 +46,11 @@ pub fn random_layout(model: &GpuModel, rng: &mut impl Rng, fill: f64) -> Vec<Pla
     let mut state = LayoutState::new();
     let mut out = Vec::new();
     loop {
-        let fit: Vec<Placed> = cands.iter().copied().filter(|&c| state.fits(model, c)).collect();
+        let fit: Vec<Placed> = cands
+            .iter()
+            .copied()
+            .filter(|&c| state.fits(model, c))
+            .collect();
         let Some(&c) = fit.choose(rng) else { break };
         state.add(model, c);
         out.push(c);
@@ -61,7 +65,13 @@ pub fn random_layout(model: &GpuModel, rng: &mut impl Rng, fill: f64) -> Vec<Pla
 /// A random MIG profile name of `model`: 1, 2, 3, 4 or all compute slices with weights
 /// 40/25/15/10/10, ordinary (non-media) profiles only.
 pub fn random_profile(model: &GpuModel, rng: &mut impl Rng) -> String {
-    let sizes: [(u8, u32); 5] = [(1, 40), (2, 25), (3, 15), (4, 10), (model.compute_slices, 10)];
+    let sizes: [(u8, u32); 5] = [
+        (1, 40),
+        (2, 25),
+        (3, 15),
+        (4, 10),
+        (model.compute_slices, 10),
+    ];
     loop {
         let roll = rng.random_range(0..100u32);
         let mut acc = 0;
@@ -166,7 +176,11 @@ pub fn random_request(
 
 fn models<'c>(catalog: &'c Catalog, keys: &[&str]) -> Vec<&'c GpuModel> {
     keys.iter()
-        .map(|k| catalog.lookup(k).expect("generator models are in the built-in catalog"))
+        .map(|k| {
+            catalog
+                .lookup(k)
+                .expect("generator models are in the built-in catalog")
+        })
         .collect()
 }
 

@@ -59,13 +59,15 @@ use tessera_model::Catalog;
 pub use check::check_plan;
 pub use error::PlanError;
 pub use input::{
-    ClusterSpec, GpuMode, GpuSpec, InstanceSpec, MpsClientSpec, MpsRequest, NodeSpec,
-    RequestKind, RequestSpec, RequestsFile,
+    ClusterSpec, GpuMode, GpuSpec, InstanceSpec, MpsClientSpec, MpsRequest, NodeSpec, RequestKind,
+    RequestSpec, RequestsFile,
 };
 pub use plan::{AssignedSlice, Assignment, GpuPlan, InstanceRef, Plan, PlanStats};
 
 /// A planning algorithm.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum Policy {
     /// Ours: reuse free matching instances, then create in free space, then destroy idle
@@ -85,7 +87,12 @@ pub enum Policy {
 
 impl Policy {
     /// Every policy, in a fixed order.
-    pub const ALL: [Policy; 4] = [Policy::Tessera, Policy::Nos, Policy::FirstFit, Policy::Exact];
+    pub const ALL: [Policy; 4] = [
+        Policy::Tessera,
+        Policy::Nos,
+        Policy::FirstFit,
+        Policy::Exact,
+    ];
 
     /// The policy's name (`tessera`, `nos`, `first-fit`, `exact`).
     pub fn as_str(self) -> &'static str {

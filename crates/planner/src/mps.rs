@@ -12,7 +12,9 @@ pub(crate) fn order_by<K: Ord>(
     want: impl Fn(&ReqKind) -> bool,
     tie: impl Fn(&ReqKind) -> K,
 ) -> Vec<usize> {
-    let mut v: Vec<usize> = (0..p.reqs.len()).filter(|&i| want(&p.reqs[i].kind)).collect();
+    let mut v: Vec<usize> = (0..p.reqs.len())
+        .filter(|&i| want(&p.reqs[i].kind))
+        .collect();
     v.sort_by_key(|&i| (std::cmp::Reverse(p.reqs[i].prio), tie(&p.reqs[i].kind), i));
     v
 }
@@ -62,10 +64,7 @@ pub(crate) fn mps_first_fit(p: &Problem<'_>, order: &[usize], slots: &mut [Optio
         let ReqKind::Mps { mem, sm } = p.reqs[i].kind else {
             continue;
         };
-        if let Some(g) = room
-            .iter()
-            .position(|r| r.0 >= mem && r.1 >= sm && r.2 > 0)
-        {
+        if let Some(g) = room.iter().position(|r| r.0 >= mem && r.1 >= sm && r.2 > 0) {
             room[g].0 -= mem;
             room[g].1 -= sm;
             room[g].2 -= 1;
@@ -118,14 +117,19 @@ pub(crate) fn mps_tessera(p: &Problem<'_>, slots: &mut [Option<Slot>]) {
     let is_mps = |k: &ReqKind| matches!(k, ReqKind::Mps { .. });
     let mem_ref = p.mps.iter().map(|g| g.mem_total).max().unwrap_or(1).max(1);
     let share = |k: &ReqKind| match k {
-        ReqKind::Mps { mem, sm } => (u128::from(*mem) * 10_000 / u128::from(mem_ref))
-            .max(u128::from(*sm) * 100),
+        ReqKind::Mps { mem, sm } => {
+            (u128::from(*mem) * 10_000 / u128::from(mem_ref)).max(u128::from(*sm) * 100)
+        }
         _ => 0,
     };
     let mut a = slots.to_vec();
     mps_best_fit(p, &order_by(p, is_mps, share), &mut a);
     let mut b = slots.to_vec();
     mps_first_fit(p, &order_by(p, is_mps, |_| 0u8), &mut b);
-    let best = if mps_value(p, &b) > mps_value(p, &a) { b } else { a };
+    let best = if mps_value(p, &b) > mps_value(p, &a) {
+        b
+    } else {
+        a
+    };
     slots.copy_from_slice(&best);
 }

@@ -133,7 +133,12 @@ pub(crate) fn solve(p: &Problem<'_>) -> Solution {
     }
     for (n, gs) in node_gpus.iter().enumerate() {
         for &gi in gs {
-            add_free(p, &snap.gpus[gi], &mut snap.node_free[n * nres..(n + 1) * nres], 1);
+            add_free(
+                p,
+                &snap.gpus[gi],
+                &mut snap.node_free[n * nres..(n + 1) * nres],
+                1,
+            );
         }
     }
 
@@ -302,7 +307,11 @@ fn profile_size(name: &str) -> (u32, u32) {
         .unwrap_or(0);
     let mem: u32 = parts
         .next()
-        .map(|x| x.chars().take_while(|c| c.is_ascii_digit()).collect::<String>())
+        .map(|x| {
+            x.chars()
+                .take_while(|c| c.is_ascii_digit())
+                .collect::<String>()
+        })
         .and_then(|x| x.parse().ok())
         .unwrap_or(0);
     (mem, g)

@@ -173,12 +173,14 @@ impl<'a> Problem<'a> {
                 let mi = match model_ix.get(g.model.as_str()) {
                     Some(&i) => i,
                     None => {
-                        let m = catalog.get(&g.model).ok_or_else(|| PlanError::UnknownModel {
-                            node: node.name.clone(),
-                            gpu: gi,
-                            model: g.model.clone(),
-                            known: catalog.models.iter().map(|m| m.key.clone()).collect(),
-                        })?;
+                        let m = catalog
+                            .get(&g.model)
+                            .ok_or_else(|| PlanError::UnknownModel {
+                                node: node.name.clone(),
+                                gpu: gi,
+                                model: g.model.clone(),
+                                known: catalog.models.iter().map(|m| m.key.clone()).collect(),
+                            })?;
                         let i = match models.iter().position(|x| std::ptr::eq(*x, m)) {
                             Some(i) => i,
                             None => {
@@ -244,7 +246,9 @@ impl<'a> Problem<'a> {
                                 .instances
                                 .iter()
                                 .filter_map(|i| {
-                                    model.profile_named(&i.profile).map(|p| Placed::new(p, i.start))
+                                    model
+                                        .profile_named(&i.profile)
+                                        .map(|p| Placed::new(p, i.start))
                                 })
                                 .collect();
                             let mut problems: Vec<String> = model
@@ -327,7 +331,9 @@ impl<'a> Problem<'a> {
                 return Err(PlanError::DuplicateRequest { id: r.id.clone() });
             }
             if r.priority == 0 {
-                return Err(bad("priority 0 is not allowed; priorities start at 1".into()));
+                return Err(bad(
+                    "priority 0 is not allowed; priorities start at 1".into()
+                ));
             }
             let kind = match &r.kind {
                 RequestKind::Mig(p) => {
@@ -362,7 +368,10 @@ impl<'a> Problem<'a> {
                 }
                 RequestKind::Mps(m) => {
                     if m.memory_mib == 0 {
-                        return Err(bad("MPS memory_mib is 0; ask for the device memory the client needs".into()));
+                        return Err(bad(
+                            "MPS memory_mib is 0; ask for the device memory the client needs"
+                                .into(),
+                        ));
                     }
                     if m.sm_percent == 0 || m.sm_percent > 100 {
                         return Err(bad(format!(
@@ -583,7 +592,9 @@ impl<'a> Problem<'a> {
                     let t = self.t(m);
                     let l = sol.layouts[m];
                     if l & (1 << c) == 0 || self.mig[m].busy & (1 << c) != 0 {
-                        return Err(format!("request {i}: its instance is not free in the final layout"));
+                        return Err(format!(
+                            "request {i}: its instance is not free in the final layout"
+                        ));
                     }
                     if self.local[self.mig[m].t][gp] != Some(usize::from(t.prof[c])) {
                         return Err(format!("request {i}: wrong profile"));

@@ -237,7 +237,9 @@ impl<'c> Tables<'c> {
     /// Visit every valid layout that contains `base` and otherwise only candidates of `extra`
     /// (`base` must be valid). The callback returns `false` to stop.
     pub fn for_each_superset(&self, base: u64, extra: u64, visit: &mut dyn FnMut(u64) -> bool) {
-        let list: Vec<usize> = bits(extra & !base).filter(|&c| self.fits(base, c)).collect();
+        let list: Vec<usize> = bits(extra & !base)
+            .filter(|&c| self.fits(base, c))
+            .collect();
         fn rec(
             t: &Tables<'_>,
             list: &[usize],

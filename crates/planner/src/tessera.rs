@@ -39,7 +39,6 @@ const PAIR_WINDOW: usize = 8;
 
 const NONE: u64 = u64::MAX;
 
-
 /// Plan with the tessera policy.
 pub(crate) fn solve(p: &Problem<'_>) -> Solution {
     let mut sol = p.empty_solution();
@@ -110,24 +109,30 @@ pub(crate) fn option(t: &Tables<'_>, v: &View, lp: usize) -> Option<Opt> {
         }
     };
     for c in bits(idle & mine) {
-        consider(&mut best, Opt {
-            ops: 0,
-            loss: loss(c),
-            cand: c,
-            destroy: 0,
-        });
+        consider(
+            &mut best,
+            Opt {
+                ops: 0,
+                loss: loss(c),
+                cand: c,
+                destroy: 0,
+            },
+        );
     }
     if best.is_some() {
         return best;
     }
     for c in bits(mine) {
         if t.fits_with(v.layout, v.compute, c) {
-            consider(&mut best, Opt {
-                ops: 1,
-                loss: loss(c),
-                cand: c,
-                destroy: 0,
-            });
+            consider(
+                &mut best,
+                Opt {
+                    ops: 1,
+                    loss: loss(c),
+                    cand: c,
+                    destroy: 0,
+                },
+            );
         }
     }
     if best.is_some() || idle == 0 {
@@ -149,12 +154,15 @@ pub(crate) fn option(t: &Tables<'_>, v: &View, lp: usize) -> Option<Opt> {
                 None => continue,
             }
         };
-        consider(&mut best, Opt {
-            ops: 1 + d.count_ones(),
-            loss: loss(c),
-            cand: c,
-            destroy: d,
-        });
+        consider(
+            &mut best,
+            Opt {
+                ops: 1 + d.count_ones(),
+                loss: loss(c),
+                cand: c,
+                destroy: d,
+            },
+        );
     }
     best
 }
@@ -246,8 +254,11 @@ impl<'p, 'a> Greedy<'p, 'a> {
             slots: vec![None; p.reqs.len()],
         };
         // Initial keys, heapified in bulk.
-        let mut init: Vec<Vec<Vec<Reverse<u64>>>> =
-            g.slots_of.iter().map(|s| vec![Vec::new(); s.len()]).collect();
+        let mut init: Vec<Vec<Vec<Reverse<u64>>>> = g
+            .slots_of
+            .iter()
+            .map(|s| vec![Vec::new(); s.len()])
+            .collect();
         for m in 0..p.mig.len() {
             let t = p.mig[m].t;
             let tables = &p.tables[t];
@@ -358,13 +369,19 @@ impl<'p, 'a> Greedy<'p, 'a> {
 /// MIG requests in groups of equal priority (highest first); inside a group larger profiles
 /// first (as a fraction of a GPU) when `large_first`, else smaller first; then input order.
 fn request_groups(p: &Problem<'_>, large_first: bool) -> Vec<Vec<usize>> {
-    let w: Vec<u64> = (0..p.profiles.len()).map(|gp| p.profile_weight(gp)).collect();
+    let w: Vec<u64> = (0..p.profiles.len())
+        .map(|gp| p.profile_weight(gp))
+        .collect();
     let mut mig: Vec<(usize, u64, u64)> = p
         .reqs
         .iter()
         .enumerate()
         .filter_map(|(i, r)| match r.kind {
-            ReqKind::Mig(gp) => Some((i, r.prio, if large_first { u64::MAX - w[gp] } else { w[gp] })),
+            ReqKind::Mig(gp) => Some((
+                i,
+                r.prio,
+                if large_first { u64::MAX - w[gp] } else { w[gp] },
+            )),
             _ => None,
         })
         .collect();
@@ -504,7 +521,10 @@ impl<'p, 'a> Improver<'p, 'a> {
                 }
             }
         }
-        let mut cands: Vec<usize> = set.iter().flat_map(|&g| self.on_gpu[g].iter().copied()).collect();
+        let mut cands: Vec<usize> = set
+            .iter()
+            .flat_map(|&g| self.on_gpu[g].iter().copied())
+            .collect();
         let mut any_waiting = false;
         for (gp, &c) in cap.iter().enumerate() {
             for &(_, i) in self.waiting[gp].iter().take(c) {
@@ -539,7 +559,9 @@ impl<'p, 'a> Improver<'p, 'a> {
         for &g in set {
             for i in std::mem::take(&mut self.on_gpu[g]) {
                 sol.slots[i] = None;
-                let ReqKind::Mig(gp) = p.reqs[i].kind else { unreachable!() };
+                let ReqKind::Mig(gp) = p.reqs[i].kind else {
+                    unreachable!()
+                };
                 self.waiting[gp].insert((Reverse(p.reqs[i].prio), i));
             }
         }
@@ -548,7 +570,9 @@ impl<'p, 'a> Improver<'p, 'a> {
         }
         for (i, k, c) in out.assign {
             let g = set[k];
-            let ReqKind::Mig(gp) = p.reqs[i].kind else { unreachable!() };
+            let ReqKind::Mig(gp) = p.reqs[i].kind else {
+                unreachable!()
+            };
             self.waiting[gp].remove(&(Reverse(p.reqs[i].prio), i));
             sol.slots[i] = Some(Slot::Mig(g, c));
             self.on_gpu[g].push(i);
