@@ -40,6 +40,8 @@ enum Command {
     Layouts(cmd::layouts::Args),
     /// Check a MIG layout (`PROFILE@START ...`) against the model's rules.
     Check(cmd::check::Args),
+    /// Plan slice layouts and placements for pending requests on a cluster (no changes made).
+    Plan(cmd::plan::Args),
     /// Catalog tools: import a new model from nvidia-smi output, print the built-in catalog.
     #[command(subcommand)]
     Catalog(cmd::catalog::CatalogCmd),
@@ -63,7 +65,8 @@ enum Command {
     Drain(cmd::drain::Args),
     /// The daemon in-process on a simulated fleet with a scripted mix of users and requests.
     Demo(cmd::demo::Args),
-    /// Benchmarks: what each GPU sharing mode gives each tenant (`bench sharing`).
+    /// Benchmarks: what each GPU sharing mode gives each tenant (`bench sharing`), planner
+    /// speed (`bench plan`) and quality against the optimum (`bench quality`).
     #[command(subcommand)]
     Bench(cmd::bench::BenchCmd),
     /// Replay a GPU cluster trace under each slicing policy (saturate or replay mode).
@@ -94,6 +97,7 @@ fn run(command: &Command, ctx: &Ctx) -> Result<ExitCode, CliError> {
         Command::Profiles(a) => cmd::profiles::run(a, ctx),
         Command::Layouts(a) => cmd::layouts::run(a, ctx),
         Command::Check(a) => cmd::check::run(a, ctx),
+        Command::Plan(a) => cmd::plan::run(a, ctx),
         Command::Catalog(c) => cmd::catalog::run(c, ctx),
         Command::SimGpu(c) => cmd::sim_gpu::run(c, ctx),
         Command::Agent(c) => cmd::agent::run(c, ctx),

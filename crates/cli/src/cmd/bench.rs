@@ -1,5 +1,6 @@
 //! `tessera bench`: measurements. Each subcommand is its own module: `sharing` in
-//! `bench_sharing.rs` (plus the hidden `tenant` entry point it re-executes).
+//! `bench_sharing.rs` (plus the hidden `tenant` entry point it re-executes), `plan` and
+//! `quality` in `bench_plan.rs`.
 
 use std::process::ExitCode;
 
@@ -10,6 +11,11 @@ use crate::output::{CliError, Ctx};
 /// Subcommands of `tessera bench`.
 #[derive(Debug, Subcommand)]
 pub enum BenchCmd {
+    /// Planning time and result of one policy on a generated cluster (`--nodes`,
+    /// `--gpus-per-node`, `--pending`, `--seed`, `--policy`, `--runs`).
+    Plan(super::bench_plan::PlanArgs),
+    /// Each planning policy against the exact optimum on random small instances.
+    Quality(super::bench_plan::QualityArgs),
     /// Measure what time-slicing, MPS and MIG give each tenant of a GPU, idle and loaded
     /// (PCIe and memory bandwidth, small and large TF32 GEMM).
     Sharing(super::bench_sharing::Args),
@@ -21,6 +27,8 @@ pub enum BenchCmd {
 /// Run a `bench` subcommand.
 pub fn run(cmd: &BenchCmd, ctx: &Ctx) -> Result<ExitCode, CliError> {
     match cmd {
+        BenchCmd::Plan(a) => super::bench_plan::run_plan(a, ctx),
+        BenchCmd::Quality(a) => super::bench_plan::run_quality(a, ctx),
         BenchCmd::Sharing(a) => super::bench_sharing::run(a, ctx),
         BenchCmd::Tenant => super::bench_sharing::run_tenant(),
     }

@@ -2,6 +2,7 @@
 
 pub mod agent;
 pub mod bench;
+pub mod bench_plan;
 pub mod bench_sharing;
 pub mod cancel;
 pub mod catalog;
@@ -10,6 +11,7 @@ pub mod demo;
 pub mod drain;
 pub mod gpus;
 pub mod layouts;
+pub mod plan;
 pub mod profiles;
 pub mod ps;
 pub mod run;

@@ -1,0 +1,196 @@
+//! `tessera plan --cluster FILE --requests FILE`: the best slice layout for what waits, without
+//! touching what runs. Exit 0 when every request is served, 1 when some must wait, 2 on bad
+//! input.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use tessera_model::{GpuModel, Placed};
+use tessera_planner::{
+    plan, AssignedSlice, ClusterSpec, GpuMode, GpuPlan, InstanceRef, Plan, PlanOptions, Policy,
+    RequestsFile,
+};
+
+use crate::output::{emit, read_file, table, CliError, Ctx};
+use crate::render::draw_layout;
+
+/// Arguments of `tessera plan`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The cluster: nodes, GPUs, their mode and current slices (YAML or JSON).
+    #[arg(long, value_name = "FILE")]
+    pub cluster: PathBuf,
+    /// The pending requests (YAML or JSON).
+    #[arg(long, value_name = "FILE")]
+    pub requests: PathBuf,
+    /// Planning algorithm: tessera, nos, first-fit or exact.
+    #[arg(long, default_value = "tessera", value_parser = parse_policy)]
+    pub policy: Policy,
+    /// MiB of each MPS GPU kept for the driver.
+    #[arg(long, value_name = "MIB", default_value_t = PlanOptions::default().mps_reserve_mib)]
+    pub mps_reserve_mib: u64,
+    /// Factor on the 100 % SM budget of an MPS GPU.
+    #[arg(long, value_name = "FACTOR", default_value_t = PlanOptions::default().mps_sm_oversubscription)]
+    pub mps_sm_oversubscription: f64,
+    /// Most MPS clients per GPU.
+    #[arg(long, value_name = "N", default_value_t = PlanOptions::default().mps_max_clients)]
+    pub mps_max_clients: u32,
+    /// Replicas of a time-slice GPU that does not say.
+    #[arg(long, value_name = "N", default_value_t = PlanOptions::default().timeslice_replicas)]
+    pub timeslice_replicas: u32,
+}
+
+/// Parse a policy name for clap.
+pub fn parse_policy(s: &str) -> Result<Policy, String> {
+    s.parse()
+}
+
+/// Run the command.
+pub fn run(args: &Args, ctx: &Ctx) -> Result<ExitCode, CliError> {
+    let cluster_text = read_file(&args.cluster)?;
+    let requests_text = read_file(&args.requests)?;
+    let named = |path: &PathBuf, e: tessera_planner::PlanError| {
+        CliError::Usage(format!("{}: {e}", path.display()))
+    };
+    let cluster = ClusterSpec::from_str_any(&cluster_text).map_err(|e| named(&args.cluster, e))?;
+    let requests = RequestsFile::from_str_any(&requests_text)
+        .map_err(|e| named(&args.requests, e))?
+        .requests;
+    let opts = PlanOptions {
+        policy: args.policy,
+        mps_reserve_mib: args.mps_reserve_mib,
+        mps_sm_oversubscription: args.mps_sm_oversubscription,
+        mps_max_clients: args.mps_max_clients,
+        timeslice_replicas: args.timeslice_replicas,
+        ..PlanOptions::default()
+    };
+    let p = plan(&ctx.catalog, &cluster, &requests, &opts)
+        .map_err(|e| CliError::Usage(e.to_string()))?;
+    emit(ctx.output, &p, || render(ctx, &cluster, &p))?;
+    Ok(if p.unassigned.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+fn placed(m: &GpuModel, list: &[InstanceRef]) -> Vec<Placed> {
+    list.iter()
+        .filter_map(|i| m.profile_named(&i.profile).map(|p| Placed::new(p, i.start)))
+        .collect()
+}
+
+fn spec_list(list: &[InstanceRef]) -> String {
+    if list.is_empty() {
+        return "-".into();
+    }
+    list.iter()
+        .map(|i| format!("{}@{}", i.profile, i.start))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The plan for people: each changed GPU before and after, the assignments, what waits.
+pub fn render(ctx: &Ctx, cluster: &ClusterSpec, p: &Plan) -> String {
+    let mut out = String::new();
+    for g in p.changed_gpus() {
+        let Some(node) = cluster.nodes.iter().find(|n| n.name == g.node) else {
+            continue;
+        };
+        let Some(spec) = node.gpus.get(g.gpu) else {
+            continue;
+        };
+        let Ok(m) = ctx.catalog.lookup(&g.model) else {
+            continue;
+        };
+        out.push_str(&render_gpu(m, spec, g, p));
+        out.push('\n');
+    }
+    if !p.assignments.is_empty() {
+        let mut t = table(&["REQUEST", "NODE", "GPU", "SLICE"]);
+        for a in &p.assignments {
+            let slice = match &a.slice {
+                AssignedSlice::Mig { profile, start } => format!("MIG {profile}@{start}"),
+                AssignedSlice::Mps {
+                    memory_mib,
+                    sm_percent,
+                } => format!("MPS {memory_mib} MiB, {sm_percent} % SM"),
+                AssignedSlice::Timeslice { .. } => "time-slice replica".into(),
+            };
+            t.add_row(vec![
+                a.request.clone(),
+                a.node.clone(),
+                a.gpu.to_string(),
+                slice,
+            ]);
+        }
+        out.push_str(&format!("{t}\n"));
+    }
+    if !p.unassigned.is_empty() {
+        out.push_str(&format!("waiting: {}\n", p.unassigned.join(", ")));
+    }
+    out.push_str(&format!(
+        "policy {}: {} served (priority {}), {} waiting, {} operations\n",
+        p.policy,
+        p.stats.served,
+        p.stats.served_priority,
+        p.unassigned.len(),
+        p.stats.operations
+    ));
+    out
+}
+
+fn render_gpu(m: &GpuModel, spec: &tessera_planner::GpuSpec, g: &GpuPlan, p: &Plan) -> String {
+    let mut s = format!(
+        "{} GPU {} ({}, {}):\n",
+        g.node,
+        g.gpu,
+        g.model,
+        GpuMode::Mig
+    );
+    let before: Vec<(Placed, String)> = spec
+        .instances
+        .iter()
+        .filter_map(|i| {
+            m.profile_named(&i.profile).map(|pi| {
+                (
+                    Placed::new(pi, i.start),
+                    if i.used { "busy".into() } else { String::new() },
+                )
+            })
+        })
+        .collect();
+    let who = |pl: Placed| -> String {
+        let name = &m.profile(pl.profile).name;
+        if let Some(a) = p.assignments.iter().find(|a| {
+            a.node == g.node
+                && a.gpu == g.gpu
+                && matches!(&a.slice, AssignedSlice::Mig { profile, start }
+                    if profile == name && *start == pl.start)
+        }) {
+            return a.request.clone();
+        }
+        match before.iter().find(|(b, _)| *b == pl) {
+            Some((_, label)) => label.clone(),
+            None => "new".into(),
+        }
+    };
+    let after: Vec<(Placed, String)> = placed(m, &g.layout)
+        .into_iter()
+        .map(|pl| (pl, who(pl)))
+        .collect();
+    s.push_str("  before:\n");
+    for line in draw_layout(m, &before).lines() {
+        s.push_str(&format!("    {line}\n"));
+    }
+    s.push_str("  after:\n");
+    for line in draw_layout(m, &after).lines() {
+        s.push_str(&format!("    {line}\n"));
+    }
+    s.push_str(&format!(
+        "  destroy: {}\n  create:  {}\n",
+        spec_list(&g.destroy),
+        spec_list(&g.create)
+    ));
+    s
+}

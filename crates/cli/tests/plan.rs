@@ -1,0 +1,280 @@
+//! `tessera plan`, `tessera bench plan` and `tessera bench quality`, run as a user runs them.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+fn tessera(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .args(args)
+        .output()
+        .expect("run tessera")
+}
+
+const CLUSTER: &str = "nodes:
+- name: node-a
+  gpus:
+  - model: a100-40gb
+    mode: mig
+    instances:
+    - {profile: 3g.20gb, start: 4, used: true}
+    - {profile: 1g.5gb, start: 0}
+  - model: h100-80gb
+    mode: mps
+    clients: [{memory_mib: 8192, sm_percent: 25}]
+  - model: a30-24gb
+    mode: timeslice
+    replicas: 4
+    replicas_used: 1
+- name: node-b
+  gpus:
+  - model: h100-80gb
+    instances:
+    - {profile: 1g.10gb, start: 0}
+    - {profile: 1g.10gb, start: 1}
+    - {profile: 3g.40gb, start: 4, used: true}
+";
+
+const REQUESTS: &str = "requests:
+- {id: r1, mig: 1g.5gb}
+- {id: r2, mig: 2g.10gb, priority: 5}
+- {id: r3, mps: {memory_mib: 10000, sm_percent: 20}}
+- {id: r4, timeslice: true}
+- {id: r5, mig: 3g.40gb, priority: 2}
+";
+
+fn files(dir: &Path, cluster: &str, requests: &str) -> (String, String) {
+    let c = dir.join("cluster.yaml");
+    let r = dir.join("requests.yaml");
+    std::fs::write(&c, cluster).unwrap();
+    std::fs::write(&r, requests).unwrap();
+    (c.display().to_string(), r.display().to_string())
+}
+
+#[test]
+fn plan_prints_the_plan_and_exits_0_when_everything_is_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let (c, r) = files(dir.path(), CLUSTER, REQUESTS);
+    let out = tessera(&["plan", "--cluster", &c, "--requests", &r, "-o", "json"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["policy"], "tessera");
+    assert_eq!(v["stats"]["served"], 5);
+    assert_eq!(v["stats"]["served_priority"], 10);
+    assert_eq!(v["gpus"].as_array().unwrap().len(), 4);
+    // node-b: two idle 1g.10gb destroyed, a 3g.40gb created beside the busy one.
+    let b = &v["gpus"][3];
+    assert_eq!(b["destroy"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        b["create"],
+        serde_json::json!([{"profile": "3g.40gb", "start": 0}])
+    );
+    // The same input gives the same bytes.
+    let again = tessera(&["plan", "--cluster", &c, "--requests", &r, "-o", "json"]);
+    assert_eq!(out.stdout, again.stdout);
+
+    let table = tessera(&["plan", "--cluster", &c, "--requests", &r]);
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(text.contains("node-b GPU 0 (h100-80gb, mig)"), "{text}");
+    assert!(
+        text.contains("before:") && text.contains("after:"),
+        "{text}"
+    );
+    assert!(text.contains("destroy: 1g.10gb@0 1g.10gb@1"), "{text}");
+    assert!(
+        text.contains("[r5"),
+        "the new instance is labelled with its request: {text}"
+    );
+    assert!(text.contains("5 served (priority 10)"), "{text}");
+}
+
+#[test]
+fn plan_exits_1_when_a_request_must_wait_and_every_policy_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let reqs = format!("{REQUESTS}- {{id: r9, mig: 7g.80gb}}\n");
+    let (c, r) = files(dir.path(), CLUSTER, &reqs);
+    for policy in ["tessera", "nos", "first-fit", "exact"] {
+        let out = tessera(&[
+            "plan",
+            "--cluster",
+            &c,
+            "--requests",
+            &r,
+            "--policy",
+            policy,
+            "-o",
+            "yaml",
+        ]);
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "{policy}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_yaml_ng::Value = serde_yaml_ng::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["policy"].as_str(), Some(policy));
+        let waiting: Vec<&str> = v["unassigned"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_str().unwrap())
+            .collect();
+        assert!(waiting.contains(&"r9"), "{policy}");
+    }
+    let out = tessera(&["plan", "--cluster", &c, "--requests", &r]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("waiting: r9"));
+}
+
+#[test]
+fn bad_input_exits_2_naming_the_file_and_the_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = CLUSTER.replace(
+        "start: 4, used: true}\n    - {profile: 1g.5gb",
+        "start: 2, used: true}\n    - {profile: 1g.5gb",
+    );
+    let (c, r) = files(dir.path(), &bad, REQUESTS);
+    let out = tessera(&["plan", "--cluster", &c, "--requests", &r]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("node `node-a` GPU 0") && err.contains("allowed starts: 0, 4"),
+        "{err}"
+    );
+
+    let (c, r) = files(dir.path(), "nodes: [", REQUESTS);
+    let out = tessera(&["plan", "--cluster", &c, "--requests", &r]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cluster.yaml") && err.contains("does not parse"),
+        "{err}"
+    );
+
+    let (c, r) = files(
+        dir.path(),
+        CLUSTER,
+        "requests: [{id: a, mig: 1g.5gb}, {id: a, mig: 1g.5gb}]",
+    );
+    let out = tessera(&["plan", "--cluster", &c, "--requests", &r]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("`a` is used twice"));
+
+    let out = tessera(&[
+        "plan",
+        "--cluster",
+        &c,
+        "--requests",
+        &r,
+        "--policy",
+        "best",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown policy `best`"));
+}
+
+#[test]
+fn bench_plan_prints_the_documented_fields() {
+    let out = tessera(&[
+        "bench",
+        "plan",
+        "--nodes",
+        "20",
+        "--gpus-per-node",
+        "4",
+        "--pending",
+        "100",
+        "--seed",
+        "3",
+        "--policy",
+        "tessera",
+        "--runs",
+        "3",
+        "-o",
+        "json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut keys: Vec<&String> = v.as_object().unwrap().keys().collect();
+    keys.sort();
+    assert_eq!(
+        keys,
+        [
+            "gpus",
+            "median_ms",
+            "min_ms",
+            "nodes",
+            "pending",
+            "policy",
+            "served",
+            "served_priority"
+        ]
+    );
+    assert_eq!(v["gpus"], 80);
+    assert!(v["min_ms"].as_f64().unwrap() <= v["median_ms"].as_f64().unwrap());
+    // The same seed gives the same input: every policy plans it, results are reproducible.
+    let served = |policy: &str| {
+        let out = tessera(&[
+            "bench",
+            "plan",
+            "--nodes",
+            "20",
+            "--gpus-per-node",
+            "4",
+            "--pending",
+            "100",
+            "--seed",
+            "3",
+            "--policy",
+            policy,
+            "--runs",
+            "1",
+            "-o",
+            "json",
+        ]);
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["served_priority"].as_u64().unwrap()
+    };
+    assert_eq!(served("tessera"), v["served_priority"].as_u64().unwrap());
+    assert!(served("tessera") >= served("first-fit"));
+}
+
+#[test]
+fn bench_quality_compares_every_policy_with_the_optimum() {
+    let out = tessera(&[
+        "bench",
+        "quality",
+        "--instances",
+        "40",
+        "--seed",
+        "7",
+        "-o",
+        "json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["instances"], 40);
+    let rows = v["policies"].as_array().unwrap();
+    let names: Vec<&str> = rows.iter().map(|r| r["policy"].as_str().unwrap()).collect();
+    assert_eq!(names, ["tessera", "nos", "first-fit", "exact"]);
+    assert_eq!(rows[3]["share_of_optimum"], 1.0);
+    for r in rows {
+        assert_eq!(r["invalid_plans"], 0);
+        assert!(r["served_priority"].as_u64().unwrap() <= v["optimum_priority"].as_u64().unwrap());
+    }
+    let table = tessera(&["bench", "quality", "--instances", "10"]);
+    assert!(String::from_utf8_lossy(&table.stdout).contains("OF OPTIMUM"));
+}
