@@ -3,8 +3,8 @@
 //! bar's efficiency against it, like the seed's plots.
 //!
 //! Text needs a font and the bitmap backend has none, so the crate embeds DejaVu Sans
-//! (`assets/DejaVuSans.ttf`, Bitstream Vera licence with DejaVu's public-domain changes, full
-//! text in `assets/DejaVuSans-LICENSE.txt`) and registers it as plotters' `sans-serif`.
+//! (`assets/fonts/DejaVuSans.ttf` at the repository root, Bitstream Vera licence with DejaVu's public-domain changes, full
+//! text in `assets/fonts/DejaVuSans-LICENSE.txt`) and registers it as plotters' `sans-serif`.
 
 use std::path::Path;
 use std::sync::Once;
@@ -16,7 +16,7 @@ use crate::error::BenchError;
 use crate::report::{sig3, Report};
 use crate::workload::Workload;
 
-const FONT: &[u8] = include_bytes!("../assets/DejaVuSans.ttf");
+const FONT: &[u8] = include_bytes!("../../../assets/fonts/DejaVuSans.ttf");
 static FONT_ONCE: Once = Once::new();
 
 fn ensure_font() {

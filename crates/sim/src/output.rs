@@ -1,7 +1,7 @@
 //! Files a simulation writes: CSV tables and plots (PNG and SVG, drawn with plotters).
 //!
-//! PNG text is drawn with DejaVu Sans, embedded from `assets/DejaVuSans.ttf` (a byte copy of
-//! Debian's `fonts-dejavu-core`; its license, `assets/DejaVuSans-LICENSE.txt`, allows
+//! PNG text is drawn with DejaVu Sans, embedded from `assets/fonts/DejaVuSans.ttf` at the repository root (a byte copy of
+//! Debian's `fonts-dejavu-core`; its license, `assets/fonts/DejaVuSans-LICENSE.txt`, allows
 //! redistribution). SVG text names the `sans-serif` family and is drawn by the viewer.
 
 use std::fmt::Write as _;
@@ -15,7 +15,7 @@ use plotters::style::FontStyle;
 use crate::policy::PolicyKind;
 use crate::report::{ReplayReport, SaturateReport};
 
-const FONT: &[u8] = include_bytes!("../assets/DejaVuSans.ttf");
+const FONT: &[u8] = include_bytes!("../../../assets/fonts/DejaVuSans.ttf");
 
 /// One policy's replay line: (day, allocated %, queued pods) points.
 type ReplaySeries = (PolicyKind, Vec<(f64, f64, f64)>);
