@@ -26,13 +26,37 @@ pub fn check_plan(
 ) -> Result<Objective, Vec<String>> {
     let p = Problem::new(catalog, cluster, requests, opts).map_err(|e| vec![e.to_string()])?;
     let mut errs = Vec::new();
-    if plan.gpus.len() != p.gpus.len() {
+    if plan.gpus.len() != p.gpus.len() && !opts.only_changed {
         errs.push(format!(
             "the plan lists {} GPUs, the cluster has {}",
             plan.gpus.len(),
             p.gpus.len()
         ));
         return Err(errs);
+    }
+    // Which cluster GPU each listed GPU is (listed in input order, none twice).
+    let index: BTreeMap<(&str, usize), usize> = p
+        .gpus
+        .iter()
+        .enumerate()
+        .map(|(i, g)| ((p.cluster.nodes[g.node].name.as_str(), g.index), i))
+        .collect();
+    let mut pairs = Vec::with_capacity(plan.gpus.len());
+    let mut last: Option<usize> = None;
+    for gp in &plan.gpus {
+        match index.get(&(gp.node.as_str(), gp.gpu)) {
+            Some(&i) if last.is_none_or(|l| l < i) => {
+                pairs.push((i, gp));
+                last = Some(i);
+            }
+            _ => {
+                errs.push(format!(
+                    "GPU {} of node `{}` is unknown, repeated or out of input order",
+                    gp.gpu, gp.node
+                ));
+                return Err(errs);
+            }
+        }
     }
     let to_set = |t: &Tables<'_>, list: &[InstanceRef], what: &str, errs: &mut Vec<String>| {
         let mut set = 0u64;
@@ -51,10 +75,12 @@ pub fn check_plan(
         }
         set
     };
-    let mut finals: Vec<u64> = vec![0; p.mig.len()];
-    let mut at: BTreeMap<(&str, usize), usize> = BTreeMap::new();
+    // Unlisted GPUs (only with `only_changed`) keep their layout.
+    let mut finals: Vec<u64> = p.mig.iter().map(|g| g.existing).collect();
+    let mut at: BTreeMap<(&str, usize), usize> = index.clone();
     let mut operations = 0u64;
-    for (gi, (g, gp)) in p.gpus.iter().zip(&plan.gpus).enumerate() {
+    for (gi, gp) in pairs {
+        let g = &p.gpus[gi];
         let node = &p.cluster.nodes[g.node].name;
         let place = format!("node `{node}` GPU {}", g.index);
         if gp.node != *node

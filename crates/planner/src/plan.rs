@@ -24,7 +24,8 @@ use crate::Policy;
 pub struct Plan {
     /// The policy that made it.
     pub policy: Policy,
-    /// Every GPU of the cluster, in input order (unchanged ones with empty `create`/`destroy`).
+    /// Every GPU of the cluster, in input order (unchanged ones with empty `create`/`destroy`);
+    /// with [`crate::PlanOptions::only_changed`], only those that change or get a request.
     pub gpus: Vec<GpuPlan>,
     /// Served requests, in input order.
     pub assignments: Vec<Assignment>,

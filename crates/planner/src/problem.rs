@@ -465,7 +465,7 @@ impl<'a> Problem<'a> {
     }
 
     /// Turn a solution into the wire-format plan.
-    pub fn to_plan(&self, sol: &Solution, policy: Policy) -> Plan {
+    pub fn to_plan(&self, sol: &Solution, policy: Policy, only_changed: bool) -> Plan {
         let refs = |t: &Tables, set: u64| -> Vec<InstanceRef> {
             if set == 0 {
                 return Vec::new();
@@ -483,16 +483,32 @@ impl<'a> Problem<'a> {
             v
         };
         let mut operations = 0usize;
+        // With `only_changed`, GPUs that change or get a request.
+        let mut listed = vec![!only_changed; self.gpus.len()];
+        if only_changed {
+            for (m, g) in self.mig.iter().enumerate() {
+                listed[g.gpu] |= sol.layouts[m] != g.existing;
+            }
+            for s in sol.slots.iter().flatten() {
+                let gpu = match *s {
+                    Slot::Mig(m, _) => self.mig[m].gpu,
+                    Slot::Mps(i) => self.mps[i].gpu,
+                    Slot::Ts(i) => self.ts[i].gpu,
+                };
+                listed[gpu] = true;
+            }
+        }
         let gpus: Vec<GpuPlan> = self
             .gpus
             .iter()
-            .map(|g| {
+            .zip(&listed)
+            .filter(|(_, l)| **l)
+            .map(|(g, _)| {
                 let model = self.models[g.model];
                 let (layout, create, destroy) = if g.mode == GpuMode::Mig {
                     let mg = &self.mig[g.slot];
                     let t = &self.tables[mg.t];
                     let fin = sol.layouts[g.slot];
-                    operations += (fin ^ mg.existing).count_ones() as usize;
                     (
                         refs(t, fin),
                         refs(t, fin & !mg.existing),
@@ -512,6 +528,9 @@ impl<'a> Problem<'a> {
                 }
             })
             .collect();
+        for (m, g) in self.mig.iter().enumerate() {
+            operations += (sol.layouts[m] ^ g.existing).count_ones() as usize;
+        }
         let mut assignments = Vec::new();
         let mut unassigned = Vec::new();
         let mut served_priority = 0u64;

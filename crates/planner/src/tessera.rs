@@ -372,7 +372,8 @@ fn request_groups(p: &Problem<'_>, large_first: bool) -> Vec<Vec<usize>> {
     let w: Vec<u64> = (0..p.profiles.len())
         .map(|gp| p.profile_weight(gp))
         .collect();
-    let mut mig: Vec<(usize, u64, u64)> = p
+    // (request, priority, size key, profile).
+    let mut mig: Vec<(usize, u64, u64, usize)> = p
         .reqs
         .iter()
         .enumerate()
@@ -381,11 +382,12 @@ fn request_groups(p: &Problem<'_>, large_first: bool) -> Vec<Vec<usize>> {
                 i,
                 r.prio,
                 if large_first { u64::MAX - w[gp] } else { w[gp] },
+                gp,
             )),
             _ => None,
         })
         .collect();
-    mig.sort_by_key(|&(i, prio, w)| (Reverse(prio), w, i));
+    mig.sort_by_key(|&(i, prio, w, _)| (Reverse(prio), w, i));
     let mut out: Vec<Vec<usize>> = Vec::new();
     for (k, e) in mig.iter().enumerate() {
         if k == 0 || mig[k - 1].1 != e.1 {
@@ -407,25 +409,39 @@ fn mig(p: &Problem<'_>, sol: &mut Solution) {
         return;
     }
     // Two greedy runs, larger profiles first and smaller first; the better plan wins (ties:
-    // larger first). Loose clusters favour the first, tight ones the second.
+    // larger first). Loose clusters favour the first, tight ones the second. When both orders
+    // are the same (one request, or one size), one run does.
     let start = Greedy::new(p, &demand);
+    let large = request_groups(p, true);
+    let small = request_groups(p, false);
     let mut best: Option<(crate::Objective, Solution)> = None;
-    for large_first in [true, false] {
-        let (layouts, slots) = start.clone().run(&request_groups(p, large_first));
+    for (k, groups) in [&large, &small].into_iter().enumerate() {
+        if k == 1 && small == large {
+            break;
+        }
+        let (layouts, slots) = start.clone().run(groups);
         let cand = Solution { layouts, slots };
         let obj = p.objective(&cand);
         if best.as_ref().is_none_or(|(b, _)| obj.better_than(b)) {
             best = Some((obj, cand));
         }
     }
-    let (_, mut s) = best.expect("two runs");
+    let (_, mut s) = best.expect("at least one run");
     improve(p, &mut s);
-    // First-fit's plan is the fallback: tessera never serves less than first-fit.
-    let mut ff = p.empty_solution();
-    crate::firstfit::mig(p, &mut ff);
-    if p.objective(&ff).better_than(&p.objective(&s)) {
-        improve(p, &mut ff);
-        s = ff;
+    // First-fit's plan is the fallback, so tessera never serves less than first-fit. It can
+    // only serve more when some MIG request waits.
+    let served_all = p
+        .reqs
+        .iter()
+        .zip(&s.slots)
+        .all(|(r, slot)| !matches!(r.kind, ReqKind::Mig(_)) || slot.is_some());
+    if !served_all {
+        let mut ff = p.empty_solution();
+        crate::firstfit::mig(p, &mut ff);
+        if p.objective(&ff).better_than(&p.objective(&s)) {
+            improve(p, &mut ff);
+            s = ff;
+        }
     }
     sol.layouts = s.layouts;
     for (i, slot) in s.slots.into_iter().enumerate() {

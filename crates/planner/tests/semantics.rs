@@ -485,3 +485,44 @@ fn a_profile_no_gpu_of_the_cluster_has_waits() {
         assert_eq!(run(policy, &c, &r).unassigned, ["a"], "{policy}");
     }
 }
+
+#[test]
+fn only_changed_lists_the_gpus_that_change_or_serve_and_nothing_else_differs() {
+    let cat = Catalog::builtin();
+    let (c, r) = tessera_planner::gen::bench_input(
+        cat,
+        &tessera_planner::gen::BenchSpec {
+            nodes: 40,
+            gpus_per_node: 8,
+            pending: 12,
+            seed: 5,
+        },
+    );
+    let full = plan(cat, &c, &r, &PlanOptions::default()).unwrap();
+    let opts = PlanOptions {
+        only_changed: true,
+        ..PlanOptions::default()
+    };
+    let short = plan(cat, &c, &r, &opts).unwrap();
+    check_plan(cat, &c, &r, &opts, &short).unwrap();
+    assert_eq!(full.assignments, short.assignments);
+    assert_eq!(full.stats, short.stats);
+    assert!(
+        short.gpus.len() < full.gpus.len() / 4,
+        "{}",
+        short.gpus.len()
+    );
+    let keep: Vec<_> = full
+        .gpus
+        .iter()
+        .filter(|g| {
+            g.changed()
+                || full
+                    .assignments
+                    .iter()
+                    .any(|a| a.node == g.node && a.gpu == g.gpu)
+        })
+        .cloned()
+        .collect();
+    assert_eq!(keep, short.gpus);
+}
