@@ -55,19 +55,37 @@ pub(crate) fn mps_best_fit(p: &Problem<'_>, order: &[usize], slots: &mut [Option
 
 /// Place MPS requests in `order`, each on the first GPU (input order) where it fits.
 pub(crate) fn mps_first_fit(p: &Problem<'_>, order: &[usize], slots: &mut [Option<Slot>]) {
+    const BLOCK: usize = 32;
     let mut room: Vec<(u64, u32, u32)> = p
         .mps
         .iter()
         .map(|g| (g.mem_free, g.sm_free, g.clients_free))
         .collect();
+    // Per block of GPUs, the most memory and SM any one of them has left: whole blocks that
+    // cannot fit a request are skipped (same answer as a plain scan, fewer checks).
+    let block_max = |room: &[(u64, u32, u32)], b: usize| -> (u64, u32) {
+        room[b * BLOCK..((b + 1) * BLOCK).min(room.len())]
+            .iter()
+            .filter(|r| r.2 > 0)
+            .fold((0, 0), |(m, s), r| (m.max(r.0), s.max(r.1)))
+    };
+    let nblocks = room.len().div_ceil(BLOCK);
+    let mut maxes: Vec<(u64, u32)> = (0..nblocks).map(|b| block_max(&room, b)).collect();
     for &i in order {
         let ReqKind::Mps { mem, sm } = p.reqs[i].kind else {
             continue;
         };
-        if let Some(g) = room.iter().position(|r| r.0 >= mem && r.1 >= sm && r.2 > 0) {
+        let hit = (0..nblocks)
+            .filter(|&b| maxes[b].0 >= mem && maxes[b].1 >= sm)
+            .find_map(|b| {
+                (b * BLOCK..((b + 1) * BLOCK).min(room.len()))
+                    .find(|&g| room[g].0 >= mem && room[g].1 >= sm && room[g].2 > 0)
+            });
+        if let Some(g) = hit {
             room[g].0 -= mem;
             room[g].1 -= sm;
             room[g].2 -= 1;
+            maxes[g / BLOCK] = block_max(&room, g / BLOCK);
             slots[i] = Some(Slot::Mps(g));
         }
     }

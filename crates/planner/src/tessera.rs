@@ -199,6 +199,8 @@ struct Greedy<'p, 'a> {
     p: &'p Problem<'a>,
     layout: Vec<u64>,
     held: Vec<u64>,
+    /// Per MIG GPU: the option-search view of its current state.
+    views: Vec<View>,
     /// Per tables: the requested (local profile, global profile) pairs.
     slots_of: Vec<Vec<(usize, usize)>>,
     /// Per global profile: (tables, slot) pairs that offer it.
@@ -244,6 +246,11 @@ impl<'p, 'a> Greedy<'p, 'a> {
             p,
             layout: p.mig.iter().map(|g| g.existing).collect(),
             held: p.mig.iter().map(|g| g.busy).collect(),
+            views: p
+                .mig
+                .iter()
+                .map(|g| View::new(&p.tables[g.t], g.existing, g.busy))
+                .collect(),
             slots_of,
             where_gp,
             key_base,
@@ -262,7 +269,7 @@ impl<'p, 'a> Greedy<'p, 'a> {
         for m in 0..p.mig.len() {
             let t = p.mig[m].t;
             let tables = &p.tables[t];
-            let view = View::new(tables, g.layout[m], g.held[m]);
+            let view = g.views[m];
             for (s, &(lp, _)) in g.slots_of[t].iter().enumerate() {
                 if let Some(o) = option(tables, &view, lp) {
                     let k = key_of(&o, m);
@@ -292,14 +299,18 @@ impl<'p, 'a> Greedy<'p, 'a> {
 
     /// Bring slot `s` of tables `t` up to date.
     fn clean(&mut self, t: usize, s: usize) {
+        if self.dirty[t][s].is_empty() {
+            return;
+        }
         let tables = &self.p.tables[t];
         let lp = self.slots_of[t][s].0;
-        for m in std::mem::take(&mut self.dirty[t][s]) {
+        // Keep the list's allocation for the next round.
+        let mut list = std::mem::take(&mut self.dirty[t][s]);
+        for &m in &list {
             let m = m as usize;
             let ki = self.key_base[m] + s;
             self.dirty_flag[ki] = false;
-            let view = View::new(tables, self.layout[m], self.held[m]);
-            let new = option(tables, &view, lp).map_or(NONE, |o| key_of(&o, m));
+            let new = option(tables, &self.views[m], lp).map_or(NONE, |o| key_of(&o, m));
             if self.keys[ki] != new {
                 if new != NONE {
                     self.index[t][s].push(Reverse(new));
@@ -307,6 +318,8 @@ impl<'p, 'a> Greedy<'p, 'a> {
                 self.keys[ki] = new;
             }
         }
+        list.clear();
+        self.dirty[t][s] = list;
     }
 
     /// Serve request `r` with the best option of at most `max_ops` operations.
@@ -337,10 +350,10 @@ impl<'p, 'a> Greedy<'p, 'a> {
         let m = (k & 0xffff_ffff) as usize;
         let lp = self.slots_of[t][s].0;
         let tables = &self.p.tables[t];
-        let o = option(tables, &View::new(tables, self.layout[m], self.held[m]), lp)
-            .expect("an indexed option exists");
+        let o = option(tables, &self.views[m], lp).expect("an indexed option exists");
         self.layout[m] = (self.layout[m] & !o.destroy) | 1 << o.cand;
         self.held[m] |= 1 << o.cand;
+        self.views[m] = View::new(tables, self.layout[m], self.held[m]);
         self.slots[r] = Some(Slot::Mig(m, o.cand));
         self.touch(m);
         true
@@ -372,28 +385,35 @@ fn request_groups(p: &Problem<'_>, large_first: bool) -> Vec<Vec<usize>> {
     let w: Vec<u64> = (0..p.profiles.len())
         .map(|gp| p.profile_weight(gp))
         .collect();
-    // (request, priority, size key, profile).
-    let mut mig: Vec<(usize, u64, u64, usize)> = p
+    // One packed key per request: priority (descending), size, input order.
+    let mut keys: Vec<u128> = p
         .reqs
         .iter()
         .enumerate()
         .filter_map(|(i, r)| match r.kind {
-            ReqKind::Mig(gp) => Some((
-                i,
-                r.prio,
-                if large_first { u64::MAX - w[gp] } else { w[gp] },
-                gp,
-            )),
+            ReqKind::Mig(gp) => {
+                let size = if large_first { u64::MAX - w[gp] } else { w[gp] };
+                Some(
+                    (u128::from(u64::from(u32::MAX) - r.prio) << 96)
+                        | (u128::from(size & 0xffff_ffff) << 64)
+                        | i as u128,
+                )
+            }
             _ => None,
         })
         .collect();
-    mig.sort_by_key(|&(i, prio, w, _)| (Reverse(prio), w, i));
+    keys.sort_unstable();
     let mut out: Vec<Vec<usize>> = Vec::new();
-    for (k, e) in mig.iter().enumerate() {
-        if k == 0 || mig[k - 1].1 != e.1 {
+    let mut last_prio = None;
+    for k in keys {
+        let prio = k >> 96;
+        if last_prio != Some(prio) {
             out.push(Vec::new());
+            last_prio = Some(prio);
         }
-        out.last_mut().expect("pushed").push(e.0);
+        out.last_mut()
+            .expect("pushed")
+            .push((k & 0xffff_ffff_ffff_ffff) as usize);
     }
     out
 }
