@@ -496,3 +496,37 @@ fn realise(t: &Tables<'_>, busy: u64, existing: u64, geo: &Counts) -> Option<u64
     });
     best.map(|(_, l)| l)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tessera_model::Catalog;
+
+    #[test]
+    fn geometries_are_counts_that_placements_may_not_realise() {
+        let m = Catalog::builtin().lookup("a100-80gb").unwrap();
+        let t = Tables::new(m).unwrap();
+        let geos = allowed_geometries(&t);
+        let p = |name: &str| usize::from(m.profile_named(name).unwrap().0);
+        let mut want = [0u8; MAXP];
+        want[p("2g.20gb")] = 3;
+        want[p("1g.10gb")] = 1;
+        assert!(geos.contains(&want), "{} geometries", geos.len());
+        // Every geometry is the count vector of a maximal layout; none repeats.
+        for (i, g) in geos.iter().enumerate() {
+            assert!(!geos[..i].contains(g));
+        }
+        // With 1g.10gb@3 busy no placement of three 2g.20gb exists; on an empty GPU one does.
+        let busy = 1u64 << t.cand_index(m.parse_spec("1g.10gb@3").unwrap()).unwrap();
+        assert_eq!(realise(&t, busy, busy, &want), None);
+        let l = realise(&t, 0, 0, &want).unwrap();
+        assert_eq!(counts_of(&t, l), want);
+    }
+
+    #[test]
+    fn profile_sizes_are_read_from_names_as_nos_does() {
+        assert_eq!(profile_size("3g.40gb"), (40, 3));
+        assert_eq!(profile_size("1g.10gb+me"), (10, 1));
+        assert_eq!(profile_size("odd"), (0, 0));
+    }
+}
