@@ -31,9 +31,14 @@
 //! policies put them best-fit (on the GPU with the least room that still fits).
 //!
 //! # Policies
-//! See [`Policy`]: `tessera` (ours, greedy with best-fit scoring plus a per-GPU exhaustive
-//! improvement pass), `nos` (a re-implementation of the nos algorithm), `first-fit` and `exact`
-//! (exhaustive, small inputs only).
+//! See [`Policy`]: `tessera` (ours: two best-fit greedy runs, then an exact re-solve of single
+//! GPUs and GPU pairs, never below first-fit), `nos` (a re-implementation of the nos algorithm),
+//! `first-fit` and `exact` (exhaustive, small inputs only).
+//!
+//! # Entry points
+//! [`plan()`] (and [`plan_with_objective`]) for planning; [`check_plan`] verifies any plan
+//! against its input and computes its [`Objective`]; [`gen`] makes seeded inputs; [`quality`]
+//! compares the policies with the optimum.
 
 mod check;
 mod dp;
@@ -71,8 +76,8 @@ pub use plan::{AssignedSlice, Assignment, GpuPlan, InstanceRef, Plan, PlanStats}
 #[serde(rename_all = "kebab-case")]
 pub enum Policy {
     /// Ours: reuse free matching instances, then create in free space, then destroy idle
-    /// instances only where that serves more; GPUs chosen best-fit by the free score; then a
-    /// per-GPU exhaustive improvement pass.
+    /// instances only where that serves more; GPUs chosen best-fit by the free score; then an
+    /// exact re-solve of single GPUs and GPU pairs; never serves less than first-fit.
     #[default]
     Tessera,
     /// The nos algorithm (per-profile geometries, node-name order, lacking-vector scoring),

@@ -26,10 +26,20 @@ pub(crate) fn mps_best_fit(p: &Problem<'_>, order: &[usize], slots: &mut [Option
         .iter()
         .map(|g| (g.mem_free, g.sm_free, g.clients_free))
         .collect();
+    // GPUs without room for the smallest SM share asked for are left out of the search.
+    let min_sm = order
+        .iter()
+        .filter_map(|&i| match p.reqs[i].kind {
+            ReqKind::Mps { sm, .. } => Some(sm),
+            _ => None,
+        })
+        .min()
+        .unwrap_or(0);
+    let usable = |r: &(u64, u32, u32)| r.2 > 0 && r.1 >= min_sm;
     let mut by_mem: BTreeSet<(u64, usize)> = room
         .iter()
         .enumerate()
-        .filter(|(_, r)| r.2 > 0)
+        .filter(|(_, r)| usable(r))
         .map(|(g, r)| (r.0, g))
         .collect();
     for &i in order {
@@ -45,7 +55,7 @@ pub(crate) fn mps_best_fit(p: &Problem<'_>, order: &[usize], slots: &mut [Option
             room[g].0 -= mem;
             room[g].1 -= sm;
             room[g].2 -= 1;
-            if room[g].2 > 0 {
+            if usable(&room[g]) {
                 by_mem.insert((room[g].0, g));
             }
             slots[i] = Some(Slot::Mps(g));

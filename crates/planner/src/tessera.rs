@@ -1,25 +1,32 @@
 //! The `tessera` policy.
 //!
-//! **MIG** runs in three steps:
-//! 1. *Greedy.* Requests are taken in groups (by priority; a second run groups them by priority
-//!    per GPU fraction). Inside a group, smaller profiles go first and each request takes the
-//!    cheapest option over all GPUs: reuse an idle instance of its profile (0 operations), else
-//!    create one in free space (1), and only after the whole group had its chance, destroy the
-//!    fewest idle instances that make room (1 + destroyed). Among GPUs with the same cost the one
-//!    whose free score `L²` drops least wins (best fit: nearly full GPUs fill up first, whole GPUs
-//!    stay whole), then the GPU that comes first. Each (GPU, profile) pair keeps its best option
-//!    as a key in an ordered index, so a request costs a few index lookups and one GPU refresh,
-//!    not a scan of the cluster.
-//! 2. The better of the two greedy runs (by the objective) is kept.
-//! 3. *Improvement.* Each GPU that holds requests placed by this plan is re-solved exhaustively
-//!    over its valid layouts that keep its busy instances, with its own requests plus the best
-//!    waiting requests of its profiles as candidates; the result replaces the GPU's plan when it
-//!    serves more priority (or as much with fewer operations). Displaced requests wait again
-//!    and may be taken by a later GPU. The work is capped by a fixed step budget, so large inputs
-//!    stay fast and the result stays deterministic.
+//! **MIG** runs in four steps:
+//! 1. *Greedy, twice.* Requests are taken in groups of equal priority, highest first. Inside a
+//!    group one run takes larger profiles first, the other smaller first (as a fraction of a
+//!    GPU; loose clusters favour the first order, tight ones the second), then input order. Each
+//!    request takes the cheapest option over all GPUs: reuse an idle instance of its profile (0
+//!    operations), else create one in free space (1), and only after the whole group had its
+//!    chance, destroy the fewest idle instances that make room (1 + destroyed). Among GPUs with
+//!    the same cost the one whose free score `L²` drops least wins (best fit: nearly full GPUs
+//!    fill up first, whole GPUs and large free ranges stay whole), then the GPU that comes
+//!    first. Each (GPU, profile) pair keeps its best option as a key in a per-profile heap and
+//!    is recomputed only when that GPU changed and the profile is asked for again, so a request
+//!    costs a few heap operations, not a scan of the cluster. The better run by the objective is
+//!    kept.
+//! 2. *Improvement.* Sets of one and two GPUs that hold requests placed by this plan are
+//!    re-solved exactly ([`crate::dp`]: every valid layout that keeps the busy instances, every
+//!    choice of which instances serve) with their own requests plus the best waiting requests
+//!    of their profiles as candidates; a result replaces the GPUs' plan when it serves more
+//!    priority, or as much with fewer operations. Displaced requests wait again and may be taken
+//!    by a later set. Every pair is tried on clusters of up to 64 MIG GPUs, each GPU with its
+//!    next 8 otherwise, for up to 4 passes and within a fixed step budget, so large inputs stay
+//!    fast and the result deterministic.
+//! 3. *Floor.* When some MIG request still waits, first-fit's plan is computed too (and
+//!    improved) and kept if it is better: tessera never serves less than first-fit.
 //!
-//! **MPS** is best-fit under three request orders, keeping the best; **time-slicing** serves the
-//! highest priorities on the fullest GPUs first (optimal: every replica is alike).
+//! **MPS**: by priority, smaller dominant share (memory or SM fraction) first, best fit by free
+//! memory; first-fit's placement is kept instead when it serves more. **Time-slicing** serves
+//! the highest priorities on the fullest GPUs first (optimal: every replica is alike).
 
 use std::cmp::Reverse;
 use std::collections::{BTreeSet, BinaryHeap};
