@@ -439,6 +439,32 @@ impl<'a> Problem<'a> {
         held
     }
 
+    /// Whether solution `a` is strictly better than `b` by the objective; free scores are
+    /// computed only when priorities and operations tie.
+    pub fn better(&self, a: &Solution, b: &Solution) -> bool {
+        let head = |s: &Solution| {
+            let value: u64 = self
+                .reqs
+                .iter()
+                .zip(&s.slots)
+                .filter(|(_, x)| x.is_some())
+                .map(|(r, _)| r.prio)
+                .sum();
+            let ops: u64 = self
+                .mig
+                .iter()
+                .zip(&s.layouts)
+                .map(|(g, l)| u64::from((l ^ g.existing).count_ones()))
+                .sum();
+            (value, std::cmp::Reverse(ops))
+        };
+        let (ha, hb) = (head(a), head(b));
+        if ha != hb {
+            return ha > hb;
+        }
+        self.objective(a).free_score > self.objective(b).free_score
+    }
+
     /// The objective value of a solution.
     pub fn objective(&self, sol: &Solution) -> Objective {
         let mut served_priority = 0;
@@ -531,8 +557,9 @@ impl<'a> Problem<'a> {
         for (m, g) in self.mig.iter().enumerate() {
             operations += (sol.layouts[m] ^ g.existing).count_ones() as usize;
         }
-        let mut assignments = Vec::new();
-        let mut unassigned = Vec::new();
+        let served = sol.slots.iter().filter(|s| s.is_some()).count();
+        let mut assignments = Vec::with_capacity(served);
+        let mut unassigned = Vec::with_capacity(sol.slots.len() - served);
         let mut served_priority = 0u64;
         for ((spec, r), s) in self.requests.iter().zip(&self.reqs).zip(&sol.slots) {
             let Some(s) = s else {

@@ -441,19 +441,18 @@ fn mig(p: &Problem<'_>, sol: &mut Solution) {
     let start = Greedy::new(p, &demand);
     let large = request_groups(p, true);
     let small = request_groups(p, false);
-    let mut best: Option<(crate::Objective, Solution)> = None;
+    let mut best: Option<Solution> = None;
     for (k, groups) in [&large, &small].into_iter().enumerate() {
         if k == 1 && small == large {
             break;
         }
         let (layouts, slots) = start.clone().run(groups);
         let cand = Solution { layouts, slots };
-        let obj = p.objective(&cand);
-        if best.as_ref().is_none_or(|(b, _)| obj.better_than(b)) {
-            best = Some((obj, cand));
+        if best.as_ref().is_none_or(|b| p.better(&cand, b)) {
+            best = Some(cand);
         }
     }
-    let (_, mut s) = best.expect("at least one run");
+    let mut s = best.expect("at least one run");
     improve(p, &mut s);
     // First-fit's plan is the fallback, so tessera never serves less than first-fit. It can
     // only serve more when some MIG request waits.
@@ -465,7 +464,7 @@ fn mig(p: &Problem<'_>, sol: &mut Solution) {
     if !served_all {
         let mut ff = p.empty_solution();
         crate::firstfit::mig(p, &mut ff);
-        if p.objective(&ff).better_than(&p.objective(&s)) {
+        if p.better(&ff, &s) {
             improve(p, &mut ff);
             s = ff;
         }
