@@ -143,7 +143,7 @@ pub fn run_quality(args: &QualityArgs, ctx: &Ctx) -> Result<ExitCode, CliError> 
                 row.policy.to_string(),
                 row.served.to_string(),
                 row.served_priority.to_string(),
-                format!("{:.2} %", row.share_of_optimum * 100.0),
+                format!("{:.3} %", row.share_of_optimum * 100.0),
                 format!("{} / {}", row.optimal_instances, r.instances - r.skipped),
                 row.operations.to_string(),
             ]);
