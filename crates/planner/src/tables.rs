@@ -24,6 +24,14 @@ pub(crate) fn bits(mut set: u64) -> impl Iterator<Item = usize> {
     })
 }
 
+/// The packed value of a free profile for the fragmentation score: memory slices first, compute
+/// slices as the tie-break (compute slices are at most 15 on any model).
+fn free_value(memory_slices: u8, compute_slices: u8) -> u8 {
+    memory_slices
+        .saturating_mul(16)
+        .saturating_add(compute_slices.min(15))
+}
+
 /// A profile name without surrounding space and without an `MIG ` prefix.
 pub(crate) fn bare_name(name: &str) -> &str {
     let n = name.trim();
@@ -66,7 +74,8 @@ pub(crate) struct Tables<'c> {
     pub names_lc: Vec<String>,
     /// Candidate indices sorted by (start, profile), the order layouts are listed in.
     pub by_start: Vec<u8>,
-    /// `largest_free` for every held-slice mask, on grids of up to 12 slices.
+    /// `largest_free` for every held-slice mask, on grids of up to 12 slices (values fit a `u8`:
+    /// at most 32 × 16 + 15 is not needed, since grids over 12 slices skip the table).
     largest_tab: Vec<u8>,
 }
 
@@ -110,12 +119,17 @@ impl<'c> Tables<'c> {
             by_profile[usize::from(p)] |= 1 << i;
         }
         let mut by_size_desc: Vec<u8> = (0..n as u8).collect();
-        by_size_desc.sort_by_key(|&i| std::cmp::Reverse(size[usize::from(i)]));
+        by_size_desc.sort_by_key(|&i| {
+            let i = usize::from(i);
+            std::cmp::Reverse((size[i], compute[i]))
+        });
         let largest = |held: u32| -> u8 {
             by_size_desc
                 .iter()
                 .find(|&&c| mask[usize::from(c)] & held == 0)
-                .map_or(0, |&c| size[usize::from(c)])
+                .map_or(0, |&c| {
+                    free_value(size[usize::from(c)], compute[usize::from(c)])
+                })
         };
         let largest_tab = if model.memory_slices <= 12 {
             (0..1u32 << model.memory_slices).map(largest).collect()
@@ -209,15 +223,19 @@ impl<'c> Tables<'c> {
         true
     }
 
-    /// Memory slices of the largest profile with an allowed placement entirely on slices outside
-    /// `held_mem` (0 when none fits). This is `L` of the fragmentation objective.
+    /// `L` of the fragmentation objective: the largest profile with an allowed placement entirely
+    /// on slices outside `held_mem`, largest by memory slices and then by compute slices, as
+    /// `16 × memory slices + compute slices` (0 when none fits). The compute term breaks ties
+    /// between same-size profiles: on an H100, `2g@4` (leaves `4g.40gb@0`) beats `2g@0` (leaves
+    /// only `3g.40gb@4`).
     pub fn largest_free(&self, held_mem: u32) -> u32 {
         if let Some(&l) = self.largest_tab.get(held_mem as usize) {
             return u32::from(l);
         }
         for &c in &self.by_size_desc {
             if self.mask[usize::from(c)] & held_mem == 0 {
-                return u32::from(self.size[usize::from(c)]);
+                let c = usize::from(c);
+                return u32::from(free_value(self.size[c], self.compute[c]));
             }
         }
         0
@@ -299,11 +317,15 @@ mod tests {
     fn largest_free_reads_the_memory_grid() {
         let m = Catalog::builtin().lookup("a100-40gb").unwrap();
         let t = Tables::new(m).unwrap();
-        assert_eq!(t.largest_free(0), 8);
-        // 1g at slice 6 leaves the 4-slice range 0-3.
-        assert_eq!(t.largest_free(1 << 6), 4);
-        // Slices 0-5 and 7 held: nothing that starts at 6 fits in one slice except 1g@6.
-        assert_eq!(t.largest_free(0b1011_1111), 1);
+        // Empty: 7g.40gb (8 memory, 7 compute slices).
+        assert_eq!(t.largest_free(0), 8 * 16 + 7);
+        // 1g at slice 6 leaves the 4-slice range 0-3, where 4g.20gb (4 compute) fits.
+        assert_eq!(t.largest_free(1 << 6), 4 * 16 + 4);
+        // Slices 0-5 and 7 held: only 1g@6 fits.
+        assert_eq!(t.largest_free(0b1011_1111), 16 + 1);
         assert_eq!(t.largest_free(0b0111_1111), 0);
+        // Slices 0-3 held: 3g.20gb@4 is the largest, one compute slice less than 4g.20gb@0.
+        assert_eq!(t.largest_free(0b0000_1111), 4 * 16 + 3);
+        assert!(t.largest_free(0b0011_0000) > t.largest_free(0b0000_0011));
     }
 }

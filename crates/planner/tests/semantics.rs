@@ -526,3 +526,20 @@ fn only_changed_lists_the_gpus_that_change_or_serve_and_nothing_else_differs() {
         .collect();
     assert_eq!(keep, short.gpus);
 }
+
+#[test]
+fn a_small_instance_goes_where_the_larger_same_size_profile_stays_placeable() {
+    // On an H100, 3g.40gb and 4g.40gb both take 4 memory slices, but 4g.40gb may only start at
+    // 0. A 2g.20gb at 0 or 2 would leave only 3g.40gb@4; at 4 it leaves 4g.40gb@0.
+    let c = cluster("nodes: [{name: n, gpus: [{model: h100-80gb}]}]");
+    let r = requests("requests: [{id: a, mig: 2g.20gb}]");
+    let p = run(Policy::Tessera, &c, &r);
+    assert_eq!(mig_of(&p, "a"), Some(("n".into(), 0, "2g.20gb".into(), 4)));
+    // ... and a 4g.40gb that arrives next is served without touching it.
+    let c = cluster(
+        "nodes: [{name: n, gpus: [{model: h100-80gb, instances: [{profile: 2g.20gb, start: 4, used: true}]}]}]",
+    );
+    let r = requests("requests: [{id: b, mig: 4g.40gb}]");
+    let p = run(Policy::Tessera, &c, &r);
+    assert_eq!(mig_of(&p, "b"), Some(("n".into(), 0, "4g.40gb".into(), 0)));
+}

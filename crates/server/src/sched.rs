@@ -422,6 +422,7 @@ pub fn decide(
     reservations: &[Reservation],
 ) -> Option<Serve> {
     let by_index: BTreeMap<u32, &GpuState> = gpus.iter().map(|g| (g.facts.index, g)).collect();
+    let mut fallback: Option<Serve> = None;
     for v in variants(catalog, gpus, w) {
         let mut candidates: Vec<u32> = v
             .gpus
@@ -493,6 +494,25 @@ pub fn decide(
                             .is_some_and(|reg| !keeps_reservation(model, g, reg, new))
                 });
                 if breaks {
+                    // The planner's pick would break a hold; remember the cheapest placement on
+                    // this GPU that keeps every hold, in case no other GPU does better.
+                    if fallback.is_none() {
+                        let regions: Vec<Placed> = reservations
+                            .iter()
+                            .filter(|r| r.gpu == gpu && r.request != w.id)
+                            .filter_map(|r| r.region)
+                            .collect();
+                        fallback = place_keeping_reservations(model, g, new.profile, &regions).map(
+                            |(layout, start)| Serve {
+                                gpu,
+                                layout,
+                                pick: Pick::Mig {
+                                    profile: profile.clone(),
+                                    start,
+                                },
+                            },
+                        );
+                    }
                     candidates.retain(|c| *c != gpu);
                     continue;
                 }
@@ -510,7 +530,57 @@ pub fn decide(
             return Some(Serve { gpu, layout, pick });
         }
     }
-    None
+    fallback
+}
+
+/// The cheapest placement of `profile` on `g` that keeps every held `regions` whole, used when
+/// the planner's pick would break a hold: reuse a free instance of the profile (no operation),
+/// else create one at the start that destroys the fewest free instances (then the lowest
+/// start). Used instances are always kept. Returns the new layout (when it changes) and the start.
+fn place_keeping_reservations(
+    model: &GpuModel,
+    g: &GpuState,
+    profile: ProfileIdx,
+    regions: &[Placed],
+) -> Option<(Option<Vec<Placed>>, u8)> {
+    let current: Vec<(Placed, bool)> = g
+        .instances
+        .iter()
+        .filter_map(|i| {
+            Some((
+                Placed::new(model.profile_named(&i.profile)?, i.start),
+                i.used(),
+            ))
+        })
+        .collect();
+    let keeps = |new: Placed| regions.iter().all(|r| keeps_reservation(model, g, *r, new));
+    if let Some((p, _)) = current
+        .iter()
+        .find(|(p, used)| p.profile == profile && !used && keeps(*p))
+    {
+        return Some((None, p.start));
+    }
+    let mut best: Option<(usize, u8, Vec<Placed>)> = None;
+    for &start in &model.profile(profile).placements {
+        let new = Placed::new(profile, start);
+        if !keeps(new) {
+            continue;
+        }
+        let mut layout: Vec<Placed> = current
+            .iter()
+            .filter(|(p, used)| *used || model.mask(*p) & model.mask(new) == 0)
+            .map(|(p, _)| *p)
+            .collect();
+        let destroyed = current.len() - layout.len();
+        layout.push(new);
+        if !model.validate(&layout).is_empty() {
+            continue;
+        }
+        if best.as_ref().is_none_or(|b| destroyed < b.0) {
+            best = Some((destroyed, start, layout));
+        }
+    }
+    best.map(|(_, start, layout)| (Some(layout), start))
 }
 
 /// The GPU (and MIG placement) a request that must wait reserves, if any; `taken` are the
@@ -524,6 +594,7 @@ pub fn reserve(
     let free =
         |g: &GpuState| !g.drained && g.healthy && !taken.iter().any(|r| r.gpu == g.facts.index);
     let by_index: BTreeMap<u32, &GpuState> = gpus.iter().map(|g| (g.facts.index, g)).collect();
+    let mut fallback: Option<Serve> = None;
     for v in variants(catalog, gpus, w) {
         let mut best: Option<((usize, u64, u32, u8), Reservation)> = None;
         for gi in &v.gpus {
