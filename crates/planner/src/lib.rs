@@ -21,11 +21,13 @@
 //! Plans are compared lexicographically:
 //! 1. **maximise the total priority of served requests** (priority defaults to 1);
 //! 2. then **minimise the operations**: MIG instances created plus MIG instances destroyed;
-//! 3. then **maximise the free score** `Σ L²` over MIG GPUs, where `L` is the size, in memory
-//!    slices, of the largest profile of the GPU's model that has an allowed placement lying
-//!    entirely on slices held by no busy or assigned instance (idle instances count as free
-//!    space, since they can be destroyed at no risk). Squaring rewards keeping whole GPUs and
-//!    large contiguous ranges free, able to serve the largest profiles.
+//! 3. then **maximise the free score** `Σ L²` over MIG GPUs, where `L` measures the largest
+//!    profile of the GPU's model that has an allowed placement lying entirely on slices held by
+//!    no busy or assigned instance (idle instances count as free space, since they can be
+//!    destroyed at no risk): `L = 16 × memory slices + compute slices` of that profile, so size
+//!    decides and compute slices break ties (an H100 that can still take `4g.40gb` beats one that
+//!    can only take `3g.40gb`). Squaring rewards keeping whole GPUs and large contiguous ranges
+//!    free, able to serve the largest profiles.
 //!
 //! MPS and time-slice placements add no operations and no free score; among equal plans the
 //! policies put them best-fit (on the GPU with the least room that still fits).
