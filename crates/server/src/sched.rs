@@ -594,7 +594,6 @@ pub fn reserve(
     let free =
         |g: &GpuState| !g.drained && g.healthy && !taken.iter().any(|r| r.gpu == g.facts.index);
     let by_index: BTreeMap<u32, &GpuState> = gpus.iter().map(|g| (g.facts.index, g)).collect();
-    let mut fallback: Option<Serve> = None;
     for v in variants(catalog, gpus, w) {
         let mut best: Option<((usize, u64, u32, u8), Reservation)> = None;
         for gi in &v.gpus {

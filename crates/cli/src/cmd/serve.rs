@@ -13,7 +13,7 @@ pub struct Args {
     /// GPU backend: `auto` uses NVML when a GPU is found, else a simulated fleet.
     #[arg(long, value_enum)]
     pub backend: Option<BackendArg>,
-    /// Simulated fleet (`--backend sim`, or `auto` without a GPU): MODEL:COUNT[,MODEL:COUNT].
+    /// Simulated fleet (`--backend sim`, or `auto` without a GPU): `MODEL:COUNT[,MODEL:COUNT]`.
     #[arg(long, value_name = "LIST")]
     pub sim_gpus: Option<String>,
     /// State directory (SQLite database, simulated GPUs, MPS pipes).
