@@ -8,6 +8,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
+use plotters::coord::types::RangedCoordf64;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::FontStyle;
@@ -290,6 +291,68 @@ fn text<E: std::error::Error + Send + Sync>(e: DrawingAreaErrorKind<E>) -> Strin
     e.to_string()
 }
 
+/// The axes of one panel of a plot.
+struct Axes<'t> {
+    caption: &'t str,
+    x: std::ops::Range<f64>,
+    y: std::ops::Range<f64>,
+    x_desc: &'t str,
+    y_desc: &'t str,
+    /// Decimals of the y labels.
+    y_decimals: usize,
+    /// Width of the y label area in pixels.
+    y_area: u32,
+}
+
+/// A panel with the project's style: caption, light grid, axis labels.
+fn panel<'a, DB: DrawingBackend>(
+    area: &'a DrawingArea<DB, Shift>,
+    axes: Axes<'_>,
+) -> Result<ChartContext<'a, DB, Cartesian2d<RangedCoordf64, RangedCoordf64>>, String>
+where
+    DB::ErrorType: 'static,
+{
+    let mut chart = ChartBuilder::on(area)
+        .margin(16)
+        .x_label_area_size(44)
+        .y_label_area_size(axes.y_area)
+        .caption(axes.caption, ("sans-serif", 20))
+        .build_cartesian_2d(axes.x, axes.y)
+        .map_err(text)?;
+    let decimals = axes.y_decimals;
+    chart
+        .configure_mesh()
+        .light_line_style(TRANSPARENT)
+        .bold_line_style(BLACK.mix(0.12))
+        .x_label_formatter(&|v| format!("{v:.0}"))
+        .y_label_formatter(&|v| format!("{v:.decimals$}"))
+        .x_desc(axes.x_desc)
+        .y_desc(axes.y_desc)
+        .label_style(("sans-serif", 15))
+        .axis_desc_style(("sans-serif", 16))
+        .draw()
+        .map_err(text)?;
+    Ok(chart)
+}
+
+/// Draw the legend of a panel's labelled series.
+fn legend<'a, DB: DrawingBackend + 'a>(
+    chart: &mut ChartContext<'a, DB, Cartesian2d<RangedCoordf64, RangedCoordf64>>,
+    position: SeriesLabelPosition,
+) -> Result<(), String>
+where
+    DB::ErrorType: 'static,
+{
+    chart
+        .configure_series_labels()
+        .position(position)
+        .label_font(("sans-serif", 16))
+        .background_style(WHITE.mix(0.9))
+        .border_style(BLACK.mix(0.3))
+        .draw()
+        .map_err(text)
+}
+
 /// Left: allocated share against arrived workload (with the ideal line); right: the
 /// unallocated share from 70 % arrived on, where the policies part.
 fn saturate_plot<DB: DrawingBackend>(
@@ -309,25 +372,18 @@ where
         .map_err(text)?;
     let (left, right) = root.split_horizontally(SIZE.0 / 2);
 
-    let mut chart = ChartBuilder::on(&left)
-        .margin(16)
-        .x_label_area_size(44)
-        .y_label_area_size(56)
-        .caption("Allocated GPU compute", ("sans-serif", 20))
-        .build_cartesian_2d(0f64..130f64, 0f64..100f64)
-        .map_err(text)?;
-    chart
-        .configure_mesh()
-        .light_line_style(TRANSPARENT)
-        .bold_line_style(BLACK.mix(0.12))
-        .x_label_formatter(&|v| format!("{v:.0}"))
-        .y_label_formatter(&|v| format!("{v:.0}"))
-        .x_desc("Arrived workload (% of GPU compute slices)")
-        .y_desc("Allocated (% of slices)")
-        .label_style(("sans-serif", 15))
-        .axis_desc_style(("sans-serif", 16))
-        .draw()
-        .map_err(text)?;
+    let mut chart = panel(
+        &left,
+        Axes {
+            caption: "Allocated GPU compute",
+            x: 0f64..130f64,
+            y: 0f64..100f64,
+            x_desc: "Arrived workload (% of GPU compute slices)",
+            y_desc: "Allocated (% of slices)",
+            y_decimals: 0,
+            y_area: 56,
+        },
+    )?;
     chart
         .draw_series(LineSeries::new(
             [(0.0, 0.0), (100.0, 100.0), (130.0, 100.0)],
@@ -344,14 +400,7 @@ where
             .label(p.name())
             .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], c.stroke_width(3)));
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::LowerRight)
-        .label_font(("sans-serif", 16))
-        .background_style(WHITE.mix(0.9))
-        .border_style(BLACK.mix(0.3))
-        .draw()
-        .map_err(text)?;
+    legend(&mut chart, SeriesLabelPosition::LowerRight)?;
 
     // Zoom on 95-130 % arrived; the scale follows the policies that stay close to the ideal,
     // and a policy far above it is drawn along the top edge and named in a note.
@@ -377,28 +426,18 @@ where
         .flat_map(|(_, pts)| pts.iter().filter(|p| p.0 >= 100.0).map(|p| p.1))
         .fold(1.0f64, f64::max);
     let ymax = ((near * 1.5) / 0.5).ceil() * 0.5;
-    let mut chart = ChartBuilder::on(&right)
-        .margin(16)
-        .x_label_area_size(44)
-        .y_label_area_size(56)
-        .caption(
-            "Unallocated GPU compute (zoom, lower is better)",
-            ("sans-serif", 20),
-        )
-        .build_cartesian_2d(X0..130f64, 0f64..ymax)
-        .map_err(text)?;
-    chart
-        .configure_mesh()
-        .light_line_style(TRANSPARENT)
-        .bold_line_style(BLACK.mix(0.12))
-        .x_label_formatter(&|v| format!("{v:.0}"))
-        .y_label_formatter(&|v| format!("{v:.1}"))
-        .x_desc("Arrived workload (% of GPU compute slices)")
-        .y_desc("Unallocated (% of slices)")
-        .label_style(("sans-serif", 15))
-        .axis_desc_style(("sans-serif", 16))
-        .draw()
-        .map_err(text)?;
+    let mut chart = panel(
+        &right,
+        Axes {
+            caption: "Unallocated GPU compute (zoom, lower is better)",
+            x: X0..130f64,
+            y: 0f64..ymax,
+            x_desc: "Arrived workload (% of GPU compute slices)",
+            y_desc: "Unallocated (% of slices)",
+            y_decimals: 1,
+            y_area: 56,
+        },
+    )?;
     let x0 = (100.0 - ymax).max(X0);
     chart
         .draw_series(LineSeries::new(
@@ -472,25 +511,18 @@ where
     };
     let qmax = all().map(|p| p.2).fold(1.0f64, f64::max) * 1.05;
 
-    let mut chart = ChartBuilder::on(&left)
-        .margin(16)
-        .x_label_area_size(44)
-        .y_label_area_size(56)
-        .caption("Allocated GPU compute", ("sans-serif", 20))
-        .build_cartesian_2d(t0..t1, 0f64..100f64)
-        .map_err(text)?;
-    chart
-        .configure_mesh()
-        .light_line_style(TRANSPARENT)
-        .bold_line_style(BLACK.mix(0.12))
-        .x_label_formatter(&|v| format!("{v:.0}"))
-        .y_label_formatter(&|v| format!("{v:.0}"))
-        .x_desc("Time (days since the trace start)")
-        .y_desc("Allocated (% of slices)")
-        .label_style(("sans-serif", 15))
-        .axis_desc_style(("sans-serif", 16))
-        .draw()
-        .map_err(text)?;
+    let mut chart = panel(
+        &left,
+        Axes {
+            caption: "Allocated GPU compute",
+            x: t0..t1,
+            y: 0f64..100f64,
+            x_desc: "Time (days since the trace start)",
+            y_desc: "Allocated (% of slices)",
+            y_decimals: 0,
+            y_area: 56,
+        },
+    )?;
     for (p, pts) in series {
         let c = colour(*p);
         chart
@@ -502,34 +534,20 @@ where
             .label(p.name())
             .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], c.stroke_width(3)));
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .label_font(("sans-serif", 16))
-        .background_style(WHITE.mix(0.9))
-        .border_style(BLACK.mix(0.3))
-        .draw()
-        .map_err(text)?;
+    legend(&mut chart, SeriesLabelPosition::UpperLeft)?;
 
-    let mut chart = ChartBuilder::on(&right)
-        .margin(16)
-        .x_label_area_size(44)
-        .y_label_area_size(64)
-        .caption("Pods waiting", ("sans-serif", 20))
-        .build_cartesian_2d(t0..t1, 0f64..qmax)
-        .map_err(text)?;
-    chart
-        .configure_mesh()
-        .light_line_style(TRANSPARENT)
-        .bold_line_style(BLACK.mix(0.12))
-        .x_label_formatter(&|v| format!("{v:.0}"))
-        .y_label_formatter(&|v| format!("{v:.0}"))
-        .x_desc("Time (days since the trace start)")
-        .y_desc("Queued pods")
-        .label_style(("sans-serif", 15))
-        .axis_desc_style(("sans-serif", 16))
-        .draw()
-        .map_err(text)?;
+    let mut chart = panel(
+        &right,
+        Axes {
+            caption: "Pods waiting",
+            x: t0..t1,
+            y: 0f64..qmax,
+            x_desc: "Time (days since the trace start)",
+            y_desc: "Queued pods",
+            y_decimals: 0,
+            y_area: 64,
+        },
+    )?;
     for (p, pts) in series {
         chart
             .draw_series(LineSeries::new(
