@@ -123,12 +123,12 @@ pub fn check_plan(
             ));
         }
         let sorted = |l: &[InstanceRef], set: u64| -> bool {
-            let want: Vec<(u8, String)> = t
+            let want: Vec<(u8, &str)> = t
                 .placed(set)
                 .iter()
-                .map(|x| (x.start, t.model.profile(x.profile).name.clone()))
+                .map(|x| (x.start, t.model.profile(x.profile).name.as_str()))
                 .collect();
-            let got: Vec<(u8, String)> = l.iter().map(|r| (r.start, r.profile.clone())).collect();
+            let got: Vec<(u8, &str)> = l.iter().map(|r| (r.start, r.profile.as_str())).collect();
             want == got
         };
         if !sorted(&gp.layout, fin) || !sorted(&gp.create, create) || !sorted(&gp.destroy, destroy)

@@ -69,7 +69,7 @@ pub use input::{
     ClusterSpec, GpuMode, GpuSpec, InstanceSpec, MpsClientSpec, MpsRequest, NodeSpec, RequestKind,
     RequestSpec, RequestsFile,
 };
-pub use plan::{AssignedSlice, Assignment, GpuPlan, InstanceRef, Plan, PlanStats};
+pub use plan::{AssignedSlice, Assignment, GpuPlan, InstanceRef, Name, Plan, PlanStats};
 
 /// A planning algorithm.
 #[derive(

@@ -14,10 +14,132 @@
 //!  "stats": {"served": 3, "served_priority": 7, "operations": 2}}
 //! ```
 
-use serde::{Deserialize, Serialize};
+use std::borrow::Borrow;
+use std::fmt;
+use std::ops::Deref;
+use std::sync::Arc;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::input::GpuMode;
 use crate::Policy;
+
+/// A shared, immutable name in a plan (node name, model key, profile name). A plan repeats the
+/// same few names thousands of times; each copy of a `Name` shares one allocation, so building
+/// a plan copies pointers instead of strings. It reads like a `&str` (`Deref`, `Display`,
+/// comparisons with `str` and `String`) and is a plain string on the wire.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Name(Arc<str>);
+
+impl Name {
+    /// The name as a string slice.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Deref for Name {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl AsRef<str> for Name {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Borrow<str> for Name {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Name {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for Name {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl From<&str> for Name {
+    fn from(s: &str) -> Self {
+        Name(Arc::from(s))
+    }
+}
+
+impl From<String> for Name {
+    fn from(s: String) -> Self {
+        Name(Arc::from(s))
+    }
+}
+
+impl From<&String> for Name {
+    fn from(s: &String) -> Self {
+        Name(Arc::from(s.as_str()))
+    }
+}
+
+impl From<Name> for String {
+    fn from(n: Name) -> Self {
+        n.0.to_string()
+    }
+}
+
+impl PartialEq<str> for Name {
+    fn eq(&self, other: &str) -> bool {
+        &*self.0 == other
+    }
+}
+
+impl PartialEq<&str> for Name {
+    fn eq(&self, other: &&str) -> bool {
+        &*self.0 == *other
+    }
+}
+
+impl PartialEq<String> for Name {
+    fn eq(&self, other: &String) -> bool {
+        *self.0 == **other
+    }
+}
+
+impl PartialEq<Name> for str {
+    fn eq(&self, other: &Name) -> bool {
+        self == &*other.0
+    }
+}
+
+impl PartialEq<Name> for &str {
+    fn eq(&self, other: &Name) -> bool {
+        *self == &*other.0
+    }
+}
+
+impl PartialEq<Name> for String {
+    fn eq(&self, other: &Name) -> bool {
+        **self == *other.0
+    }
+}
+
+impl Serialize for Name {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Name {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d).map(Name::from)
+    }
+}
 
 /// A planning result.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -39,11 +161,11 @@ pub struct Plan {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GpuPlan {
     /// Node name.
-    pub node: String,
+    pub node: Name,
     /// GPU index on the node.
     pub gpu: usize,
     /// Catalog key of the model.
-    pub model: String,
+    pub model: Name,
     /// Sharing mode (unchanged by the plan).
     pub mode: GpuMode,
     /// MIG: every instance after the plan, sorted by start (busy ones included).
@@ -65,7 +187,7 @@ impl GpuPlan {
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct InstanceRef {
     /// Profile name, e.g. `3g.40gb`.
-    pub profile: String,
+    pub profile: Name,
     /// Placement start on the memory-slice grid.
     pub start: u8,
 }
@@ -76,7 +198,7 @@ pub struct Assignment {
     /// Request id.
     pub request: String,
     /// Node name.
-    pub node: String,
+    pub node: Name,
     /// GPU index on the node.
     pub gpu: usize,
     /// The slice: a MIG instance, or the limits of an MPS client or time-slice replica.
@@ -91,7 +213,7 @@ pub enum AssignedSlice {
     /// A MIG instance that is free in the GPU's new layout.
     Mig {
         /// Profile name.
-        profile: String,
+        profile: Name,
         /// Placement start.
         start: u8,
     },

@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, HashSet};
 use tessera_model::{Catalog, GpuModel, Placed};
 
 use crate::input::{ClusterSpec, GpuMode, RequestKind, RequestSpec};
-use crate::plan::{AssignedSlice, Assignment, GpuPlan, InstanceRef, Plan, PlanStats};
+use crate::plan::{AssignedSlice, Assignment, GpuPlan, InstanceRef, Name, Plan, PlanStats};
 use crate::tables::Tables;
 use crate::{Objective, PlanError, PlanOptions, Policy};
 
@@ -490,18 +490,39 @@ impl<'a> Problem<'a> {
         }
     }
 
-    /// Turn a solution into the wire-format plan.
+    /// Turn a solution into the wire-format plan. Names are shared ([`Name`]): one allocation
+    /// per node, model and profile, however many GPUs and assignments repeat them.
     pub fn to_plan(&self, sol: &Solution, policy: Policy, only_changed: bool) -> Plan {
-        let refs = |t: &Tables, set: u64| -> Vec<InstanceRef> {
+        let model_names: Vec<Name> = self.models.iter().map(|m| Name::from(&m.key)).collect();
+        let profile_names: Vec<Vec<Name>> = self
+            .tables
+            .iter()
+            .map(|t| {
+                t.model
+                    .profiles
+                    .iter()
+                    .map(|p| Name::from(&p.name))
+                    .collect()
+            })
+            .collect();
+        let mut node_names: Vec<Option<Name>> = vec![None; self.cluster.nodes.len()];
+        let mut node_name = |n: usize| -> Name {
+            node_names[n]
+                .get_or_insert_with(|| Name::from(&self.cluster.nodes[n].name))
+                .clone()
+        };
+        let refs = |t: usize, set: u64| -> Vec<InstanceRef> {
             if set == 0 {
                 return Vec::new();
             }
+            let tables = &self.tables[t];
+            let names = &profile_names[t];
             let mut v = Vec::with_capacity(set.count_ones() as usize);
-            for &c in &t.by_start {
+            for &c in &tables.by_start {
                 if set & (1 << c) != 0 {
-                    let p = t.cand[usize::from(c)];
+                    let p = tables.cand[usize::from(c)];
                     v.push(InstanceRef {
-                        profile: t.model.profile(p.profile).name.clone(),
+                        profile: names[usize::from(p.profile.0)].clone(),
                         start: p.start,
                     });
                 }
@@ -524,36 +545,30 @@ impl<'a> Problem<'a> {
                 listed[gpu] = true;
             }
         }
-        let gpus: Vec<GpuPlan> = self
-            .gpus
-            .iter()
-            .zip(&listed)
-            .filter(|(_, l)| **l)
-            .map(|(g, _)| {
-                let model = self.models[g.model];
-                let (layout, create, destroy) = if g.mode == GpuMode::Mig {
-                    let mg = &self.mig[g.slot];
-                    let t = &self.tables[mg.t];
-                    let fin = sol.layouts[g.slot];
-                    (
-                        refs(t, fin),
-                        refs(t, fin & !mg.existing),
-                        refs(t, mg.existing & !fin),
-                    )
-                } else {
-                    (Vec::new(), Vec::new(), Vec::new())
-                };
-                GpuPlan {
-                    node: self.cluster.nodes[g.node].name.clone(),
-                    gpu: g.index,
-                    model: model.key.clone(),
-                    mode: g.mode,
-                    layout,
-                    create,
-                    destroy,
-                }
-            })
-            .collect();
+        let mut gpus: Vec<GpuPlan> =
+            Vec::with_capacity(if only_changed { 0 } else { self.gpus.len() });
+        for (g, _) in self.gpus.iter().zip(&listed).filter(|(_, l)| **l) {
+            let (layout, create, destroy) = if g.mode == GpuMode::Mig {
+                let mg = &self.mig[g.slot];
+                let fin = sol.layouts[g.slot];
+                (
+                    refs(mg.t, fin),
+                    refs(mg.t, fin & !mg.existing),
+                    refs(mg.t, mg.existing & !fin),
+                )
+            } else {
+                (Vec::new(), Vec::new(), Vec::new())
+            };
+            gpus.push(GpuPlan {
+                node: node_name(g.node),
+                gpu: g.index,
+                model: model_names[g.model].clone(),
+                mode: g.mode,
+                layout,
+                create,
+                destroy,
+            });
+        }
         for (m, g) in self.mig.iter().enumerate() {
             operations += (sol.layouts[m] ^ g.existing).count_ones() as usize;
         }
@@ -569,12 +584,12 @@ impl<'a> Problem<'a> {
             served_priority += r.prio;
             let (gpu, slice) = match (*s, &spec.kind) {
                 (Slot::Mig(m, c), _) => {
-                    let t = self.t(m);
-                    let p = t.cand[c];
+                    let t = self.mig[m].t;
+                    let p = self.tables[t].cand[c];
                     (
                         self.mig[m].gpu,
                         AssignedSlice::Mig {
-                            profile: t.model.profile(p.profile).name.clone(),
+                            profile: profile_names[t][usize::from(p.profile.0)].clone(),
                             start: p.start,
                         },
                     )
@@ -592,7 +607,7 @@ impl<'a> Problem<'a> {
             let at = self.gpus[gpu];
             assignments.push(Assignment {
                 request: spec.id.clone(),
-                node: self.cluster.nodes[at.node].name.clone(),
+                node: node_name(at.node),
                 gpu: at.index,
                 slice,
             });

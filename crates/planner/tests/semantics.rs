@@ -28,7 +28,7 @@ fn mig_of(p: &Plan, id: &str) -> Option<(String, usize, String, u8)> {
         .find(|a| a.request == id)
         .map(|a| match &a.slice {
             AssignedSlice::Mig { profile, start } => {
-                (a.node.clone(), a.gpu, profile.clone(), *start)
+                (a.node.to_string(), a.gpu, profile.to_string(), *start)
             }
             other => panic!("{id} got {other:?}"),
         })

@@ -466,7 +466,7 @@ pub fn decide(
             let gp = &plan.gpus[a.gpu];
             let pick = match &a.slice {
                 AssignedSlice::Mig { profile, start } => Pick::Mig {
-                    profile: profile.clone(),
+                    profile: profile.to_string(),
                     start: *start,
                 },
                 AssignedSlice::Mps {

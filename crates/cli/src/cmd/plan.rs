@@ -119,7 +119,7 @@ pub fn render(ctx: &Ctx, cluster: &ClusterSpec, p: &Plan) -> String {
             };
             t.add_row(vec![
                 a.request.clone(),
-                a.node.clone(),
+                a.node.to_string(),
                 a.gpu.to_string(),
                 slice,
             ]);
