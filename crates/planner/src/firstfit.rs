@@ -10,7 +10,7 @@ pub(crate) fn solve(p: &Problem<'_>) -> Solution {
     let mut sol = p.empty_solution();
     mig(p, &mut sol);
     let order = mps::order_by(p, |k| matches!(k, ReqKind::Mps { .. }), |_| 0u8);
-    mps::mps_first_fit(p, &order, &mut sol.slots);
+    mps::assign_mps(&mps::mps_first_fit(p, &order), &mut sol.slots);
     mps::timeslice(p, false, &mut sol.slots);
     sol
 }
@@ -18,6 +18,12 @@ pub(crate) fn solve(p: &Problem<'_>) -> Solution {
 /// The MIG part of first-fit.
 pub(crate) fn mig(p: &Problem<'_>, sol: &mut Solution) {
     let mut held: Vec<u64> = p.mig.iter().map(|g| g.busy).collect();
+    let mut compute: Vec<u32> = p
+        .mig
+        .iter()
+        .zip(&sol.layouts)
+        .map(|(g, &l)| p.tables[g.t].compute_of(l))
+        .collect();
     // Without destroys a GPU that cannot take a profile now never can: skip it for good.
     let mut cursor = vec![0usize; p.profiles.len()];
     let order = mps::order_by(p, |k| matches!(k, ReqKind::Mig(_)), |_| 0u8);
@@ -25,20 +31,25 @@ pub(crate) fn mig(p: &Problem<'_>, sol: &mut Solution) {
         let ReqKind::Mig(gp) = p.reqs[i].kind else {
             continue;
         };
-        #[allow(clippy::needless_range_loop)] // `m` indexes four parallel vectors
+        #[allow(clippy::needless_range_loop)] // `m` indexes parallel vectors
         for m in cursor[gp]..p.mig.len() {
-            let t = p.t(m);
-            let choice = p.local[p.mig[m].t][gp].and_then(|lp| {
+            let tix = p.mig[m].t;
+            let t = &p.tables[tix];
+            let choice = p.local[tix][gp].and_then(|lp| {
                 let layout = sol.layouts[m];
                 let idle = layout & !held[m] & t.by_profile[lp];
                 if idle != 0 {
                     Some(idle.trailing_zeros() as usize)
                 } else {
-                    crate::tables::bits(t.by_profile[lp]).find(|&c| t.fits(layout, c))
+                    crate::tables::bits(t.by_profile[lp])
+                        .find(|&c| t.fits_with(layout, compute[m], c))
                 }
             });
             match choice {
                 Some(c) => {
+                    if sol.layouts[m] & (1 << c) == 0 {
+                        compute[m] += u32::from(t.compute[c]);
+                    }
                     sol.layouts[m] |= 1 << c;
                     held[m] |= 1 << c;
                     sol.slots[i] = Some(Slot::Mig(m, c));

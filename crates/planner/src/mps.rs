@@ -12,15 +12,22 @@ pub(crate) fn order_by<K: Ord>(
     want: impl Fn(&ReqKind) -> bool,
     tie: impl Fn(&ReqKind) -> K,
 ) -> Vec<usize> {
-    let mut v: Vec<usize> = (0..p.reqs.len())
-        .filter(|&i| want(&p.reqs[i].kind))
+    // Keys computed once; a stable sort keeps input order among equal keys.
+    let mut v: Vec<((std::cmp::Reverse<u64>, K), usize)> = p
+        .reqs
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| want(&r.kind))
+        .map(|(i, r)| ((std::cmp::Reverse(r.prio), tie(&r.kind)), i))
         .collect();
-    v.sort_by_key(|&i| (std::cmp::Reverse(p.reqs[i].prio), tie(&p.reqs[i].kind), i));
-    v
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v.into_iter().map(|(_, i)| i).collect()
 }
 
-/// Place MPS requests in `order`, each on the fitting GPU with the least free memory.
-pub(crate) fn mps_best_fit(p: &Problem<'_>, order: &[usize], slots: &mut [Option<Slot>]) {
+/// Place MPS requests in `order`, each on the fitting GPU with the least free memory; returns
+/// the (request, MPS GPU) placements.
+pub(crate) fn mps_best_fit(p: &Problem<'_>, order: &[usize]) -> Vec<(usize, usize)> {
+    let mut picks = Vec::new();
     let mut room: Vec<(u64, u32, u32)> = p
         .mps
         .iter()
@@ -58,14 +65,17 @@ pub(crate) fn mps_best_fit(p: &Problem<'_>, order: &[usize], slots: &mut [Option
             if usable(&room[g]) {
                 by_mem.insert((room[g].0, g));
             }
-            slots[i] = Some(Slot::Mps(g));
+            picks.push((i, g));
         }
     }
+    picks
 }
 
-/// Place MPS requests in `order`, each on the first GPU (input order) where it fits.
-pub(crate) fn mps_first_fit(p: &Problem<'_>, order: &[usize], slots: &mut [Option<Slot>]) {
+/// Place MPS requests in `order`, each on the first GPU (input order) where it fits; returns
+/// the (request, MPS GPU) placements.
+pub(crate) fn mps_first_fit(p: &Problem<'_>, order: &[usize]) -> Vec<(usize, usize)> {
     const BLOCK: usize = 32;
+    let mut picks = Vec::new();
     let mut room: Vec<(u64, u32, u32)> = p
         .mps
         .iter()
@@ -96,8 +106,16 @@ pub(crate) fn mps_first_fit(p: &Problem<'_>, order: &[usize], slots: &mut [Optio
             room[g].1 -= sm;
             room[g].2 -= 1;
             maxes[g / BLOCK] = block_max(&room, g / BLOCK);
-            slots[i] = Some(Slot::Mps(g));
+            picks.push((i, g));
         }
+    }
+    picks
+}
+
+/// Write MPS placements into `slots`.
+pub(crate) fn assign_mps(picks: &[(usize, usize)], slots: &mut [Option<Slot>]) {
+    for &(i, g) in picks {
+        slots[i] = Some(Slot::Mps(g));
     }
 }
 
@@ -124,14 +142,9 @@ pub(crate) fn timeslice(p: &Problem<'_>, best_fit: bool, slots: &mut [Option<Slo
     }
 }
 
-/// Served priority of the MPS slots in `slots`.
-fn mps_value(p: &Problem<'_>, slots: &[Option<Slot>]) -> u64 {
-    slots
-        .iter()
-        .zip(&p.reqs)
-        .filter(|(s, _)| matches!(s, Some(Slot::Mps(_))))
-        .map(|(_, r)| r.prio)
-        .sum()
+/// Served priority of MPS placements.
+fn mps_value(p: &Problem<'_>, picks: &[(usize, usize)]) -> u64 {
+    picks.iter().map(|&(i, _)| p.reqs[i].prio).sum()
 }
 
 /// Tessera's MPS step. Two candidate plans, the better kept (ties: the first): by priority and
@@ -150,14 +163,12 @@ pub(crate) fn mps_tessera(p: &Problem<'_>, slots: &mut [Option<Slot>]) {
         }
         _ => 0,
     };
-    let mut a = slots.to_vec();
-    mps_best_fit(p, &order_by(p, is_mps, share), &mut a);
-    let mut b = slots.to_vec();
-    mps_first_fit(p, &order_by(p, is_mps, |_| 0u8), &mut b);
+    let a = mps_best_fit(p, &order_by(p, is_mps, share));
+    let b = mps_first_fit(p, &order_by(p, is_mps, |_| 0u8));
     let best = if mps_value(p, &b) > mps_value(p, &a) {
         b
     } else {
         a
     };
-    slots.copy_from_slice(&best);
+    assign_mps(&best, slots);
 }

@@ -318,6 +318,8 @@ impl<'a> Problem<'a> {
         // Requests: unique ids, sane limits, known profiles.
         let mut ids: HashSet<&str> = HashSet::with_capacity(requests.len());
         let mut profiles: Vec<String> = Vec::new();
+        // Profile strings as written in the requests, resolved: most requests repeat a few.
+        let mut seen: Vec<(&str, usize)> = Vec::new();
         let mut reqs = Vec::with_capacity(requests.len());
         for r in requests {
             let bad = |problem: String| PlanError::BadRequest {
@@ -336,36 +338,40 @@ impl<'a> Problem<'a> {
                 ));
             }
             let kind = match &r.kind {
-                RequestKind::Mig(p) => {
-                    let name = crate::tables::bare_name(p);
-                    let gp = match profiles.iter().position(|x| x.eq_ignore_ascii_case(name)) {
-                        Some(i) => i,
-                        None => {
-                            let lc = name.to_ascii_lowercase();
-                            let in_cluster = tables.iter().any(|t| t.names_lc.contains(&lc));
-                            let in_catalog = catalog
-                                .models
-                                .iter()
-                                .any(|m| m.profile_named(&lc).is_some());
-                            if !in_cluster && !in_catalog {
-                                let mut known: Vec<String> = tables
+                RequestKind::Mig(p) => match seen.iter().find(|(s, _)| *s == p.as_str()) {
+                    Some(&(_, gp)) => ReqKind::Mig(gp),
+                    None => {
+                        let name = crate::tables::bare_name(p);
+                        let gp = match profiles.iter().position(|x| x.eq_ignore_ascii_case(name)) {
+                            Some(i) => i,
+                            None => {
+                                let lc = name.to_ascii_lowercase();
+                                let in_cluster = tables.iter().any(|t| t.names_lc.contains(&lc));
+                                let in_catalog = catalog
+                                    .models
                                     .iter()
-                                    .flat_map(|t| t.model.profile_names())
-                                    .collect();
-                                known.sort();
-                                known.dedup();
-                                return Err(PlanError::UnknownRequestProfile {
-                                    request: r.id.clone(),
-                                    profile: p.clone(),
-                                    known,
-                                });
+                                    .any(|m| m.profile_named(&lc).is_some());
+                                if !in_cluster && !in_catalog {
+                                    let mut known: Vec<String> = tables
+                                        .iter()
+                                        .flat_map(|t| t.model.profile_names())
+                                        .collect();
+                                    known.sort();
+                                    known.dedup();
+                                    return Err(PlanError::UnknownRequestProfile {
+                                        request: r.id.clone(),
+                                        profile: p.clone(),
+                                        known,
+                                    });
+                                }
+                                profiles.push(lc);
+                                profiles.len() - 1
                             }
-                            profiles.push(lc);
-                            profiles.len() - 1
-                        }
-                    };
-                    ReqKind::Mig(gp)
-                }
+                        };
+                        seen.push((p.as_str(), gp));
+                        ReqKind::Mig(gp)
+                    }
+                },
                 RequestKind::Mps(m) => {
                     if m.memory_mib == 0 {
                         return Err(bad(

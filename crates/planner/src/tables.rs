@@ -179,6 +179,10 @@ impl<'c> Tables<'c> {
 
     /// The index of a profile by name (case and a `MIG ` prefix ignored), without allocating.
     pub fn profile_named(&self, name: &str) -> Option<usize> {
+        // Most names come exactly as the catalog writes them.
+        if let Some(i) = self.names_lc.iter().position(|x| x == name) {
+            return Some(i);
+        }
         let n = bare_name(name);
         self.names_lc.iter().position(|x| x.eq_ignore_ascii_case(n))
     }

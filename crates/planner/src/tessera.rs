@@ -392,35 +392,33 @@ fn request_groups(p: &Problem<'_>, large_first: bool) -> Vec<Vec<usize>> {
     let w: Vec<u64> = (0..p.profiles.len())
         .map(|gp| p.profile_weight(gp))
         .collect();
-    // One packed key per request: priority (descending), size, input order.
-    let mut keys: Vec<u128> = p
+    // One packed key per request: priority (descending), then size; a stable sort keeps
+    // input order among equal keys.
+    let mut keys: Vec<(u64, usize)> = p
         .reqs
         .iter()
         .enumerate()
         .filter_map(|(i, r)| match r.kind {
             ReqKind::Mig(gp) => {
                 let size = if large_first { u64::MAX - w[gp] } else { w[gp] };
-                Some(
-                    (u128::from(u64::from(u32::MAX) - r.prio) << 96)
-                        | (u128::from(size & 0xffff_ffff) << 64)
-                        | i as u128,
-                )
+                Some((
+                    ((u64::from(u32::MAX) - r.prio) << 32) | (size & 0xffff_ffff),
+                    i,
+                ))
             }
             _ => None,
         })
         .collect();
-    keys.sort_unstable();
+    keys.sort_by_key(|k| k.0);
     let mut out: Vec<Vec<usize>> = Vec::new();
     let mut last_prio = None;
-    for k in keys {
-        let prio = k >> 96;
+    for (k, i) in keys {
+        let prio = k >> 32;
         if last_prio != Some(prio) {
             out.push(Vec::new());
             last_prio = Some(prio);
         }
-        out.last_mut()
-            .expect("pushed")
-            .push((k & 0xffff_ffff_ffff_ffff) as usize);
+        out.last_mut().expect("pushed").push(i);
     }
     out
 }
