@@ -29,7 +29,8 @@
 //! the highest priorities on the fullest GPUs first (optimal: every replica is alike).
 
 use std::cmp::Reverse;
-use std::collections::{BTreeSet, BinaryHeap};
+use std::collections::{BTreeSet, BinaryHeap, HashMap};
+use std::hash::{BuildHasherDefault, Hasher};
 
 use crate::mps;
 use crate::problem::{Problem, ReqKind, Slot, Solution};
@@ -200,16 +201,99 @@ fn key_of(o: &Opt, m: usize) -> u64 {
     (u64::from(o.ops.min(0xffff)) << 48) | (u64::from(o.loss) << 32) | m as u64
 }
 
+/// A hasher for keys made of small integers and bit sets (never for untrusted strings):
+/// multiply-rotate mixing, finished so that the low bits hashbrown indexes by depend on every
+/// input bit. Only lookups use it, never iteration, so plans stay deterministic.
+#[derive(Default)]
+struct BitsHasher(u64);
+
+impl Hasher for BitsHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(u64::from(b));
+        }
+    }
+
+    fn write_u64(&mut self, x: u64) {
+        self.0 = (self.0.rotate_left(5) ^ x).wrapping_mul(0x517c_c1b7_2722_0a95);
+    }
+
+    fn write_usize(&mut self, x: usize) {
+        self.write_u64(x as u64);
+    }
+
+    fn finish(&self) -> u64 {
+        let mut h = self.0;
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        h ^= h >> 33;
+        h
+    }
+}
+
+/// The distinct GPU states the greedy runs meet, each with its best option per slot. GPUs of
+/// one model with the same layout and the same held instances have the same options, and a
+/// busy cluster has far fewer distinct states than GPUs (the 1,000 × 8 benchmark's 6,400 MIG
+/// GPUs pass through under 2,000), so each state's options are computed once and shared by its
+/// GPUs and by both greedy runs.
+struct States {
+    /// Per tables: the requested (local profile, global profile) pairs, the *slots*.
+    slots_of: Vec<Vec<(usize, usize)>>,
+    /// State id of each (tables, layout, held) met so far.
+    ids: HashMap<(usize, u64, u64), u32, BuildHasherDefault<BitsHasher>>,
+    /// Per state: offset of its options in `opts`.
+    base: Vec<usize>,
+    /// Per state, per slot of its tables: the best option ([`option`]).
+    opts: Vec<Option<Opt>>,
+}
+
+impl States {
+    fn new(p: &Problem<'_>, demand: &[u32]) -> Self {
+        let mut slots_of = vec![Vec::new(); p.tables.len()];
+        for (t, loc) in p.local.iter().enumerate() {
+            for (gp, lp) in loc.iter().enumerate() {
+                if let (Some(lp), true) = (lp, demand[gp] > 0) {
+                    slots_of[t].push((*lp, gp));
+                }
+            }
+        }
+        States {
+            slots_of,
+            ids: HashMap::default(),
+            base: Vec::new(),
+            opts: Vec::new(),
+        }
+    }
+
+    /// The id of the state (tables `t`, `layout`, `held`), its options computed on first use.
+    fn id(&mut self, p: &Problem<'_>, t: usize, layout: u64, held: u64) -> u32 {
+        let next = self.base.len() as u32;
+        let id = *self.ids.entry((t, layout, held)).or_insert(next);
+        if id == next {
+            self.base.push(self.opts.len());
+            let tables = &p.tables[t];
+            let view = View::new(tables, layout, held);
+            for &(lp, _) in &self.slots_of[t] {
+                self.opts.push(option(tables, &view, lp));
+            }
+        }
+        id
+    }
+
+    /// The best option of state `id` for its tables' slot `s`.
+    fn opt(&self, id: u32, s: usize) -> Option<Opt> {
+        self.opts[self.base[id as usize] + s]
+    }
+}
+
 /// The greedy engine's state.
 #[derive(Clone)]
 struct Greedy<'p, 'a> {
     p: &'p Problem<'a>,
     layout: Vec<u64>,
     held: Vec<u64>,
-    /// Per MIG GPU: the option-search view of its current state.
-    views: Vec<View>,
-    /// Per tables: the requested (local profile, global profile) pairs.
-    slots_of: Vec<Vec<(usize, usize)>>,
+    /// Per MIG GPU: the id of its current state in [`States`].
+    state: Vec<u32>,
     /// Per global profile: (tables, slot) pairs that offer it.
     where_gp: Vec<Vec<(usize, usize)>>,
     /// Per MIG GPU: offset of its keys.
@@ -226,77 +310,68 @@ struct Greedy<'p, 'a> {
 }
 
 impl<'p, 'a> Greedy<'p, 'a> {
-    fn new(p: &'p Problem<'a>, demand: &[u32]) -> Self {
-        let nt = p.tables.len();
-        let mut slots_of = vec![Vec::new(); nt];
+    fn new(p: &'p Problem<'a>, st: &mut States) -> Self {
         let mut where_gp = vec![Vec::new(); p.profiles.len()];
-        for (t, loc) in p.local.iter().enumerate() {
-            for (gp, lp) in loc.iter().enumerate() {
-                if let (Some(lp), true) = (lp, demand[gp] > 0) {
-                    where_gp[gp].push((t, slots_of[t].len()));
-                    slots_of[t].push((*lp, gp));
-                }
+        for (t, slots) in st.slots_of.iter().enumerate() {
+            for (s, &(_, gp)) in slots.iter().enumerate() {
+                where_gp[gp].push((t, s));
             }
         }
         let mut key_base = Vec::with_capacity(p.mig.len());
         let mut n = 0;
         for g in &p.mig {
             key_base.push(n);
-            n += slots_of[g.t].len();
+            n += st.slots_of[g.t].len();
         }
-        let index = slots_of
-            .iter()
-            .map(|s| vec![BinaryHeap::new(); s.len()])
-            .collect();
-        let dirty = slots_of.iter().map(|s| vec![Vec::new(); s.len()]).collect();
-        let mut g = Greedy {
-            p,
-            layout: p.mig.iter().map(|g| g.existing).collect(),
-            held: p.mig.iter().map(|g| g.busy).collect(),
-            views: p
-                .mig
-                .iter()
-                .map(|g| View::new(&p.tables[g.t], g.existing, g.busy))
-                .collect(),
-            slots_of,
-            where_gp,
-            key_base,
-            keys: vec![NONE; n],
-            dirty,
-            dirty_flag: vec![false; n],
-            index,
-            slots: vec![None; p.reqs.len()],
-        };
-        // Initial keys, heapified in bulk.
-        let mut init: Vec<Vec<Vec<Reverse<u64>>>> = g
+        let dirty = st
             .slots_of
             .iter()
             .map(|s| vec![Vec::new(); s.len()])
             .collect();
-        for m in 0..p.mig.len() {
-            let t = p.mig[m].t;
-            let tables = &p.tables[t];
-            let view = g.views[m];
-            for (s, &(lp, _)) in g.slots_of[t].iter().enumerate() {
-                if let Some(o) = option(tables, &view, lp) {
+        let state: Vec<u32> = p
+            .mig
+            .iter()
+            .map(|g| st.id(p, g.t, g.existing, g.busy))
+            .collect();
+        let mut keys = vec![NONE; n];
+        // Initial keys, heapified in bulk.
+        let mut init: Vec<Vec<Vec<Reverse<u64>>>> = st
+            .slots_of
+            .iter()
+            .map(|s| vec![Vec::new(); s.len()])
+            .collect();
+        for (m, g) in p.mig.iter().enumerate() {
+            for s in 0..st.slots_of[g.t].len() {
+                if let Some(o) = st.opt(state[m], s) {
                     let k = key_of(&o, m);
-                    g.keys[g.key_base[m] + s] = k;
-                    init[t][s].push(Reverse(k));
+                    keys[key_base[m] + s] = k;
+                    init[g.t][s].push(Reverse(k));
                 }
             }
         }
-        g.index = init
-            .into_iter()
-            .map(|v| v.into_iter().map(BinaryHeap::from).collect())
-            .collect();
-        g
+        Greedy {
+            p,
+            layout: p.mig.iter().map(|g| g.existing).collect(),
+            held: p.mig.iter().map(|g| g.busy).collect(),
+            state,
+            where_gp,
+            dirty_flag: vec![false; n],
+            key_base,
+            keys,
+            index: init
+                .into_iter()
+                .map(|v| v.into_iter().map(BinaryHeap::from).collect())
+                .collect(),
+            dirty,
+            slots: vec![None; p.reqs.len()],
+        }
     }
 
-    /// GPU `m` changed: its keys are recomputed lazily, when a slot is next queried.
+    /// GPU `m` changed: its keys are brought up to date lazily, when a slot is next queried.
     fn touch(&mut self, m: usize) {
         let t = self.p.mig[m].t;
         let base = self.key_base[m];
-        for s in 0..self.slots_of[t].len() {
+        for s in 0..self.dirty[t].len() {
             if !self.dirty_flag[base + s] {
                 self.dirty_flag[base + s] = true;
                 self.dirty[t][s].push(m as u32);
@@ -305,19 +380,17 @@ impl<'p, 'a> Greedy<'p, 'a> {
     }
 
     /// Bring slot `s` of tables `t` up to date.
-    fn clean(&mut self, t: usize, s: usize) {
+    fn clean(&mut self, st: &States, t: usize, s: usize) {
         if self.dirty[t][s].is_empty() {
             return;
         }
-        let tables = &self.p.tables[t];
-        let lp = self.slots_of[t][s].0;
         // Keep the list's allocation for the next round.
         let mut list = std::mem::take(&mut self.dirty[t][s]);
         for &m in &list {
             let m = m as usize;
             let ki = self.key_base[m] + s;
             self.dirty_flag[ki] = false;
-            let new = option(tables, &self.views[m], lp).map_or(NONE, |o| key_of(&o, m));
+            let new = st.opt(self.state[m], s).map_or(NONE, |o| key_of(&o, m));
             if self.keys[ki] != new {
                 if new != NONE {
                     self.index[t][s].push(Reverse(new));
@@ -330,11 +403,11 @@ impl<'p, 'a> Greedy<'p, 'a> {
     }
 
     /// Serve request `r` with the best option of at most `max_ops` operations.
-    fn place(&mut self, r: usize, gp: usize, max_ops: u32) -> bool {
+    fn place(&mut self, st: &mut States, r: usize, gp: usize, max_ops: u32) -> bool {
         let mut best: Option<(u64, usize, usize)> = None;
         for wi in 0..self.where_gp[gp].len() {
             let (t, s) = self.where_gp[gp][wi];
-            self.clean(t, s);
+            self.clean(st, t, s);
             let heap = &mut self.index[t][s];
             // Drop stale entries until the top is some GPU's current key.
             while let Some(&Reverse(k)) = heap.peek() {
@@ -355,31 +428,29 @@ impl<'p, 'a> Greedy<'p, 'a> {
             return false;
         }
         let m = (k & 0xffff_ffff) as usize;
-        let lp = self.slots_of[t][s].0;
-        let tables = &self.p.tables[t];
-        let o = option(tables, &self.views[m], lp).expect("an indexed option exists");
+        let o = st.opt(self.state[m], s).expect("an indexed option exists");
         self.layout[m] = (self.layout[m] & !o.destroy) | 1 << o.cand;
         self.held[m] |= 1 << o.cand;
-        self.views[m] = View::new(tables, self.layout[m], self.held[m]);
+        self.state[m] = st.id(self.p, t, self.layout[m], self.held[m]);
         self.slots[r] = Some(Slot::Mig(m, o.cand));
         self.touch(m);
         true
     }
 
     /// Run over request groups: in each group first without destroying, then with.
-    fn run(mut self, groups: &[Vec<usize>]) -> (Vec<u64>, Vec<Option<Slot>>) {
+    fn run(mut self, st: &mut States, groups: &[Vec<usize>]) -> (Vec<u64>, Vec<Option<Slot>>) {
         for group in groups {
             let mut deferred = Vec::new();
             for &r in group {
                 let ReqKind::Mig(gp) = self.p.reqs[r].kind else {
                     continue;
                 };
-                if !self.place(r, gp, 1) {
+                if !self.place(st, r, gp, 1) {
                     deferred.push((r, gp));
                 }
             }
             for (r, gp) in deferred {
-                self.place(r, gp, u32::MAX);
+                self.place(st, r, gp, u32::MAX);
             }
         }
         (self.layout, self.slots)
@@ -436,7 +507,8 @@ fn mig(p: &Problem<'_>, sol: &mut Solution) {
     // Two greedy runs, larger profiles first and smaller first; the better plan wins (ties:
     // larger first). Loose clusters favour the first, tight ones the second. When both orders
     // are the same (one request, or one size), one run does.
-    let start = Greedy::new(p, &demand);
+    let mut states = States::new(p, &demand);
+    let start = Greedy::new(p, &mut states);
     let large = request_groups(p, true);
     let small = request_groups(p, false);
     let mut best: Option<Solution> = None;
@@ -444,7 +516,7 @@ fn mig(p: &Problem<'_>, sol: &mut Solution) {
         if k == 1 && small == large {
             break;
         }
-        let (layouts, slots) = start.clone().run(groups);
+        let (layouts, slots) = start.clone().run(&mut states, groups);
         let cand = Solution { layouts, slots };
         if best.as_ref().is_none_or(|b| p.better(&cand, b)) {
             best = Some(cand);
