@@ -24,21 +24,6 @@ pub(crate) fn mig(p: &Problem<'_>, sol: &mut Solution) {
         .zip(&sol.layouts)
         .map(|(g, &l)| p.tables[g.t].compute_of(l))
         .collect();
-    // Per global profile asked for: the MIG GPUs whose model has it, in input order.
-    let mut asked = vec![false; p.profiles.len()];
-    for r in &p.reqs {
-        if let ReqKind::Mig(gp) = r.kind {
-            asked[gp] = true;
-        }
-    }
-    let mut with_gp: Vec<Vec<u32>> = vec![Vec::new(); p.profiles.len()];
-    for (m, g) in p.mig.iter().enumerate() {
-        for (gp, lp) in p.local[g.t].iter().enumerate() {
-            if lp.is_some() && asked[gp] {
-                with_gp[gp].push(m as u32);
-            }
-        }
-    }
     // Without destroys a GPU that cannot take a profile now never can: skip it for good.
     let mut cursor = vec![0usize; p.profiles.len()];
     let order = mps::order_by(p, |k| matches!(k, ReqKind::Mig(_)), |_| 0u8);
@@ -46,22 +31,23 @@ pub(crate) fn mig(p: &Problem<'_>, sol: &mut Solution) {
         let ReqKind::Mig(gp) = p.reqs[i].kind else {
             continue;
         };
-        let list = &with_gp[gp];
-        while let Some(&m) = list.get(cursor[gp]) {
-            let m = m as usize;
+        #[allow(clippy::needless_range_loop)] // `m` indexes parallel vectors
+        for m in cursor[gp]..p.mig.len() {
             let tix = p.mig[m].t;
             let t = &p.tables[tix];
-            let lp = p.local[tix][gp].expect("listed GPUs have the profile");
-            let layout = sol.layouts[m];
-            let idle = layout & !held[m] & t.by_profile[lp];
-            let choice = if idle != 0 {
-                Some(idle.trailing_zeros() as usize)
-            } else {
-                t.first_fitting(layout, compute[m], lp)
-            };
+            let choice = p.local[tix][gp].and_then(|lp| {
+                let layout = sol.layouts[m];
+                let idle = layout & !held[m] & t.by_profile[lp];
+                if idle != 0 {
+                    Some(idle.trailing_zeros() as usize)
+                } else {
+                    crate::tables::bits(t.by_profile[lp])
+                        .find(|&c| t.fits_with(layout, compute[m], c))
+                }
+            });
             match choice {
                 Some(c) => {
-                    if layout & (1 << c) == 0 {
+                    if sol.layouts[m] & (1 << c) == 0 {
                         compute[m] += u32::from(t.compute[c]);
                     }
                     sol.layouts[m] |= 1 << c;
@@ -70,7 +56,7 @@ pub(crate) fn mig(p: &Problem<'_>, sol: &mut Solution) {
                     break;
                 }
                 // Every GPU before the first that fits is dead for this profile.
-                None => cursor[gp] += 1,
+                None => cursor[gp] = m + 1,
             }
         }
     }

@@ -49,6 +49,7 @@ mod exact;
 mod firstfit;
 pub mod gen;
 pub mod input;
+mod memo;
 mod mps;
 mod nos;
 pub mod plan;

@@ -206,24 +206,6 @@ impl<'c> Tables<'c> {
             && compute + u32::from(self.compute[c]) <= self.compute_total
     }
 
-    /// The first candidate of profile `p` (lowest index) that can join the valid layout
-    /// `layout` whose compute slices are `compute`: the same as testing [`Tables::fits_with`]
-    /// on each candidate of `p` in turn, with the per-profile checks done once.
-    pub fn first_fitting(&self, layout: u64, compute: u32, p: usize) -> Option<usize> {
-        let mine = self.by_profile[p];
-        if mine == 0
-            || (layout & mine).count_ones() >= u32::from(self.prof_max[p])
-            || layout.count_ones() >= self.max_instances
-        {
-            return None;
-        }
-        let c0 = mine.trailing_zeros() as usize;
-        if compute + u32::from(self.compute[c0]) > self.compute_total {
-            return None;
-        }
-        bits(mine).find(|&c| layout & self.conflict[c] == 0)
-    }
-
     /// Whether candidate `c` can join the valid layout `layout`.
     pub fn fits(&self, layout: u64, c: usize) -> bool {
         let p = usize::from(self.prof[c]);

@@ -29,9 +29,9 @@
 //! the highest priorities on the fullest GPUs first (optimal: every replica is alike).
 
 use std::cmp::Reverse;
-use std::collections::{BTreeSet, BinaryHeap, HashMap};
-use std::hash::{BuildHasherDefault, Hasher};
+use std::collections::{BTreeSet, BinaryHeap};
 
+use crate::memo::StateMemo;
 use crate::mps;
 use crate::problem::{Problem, ReqKind, Slot, Solution};
 use crate::tables::{bits, Tables};
@@ -201,50 +201,14 @@ fn key_of(o: &Opt, m: usize) -> u64 {
     (u64::from(o.ops.min(0xffff)) << 48) | (u64::from(o.loss) << 32) | m as u64
 }
 
-/// A hasher for keys made of small integers and bit sets (never for untrusted strings):
-/// multiply-rotate mixing, finished so that the low bits hashbrown indexes by depend on every
-/// input bit. Only lookups use it, never iteration, so plans stay deterministic.
-#[derive(Default)]
-struct BitsHasher(u64);
-
-impl Hasher for BitsHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.write_u64(u64::from(b));
-        }
-    }
-
-    fn write_u64(&mut self, x: u64) {
-        self.0 = (self.0.rotate_left(5) ^ x).wrapping_mul(0x517c_c1b7_2722_0a95);
-    }
-
-    fn write_usize(&mut self, x: usize) {
-        self.write_u64(x as u64);
-    }
-
-    fn finish(&self) -> u64 {
-        let mut h = self.0;
-        h ^= h >> 33;
-        h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
-        h ^= h >> 33;
-        h
-    }
-}
-
-/// The distinct GPU states the greedy runs meet, each with its best option per slot. GPUs of
-/// one model with the same layout and the same held instances have the same options, and a
-/// busy cluster has far fewer distinct states than GPUs (the 1,000 × 8 benchmark's 6,400 MIG
-/// GPUs pass through under 2,000), so each state's options are computed once and shared by its
-/// GPUs and by both greedy runs.
+/// The greedy's best options per distinct GPU state ([`StateMemo`]): GPUs of one model with
+/// the same layout and held instances have the same options, so each state's are computed once
+/// and shared by its GPUs and by both greedy runs.
 struct States {
     /// Per tables: the requested (local profile, global profile) pairs, the *slots*.
     slots_of: Vec<Vec<(usize, usize)>>,
-    /// State id of each (tables, layout, held) met so far.
-    ids: HashMap<(usize, u64, u64), u32, BuildHasherDefault<BitsHasher>>,
-    /// Per state: offset of its options in `opts`.
-    base: Vec<usize>,
     /// Per state, per slot of its tables: the best option ([`option`]).
-    opts: Vec<Option<Opt>>,
+    memo: StateMemo<Option<Opt>>,
 }
 
 impl States {
@@ -259,30 +223,23 @@ impl States {
         }
         States {
             slots_of,
-            ids: HashMap::default(),
-            base: Vec::new(),
-            opts: Vec::new(),
+            memo: StateMemo::with_capacity(p.mig.len()),
         }
     }
 
     /// The id of the state (tables `t`, `layout`, `held`), its options computed on first use.
     fn id(&mut self, p: &Problem<'_>, t: usize, layout: u64, held: u64) -> u32 {
-        let next = self.base.len() as u32;
-        let id = *self.ids.entry((t, layout, held)).or_insert(next);
-        if id == next {
-            self.base.push(self.opts.len());
+        let slots = &self.slots_of[t];
+        self.memo.id(t, layout, held, |row| {
             let tables = &p.tables[t];
             let view = View::new(tables, layout, held);
-            for &(lp, _) in &self.slots_of[t] {
-                self.opts.push(option(tables, &view, lp));
-            }
-        }
-        id
+            row.extend(slots.iter().map(|&(lp, _)| option(tables, &view, lp)));
+        })
     }
 
     /// The best option of state `id` for its tables' slot `s`.
     fn opt(&self, id: u32, s: usize) -> Option<Opt> {
-        self.opts[self.base[id as usize] + s]
+        self.memo.get(id, s)
     }
 }
 
@@ -302,10 +259,6 @@ struct Greedy<'p, 'a> {
     /// Per tables, per slot: a min-heap of option keys; an entry is live only while it equals
     /// the GPU's current key for the slot (stale entries are dropped when they surface).
     index: Vec<Vec<BinaryHeap<Reverse<u64>>>>,
-    /// Per tables, per slot: GPUs whose key may be out of date.
-    dirty: Vec<Vec<Vec<u32>>>,
-    /// Per key: whether it is listed in `dirty`.
-    dirty_flag: Vec<bool>,
     slots: Vec<Option<Slot>>,
 }
 
@@ -323,11 +276,6 @@ impl<'p, 'a> Greedy<'p, 'a> {
             key_base.push(n);
             n += st.slots_of[g.t].len();
         }
-        let dirty = st
-            .slots_of
-            .iter()
-            .map(|s| vec![Vec::new(); s.len()])
-            .collect();
         let state: Vec<u32> = p
             .mig
             .iter()
@@ -355,59 +303,36 @@ impl<'p, 'a> Greedy<'p, 'a> {
             held: p.mig.iter().map(|g| g.busy).collect(),
             state,
             where_gp,
-            dirty_flag: vec![false; n],
             key_base,
             keys,
             index: init
                 .into_iter()
                 .map(|v| v.into_iter().map(BinaryHeap::from).collect())
                 .collect(),
-            dirty,
             slots: vec![None; p.reqs.len()],
         }
     }
 
-    /// GPU `m` changed: its keys are brought up to date lazily, when a slot is next queried.
-    fn touch(&mut self, m: usize) {
+    /// GPU `m` changed state: bring its keys up to date, indexing the ones that changed.
+    fn update(&mut self, st: &States, m: usize) {
         let t = self.p.mig[m].t;
         let base = self.key_base[m];
-        for s in 0..self.dirty[t].len() {
-            if !self.dirty_flag[base + s] {
-                self.dirty_flag[base + s] = true;
-                self.dirty[t][s].push(m as u32);
-            }
-        }
-    }
-
-    /// Bring slot `s` of tables `t` up to date.
-    fn clean(&mut self, st: &States, t: usize, s: usize) {
-        if self.dirty[t][s].is_empty() {
-            return;
-        }
-        // Keep the list's allocation for the next round.
-        let mut list = std::mem::take(&mut self.dirty[t][s]);
-        for &m in &list {
-            let m = m as usize;
-            let ki = self.key_base[m] + s;
-            self.dirty_flag[ki] = false;
-            let new = st.opt(self.state[m], s).map_or(NONE, |o| key_of(&o, m));
-            if self.keys[ki] != new {
+        let id = self.state[m];
+        for (s, heap) in self.index[t].iter_mut().enumerate() {
+            let new = st.opt(id, s).map_or(NONE, |o| key_of(&o, m));
+            if self.keys[base + s] != new {
                 if new != NONE {
-                    self.index[t][s].push(Reverse(new));
+                    heap.push(Reverse(new));
                 }
-                self.keys[ki] = new;
+                self.keys[base + s] = new;
             }
         }
-        list.clear();
-        self.dirty[t][s] = list;
     }
 
     /// Serve request `r` with the best option of at most `max_ops` operations.
     fn place(&mut self, st: &mut States, r: usize, gp: usize, max_ops: u32) -> bool {
         let mut best: Option<(u64, usize, usize)> = None;
-        for wi in 0..self.where_gp[gp].len() {
-            let (t, s) = self.where_gp[gp][wi];
-            self.clean(st, t, s);
+        for &(t, s) in &self.where_gp[gp] {
             let heap = &mut self.index[t][s];
             // Drop stale entries until the top is some GPU's current key.
             while let Some(&Reverse(k)) = heap.peek() {
@@ -433,7 +358,7 @@ impl<'p, 'a> Greedy<'p, 'a> {
         self.held[m] |= 1 << o.cand;
         self.state[m] = st.id(self.p, t, self.layout[m], self.held[m]);
         self.slots[r] = Some(Slot::Mig(m, o.cand));
-        self.touch(m);
+        self.update(st, m);
         true
     }
 
