@@ -11,6 +11,7 @@
 //!   [`output`] writes CSV files and PNG/SVG plots.
 
 pub mod cluster;
+pub mod frag;
 pub mod mapping;
 pub mod output;
 pub mod planned;
@@ -95,7 +96,10 @@ impl<'m> SimContext<'m> {
                 &self.static_partition().layouts,
             )?),
             PolicyKind::Tessera | PolicyKind::Nos => {
-                let p = planned::Planned::new(mapping, policy);
+                let mut p = planned::Planned::new(mapping, policy);
+                if policy == PolicyKind::Tessera {
+                    p = p.with_fragmentation(frag::FragModel::from_pods(&self.pods));
+                }
                 Box::new(if self.planner_ungrouped {
                     p.ungrouped()
                 } else {

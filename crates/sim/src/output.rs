@@ -87,12 +87,13 @@ pub fn write_saturate(report: &SaturateReport, dir: &Path) -> Result<Vec<PathBuf
 
     let mut s = String::from(
         "policy,allocated_pct_at_100,unallocated_pct_at_100,allocated_pct_at_100_sd,milli_served_pct_at_100,\
-allocated_pct_at_130,failed_pods,failed_pods_total,failed_cpu_pods_total,creates,destroys,repartitions,busy_destroyed\n",
+allocated_pct_at_130,failed_pods,failed_pods_total,failed_cpu_pods_total,creates,destroys,repartitions,busy_destroyed,\
+hole_floor_pct_at_100\n",
     );
     for p in &report.policies {
         let _ = writeln!(
             s,
-            "{},{:.3},{:.3},{:.3},{:.3},{:.3},{:.3},{:.3},{:.3},{:.3},{:.3},{:.3},{}",
+            "{},{:.3},{:.3},{:.3},{:.3},{:.3},{:.3},{:.3},{:.3},{:.3},{:.3},{:.3},{},{:.3}",
             p.policy,
             p.allocated_pct_at_100,
             p.unallocated_pct_at_100,
@@ -105,7 +106,8 @@ allocated_pct_at_130,failed_pods,failed_pods_total,failed_cpu_pods_total,creates
             p.creates,
             p.destroys,
             p.repartitions,
-            p.busy_destroyed
+            p.busy_destroyed,
+            p.hole_floor_pct_at_100
         );
     }
     files.push(write(dir.join("saturate_summary.csv"), &s)?);
@@ -132,13 +134,13 @@ allocated_pct_at_130,failed_pods,failed_pods_total,failed_cpu_pods_total,creates
 
     let mut s = String::from(
         "policy,seed,pods,gpu_pods,allocated_pct_at_100,milli_served_pct_at_100,failed_pods_at_100,\
-failed_gpu_pods,failed_cpu_pods,creates,destroys,repartitions,busy_destroyed\n",
+failed_gpu_pods,failed_cpu_pods,creates,destroys,repartitions,busy_destroyed,hole_floor_pct_at_100\n",
     );
     for r in &report.runs {
         let at = r.at(100);
         let _ = writeln!(
             s,
-            "{},{},{},{},{:.3},{:.3},{},{},{},{},{},{},{}",
+            "{},{},{},{},{:.3},{:.3},{},{},{},{},{},{},{},{:.3}",
             r.policy,
             r.seed,
             r.pods,
@@ -151,7 +153,8 @@ failed_gpu_pods,failed_cpu_pods,creates,destroys,repartitions,busy_destroyed\n",
             r.counters.creates,
             r.counters.destroys,
             r.counters.repartitions,
-            r.counters.busy_destroyed
+            r.counters.busy_destroyed,
+            r.hole_floor_pct
         );
     }
     files.push(write(dir.join("saturate_runs.csv"), &s)?);

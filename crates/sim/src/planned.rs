@@ -43,6 +43,7 @@ use tessera_planner::{
 };
 
 use crate::cluster::{Binding, Cluster, OpError, PodId};
+use crate::frag::FragModel;
 use crate::mapping::Mapping;
 use crate::policy::{
     fits_anywhere, gang_candidates, place_cpu_only, Placer, PlannerStats, PolicyKind, SimError,
@@ -66,6 +67,8 @@ pub struct Planned<'m> {
     pub calls: u64,
     /// Whether nodes in the same state are passed to the planner once (see the module docs).
     group: bool,
+    /// `tessera` only: the workload mix that node choice keeps the fragmentation low for.
+    frag: Option<FragModel>,
 }
 
 /// A node's state as a comparable key: per GPU, (start, profile, busy) of each instance packed
@@ -96,7 +99,56 @@ impl<'m> Planned<'m> {
             unapplied_changes: 0,
             calls: 0,
             group: true,
+            frag: None,
         }
+    }
+
+    /// Choose the node by the least rise in expected fragmentation against `mix` (see
+    /// [`crate::frag`]); the planner then plans that node alone.
+    pub fn with_fragmentation(mut self, mix: FragModel) -> Self {
+        self.frag = Some(mix);
+        self
+    }
+
+    /// The node for a one-GPU pod of profile `p`, in the planner's order of objectives: fewest
+    /// operations first (a free instance of `p` is reused before one is created in free space,
+    /// and that before free instances are destroyed), then the least rise in expected
+    /// fragmentation, then the least free compute left on the GPU, then on the node, then the
+    /// lowest node index.
+    fn least_fragmenting_node(
+        &self,
+        frag: &FragModel,
+        cluster: &Cluster,
+        pod: &SimPod,
+        p: ProfileIdx,
+    ) -> Option<usize> {
+        let model = self.mapping.model();
+        let c = u32::from(model.compute_slices);
+        let need = u32::from(model.profile(p).compute_slices);
+        let mut best: Option<((u8, i64, u32, u32), usize)> = None;
+        for (n, node) in cluster.nodes.iter().enumerate() {
+            if !node.fits(pod.cpu, pod.mem) || node.free_slices(model) < need {
+                continue;
+            }
+            let node_left = node.free_slices(model) - need;
+            for (rise, g, s) in frag.single_options(model, node, pod.cpu, pod.mem, p) {
+                let gpu = &node.gpus[g];
+                let placed = Placed::new(p, s);
+                let ops = if gpu.find(placed).is_some_and(|i| i.pod.is_none()) {
+                    0
+                } else if gpu.state().fits(model, placed) {
+                    1
+                } else {
+                    2
+                };
+                let gpu_left = c - gpu.busy_slices() - need;
+                let key = (ops, (rise * 1e9).round() as i64, gpu_left, node_left);
+                if best.is_none_or(|(k, _)| key < k) {
+                    best = Some((key, n));
+                }
+            }
+        }
+        best.map(|(_, n)| n)
     }
 
     /// Pass every eligible node to the planner, not one per state (slower; gives the same
@@ -251,7 +303,17 @@ impl<'m> Planned<'m> {
         // Eligible nodes grouped by state, in order of first appearance.
         let mut classes: Vec<Vec<usize>> = Vec::new();
         let mut index: HashMap<StateKey, usize> = HashMap::new();
+        let chosen = match &self.frag {
+            Some(f) => match self.least_fragmenting_node(f, cluster, pod, p) {
+                Some(n) => Some(n),
+                None => return Ok(false),
+            },
+            None => None,
+        };
         for (n, node) in cluster.nodes.iter().enumerate() {
+            if chosen.is_some_and(|c| c != n) {
+                continue;
+            }
             if !node.fits(pod.cpu, pod.mem)
                 || !node
                     .gpus
@@ -370,6 +432,13 @@ impl<'m> Planned<'m> {
         let mut cands = gang_candidates(cluster, full, pod, count);
         if self.policy == PolicyKind::Nos {
             cands.sort_by_key(|(n, _)| *n);
+        } else if let Some(f) = &self.frag {
+            // Least rise in fragmentation first; the sort is stable, so ties keep best fit.
+            let model = self.mapping.model();
+            cands.sort_by_cached_key(|(n, _)| {
+                let rise = f.whole_gpus_rise(model, &cluster.nodes[*n], pod.cpu, pod.mem, count);
+                (rise * 1e9).round() as i64
+            });
         }
         'node: for (n, _) in cands.into_iter().take(GANG_TRIES) {
             // One full-GPU request at a time, each seeing the instances already taken.

@@ -76,6 +76,9 @@ pub struct SaturateSummary {
     pub repartitions: f64,
     /// Planner calls per run (`tessera`, `nos`).
     pub planner_calls: f64,
+    /// Mean over seeds of the hole floor at 100 % arrived (the same for every policy; see
+    /// [`crate::saturate::hole_floor_pct`]).
+    pub hole_floor_pct_at_100: f64,
     /// The mean curve (in the CSV output, not in JSON).
     #[serde(skip)]
     pub curve: Vec<MeanPoint>,
@@ -272,6 +275,7 @@ fn summarize(policy: PolicyKind, runs: &[&SaturateRun]) -> SaturateSummary {
         destroys: r3(counter(&|r| r.counters.destroys)),
         repartitions: r3(counter(&|r| r.counters.repartitions)),
         planner_calls: r3(counter(&|r| r.planner.calls)),
+        hole_floor_pct_at_100: r3(mean(runs.iter().map(|r| r.hole_floor_pct))),
         curve,
     }
 }

@@ -52,6 +52,8 @@ pub struct SaturateRun {
     pub planner: PlannerStats,
     /// One point per arrived percentage, 0 to [`MAX_PCT`].
     pub curve: Vec<CurvePoint>,
+    /// The seed's hole floor at 100 % arrived, % of capacity (see [`hole_floor_pct`]).
+    pub hole_floor_pct: f64,
 }
 
 impl SaturateRun {
@@ -72,6 +74,7 @@ pub fn run(
     let mut placer = ctx.placer(policy, &mut cluster)?;
     let capacity = cluster.capacity_slices();
     let seq = saturate_sequence(&ctx.pods, capacity, f64::from(MAX_PCT) / 100.0, seed);
+    let hole_floor = hole_floor_pct(ctx, &seq, capacity);
 
     let mut curve = Vec::with_capacity(MAX_PCT as usize + 1);
     let (mut arrived, mut allocated) = (0u64, 0u64);
@@ -136,7 +139,37 @@ pub fn run(
         counters: cluster.counters,
         planner: placer.planner_stats(),
         curve,
+        hole_floor_pct: hole_floor,
     })
+}
+
+/// A floor under the unallocated share at 100 % arrived, for any policy that places every
+/// sub-GPU pod that arrived by then: an instance larger than half a GPU (a `4g.40gb` on an
+/// A100) leaves the rest of its GPU to instances no larger than that rest, so at least
+/// `Σ (GPU slices − big instance slices) − Σ (slices of pods no larger than half a GPU)` compute
+/// slices stay free, whatever goes where. Percent of `capacity`, 0 when negative.
+pub fn hole_floor_pct(ctx: &SimContext, seq: &[usize], capacity: u64) -> f64 {
+    let c = u64::from(ctx.model().compute_slices);
+    let (mut arrived, mut holes, mut small) = (0u64, 0u64, 0u64);
+    for &i in seq {
+        let pod = &ctx.pods[i];
+        if (arrived + pod.slices()) * 100 > capacity * 100 {
+            break;
+        }
+        arrived += pod.slices();
+        match pod.demand {
+            Some(d) if d.count == 1 && !d.full => {
+                let s = u64::from(d.slices);
+                if 2 * s > c {
+                    holes += c - s;
+                } else {
+                    small += s;
+                }
+            }
+            _ => {}
+        }
+    }
+    pct(holes.saturating_sub(small), capacity)
 }
 
 /// `part / whole` in percent (0 when `whole` is 0).

@@ -289,3 +289,35 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn the_hole_floor_counts_the_slices_beside_big_instances_that_small_pods_cannot_fill() {
+    // One node, two GPUs (14 slices): two 4g.40gb pods leave 3 + 3 slices that only the one
+    // 3g.40gb pod can use, so at least 3 slices stay free however they are placed.
+    let c = ctx(
+        &[(BIG.0, BIG.1, 2)],
+        &[
+            (1000, 1000, 1, 470),
+            (1000, 1000, 1, 470),
+            (1000, 1000, 1, 320),
+        ],
+    );
+    let floor = tessera_sim::saturate::hole_floor_pct(&c, &[0, 1, 2], 14);
+    assert!((floor - 300.0 / 14.0).abs() < 1e-9, "{floor}");
+    for policy in [PolicyKind::Tessera, PolicyKind::Nos, PolicyKind::BestFit] {
+        let steps = [Step::Place(0), Step::Place(1), Step::Place(2)];
+        let (placed, cl) = run(&c, policy, &steps);
+        assert_eq!(placed, vec![true; 3], "{policy}");
+        let free: u32 = cl.nodes[0].gpus.iter().map(|g| 7 - g.busy_slices()).sum();
+        assert_eq!(free, 3, "{policy}");
+    }
+    // Pods past 100 % of the capacity do not count; small pods beyond the holes floor at 0.
+    assert_eq!(
+        tessera_sim::saturate::hole_floor_pct(&c, &[0, 1, 2, 0], 14),
+        floor
+    );
+    assert_eq!(
+        tessera_sim::saturate::hole_floor_pct(&c, &[0, 2, 2], 14),
+        0.0
+    );
+}

@@ -239,8 +239,18 @@ fn saturate_table(r: &SaturateReport) -> String {
         (Some(a), Some(b)) if r.seeds.len() > 1 => format!("{} seeds ({a}..{b})", r.seeds.len()),
         _ => format!("seed {}", r.seeds.first().copied().unwrap_or(0)),
     };
+    let floor = r
+        .policies
+        .first()
+        .map(|p| {
+            format!(
+                "hole floor at 100 %: {:.2} % (unallocated that no policy placing every sub-GPU pod can avoid)\n",
+                p.hole_floor_pct_at_100
+            )
+        })
+        .unwrap_or_default();
     format!(
-        "{}saturate mode, mean over {seeds}; shares are % of the cluster's compute slices\n{t}\n",
+        "{}saturate mode, mean over {seeds}; shares are % of the cluster's compute slices\n{t}\n{floor}",
         header(&r.setup)
     )
 }
