@@ -62,6 +62,9 @@ pub(crate) struct Tables<'c> {
     pub by_profile: Vec<u64>,
     /// Per-profile instance maximum.
     pub prof_max: Vec<u8>,
+    /// Per profile: whether its maximum is below its number of placements, so that
+    /// [`Tables::fits`] must count (otherwise the overlap rule alone keeps the count in bounds).
+    prof_capped: Vec<bool>,
     /// Memory slices of each profile.
     pub prof_size: Vec<u8>,
     /// The GPU's instance maximum.
@@ -136,6 +139,12 @@ impl<'c> Tables<'c> {
         } else {
             Vec::new()
         };
+        let prof_capped = model
+            .profiles
+            .iter()
+            .zip(&by_profile)
+            .map(|(p, set)| set.count_ones() > u32::from(p.max))
+            .collect();
         let mut by_start: Vec<u8> = (0..n as u8).collect();
         by_start.sort_by_key(|&i| cand[usize::from(i)]);
         Ok(Tables {
@@ -149,6 +158,7 @@ impl<'c> Tables<'c> {
             conflict,
             by_profile,
             prof_max: model.profiles.iter().map(|p| p.max).collect(),
+            prof_capped,
             prof_size: model.profiles.iter().map(|p| p.memory_slices).collect(),
             max_instances: u32::from(model.max_instances),
             compute_total: u32::from(model.compute_slices),
@@ -197,22 +207,38 @@ impl<'c> Tables<'c> {
         bits(layout).fold(0, |m, i| m | self.mask[i])
     }
 
+    /// Whether one more instance of profile `p` passes the count rules (per-profile and GPU
+    /// instance maximum) and the compute-slice budget on the valid layout `layout` whose compute
+    /// slices are `compute`: the part of [`Tables::fits`] that does not depend on the placement.
+    pub fn room_for(&self, layout: u64, compute: u32, p: usize) -> bool {
+        let Some(c) = self.first_of(p) else {
+            return false;
+        };
+        compute + u32::from(self.compute[c]) <= self.compute_total
+            && (!self.prof_capped[p]
+                || (layout & self.by_profile[p]).count_ones() < u32::from(self.prof_max[p]))
+            && layout.count_ones() < self.max_instances
+    }
+
+    /// The first candidate of profile `p`, if it has any placement.
+    fn first_of(&self, p: usize) -> Option<usize> {
+        let set = self.by_profile[p];
+        (set != 0).then(|| set.trailing_zeros() as usize)
+    }
+
     /// [`Tables::fits`] with the layout's compute slices already known.
     pub fn fits_with(&self, layout: u64, compute: u32, c: usize) -> bool {
         let p = usize::from(self.prof[c]);
         layout & self.conflict[c] == 0
-            && (layout & self.by_profile[p]).count_ones() < u32::from(self.prof_max[p])
-            && layout.count_ones() < self.max_instances
             && compute + u32::from(self.compute[c]) <= self.compute_total
+            && (!self.prof_capped[p]
+                || (layout & self.by_profile[p]).count_ones() < u32::from(self.prof_max[p]))
+            && layout.count_ones() < self.max_instances
     }
 
     /// Whether candidate `c` can join the valid layout `layout`.
     pub fn fits(&self, layout: u64, c: usize) -> bool {
-        let p = usize::from(self.prof[c]);
-        layout & self.conflict[c] == 0
-            && (layout & self.by_profile[p]).count_ones() < u32::from(self.prof_max[p])
-            && layout.count_ones() < self.max_instances
-            && self.compute_of(layout) + u32::from(self.compute[c]) <= self.compute_total
+        layout & self.conflict[c] == 0 && self.fits_with(layout, self.compute_of(layout), c)
     }
 
     /// Whether a set of candidates is a valid layout.
@@ -259,14 +285,16 @@ impl<'c> Tables<'c> {
     /// Visit every valid layout that contains `base` and otherwise only candidates of `extra`
     /// (`base` must be valid). The callback returns `false` to stop.
     pub fn for_each_superset(&self, base: u64, extra: u64, visit: &mut dyn FnMut(u64) -> bool) {
+        let compute = self.compute_of(base);
         let list: Vec<usize> = bits(extra & !base)
-            .filter(|&c| self.fits(base, c))
+            .filter(|&c| self.fits_with(base, compute, c))
             .collect();
         fn rec(
             t: &Tables<'_>,
             list: &[usize],
             from: usize,
             layout: u64,
+            compute: u32,
             visit: &mut dyn FnMut(u64) -> bool,
         ) -> bool {
             if !visit(layout) {
@@ -274,13 +302,22 @@ impl<'c> Tables<'c> {
             }
             for i in from..list.len() {
                 let c = list[i];
-                if t.fits(layout, c) && !rec(t, list, i + 1, layout | 1 << c, visit) {
+                if t.fits_with(layout, compute, c)
+                    && !rec(
+                        t,
+                        list,
+                        i + 1,
+                        layout | 1 << c,
+                        compute + u32::from(t.compute[c]),
+                        visit,
+                    )
+                {
                     return false;
                 }
             }
             true
         }
-        rec(self, &list, 0, base, visit);
+        rec(self, &list, 0, base, compute, visit);
     }
 
     /// The placed instances of a layout, sorted by (start, profile).

@@ -130,8 +130,9 @@ pub(crate) fn option(t: &Tables<'_>, v: &View, lp: usize) -> Option<Opt> {
     if best.is_some() {
         return best;
     }
+    let room = t.room_for(v.layout, v.compute, lp);
     for c in bits(mine) {
-        if t.fits_with(v.layout, v.compute, c) {
+        if room && v.layout & t.conflict[c] == 0 {
             consider(
                 &mut best,
                 Opt {
@@ -152,12 +153,13 @@ pub(crate) fn option(t: &Tables<'_>, v: &View, lp: usize) -> Option<Opt> {
         }
         let d0 = idle & t.conflict[c];
         let rest = v.layout & !d0;
-        let d = if t.fits(rest, c) {
+        let rest_compute = v.compute - t.compute_of(d0);
+        let d = if t.fits_with(rest, rest_compute, c) {
             d0
         } else {
             // Counts or compute slices still block: destroy the fewest further idle instances.
             let others = idle & !d0;
-            match fewest_to_remove(t, rest, others, c) {
+            match fewest_to_remove(t, rest, rest_compute, others, c) {
                 Some(s) => d0 | s,
                 None => continue,
             }
@@ -175,18 +177,23 @@ pub(crate) fn option(t: &Tables<'_>, v: &View, lp: usize) -> Option<Opt> {
     best
 }
 
-/// The smallest subset of `others` whose removal from `layout` lets `c` fit (ties: the
-/// numerically smallest set).
-fn fewest_to_remove(t: &Tables<'_>, layout: u64, others: u64, c: usize) -> Option<u64> {
+/// The smallest subset of `others` (instances of `layout`, whose compute slices are
+/// `compute`) whose removal from `layout` lets `c` fit (ties: the numerically smallest set).
+fn fewest_to_remove(
+    t: &Tables<'_>,
+    layout: u64,
+    compute: u32,
+    others: u64,
+    c: usize,
+) -> Option<u64> {
+    let fits_without = |sub: u64| t.fits_with(layout & !sub, compute - t.compute_of(sub), c);
     if others.count_ones() > 12 {
-        return t.fits(layout & !others, c).then_some(others);
+        return fits_without(others).then_some(others);
     }
     let mut best: Option<u64> = None;
     let mut sub = others;
     loop {
-        if t.fits(layout & !sub, c)
-            && best.is_none_or(|b| (sub.count_ones(), sub) < (b.count_ones(), b))
-        {
+        if fits_without(sub) && best.is_none_or(|b| (sub.count_ones(), sub) < (b.count_ones(), b)) {
             best = Some(sub);
         }
         if sub == 0 {
