@@ -115,7 +115,6 @@ impl Search {
                     let a = created | sub;
                     let mut ok = true;
                     let mut offset = 0usize;
-                    let mut digits = Vec::with_capacity(dims.len());
                     for (k, lp) in dim_lp.iter().enumerate() {
                         let n = lp.map_or(0, |lp| t.count(a, lp));
                         if n as usize > dims[k].1.len() {
@@ -123,7 +122,6 @@ impl Search {
                             break;
                         }
                         offset += n as usize * stride[k];
-                        digits.push(n);
                     }
                     if ok {
                         let score = t.free_score(g.busy | a);
@@ -131,6 +129,10 @@ impl Search {
                             .get(&offset)
                             .is_none_or(|b| (Reverse(ops), score) > (Reverse(b.ops), b.score));
                         if better {
+                            let digits = dim_lp
+                                .iter()
+                                .map(|lp| lp.map_or(0, |lp| t.count(a, lp)))
+                                .collect();
                             best.insert(
                                 offset,
                                 GpuOption {

@@ -150,16 +150,17 @@ impl<'a> Problem<'a> {
             });
         }
         let sm_cap = (100.0 * opts.mps_sm_oversubscription).floor() as u32;
-        let mut model_ix: BTreeMap<&str, usize> = BTreeMap::new();
+        // Model strings as written, resolved (a cluster names a few models many times).
+        let mut model_ix: Vec<(&str, usize)> = Vec::new();
         let mut models: Vec<&GpuModel> = Vec::new();
         let mut tables: Vec<Tables> = Vec::new();
         let mut gpus = Vec::new();
         let mut mig = Vec::new();
         let mut mps = Vec::new();
         let mut ts = Vec::new();
-        let mut names: BTreeMap<&str, ()> = BTreeMap::new();
+        let mut names: HashSet<&str> = HashSet::with_capacity(cluster.nodes.len());
         for (ni, node) in cluster.nodes.iter().enumerate() {
-            if names.insert(node.name.as_str(), ()).is_some() {
+            if !names.insert(node.name.as_str()) {
                 return Err(PlanError::DuplicateNode {
                     node: node.name.clone(),
                 });
@@ -170,8 +171,11 @@ impl<'a> Problem<'a> {
                     gpu: gi,
                     problem,
                 };
-                let mi = match model_ix.get(g.model.as_str()) {
-                    Some(&i) => i,
+                let mi = match model_ix
+                    .iter()
+                    .find(|(k, _)| crate::tables::same_name(k, &g.model))
+                {
+                    Some(&(_, i)) => i,
                     None => {
                         let m = catalog
                             .get(&g.model)
@@ -189,7 +193,7 @@ impl<'a> Problem<'a> {
                                 models.len() - 1
                             }
                         };
-                        model_ix.insert(g.model.as_str(), i);
+                        model_ix.push((g.model.as_str(), i));
                         i
                     }
                 };
@@ -338,7 +342,10 @@ impl<'a> Problem<'a> {
                 ));
             }
             let kind = match &r.kind {
-                RequestKind::Mig(p) => match seen.iter().find(|(s, _)| *s == p.as_str()) {
+                RequestKind::Mig(p) => match seen
+                    .iter()
+                    .find(|(s, _)| crate::tables::same_name(s, p))
+                {
                     Some(&(_, gp)) => ReqKind::Mig(gp),
                     None => {
                         let name = crate::tables::bare_name(p);
@@ -524,15 +531,13 @@ impl<'a> Problem<'a> {
             let tables = &self.tables[t];
             let names = &profile_names[t];
             let mut v = Vec::with_capacity(set.count_ones() as usize);
-            for &c in &tables.by_start {
-                if set & (1 << c) != 0 {
-                    let p = tables.cand[usize::from(c)];
-                    v.push(InstanceRef {
-                        profile: names[usize::from(p.profile.0)].clone(),
-                        start: p.start,
-                    });
+            v.extend(tables.in_start_order(set).map(|c| {
+                let p = tables.cand[c];
+                InstanceRef {
+                    profile: names[usize::from(p.profile.0)].clone(),
+                    start: p.start,
                 }
-            }
+            }));
             v
         };
         let mut operations = 0usize;

@@ -32,6 +32,12 @@ fn free_value(memory_slices: u8, compute_slices: u8) -> u8 {
         .saturating_add(compute_slices.min(15))
 }
 
+/// Whether two (short) names are equal byte for byte; inline, without a library call, since
+/// resolving an input compares tens of thousands of names of a few bytes.
+pub(crate) fn same_name(a: &str, b: &str) -> bool {
+    a.len() == b.len() && a.bytes().zip(b.bytes()).all(|(x, y)| x == y)
+}
+
 /// A profile name without surrounding space and without an `MIG ` prefix.
 pub(crate) fn bare_name(name: &str) -> &str {
     let n = name.trim();
@@ -77,6 +83,8 @@ pub(crate) struct Tables<'c> {
     pub names_lc: Vec<String>,
     /// Candidate indices sorted by (start, profile), the order layouts are listed in.
     pub by_start: Vec<u8>,
+    /// Per candidate: its position in `by_start`.
+    start_rank: Vec<u8>,
     /// `largest_free` for every held-slice mask, on grids of up to 12 slices (values fit a `u8`:
     /// at most 32 × 16 + 15 is not needed, since grids over 12 slices skip the table).
     largest_tab: Vec<u8>,
@@ -147,8 +155,13 @@ impl<'c> Tables<'c> {
             .collect();
         let mut by_start: Vec<u8> = (0..n as u8).collect();
         by_start.sort_by_key(|&i| cand[usize::from(i)]);
+        let mut start_rank = vec![0u8; n];
+        for (r, &c) in by_start.iter().enumerate() {
+            start_rank[usize::from(c)] = r as u8;
+        }
         Ok(Tables {
             by_start,
+            start_rank,
             largest_tab,
             model,
             mask,
@@ -172,6 +185,12 @@ impl<'c> Tables<'c> {
         })
     }
 
+    /// The candidates of a layout in listing order (by start, then profile).
+    pub fn in_start_order(&self, layout: u64) -> impl Iterator<Item = usize> + '_ {
+        let ranks = bits(layout).fold(0u64, |acc, c| acc | 1 << self.start_rank[c]);
+        bits(ranks).map(|r| usize::from(self.by_start[r]))
+    }
+
     /// Number of profiles.
     pub fn profiles(&self) -> usize {
         self.by_profile.len()
@@ -190,7 +209,7 @@ impl<'c> Tables<'c> {
     /// The index of a profile by name (case and a `MIG ` prefix ignored), without allocating.
     pub fn profile_named(&self, name: &str) -> Option<usize> {
         // Most names come exactly as the catalog writes them.
-        if let Some(i) = self.names_lc.iter().position(|x| x == name) {
+        if let Some(i) = self.names_lc.iter().position(|x| same_name(x, name)) {
             return Some(i);
         }
         let n = bare_name(name);

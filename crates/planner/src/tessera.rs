@@ -519,22 +519,36 @@ enum Step {
     OutOfBudget,
 }
 
+/// No request (end of a list in [`Improver`]).
+const NIL: u32 = u32::MAX;
+
 /// State of the improvement step: requests per GPU and the waiting ones per profile.
 struct Improver<'p, 'a> {
     p: &'p Problem<'a>,
-    on_gpu: Vec<Vec<usize>>,
+    /// Per MIG GPU: the first request it serves (a list linked through `next`; order is
+    /// irrelevant, every use sums or sorts).
+    head: Vec<u32>,
+    /// Per request: the next request on the same GPU.
+    next: Vec<u32>,
     waiting: Vec<BTreeSet<(Reverse<u64>, usize)>>,
     budget: u64,
+    /// Reused buffers: per-profile capacity and candidate requests of a set.
+    cap: Vec<usize>,
+    cands: Vec<usize>,
 }
 
 impl<'p, 'a> Improver<'p, 'a> {
     fn new(p: &'p Problem<'a>, sol: &Solution) -> Self {
-        let mut on_gpu: Vec<Vec<usize>> = vec![Vec::new(); p.mig.len()];
+        let mut head = vec![NIL; p.mig.len()];
+        let mut next = vec![NIL; p.reqs.len()];
         let mut waiting = vec![BTreeSet::new(); p.profiles.len()];
         for (i, r) in p.reqs.iter().enumerate() {
             let ReqKind::Mig(gp) = r.kind else { continue };
             match sol.slots[i] {
-                Some(Slot::Mig(m, _)) => on_gpu[m].push(i),
+                Some(Slot::Mig(m, _)) => {
+                    next[i] = head[m];
+                    head[m] = i as u32;
+                }
                 _ => {
                     waiting[gp].insert((Reverse(r.prio), i));
                 }
@@ -542,21 +556,37 @@ impl<'p, 'a> Improver<'p, 'a> {
         }
         Improver {
             p,
-            on_gpu,
+            head,
+            next,
             waiting,
             budget: IMPROVE_BUDGET,
+            cap: vec![0; p.profiles.len()],
+            cands: Vec::new(),
         }
+    }
+
+    /// The requests GPU `g` serves.
+    fn on(&self, g: usize) -> impl Iterator<Item = usize> + '_ {
+        let mut i = self.head[g];
+        std::iter::from_fn(move || {
+            (i != NIL).then(|| {
+                let r = i as usize;
+                i = self.next[r];
+                r
+            })
+        })
     }
 
     /// Re-solve the GPUs `set` exactly with their requests plus the best waiting ones; keep the
     /// result when it serves more priority, or as much with fewer operations.
     fn try_set(&mut self, set: &[usize], sol: &mut Solution) -> Step {
         let p = self.p;
-        if set.iter().all(|&g| self.on_gpu[g].is_empty()) {
+        if set.iter().all(|&g| self.head[g] == NIL) {
             return Step::Same;
         }
         // Candidates: the set's requests plus, per profile, as many waiting ones as fit.
-        let mut cap = vec![0usize; p.profiles.len()];
+        let mut cap = std::mem::take(&mut self.cap);
+        cap.iter_mut().for_each(|c| *c = 0);
         for &g in set {
             let t = p.t(g);
             for (gp, lp) in p.local[p.mig[g].t].iter().enumerate() {
@@ -565,10 +595,11 @@ impl<'p, 'a> Improver<'p, 'a> {
                 }
             }
         }
-        let mut cands: Vec<usize> = set
-            .iter()
-            .flat_map(|&g| self.on_gpu[g].iter().copied())
-            .collect();
+        let mut cands = std::mem::take(&mut self.cands);
+        cands.clear();
+        for &g in set {
+            cands.extend(self.on(g));
+        }
         let mut any_waiting = false;
         for (gp, &c) in cap.iter().enumerate() {
             for &(_, i) in self.waiting[gp].iter().take(c) {
@@ -576,12 +607,17 @@ impl<'p, 'a> Improver<'p, 'a> {
                 any_waiting = true;
             }
         }
-        if !any_waiting {
-            return Step::Same;
-        }
-        let search = match crate::dp::Search::prepare(p, set, &cands, self.budget) {
-            Ok(s) => s,
-            Err(_) => {
+        self.cap = cap;
+        let prepared = if any_waiting {
+            Some(crate::dp::Search::prepare(p, set, &cands, self.budget))
+        } else {
+            None
+        };
+        self.cands = cands;
+        let search = match prepared {
+            None => return Step::Same,
+            Some(Ok(s)) => s,
+            Some(Err(_)) => {
                 self.budget = 0;
                 return Step::OutOfBudget;
             }
@@ -590,8 +626,8 @@ impl<'p, 'a> Improver<'p, 'a> {
         let out = search.run(p);
         let cur_value: u64 = set
             .iter()
-            .flat_map(|&g| self.on_gpu[g].iter())
-            .map(|&i| p.reqs[i].prio)
+            .flat_map(|&g| self.on(g))
+            .map(|i| p.reqs[i].prio)
             .sum();
         let cur_ops: u32 = set
             .iter()
@@ -601,12 +637,15 @@ impl<'p, 'a> Improver<'p, 'a> {
             return Step::Same;
         }
         for &g in set {
-            for i in std::mem::take(&mut self.on_gpu[g]) {
-                sol.slots[i] = None;
-                let ReqKind::Mig(gp) = p.reqs[i].kind else {
+            let mut i = std::mem::replace(&mut self.head[g], NIL);
+            while i != NIL {
+                let r = i as usize;
+                i = self.next[r];
+                sol.slots[r] = None;
+                let ReqKind::Mig(gp) = p.reqs[r].kind else {
                     unreachable!()
                 };
-                self.waiting[gp].insert((Reverse(p.reqs[i].prio), i));
+                self.waiting[gp].insert((Reverse(p.reqs[r].prio), r));
             }
         }
         for (k, &g) in set.iter().enumerate() {
@@ -619,7 +658,8 @@ impl<'p, 'a> Improver<'p, 'a> {
             };
             self.waiting[gp].remove(&(Reverse(p.reqs[i].prio), i));
             sol.slots[i] = Some(Slot::Mig(g, c));
-            self.on_gpu[g].push(i);
+            self.next[i] = self.head[g];
+            self.head[g] = i as u32;
         }
         Step::Improved
     }
