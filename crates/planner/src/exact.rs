@@ -56,7 +56,7 @@ pub(crate) fn solve(p: &Problem<'_>, lim: &ExactLimit) -> Result<Solution, PlanE
             },
         }
     })?;
-    let mps_order = mps::order_by(p, |k| matches!(k, ReqKind::Mps { .. }), |_| 0u8);
+    let mps_order = mps::order_by_priority(p, |k| matches!(k, ReqKind::Mps { .. }));
     let mps_steps = (p.mps.len() as u64 + 1)
         .checked_pow(mps_order.len() as u32)
         .unwrap_or(u64::MAX);

@@ -9,7 +9,7 @@ use crate::problem::{Problem, ReqKind, Slot, Solution};
 pub(crate) fn solve(p: &Problem<'_>) -> Solution {
     let mut sol = p.empty_solution();
     mig(p, &mut sol);
-    let order = mps::order_by(p, |k| matches!(k, ReqKind::Mps { .. }), |_| 0u8);
+    let order = mps::order_by_priority(p, |k| matches!(k, ReqKind::Mps { .. }));
     mps::assign_mps(&mps::mps_first_fit(p, &order), &mut sol.slots);
     mps::timeslice(p, false, &mut sol.slots);
     sol
@@ -26,7 +26,7 @@ pub(crate) fn mig(p: &Problem<'_>, sol: &mut Solution) {
         .collect();
     // Without destroys a GPU that cannot take a profile now never can: skip it for good.
     let mut cursor = vec![0usize; p.profiles.len()];
-    let order = mps::order_by(p, |k| matches!(k, ReqKind::Mig(_)), |_| 0u8);
+    let order = mps::order_by_priority(p, |k| matches!(k, ReqKind::Mig(_)));
     for i in order {
         let ReqKind::Mig(gp) = p.reqs[i].kind else {
             continue;

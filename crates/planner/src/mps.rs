@@ -24,6 +24,25 @@ pub(crate) fn order_by<K: Ord>(
     v.into_iter().map(|(_, i)| i).collect()
 }
 
+/// Request indices of one kind, sorted by priority (highest first), then input order: one
+/// packed integer key per request (priority above index), so a plain sort gives the order.
+pub(crate) fn order_by_priority(p: &Problem<'_>, want: impl Fn(&ReqKind) -> bool) -> Vec<usize> {
+    if p.reqs.len() > u32::MAX as usize {
+        return order_by(p, want, |_| 0u8);
+    }
+    let mut keys: Vec<u64> = p
+        .reqs
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| want(&r.kind))
+        .map(|(i, r)| ((u64::from(u32::MAX) - r.prio.min(u64::from(u32::MAX))) << 32) | i as u64)
+        .collect();
+    keys.sort_unstable();
+    keys.into_iter()
+        .map(|k| (k & 0xffff_ffff) as usize)
+        .collect()
+}
+
 /// Place MPS requests in `order`, each on the fitting GPU with the least free memory; returns
 /// the (request, MPS GPU) placements.
 pub(crate) fn mps_best_fit(p: &Problem<'_>, order: &[usize]) -> Vec<(usize, usize)> {
@@ -121,7 +140,7 @@ pub(crate) fn assign_mps(picks: &[(usize, usize)], slots: &mut [Option<Slot>]) {
 
 /// Place time-slice requests by priority: best-fit (fewest free replicas first) or first-fit.
 pub(crate) fn timeslice(p: &Problem<'_>, best_fit: bool, slots: &mut [Option<Slot>]) {
-    let order = order_by(p, |k| *k == ReqKind::Ts, |_| 0u8);
+    let order = order_by_priority(p, |k| *k == ReqKind::Ts);
     let mut free: Vec<u32> = p.ts.iter().map(|g| g.free).collect();
     let mut set: BTreeSet<(u32, usize)> = free
         .iter()
@@ -164,7 +183,7 @@ pub(crate) fn mps_tessera(p: &Problem<'_>, slots: &mut [Option<Slot>]) {
         _ => 0,
     };
     let a = mps_best_fit(p, &order_by(p, is_mps, share));
-    let b = mps_first_fit(p, &order_by(p, is_mps, |_| 0u8));
+    let b = mps_first_fit(p, &order_by_priority(p, is_mps));
     let best = if mps_value(p, &b) > mps_value(p, &a) {
         b
     } else {

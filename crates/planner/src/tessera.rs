@@ -389,41 +389,49 @@ impl<'p, 'a> Greedy<'p, 'a> {
     }
 }
 
-/// MIG requests in groups of equal priority (highest first); inside a group larger profiles
-/// first (as a fraction of a GPU) when `large_first`, else smaller first; then input order.
-fn request_groups(p: &Problem<'_>, large_first: bool) -> Vec<Vec<usize>> {
+/// MIG requests in groups of equal priority (highest first), twice: inside a group larger
+/// profiles first (as a fraction of a GPU), and smaller first; then input order. Returns
+/// (larger first, smaller first).
+fn request_groups(p: &Problem<'_>) -> (Vec<Vec<usize>>, Vec<Vec<usize>>) {
     let w: Vec<u64> = (0..p.profiles.len())
         .map(|gp| p.profile_weight(gp))
         .collect();
-    // One packed key per request: priority (descending), then size; a stable sort keeps
-    // input order among equal keys.
+    // One packed key per request: priority (descending), then size (ascending); a stable sort
+    // keeps input order among equal keys.
     let mut keys: Vec<(u64, usize)> = p
         .reqs
         .iter()
         .enumerate()
         .filter_map(|(i, r)| match r.kind {
-            ReqKind::Mig(gp) => {
-                let size = if large_first { u64::MAX - w[gp] } else { w[gp] };
-                Some((
-                    ((u64::from(u32::MAX) - r.prio) << 32) | (size & 0xffff_ffff),
-                    i,
-                ))
-            }
+            ReqKind::Mig(gp) => Some((
+                ((u64::from(u32::MAX) - r.prio) << 32) | (w[gp] & 0xffff_ffff),
+                i,
+            )),
             _ => None,
         })
         .collect();
     keys.sort_by_key(|k| k.0);
-    let mut out: Vec<Vec<usize>> = Vec::new();
-    let mut last_prio = None;
-    for (k, i) in keys {
-        let prio = k >> 32;
-        if last_prio != Some(prio) {
-            out.push(Vec::new());
-            last_prio = Some(prio);
+    let mut small: Vec<Vec<usize>> = Vec::new();
+    let mut large: Vec<Vec<usize>> = Vec::new();
+    let mut start = 0;
+    while start < keys.len() {
+        let prio = keys[start].0 >> 32;
+        let end = start + keys[start..].partition_point(|k| k.0 >> 32 == prio);
+        let group = &keys[start..end];
+        small.push(group.iter().map(|&(_, i)| i).collect());
+        // Larger first: the same runs of equal size, in reverse order, each in input order.
+        let mut rev = Vec::with_capacity(group.len());
+        let mut run_end = group.len();
+        while run_end > 0 {
+            let size = group[run_end - 1].0;
+            let run_start = group[..run_end].partition_point(|k| k.0 < size);
+            rev.extend(group[run_start..run_end].iter().map(|&(_, i)| i));
+            run_end = run_start;
         }
-        out.last_mut().expect("pushed").push(i);
+        large.push(rev);
+        start = end;
     }
-    out
+    (large, small)
 }
 
 fn mig(p: &Problem<'_>, sol: &mut Solution) {
@@ -441,8 +449,7 @@ fn mig(p: &Problem<'_>, sol: &mut Solution) {
     // are the same (one request, or one size), one run does.
     let mut states = States::new(p, &demand);
     let start = Greedy::new(p, &mut states);
-    let large = request_groups(p, true);
-    let small = request_groups(p, false);
+    let (large, small) = request_groups(p);
     let mut best: Option<Solution> = None;
     for (k, groups) in [&large, &small].into_iter().enumerate() {
         if k == 1 && small == large {
