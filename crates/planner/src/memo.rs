@@ -72,4 +72,9 @@ impl<V: Copy> StateMemo<V> {
     pub fn get(&self, id: u32, i: usize) -> V {
         self.values[self.base[id as usize] + i]
     }
+
+    /// Value `i` of state `id`'s row, to change.
+    pub fn get_mut(&mut self, id: u32, i: usize) -> &mut V {
+        &mut self.values[self.base[id as usize] + i]
+    }
 }

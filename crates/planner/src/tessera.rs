@@ -46,6 +46,8 @@ const ALL_PAIRS_UP_TO: usize = 64;
 const PAIR_WINDOW: usize = 8;
 
 const NONE: u64 = u64::MAX;
+/// No state (a transition not taken yet).
+const NO_STATE: u32 = u32::MAX;
 
 /// Plan with the tessera policy.
 pub(crate) fn solve(p: &Problem<'_>) -> Solution {
@@ -214,8 +216,9 @@ fn key_of(o: &Opt, m: usize) -> u64 {
 struct States {
     /// Per tables: the requested (local profile, global profile) pairs, the *slots*.
     slots_of: Vec<Vec<(usize, usize)>>,
-    /// Per state, per slot of its tables: the best option ([`option`]).
-    memo: StateMemo<Option<Opt>>,
+    /// Per state, per slot of its tables: the best option ([`option`]) and, once known, the
+    /// state that taking it leads to (`NO_STATE` until then).
+    memo: StateMemo<(Option<Opt>, u32)>,
 }
 
 impl States {
@@ -240,13 +243,39 @@ impl States {
         self.memo.id(t, layout, held, |row| {
             let tables = &p.tables[t];
             let view = View::new(tables, layout, held);
-            row.extend(slots.iter().map(|&(lp, _)| option(tables, &view, lp)));
+            row.extend(
+                slots
+                    .iter()
+                    .map(|&(lp, _)| (option(tables, &view, lp), NO_STATE)),
+            );
         })
     }
 
     /// The best option of state `id` for its tables' slot `s`.
     fn opt(&self, id: u32, s: usize) -> Option<Opt> {
-        self.memo.get(id, s)
+        self.memo.get(id, s).0
+    }
+
+    /// The state after a GPU in state `id` (of tables `t`, with `layout` and `held`) takes
+    /// its best option for slot `s`, and that option.
+    fn take(
+        &mut self,
+        p: &Problem<'_>,
+        id: u32,
+        t: usize,
+        s: usize,
+        layout: u64,
+        held: u64,
+    ) -> (u32, Opt) {
+        let (o, next) = self.memo.get(id, s);
+        let o = o.expect("an indexed option exists");
+        if next != NO_STATE {
+            return (next, o);
+        }
+        let layout = (layout & !o.destroy) | 1 << o.cand;
+        let next = self.id(p, t, layout, held | 1 << o.cand);
+        self.memo.get_mut(id, s).1 = next;
+        (next, o)
     }
 }
 
@@ -360,10 +389,10 @@ impl<'p, 'a> Greedy<'p, 'a> {
             return false;
         }
         let m = (k & 0xffff_ffff) as usize;
-        let o = st.opt(self.state[m], s).expect("an indexed option exists");
+        let (next, o) = st.take(self.p, self.state[m], t, s, self.layout[m], self.held[m]);
         self.layout[m] = (self.layout[m] & !o.destroy) | 1 << o.cand;
         self.held[m] |= 1 << o.cand;
-        self.state[m] = st.id(self.p, t, self.layout[m], self.held[m]);
+        self.state[m] = next;
         self.slots[r] = Some(Slot::Mig(m, o.cand));
         self.update(st, m);
         true
