@@ -154,8 +154,9 @@ impl<'a> Problem<'a> {
         let mut model_ix: Vec<(&str, usize)> = Vec::new();
         let mut models: Vec<&GpuModel> = Vec::new();
         let mut tables: Vec<Tables> = Vec::new();
-        let mut gpus = Vec::new();
-        let mut mig = Vec::new();
+        let n_gpus: usize = cluster.nodes.iter().map(|n| n.gpus.len()).sum();
+        let mut gpus = Vec::with_capacity(n_gpus);
+        let mut mig = Vec::with_capacity(n_gpus);
         let mut mps = Vec::new();
         let mut ts = Vec::new();
         let mut names: HashSet<&str> = HashSet::with_capacity(cluster.nodes.len());
@@ -531,13 +532,13 @@ impl<'a> Problem<'a> {
             let tables = &self.tables[t];
             let names = &profile_names[t];
             let mut v = Vec::with_capacity(set.count_ones() as usize);
-            v.extend(tables.in_start_order(set).map(|c| {
+            for c in tables.in_start_order(set) {
                 let p = tables.cand[c];
-                InstanceRef {
+                v.push(InstanceRef {
                     profile: names[usize::from(p.profile.0)].clone(),
                     start: p.start,
-                }
-            }));
+                });
+            }
             v
         };
         let mut operations = 0usize;
