@@ -356,11 +356,25 @@ impl<'p, 'a> Greedy<'p, 'a> {
         let id = self.state[m];
         for (s, heap) in self.index[t].iter_mut().enumerate() {
             let new = st.opt(id, s).map_or(NONE, |o| key_of(&o, m));
-            if self.keys[base + s] != new {
-                if new != NONE {
-                    heap.push(Reverse(new));
+            let old = self.keys[base + s];
+            if old == new {
+                continue;
+            }
+            self.keys[base + s] = new;
+            // When the old key leads the heap (the GPU just served was the best), replace it
+            // rather than leave a stale entry on top to pop later.
+            let on_top = heap.peek() == Some(&Reverse(old));
+            match (on_top, new) {
+                (true, NONE) => {
+                    heap.pop();
                 }
-                self.keys[base + s] = new;
+                (true, _) => {
+                    if let Some(mut top) = heap.peek_mut() {
+                        *top = Reverse(new);
+                    }
+                }
+                (false, NONE) => {}
+                (false, _) => heap.push(Reverse(new)),
             }
         }
     }
