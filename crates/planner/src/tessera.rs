@@ -295,7 +295,8 @@ struct Greedy<'p, 'a> {
     /// Per tables, per slot: a min-heap of option keys; an entry is live only while it equals
     /// the GPU's current key for the slot (stale entries are dropped when they surface).
     index: Vec<Vec<BinaryHeap<Reverse<u64>>>>,
-    slots: Vec<Option<Slot>>,
+    /// (request, slot) of each placement so far.
+    placed: Vec<(usize, Slot)>,
 }
 
 impl<'p, 'a> Greedy<'p, 'a> {
@@ -345,7 +346,7 @@ impl<'p, 'a> Greedy<'p, 'a> {
                 .into_iter()
                 .map(|v| v.into_iter().map(BinaryHeap::from).collect())
                 .collect(),
-            slots: vec![None; p.reqs.len()],
+            placed: Vec::new(),
         }
     }
 
@@ -407,13 +408,13 @@ impl<'p, 'a> Greedy<'p, 'a> {
         self.layout[m] = (self.layout[m] & !o.destroy) | 1 << o.cand;
         self.held[m] |= 1 << o.cand;
         self.state[m] = next;
-        self.slots[r] = Some(Slot::Mig(m, o.cand));
+        self.placed.push((r, Slot::Mig(m, o.cand)));
         self.update(st, m);
         true
     }
 
     /// Run over request groups: in each group first without destroying, then with.
-    fn run(mut self, st: &mut States, groups: &[Vec<usize>]) -> (Vec<u64>, Vec<Option<Slot>>) {
+    fn run(mut self, st: &mut States, groups: &[Vec<usize>]) -> (Vec<u64>, Vec<(usize, Slot)>) {
         for group in groups {
             let mut deferred = Vec::new();
             for &r in group {
@@ -428,7 +429,7 @@ impl<'p, 'a> Greedy<'p, 'a> {
                 self.place(st, r, gp, u32::MAX);
             }
         }
-        (self.layout, self.slots)
+        (self.layout, self.placed)
     }
 }
 
@@ -493,18 +494,24 @@ fn mig(p: &Problem<'_>, sol: &mut Solution) {
     let mut states = States::new(p, &demand);
     let start = Greedy::new(p, &mut states);
     let (large, small) = request_groups(p);
-    let mut best: Option<Solution> = None;
-    for (k, groups) in [&large, &small].into_iter().enumerate() {
-        if k == 1 && small == large {
-            break;
+    let to_solution = |(layouts, placed): (Vec<u64>, Vec<(usize, Slot)>)| {
+        let mut slots = vec![None; p.reqs.len()];
+        for (r, slot) in placed {
+            slots[r] = Some(slot);
         }
-        let (layouts, slots) = start.clone().run(&mut states, groups);
-        let cand = Solution { layouts, slots };
-        if best.as_ref().is_none_or(|b| p.better(&cand, b)) {
-            best = Some(cand);
+        Solution { layouts, slots }
+    };
+    let mut s = if small == large {
+        to_solution(start.run(&mut states, &large))
+    } else {
+        let a = to_solution(start.clone().run(&mut states, &large));
+        let b = to_solution(start.run(&mut states, &small));
+        if p.better(&b, &a) {
+            b
+        } else {
+            a
         }
-    }
-    let mut s = best.expect("at least one run");
+    };
     improve(p, &mut s);
     // First-fit's plan is the fallback, so tessera never serves less than first-fit. It can
     // only serve more when some MIG request waits.
