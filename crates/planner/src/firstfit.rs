@@ -8,15 +8,18 @@ use crate::problem::{Problem, ReqKind, Slot, Solution};
 /// Plan with first-fit.
 pub(crate) fn solve(p: &Problem<'_>) -> Solution {
     let mut sol = p.empty_solution();
-    mig(p, &mut sol);
+    mig(p, &mut sol, 0);
     let order = mps::order_by_priority(p, |k| matches!(k, ReqKind::Mps { .. }));
     mps::assign_mps(&mps::mps_first_fit(p, &order), &mut sol.slots);
     mps::timeslice(p, false, &mut sol.slots);
     sol
 }
 
-/// The MIG part of first-fit.
-pub(crate) fn mig(p: &Problem<'_>, sol: &mut Solution) {
+/// The MIG part of first-fit. Gives up (returns `false`, leaving a partial plan) as soon as
+/// the MIG priority it can still serve falls below `give_up_below`: a caller that only wants
+/// a plan serving at least that much learns early that this one cannot. With `0` it always
+/// completes.
+pub(crate) fn mig(p: &Problem<'_>, sol: &mut Solution, give_up_below: u64) -> bool {
     let mut held: Vec<u64> = p.mig.iter().map(|g| g.busy).collect();
     let mut compute: Vec<u32> = p
         .mig
@@ -27,7 +30,12 @@ pub(crate) fn mig(p: &Problem<'_>, sol: &mut Solution) {
     // Without destroys a GPU that cannot take a profile now never can: skip it for good.
     let mut cursor = vec![0usize; p.profiles.len()];
     let order = mps::order_by_priority(p, |k| matches!(k, ReqKind::Mig(_)));
+    // The most priority this plan can still reach: all, less what it failed to serve.
+    let mut reachable: u64 = order.iter().map(|&i| p.reqs[i].prio).sum();
     for i in order {
+        if reachable < give_up_below {
+            return false;
+        }
         let ReqKind::Mig(gp) = p.reqs[i].kind else {
             continue;
         };
@@ -59,5 +67,9 @@ pub(crate) fn mig(p: &Problem<'_>, sol: &mut Solution) {
                 None => cursor[gp] = m + 1,
             }
         }
+        if sol.slots[i].is_none() {
+            reachable -= p.reqs[i].prio;
+        }
     }
+    true
 }

@@ -9,10 +9,11 @@
 //!    chance, destroy the fewest idle instances that make room (1 + destroyed). Among GPUs with
 //!    the same cost the one whose free score `L²` drops least wins (best fit: nearly full GPUs
 //!    fill up first, whole GPUs and large free ranges stay whole), then the GPU that comes
-//!    first. Each (GPU, profile) pair keeps its best option as a key in a per-profile heap and
-//!    is recomputed only when that GPU changed and the profile is asked for again, so a request
-//!    costs a few heap operations, not a scan of the cluster. The better run by the objective is
-//!    kept.
+//!    first. Each (GPU, profile) pair keeps its best option as a key in a per-profile heap,
+//!    updated when that GPU changes, so a request costs a few heap operations, not a scan of
+//!    the cluster. Options depend only on a GPU's state (model, layout, held instances), and a
+//!    busy cluster has far fewer states than GPUs, so they are computed once per state
+//!    ([`crate::memo`]) and shared by both runs. The better run by the objective is kept.
 //! 2. *Improvement.* Sets of one and two GPUs that hold requests placed by this plan are
 //!    re-solved exactly ([`crate::dp`]: every valid layout that keeps the busy instances, every
 //!    choice of which instances serve) with their own requests plus the best waiting requests
@@ -22,7 +23,8 @@
 //!    next 8 otherwise, for up to 4 passes and within a fixed step budget, so large inputs stay
 //!    fast and the result deterministic.
 //! 3. *Floor.* When some MIG request still waits, first-fit's plan is computed too (and
-//!    improved) and kept if it is better: tessera never serves less than first-fit.
+//!    improved) and kept if it is better: tessera never serves less than first-fit. First-fit
+//!    stops early once the priority it can still serve is below the plan's.
 //!
 //! **MPS**: by priority, smaller dominant share (memory or SM fraction) first, best fit by free
 //! memory; first-fit's placement is kept instead when it serves more. **Time-slicing** serves
@@ -521,9 +523,17 @@ fn mig(p: &Problem<'_>, sol: &mut Solution) {
         .zip(&s.slots)
         .all(|(r, slot)| !matches!(r.kind, ReqKind::Mig(_)) || slot.is_some());
     if !served_all {
+        // First-fit is only of use if it serves at least as much priority: it gives up as
+        // soon as it cannot.
+        let value: u64 = p
+            .reqs
+            .iter()
+            .zip(&s.slots)
+            .filter(|(_, slot)| slot.is_some())
+            .map(|(r, _)| r.prio)
+            .sum();
         let mut ff = p.empty_solution();
-        crate::firstfit::mig(p, &mut ff);
-        if p.better(&ff, &s) {
+        if crate::firstfit::mig(p, &mut ff, value) && p.better(&ff, &s) {
             improve(p, &mut ff);
             s = ff;
         }
