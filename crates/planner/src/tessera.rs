@@ -219,8 +219,53 @@ struct States {
     /// Per tables: the requested (local profile, global profile) pairs, the *slots*.
     slots_of: Vec<Vec<(usize, usize)>>,
     /// Per state, per slot of its tables: the best option ([`option`]) and, once known, the
-    /// state that taking it leads to (`NO_STATE` until then).
-    memo: StateMemo<(Option<Opt>, u32)>,
+    /// state that taking it leads to.
+    memo: StateMemo<Entry>,
+}
+
+/// One memo entry, packed into 16 bytes so a state's row spans few cache lines.
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    /// [`Opt::destroy`].
+    destroy: u64,
+    /// The state that taking the option leads to (`NO_STATE` until known).
+    next: u32,
+    /// [`Opt::loss`] (at most 255², since `L` fits a byte).
+    loss: u16,
+    /// [`Opt::ops`] (at most 65), or `u8::MAX` when there is no option.
+    ops: u8,
+    /// [`Opt::cand`] (below 64).
+    cand: u8,
+}
+
+impl Entry {
+    fn new(o: Option<Opt>) -> Self {
+        match o {
+            Some(o) => Entry {
+                destroy: o.destroy,
+                next: NO_STATE,
+                loss: o.loss as u16,
+                ops: o.ops as u8,
+                cand: o.cand as u8,
+            },
+            None => Entry {
+                destroy: 0,
+                next: NO_STATE,
+                loss: 0,
+                ops: u8::MAX,
+                cand: 0,
+            },
+        }
+    }
+
+    fn opt(&self) -> Option<Opt> {
+        (self.ops != u8::MAX).then_some(Opt {
+            ops: u32::from(self.ops),
+            loss: u32::from(self.loss),
+            cand: usize::from(self.cand),
+            destroy: self.destroy,
+        })
+    }
 }
 
 impl States {
@@ -248,14 +293,14 @@ impl States {
             row.extend(
                 slots
                     .iter()
-                    .map(|&(lp, _)| (option(tables, &view, lp), NO_STATE)),
+                    .map(|&(lp, _)| Entry::new(option(tables, &view, lp))),
             );
         })
     }
 
     /// The best option of state `id` for its tables' slot `s`.
     fn opt(&self, id: u32, s: usize) -> Option<Opt> {
-        self.memo.get(id, s).0
+        self.memo.get(id, s).opt()
     }
 
     /// The state after a GPU in state `id` (of tables `t`, with `layout` and `held`) takes
@@ -269,14 +314,14 @@ impl States {
         layout: u64,
         held: u64,
     ) -> (u32, Opt) {
-        let (o, next) = self.memo.get(id, s);
-        let o = o.expect("an indexed option exists");
-        if next != NO_STATE {
-            return (next, o);
+        let e = self.memo.get(id, s);
+        let o = e.opt().expect("an indexed option exists");
+        if e.next != NO_STATE {
+            return (e.next, o);
         }
         let layout = (layout & !o.destroy) | 1 << o.cand;
         let next = self.id(p, t, layout, held | 1 << o.cand);
-        self.memo.get_mut(id, s).1 = next;
+        self.memo.get_mut(id, s).next = next;
         (next, o)
     }
 }
