@@ -336,8 +336,10 @@ struct Greedy<'p, 'a> {
     state: Vec<u32>,
     /// Per global profile: (tables, slot) pairs that offer it.
     where_gp: Vec<Vec<(usize, usize)>>,
-    /// Per MIG GPU: offset of its keys.
-    key_base: Vec<usize>,
+    /// Keys per MIG GPU (the most slots any tables has).
+    stride: usize,
+    /// Per MIG GPU, per slot of its tables: its current option key (`NONE`: no option), at
+    /// `m * stride + slot`.
     keys: Vec<u64>,
     /// Per tables, per slot: a min-heap of option keys; an entry is live only while it equals
     /// the GPU's current key for the slot (stale entries are dropped when they surface).
@@ -354,12 +356,8 @@ impl<'p, 'a> Greedy<'p, 'a> {
                 where_gp[gp].push((t, s));
             }
         }
-        let mut key_base = Vec::with_capacity(p.mig.len());
-        let mut n = 0;
-        for g in &p.mig {
-            key_base.push(n);
-            n += st.slots_of[g.t].len();
-        }
+        let stride = st.slots_of.iter().map(Vec::len).max().unwrap_or(0);
+        let n = p.mig.len() * stride;
         let state: Vec<u32> = p
             .mig
             .iter()
@@ -376,7 +374,7 @@ impl<'p, 'a> Greedy<'p, 'a> {
             for s in 0..st.slots_of[g.t].len() {
                 if let Some(o) = st.opt(state[m], s) {
                     let k = key_of(&o, m);
-                    keys[key_base[m] + s] = k;
+                    keys[m * stride + s] = k;
                     init[g.t][s].push(Reverse(k));
                 }
             }
@@ -387,7 +385,7 @@ impl<'p, 'a> Greedy<'p, 'a> {
             held: p.mig.iter().map(|g| g.busy).collect(),
             state,
             where_gp,
-            key_base,
+            stride,
             keys,
             index: init
                 .into_iter()
@@ -400,7 +398,7 @@ impl<'p, 'a> Greedy<'p, 'a> {
     /// GPU `m` changed state: bring its keys up to date, indexing the ones that changed.
     fn update(&mut self, st: &States, m: usize) {
         let t = self.p.mig[m].t;
-        let base = self.key_base[m];
+        let base = m * self.stride;
         let id = self.state[m];
         for (s, heap) in self.index[t].iter_mut().enumerate() {
             let new = st.opt(id, s).map_or(NONE, |o| key_of(&o, m));
@@ -435,7 +433,7 @@ impl<'p, 'a> Greedy<'p, 'a> {
             // Drop stale entries until the top is some GPU's current key.
             while let Some(&Reverse(k)) = heap.peek() {
                 let m = (k & 0xffff_ffff) as usize;
-                if self.keys[self.key_base[m] + s] == k {
+                if self.keys[m * self.stride + s] == k {
                     if best.is_none_or(|b| k < b.0) {
                         best = Some((k, t, s));
                     }
