@@ -1,8 +1,8 @@
 //! Values computed once per distinct GPU state. A MIG GPU's state is its model's tables, its
 //! layout and its held (busy or assigned) instances; everything a policy asks about one GPU
 //! (which profiles it can serve, its best option per profile) depends on that state alone. A
-//! busy cluster has far fewer distinct states than GPUs (the 1,000 × 8 benchmark's 6,400 MIG
-//! GPUs are in about 1,100 states, and pass through under 2,000 while planning), so the
+//! busy cluster has far fewer distinct states than GPUs (the 1,000 × 8 benchmark's 6,421 MIG
+//! GPUs come with about 2,300 distinct model + layout + busy-set combinations), so the
 //! policies compute per state and look the answer up per GPU.
 
 use std::collections::HashMap;

@@ -17,6 +17,13 @@
 //! known weaknesses (counting free devices on nodes the pod cannot use), which only favours
 //! the baseline.
 //!
+//! **`tessera` chooses the node first.** With a workload mix
+//! ([`Planned::with_fragmentation`], which [`crate::SimContext::placer`] always sets for
+//! `tessera`), the node is chosen by the planner's own order of objectives — fewest operations
+//! (reuse a free instance, else create in free space, else destroy free instances) — and then by
+//! the least rise in expected fragmentation ([`crate::frag`]), which also sees CPU and memory;
+//! the planner then gets that one node and plans its GPUs.
+//!
 //! **Binding.** The planner's assignment names a state and a GPU index; the pod goes to that
 //! GPU of the first node (in cluster order) in that state. The plan's destroys and creates for
 //! that GPU are applied, each checked against the current state (destroying a busy instance is
@@ -26,7 +33,8 @@
 //! instance they would destroy counts in `busy_destroyed`.
 //!
 //! **Multi-GPU pods.** The planner has no gang requests, so the simulator picks the node (for
-//! `nos` the first by name, for `tessera` best fit: the fewest idle GPUs left) among those with
+//! `nos` the first by name, for `tessera` the least rise in expected fragmentation, then best
+//! fit: the fewest idle GPUs left) among those with
 //! room for the CPU, the memory and enough idle GPUs, and asks the planner for `num_gpu`
 //! full-GPU instances on that node alone, one request at a time, each call seeing the
 //! instances already taken as used (one call with `num_gpu` separate requests would trip nos's
@@ -127,10 +135,11 @@ impl<'m> Planned<'m> {
         let need = u32::from(model.profile(p).compute_slices);
         let mut best: Option<((u8, i64, u32, u32), usize)> = None;
         for (n, node) in cluster.nodes.iter().enumerate() {
-            if !node.fits(pod.cpu, pod.mem) || node.free_slices(model) < need {
+            let free = node.free_slices(model);
+            if !node.fits(pod.cpu, pod.mem) || free < need {
                 continue;
             }
-            let node_left = node.free_slices(model) - need;
+            let node_left = free - need;
             for (rise, g, s) in frag.single_options(model, node, pod.cpu, pod.mem, p) {
                 let gpu = &node.gpus[g];
                 let placed = Placed::new(p, s);
@@ -226,16 +235,25 @@ impl<'m> Planned<'m> {
             .count() as u64)
     }
 
-    /// Count the busy instances that changes planned for GPUs that get no pod would destroy
-    /// (they are not applied, but every plan is checked).
-    fn check_unapplied(
-        &self,
+    /// Changes a plan makes to GPUs other than `applied` (plan node name, GPU index) are not
+    /// applied, since with one request they serve nothing: count them in `unapplied_changes`,
+    /// and count in `busy_destroyed` every busy instance they would destroy (every plan is
+    /// checked). `node_of` maps a plan node name to a cluster node index.
+    fn skip_unapplied(
+        &mut self,
         cluster: &mut Cluster,
-        gps: impl Iterator<Item = (usize, usize, GpuPlan)>,
+        plan: &Plan,
+        applied: Option<(&str, usize)>,
+        node_of: impl Fn(&str) -> Option<usize>,
     ) -> Result<(), SimError> {
-        for (n, g, gp) in gps {
-            let v = self.busy_violations(cluster, n, g, &gp, &[])?;
-            cluster.counters.busy_destroyed += v;
+        for gp in plan.gpus.iter().filter(|x| {
+            x.changed() && applied.is_none_or(|(node, gpu)| !(x.node == node && x.gpu == gpu))
+        }) {
+            self.unapplied_changes += 1;
+            if let Some(n) = node_of(&gp.node) {
+                let v = self.busy_violations(cluster, n, gp.gpu, gp, &[])?;
+                cluster.counters.busy_destroyed += v;
+            }
         }
         Ok(())
     }
@@ -358,19 +376,13 @@ impl<'m> Planned<'m> {
         };
         let request = RequestSpec::mig("pod", &model.profile(p).name);
         let plan = self.call(&spec, std::slice::from_ref(&request))?;
-        let changed = plan.gpus.iter().filter(|g| g.changed()).count() as u64;
+        // A plan node `sNNNNNN` stands for the first cluster node of class NNNNNN.
+        let node_of = |name: &str| -> Option<usize> {
+            let c: usize = name.strip_prefix('s')?.parse().ok()?;
+            Some(classes.get(c)?[0])
+        };
         let Some(a) = plan.assignments.iter().find(|a| a.request == request.id) else {
-            self.unapplied_changes += changed;
-            let others: Vec<(usize, usize, GpuPlan)> = plan
-                .gpus
-                .iter()
-                .filter(|x| x.changed())
-                .filter_map(|x| {
-                    let c: usize = x.node.strip_prefix('s')?.parse().ok()?;
-                    Some((classes.get(c)?[0], x.gpu, x.clone()))
-                })
-                .collect();
-            self.check_unapplied(cluster, others.into_iter())?;
+            self.skip_unapplied(cluster, &plan, None, node_of)?;
             return Ok(false);
         };
         let AssignedSlice::Mig { profile, start } = &a.slice else {
@@ -391,17 +403,7 @@ impl<'m> Planned<'m> {
             .ok_or_else(|| {
                 self.planner_err(format!("the plan has no GPU {} on `{}`", g, a.node))
             })?;
-        self.unapplied_changes += changed - u64::from(gp.changed());
-        let others: Vec<(usize, usize, GpuPlan)> = plan
-            .gpus
-            .iter()
-            .filter(|x| x.changed() && !(x.node == a.node && x.gpu == g))
-            .filter_map(|x| {
-                let c: usize = x.node.strip_prefix('s')?.parse().ok()?;
-                Some((classes.get(c)?[0], x.gpu, x.clone()))
-            })
-            .collect();
-        self.check_unapplied(cluster, others.into_iter())?;
+        self.skip_unapplied(cluster, &plan, Some((&a.node, g)), node_of)?;
         if !self.apply(cluster, n, g, gp, &[])? {
             return Ok(false);
         }
@@ -463,16 +465,8 @@ impl<'m> Planned<'m> {
                 };
                 let request = RequestSpec::mig(&format!("pod-{k}"), &full_name);
                 let plan = self.call(&spec, std::slice::from_ref(&request))?;
-                let changed = plan.gpus.iter().filter(|g| g.changed()).count() as u64;
                 let Some(a) = plan.assignments.first() else {
-                    self.unapplied_changes += changed;
-                    let others: Vec<(usize, usize, GpuPlan)> = plan
-                        .gpus
-                        .iter()
-                        .filter(|x| x.changed())
-                        .map(|x| (n, x.gpu, x.clone()))
-                        .collect();
-                    self.check_unapplied(cluster, others.into_iter())?;
+                    self.skip_unapplied(cluster, &plan, None, |_| Some(n))?;
                     continue 'node;
                 };
                 let AssignedSlice::Mig { profile, start } = &a.slice else {
@@ -483,14 +477,7 @@ impl<'m> Planned<'m> {
                     plan.gpus.iter().find(|x| x.gpu == a.gpu).ok_or_else(|| {
                         self.planner_err(format!("the plan has no GPU {}", a.gpu))
                     })?;
-                self.unapplied_changes += changed - u64::from(gp.changed());
-                let others: Vec<(usize, usize, GpuPlan)> = plan
-                    .gpus
-                    .iter()
-                    .filter(|x| x.changed() && x.gpu != a.gpu)
-                    .map(|x| (n, x.gpu, x.clone()))
-                    .collect();
-                self.check_unapplied(cluster, others.into_iter())?;
+                self.skip_unapplied(cluster, &plan, Some((&a.node, a.gpu)), |_| Some(n))?;
                 // An instance taken by an earlier request is marked used, so the planner
                 // cannot destroy it; `apply` refuses (and counts) it if it tried.
                 let reserved: Vec<Placed> = taken

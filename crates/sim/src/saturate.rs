@@ -153,7 +153,8 @@ pub fn hole_floor_pct(ctx: &SimContext, seq: &[usize], capacity: u64) -> f64 {
     let (mut arrived, mut holes, mut small) = (0u64, 0u64, 0u64);
     for &i in seq {
         let pod = &ctx.pods[i];
-        if (arrived + pod.slices()) * 100 > capacity * 100 {
+        // The same cut as the curve's 100 % point: the pods before the one that passes it.
+        if arrived + pod.slices() > capacity {
             break;
         }
         arrived += pod.slices();

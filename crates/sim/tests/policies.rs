@@ -321,3 +321,22 @@ fn the_hole_floor_counts_the_slices_beside_big_instances_that_small_pods_cannot_
         0.0
     );
 }
+
+#[test]
+fn tessera_keeps_the_cpu_rich_node_for_the_pod_that_needs_its_cpu() {
+    // Node 0 has 64 CPUs, node 1 only 4, one GPU each. A light 3g.40gb pod (1 CPU) arrives,
+    // then a whole-GPU pod needing 8 CPUs, which only node 0 can hold. Best fit sees two equal
+    // GPUs and takes node 0; tessera sees that node 1's GPU is lost to the heavy pod anyway
+    // (not enough CPU) and puts the light pod there.
+    let c = ctx(
+        &[(64_000, BIG.1, 1), (4000, BIG.1, 1)],
+        &[(1000, 1000, 1, 320), (8000, 1000, 1, 1000)],
+    );
+    let steps = [Step::Place(0), Step::Place(1)];
+    let (placed, _) = run(&c, PolicyKind::BestFit, &steps);
+    assert_eq!(placed, vec![true, false]);
+    let (placed, cl) = run(&c, PolicyKind::Tessera, &steps);
+    assert_eq!(placed, vec![true, true]);
+    assert_eq!(cl.binding(0).unwrap().node, 1);
+    assert_eq!(cl.binding(1).unwrap().node, 0);
+}
