@@ -216,8 +216,11 @@ impl GiProfile {
 
 /// The media-engine class of a profile name (`+me`, `+me.all`, `-me` or none).
 pub fn media_kind_of(name: &str) -> MediaKind {
-    // Suffixes follow the `Ng.Mgb` base: `+me`, `+me.all`, `-me`, `+gfx`.
-    let base_end = name.find(['+', '-']).unwrap_or(name.len());
+    // Suffixes follow the `Ng.Mgb` base: `+me`, `+me.all`, `-me`, `+gfx`. Layout checks call
+    // this in their inner loops, so the common name without suffixes is found by a byte scan.
+    let Some(base_end) = name.bytes().position(|b| b == b'+' || b == b'-') else {
+        return MediaKind::Standard;
+    };
     let mut kind = MediaKind::Standard;
     let rest = &name[base_end..];
     let mut i = 0;
