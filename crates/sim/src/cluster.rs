@@ -10,6 +10,7 @@ use serde::Serialize;
 use tessera_model::{GpuModel, LayoutState, Placed};
 
 use crate::trace::TraceNode;
+use crate::workload::SimPod;
 
 /// Index of a pod in the simulation's arrival sequence.
 pub type PodId = u32;
@@ -105,9 +106,17 @@ pub struct Node {
     pub mem_used: u64,
     /// The GPUs, in index order.
     pub gpus: Vec<Gpu>,
+    /// Bumped by every operation on the node (see [`Node::changes`]).
+    changes: u64,
 }
 
 impl Node {
+    /// How many operations have changed the node (or been tried on it); what is computed from
+    /// the node can be kept while this stays the same.
+    pub fn changes(&self) -> u64 {
+        self.changes
+    }
+
     /// Whether a pod's CPU and memory fit next to what is bound.
     pub fn fits(&self, cpu: u64, mem: u64) -> bool {
         self.cpu_used + cpu <= self.cpu_total && self.mem_used + mem <= self.mem_total
@@ -222,6 +231,7 @@ impl<'m> Cluster<'m> {
                     cpu_used: 0,
                     mem_used: 0,
                     gpus: vec![Gpu::default(); n.gpus as usize],
+                    changes: 0,
                 })
                 .collect(),
             counters: Counters::default(),
@@ -252,7 +262,10 @@ impl<'m> Cluster<'m> {
     fn gpu_mut(&mut self, node: usize, gpu: usize) -> Result<&mut Gpu, OpError> {
         self.nodes
             .get_mut(node)
-            .and_then(|n| n.gpus.get_mut(gpu))
+            .and_then(|n| {
+                n.changes += 1;
+                n.gpus.get_mut(gpu)
+            })
             .ok_or(OpError::NoSuchGpu { node, gpu })
     }
 
@@ -346,6 +359,7 @@ impl<'m> Cluster<'m> {
             }
         }
         let node = &mut self.nodes[b.node];
+        node.changes += 1;
         node.cpu_used += cpu;
         node.mem_used += mem;
         for &(gpu, p) in &b.instances {
@@ -363,11 +377,24 @@ impl<'m> Cluster<'m> {
         Ok(())
     }
 
+    /// Bind `pod` (index `id`) to `node` and `instances` there: [`Cluster::bind`] with the
+    /// pod's own CPU and memory.
+    pub fn bind_pod(
+        &mut self,
+        id: PodId,
+        pod: &SimPod,
+        node: usize,
+        instances: Vec<(usize, Placed)>,
+    ) -> Result<(), OpError> {
+        self.bind(id, pod.cpu, pod.mem, Binding { node, instances })
+    }
+
     /// Unbind a pod (it left): its instances stay, free; its CPU and memory are returned.
     pub fn release(&mut self, pod: PodId, cpu: u64, mem: u64) -> Option<Binding> {
         let model = self.model;
         let b = self.bindings.get_mut(pod as usize)?.take()?;
         let node = &mut self.nodes[b.node];
+        node.changes += 1;
         node.cpu_used -= cpu;
         node.mem_used -= mem;
         for &(gpu, p) in &b.instances {

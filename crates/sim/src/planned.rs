@@ -44,13 +44,13 @@
 
 use std::collections::HashMap;
 
-use tessera_model::{Catalog, Placed, ProfileIdx};
+use tessera_model::{Catalog, GpuModel, Placed, ProfileIdx};
 use tessera_planner::{
     plan, AssignedSlice, ClusterSpec, GpuPlan, GpuSpec, InstanceSpec, NodeSpec, Plan, PlanOptions,
     Policy, RequestSpec,
 };
 
-use crate::cluster::{Binding, Cluster, OpError, PodId};
+use crate::cluster::{Cluster, Node, OpError, PodId};
 use crate::frag::FragModel;
 use crate::mapping::Mapping;
 use crate::policy::{
@@ -77,6 +77,23 @@ pub struct Planned<'m> {
     group: bool,
     /// `tessera` only: the workload mix that node choice keeps the fragmentation low for.
     frag: Option<FragModel>,
+    /// `tessera` only: each node's best choice per pod type while the node stays unchanged
+    /// (unused when `group` is off, which scores every node afresh).
+    choices: ChoiceCache,
+}
+
+/// How a node ranks for a one-GPU pod, lowest first: (operations, fragmentation rise in
+/// billionths, free compute left on the GPU, on the node).
+type ChoiceKey = (u8, i64, u32, u32);
+
+/// Each node's best [`ChoiceKey`] per pod type (profile, CPU, memory), kept while the node's
+/// [`Node::changes`] stays the same. One row per type, one entry per node, so that choosing a
+/// node for a pod reads one row in order.
+#[derive(Debug, Default)]
+struct ChoiceCache {
+    types: HashMap<(ProfileIdx, u64, u64), usize>,
+    /// `rows[type][node]`: (the node's changes + 1 when computed, 0 for never; the key).
+    rows: Vec<Vec<(u64, Option<ChoiceKey>)>>,
 }
 
 /// A node's state as a comparable key: per GPU, (start, profile, busy) of each instance packed
@@ -108,6 +125,7 @@ impl<'m> Planned<'m> {
             calls: 0,
             group: true,
             frag: None,
+            choices: ChoiceCache::default(),
         }
     }
 
@@ -118,50 +136,9 @@ impl<'m> Planned<'m> {
         self
     }
 
-    /// The node for a one-GPU pod of profile `p`, in the planner's order of objectives: fewest
-    /// operations first (a free instance of `p` is reused before one is created in free space,
-    /// and that before free instances are destroyed), then the least rise in expected
-    /// fragmentation, then the least free compute left on the GPU, then on the node, then the
-    /// lowest node index.
-    fn least_fragmenting_node(
-        &self,
-        frag: &FragModel,
-        cluster: &Cluster,
-        pod: &SimPod,
-        p: ProfileIdx,
-    ) -> Option<usize> {
-        let model = self.mapping.model();
-        let c = u32::from(model.compute_slices);
-        let need = u32::from(model.profile(p).compute_slices);
-        let mut best: Option<((u8, i64, u32, u32), usize)> = None;
-        for (n, node) in cluster.nodes.iter().enumerate() {
-            let free = node.free_slices(model);
-            if !node.fits(pod.cpu, pod.mem) || free < need {
-                continue;
-            }
-            let node_left = free - need;
-            for (rise, g, s) in frag.single_options(model, node, pod.cpu, pod.mem, p) {
-                let gpu = &node.gpus[g];
-                let placed = Placed::new(p, s);
-                let ops = if gpu.find(placed).is_some_and(|i| i.pod.is_none()) {
-                    0
-                } else if gpu.state().fits(model, placed) {
-                    1
-                } else {
-                    2
-                };
-                let gpu_left = c - gpu.busy_slices() - need;
-                let key = (ops, (rise * 1e9).round() as i64, gpu_left, node_left);
-                if best.is_none_or(|(k, _)| key < k) {
-                    best = Some((key, n));
-                }
-            }
-        }
-        best.map(|(_, n)| n)
-    }
-
-    /// Pass every eligible node to the planner, not one per state (slower; gives the same
-    /// placements, which is how the grouping is checked).
+    /// Pass every eligible node to the planner, not one per state, and score every node
+    /// afresh for every pod (slower; gives the same placements, which is how the grouping and
+    /// the per-node cache of the `tessera` node choice are checked).
     pub fn ungrouped(mut self) -> Self {
         self.group = false;
         self
@@ -321,8 +298,9 @@ impl<'m> Planned<'m> {
         // Eligible nodes grouped by state, in order of first appearance.
         let mut classes: Vec<Vec<usize>> = Vec::new();
         let mut index: HashMap<StateKey, usize> = HashMap::new();
+        let cache = self.group.then_some(&mut self.choices);
         let chosen = match &self.frag {
-            Some(f) => match self.least_fragmenting_node(f, cluster, pod, p) {
+            Some(f) => match least_fragmenting_node(f, cache, model, cluster, pod, p) {
                 Some(n) => Some(n),
                 None => return Ok(false),
             },
@@ -409,15 +387,7 @@ impl<'m> Planned<'m> {
         }
         let placed = self.placed_of(profile, *start)?;
         cluster
-            .bind(
-                id,
-                pod.cpu,
-                pod.mem,
-                Binding {
-                    node: n,
-                    instances: vec![(g, placed)],
-                },
-            )
+            .bind_pod(id, pod, n, vec![(g, placed)])
             .map_err(|e| self.op_err(e))?;
         Ok(true)
     }
@@ -491,20 +461,92 @@ impl<'m> Planned<'m> {
                 taken.push((a.gpu, placed));
             }
             cluster
-                .bind(
-                    id,
-                    pod.cpu,
-                    pod.mem,
-                    Binding {
-                        node: n,
-                        instances: taken,
-                    },
-                )
+                .bind_pod(id, pod, n, taken)
                 .map_err(|e| self.op_err(e))?;
             return Ok(true);
         }
         Ok(false)
     }
+}
+
+/// The node for a one-GPU pod of profile `p`, in the planner's order of objectives: fewest
+/// operations first (a free instance of `p` is reused before one is created in free space, and
+/// that before free instances are destroyed), then the least rise in expected fragmentation,
+/// then the least free compute left on the GPU, then on the node, then the lowest node index.
+/// With a `cache`, a node's key is computed once per pod type between changes to the node.
+fn least_fragmenting_node(
+    frag: &FragModel,
+    cache: Option<&mut ChoiceCache>,
+    model: &GpuModel,
+    cluster: &Cluster,
+    pod: &SimPod,
+    p: ProfileIdx,
+) -> Option<usize> {
+    let mut row = cache.map(|c| {
+        let next = c.types.len();
+        let t = *c.types.entry((p, pod.cpu, pod.mem)).or_insert(next);
+        if t == c.rows.len() {
+            c.rows.push(Vec::new());
+        }
+        let row = &mut c.rows[t];
+        row.resize(cluster.nodes.len(), (0, None));
+        row
+    });
+    let mut best: Option<(ChoiceKey, usize)> = None;
+    for (n, node) in cluster.nodes.iter().enumerate() {
+        let key = match row.as_deref_mut() {
+            Some(row) => {
+                let stamp = node.changes() + 1;
+                if row[n].0 != stamp {
+                    row[n] = (stamp, node_choice(frag, model, node, pod, p));
+                }
+                row[n].1
+            }
+            None => node_choice(frag, model, node, pod, p),
+        };
+        if let Some(key) = key {
+            if best.is_none_or(|(k, _)| key < k) {
+                best = Some((key, n));
+            }
+        }
+    }
+    best.map(|(_, n)| n)
+}
+
+/// The best [`ChoiceKey`] of one node for a one-GPU pod of profile `p`; `None` when the pod
+/// cannot go there.
+fn node_choice(
+    frag: &FragModel,
+    model: &GpuModel,
+    node: &Node,
+    pod: &SimPod,
+    p: ProfileIdx,
+) -> Option<ChoiceKey> {
+    let c = u32::from(model.compute_slices);
+    let need = u32::from(model.profile(p).compute_slices);
+    let free = node.free_slices(model);
+    if !node.fits(pod.cpu, pod.mem) || free < need {
+        return None;
+    }
+    let node_left = free - need;
+    let mut best: Option<ChoiceKey> = None;
+    for (rise, g, s) in frag.single_options(model, node, pod.cpu, pod.mem, p) {
+        let gpu = &node.gpus[g];
+        let placed = Placed::new(p, s);
+        let ops = if gpu.find(placed).is_some_and(|i| i.pod.is_none()) {
+            0
+        } else if gpu.state().fits(model, placed) {
+            1
+        } else {
+            2
+        };
+        let gpu_left = c - gpu.busy_slices() - need;
+        let key = (ops, (rise * 1e9).round() as i64, gpu_left, node_left);
+        if best.is_none_or(|k| key < k) {
+            best = Some(key);
+        }
+    }
+    best
 }
 
 impl Placer for Planned<'_> {
@@ -562,8 +604,8 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_plan_that_would_destroy_busy_work_is_refused_and_counted() {
+    /// An A100 80GB model and a cluster of one node with one such GPU.
+    fn one_gpu() -> (&'static GpuModel, Cluster<'static>) {
         let model = Catalog::builtin().lookup("a100-80gb").unwrap();
         let nodes = [TraceNode {
             name: "n".into(),
@@ -572,22 +614,94 @@ mod tests {
             gpus: 1,
             model: "G2".into(),
         }];
-        let mut cluster = Cluster::new(model, &nodes);
+        (model, Cluster::new(model, &nodes))
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 64, ..Default::default() })]
+
+        /// After any sequence of creates, destroys, binds and releases, the cached node choice
+        /// equals the one scored afresh, for every pod type.
+        #[test]
+        fn the_cached_node_choice_equals_scoring_afresh(
+            steps in proptest::collection::vec((0u8..4, 0usize..3, 0usize..2, 0usize..64), 1..48)
+        ) {
+            let model = Catalog::builtin().lookup("a100-80gb").unwrap();
+            let nodes: Vec<TraceNode> = (0..3)
+                .map(|i| TraceNode {
+                    name: format!("n{i}"),
+                    cpu_milli: 4000,
+                    memory_mib: 4000,
+                    gpus: 2,
+                    model: "G2".into(),
+                })
+                .collect();
+            let mut cluster = Cluster::new(model, &nodes);
+            let mapping = Mapping::new(model).unwrap();
+            let types: Vec<SimPod> = [(1000, 100), (3000, 320), (1000, 470), (2000, 100)]
+                .iter()
+                .map(|&(cpu, milli)| SimPod {
+                    cpu,
+                    mem: 1000,
+                    demand: mapping.demand(1, milli),
+                    ..SimPod::default()
+                })
+                .collect();
+            let frag = FragModel::from_pods(&types);
+            let cands = model.candidates();
+            let mut cache = ChoiceCache::default();
+            let mut bound: Vec<(PodId, u64)> = Vec::new();
+            for (k, &(op, n, g, pick)) in steps.iter().enumerate() {
+                // Refused operations are part of the sequence too; their errors do not matter.
+                match op {
+                    0 => {
+                        let _ = cluster.create(n, g, cands[pick % cands.len()], false);
+                    }
+                    1 => {
+                        let inst = cluster.nodes[n].gpus[g].instances().first().copied();
+                        if let Some(i) = inst {
+                            let _ = cluster.destroy(n, g, i.placed);
+                        }
+                    }
+                    2 => {
+                        let free = cluster.nodes[n].gpus[g].instances().iter().find(|i| i.pod.is_none()).copied();
+                        if let Some(i) = free {
+                            let pod = SimPod { cpu: 500 * (1 + pick as u64 % 4), mem: 100, ..SimPod::default() };
+                            if cluster.bind_pod(k as PodId, &pod, n, vec![(g, i.placed)]).is_ok() {
+                                bound.push((k as PodId, pod.cpu));
+                            }
+                        }
+                    }
+                    _ => {
+                        if !bound.is_empty() {
+                            let (id, cpu) = bound.remove(pick % bound.len());
+                            cluster.release(id, cpu, 100);
+                        }
+                    }
+                }
+                for pod in &types {
+                    let p = pod.demand.unwrap().profile;
+                    let cached = least_fragmenting_node(&frag, Some(&mut cache), model, &cluster, pod, p);
+                    let fresh = least_fragmenting_node(&frag, None, model, &cluster, pod, p);
+                    proptest::prop_assert_eq!(cached, fresh, "step {}", k);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_plan_that_would_destroy_busy_work_is_refused_and_counted() {
+        let (model, mut cluster) = one_gpu();
         let busy = model.parse_spec("4g.40gb@0").unwrap();
         let free = model.parse_spec("3g.40gb@4").unwrap();
         cluster.create(0, 0, busy, false).unwrap();
         cluster.create(0, 0, free, false).unwrap();
-        cluster
-            .bind(
-                1,
-                10,
-                10,
-                Binding {
-                    node: 0,
-                    instances: vec![(0, busy)],
-                },
-            )
-            .unwrap();
+        let pod = SimPod {
+            cpu: 10,
+            mem: 10,
+            ..SimPod::default()
+        };
+        cluster.bind_pod(1, &pod, 0, vec![(0, busy)]).unwrap();
         let planned = Planned::new(Mapping::new(model).unwrap(), PolicyKind::Tessera);
 
         // Destroying the busy instance outright.
@@ -624,15 +738,7 @@ mod tests {
 
     #[test]
     fn a_plan_whose_layout_disagrees_with_its_operations_is_an_error() {
-        let model = Catalog::builtin().lookup("a100-80gb").unwrap();
-        let nodes = [TraceNode {
-            name: "n".into(),
-            cpu_milli: 1000,
-            memory_mib: 1000,
-            gpus: 1,
-            model: "G2".into(),
-        }];
-        let mut cluster = Cluster::new(model, &nodes);
+        let (model, mut cluster) = one_gpu();
         let planned = Planned::new(Mapping::new(model).unwrap(), PolicyKind::Nos);
         let gp = gpu_plan(vec![iref("3g.40gb", 0)], vec![iref("3g.40gb", 4)], vec![]);
         let e = planned

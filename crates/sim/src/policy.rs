@@ -19,7 +19,7 @@ use std::str::FromStr;
 use serde::Serialize;
 use tessera_model::{GpuModel, LayoutState, Placed, ProfileIdx};
 
-use crate::cluster::{Binding, Cluster, OpError, PodId};
+use crate::cluster::{Cluster, OpError, PodId};
 use crate::mapping::Mapping;
 use crate::workload::SimPod;
 
@@ -143,15 +143,7 @@ pub(crate) fn place_cpu_only(
         .map(|(i, _)| i);
     match best {
         Some(node) => {
-            cluster.bind(
-                id,
-                pod.cpu,
-                pod.mem,
-                Binding {
-                    node,
-                    instances: vec![],
-                },
-            )?;
+            cluster.bind_pod(id, pod, node, vec![])?;
             Ok(true)
         }
         None => Ok(false),
@@ -364,15 +356,7 @@ impl<'m> BestFit<'m> {
                 placed
             }
         };
-        cluster.bind(
-            id,
-            pod.cpu,
-            pod.mem,
-            Binding {
-                node: n,
-                instances: vec![(g, placed)],
-            },
-        )?;
+        cluster.bind_pod(id, pod, n, vec![(g, placed)])?;
         Ok(true)
     }
 
@@ -408,7 +392,7 @@ impl<'m> BestFit<'m> {
             };
             instances.push((g, placed));
         }
-        cluster.bind(id, pod.cpu, pod.mem, Binding { node: n, instances })?;
+        cluster.bind_pod(id, pod, n, instances)?;
         Ok(true)
     }
 }
@@ -529,7 +513,7 @@ impl<'m> Fixed<'m> {
             }
             return match best {
                 Some((_, node, instances)) => {
-                    cluster.bind(id, pod.cpu, pod.mem, Binding { node, instances })?;
+                    cluster.bind_pod(id, pod, node, instances)?;
                     Ok(true)
                 }
                 None => Ok(false),
@@ -578,15 +562,7 @@ impl<'m> Fixed<'m> {
         }
         match best {
             Some(((.., n, g), placed)) => {
-                cluster.bind(
-                    id,
-                    pod.cpu,
-                    pod.mem,
-                    Binding {
-                        node: n,
-                        instances: vec![(g, placed)],
-                    },
-                )?;
+                cluster.bind_pod(id, pod, n, vec![(g, placed)])?;
                 Ok(true)
             }
             None => Ok(false),

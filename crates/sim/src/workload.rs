@@ -13,7 +13,7 @@ use crate::mapping::{GpuDemand, Mapping};
 use crate::trace::{Trace, TracePod};
 
 /// A pod ready for simulation.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct SimPod {
     /// Index of the pod in the trace's pod list.
     pub trace_index: usize,
