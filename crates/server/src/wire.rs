@@ -344,10 +344,10 @@ pub struct GpuView {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub shares: Vec<ShareView>,
     /// MPS: usable device memory in MiB; time-slicing: 0.
-    #[serde(default, skip_serializing_if = "is_zero_u64")]
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub memory_mib: u64,
     /// Time-slicing: replicas offered; MPS: most clients.
-    #[serde(default, skip_serializing_if = "is_zero_u32")]
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub capacity: u32,
     /// Slices (instances, clients or replicas) leased now.
     pub busy: u32,
@@ -359,12 +359,9 @@ pub struct GpuView {
     pub last_error: Option<String>,
 }
 
-fn is_zero_u64(v: &u64) -> bool {
-    *v == 0
-}
-
-fn is_zero_u32(v: &u32) -> bool {
-    *v == 0
+/// Whether a number is zero (fields left out of the JSON when so).
+fn is_zero<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
 }
 
 /// Body of `GET /v1/status`.
@@ -389,18 +386,23 @@ pub struct ErrorBody {
     pub error: String,
 }
 
-/// Parse a memory size: `12GiB`, `12G`, `12gb`, `512MiB`, `512M`, `1.5GiB`, or a bare number
-/// of MiB. Units are binary (`G` = GiB).
-pub fn parse_size_mib(text: &str) -> Result<u64, String> {
+/// Split `12.5 GiB` into its leading number and its (trimmed) unit; `None` when it does not
+/// start with a number.
+fn split_number(text: &str) -> Option<(f64, &str)> {
     let t = text.trim();
     let split = t
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let value: f64 = num
-        .parse()
-        .map_err(|_| format!("`{text}` is not a size; write e.g. 12GiB or 512MiB"))?;
-    let factor = match unit.trim().to_ascii_lowercase().as_str() {
+    Some((num.parse().ok()?, unit.trim()))
+}
+
+/// Parse a memory size: `12GiB`, `12G`, `12gb`, `512MiB`, `512M`, `1.5GiB`, or a bare number
+/// of MiB. Units are binary (`G` = GiB).
+pub fn parse_size_mib(text: &str) -> Result<u64, String> {
+    let (value, unit) = split_number(text)
+        .ok_or_else(|| format!("`{text}` is not a size; write e.g. 12GiB or 512MiB"))?;
+    let factor = match unit.to_ascii_lowercase().as_str() {
         "" | "m" | "mb" | "mi" | "mib" => 1.0,
         "g" | "gb" | "gi" | "gib" => 1024.0,
         "t" | "tb" | "ti" | "tib" => 1024.0 * 1024.0,
@@ -419,15 +421,9 @@ pub fn parse_size_mib(text: &str) -> Result<u64, String> {
 
 /// Parse a duration: `250ms`, `30s`, `5m`, `2h`, `1d`, or a bare number of seconds.
 pub fn parse_duration_ms(text: &str) -> Result<u64, String> {
-    let t = text.trim();
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let value: f64 = num
-        .parse()
-        .map_err(|_| format!("`{text}` is not a duration; write e.g. 30s, 5m or 2h"))?;
-    let factor = match unit.trim() {
+    let (value, unit) = split_number(text)
+        .ok_or_else(|| format!("`{text}` is not a duration; write e.g. 30s, 5m or 2h"))?;
+    let factor = match unit {
         "ms" => 1.0,
         "" | "s" => 1000.0,
         "m" | "min" => 60_000.0,
