@@ -174,13 +174,19 @@ fn checksum(gpu: u32, body: &str) -> i64 {
     h as i64
 }
 
+/// A [`ServerError::Store`] naming the database file.
+fn store_err(path: &Path, e: impl std::fmt::Display) -> ServerError {
+    ServerError::Store {
+        path: path.to_path_buf(),
+        problem: e.to_string(),
+    }
+}
+
 impl Store {
     /// Open (or create) the database at `path`, check its schema version, and set WAL mode.
     pub fn open(path: &Path) -> Result<Store, ServerError> {
-        let conn = Connection::open(path).map_err(|e| ServerError::Store {
-            path: path.to_path_buf(),
-            problem: format!("cannot open: {e}"),
-        })?;
+        let conn =
+            Connection::open(path).map_err(|e| store_err(path, format!("cannot open: {e}")))?;
         let mut store = Store {
             conn,
             path: path.to_path_buf(),
@@ -195,10 +201,7 @@ impl Store {
     }
 
     fn err(&self, e: impl std::fmt::Display) -> ServerError {
-        ServerError::Store {
-            path: self.path.clone(),
-            problem: e.to_string(),
-        }
+        store_err(&self.path, e)
     }
 
     fn init(&mut self) -> Result<(), ServerError> {
@@ -215,14 +218,10 @@ impl Store {
         self.conn
             .execute_batch("PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;")
             .map_err(|e| self.err(e))?;
-        let tx = self.conn.transaction().map_err(|e| ServerError::Store {
-            path: self.path.clone(),
-            problem: e.to_string(),
-        })?;
-        tx.execute_batch(SCHEMA).map_err(|e| ServerError::Store {
-            path: self.path.clone(),
-            problem: format!("cannot create the schema: {e}"),
-        })?;
+        let path = &self.path;
+        let tx = self.conn.transaction().map_err(|e| store_err(path, e))?;
+        tx.execute_batch(SCHEMA)
+            .map_err(|e| store_err(path, format!("cannot create the schema: {e}")))?;
         let found: Option<String> = tx
             .query_row(
                 "SELECT value FROM meta WHERE key = 'schema_version'",
@@ -230,36 +229,27 @@ impl Store {
                 |r| r.get(0),
             )
             .optional()
-            .map_err(|e| ServerError::Store {
-                path: self.path.clone(),
-                problem: e.to_string(),
-            })?;
+            .map_err(|e| store_err(path, e))?;
         match found {
             None => {
                 tx.execute(
                     "INSERT INTO meta(key, value) VALUES ('schema_version', ?1)",
                     params![SCHEMA_VERSION.to_string()],
                 )
-                .map_err(|e| ServerError::Store {
-                    path: self.path.clone(),
-                    problem: e.to_string(),
-                })?;
+                .map_err(|e| store_err(path, e))?;
             }
             Some(v) => {
                 let found: u32 = v.parse().unwrap_or(0);
                 if found != SCHEMA_VERSION {
                     return Err(ServerError::Schema {
-                        path: self.path.clone(),
+                        path: path.clone(),
                         found,
                         expected: SCHEMA_VERSION,
                     });
                 }
             }
         }
-        tx.commit().map_err(|e| ServerError::Store {
-            path: self.path.clone(),
-            problem: e.to_string(),
-        })
+        tx.commit().map_err(|e| store_err(path, e))
     }
 
     /// Insert a queued request; returns its ID.
@@ -343,14 +333,24 @@ impl Store {
         })
     }
 
-    fn query(&self, sql: &str, p: impl rusqlite::Params) -> Result<Vec<RequestRow>, ServerError> {
+    /// Run `sql` and collect its rows, each read by `read`.
+    fn rows<T, C: FromIterator<T>>(
+        &self,
+        sql: &str,
+        p: impl rusqlite::Params,
+        read: impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+    ) -> Result<C, ServerError> {
         let mut stmt = self.conn.prepare_cached(sql).map_err(|e| self.err(e))?;
-        let raws: Vec<RawRow> = stmt
-            .query_map(p, Self::row)
+        let rows = stmt
+            .query_map(p, read)
             .map_err(|e| self.err(e))?
-            .collect::<Result<_, _>>()
-            .map_err(|e| self.err(e))?;
-        drop(stmt);
+            .collect::<Result<C, _>>()
+            .map_err(|e| self.err(e));
+        rows
+    }
+
+    fn query(&self, sql: &str, p: impl rusqlite::Params) -> Result<Vec<RequestRow>, ServerError> {
+        let raws: Vec<RawRow> = self.rows(sql, p, Self::row)?;
         raws.into_iter().map(|r| self.decode(r)).collect()
     }
 
@@ -457,16 +457,10 @@ impl Store {
 
     /// Every stored desired layout, by GPU.
     pub fn desired(&self) -> Result<BTreeMap<u32, Vec<String>>, ServerError> {
-        let mut stmt = self
-            .conn
-            .prepare_cached("SELECT gpu, layout FROM desired ORDER BY gpu")
-            .map_err(|e| self.err(e))?;
-        let rows: Vec<(u32, String)> = stmt
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-            .map_err(|e| self.err(e))?
-            .collect::<Result<_, _>>()
-            .map_err(|e| self.err(e))?;
-        drop(stmt);
+        let rows: Vec<(u32, String)> =
+            self.rows("SELECT gpu, layout FROM desired ORDER BY gpu", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })?;
         let mut out = BTreeMap::new();
         for (gpu, text) in rows {
             let layout: Vec<String> = serde_json::from_str(&text)
@@ -497,12 +491,10 @@ impl Store {
     /// Journal records, oldest first. A record whose checksum does not match is an error
     /// naming its sequence number.
     pub fn journal(&self) -> Result<Vec<JournalRow>, ServerError> {
-        let mut stmt = self
-            .conn
-            .prepare_cached("SELECT seq, gpu, body, at_ms, checksum FROM journal ORDER BY seq")
-            .map_err(|e| self.err(e))?;
-        let rows: Vec<(JournalRow, i64)> = stmt
-            .query_map([], |r| {
+        let rows: Vec<(JournalRow, i64)> = self.rows(
+            "SELECT seq, gpu, body, at_ms, checksum FROM journal ORDER BY seq",
+            [],
+            |r| {
                 Ok((
                     JournalRow {
                         seq: r.get::<_, i64>(0)? as u64,
@@ -512,11 +504,8 @@ impl Store {
                     },
                     r.get(4)?,
                 ))
-            })
-            .map_err(|e| self.err(e))?
-            .collect::<Result<_, _>>()
-            .map_err(|e| self.err(e))?;
-        drop(stmt);
+            },
+        )?;
         let mut out = Vec::with_capacity(rows.len());
         for (row, sum) in rows {
             if checksum(row.gpu, &row.body) != sum {
@@ -567,16 +556,11 @@ impl Store {
 
     /// The drained GPUs.
     pub fn drained(&self) -> Result<BTreeSet<u32>, ServerError> {
-        let mut stmt = self
-            .conn
-            .prepare_cached("SELECT gpu FROM gpus WHERE drained != 0 ORDER BY gpu")
-            .map_err(|e| self.err(e))?;
-        let rows: BTreeSet<u32> = stmt
-            .query_map([], |r| r.get(0))
-            .map_err(|e| self.err(e))?
-            .collect::<Result<_, _>>()
-            .map_err(|e| self.err(e))?;
-        Ok(rows)
+        self.rows(
+            "SELECT gpu FROM gpus WHERE drained != 0 ORDER BY gpu",
+            [],
+            |r| r.get(0),
+        )
     }
 
     /// Add `by` to a counter.
