@@ -139,6 +139,16 @@ fn api_err(e: ServerError) -> ApiError {
     ApiError::internal(e)
 }
 
+/// The queued requests among `active`, in queue order: higher priority first, then arrival.
+fn queued_in_order(active: &[RequestRow]) -> Vec<&RequestRow> {
+    let mut queue: Vec<&RequestRow> = active
+        .iter()
+        .filter(|r| r.state == RequestState::Queued)
+        .collect();
+    queue.sort_by_key(|r| (std::cmp::Reverse(r.priority), r.id));
+    queue
+}
+
 impl Daemon {
     /// Open the state, recover, and start the scheduler thread. `fleet` is the opened
     /// backend (see [`Fleet::open`]).
@@ -293,12 +303,7 @@ impl Daemon {
     /// IDs of queued requests in queue order (priority, then arrival).
     fn queue_order(&self) -> Vec<u64> {
         let active = lock(&self.inner.store).active().unwrap_or_default();
-        let mut q: Vec<&RequestRow> = active
-            .iter()
-            .filter(|r| r.state == RequestState::Queued)
-            .collect();
-        q.sort_by_key(|r| (std::cmp::Reverse(r.priority), r.id));
-        q.into_iter().map(|r| r.id).collect()
+        queued_in_order(&active).into_iter().map(|r| r.id).collect()
     }
 
     /// `POST /v1/requests`: queue a request for the caller.
@@ -408,11 +413,7 @@ impl Daemon {
             (active, ended)
         };
         let now = now_ms();
-        let mut queue: Vec<&RequestRow> = active
-            .iter()
-            .filter(|r| r.state == RequestState::Queued)
-            .collect();
-        queue.sort_by_key(|r| (std::cmp::Reverse(r.priority), r.id));
+        let queue = queued_in_order(&active);
         let qlen = queue.len() as u32;
         let pos: BTreeMap<u64, u32> = queue
             .iter()
@@ -1215,11 +1216,7 @@ impl Scheduler {
         }
 
         let now = now_ms();
-        let mut queue: Vec<&RequestRow> = active
-            .iter()
-            .filter(|r| r.state == RequestState::Queued)
-            .collect();
-        queue.sort_by_key(|r| (std::cmp::Reverse(r.priority), r.id));
+        let queue = queued_in_order(&active);
         let cfg = self.inner().cfg.scheduler.clone();
         let mut reservations: Vec<Reservation> = Vec::new();
         let mut granted: BTreeSet<u64> = BTreeSet::new();
