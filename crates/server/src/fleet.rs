@@ -133,15 +133,7 @@ impl Fleet {
         catalog: &Catalog,
     ) -> Result<(Fleet, String), ServerError> {
         let (backend, why): (Hw, String) = match cfg.backend {
-            BackendChoice::Sim => {
-                let b = open_sim(cfg, state_dir, catalog)?;
-                let why = format!(
-                    "simulated fleet ({}) (--backend sim){}",
-                    describe_sim(&b),
-                    sim_mismatch(cfg, catalog, &b)
-                );
-                (Hw::Sim(Box::new(b)), why)
-            }
+            BackendChoice::Sim => sim_fleet(cfg, state_dir, catalog, None, " (--backend sim)")?,
             BackendChoice::Nvml => {
                 let mut b = tessera_gpu::nvml::NvmlBackend::open(catalog.clone())
                     .map_err(|e| ServerError::Backend(e.to_string()))?;
@@ -167,34 +159,23 @@ impl Fleet {
                     }
                     Ok(_) => {
                         drop(b);
-                        let s = open_sim(cfg, state_dir, catalog)?;
-                        let why = format!(
-                            "no GPU found by NVML; using a simulated fleet ({}) — pass --backend nvml to insist on real GPUs{}",
-                            describe_sim(&s),
-                            sim_mismatch(cfg, catalog, &s)
-                        );
-                        (Hw::Sim(Box::new(s)), why)
+                        sim_fleet(
+                            cfg,
+                            state_dir,
+                            catalog,
+                            Some("no GPU found by NVML"),
+                            " — pass --backend nvml to insist on real GPUs",
+                        )?
                     }
                     Err(e) => {
                         drop(b);
-                        let s = open_sim(cfg, state_dir, catalog)?;
-                        let why = format!(
-                            "NVML cannot list GPUs ({e}); using a simulated fleet ({}){}",
-                            describe_sim(&s),
-                            sim_mismatch(cfg, catalog, &s)
-                        );
-                        (Hw::Sim(Box::new(s)), why)
+                        let reason = format!("NVML cannot list GPUs ({e})");
+                        sim_fleet(cfg, state_dir, catalog, Some(&reason), "")?
                     }
                 },
                 Err(e) => {
-                    let s = open_sim(cfg, state_dir, catalog)?;
-                    let why = format!(
-                        "no NVIDIA driver ({}); using a simulated fleet ({}){}",
-                        short_reason(&e),
-                        describe_sim(&s),
-                        sim_mismatch(cfg, catalog, &s)
-                    );
-                    (Hw::Sim(Box::new(s)), why)
+                    let reason = format!("no NVIDIA driver ({})", short_reason(&e));
+                    sim_fleet(cfg, state_dir, catalog, Some(&reason), "")?
                 }
             },
         };
@@ -543,6 +524,28 @@ fn sim_mismatch(cfg: &Config, catalog: &Catalog, b: &SimBackend) -> String {
     }
 }
 
+/// The simulated fleet and the sentence naming it: `simulated fleet (...)` with `hint`, after
+/// `REASON; using a ` when it stands in for real GPUs.
+fn sim_fleet(
+    cfg: &Config,
+    state_dir: &Path,
+    catalog: &Catalog,
+    reason: Option<&str>,
+    hint: &str,
+) -> Result<(Hw, String), ServerError> {
+    let s = open_sim(cfg, state_dir, catalog)?;
+    let fleet = format!(
+        "simulated fleet ({}){hint}{}",
+        describe_sim(&s),
+        sim_mismatch(cfg, catalog, &s)
+    );
+    let why = match reason {
+        Some(r) => format!("{r}; using a {fleet}"),
+        None => fleet,
+    };
+    Ok((Hw::Sim(Box::new(s)), why))
+}
+
 /// Open `<state dir>/sim-gpus.json`, creating it from `sim_gpus` when it does not exist.
 fn open_sim(cfg: &Config, state_dir: &Path, catalog: &Catalog) -> Result<SimBackend, ServerError> {
     let path = sim_state_path(state_dir);
@@ -558,4 +561,57 @@ fn open_sim(cfg: &Config, state_dir: &Path, catalog: &Catalog) -> Result<SimBack
         .map_err(|e| ServerError::Backend(e.to_string()))?;
     SimBackend::create(&path, state, catalog.clone())
         .map_err(|e| ServerError::Backend(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_first_log_line_names_the_simulated_fleet_and_why() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = Config {
+            backend: BackendChoice::Sim,
+            sim_gpus: "h100-80gb:1".into(),
+            ..Config::default()
+        };
+        let catalog = Catalog::builtin();
+        let (_, why) = Fleet::open(&cfg, dir.path(), catalog).unwrap();
+        assert!(why.starts_with("simulated fleet ("), "{why}");
+        assert!(why.ends_with(") (--backend sim)"), "{why}");
+        let (_, why) = sim_fleet(
+            &cfg,
+            dir.path(),
+            catalog,
+            Some("no GPU found by NVML"),
+            " — pass --backend nvml to insist on real GPUs",
+        )
+        .unwrap();
+        assert!(
+            why.starts_with("no GPU found by NVML; using a simulated fleet ("),
+            "{why}"
+        );
+        assert!(
+            why.ends_with(") — pass --backend nvml to insist on real GPUs"),
+            "{why}"
+        );
+        // Another fleet in the state file than sim_gpus asks for is noted last.
+        let other = Config {
+            sim_gpus: "h100-80gb:2".into(),
+            ..cfg
+        };
+        let (_, why) = sim_fleet(
+            &other,
+            dir.path(),
+            catalog,
+            Some("no NVIDIA driver (x)"),
+            "",
+        )
+        .unwrap();
+        assert!(
+            why.starts_with("no NVIDIA driver (x); using a simulated fleet (")
+                && why.contains("); NOTE: the state directory already holds"),
+            "{why}"
+        );
+    }
 }
