@@ -601,6 +601,19 @@ pub fn reserve(
             if !free(g) {
                 continue;
             }
+            // Keep the reservation with the smallest key.
+            let mut consider = |key: (usize, u64, u32, u8), region: Option<Placed>| {
+                if best.as_ref().is_none_or(|(k, _)| key < *k) {
+                    best = Some((
+                        key,
+                        Reservation {
+                            request: w.id,
+                            gpu: *gi,
+                            region,
+                        },
+                    ));
+                }
+            };
             match &v.kind {
                 RequestKind::Mig(profile) => {
                     let Some(model) = catalog.get(&g.facts.model) else {
@@ -622,17 +635,7 @@ pub fn reserve(
                         if !LayoutState::of(model, &rest).fits(model, region) {
                             continue;
                         }
-                        let key = (blockers, 0, *gi, s);
-                        if best.as_ref().is_none_or(|(k, _)| key < *k) {
-                            best = Some((
-                                key,
-                                Reservation {
-                                    request: w.id,
-                                    gpu: *gi,
-                                    region: Some(region),
-                                },
-                            ));
-                        }
+                        consider((blockers, 0, *gi, s), Some(region));
                     }
                 }
                 RequestKind::Mps(m) => {
@@ -643,31 +646,9 @@ pub fn reserve(
                         continue;
                     }
                     let used: u64 = g.mps_clients.iter().map(|c| c.memory_mib).sum();
-                    let key = (g.mps_clients.len(), used, *gi, 0);
-                    if best.as_ref().is_none_or(|(k, _)| key < *k) {
-                        best = Some((
-                            key,
-                            Reservation {
-                                request: w.id,
-                                gpu: *gi,
-                                region: None,
-                            },
-                        ));
-                    }
+                    consider((g.mps_clients.len(), used, *gi, 0), None);
                 }
-                RequestKind::Timeslice => {
-                    let key = (g.replicas.len(), 0, *gi, 0);
-                    if best.as_ref().is_none_or(|(k, _)| key < *k) {
-                        best = Some((
-                            key,
-                            Reservation {
-                                request: w.id,
-                                gpu: *gi,
-                                region: None,
-                            },
-                        ));
-                    }
-                }
+                RequestKind::Timeslice => consider((g.replicas.len(), 0, *gi, 0), None),
             }
         }
         if let Some((_, r)) = best {
@@ -817,34 +798,20 @@ mod tests {
     #[test]
     fn timeslice_replicas_are_numbered_and_run_out() {
         let c = Catalog::builtin();
-        let mut g = GpuState::empty(facts(2, "a100-40gb", GpuMode::Timeslice));
-        let s = decide(
-            c,
-            std::slice::from_ref(&g),
-            &waiting(1, SliceAsk::Share),
-            &[],
-        )
-        .unwrap();
-        assert_eq!(s.pick, Pick::Timeslice { replica: 0 });
-        g.replicas.insert(0, 1);
-        let s = decide(
-            c,
-            std::slice::from_ref(&g),
-            &waiting(2, SliceAsk::Share),
-            &[],
-        )
-        .unwrap();
-        assert_eq!(s.pick, Pick::Timeslice { replica: 1 });
-        g.replicas.insert(1, 2);
-        assert_eq!(
+        let share = |g: &GpuState, id| {
             decide(
                 c,
-                std::slice::from_ref(&g),
-                &waiting(3, SliceAsk::Share),
-                &[]
-            ),
-            None
-        );
+                std::slice::from_ref(g),
+                &waiting(id, SliceAsk::Share),
+                &[],
+            )
+        };
+        let mut g = GpuState::empty(facts(2, "a100-40gb", GpuMode::Timeslice));
+        assert_eq!(share(&g, 1).unwrap().pick, Pick::Timeslice { replica: 0 });
+        g.replicas.insert(0, 1);
+        assert_eq!(share(&g, 2).unwrap().pick, Pick::Timeslice { replica: 1 });
+        g.replicas.insert(1, 2);
+        assert_eq!(share(&g, 3), None);
         let r = reserve(
             c,
             std::slice::from_ref(&g),
