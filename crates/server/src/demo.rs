@@ -17,6 +17,8 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use serde::Serialize;
+
 use tessera_gpu::sim::{SimBackend, SimConfig, SimState, SplitMix64};
 use tessera_model::Catalog;
 
@@ -162,7 +164,7 @@ pub struct Frame {
 }
 
 /// Utilisation of one GPU over the run.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct GpuUse {
     /// GPU index.
     pub gpu: u32,
@@ -173,8 +175,8 @@ pub struct GpuUse {
     pub utilisation: f64,
 }
 
-/// The demo's summary.
-#[derive(Debug, Clone, PartialEq)]
+/// The demo's summary (`-o json|yaml` of `tessera demo` prints it as is).
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Summary {
     /// Requests in the script.
     pub requests: usize,
@@ -190,7 +192,8 @@ pub struct Summary {
     pub repartitions: u64,
     /// Leases by slice type.
     pub leases_by_type: BTreeMap<String, usize>,
-    /// Per GPU utilisation.
+    /// Per GPU utilisation (`utilisation` in JSON).
+    #[serde(rename = "utilisation")]
     pub gpus: Vec<GpuUse>,
     /// Scenario seconds until the last request finished.
     pub makespan_s: f64,
@@ -466,6 +469,29 @@ mod tests {
         assert!(a.iter().any(|s| matches!(s.ask, SliceAsk::Mem { .. })));
         let users: std::collections::BTreeSet<&str> = a.iter().map(|s| s.user.as_str()).collect();
         assert!(users.len() >= 4, "{users:?}");
+    }
+
+    #[test]
+    fn the_summary_serialises_with_the_cli_field_names() {
+        let s = Summary {
+            requests: 3,
+            served: 2,
+            mean_wait_s: 0.5,
+            p95_wait_s: 1.25,
+            max_wait_s: 1.5,
+            repartitions: 4,
+            leases_by_type: BTreeMap::from([("mig".to_string(), 2)]),
+            gpus: vec![GpuUse {
+                gpu: 0,
+                mode: "mig".into(),
+                utilisation: 0.75,
+            }],
+            makespan_s: 9.0,
+        };
+        assert_eq!(
+            serde_json::to_string(&s).unwrap(),
+            r#"{"requests":3,"served":2,"mean_wait_s":0.5,"p95_wait_s":1.25,"max_wait_s":1.5,"repartitions":4,"leases_by_type":{"mig":2},"utilisation":[{"gpu":0,"mode":"mig","utilisation":0.75}],"makespan_s":9.0}"#
+        );
     }
 
     #[test]

@@ -5,7 +5,6 @@
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
-use serde::Serialize;
 use tessera_server::demo::{run_demo, DemoOptions, Frame, Summary};
 use tessera_server::wire::RequestState;
 
@@ -30,67 +29,27 @@ pub struct Args {
     pub plain: bool,
 }
 
-/// The summary as `-o json|yaml` prints it.
-#[derive(Debug, Serialize)]
-pub struct SummaryOut {
-    /// Requests in the script.
-    pub requests: usize,
-    /// Requests served to completion.
-    pub served: usize,
-    /// Mean wait (scenario seconds).
-    pub mean_wait_s: f64,
-    /// 95th percentile wait.
-    pub p95_wait_s: f64,
-    /// Longest wait.
-    pub max_wait_s: f64,
-    /// MIG re-partitions.
-    pub repartitions: u64,
-    /// Leases per slice type.
-    pub leases_by_type: std::collections::BTreeMap<String, usize>,
-    /// Mean share of each GPU leased.
-    pub utilisation: Vec<GpuUseOut>,
-    /// Scenario seconds until the last request finished.
-    pub makespan_s: f64,
-}
-
-/// One GPU's utilisation.
-#[derive(Debug, Serialize)]
-pub struct GpuUseOut {
-    /// GPU index.
-    pub gpu: u32,
-    /// Mode.
-    pub mode: String,
-    /// Mean leased share, 0 to 1.
-    pub utilisation: f64,
-}
-
 fn round2(x: f64) -> f64 {
     (x * 100.0).round() / 100.0
 }
 
-fn summary_out(s: &Summary) -> SummaryOut {
-    SummaryOut {
-        requests: s.requests,
-        served: s.served,
-        mean_wait_s: round2(s.mean_wait_s),
-        p95_wait_s: round2(s.p95_wait_s),
-        max_wait_s: round2(s.max_wait_s),
-        repartitions: s.repartitions,
-        leases_by_type: s.leases_by_type.clone(),
-        utilisation: s
-            .gpus
-            .iter()
-            .map(|g| GpuUseOut {
-                gpu: g.gpu,
-                mode: g.mode.clone(),
-                utilisation: round2(g.utilisation),
-            })
-            .collect(),
-        makespan_s: round2(s.makespan_s),
+/// The summary as printed: times and shares rounded to two decimals.
+fn rounded(mut s: Summary) -> Summary {
+    for x in [
+        &mut s.mean_wait_s,
+        &mut s.p95_wait_s,
+        &mut s.max_wait_s,
+        &mut s.makespan_s,
+    ] {
+        *x = round2(*x);
     }
+    for g in &mut s.gpus {
+        g.utilisation = round2(g.utilisation);
+    }
+    s
 }
 
-fn summary_text(s: &SummaryOut) -> String {
+fn summary_text(s: &Summary) -> String {
     let mut t = table(&["SUMMARY", ""]);
     t.add_row(vec![
         "requests served".to_string(),
@@ -118,7 +77,7 @@ fn summary_text(s: &SummaryOut) -> String {
         .map(|(k, v)| format!("{k} {v}"))
         .collect();
     t.add_row(vec!["leases".to_string(), by.join(", ")]);
-    for g in &s.utilisation {
+    for g in &s.gpus {
         let unit = match g.mode.as_str() {
             "mig" => "of compute slices",
             "mps" => "of SMs",
@@ -269,7 +228,7 @@ pub fn run(args: &Args, ctx: &Ctx) -> Result<ExitCode, CliError> {
     if let Some(pb) = bar {
         pb.finish();
     }
-    let out = summary_out(&summary);
+    let out = rounded(summary);
     emit(ctx.output, &out, || summary_text(&out))?;
     Ok(ExitCode::SUCCESS)
 }
