@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use server_common::{block, poll, temp_dir, wait_child, Daemon};
 use tessera_model::{Catalog, Placed};
-use tessera_server::client::ClientError;
+use tessera_server::client::{Client, ClientError};
 use tessera_server::store::Store;
 use tessera_server::wire::{RequestState, RequestView, Slice};
 
@@ -57,6 +57,24 @@ fn spawn_run(d: &Daemon, w: Want, out: &std::path::Path, code: i32, sleep: &str)
 }
 
 /// Interval of a lease in ms: [leased, ended).
+/// Poll (30 s at most) until one of the caller's requests is in `state`; that request.
+fn first_in_state(client: &Client, state: RequestState, what: &str) -> RequestView {
+    poll(30, what, || {
+        block(client.list(false))
+            .ok()?
+            .into_iter()
+            .find(|v| v.state == state)
+    })
+}
+
+/// Poll (`secs` at most) until request `id` is in `state`; its view then.
+fn reaches(client: &Client, id: u64, state: RequestState, secs: u64, what: &str) -> RequestView {
+    poll(secs, what, || {
+        let v = block(client.get(id)).ok()?;
+        (v.state == state).then_some(v)
+    })
+}
+
 fn interval(v: &RequestView) -> (u64, u64) {
     let leased = v.submitted_ms + v.waited_ms;
     (leased, leased + v.running_ms)
@@ -334,10 +352,7 @@ fn a_forced_repartition_that_would_touch_a_lease_is_refused_and_changes_nothing(
         .spawn()
         .unwrap();
     let client = d.client();
-    let leased = poll(30, "the lease", || {
-        let rows = block(client.list(false)).ok()?;
-        rows.into_iter().find(|v| v.state == RequestState::Leased)
-    });
+    let leased = first_in_state(&client, RequestState::Leased, "the lease");
     let Some(Slice::Mig { uuid, start, .. }) = leased.slice.clone() else {
         panic!("{leased:?}")
     };
@@ -376,10 +391,7 @@ fn a_forced_repartition_that_would_touch_a_lease_is_refused_and_changes_nothing(
     block(client.cancel(leased.id)).unwrap();
     let st = wait_child(&mut child, 30, "the cancelled run");
     assert_eq!(st.code(), Some(143));
-    let v = poll(10, "the release", || {
-        let v = block(client.get(leased.id)).ok()?;
-        (v.state == RequestState::Done).then_some(v)
-    });
+    let v = reaches(&client, leased.id, RequestState::Done, 10, "the release");
     assert_eq!(v.exit_code, Some(143));
 }
 
@@ -471,19 +483,17 @@ fn kill_9_of_a_client_ends_its_lease_and_its_command() {
         .spawn()
         .unwrap();
     let client = d.client();
-    let lease = poll(30, "the lease", || {
-        block(client.list(false))
-            .ok()?
-            .into_iter()
-            .find(|v| v.state == RequestState::Leased)
-    });
+    let lease = first_in_state(&client, RequestState::Leased, "the lease");
     child.kill().unwrap();
     child.wait().unwrap();
     // The daemon notices the client is gone well before the heartbeat timeout.
-    let v = poll(20, "the lease to expire", || {
-        let v = block(client.get(lease.id)).ok()?;
-        (v.state == RequestState::Expired).then_some(v)
-    });
+    let v = reaches(
+        &client,
+        lease.id,
+        RequestState::Expired,
+        20,
+        "the lease to expire",
+    );
     assert!(v.end_reason.unwrap().contains("gone"));
     // The slice is free again: another request gets the whole GPU.
     let st = d
@@ -516,12 +526,7 @@ fn another_user_cannot_see_or_cancel_a_request() {
         .spawn()
         .unwrap();
     let client = d.client();
-    let lease = poll(30, "alice's lease", || {
-        block(client.list(false))
-            .ok()?
-            .into_iter()
-            .find(|v| v.state == RequestState::Leased)
-    });
+    let lease = first_in_state(&client, RequestState::Leased, "alice's lease");
     assert_eq!(lease.uid, 1000);
     let as_bob = |args: &[&str]| {
         let out = d.cli(args).uid(1001).gid(1000).output().unwrap();
@@ -588,22 +593,12 @@ fn signals_reach_the_command_and_a_waiting_request_is_withdrawn() {
         ])
         .spawn()
         .unwrap();
-    let lease = poll(30, "the lease", || {
-        block(client.list(false))
-            .ok()?
-            .into_iter()
-            .find(|v| v.state == RequestState::Leased)
-    });
+    let lease = first_in_state(&client, RequestState::Leased, "the lease");
     let mut b = d
         .cli(&["run", "-q", "--mig", "1g.10gb", "--", "true"])
         .spawn()
         .unwrap();
-    let waiting = poll(30, "the queued request", || {
-        block(client.list(false))
-            .ok()?
-            .into_iter()
-            .find(|v| v.state == RequestState::Queued)
-    });
+    let waiting = first_in_state(&client, RequestState::Queued, "the queued request");
     // SIGINT while waiting withdraws the request: exit 130.
     // SAFETY: kill(2) on our own child.
     unsafe { libc::kill(b.id() as i32, libc::SIGINT) };
@@ -614,9 +609,6 @@ fn signals_reach_the_command_and_a_waiting_request_is_withdrawn() {
     // SAFETY: kill(2) on our own child.
     unsafe { libc::kill(a.id() as i32, libc::SIGTERM) };
     assert_eq!(wait_child(&mut a, 30, "the running run").code(), Some(7));
-    let v = poll(10, "the release", || {
-        let v = block(client.get(lease.id)).ok()?;
-        (v.state == RequestState::Done).then_some(v)
-    });
+    let v = reaches(&client, lease.id, RequestState::Done, 10, "the release");
     assert_eq!(v.exit_code, Some(7));
 }

@@ -123,15 +123,7 @@ fn malformed_requests_get_a_4xx_with_a_message_and_the_daemon_survives() {
 fn metrics_and_output_formats() {
     let dir = temp_dir();
     let d = daemon(dir.path());
-    let out = d
-        .cli(&["run", "-q", "--mem", "12GiB", "--", "true"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    d.cli_ok(&["run", "-q", "--mem", "12GiB", "--", "true"]);
     let out = d
         .cli(&["run", "-q", "--mig", "9g.99gb", "--", "true"])
         .output()
@@ -194,12 +186,7 @@ fn a_drained_gpu_gets_no_new_lease_and_is_emptied() {
         1,
         "the idle instance stays for reuse"
     );
-    let out = d.cli(&["drain", "--gpu", "0"]).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    d.cli_ok(&["drain", "--gpu", "0"]);
     let g = server_common::poll(10, "the drained GPU to be emptied", || {
         let st = block(d.client().status()).ok()?;
         st.gpus[0].instances.is_empty().then_some(st)

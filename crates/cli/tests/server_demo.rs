@@ -1,19 +1,20 @@
 //! `tessera demo` runs on a machine without GPUs, serves every scripted request and prints a
 //! summary (sped up so the test is short).
 
-use std::process::Command;
+mod server_common;
+
+use std::process::{Command, Output};
+
+use server_common::{succeeded, BIN};
+
+/// `tessera demo ARGS...`, which must exit 0.
+fn demo(args: &[&str]) -> Output {
+    succeeded(Command::new(BIN).arg("demo").args(args).output().unwrap())
+}
 
 #[test]
 fn the_demo_serves_every_request_and_summarises() {
-    let out = Command::new(env!("CARGO_BIN_EXE_tessera"))
-        .args(["demo", "--speed", "20", "--duration", "10", "-o", "json"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = demo(&["--speed", "20", "--duration", "10", "-o", "json"]);
     let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let requests = s["requests"].as_u64().unwrap();
     assert!(requests >= 30, "{s}");
@@ -34,15 +35,7 @@ fn the_demo_serves_every_request_and_summarises() {
 
 #[test]
 fn the_plain_view_prints_periodic_lines_and_a_summary_table() {
-    let out = Command::new(env!("CARGO_BIN_EXE_tessera"))
-        .args(["demo", "--speed", "25", "--duration", "6"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = demo(&["--speed", "25", "--duration", "6"]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         text.lines().filter(|l| l.starts_with("t=")).count() >= 3,

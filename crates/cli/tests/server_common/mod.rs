@@ -6,7 +6,7 @@
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use tessera_server::client::Client;
@@ -112,6 +112,12 @@ impl Daemon {
             .args(&args[1..]);
         c
     }
+
+    /// Run `tessera SUBCOMMAND --socket S REST...` to its end and assert that it exited 0.
+    #[track_caller]
+    pub fn cli_ok(&self, args: &[&str]) -> Output {
+        succeeded(self.cli(args).output().unwrap())
+    }
 }
 
 impl Drop for Daemon {
@@ -125,6 +131,17 @@ fn now_ns() -> u128 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_nanos()
+}
+
+/// Assert that a finished command exited 0 (showing its stderr if not); its output.
+#[track_caller]
+pub fn succeeded(out: Output) -> Output {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
 }
 
 /// Run a future to completion.
