@@ -60,6 +60,22 @@ fn ensure_dir(dir: &Path) -> Result<(), OutputError> {
     })
 }
 
+/// Draw one plot as `DIR/STEM.png` and `DIR/STEM.svg` (the drawing is generic over the
+/// backend, so it is written out once per backend) and push both paths onto `files`.
+macro_rules! draw_png_and_svg {
+    ($files:expr, $dir:expr, $stem:literal, |$root:ident| $draw:expr) => {{
+        register_font();
+        let png = $dir.join(concat!($stem, ".png"));
+        let $root = BitMapBackend::new(&png, SIZE).into_drawing_area();
+        $draw.map_err(|message| plot_error(&png, message))?;
+        $files.push(png);
+        let svg = $dir.join(concat!($stem, ".svg"));
+        let $root = SVGBackend::new(&svg, SIZE).into_drawing_area();
+        $draw.map_err(|message| plot_error(&svg, message))?;
+        $files.push(svg);
+    }};
+}
+
 fn register_font() {
     static DONE: OnceLock<()> = OnceLock::new();
     DONE.get_or_init(|| {
@@ -186,15 +202,9 @@ failed_gpu_pods,failed_cpu_pods,creates,destroys,repartitions,busy_destroyed,hol
         report.setup.gpu_model,
         report.seeds.len()
     );
-    register_font();
-    let png = dir.join("saturate_allocation.png");
-    let root = BitMapBackend::new(&png, SIZE).into_drawing_area();
-    saturate_plot(root, &series, &title).map_err(|message| plot_error(&png, message))?;
-    files.push(png);
-    let svg = dir.join("saturate_allocation.svg");
-    let root = SVGBackend::new(&svg, SIZE).into_drawing_area();
-    saturate_plot(root, &series, &title).map_err(|message| plot_error(&svg, message))?;
-    files.push(svg);
+    draw_png_and_svg!(files, dir, "saturate_allocation", |root| saturate_plot(
+        root, &series, &title
+    ));
     Ok(files)
 }
 
@@ -270,15 +280,9 @@ allocated_mean_pct,allocated_peak_pct,repartitions,creates,destroys,busy_destroy
         })
         .collect();
     let title = format!("{} GPUs as {}", report.setup.gpus, report.setup.gpu_model);
-    register_font();
-    let png = dir.join("replay_allocation.png");
-    let root = BitMapBackend::new(&png, SIZE).into_drawing_area();
-    replay_plot(root, &series, &title).map_err(|message| plot_error(&png, message))?;
-    files.push(png);
-    let svg = dir.join("replay_allocation.svg");
-    let root = SVGBackend::new(&svg, SIZE).into_drawing_area();
-    replay_plot(root, &series, &title).map_err(|message| plot_error(&svg, message))?;
-    files.push(svg);
+    draw_png_and_svg!(files, dir, "replay_allocation", |root| replay_plot(
+        root, &series, &title
+    ));
     Ok(files)
 }
 

@@ -127,6 +127,20 @@ pub struct PlannerStats {
     pub unapplied_changes: u64,
 }
 
+/// Place `pods` in order, each with `place_one`, naming `policy` in an error.
+fn place_each(
+    policy: PolicyKind,
+    cluster: &mut Cluster,
+    pods: &[(PodId, &SimPod)],
+    mut place_one: impl FnMut(&mut Cluster, PodId, &SimPod) -> Result<bool, OpError>,
+) -> Result<Vec<bool>, SimError> {
+    pods.iter()
+        .map(|&(id, pod)| {
+            place_one(cluster, id, pod).map_err(|source| SimError::Op { policy, source })
+        })
+        .collect()
+}
+
 /// Place a CPU-only pod by the shared rule; returns whether it fit.
 pub(crate) fn place_cpu_only(
     cluster: &mut Cluster,
@@ -403,15 +417,9 @@ impl Placer for BestFit<'_> {
         cluster: &mut Cluster,
         pods: &[(PodId, &SimPod)],
     ) -> Result<Vec<bool>, SimError> {
-        pods.iter()
-            .map(|&(id, pod)| {
-                self.place_one(cluster, id, pod)
-                    .map_err(|source| SimError::Op {
-                        policy: PolicyKind::BestFit,
-                        source,
-                    })
-            })
-            .collect()
+        place_each(PolicyKind::BestFit, cluster, pods, |c, id, pod| {
+            self.place_one(c, id, pod)
+        })
     }
 }
 
@@ -576,14 +584,7 @@ impl Placer for Fixed<'_> {
         cluster: &mut Cluster,
         pods: &[(PodId, &SimPod)],
     ) -> Result<Vec<bool>, SimError> {
-        pods.iter()
-            .map(|&(id, pod)| {
-                self.place_one(cluster, id, pod)
-                    .map_err(|source| SimError::Op {
-                        policy: self.kind,
-                        source,
-                    })
-            })
-            .collect()
+        let kind = self.kind;
+        place_each(kind, cluster, pods, |c, id, pod| self.place_one(c, id, pod))
     }
 }
