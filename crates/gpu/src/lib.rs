@@ -8,6 +8,7 @@
 //! Depends on `tessera-model` only. Nothing here decides *what* to create: that is the agent.
 
 pub mod backend;
+mod checks;
 pub mod error;
 pub mod health;
 pub mod mps;

@@ -40,6 +40,7 @@ use tessera_model::Catalog;
 use crate::backend::{
     ComputeInstance, ComputeMode, GpuBackend, GpuEvent, GpuInfo, GpuInstance, IdleInstance, MigMode,
 };
+use crate::checks;
 use crate::error::GpuError;
 use crate::profiles::ProfileInfo;
 
@@ -208,6 +209,17 @@ fn compute_mode_to(mode: ComputeMode) -> nvmlComputeMode_t {
     }
 }
 
+/// `nvmlGpuInstanceGetInfo`.
+type GiInfoFn = unsafe extern "C" fn(nvmlGpuInstance_t, *mut nvmlGpuInstanceInfo_t) -> nvmlReturn_t;
+
+/// `nvmlGpuInstanceGetComputeInstanceProfileInfo`.
+type CiProfileInfoFn = unsafe extern "C" fn(
+    nvmlGpuInstance_t,
+    u32,
+    u32,
+    *mut nvmlComputeInstanceProfileInfo_t,
+) -> nvmlReturn_t;
+
 /// A GI handle with what NVML says about it.
 struct GiHandle {
     handle: nvmlGpuInstance_t,
@@ -215,6 +227,48 @@ struct GiHandle {
     profile_id: u32,
     start: u32,
     size: u32,
+}
+
+impl GiHandle {
+    /// Ask NVML (`get_info`) about a GI handle it returned; `op` names the call in errors.
+    fn read(
+        get_info: GiInfoFn,
+        handle: nvmlGpuInstance_t,
+        op: impl FnOnce() -> String,
+    ) -> Result<GiHandle, GpuError> {
+        // SAFETY: plain C struct; zero is valid.
+        let mut info: nvmlGpuInstanceInfo_t = unsafe { std::mem::zeroed() };
+        // SAFETY: a GI handle NVML returned; valid out pointer.
+        check(unsafe { get_info(handle, &mut info) }, op)?;
+        Ok(GiHandle {
+            handle,
+            id: info.id,
+            profile_id: info.profileId,
+            start: info.placement.start,
+            size: info.placement.size,
+        })
+    }
+}
+
+/// Compute-instance profile `idx` (shared engines) of a GI, read with `prof`, and NVML's return
+/// code; the info stays zeroed unless the code is success.
+fn ci_profile_info(
+    prof: CiProfileInfoFn,
+    gi: &GiHandle,
+    idx: u32,
+) -> (nvmlReturn_t, nvmlComputeInstanceProfileInfo_t) {
+    // SAFETY: plain C struct; zero is valid.
+    let mut info: nvmlComputeInstanceProfileInfo_t = unsafe { std::mem::zeroed() };
+    // SAFETY: valid GI handle and out pointer.
+    let rc = unsafe {
+        prof(
+            gi.handle,
+            idx,
+            NVML_COMPUTE_INSTANCE_ENGINE_PROFILE_SHARED,
+            &mut info,
+        )
+    };
+    (rc, info)
 }
 
 impl NvmlBackend {
@@ -453,19 +507,9 @@ impl NvmlBackend {
                 format!("GPU {gpu}: list GPU instances of {}", p.name)
             })?;
             for &h in &buf[..(count as usize).min(MAX_INSTANCES)] {
-                // SAFETY: plain C struct; zero is valid.
-                let mut info: nvmlGpuInstanceInfo_t = unsafe { std::mem::zeroed() };
-                // SAFETY: a handle NVML just returned; valid out pointer.
-                check(unsafe { get_info(h, &mut info) }, || {
+                out.push(GiHandle::read(*get_info, h, || {
                     format!("GPU {gpu}: read GPU-instance info")
-                })?;
-                out.push(GiHandle {
-                    handle: h,
-                    id: info.id,
-                    profile_id: info.profileId,
-                    start: info.placement.start,
-                    size: info.placement.size,
-                });
+                })?);
             }
         }
         out.sort_by_key(|g| (g.start, g.id));
@@ -483,17 +527,7 @@ impl NvmlBackend {
         let get_info = sym!(self, nvmlComputeInstanceGetInfo_v2)?;
         let mut out: Vec<(nvmlComputeInstance_t, u32, u32)> = Vec::new();
         for idx in 0..NVML_COMPUTE_INSTANCE_PROFILE_COUNT {
-            // SAFETY: plain C struct; zero is valid.
-            let mut info: nvmlComputeInstanceProfileInfo_t = unsafe { std::mem::zeroed() };
-            // SAFETY: valid GI handle and out pointer.
-            let rc = unsafe {
-                prof(
-                    gi.handle,
-                    idx,
-                    NVML_COMPUTE_INSTANCE_ENGINE_PROFILE_SHARED,
-                    &mut info,
-                )
-            };
+            let (rc, info) = ci_profile_info(*prof, gi, idx);
             if profile_absent(rc) {
                 continue;
             }
@@ -640,10 +674,7 @@ impl NvmlBackend {
         let op = format!("GPU {gpu}: list GPU instances");
         let dev = self.device(gpu)?;
         if !self.mig_mode_of(gpu, dev)?.current {
-            return Err(GpuError::NotSupported {
-                op,
-                reason: "MIG mode is disabled".into(),
-            });
+            return Err(checks::mig_off_for_list(op));
         }
         let table = self.table(gpu)?;
         let gis = self.gi_handles(gpu, dev, &table)?;
@@ -688,18 +719,8 @@ impl NvmlBackend {
         check(unsafe { by_id(dev, gi_id, &mut h) }, || {
             format!("GPU {gpu}: find GPU instance {gi_id}")
         })?;
-        // SAFETY: plain C struct; zero is valid.
-        let mut info: nvmlGpuInstanceInfo_t = unsafe { std::mem::zeroed() };
-        // SAFETY: a handle NVML just returned.
-        check(unsafe { get_info(h, &mut info) }, || {
+        GiHandle::read(*get_info, h, || {
             format!("GPU {gpu}: read GPU instance {gi_id}")
-        })?;
-        Ok(GiHandle {
-            handle: h,
-            id: info.id,
-            profile_id: info.profileId,
-            start: info.placement.start,
-            size: info.placement.size,
         })
     }
 
@@ -709,17 +730,7 @@ impl NvmlBackend {
         let create = sym!(self, nvmlGpuInstanceCreateComputeInstance)?;
         let mut best: Option<nvmlComputeInstanceProfileInfo_t> = None;
         for idx in 0..NVML_COMPUTE_INSTANCE_PROFILE_COUNT {
-            // SAFETY: plain C struct; zero is valid.
-            let mut info: nvmlComputeInstanceProfileInfo_t = unsafe { std::mem::zeroed() };
-            // SAFETY: valid GI handle and out pointer.
-            let rc = unsafe {
-                prof(
-                    gi.handle,
-                    idx,
-                    NVML_COMPUTE_INSTANCE_ENGINE_PROFILE_SHARED,
-                    &mut info,
-                )
-            };
+            let (rc, info) = ci_profile_info(*prof, gi, idx);
             if rc != nvmlReturn_enum_NVML_SUCCESS {
                 continue;
             }
@@ -806,11 +817,7 @@ impl GpuBackend for NvmlBackend {
         let op = format!("GPU {gpu}: create GPU instance {profile}@{start}");
         let dev = self.device(gpu)?;
         if !self.mig_mode_of(gpu, dev)?.current {
-            return Err(GpuError::NotSupported {
-                op,
-                reason: "MIG mode is disabled; enable it with `tessera agent mig-mode --enable`"
-                    .into(),
-            });
+            return Err(checks::mig_off_for_create(op));
         }
         let table = self.table(gpu)?;
         let Some(p) = table.iter().find(|p| p.name.eq_ignore_ascii_case(profile)) else {
@@ -823,15 +830,7 @@ impl GpuBackend for NvmlBackend {
                 ),
             });
         };
-        if !p.placements.contains(&start) {
-            return Err(GpuError::InvalidArgument {
-                op,
-                detail: format!(
-                    "{start} is not a placement of {}; allowed starts: {:?}",
-                    p.name, p.placements
-                ),
-            });
-        }
+        checks::check_placement(&op, &p.name, &p.placements, start)?;
         let create = sym!(self, nvmlDeviceCreateGpuInstanceWithPlacement)?;
         let get_info = sym!(self, nvmlGpuInstanceGetInfo)?;
         let destroy = sym!(self, nvmlGpuInstanceDestroy)?;
@@ -844,19 +843,7 @@ impl GpuBackend for NvmlBackend {
         check(unsafe { create(dev, p.id, &placement, &mut h) }, || {
             op.clone()
         })?;
-        // SAFETY: plain C struct; zero is valid.
-        let mut info: nvmlGpuInstanceInfo_t = unsafe { std::mem::zeroed() };
-        // SAFETY: the handle NVML just returned.
-        check(unsafe { get_info(h, &mut info) }, || {
-            format!("{op}: read the new GPU instance")
-        })?;
-        let gi = GiHandle {
-            handle: h,
-            id: info.id,
-            profile_id: info.profileId,
-            start: info.placement.start,
-            size: info.placement.size,
-        };
+        let gi = GiHandle::read(*get_info, h, || format!("{op}: read the new GPU instance"))?;
         if let Err(e) = self.create_ci(gpu, &gi) {
             // Roll back so that a failed create leaves nothing behind (best effort).
             // SAFETY: the GI handle is valid and has no compute instance.
@@ -883,34 +870,13 @@ impl GpuBackend for NvmlBackend {
 
     fn destroy_gi(&mut self, instance: &IdleInstance) -> Result<(), GpuError> {
         let gpu = instance.gpu();
-        let op = format!(
-            "GPU {gpu}: destroy GPU instance {} (GI {})",
-            instance.spec(),
-            instance.gi_id()
-        );
+        let op = checks::destroy_op(instance);
         let (dev, obs, _) = self.observe(gpu)?;
-        let Some(now) = obs.iter().find(|i| i.gi_id == instance.gi_id()) else {
-            return Err(GpuError::NotFound {
-                op,
-                detail: format!("GPU {gpu} has no GPU instance {}", instance.gi_id()),
-            });
-        };
-        if now.profile != instance.profile() || now.start != instance.start() {
-            return Err(GpuError::NotFound {
-                op,
-                detail: format!(
-                    "GI {} is now {}, not the instance observed",
-                    now.gi_id,
-                    now.spec()
-                ),
-            });
-        }
-        if now.is_busy() {
-            return Err(GpuError::InUse {
-                op,
-                pids: now.pids.clone(),
-            });
-        }
+        let now = obs
+            .iter()
+            .find(|i| i.gi_id == instance.gi_id())
+            .map(|i| (i.profile.as_str(), i.start, i.pids.as_slice()));
+        checks::check_destroyable(&op, instance, now)?;
         let gi = self.gi_by_id(gpu, dev, instance.gi_id())?;
         let destroy_ci = sym!(self, nvmlComputeInstanceDestroy)?;
         for (h, ci_id, _) in self.ci_handles(gpu, &gi)? {

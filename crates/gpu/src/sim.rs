@@ -41,6 +41,7 @@ use tessera_model::{Catalog, GpuModel, LayoutState, Placed};
 use crate::backend::{
     ComputeInstance, ComputeMode, GpuBackend, GpuEvent, GpuInfo, GpuInstance, IdleInstance, MigMode,
 };
+use crate::checks;
 use crate::error::GpuError;
 use crate::profiles::{catalog_profiles, ProfileInfo};
 
@@ -422,15 +423,7 @@ impl SimBackend {
     pub fn set_busy(&mut self, gpu: u32, start: u8, pid: Option<u32>) -> Result<u32, GpuError> {
         let op = format!("GPU {gpu}: start a process on the instance at {start}");
         let next = self.state.next_pid;
-        let g = self.gpu_mut(gpu, &op)?;
-        let gi = g
-            .instances
-            .iter_mut()
-            .find(|i| i.start == start)
-            .ok_or_else(|| GpuError::NotFound {
-                op: op.clone(),
-                detail: format!("no GPU instance starts at memory slice {start}"),
-            })?;
+        let gi = self.gi_at_mut(gpu, start, &op)?;
         if gi.cis.is_empty() {
             return Err(GpuError::InvalidArgument {
                 op,
@@ -452,15 +445,7 @@ impl SimBackend {
     /// Remove every process from the instance that starts at `start`; returns the PIDs removed.
     pub fn set_idle(&mut self, gpu: u32, start: u8) -> Result<Vec<u32>, GpuError> {
         let op = format!("GPU {gpu}: stop the processes on the instance at {start}");
-        let g = self.gpu_mut(gpu, &op)?;
-        let gi = g
-            .instances
-            .iter_mut()
-            .find(|i| i.start == start)
-            .ok_or_else(|| GpuError::NotFound {
-                op: op.clone(),
-                detail: format!("no GPU instance starts at memory slice {start}"),
-            })?;
+        let gi = self.gi_at_mut(gpu, start, &op)?;
         let pids = std::mem::take(&mut gi.pids);
         self.persist()?;
         Ok(pids)
@@ -520,6 +505,38 @@ impl SimBackend {
             .iter_mut()
             .find(|g| g.index == gpu)
             .ok_or_else(|| not_found_gpu(gpu, what, n))
+    }
+
+    /// The instance that starts at `start`, for [`SimBackend::set_busy`] and
+    /// [`SimBackend::set_idle`]; `NotFound` when the GPU or the instance is missing.
+    fn gi_at_mut(&mut self, gpu: u32, start: u8, op: &str) -> Result<&mut SimGi, GpuError> {
+        self.gpu_mut(gpu, op)?
+            .instances
+            .iter_mut()
+            .find(|i| i.start == start)
+            .ok_or_else(|| GpuError::NotFound {
+                op: op.into(),
+                detail: format!("no GPU instance starts at memory slice {start}"),
+            })
+    }
+
+    /// A GPU instance that this call has already found or made.
+    fn known_gi_mut(&mut self, gpu: u32, gi_id: u32) -> Result<&mut SimGi, GpuError> {
+        Ok(self
+            .gpu_mut(gpu, "")?
+            .instances
+            .iter_mut()
+            .find(|i| i.gi_id == gi_id)
+            .expect("found or made earlier in the same call"))
+    }
+
+    /// Give a GPU instance its default compute instance, with a fresh MIG device UUID.
+    fn push_default_ci(&mut self, gpu: u32, gi_id: u32) -> Result<(), GpuError> {
+        let uuid = self.state.new_uuid("MIG");
+        self.known_gi_mut(gpu, gi_id)?
+            .cis
+            .push(SimCi { ci_id: 0, uuid });
+        Ok(())
     }
 
     /// Start of every call: refuse after a crash, count, maybe inject a fault.
@@ -676,10 +693,7 @@ impl GpuBackend for SimBackend {
         self.enter(&op, false)?;
         let g = self.gpu_ref(gpu, "list GPU instances")?;
         if !g.mig.current {
-            return Err(GpuError::NotSupported {
-                op,
-                reason: "MIG mode is disabled".into(),
-            });
+            return Err(checks::mig_off_for_list(op));
         }
         let mut out: Vec<GpuInstance> = g
             .instances
@@ -695,11 +709,7 @@ impl GpuBackend for SimBackend {
         let fail_after = self.enter(&op, true)?;
         let g = self.gpu_ref(gpu, &format!("create GPU instance {profile}@{start}"))?;
         if !g.mig.current {
-            return Err(GpuError::NotSupported {
-                op,
-                reason: "MIG mode is disabled; enable it with `tessera agent mig-mode --enable`"
-                    .into(),
-            });
+            return Err(checks::mig_off_for_create(op));
         }
         let model = self.catalog.lookup(&g.model).expect("checked at open");
         let Some(idx) = model.profile_named(profile) else {
@@ -713,15 +723,7 @@ impl GpuBackend for SimBackend {
             });
         };
         let prof = model.profile(idx);
-        if !prof.placements.contains(&start) {
-            return Err(GpuError::InvalidArgument {
-                op,
-                detail: format!(
-                    "{start} is not a placement of {}; allowed starts: {:?}",
-                    prof.name, prof.placements
-                ),
-            });
-        }
+        checks::check_placement(&op, &prof.name, &prof.placements, start)?;
         let new = Placed::new(idx, start);
         let existing: Vec<(Placed, &SimGi)> = g
             .instances
@@ -770,14 +772,7 @@ impl GpuBackend for SimBackend {
         g.instances.sort_by_key(|i| i.start);
         self.stats.mutations += 1;
         self.crash_point(CrashPoint::CreateGiAfterGi)?;
-        let uuid = self.state.new_uuid("MIG");
-        let g = self.gpu_mut(gpu, "")?;
-        let gi = g
-            .instances
-            .iter_mut()
-            .find(|i| i.gi_id == gi_id)
-            .expect("just made");
-        gi.cis.push(SimCi { ci_id: 0, uuid });
+        self.push_default_ci(gpu, gi_id)?;
         self.crash_point(CrashPoint::CreateGiAfter)?;
         if fail_after {
             return Err(Self::fault_after(&op));
@@ -790,10 +785,7 @@ impl GpuBackend for SimBackend {
         let fail_after = self.enter(&op, true)?;
         let g = self.gpu_ref(gpu, &format!("create the compute instance of GI {gi_id}"))?;
         let Some(gi) = g.instances.iter().find(|i| i.gi_id == gi_id) else {
-            return Err(GpuError::NotFound {
-                op,
-                detail: format!("GPU {gpu} has no GPU instance {gi_id}"),
-            });
+            return Err(checks::no_such_gi(op, gpu, gi_id));
         };
         if !gi.cis.is_empty() {
             return Err(GpuError::InsufficientResources {
@@ -801,14 +793,7 @@ impl GpuBackend for SimBackend {
                 detail: "the GPU instance already has a compute instance using its slices".into(),
             });
         }
-        let uuid = self.state.new_uuid("MIG");
-        let g = self.gpu_mut(gpu, "")?;
-        let gi = g
-            .instances
-            .iter_mut()
-            .find(|i| i.gi_id == gi_id)
-            .expect("found above");
-        gi.cis.push(SimCi { ci_id: 0, uuid });
+        self.push_default_ci(gpu, gi_id)?;
         self.stats.mutations += 1;
         self.crash_point(CrashPoint::CreateCiAfter)?;
         if fail_after {
@@ -819,39 +804,21 @@ impl GpuBackend for SimBackend {
 
     fn destroy_gi(&mut self, instance: &IdleInstance) -> Result<(), GpuError> {
         let gpu = instance.gpu();
-        let op = format!(
-            "GPU {gpu}: destroy GPU instance {} (GI {})",
-            instance.spec(),
-            instance.gi_id()
-        );
+        let op = checks::destroy_op(instance);
         let fail_after = self.enter(&op, true)?;
         let g = self.gpu_ref(gpu, &format!("destroy GPU instance {}", instance.spec()))?;
-        let Some(gi) = g.instances.iter().find(|i| i.gi_id == instance.gi_id()) else {
-            return Err(GpuError::NotFound {
-                op,
-                detail: format!("GPU {gpu} has no GPU instance {}", instance.gi_id()),
-            });
-        };
-        if gi.profile != instance.profile() || gi.start != instance.start() {
-            return Err(GpuError::NotFound {
-                op,
-                detail: format!(
-                    "GI {} is now {}@{}, not the instance observed",
-                    gi.gi_id, gi.profile, gi.start
-                ),
-            });
-        }
-        if !gi.pids.is_empty() {
-            let pids = gi.pids.clone();
-            self.stats.busy_destroy_attempts += 1;
-            return Err(GpuError::InUse { op, pids });
-        }
-        let g = self.gpu_mut(gpu, "")?;
-        let gi = g
+        let now = g
             .instances
-            .iter_mut()
+            .iter()
             .find(|i| i.gi_id == instance.gi_id())
-            .expect("found above");
+            .map(|gi| (gi.profile.as_str(), gi.start, gi.pids.as_slice()));
+        if let Err(e) = checks::check_destroyable(&op, instance, now) {
+            if matches!(e, GpuError::InUse { .. }) {
+                self.stats.busy_destroy_attempts += 1;
+            }
+            return Err(e);
+        }
+        let gi = self.known_gi_mut(gpu, instance.gi_id())?;
         let had_ci = !gi.cis.is_empty();
         gi.cis.clear();
         self.stats.mutations += 1;
