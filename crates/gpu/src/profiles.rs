@@ -155,28 +155,17 @@ pub fn diff_profiles(model: &GpuModel, observed: &[ProfileInfo]) -> Vec<ProfileD
             o.memory_mib.to_string(),
         );
         cmp("max", Some(p.max.to_string()), o.max.to_string());
-        cmp("sm", p.sm.map(|v| v.to_string()), o.sm.to_string());
-        cmp("ce", p.engines.ce.map(|v| v.to_string()), o.ce.to_string());
-        cmp(
-            "dec",
-            p.engines.dec.map(|v| v.to_string()),
-            o.dec.to_string(),
-        );
-        cmp(
-            "enc",
-            p.engines.enc.map(|v| v.to_string()),
-            o.enc.to_string(),
-        );
-        cmp(
-            "jpeg",
-            p.engines.jpeg.map(|v| v.to_string()),
-            o.jpeg.to_string(),
-        );
-        cmp(
-            "ofa",
-            p.engines.ofa.map(|v| v.to_string()),
-            o.ofa.to_string(),
-        );
+        let e = &p.engines;
+        for (field, c, g) in [
+            ("sm", p.sm, o.sm),
+            ("ce", e.ce, o.ce),
+            ("dec", e.dec, o.dec),
+            ("enc", e.enc, o.enc),
+            ("jpeg", e.jpeg, o.jpeg),
+            ("ofa", e.ofa, o.ofa),
+        ] {
+            cmp(field, c.map(|v| v.to_string()), g.to_string());
+        }
         cmp(
             "placements",
             Some(fmt_list(&p.placements)),
