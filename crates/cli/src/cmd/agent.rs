@@ -15,7 +15,7 @@ use tessera_agent::{
     RetryPolicy, ThreadSleeper,
 };
 use tessera_gpu::{
-    catalog_diff, open_backend, BackendSpec, ComputeMode, FaultTiming, GpuBackend, GpuError,
+    catalog_diff, open_backend, BackendSpec, FaultTiming, GpuBackend, GpuError, GpuInfo,
     GpuInstance, Health, HealthTracker, MigMode, ProfileDiff, SimConfig,
 };
 use tessera_model::Placed;
@@ -144,23 +144,14 @@ pub struct StatusOut {
     pub gpus: Vec<GpuStatus>,
 }
 
-/// One GPU in `agent status`.
+/// One GPU in `agent status`: what the backend reports of it (its fields inline), then
+/// health, instances and notes.
 #[derive(Debug, Serialize)]
 pub struct GpuStatus {
-    /// NVML index.
-    pub index: u32,
-    /// `GPU-…` UUID.
-    pub uuid: String,
-    /// Product name.
-    pub name: String,
-    /// Catalog model key, if the product is known.
-    pub model: Option<String>,
-    /// Device memory in MiB.
-    pub memory_mib: u64,
-    /// MIG mode (`null`: the GPU cannot do MIG).
-    pub mig: Option<MigMode>,
-    /// Compute mode.
-    pub compute_mode: Option<ComputeMode>,
+    /// Index, UUID, name, catalog model, memory, MIG mode (`null`: the GPU cannot do MIG)
+    /// and compute mode.
+    #[serde(flatten)]
+    pub gpu: GpuInfo,
     /// Health from XID events (every instance shares it).
     pub health: Health,
     /// GPU instances, by start.
@@ -261,13 +252,7 @@ fn status(a: &StatusArgs, ctx: &Ctx) -> Result<ExitCode, CliError> {
             None
         };
         out.gpus.push(GpuStatus {
-            index: g.index,
-            uuid: g.uuid,
-            name: g.name,
-            model: g.model,
-            memory_mib: g.memory_mib,
-            mig: g.mig,
-            compute_mode: g.compute_mode,
+            gpu: g,
             health: h,
             instances,
             catalog_diff,
@@ -295,22 +280,23 @@ fn health_text(h: &Health) -> String {
 fn status_table(ctx: &Ctx, out: &StatusOut) -> String {
     let mut s = format!("backend: {}\n", out.backend);
     for g in &out.gpus {
+        let info = &g.gpu;
         s.push_str(&format!(
             "\nGPU {}  {}  ({})  {}\n  memory {} MiB, MIG {}, compute mode {}, {}\n",
-            g.index,
-            g.name,
-            g.model.as_deref().unwrap_or("not in catalog"),
-            g.uuid,
-            g.memory_mib,
-            g.mig
+            info.index,
+            info.name,
+            info.model.as_deref().unwrap_or("not in catalog"),
+            info.uuid,
+            info.memory_mib,
+            info.mig
                 .map(|m| m.to_string())
                 .unwrap_or_else(|| "not supported".into()),
-            g.compute_mode
+            info.compute_mode
                 .map(|m| m.to_string())
                 .unwrap_or_else(|| "?".into()),
             health_text(&g.health),
         ));
-        if g.mig.is_some_and(|m| m.current) {
+        if info.mig.is_some_and(|m| m.current) {
             if g.instances.is_empty() {
                 s.push_str("  no GPU instances\n");
             } else {
@@ -320,20 +306,14 @@ fn status_table(ctx: &Ctx, out: &StatusOut) -> String {
                         i.profile.clone(),
                         i.start.to_string(),
                         i.gi_id.to_string(),
-                        i.uuid
-                            .clone()
-                            .unwrap_or_else(|| "(no compute instance)".into()),
+                        uuid_cell(i.uuid.as_deref()),
                         if i.busy { "busy" } else { "idle" }.into(),
-                        i.pids
-                            .iter()
-                            .map(|p| p.to_string())
-                            .collect::<Vec<_>>()
-                            .join(","),
+                        pid_list(&i.pids),
                     ]);
                 }
                 s.push_str(&indent(&t.to_string()));
                 s.push('\n');
-                if let Some(m) = g.model.as_deref().and_then(|k| ctx.catalog.get(k)) {
+                if let Some(m) = info.model.as_deref().and_then(|k| ctx.catalog.get(k)) {
                     let drawn: Vec<(Placed, String)> = g
                         .instances
                         .iter()
@@ -366,6 +346,19 @@ fn status_table(ctx: &Ctx, out: &StatusOut) -> String {
 
 fn indent(text: &str) -> String {
     text.lines().map(|l| format!("  {l}\n")).collect::<String>()
+}
+
+/// The UUID column of an instance table.
+fn uuid_cell(uuid: Option<&str>) -> String {
+    uuid.unwrap_or("(no compute instance)").to_string()
+}
+
+/// PIDs as `1,2,3`.
+fn pid_list(pids: &[u32]) -> String {
+    pids.iter()
+        .map(|p| p.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 // ----------------------------------------------------------------------------------- apply
@@ -498,18 +491,9 @@ fn instance_table(instances: &[GpuInstance]) -> String {
             i.profile.clone(),
             i.start.to_string(),
             i.gi_id.to_string(),
-            i.uuid
-                .clone()
-                .unwrap_or_else(|| "(no compute instance)".into()),
+            uuid_cell(i.uuid.as_deref()),
             if i.is_busy() {
-                format!(
-                    "busy ({})",
-                    i.pids
-                        .iter()
-                        .map(|p| p.to_string())
-                        .collect::<Vec<_>>()
-                        .join(",")
-                )
+                format!("busy ({})", pid_list(&i.pids))
             } else {
                 "idle".into()
             },
