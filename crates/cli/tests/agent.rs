@@ -62,10 +62,27 @@ fn instances(backend: &str, gpu: usize) -> Vec<(String, String, Vec<u64>)> {
         .collect()
 }
 
-fn apply(backend: &str, gpu: &str, specs: &[&str], extra: &[&str]) -> Output {
+/// `agent apply --backend BACKEND --gpu GPU EXTRA... SPEC...`.
+fn apply_args<'a>(
+    backend: &'a str,
+    gpu: &'a str,
+    specs: &[&'a str],
+    extra: &[&'a str],
+) -> Vec<&'a str> {
     let mut args = vec!["agent", "apply", "--backend", backend, "--gpu", gpu];
     args.extend_from_slice(extra);
     args.extend_from_slice(specs);
+    args
+}
+
+fn apply(backend: &str, gpu: &str, specs: &[&str], extra: &[&str]) -> Output {
+    tessera(&apply_args(backend, gpu, specs, extra))
+}
+
+/// `agent mig-mode --backend BACKEND --gpu GPU EXTRA...`.
+fn mig_mode(backend: &str, gpu: &str, extra: &[&str]) -> Output {
+    let mut args = vec!["agent", "mig-mode", "--backend", backend, "--gpu", gpu];
+    args.extend_from_slice(extra);
     tessera(&args)
 }
 
@@ -143,63 +160,27 @@ fn bad_input_exits_2_with_a_clear_message() {
     let state = init(dir.path(), "a100-40gb:1", &[]);
     let b = format!("sim:{state}");
     let cases: Vec<(Vec<&str>, &str)> = vec![
+        (apply_args(&b, "0", &["3g.41gb@0"], &[]), "3g.41gb"),
         (
-            vec!["agent", "apply", "--backend", &b, "--gpu", "0", "3g.41gb@0"],
-            "3g.41gb",
-        ),
-        (
-            vec!["agent", "apply", "--backend", &b, "--gpu", "0", "3g.20gb@1"],
+            apply_args(&b, "0", &["3g.20gb@1"], &[]),
             "not an allowed placement",
         ),
         (
-            vec![
-                "agent",
-                "apply",
-                "--backend",
-                &b,
-                "--gpu",
-                "0",
-                "3g.20gb@0",
-                "4g.20gb@0",
-            ],
+            apply_args(&b, "0", &["3g.20gb@0", "4g.20gb@0"], &[]),
             "overlap",
         ),
-        (
-            vec!["agent", "apply", "--backend", &b, "--gpu", "5"],
-            "GPU 5",
-        ),
-        (
-            vec!["agent", "apply", "--backend", "cuda", "--gpu", "0"],
-            "sim:STATE",
-        ),
+        (apply_args(&b, "5", &[], &[]), "GPU 5"),
+        (apply_args("cuda", "0", &[], &[]), "sim:STATE"),
         (
             vec!["agent", "status", "--backend", "sim:/nonexistent/x.json"],
             "sim-gpu init",
         ),
         (
-            vec![
-                "agent",
-                "apply",
-                "--backend",
-                &b,
-                "--gpu",
-                "0",
-                "--faults",
-                "2",
-            ],
+            apply_args(&b, "0", &[], &["--faults", "2"]),
             "between 0 and 1",
         ),
         (
-            vec![
-                "agent",
-                "apply",
-                "--backend",
-                "nvml",
-                "--gpu",
-                "0",
-                "--faults",
-                "0.1",
-            ],
+            apply_args("nvml", "0", &[], &["--faults", "0.1"]),
             "sim:STATE",
         ),
         (
@@ -331,21 +312,11 @@ fn a_desired_file_reconciles_many_gpus_and_mig_mode_is_separate() {
     assert!(text(&o).contains("mig-mode"), "{}", text(&o));
 
     // Report, then enable explicitly.
-    let o = tessera(&["agent", "mig-mode", "--backend", &b, "--gpu", "1"]);
+    let o = mig_mode(&b, "1", &[]);
     assert_eq!(code(&o), 0);
     assert!(text(&o).contains("MIG mode disabled"), "{}", text(&o));
     for gpu in ["0", "1"] {
-        let o = tessera(&[
-            "agent",
-            "mig-mode",
-            "--backend",
-            &b,
-            "--gpu",
-            gpu,
-            "--enable",
-            "-o",
-            "json",
-        ]);
+        let o = mig_mode(&b, gpu, &["--enable", "-o", "json"]);
         assert_eq!(code(&o), 0, "{}", text(&o));
         assert_eq!(json(&o)["after"]["current"], true);
     }
@@ -355,15 +326,7 @@ fn a_desired_file_reconciles_many_gpus_and_mig_mode_is_separate() {
     assert_eq!(instances(&b, 1).len(), 3);
 
     // MIG cannot be disabled under instances.
-    let o = tessera(&[
-        "agent",
-        "mig-mode",
-        "--backend",
-        &b,
-        "--gpu",
-        "0",
-        "--disable",
-    ]);
+    let o = mig_mode(&b, "0", &["--disable"]);
     assert_eq!(code(&o), 2, "{}", text(&o));
     assert!(text(&o).contains("destroy them first"), "{}", text(&o));
 }

@@ -12,6 +12,13 @@ fn tessera(args: &[&str]) -> Output {
         .expect("run tessera")
 }
 
+/// `tessera bench sharing --cpu-standin ARGS...`.
+fn standin(args: &[&str]) -> Output {
+    let mut all = vec!["bench", "sharing", "--cpu-standin"];
+    all.extend_from_slice(args);
+    tessera(&all)
+}
+
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
@@ -27,10 +34,7 @@ fn fixture(name: &str) -> String {
 fn standin_run_writes_consistent_json_csv_table_and_charts() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("bench");
-    let o = tessera(&[
-        "bench",
-        "sharing",
-        "--cpu-standin",
+    let o = standin(&[
         "--tenants",
         "2",
         "--duration",
@@ -135,10 +139,7 @@ fn standin_run_writes_consistent_json_csv_table_and_charts() {
 #[test]
 fn standin_mig_uses_existing_devices_from_a_listing() {
     let dir = tempfile::tempdir().unwrap();
-    let o = tessera(&[
-        "bench",
-        "sharing",
-        "--cpu-standin",
+    let o = standin(&[
         "--tenants",
         "3",
         "--duration",
@@ -176,10 +177,7 @@ fn standin_mig_uses_existing_devices_from_a_listing() {
 #[test]
 fn nothing_to_run_exits_1_with_the_reason() {
     let dir = tempfile::tempdir().unwrap();
-    let o = tessera(&[
-        "bench",
-        "sharing",
-        "--cpu-standin",
+    let o = standin(&[
         "--modes",
         "mig",
         "--workloads",
@@ -210,9 +208,7 @@ fn bad_arguments_exit_2() {
         ),
         (&["--duration", "0"][..], "invalid --duration `0`"),
     ] {
-        let mut a = vec!["bench", "sharing", "--cpu-standin"];
-        a.extend_from_slice(args);
-        let o = tessera(&a);
+        let o = standin(args);
         assert_eq!(o.status.code(), Some(2), "{args:?}");
         assert!(
             text(&o.stderr).contains(want),
