@@ -78,6 +78,16 @@ pub struct TenantSpec {
 }
 
 impl TenantSpec {
+    /// A spec in this binary's protocol version ([`PROTOCOL_VERSION`]).
+    pub fn new(tenant: u32, backend: Backend, role: Role) -> TenantSpec {
+        TenantSpec {
+            protocol: PROTOCOL_VERSION,
+            tenant,
+            backend,
+            role,
+        }
+    }
+
     /// Decode from the environment variable's value.
     pub fn from_json(text: &str) -> Result<TenantSpec, BenchError> {
         let spec: TenantSpec = serde_json::from_str(text)

@@ -13,7 +13,7 @@ use crate::group::{run_group, run_probe, Limits, TenantCommand};
 use crate::inventory::{parse_listing, read_listing, read_states};
 use crate::mps::MpsDaemon;
 use crate::peaks;
-use crate::protocol::{Backend, DeviceInfo, Role, TenantSpec, PROTOCOL_VERSION};
+use crate::protocol::{Backend, DeviceInfo, Role, TenantSpec};
 use crate::report::{
     aggregate, failed, CellReport, GpuReport, ModeReport, ModeStatus, PeaksReport, Report,
     REPORT_FORMAT,
@@ -89,15 +89,6 @@ pub trait Progress {
 pub struct NoProgress;
 impl Progress for NoProgress {}
 
-fn spec(tenant: u32, backend: Backend, role: Role) -> TenantSpec {
-    TenantSpec {
-        protocol: PROTOCOL_VERSION,
-        tenant,
-        backend,
-        role,
-    }
-}
-
 /// Find the GPU and what it offers, changing nothing.
 fn observe(
     cfg: &Config,
@@ -162,7 +153,12 @@ fn observe(
         slot.env.insert("CUDA_VISIBLE_DEVICES".into(), visible);
         slot.env
             .insert("CUDA_DEVICE_ORDER".into(), "PCI_BUS_ID".into());
-        let d = run_probe(cmd, &spec(0, cfg.backend, Role::Probe), &slot, cfg.limits)?;
+        let d = run_probe(
+            cmd,
+            &TenantSpec::new(0, cfg.backend, Role::Probe),
+            &slot,
+            cfg.limits,
+        )?;
         if target.name.is_empty() {
             target.name = peaks::board_name(&d.name).to_string();
         }
@@ -277,7 +273,7 @@ pub fn run_sharing(
             let phase = |count: u32, load: &str| {
                 progress.start(&format!("{} {} {load}", mode.name(), w.name()));
                 let specs: Vec<TenantSpec> = (0..count)
-                    .map(|i| spec(i, cfg.backend, role.clone()))
+                    .map(|i| TenantSpec::new(i, cfg.backend, role.clone()))
                     .collect();
                 let used = &slots[..count as usize];
                 let r = match run_group(cmd, &specs, used, cfg.duration_s, cfg.limits) {

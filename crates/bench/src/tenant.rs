@@ -189,7 +189,6 @@ pub fn tenant_main() -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::PROTOCOL_VERSION;
 
     /// A kernel that does nothing but count.
     struct Count {
@@ -240,16 +239,15 @@ mod tests {
 
     #[test]
     fn tenant_reports_ready_then_aborts_on_eof() {
-        let spec = TenantSpec {
-            protocol: PROTOCOL_VERSION,
-            tenant: 0,
-            backend: Backend::CpuStandin,
-            role: Role::Measure {
+        let spec = TenantSpec::new(
+            0,
+            Backend::CpuStandin,
+            Role::Measure {
                 workload: Workload::GemmSmall,
                 shape: Shape::Gemm { m: 8, n: 8, k: 8 },
                 duration_s: 0.01,
             },
-        };
+        );
         let mut out = Vec::new();
         let code = run_tenant(&spec, &mut &b""[..], &mut out);
         assert_eq!(code, 0);
@@ -264,16 +262,15 @@ mod tests {
 
     #[test]
     fn tenant_measures_after_go() {
-        let spec = TenantSpec {
-            protocol: PROTOCOL_VERSION,
-            tenant: 1,
-            backend: Backend::CpuStandin,
-            role: Role::Measure {
+        let spec = TenantSpec::new(
+            1,
+            Backend::CpuStandin,
+            Role::Measure {
                 workload: Workload::Htod,
                 shape: Shape::Copy { bytes: 4096 },
                 duration_s: 0.01,
             },
-        };
+        );
         let mut out = Vec::new();
         let go = crate::protocol::go_line(unix_ns());
         let code = run_tenant(&spec, &mut go.as_bytes(), &mut out);

@@ -67,12 +67,7 @@ fn a_group_starts_together_and_each_tenant_keeps_its_slot() {
         duration_s: 0.3,
     };
     let specs: Vec<TenantSpec> = (0..3)
-        .map(|i| TenantSpec {
-            protocol: PROTOCOL_VERSION,
-            tenant: i,
-            backend: Backend::CpuStandin,
-            role: role.clone(),
-        })
+        .map(|i| TenantSpec::new(i, Backend::CpuStandin, role.clone()))
         .collect();
     let slots: Vec<Slot> = (0..3)
         .map(|i| slot(&format!("s{i}"), &format!("dev-{i}")))
@@ -97,16 +92,15 @@ fn a_group_starts_together_and_each_tenant_keeps_its_slot() {
 
 #[test]
 fn a_failing_tenant_fails_the_group_with_its_message() {
-    let good = TenantSpec {
-        protocol: PROTOCOL_VERSION,
-        tenant: 0,
-        backend: Backend::CpuStandin,
-        role: Role::Measure {
+    let good = TenantSpec::new(
+        0,
+        Backend::CpuStandin,
+        Role::Measure {
             workload: Workload::GemmSmall,
             shape: Shape::Gemm { m: 8, n: 8, k: 8 },
             duration_s: 0.1,
         },
-    };
+    );
     // A protocol mismatch makes tenant 1 report an error during set-up.
     let bad = TenantSpec {
         protocol: PROTOCOL_VERSION + 7,
@@ -142,12 +136,7 @@ fn a_missing_program_is_a_spawn_error() {
         program: "/nonexistent/tessera".into(),
         args: vec![],
     };
-    let spec = TenantSpec {
-        protocol: PROTOCOL_VERSION,
-        tenant: 0,
-        backend: Backend::CpuStandin,
-        role: Role::Probe,
-    };
+    let spec = TenantSpec::new(0, Backend::CpuStandin, Role::Probe);
     let err = run_group(&cmd, &[spec], &[slot("a", "0")], 0.1, quick_limits()).unwrap_err();
     assert!(err.to_string().contains("/nonexistent/tessera"), "{err}");
 }
