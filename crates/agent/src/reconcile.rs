@@ -319,20 +319,25 @@ impl<'a> Reconciler<'a> {
         loop {
             match f(&mut *self.backend) {
                 Ok(v) => return Ok(v),
-                Err(e) if e.is_transient() => {
-                    failures += 1;
-                    if failures > self.policy.max_failures {
-                        return Err(AgentError::GaveUp {
-                            gpu,
-                            failures,
-                            last: e,
-                        });
-                    }
-                    self.sleeper.sleep(self.policy.delay(failures));
-                }
+                Err(e) if e.is_transient() => self.back_off(gpu, &mut failures, e)?,
                 Err(source) => return Err(AgentError::Backend { gpu, source }),
             }
         }
+    }
+
+    /// One more retryable failure in a row: give up with `last` past the policy's limit,
+    /// otherwise sleep the policy's delay for this many failures.
+    fn back_off(&mut self, gpu: u32, failures: &mut u32, last: GpuError) -> Result<(), AgentError> {
+        *failures += 1;
+        if *failures > self.policy.max_failures {
+            return Err(AgentError::GaveUp {
+                gpu,
+                failures: *failures,
+                last,
+            });
+        }
+        self.sleeper.sleep(self.policy.delay(*failures));
+        Ok(())
     }
 
     /// The catalog model of a GPU.
@@ -544,15 +549,7 @@ impl<'a> Reconciler<'a> {
                     }
                     report.applied.extend(applied);
                     report.retried.push(error.to_string());
-                    failures += 1;
-                    if failures > self.policy.max_failures {
-                        return Err(AgentError::GaveUp {
-                            gpu,
-                            failures,
-                            last: error,
-                        });
-                    }
-                    self.sleeper.sleep(self.policy.delay(failures));
+                    self.back_off(gpu, &mut failures, error)?;
                 }
             }
         }
