@@ -421,12 +421,12 @@ impl SimBackend {
     /// `None`); returns the PID. `NotFound` when no instance starts there,
     /// `InvalidArgument` when it has no compute instance to run on.
     pub fn set_busy(&mut self, gpu: u32, start: u8, pid: Option<u32>) -> Result<u32, GpuError> {
-        let op = format!("GPU {gpu}: start a process on the instance at {start}");
+        let what = format!("start a process on the instance at {start}");
         let next = self.state.next_pid;
-        let gi = self.gi_at_mut(gpu, start, &op)?;
+        let gi = self.gi_at_mut(gpu, start, &what)?;
         if gi.cis.is_empty() {
             return Err(GpuError::InvalidArgument {
-                op,
+                op: format!("GPU {gpu}: {what}"),
                 detail: "the GPU instance has no compute instance to run on".into(),
             });
         }
@@ -444,8 +444,8 @@ impl SimBackend {
 
     /// Remove every process from the instance that starts at `start`; returns the PIDs removed.
     pub fn set_idle(&mut self, gpu: u32, start: u8) -> Result<Vec<u32>, GpuError> {
-        let op = format!("GPU {gpu}: stop the processes on the instance at {start}");
-        let gi = self.gi_at_mut(gpu, start, &op)?;
+        let what = format!("stop the processes on the instance at {start}");
+        let gi = self.gi_at_mut(gpu, start, &what)?;
         let pids = std::mem::take(&mut gi.pids);
         self.persist()?;
         Ok(pids)
@@ -509,13 +509,14 @@ impl SimBackend {
 
     /// The instance that starts at `start`, for [`SimBackend::set_busy`] and
     /// [`SimBackend::set_idle`]; `NotFound` when the GPU or the instance is missing.
-    fn gi_at_mut(&mut self, gpu: u32, start: u8, op: &str) -> Result<&mut SimGi, GpuError> {
-        self.gpu_mut(gpu, op)?
+    /// `what` is the action, without the `GPU N:` prefix that errors get.
+    fn gi_at_mut(&mut self, gpu: u32, start: u8, what: &str) -> Result<&mut SimGi, GpuError> {
+        self.gpu_mut(gpu, what)?
             .instances
             .iter_mut()
             .find(|i| i.start == start)
             .ok_or_else(|| GpuError::NotFound {
-                op: op.into(),
+                op: format!("GPU {gpu}: {what}"),
                 detail: format!("no GPU instance starts at memory slice {start}"),
             })
     }
@@ -993,6 +994,23 @@ mod tests {
             .contains("whole number"));
         assert!(parse_gpu_list("h100-80gb:0").is_err());
         assert!(parse_gpu_list(" ").is_err());
+    }
+
+    #[test]
+    fn busy_and_idle_errors_name_the_gpu_once() {
+        let mut s = sim("h100-80gb:1");
+        let e = s.set_busy(7, 0, None).unwrap_err().to_string();
+        assert!(
+            e.starts_with("GPU 7: start a process on the instance at 0")
+                && e.matches("GPU 7").count() == 1,
+            "{e}"
+        );
+        let e = s.set_idle(0, 4).unwrap_err().to_string();
+        assert!(
+            e.starts_with("GPU 0: stop the processes on the instance at 4")
+                && e.contains("no GPU instance starts at memory slice 4"),
+            "{e}"
+        );
     }
 
     #[test]
