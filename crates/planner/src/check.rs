@@ -147,11 +147,7 @@ pub fn check_plan(
         .collect();
     let mut served = vec![false; requests.len()];
     let mut held: Vec<u64> = p.mig.iter().map(|g| g.busy).collect();
-    let mut mps_room: Vec<(u64, u32, u32)> = p
-        .mps
-        .iter()
-        .map(|g| (g.mem_free, g.sm_free, g.clients_free))
-        .collect();
+    let mut mps_room = p.mps_room();
     let mut ts_room: Vec<u32> = p.ts.iter().map(|g| g.free).collect();
     let mut value = 0u64;
     let mut last = None;

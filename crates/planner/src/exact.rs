@@ -8,7 +8,7 @@
 //! Before searching, the input's size and the number of search steps are checked against
 //! [`ExactLimit`]; larger inputs are refused with the numbers.
 
-use crate::problem::{Problem, ReqKind, Slot, Solution};
+use crate::problem::{MpsRoom, Problem, ReqKind, Slot, Solution};
 use crate::{dp, mps};
 use crate::{ExactLimit, PlanError};
 
@@ -104,7 +104,7 @@ fn mps_search(p: &Problem<'_>, order: &[usize], slots: &mut [Option<Slot>]) {
     struct S<'r> {
         reqs: &'r [(u64, u64, u32)],
         suffix: Vec<u64>,
-        room: Vec<(u64, u32, u32)>,
+        room: Vec<MpsRoom>,
         cur: Vec<Option<usize>>,
         best_value: u64,
         best: Vec<Option<usize>>,
@@ -123,7 +123,7 @@ fn mps_search(p: &Problem<'_>, order: &[usize], slots: &mut [Option<Slot>]) {
             return;
         }
         let (prio, mem, sm) = s.reqs[k];
-        let mut tried: Vec<(u64, u32, u32)> = Vec::new();
+        let mut tried: Vec<MpsRoom> = Vec::new();
         for g in 0..s.room.len() {
             let r = s.room[g];
             if r.0 >= mem && r.1 >= sm && r.2 > 0 && !tried.contains(&r) {
@@ -140,11 +140,7 @@ fn mps_search(p: &Problem<'_>, order: &[usize], slots: &mut [Option<Slot>]) {
     let mut s = S {
         reqs: &reqs,
         suffix,
-        room: p
-            .mps
-            .iter()
-            .map(|g| (g.mem_free, g.sm_free, g.clients_free))
-            .collect(),
+        room: p.mps_room(),
         cur: vec![None; reqs.len()],
         best_value: 0,
         best: vec![None; reqs.len()],

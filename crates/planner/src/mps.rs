@@ -3,7 +3,7 @@
 
 use std::collections::BTreeSet;
 
-use crate::problem::{Problem, ReqKind, Slot};
+use crate::problem::{MpsRoom, Problem, ReqKind, Slot};
 
 /// Request indices of one kind, sorted by priority (highest first), then by `tie`, then input
 /// order.
@@ -47,11 +47,7 @@ pub(crate) fn order_by_priority(p: &Problem<'_>, want: impl Fn(&ReqKind) -> bool
 /// the (request, MPS GPU) placements.
 pub(crate) fn mps_best_fit(p: &Problem<'_>, order: &[usize]) -> Vec<(usize, usize)> {
     let mut picks = Vec::new();
-    let mut room: Vec<(u64, u32, u32)> = p
-        .mps
-        .iter()
-        .map(|g| (g.mem_free, g.sm_free, g.clients_free))
-        .collect();
+    let mut room = p.mps_room();
     // GPUs without room for the smallest SM share asked for are left out of the search.
     let min_sm = order
         .iter()
@@ -61,7 +57,7 @@ pub(crate) fn mps_best_fit(p: &Problem<'_>, order: &[usize]) -> Vec<(usize, usiz
         })
         .min()
         .unwrap_or(0);
-    let usable = |r: &(u64, u32, u32)| r.2 > 0 && r.1 >= min_sm;
+    let usable = |r: &MpsRoom| r.2 > 0 && r.1 >= min_sm;
     let mut by_mem: BTreeSet<(u64, usize)> = room
         .iter()
         .enumerate()
@@ -95,14 +91,10 @@ pub(crate) fn mps_best_fit(p: &Problem<'_>, order: &[usize]) -> Vec<(usize, usiz
 pub(crate) fn mps_first_fit(p: &Problem<'_>, order: &[usize]) -> Vec<(usize, usize)> {
     const BLOCK: usize = 32;
     let mut picks = Vec::new();
-    let mut room: Vec<(u64, u32, u32)> = p
-        .mps
-        .iter()
-        .map(|g| (g.mem_free, g.sm_free, g.clients_free))
-        .collect();
+    let mut room = p.mps_room();
     // Per block of GPUs, the most memory and SM any one of them has left: whole blocks that
     // cannot fit a request are skipped (same answer as a plain scan, fewer checks).
-    let block_max = |room: &[(u64, u32, u32)], b: usize| -> (u64, u32) {
+    let block_max = |room: &[MpsRoom], b: usize| -> (u64, u32) {
         room[b * BLOCK..((b + 1) * BLOCK).min(room.len())]
             .iter()
             .filter(|r| r.2 > 0)

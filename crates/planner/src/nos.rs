@@ -246,11 +246,7 @@ pub(crate) fn solve(p: &Problem<'_>) -> Solution {
     let mut order: Vec<usize> = (0..nodes).collect();
     order.sort_by(|&a, &b| p.cluster.nodes[a].name.cmp(&p.cluster.nodes[b].name));
     let mut held: Vec<u64> = p.mig.iter().map(|g| g.busy).collect();
-    let mut room: Vec<(u64, u32, u32)> = p
-        .mps
-        .iter()
-        .map(|g| (g.mem_free, g.sm_free, g.clients_free))
-        .collect();
+    let mut room = p.mps_room();
     let mut on_node: Vec<Vec<(crate::GpuMode, usize)>> = vec![Vec::new(); nodes];
     for g in &p.gpus {
         on_node[g.node].push((g.mode, g.slot));

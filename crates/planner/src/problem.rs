@@ -60,6 +60,10 @@ pub(crate) struct MpsGpu {
     pub mem_used: Vec<u64>,
 }
 
+/// What an MPS GPU has left for new clients: free memory (MiB), free SM percentage, client
+/// places; the policies and the checker count it down as they place requests.
+pub(crate) type MpsRoom = (u64, u32, u32);
+
 /// A time-slice GPU's room.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct TsGpu {
@@ -440,6 +444,14 @@ impl<'a> Problem<'a> {
             layouts: self.mig.iter().map(|g| g.existing).collect(),
             slots: vec![None; self.reqs.len()],
         }
+    }
+
+    /// The room of every MPS GPU before anything is placed, in `mps` order.
+    pub fn mps_room(&self) -> Vec<MpsRoom> {
+        self.mps
+            .iter()
+            .map(|g| (g.mem_free, g.sm_free, g.clients_free))
+            .collect()
     }
 
     /// Busy plus assigned instances of every MIG GPU.
