@@ -29,11 +29,18 @@ fn input(
     )
 }
 
-fn at_scale(c: &mut Criterion) {
+/// Each heuristic policy on one generated cluster, in a group named after its size.
+fn per_policy(
+    c: &mut Criterion,
+    nodes: usize,
+    gpus_per_node: usize,
+    pending: usize,
+    samples: usize,
+) {
     let cat = Catalog::builtin();
-    let (cluster, requests) = input(1000, 8, 10_000);
-    let mut g = c.benchmark_group("plan 1000x8 GPUs, 10000 pending");
-    g.sample_size(10);
+    let (cluster, requests) = input(nodes, gpus_per_node, pending);
+    let mut g = c.benchmark_group(group_name(nodes, gpus_per_node, pending));
+    g.sample_size(samples);
     for policy in [Policy::Tessera, Policy::FirstFit, Policy::Nos] {
         let opts = PlanOptions::with_policy(policy);
         g.bench_function(policy.as_str(), |b| {
@@ -43,10 +50,19 @@ fn at_scale(c: &mut Criterion) {
     g.finish();
 }
 
+/// `plan NODESxGPUS GPUs, PENDING pending`: the criterion group of a generated input.
+fn group_name(nodes: usize, gpus_per_node: usize, pending: usize) -> String {
+    format!("plan {nodes}x{gpus_per_node} GPUs, {pending} pending")
+}
+
+fn at_scale(c: &mut Criterion) {
+    per_policy(c, 1000, 8, 10_000, 10);
+}
+
 fn frequent(c: &mut Criterion) {
     let cat = Catalog::builtin();
     let (cluster, requests) = input(750, 8, 1);
-    let mut g = c.benchmark_group("plan 750x8 GPUs, 1 pending");
+    let mut g = c.benchmark_group(group_name(750, 8, 1));
     g.sample_size(20);
     let full = PlanOptions::default();
     g.bench_function("tessera", |b| {
@@ -66,17 +82,7 @@ fn frequent(c: &mut Criterion) {
 }
 
 fn medium(c: &mut Criterion) {
-    let cat = Catalog::builtin();
-    let (cluster, requests) = input(100, 8, 1000);
-    let mut g = c.benchmark_group("plan 100x8 GPUs, 1000 pending");
-    g.sample_size(20);
-    for policy in [Policy::Tessera, Policy::FirstFit, Policy::Nos] {
-        let opts = PlanOptions::with_policy(policy);
-        g.bench_function(policy.as_str(), |b| {
-            b.iter(|| black_box(plan(cat, &cluster, &requests, &opts).unwrap()))
-        });
-    }
-    g.finish();
+    per_policy(c, 100, 8, 1000, 20);
 }
 
 fn small(c: &mut Criterion) {
