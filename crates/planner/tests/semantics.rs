@@ -1,6 +1,7 @@
 //! Hand-written cases for the planner's semantics, objective and error messages.
 
 use tessera_model::Catalog;
+use tessera_planner::gen::{bench_input, BenchSpec};
 use tessera_planner::{
     check_plan, plan, AssignedSlice, ClusterSpec, Plan, PlanError, PlanOptions, Policy,
     RequestSpec, RequestsFile,
@@ -14,12 +15,35 @@ fn requests(yaml: &str) -> Vec<RequestSpec> {
     RequestsFile::from_str_any(yaml).unwrap().requests
 }
 
+/// Plan with `policy` and check the plan's guarantees.
 fn run(policy: Policy, c: &ClusterSpec, r: &[RequestSpec]) -> Plan {
+    run_with(&PlanOptions::with_policy(policy), c, r)
+}
+
+/// Plan with `opts` and check the plan's guarantees.
+fn run_with(opts: &PlanOptions, c: &ClusterSpec, r: &[RequestSpec]) -> Plan {
     let cat = Catalog::builtin();
-    let opts = PlanOptions::with_policy(policy);
-    let p = plan(cat, c, r, &opts).unwrap();
-    check_plan(cat, c, r, &opts, &p).unwrap();
+    let p = plan(cat, c, r, opts).unwrap();
+    check_plan(cat, c, r, opts, &p).unwrap();
     p
+}
+
+/// A generated cluster and its pending requests, as `tessera bench plan` makes them.
+fn generated(
+    nodes: usize,
+    gpus_per_node: usize,
+    pending: usize,
+    seed: u64,
+) -> (ClusterSpec, Vec<RequestSpec>) {
+    bench_input(
+        Catalog::builtin(),
+        &BenchSpec {
+            nodes,
+            gpus_per_node,
+            pending,
+            seed,
+        },
+    )
 }
 
 fn mig_of(p: &Plan, id: &str) -> Option<(String, usize, String, u8)> {
@@ -42,32 +66,8 @@ fn specs(list: &[tessera_planner::InstanceRef]) -> Vec<String> {
 
 #[test]
 fn the_issue_example_plans_every_mode() {
-    let c = cluster(
-        "nodes:
-- name: node-a
-  gpus:
-  - model: a100-40gb
-    mode: mig
-    instances:
-    - {profile: 3g.20gb, start: 4, used: true}
-    - {profile: 1g.5gb, start: 0}
-  - model: h100-80gb
-    mode: mps
-    clients: [{memory_mib: 8192, sm_percent: 25}]
-  - model: a30-24gb
-    mode: timeslice
-    replicas: 4
-    replicas_used: 1
-",
-    );
-    let r = requests(
-        "requests:
-- {id: r1, mig: 1g.5gb}
-- {id: r2, mig: 2g.10gb, priority: 5}
-- {id: r3, mps: {memory_mib: 10000, sm_percent: 20}}
-- {id: r4, timeslice: true}
-",
-    );
+    let c = cluster(include_str!("fixtures/example-cluster.yaml"));
+    let r = requests(include_str!("fixtures/example-requests.yaml"));
     for policy in [Policy::Tessera, Policy::Exact] {
         let p = run(policy, &c, &r);
         assert_eq!(p.stats.served, 4, "{policy}: {p:?}");
@@ -79,22 +79,20 @@ fn the_issue_example_plans_every_mode() {
         );
         assert_eq!(p.stats.operations, 1, "{policy}");
         let json = serde_json::to_value(&p).unwrap();
-        let mps = json["assignments"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|a| a["request"] == "r3")
-            .unwrap();
+        let assignment = |id: &str| {
+            json["assignments"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|a| a["request"] == id)
+                .unwrap()
+        };
+        let mps = assignment("r3");
         assert_eq!(mps["gpu"], 1);
         assert_eq!(mps["memory_mib"], 10000);
         assert_eq!(mps["sm_percent"], 20);
         assert!(mps.get("profile").is_none());
-        let ts = json["assignments"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|a| a["request"] == "r4")
-            .unwrap();
+        let ts = assignment("r4");
         assert_eq!(ts["gpu"], 2);
         assert_eq!(ts["timeslice"], true);
     }
@@ -287,7 +285,6 @@ fn mps_respects_memory_reserve_sm_share_and_client_count() {
     );
     assert_eq!(run(Policy::Tessera, &c, &r).stats.served, 1);
     // Oversubscription lifts the SM cap; the client limit still holds.
-    let cat = Catalog::builtin();
     let r = requests(
         "requests:
 - {id: a, mps: {memory_mib: 100, sm_percent: 50}}
@@ -300,8 +297,7 @@ fn mps_respects_memory_reserve_sm_share_and_client_count() {
         mps_max_clients: 3,
         ..PlanOptions::default()
     };
-    let p = plan(cat, &c, &r, &opts).unwrap();
-    check_plan(cat, &c, &r, &opts, &p).unwrap();
+    let p = run_with(&opts, &c, &r);
     assert_eq!(p.stats.served, 2, "one client runs, two more make three");
 }
 
@@ -329,15 +325,7 @@ fn timeslice_replicas_go_to_the_highest_priorities() {
 #[test]
 fn plans_are_byte_for_byte_deterministic() {
     let cat = Catalog::builtin();
-    let (c, r) = tessera_planner::gen::bench_input(
-        cat,
-        &tessera_planner::gen::BenchSpec {
-            nodes: 30,
-            gpus_per_node: 4,
-            pending: 200,
-            seed: 11,
-        },
-    );
+    let (c, r) = generated(30, 4, 200, 11);
     for policy in [Policy::Tessera, Policy::Nos, Policy::FirstFit] {
         let opts = PlanOptions::with_policy(policy);
         let a = plan(cat, &c, &r, &opts).unwrap().to_json();
@@ -347,12 +335,14 @@ fn plans_are_byte_for_byte_deterministic() {
 }
 
 fn err(c: &str, r: &str) -> String {
-    let cat = Catalog::builtin();
-    let c = ClusterSpec::from_str_any(c).unwrap();
-    let r = RequestsFile::from_str_any(r).unwrap().requests;
-    plan(cat, &c, &r, &PlanOptions::default())
-        .unwrap_err()
-        .to_string()
+    plan(
+        Catalog::builtin(),
+        &cluster(c),
+        &requests(r),
+        &PlanOptions::default(),
+    )
+    .unwrap_err()
+    .to_string()
 }
 
 #[test]
@@ -457,17 +447,14 @@ fn documents_that_do_not_parse_say_where() {
 
 #[test]
 fn exact_refuses_large_inputs_with_its_limits() {
-    let cat = Catalog::builtin();
-    let (c, r) = tessera_planner::gen::bench_input(
-        cat,
-        &tessera_planner::gen::BenchSpec {
-            nodes: 10,
-            gpus_per_node: 8,
-            pending: 50,
-            seed: 1,
-        },
-    );
-    let e = plan(cat, &c, &r, &PlanOptions::with_policy(Policy::Exact)).unwrap_err();
+    let (c, r) = generated(10, 8, 50, 1);
+    let e = plan(
+        Catalog::builtin(),
+        &c,
+        &r,
+        &PlanOptions::with_policy(Policy::Exact),
+    )
+    .unwrap_err();
     assert!(matches!(e, PlanError::ExactTooLarge { .. }));
     let msg = e.to_string();
     assert!(
@@ -488,23 +475,13 @@ fn a_profile_no_gpu_of_the_cluster_has_waits() {
 
 #[test]
 fn only_changed_lists_the_gpus_that_change_or_serve_and_nothing_else_differs() {
-    let cat = Catalog::builtin();
-    let (c, r) = tessera_planner::gen::bench_input(
-        cat,
-        &tessera_planner::gen::BenchSpec {
-            nodes: 40,
-            gpus_per_node: 8,
-            pending: 12,
-            seed: 5,
-        },
-    );
-    let full = plan(cat, &c, &r, &PlanOptions::default()).unwrap();
+    let (c, r) = generated(40, 8, 12, 5);
+    let full = plan(Catalog::builtin(), &c, &r, &PlanOptions::default()).unwrap();
     let opts = PlanOptions {
         only_changed: true,
         ..PlanOptions::default()
     };
-    let short = plan(cat, &c, &r, &opts).unwrap();
-    check_plan(cat, &c, &r, &opts, &short).unwrap();
+    let short = run_with(&opts, &c, &r);
     assert_eq!(full.assignments, short.assignments);
     assert_eq!(full.stats, short.stats);
     assert!(
