@@ -1,32 +1,17 @@
 //! The catalog and layout commands, run as a user runs them: the real binary.
 
-use std::collections::BTreeSet;
-use std::process::{Command, Output};
+mod common;
 
+use std::collections::BTreeSet;
+
+use common::{tessera, tessera_fails, tessera_json, tessera_ok};
 use serde_json::Value;
 use tessera_model::{Catalog, GpuModel, Placed};
-
-fn tessera(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_tessera"))
-        .args(args)
-        .output()
-        .expect("run tessera")
-}
-
-fn json(args: &[&str]) -> Value {
-    let out = tessera(args);
-    assert!(
-        out.status.success(),
-        "tessera {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("valid JSON")
-}
 
 #[test]
 fn h100_nvl_placements_match_nvidia_smi_lgipp() {
     // What `nvidia-smi mig -lgipp` prints on a real H100 NVL (fixture h100-nvl_lgipp_1.txt).
-    let v = json(&["profiles", "--gpu", "h100-nvl", "-o", "json"]);
+    let v = tessera_json(&["profiles", "--gpu", "h100-nvl", "-o", "json"]);
     let by_id = |id: u64| {
         v.as_array()
             .unwrap()
@@ -80,7 +65,7 @@ fn brute_force_count(m: &GpuModel) -> usize {
 #[test]
 fn layout_counts_agree_with_brute_force_for_every_model() {
     for m in &Catalog::builtin().models {
-        let v = json(&["layouts", "--gpu", &m.key, "-o", "json"]);
+        let v = tessera_json(&["layouts", "--gpu", &m.key, "-o", "json"]);
         assert_eq!(
             v["count"].as_u64().unwrap() as usize,
             brute_force_count(m),
@@ -91,14 +76,14 @@ fn layout_counts_agree_with_brute_force_for_every_model() {
             v["layouts"].as_array().unwrap().len(),
             v["count"].as_u64().unwrap() as usize
         );
-        let maximal = json(&["layouts", "--gpu", &m.key, "--maximal", "-o", "json"]);
+        let maximal = tessera_json(&["layouts", "--gpu", &m.key, "--maximal", "-o", "json"]);
         assert!(maximal["count"].as_u64().unwrap() < v["count"].as_u64().unwrap());
     }
 }
 
 #[test]
 fn layouts_are_distinct_and_drawn_in_table_mode() {
-    let v = json(&["layouts", "--gpu", "a30", "-o", "json"]);
+    let v = tessera_json(&["layouts", "--gpu", "a30", "-o", "json"]);
     let set: BTreeSet<String> = v["layouts"]
         .as_array()
         .unwrap()
@@ -112,32 +97,22 @@ fn layouts_are_distinct_and_drawn_in_table_mode() {
     assert!(text.contains("maximal layouts of a30-24gb"), "{text}");
 }
 
+/// `tessera check --gpu a100-80gb SPECS... -o json`.
+fn check_args<'a>(specs: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec!["check", "--gpu", "a100-80gb"];
+    args.extend_from_slice(specs);
+    args.extend(["-o", "json"]);
+    args
+}
+
 #[test]
 fn check_reports_valid_invalid_and_unknown() {
-    let ok = tessera(&[
-        "check",
-        "--gpu",
-        "a100-80gb",
-        "3g.40gb@0",
-        "2g.20gb@4",
-        "1g.10gb@6",
-        "-o",
-        "json",
-    ]);
-    assert_eq!(ok.status.code(), Some(0));
+    let ok = tessera_ok(&check_args(&["3g.40gb@0", "2g.20gb@4", "1g.10gb@6"]));
     let v: Value = serde_json::from_slice(&ok.stdout).unwrap();
     assert_eq!(v["valid"], true);
     assert_eq!(v["errors"].as_array().unwrap().len(), 0);
 
-    let bad = tessera(&[
-        "check",
-        "--gpu",
-        "a100-80gb",
-        "3g.40gb@0",
-        "2g.20gb@2",
-        "-o",
-        "json",
-    ]);
+    let bad = tessera(&check_args(&["3g.40gb@0", "2g.20gb@2"]));
     assert_eq!(bad.status.code(), Some(1));
     let v: Value = serde_json::from_slice(&bad.stdout).unwrap();
     assert_eq!(v["valid"], false);
@@ -147,20 +122,16 @@ fn check_reports_valid_invalid_and_unknown() {
         "{errs}"
     );
 
-    let gpu = tessera(&["check", "--gpu", "v100", "1g.5gb@0"]);
-    assert_eq!(gpu.status.code(), Some(2));
-    let msg = String::from_utf8_lossy(&gpu.stderr);
+    let msg = tessera_fails(&["check", "--gpu", "v100", "1g.5gb@0"], 2);
     assert!(msg.contains("v100") && msg.contains("h100-80gb"), "{msg}");
 
-    let prof = tessera(&["check", "--gpu", "h100-80gb", "3g.20gb@0"]);
-    assert_eq!(prof.status.code(), Some(2));
-    let msg = String::from_utf8_lossy(&prof.stderr);
+    let msg = tessera_fails(&["check", "--gpu", "h100-80gb", "3g.20gb@0"], 2);
     assert!(msg.contains("3g.20gb") && msg.contains("3g.40gb"), "{msg}");
 }
 
 #[test]
 fn gpus_lists_every_model_in_every_format() {
-    let v = json(&["gpus", "-o", "json"]);
+    let v = tessera_json(&["gpus", "-o", "json"]);
     let keys: Vec<&str> = v
         .as_array()
         .unwrap()
@@ -202,7 +173,7 @@ fn a_catalog_file_adds_and_overrides_models() {
     let path = dir.path().join("extra.yaml");
     std::fs::write(&path, file.to_yaml()).unwrap();
     let p = path.to_str().unwrap();
-    let v = json(&[
+    let v = tessera_json(&[
         "--catalog",
         p,
         "profiles",
@@ -214,9 +185,8 @@ fn a_catalog_file_adds_and_overrides_models() {
     assert_eq!(v.as_array().unwrap().len(), 5);
 
     std::fs::write(&path, "schema_version: 1\nmodels: [{key: x}]").unwrap();
-    let out = tessera(&["--catalog", p, "gpus"]);
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("extra.yaml"));
+    let err = tessera_fails(&["--catalog", p, "gpus"], 2);
+    assert!(err.contains("extra.yaml"), "{err}");
 }
 
 fn fixture(name: &str) -> String {
@@ -224,6 +194,13 @@ fn fixture(name: &str) -> String {
         "{}/../model/tests/fixtures/nvidia-smi/{name}",
         env!("CARGO_MANIFEST_DIR")
     )
+}
+
+/// `tessera catalog import --lgip LGIP --lgipp LGIPP --key KEY`.
+fn import_args<'a>(lgip: &'a str, lgipp: &'a str, key: &'a str) -> [&'a str; 8] {
+    [
+        "catalog", "import", "--lgip", lgip, "--lgipp", lgipp, "--key", key,
+    ]
 }
 
 #[test]
@@ -247,34 +224,27 @@ fn catalog_import_reproduces_the_catalog_for_every_fixture_pair() {
     ];
     let dir = tempfile::tempdir().unwrap();
     for (lgip, lgipp, key) in pairs {
-        let out = tessera(&[
-            "catalog",
-            "import",
-            "--lgip",
-            &fixture(lgip),
-            "--lgipp",
-            &fixture(lgipp),
-            "--key",
-            "imported",
-        ]);
-        assert!(
-            out.status.success(),
-            "{lgip}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let out = tessera_ok(&import_args(&fixture(lgip), &fixture(lgipp), "imported"));
         // The printed entry is a valid catalog file: load it back and compare with the built-in model.
         let file = dir.path().join(format!("{key}.yaml"));
         std::fs::write(&file, &out.stdout).unwrap();
-        let imported = json(&[
-            "--catalog",
-            file.to_str().unwrap(),
-            "profiles",
-            "--gpu",
-            "imported",
-            "-o",
-            "json",
-        ]);
-        let builtin = json(&["profiles", "--gpu", key, "-o", "json"]);
+        // `tessera COMMAND --gpu MODEL -o json` for the imported model and for the built-in one.
+        let imported_and_builtin = |command: &str| {
+            let catalog = file.to_str().unwrap();
+            (
+                tessera_json(&[
+                    "--catalog",
+                    catalog,
+                    command,
+                    "--gpu",
+                    "imported",
+                    "-o",
+                    "json",
+                ]),
+                tessera_json(&[command, "--gpu", key, "-o", "json"]),
+            )
+        };
+        let (imported, builtin) = imported_and_builtin("profiles");
         let shape = |v: &Value| -> Vec<String> {
             v.as_array()
                 .unwrap()
@@ -293,16 +263,7 @@ fn catalog_import_reproduces_the_catalog_for_every_fixture_pair() {
                 .collect()
         };
         assert_eq!(shape(&imported), shape(&builtin), "{key}");
-        let layouts_a = json(&[
-            "--catalog",
-            file.to_str().unwrap(),
-            "layouts",
-            "--gpu",
-            "imported",
-            "-o",
-            "json",
-        ]);
-        let layouts_b = json(&["layouts", "--gpu", key, "-o", "json"]);
+        let (layouts_a, layouts_b) = imported_and_builtin("layouts");
         assert_eq!(layouts_a["count"], layouts_b["count"], "{key}");
     }
 }
@@ -312,29 +273,14 @@ fn catalog_import_rejects_malformed_input_naming_the_line() {
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad-lgipp.txt");
     std::fs::write(&bad, "GPU  0 Profile ID 19 Placements: {0,1,2,3,4,5,6}:1\nGPU  0 Profile ID 15 Placements: {0,2,4,6:2\n").unwrap();
-    let out = tessera(&[
-        "catalog",
-        "import",
-        "--lgip",
-        &fixture("h100-nvl_lgip_1.txt"),
-        "--lgipp",
-        bad.to_str().unwrap(),
-        "--key",
-        "x",
-    ]);
-    assert_eq!(out.status.code(), Some(2));
-    let msg = String::from_utf8_lossy(&out.stderr);
+    let msg = tessera_fails(
+        &import_args(&fixture("h100-nvl_lgip_1.txt"), bad.to_str().unwrap(), "x"),
+        2,
+    );
     assert!(msg.contains("line 2"), "{msg}");
-    let missing = tessera(&[
-        "catalog",
-        "import",
-        "--lgip",
-        "/nonexistent/lgip",
-        "--lgipp",
-        bad.to_str().unwrap(),
-        "--key",
-        "x",
-    ]);
-    assert_eq!(missing.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&missing.stderr).contains("/nonexistent/lgip"));
+    let err = tessera_fails(
+        &import_args("/nonexistent/lgip", bad.to_str().unwrap(), "x"),
+        2,
+    );
+    assert!(err.contains("/nonexistent/lgip"), "{err}");
 }

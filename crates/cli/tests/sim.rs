@@ -1,15 +1,11 @@
 //! `tessera sim` end to end: the real binary on the hand-made trace of crates/sim/testdata and on
 //! a small slice of the shipped Alibaba trace.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
 
-fn tessera(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_tessera"))
-        .args(args)
-        .output()
-        .expect("the binary runs")
-}
+use std::path::{Path, PathBuf};
+
+use common::{tessera_fails, tessera_json, tessera_ok};
 
 fn tiny() -> String {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -22,27 +18,9 @@ fn real() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/traces/alibaba-gpu-v2023")
 }
 
-fn json(out: &Output) -> serde_json::Value {
-    assert!(
-        out.status.success(),
-        "exit {:?}: {}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("stdout is JSON")
-}
-
 #[test]
 fn saturate_json_has_every_policy_with_the_headline_fields() {
-    let v = json(&tessera(&[
-        "sim",
-        "--trace",
-        &tiny(),
-        "--seeds",
-        "1..3",
-        "-o",
-        "json",
-    ]));
+    let v = tessera_json(&["sim", "--trace", &tiny(), "--seeds", "1..3", "-o", "json"]);
     assert_eq!(v["mode"], "saturate");
     assert_eq!(v["gpus"], 7);
     assert_eq!(v["seeds"].as_array().unwrap().len(), 3);
@@ -69,10 +47,10 @@ fn saturate_json_has_every_policy_with_the_headline_fields() {
         assert!((a + u - 100.0).abs() < 0.01, "{p}");
     }
     // Same input, same bytes.
-    let again = tessera(&["sim", "--trace", &tiny(), "--seeds", "1..3", "-o", "json"]);
+    let again = tessera_json(&["sim", "--trace", &tiny(), "--seeds", "1..3", "-o", "json"]);
     assert_eq!(
         serde_json::to_string(&v).unwrap(),
-        serde_json::to_string(&json(&again)).unwrap()
+        serde_json::to_string(&again).unwrap()
     );
 }
 
@@ -80,7 +58,7 @@ fn saturate_json_has_every_policy_with_the_headline_fields() {
 fn out_dir_gets_csv_png_and_svg() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().to_str().unwrap();
-    let out = tessera(&[
+    let out = tessera_ok(&[
         "sim",
         "--trace",
         &tiny(),
@@ -91,11 +69,6 @@ fn out_dir_gets_csv_png_and_svg() {
         "--out",
         d,
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     let table = String::from_utf8(out.stdout).unwrap();
     assert!(
         table.contains("best-fit")
@@ -124,7 +97,7 @@ fn out_dir_gets_csv_png_and_svg() {
 fn replay_reports_queueing_delay_per_policy() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().to_str().unwrap();
-    let v = json(&tessera(&[
+    let v = tessera_json(&[
         "sim",
         "--trace",
         &tiny(),
@@ -134,7 +107,7 @@ fn replay_reports_queueing_delay_per_policy() {
         d,
         "-o",
         "json",
-    ]));
+    ]);
     assert_eq!(v["mode"], "replay");
     for p in v["policies"].as_array().unwrap() {
         assert_eq!(p["busy_destroyed"], 0, "{p}");
@@ -155,7 +128,7 @@ fn replay_reports_queueing_delay_per_policy() {
 #[test]
 fn a_slice_of_the_real_trace_runs() {
     let trace = real();
-    let v = json(&tessera(&[
+    let v = tessera_json(&[
         "sim",
         "--trace",
         trace.to_str().unwrap(),
@@ -169,7 +142,7 @@ fn a_slice_of_the_real_trace_runs() {
         "42",
         "-o",
         "json",
-    ]));
+    ]);
     assert_eq!(v["trace_pods"], 400);
     assert_eq!(v["gpu_model"], "a100-80gb");
     for p in v["policies"].as_array().unwrap() {
@@ -180,24 +153,19 @@ fn a_slice_of_the_real_trace_runs() {
 
 #[test]
 fn bad_input_exits_2_with_a_message_naming_the_problem() {
-    let out = tessera(&["sim", "--trace", &tiny(), "--policy", "tessera,magic"]);
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = tessera_fails(&["sim", "--trace", &tiny(), "--policy", "tessera,magic"], 2);
     assert!(err.contains("magic") && err.contains("best-fit"), "{err}");
 
-    let out = tessera(&["sim", "--trace", "/nonexistent/trace"]);
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = tessera_fails(&["sim", "--trace", "/nonexistent/trace"], 2);
     assert!(err.contains("openb_node_list_gpu_node.csv"), "{err}");
 
-    let out = tessera(&["sim", "--trace", &tiny(), "--seeds", "9..3"]);
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--seeds"));
+    let err = tessera_fails(&["sim", "--trace", &tiny(), "--seeds", "9..3"], 2);
 
-    let out = tessera(&["sim", "--trace", &tiny(), "--gpu-model", "tpu-v5"]);
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("tpu-v5"));
+    assert!(err.contains("--seeds"), "{err}");
 
-    let out = tessera(&["sim", "--trace", &tiny(), "--node-fraction", "0"]);
-    assert_eq!(out.status.code(), Some(2));
+    let err = tessera_fails(&["sim", "--trace", &tiny(), "--gpu-model", "tpu-v5"], 2);
+
+    assert!(err.contains("tpu-v5"), "{err}");
+
+    tessera_fails(&["sim", "--trace", &tiny(), "--node-fraction", "0"], 2);
 }
