@@ -1,48 +1,31 @@
 //! `tessera plan`, `tessera bench plan` and `tessera bench quality`, run as a user runs them.
 
-use std::path::Path;
-use std::process::{Command, Output};
+mod common;
 
+use std::path::Path;
+
+use common::{tessera, tessera_fails, tessera_json, tessera_ok};
 use serde_json::Value;
 
-fn tessera(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_tessera"))
-        .args(args)
-        .output()
-        .expect("run tessera")
-}
-
-const CLUSTER: &str = "nodes:
-- name: node-a
-  gpus:
-  - model: a100-40gb
-    mode: mig
-    instances:
-    - {profile: 3g.20gb, start: 4, used: true}
-    - {profile: 1g.5gb, start: 0}
-  - model: h100-80gb
-    mode: mps
-    clients: [{memory_mib: 8192, sm_percent: 25}]
-  - model: a30-24gb
-    mode: timeslice
-    replicas: 4
-    replicas_used: 1
-- name: node-b
+/// The README's example cluster (the planner's test fixture) and a second node whose two idle
+/// 1g.10gb must go for a 3g.40gb.
+const CLUSTER: &str = concat!(
+    include_str!("../../planner/tests/fixtures/example-cluster.yaml"),
+    "- name: node-b
   gpus:
   - model: h100-80gb
     instances:
     - {profile: 1g.10gb, start: 0}
     - {profile: 1g.10gb, start: 1}
     - {profile: 3g.40gb, start: 4, used: true}
-";
+"
+);
 
-const REQUESTS: &str = "requests:
-- {id: r1, mig: 1g.5gb}
-- {id: r2, mig: 2g.10gb, priority: 5}
-- {id: r3, mps: {memory_mib: 10000, sm_percent: 20}}
-- {id: r4, timeslice: true}
-- {id: r5, mig: 3g.40gb, priority: 2}
-";
+/// The README's example requests and one for node-b.
+const REQUESTS: &str = concat!(
+    include_str!("../../planner/tests/fixtures/example-requests.yaml"),
+    "- {id: r5, mig: 3g.40gb, priority: 2}\n"
+);
 
 fn files(dir: &Path, cluster: &str, requests: &str) -> (String, String) {
     let c = dir.join("cluster.yaml");
@@ -52,17 +35,40 @@ fn files(dir: &Path, cluster: &str, requests: &str) -> (String, String) {
     (c.display().to_string(), r.display().to_string())
 }
 
+/// `tessera plan --cluster C --requests R EXTRA...`.
+fn plan_args<'a>(c: &'a str, r: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec!["plan", "--cluster", c, "--requests", r];
+    args.extend_from_slice(extra);
+    args
+}
+
+/// `tessera bench plan -o json` on the generated 20 × 4-GPU cluster with 100 pending (seed 3).
+fn bench_plan(policy: &str, runs: &str) -> Value {
+    tessera_json(&[
+        "bench",
+        "plan",
+        "--nodes",
+        "20",
+        "--gpus-per-node",
+        "4",
+        "--pending",
+        "100",
+        "--seed",
+        "3",
+        "--policy",
+        policy,
+        "--runs",
+        runs,
+        "-o",
+        "json",
+    ])
+}
+
 #[test]
 fn plan_prints_the_plan_and_exits_0_when_everything_is_served() {
     let dir = tempfile::tempdir().unwrap();
     let (c, r) = files(dir.path(), CLUSTER, REQUESTS);
-    let out = tessera(&["plan", "--cluster", &c, "--requests", &r, "-o", "json"]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = tessera_ok(&plan_args(&c, &r, &["-o", "json"]));
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["policy"], "tessera");
     assert_eq!(v["stats"]["served"], 5);
@@ -76,10 +82,10 @@ fn plan_prints_the_plan_and_exits_0_when_everything_is_served() {
         serde_json::json!([{"profile": "3g.40gb", "start": 0}])
     );
     // The same input gives the same bytes.
-    let again = tessera(&["plan", "--cluster", &c, "--requests", &r, "-o", "json"]);
+    let again = tessera(&plan_args(&c, &r, &["-o", "json"]));
     assert_eq!(out.stdout, again.stdout);
 
-    let table = tessera(&["plan", "--cluster", &c, "--requests", &r]);
+    let table = tessera(&plan_args(&c, &r, &[]));
     let text = String::from_utf8_lossy(&table.stdout);
     assert!(text.contains("node-b GPU 0 (h100-80gb, mig)"), "{text}");
     assert!(
@@ -100,17 +106,7 @@ fn plan_exits_1_when_a_request_must_wait_and_every_policy_runs() {
     let reqs = format!("{REQUESTS}- {{id: r9, mig: 7g.80gb}}\n");
     let (c, r) = files(dir.path(), CLUSTER, &reqs);
     for policy in ["tessera", "nos", "first-fit", "exact"] {
-        let out = tessera(&[
-            "plan",
-            "--cluster",
-            &c,
-            "--requests",
-            &r,
-            "--policy",
-            policy,
-            "-o",
-            "yaml",
-        ]);
+        let out = tessera(&plan_args(&c, &r, &["--policy", policy, "-o", "yaml"]));
         assert_eq!(
             out.status.code(),
             Some(1),
@@ -127,7 +123,7 @@ fn plan_exits_1_when_a_request_must_wait_and_every_policy_runs() {
             .collect();
         assert!(waiting.contains(&"r9"), "{policy}");
     }
-    let out = tessera(&["plan", "--cluster", &c, "--requests", &r]);
+    let out = tessera(&plan_args(&c, &r, &[]));
     assert!(String::from_utf8_lossy(&out.stdout).contains("waiting: r9"));
 }
 
@@ -139,18 +135,14 @@ fn bad_input_exits_2_naming_the_file_and_the_place() {
         "start: 2, used: true}\n    - {profile: 1g.5gb",
     );
     let (c, r) = files(dir.path(), &bad, REQUESTS);
-    let out = tessera(&["plan", "--cluster", &c, "--requests", &r]);
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = tessera_fails(&plan_args(&c, &r, &[]), 2);
     assert!(
         err.contains("node `node-a` GPU 0") && err.contains("allowed starts: 0, 4"),
         "{err}"
     );
 
     let (c, r) = files(dir.path(), "nodes: [", REQUESTS);
-    let out = tessera(&["plan", "--cluster", &c, "--requests", &r]);
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = tessera_fails(&plan_args(&c, &r, &[]), 2);
     assert!(
         err.contains("cluster.yaml") && err.contains("does not parse"),
         "{err}"
@@ -161,49 +153,17 @@ fn bad_input_exits_2_naming_the_file_and_the_place() {
         CLUSTER,
         "requests: [{id: a, mig: 1g.5gb}, {id: a, mig: 1g.5gb}]",
     );
-    let out = tessera(&["plan", "--cluster", &c, "--requests", &r]);
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("`a` is used twice"));
+    let err = tessera_fails(&plan_args(&c, &r, &[]), 2);
+    assert!(err.contains("`a` is used twice"), "{err}");
 
-    let out = tessera(&[
-        "plan",
-        "--cluster",
-        &c,
-        "--requests",
-        &r,
-        "--policy",
-        "best",
-    ]);
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown policy `best`"));
+    let err = tessera_fails(&plan_args(&c, &r, &["--policy", "best"]), 2);
+
+    assert!(err.contains("unknown policy `best`"), "{err}");
 }
 
 #[test]
 fn bench_plan_prints_the_documented_fields() {
-    let out = tessera(&[
-        "bench",
-        "plan",
-        "--nodes",
-        "20",
-        "--gpus-per-node",
-        "4",
-        "--pending",
-        "100",
-        "--seed",
-        "3",
-        "--policy",
-        "tessera",
-        "--runs",
-        "3",
-        "-o",
-        "json",
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = bench_plan("tessera", "3");
     let mut keys: Vec<&String> = v.as_object().unwrap().keys().collect();
     keys.sort();
     assert_eq!(
@@ -222,35 +182,14 @@ fn bench_plan_prints_the_documented_fields() {
     assert_eq!(v["gpus"], 80);
     assert!(v["min_ms"].as_f64().unwrap() <= v["median_ms"].as_f64().unwrap());
     // The same seed gives the same input: every policy plans it, results are reproducible.
-    let served = |policy: &str| {
-        let out = tessera(&[
-            "bench",
-            "plan",
-            "--nodes",
-            "20",
-            "--gpus-per-node",
-            "4",
-            "--pending",
-            "100",
-            "--seed",
-            "3",
-            "--policy",
-            policy,
-            "--runs",
-            "1",
-            "-o",
-            "json",
-        ]);
-        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-        v["served_priority"].as_u64().unwrap()
-    };
+    let served = |policy: &str| bench_plan(policy, "1")["served_priority"].as_u64().unwrap();
     assert_eq!(served("tessera"), v["served_priority"].as_u64().unwrap());
     assert!(served("tessera") >= served("first-fit"));
 }
 
 #[test]
 fn bench_quality_compares_every_policy_with_the_optimum() {
-    let out = tessera(&[
+    let v = tessera_json(&[
         "bench",
         "quality",
         "--instances",
@@ -260,12 +199,6 @@ fn bench_quality_compares_every_policy_with_the_optimum() {
         "-o",
         "json",
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["instances"], 40);
     let rows = v["policies"].as_array().unwrap();
     let names: Vec<&str> = rows.iter().map(|r| r["policy"].as_str().unwrap()).collect();
