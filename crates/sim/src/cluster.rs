@@ -210,8 +210,9 @@ pub enum OpError {
 #[derive(Debug, Clone)]
 pub struct Cluster<'m> {
     model: &'m GpuModel,
-    /// The nodes, in trace order.
-    pub nodes: Vec<Node>,
+    /// The nodes, in trace order (read-only outside this module, so that every change goes
+    /// through the checked operations and bumps [`Node::changes`]).
+    nodes: Vec<Node>,
     /// Operation counters.
     pub counters: Counters,
     bindings: Vec<Option<Binding>>,
@@ -237,6 +238,11 @@ impl<'m> Cluster<'m> {
             counters: Counters::default(),
             bindings: Vec::new(),
         }
+    }
+
+    /// The nodes, in trace order.
+    pub fn nodes(&self) -> &[Node] {
+        &self.nodes
     }
 
     /// The GPU model of every GPU.

@@ -351,9 +351,9 @@ mod tests {
         let whole = FragModel::from_pods(&pods(&[(1000, 1, 1000)]));
         let small = FragModel::from_pods(&pods(&[(1000, 1, 320)]));
         let half = FragModel::from_pods(&pods(&[(1000, 1, 1000), (1000, 1, 320)]));
-        assert_eq!(whole.node(model(), &c.nodes[0]), 3.0);
-        assert_eq!(small.node(model(), &c.nodes[0]), 0.0);
-        assert_eq!(half.node(model(), &c.nodes[0]), 1.5);
+        assert_eq!(whole.node(model(), &c.nodes()[0]), 3.0);
+        assert_eq!(small.node(model(), &c.nodes()[0]), 0.0);
+        assert_eq!(half.node(model(), &c.nodes()[0]), 1.5);
     }
 
     #[test]
@@ -362,16 +362,16 @@ mod tests {
         busy(&mut c, 0, "7g.80gb@0", 10_000, 0);
         let mix = FragModel::from_pods(&pods(&[(8000, 1, 1000)]));
         // 6 CPUs left, the pod type needs 8: the idle GPU's 7 slices are stranded.
-        assert_eq!(mix.node(model(), &c.nodes[0]), 7.0);
+        assert_eq!(mix.node(model(), &c.nodes()[0]), 7.0);
         // Taking 6 more CPUs on an idle node where the type still fits afterwards costs
         // nothing; taking them where it no longer fits strands the remaining idle GPU.
         let fresh = cluster(16_000, 2);
         assert_eq!(
-            mix.whole_gpus_rise(model(), &fresh.nodes[0], 8000, 0, 1),
+            mix.whole_gpus_rise(model(), &fresh.nodes()[0], 8000, 0, 1),
             0.0
         );
         assert_eq!(
-            mix.whole_gpus_rise(model(), &fresh.nodes[0], 9000, 0, 1),
+            mix.whole_gpus_rise(model(), &fresh.nodes()[0], 9000, 0, 1),
             7.0
         );
     }
@@ -380,10 +380,10 @@ mod tests {
     fn multi_gpu_types_need_enough_idle_gpus() {
         let mut c = cluster(64_000, 2);
         let mix = FragModel::from_pods(&pods(&[(1000, 2, 1000)]));
-        assert_eq!(mix.node(model(), &c.nodes[0]), 0.0);
+        assert_eq!(mix.node(model(), &c.nodes()[0]), 0.0);
         busy(&mut c, 0, "1g.10gb@0", 1000, 0);
         // One idle GPU left: the 2-GPU type can use none of the 13 free slices.
-        assert_eq!(mix.node(model(), &c.nodes[0]), 13.0);
+        assert_eq!(mix.node(model(), &c.nodes()[0]), 13.0);
     }
 
     #[test]
@@ -392,7 +392,7 @@ mod tests {
         busy(&mut c, 0, "4g.40gb@0", 1000, 0);
         let mix = FragModel::from_pods(&pods(&[(1000, 1, 1000), (1000, 1, 470), (1000, 1, 320)]));
         let p = model().profile_named("3g.40gb").unwrap();
-        let opts = mix.single_options(model(), &c.nodes[0], 1000, 100, p);
+        let opts = mix.single_options(model(), &c.nodes()[0], 1000, 100, p);
         let best = opts
             .iter()
             .min_by(|a, b| a.0.total_cmp(&b.0))

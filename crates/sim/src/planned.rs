@@ -160,7 +160,7 @@ impl<'m> Planned<'m> {
 
     fn gpu_spec(&self, cluster: &Cluster, n: usize, g: usize) -> GpuSpec {
         let model = self.mapping.model();
-        let instances = cluster.nodes[n].gpus[g]
+        let instances = cluster.nodes()[n].gpus[g]
             .instances()
             .iter()
             .map(|i| InstanceSpec {
@@ -204,7 +204,7 @@ impl<'m> Planned<'m> {
         for d in &gp.destroy {
             destroys.push(self.placed_of(&d.profile, d.start)?);
         }
-        Ok(cluster.nodes[n].gpus[g]
+        Ok(cluster.nodes()[n].gpus[g]
             .instances()
             .iter()
             .filter(|i| i.pod.is_some() || reserved.contains(&i.placed))
@@ -268,7 +268,7 @@ impl<'m> Planned<'m> {
             let p = self.placed_of(&c.profile, c.start)?;
             cluster.create(n, g, p, false).map_err(|e| self.op_err(e))?;
         }
-        let mut now: Vec<Placed> = cluster.nodes[n].gpus[g]
+        let mut now: Vec<Placed> = cluster.nodes()[n].gpus[g]
             .instances()
             .iter()
             .map(|i| i.placed)
@@ -306,7 +306,7 @@ impl<'m> Planned<'m> {
             },
             None => None,
         };
-        for (n, node) in cluster.nodes.iter().enumerate() {
+        for (n, node) in cluster.nodes().iter().enumerate() {
             if chosen.is_some_and(|c| c != n) {
                 continue;
             }
@@ -346,7 +346,7 @@ impl<'m> Planned<'m> {
                 .enumerate()
                 .map(|(c, members)| NodeSpec {
                     name: format!("s{c:06}"),
-                    gpus: (0..cluster.nodes[members[0]].gpus.len())
+                    gpus: (0..cluster.nodes()[members[0]].gpus.len())
                         .map(|g| self.gpu_spec(cluster, members[0], g))
                         .collect(),
                 })
@@ -408,7 +408,7 @@ impl<'m> Planned<'m> {
             // Least rise in fragmentation first; the sort is stable, so ties keep best fit.
             let model = self.mapping.model();
             cands.sort_by_cached_key(|(n, _)| {
-                let rise = f.whole_gpus_rise(model, &cluster.nodes[*n], pod.cpu, pod.mem, count);
+                let rise = f.whole_gpus_rise(model, &cluster.nodes()[*n], pod.cpu, pod.mem, count);
                 (rise * 1e9).round() as i64
             });
         }
@@ -416,7 +416,7 @@ impl<'m> Planned<'m> {
             // One full-GPU request at a time, each seeing the instances already taken.
             let mut taken: Vec<(usize, Placed)> = Vec::with_capacity(count);
             for k in 0..count {
-                let node = &cluster.nodes[n];
+                let node = &cluster.nodes()[n];
                 let gpus = (0..node.gpus.len())
                     .map(|g| {
                         let mut spec = self.gpu_spec(cluster, n, g);
@@ -489,11 +489,11 @@ fn least_fragmenting_node(
             c.rows.push(Vec::new());
         }
         let row = &mut c.rows[t];
-        row.resize(cluster.nodes.len(), (0, None));
+        row.resize(cluster.nodes().len(), (0, None));
         row
     });
     let mut best: Option<(ChoiceKey, usize)> = None;
-    for (n, node) in cluster.nodes.iter().enumerate() {
+    for (n, node) in cluster.nodes().iter().enumerate() {
         let key = match row.as_deref_mut() {
             Some(row) => {
                 let stamp = node.changes() + 1;
@@ -658,13 +658,13 @@ mod tests {
                         let _ = cluster.create(n, g, cands[pick % cands.len()], false);
                     }
                     1 => {
-                        let inst = cluster.nodes[n].gpus[g].instances().first().copied();
+                        let inst = cluster.nodes()[n].gpus[g].instances().first().copied();
                         if let Some(i) = inst {
                             let _ = cluster.destroy(n, g, i.placed);
                         }
                     }
                     2 => {
-                        let free = cluster.nodes[n].gpus[g].instances().iter().find(|i| i.pod.is_none()).copied();
+                        let free = cluster.nodes()[n].gpus[g].instances().iter().find(|i| i.pod.is_none()).copied();
                         if let Some(i) = free {
                             let pod = SimPod { cpu: 500 * (1 + pick as u64 % 4), mem: 100, ..SimPod::default() };
                             if cluster.bind_pod(k as PodId, &pod, n, vec![(g, i.placed)]).is_ok() {
@@ -725,7 +725,7 @@ mod tests {
         assert!(!planned.apply(&mut cluster, 0, 0, &gp, &[free]).unwrap());
         assert_eq!(cluster.counters.busy_destroyed, 3);
         // Nothing was changed by the refused plans.
-        assert_eq!(cluster.nodes[0].gpus[0].instances().len(), 2);
+        assert_eq!(cluster.nodes()[0].gpus[0].instances().len(), 2);
         // The same change without the reservation is a valid re-partition of free space.
         assert!(planned.apply(&mut cluster, 0, 0, &gp, &[]).unwrap());
         assert_eq!(cluster.counters.busy_destroyed, 3);

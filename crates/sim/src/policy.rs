@@ -149,7 +149,7 @@ pub(crate) fn place_cpu_only(
 ) -> Result<bool, OpError> {
     let model = cluster.model();
     let best = cluster
-        .nodes
+        .nodes()
         .iter()
         .enumerate()
         .filter(|(_, n)| n.fits(pod.cpu, pod.mem))
@@ -233,7 +233,7 @@ pub(crate) fn fits_anywhere(model: &GpuModel, st: &LayoutState, p: ProfileIdx) -
 
 /// Destroy every (free) instance of a GPU, counting one re-partition if any existed.
 pub(crate) fn wipe(cluster: &mut Cluster, node: usize, gpu: usize) -> Result<(), OpError> {
-    let items: Vec<Placed> = cluster.nodes[node].gpus[gpu]
+    let items: Vec<Placed> = cluster.nodes()[node].gpus[gpu]
         .instances()
         .iter()
         .map(|i| i.placed)
@@ -257,7 +257,7 @@ pub(crate) fn gang_candidates(
     count: usize,
 ) -> Vec<(usize, Vec<usize>)> {
     let mut out = Vec::new();
-    for (n, node) in cluster.nodes.iter().enumerate() {
+    for (n, node) in cluster.nodes().iter().enumerate() {
         if !node.fits(pod.cpu, pod.mem) {
             continue;
         }
@@ -324,7 +324,7 @@ impl<'m> BestFit<'m> {
         // (gpu slices left, class, node slices left, node, gpu): class 0 reuses a free instance,
         // 1 creates in free space, 2 wipes a GPU whose instances are all free.
         let mut best: Option<(BestFitKey, Option<Placed>)> = None;
-        for (n, node) in cluster.nodes.iter().enumerate() {
+        for (n, node) in cluster.nodes().iter().enumerate() {
             if !node.fits(pod.cpu, pod.mem) {
                 continue;
             }
@@ -363,7 +363,7 @@ impl<'m> BestFit<'m> {
                 if class == 2 {
                     wipe(cluster, n, g)?;
                 }
-                let st = *cluster.nodes[n].gpus[g].state();
+                let st = *cluster.nodes()[n].gpus[g].state();
                 let s = best_start(model, &self.cands, &st, p).expect("checked above");
                 let placed = Placed::new(p, s);
                 cluster.create(n, g, placed, false)?;
@@ -390,7 +390,7 @@ impl<'m> BestFit<'m> {
         };
         let mut instances = Vec::with_capacity(count);
         for &g in gpus.iter().take(count) {
-            let existing = cluster.nodes[n].gpus[g]
+            let existing = cluster.nodes()[n].gpus[g]
                 .instances()
                 .iter()
                 .find(|i| i.placed.profile == full)
@@ -461,7 +461,7 @@ impl<'m> Fixed<'m> {
             mapping.full(),
             mapping.model().profile(mapping.full()).placements[0],
         );
-        let shape: Vec<usize> = cluster.nodes.iter().map(|n| n.gpus.len()).collect();
+        let shape: Vec<usize> = cluster.nodes().iter().map(|n| n.gpus.len()).collect();
         for (n, gpus) in shape.into_iter().enumerate() {
             for g in 0..gpus {
                 cluster
@@ -496,7 +496,7 @@ impl<'m> Fixed<'m> {
         if count > 1 {
             // Several full instances on one node, best fit on free full instances left.
             let mut best: Option<(usize, usize, Vec<GpuInstance>)> = None;
-            for (n, node) in cluster.nodes.iter().enumerate() {
+            for (n, node) in cluster.nodes().iter().enumerate() {
                 if !node.fits(pod.cpu, pod.mem) {
                     continue;
                 }
@@ -530,7 +530,7 @@ impl<'m> Fixed<'m> {
         // One instance: the exact profile, else (static-mig only) the smallest free instance
         // that covers it; best fit on the free compute left on the GPU, then on the node.
         let mut best: Option<(FixedKey, Placed)> = None;
-        for (n, node) in cluster.nodes.iter().enumerate() {
+        for (n, node) in cluster.nodes().iter().enumerate() {
             if !node.fits(pod.cpu, pod.mem) {
                 continue;
             }

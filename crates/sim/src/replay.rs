@@ -287,7 +287,7 @@ pub fn run(
 /// Whether some node could hold the pod when empty.
 fn cluster_nodes_fit(cluster: &Cluster, cpu: u64, mem: u64, gpus: usize) -> bool {
     cluster
-        .nodes
+        .nodes()
         .iter()
         .any(|n| n.cpu_total >= cpu && n.mem_total >= mem && n.gpus.len() >= gpus)
 }

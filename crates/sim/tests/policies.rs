@@ -63,7 +63,7 @@ fn run(
 
 fn layout(cluster: &Cluster, node: usize, gpu: usize) -> String {
     let m = cluster.model();
-    cluster.nodes[node].gpus[gpu]
+    cluster.nodes()[node].gpus[gpu]
         .instances()
         .iter()
         .map(|i| m.spec(i.placed))
@@ -213,7 +213,10 @@ fn best_fit_and_tessera_pack_a_partly_used_gpu_before_an_empty_one() {
         let g1 = cl.binding(1).unwrap().instances[0].0;
         assert_eq!(g0, g1, "{policy} spread two small pods over two GPUs");
         // The other GPU stays empty, able to take a whole-GPU pod.
-        assert!(cl.nodes[0].gpus[1 - g0].instances().is_empty(), "{policy}");
+        assert!(
+            cl.nodes()[0].gpus[1 - g0].instances().is_empty(),
+            "{policy}"
+        );
     }
 }
 
@@ -308,7 +311,7 @@ fn the_hole_floor_counts_the_slices_beside_big_instances_that_small_pods_cannot_
         let steps = [Step::Place(0), Step::Place(1), Step::Place(2)];
         let (placed, cl) = run(&c, policy, &steps);
         assert_eq!(placed, vec![true; 3], "{policy}");
-        let free: u32 = cl.nodes[0].gpus.iter().map(|g| 7 - g.busy_slices()).sum();
+        let free: u32 = cl.nodes()[0].gpus.iter().map(|g| 7 - g.busy_slices()).sum();
         assert_eq!(free, 3, "{policy}");
     }
     // Pods past 100 % of the capacity do not count; small pods beyond the holes floor at 0.
