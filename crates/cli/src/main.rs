@@ -75,6 +75,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    output::set_table_style(cli.output);
     let result = output::load_catalog(&cli.catalog).and_then(|catalog| {
         let ctx = Ctx {
             catalog,

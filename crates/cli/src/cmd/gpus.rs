@@ -63,7 +63,7 @@ pub fn run(_args: &Args, ctx: &Ctx) -> Result<ExitCode, CliError> {
         for r in &rows {
             t.add_row(vec![
                 r.key.clone(),
-                r.names.join("\n"),
+                r.names.join(", "),
                 r.compute_slices.to_string(),
                 r.memory_slices.to_string(),
                 r.memory_mib
