@@ -323,6 +323,10 @@ impl Daemon {
             SliceAsk::Mem {
                 memory_mib,
                 sm_percent,
+            }
+            | SliceAsk::Mps {
+                memory_mib,
+                sm_percent,
             } => {
                 if *memory_mib == 0 {
                     return Err(ApiError::bad_request("memory_mib must be at least 1"));
@@ -345,13 +349,29 @@ impl Daemon {
         }
         let gpu_model = match &body.gpu_model {
             Some(q) => Some(sched::model_key(&self.inner.catalog, q).ok_or_else(|| {
+                let here: Vec<&str> = self.inner.gpus.iter().map(|g| g.model.as_str()).collect();
                 ApiError::bad_request(format!(
-                    "unknown GPU model `{q}`; this machine has {}",
+                    "unknown GPU model `{q}`{}; this machine has {}",
+                    tessera_model::suggest::hint(q, here),
                     self.model_list()
                 ))
             })?),
             None => None,
         };
+        if let SliceAsk::Mig { profile } = &body.slice {
+            // A name no model has is a typo (bad input), not a slice this machine lacks.
+            if !self.inner.catalog.has_profile(profile) {
+                let guess = self
+                    .inner
+                    .catalog
+                    .suggest_profile(profile)
+                    .map(|p| format!("; did you mean `{p}`?"))
+                    .unwrap_or_default();
+                return Err(ApiError::bad_request(format!(
+                    "unknown MIG profile `{profile}`{guess} (`tessera profiles --gpu MODEL` lists a model's profiles)"
+                )));
+            }
+        }
         let ask = match body.slice {
             SliceAsk::Mig { profile } => SliceAsk::Mig {
                 profile: canonical_profile(&self.inner.catalog, &self.inner.gpus, &profile),

@@ -1,5 +1,5 @@
-//! `tessera run (--mig PROFILE | --mem SIZE [--sm PCT] | --share) -- CMD ARGS...`: wait for a
-//! slice, run CMD in it, and give the slice back when CMD ends.
+//! `tessera run (--mig PROFILE | --mem SIZE [--mps [--sm PCT]] | --share) -- CMD ARGS...`: wait
+//! for a slice, run CMD in it, and give the slice back when CMD ends.
 //!
 //! - While waiting, the place in the queue is shown on stderr (`-q` hides it). SIGINT, SIGTERM
 //!   or SIGHUP withdraw the request and exit with 128+signal; `--timeout` gives up (exit 1).
@@ -23,29 +23,35 @@ use std::time::{Duration, Instant};
 
 use tessera_server::client::{Client, ClientError};
 use tessera_server::wire::{
-    format_ms, parse_duration_ms, parse_size_mib, ReleaseBody, RequestState, RequestView, SliceAsk,
-    SubmitBody,
+    format_ms, parse_duration_ms, ReleaseBody, RequestState, RequestView, SliceAsk, SubmitBody,
 };
 use tokio::sync::mpsc;
 
 use super::ps::{block_on, client_error, SocketArg};
 use crate::output::{CliError, Ctx};
+use crate::size::parse_mem;
 
 /// Arguments of `tessera run`.
 #[derive(Debug, clap::Args)]
 #[command(group(clap::ArgGroup::new("slice").required(true).args(["mig", "mem", "share"])))]
+#[command(after_long_help = MEM_HELP)]
 pub struct Args {
     #[command(flatten)]
     pub socket: SocketArg,
     /// A MIG instance of exactly this profile, e.g. 3g.40gb.
     #[arg(long, value_name = "PROFILE")]
     pub mig: Option<String>,
-    /// Device memory, e.g. 12GiB: the smallest MIG profile that fits, or an MPS client with
-    /// this memory limit.
+    /// Device memory with a unit: MB/GB/TB (decimal) or MiB/GiB/TiB (binary), e.g. 12GiB.
+    /// The smallest MIG profile with at least this much memory, else an MPS client with this
+    /// memory limit (see below).
     #[arg(long, value_name = "SIZE")]
     pub mem: Option<String>,
-    /// SM share for MPS, in percent (default: the memory's share of the GPU).
-    #[arg(long, value_name = "PCT", requires = "mem", value_parser = clap::value_parser!(u8).range(1..=100))]
+    /// Ask for an MPS client (with --mem), never a MIG instance.
+    #[arg(long, requires = "mem")]
+    pub mps: bool,
+    /// SM share of the MPS client, in percent (with --mps; default: the memory's share of
+    /// the GPU). MIG profiles have a fixed number of SMs.
+    #[arg(long, value_name = "PCT", value_parser = clap::value_parser!(u8).range(1..=100))]
     pub sm: Option<u8>,
     /// One time-slice replica of a whole GPU.
     #[arg(long)]
@@ -66,6 +72,23 @@ pub struct Args {
     #[arg(last = true, required = true, value_name = "CMD")]
     pub cmd: Vec<String>,
 }
+
+/// How `--mem` chooses, shown by `tessera help run` (and in docs/requests.md).
+const MEM_HELP: &str = "\
+How --mem chooses a slice:
+  1. The size needs a unit. MB, GB and TB are decimal (10^6, 10^9, 10^12 bytes); MiB, GiB
+     and TiB (or Mi, Gi, Ti) are binary (2^20, 2^30, 2^40 bytes). The size is rounded up to
+     whole MiB, and the line `--mem ... = N MiB` on stderr says how it was read.
+  2. On MIG GPUs: the smallest ordinary profile (no +me/-me) whose memory is at least the
+     size; a profile's memory is what `tessera profiles --gpu MODEL` lists, slightly below its
+     name (7g.80gb on an H100 has 79.25 GiB, so --mem 80GiB does not fit it but --mem 79GiB
+     and --mem 80GB do). Among models, the one that wastes the least memory comes first.
+  3. Else on MPS GPUs: a client with this memory limit and an SM share of --sm percent
+     (default: the memory's share of the GPU).
+  4. If no GPU can ever hold it, the request is refused at once (exit 1) with the largest
+     MIG slice and MPS client this machine has, and the flags that ask for them.
+--mps skips step 2; --sm needs --mps. --mig PROFILE asks for one profile by name; --share
+for a time-slice replica of a whole GPU.";
 
 static SIGNAL_PIPE: AtomicI32 = AtomicI32::new(-1);
 
@@ -160,14 +183,39 @@ fn ordinal(n: u32) -> String {
     format!("{n}{suffix}")
 }
 
-/// Build the request body from the flags.
-fn body(args: &Args) -> Result<SubmitBody, CliError> {
+/// Build the request body from the flags; also how `--mem` was understood.
+fn body(args: &Args) -> Result<(SubmitBody, Option<String>), CliError> {
+    if let Some(sm) = args.sm {
+        if !args.mps {
+            let what = if args.mig.is_some() {
+                "a MIG profile has a fixed number of SMs (pick a larger profile for more)"
+            } else if args.share {
+                "a time-slice replica shares the whole GPU's SMs in turns"
+            } else {
+                "--mem alone may get a MIG instance, whose SMs are fixed by its profile"
+            };
+            return Err(CliError::Usage(format!(
+                "--sm {sm} sets an MPS client's SM share, and {what}; add --mps to ask for an \
+                 MPS client (tessera run --mps --mem SIZE --sm {sm} -- CMD)"
+            )));
+        }
+    }
+    let mut understood = None;
     let slice = if let Some(p) = &args.mig {
         SliceAsk::Mig { profile: p.clone() }
     } else if let Some(m) = &args.mem {
-        SliceAsk::Mem {
-            memory_mib: parse_size_mib(m).map_err(|e| CliError::Usage(format!("--mem: {e}")))?,
-            sm_percent: args.sm,
+        let size = parse_mem(m).map_err(|e| CliError::Usage(format!("--mem: {e}")))?;
+        understood = Some(format!("--mem {m} = {}", size.understood));
+        if args.mps {
+            SliceAsk::Mps {
+                memory_mib: size.mib,
+                sm_percent: args.sm,
+            }
+        } else {
+            SliceAsk::Mem {
+                memory_mib: size.mib,
+                sm_percent: None,
+            }
         }
     } else {
         SliceAsk::Share
@@ -177,17 +225,23 @@ fn body(args: &Args) -> Result<SubmitBody, CliError> {
             "--priority must be between -1000 and 1000".into(),
         ));
     }
-    Ok(SubmitBody {
-        slice,
-        gpu_model: args.gpu_model.clone(),
-        priority: args.priority,
-        command: args.cmd.clone(),
-    })
+    Ok((
+        SubmitBody {
+            slice,
+            gpu_model: args.gpu_model.clone(),
+            priority: args.priority,
+            command: args.cmd.clone(),
+        },
+        understood,
+    ))
 }
 
 /// Run the command.
 pub fn run(args: &Args, _ctx: &Ctx) -> Result<ExitCode, CliError> {
-    let body = body(args)?;
+    let (body, understood) = body(args)?;
+    if let Some(u) = understood {
+        say(args.quiet, &u);
+    }
     let timeout = match &args.timeout {
         Some(t) => Some(Duration::from_millis(
             parse_duration_ms(t).map_err(|e| CliError::Usage(format!("--timeout: {e}")))?,
