@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use serde::Serialize;
 use tessera_model::Engines;
 
-use crate::output::{emit, table, CliError, Ctx, Format};
+use crate::output::{emit, escape_cell, table, CliError, Ctx, Format};
 
 /// Arguments of `tessera profiles`.
 #[derive(Debug, clap::Args)]
@@ -103,12 +103,17 @@ pub fn run(args: &Args, ctx: &Ctx) -> Result<ExitCode, CliError> {
             row.push(format!("{{{}}}:{}", starts.join(","), r.memory_slices));
             t.add_row(row);
         }
+        // The product names one per line: a model can have several long ones.
         let mut s = format!(
-            "{} ({}): {} compute slices, {} memory slices\n{t}\n",
+            "{}: {} compute slices, {} memory slices\n{}\n{t}\n",
             m.key,
-            m.names.join(" | "),
             m.compute_slices,
-            m.memory_slices
+            m.memory_slices,
+            m.names
+                .iter()
+                .map(|n| escape_cell(n))
+                .collect::<Vec<_>>()
+                .join("\n")
         );
         if rows
             .iter()

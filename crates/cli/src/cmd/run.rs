@@ -9,7 +9,10 @@
 //!   SIGHUP sent to `tessera run` itself (by `kill`) are forwarded to it. If `tessera run` dies,
 //!   CMD gets SIGKILL (`PR_SET_PDEATHSIG`), since its lease ends too.
 //! - A heartbeat goes to the daemon every few seconds. If the daemon is down (restarting),
-//!   CMD keeps running and the client keeps retrying. If the request is cancelled
+//!   CMD keeps running and the client keeps retrying. When CMD ends, the client tells the
+//!   daemon; if the daemon is down it retries for `--release-retry` (30 s), then exits with
+//!   CMD's status anyway and says so (SIGINT/SIGTERM end the retry at once); the daemon ends
+//!   the lease of a client that is gone by itself. If the request is cancelled
 //!   (`tessera cancel`), CMD gets SIGTERM, then SIGKILL 10 s later.
 //! - The exit code is CMD's, or 128+signal when a signal killed it. Before CMD starts: 1 when
 //!   the request cannot be met (no such slice on this machine, cancelled, timed out), 2 on
@@ -65,6 +68,11 @@ pub struct Args {
     /// Give up waiting for a slice after this long (e.g. 30s, 5m); default: wait forever.
     #[arg(long, value_name = "DUR")]
     pub timeout: Option<String>,
+    /// When CMD has ended but the daemon is down: how long to keep retrying to tell it
+    /// before exiting anyway with CMD's status (the daemon ends the lease itself when it
+    /// finds this process gone). SIGINT/SIGTERM end the retry at once.
+    #[arg(long, value_name = "DUR", default_value = "30s")]
+    pub release_retry: String,
     /// Do not print queue progress on stderr.
     #[arg(short, long)]
     pub quiet: bool,
@@ -248,9 +256,13 @@ pub fn run(args: &Args, _ctx: &Ctx) -> Result<ExitCode, CliError> {
         )),
         None => None,
     };
+    let release_retry = Duration::from_millis(
+        parse_duration_ms(&args.release_retry)
+            .map_err(|e| CliError::Usage(format!("--release-retry: {e}")))?,
+    );
     let signals = catch_signals()?;
     let client = args.socket.client();
-    block_on(session(args, client, body, timeout, signals))?
+    block_on(session(args, client, body, timeout, release_retry, signals))?
 }
 
 /// What ended the wait.
@@ -264,6 +276,7 @@ async fn session(
     client: Client,
     body: SubmitBody,
     timeout: Option<Duration>,
+    release_retry: Duration,
     mut signals: mpsc::UnboundedReceiver<Sig>,
 ) -> Result<ExitCode, CliError> {
     let quiet = args.quiet;
@@ -335,7 +348,16 @@ async fn session(
             )
         }
     };
-    release_with_retry(&client, id, &release, &mut signals, quiet).await;
+    if let Err(why) =
+        release_with_retry(&client, id, &release, release_retry, &mut signals, quiet).await
+    {
+        // Always said, even with -q: the daemon has not heard that CMD ended.
+        eprintln!(
+            "tessera: could not tell the daemon that request {id} ended ({why}); exiting with \
+             the command's status {code}. The daemon ends the lease itself once it sees this \
+             process gone."
+        );
+    }
     Ok(ExitCode::from(code.clamp(0, 255) as u8))
 }
 
@@ -466,6 +488,9 @@ async fn run_command(
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut stopping: Option<Instant> = None;
     let mut down = false;
+    // The heartbeat in flight: polled next to the child, so a daemon that accepts but does
+    // not answer (stopped) never delays noticing that CMD ended.
+    let mut beat: Option<std::pin::Pin<Box<dyn std::future::Future<Output = _> + '_>>> = None;
     loop {
         tokio::select! {
             st = child.wait() => return st,
@@ -480,7 +505,14 @@ async fn run_command(
                         send(libc::SIGKILL);
                     }
                 }
-                match client.heartbeat(id).await {
+                if beat.is_none() {
+                    beat = Some(Box::pin(client.heartbeat(id)));
+                }
+            }
+            r = async { beat.as_mut().expect("guarded by is_some").await }, if beat.is_some() => {
+                beat = None;
+                let r: Result<RequestView, ClientError> = r;
+                match r {
                     Ok(v) => {
                         if down {
                             say(quiet, "the daemon is back");
@@ -511,34 +543,46 @@ async fn run_command(
     }
 }
 
-/// Tell the daemon CMD ended; retry for a minute while the daemon is down, or until a signal
-/// arrives (the daemon also notices on its own that this process is gone).
+/// Tell the daemon CMD ended; retry for `window` while the daemon is down or not answering.
+/// Every attempt races the window and SIGINT/SIGTERM/SIGHUP, so a stopped daemon (whose socket
+/// accepts but never answers) cannot hold the client. `Err` says why it gave up.
 async fn release_with_retry(
     client: &Client,
     id: u64,
     body: &ReleaseBody,
+    window: Duration,
     signals: &mut mpsc::UnboundedReceiver<Sig>,
     quiet: bool,
-) {
-    let deadline = Instant::now() + Duration::from_secs(60);
+) -> Result<(), String> {
+    let deadline = tokio::time::Instant::now() + window;
     let mut told = false;
+    let mut last = String::from("no answer");
     loop {
-        match client.release(id, body).await {
-            Ok(_) => return,
-            Err(e) if e.is_unavailable() && Instant::now() < deadline => {
-                if !told {
-                    say(quiet, &format!("{e}; retrying the release"));
-                    told = true;
+        let attempt = tokio::time::timeout_at(deadline, client.release(id, body));
+        tokio::select! {
+            r = attempt => match r {
+                Ok(Ok(_)) => return Ok(()),
+                Ok(Err(e)) if e.is_unavailable() => {
+                    if !told {
+                        say(quiet, &format!("{e}; retrying the release for up to {}", format_ms(window.as_millis() as u64)));
+                        told = true;
+                    }
+                    last = e.to_string();
                 }
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_millis(250)) => {}
-                    Some(_) = signals.recv() => return,
-                }
-            }
-            Err(e) => {
-                say(quiet, &format!("could not release request {id}: {e}"));
-                return;
-            }
+                Ok(Err(e)) => return Err(e.to_string()),
+                Err(_) => return Err(format!("gave up after {}: {last}", format_ms(window.as_millis() as u64))),
+            },
+            Some(sig) = signals.recv() => return Err(format!("signal {} while retrying", sig.num)),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep_until(deadline.min(tokio::time::Instant::now() + Duration::from_millis(250))) => {}
+            Some(sig) = signals.recv() => return Err(format!("signal {} while retrying", sig.num)),
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(format!(
+                "gave up after {}: {last}",
+                format_ms(window.as_millis() as u64)
+            ));
         }
     }
 }
