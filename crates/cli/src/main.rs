@@ -5,6 +5,7 @@
 //! dispatches and turns errors into exit codes: 0 done, 1 a valid request that cannot be met,
 //! 2 bad input or an error.
 
+mod backend;
 mod cmd;
 mod output;
 mod render;

@@ -404,3 +404,138 @@ fn sigterm_ends_the_release_retry_on_a_stopped_daemon() {
     );
     let _ = tessera; // the offline helper is used by the other tests
 }
+
+#[test]
+fn agent_status_reads_a_state_file_the_daemon_holds_as_a_snapshot() {
+    let dir = temp_dir();
+    let d = Daemon::start(
+        dir.path(),
+        "sim_gpus: h100-80gb:1\nscheduler: {tick_ms: 50}\n",
+    );
+    let state = format!("sim:{}", d.state.join("sim-gpus.json").display());
+    // The daemon holds the state file's lock for its whole life: status must not hang.
+    let mut status = std::process::Command::new(server_common::BIN)
+        .args(["agent", "status", "--backend", &state, "-o", "json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let st = wait_child(&mut status, 20, "agent status on a locked state file");
+    let e = stderr_rest(&mut status);
+    let mut out = String::new();
+    status
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    assert_eq!(st.code(), Some(0), "{e}");
+    assert!(
+        e.contains("showing a snapshot read without the lock"),
+        "{e}"
+    );
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(v["backend"].as_str().unwrap().contains("snapshot"), "{v}");
+    assert_eq!(v["gpus"].as_array().unwrap().len(), 1, "{v}");
+    // A change waits for the lock with a message, then gives up naming the daemon.
+    let out = std::process::Command::new(server_common::BIN)
+        .args([
+            "agent",
+            "mig-mode",
+            "--backend",
+            &state,
+            "--gpu",
+            "0",
+            "--disable",
+        ])
+        .args(["--lock-wait", "300ms"])
+        .output()
+        .unwrap();
+    let e = stderr_of(&out);
+    assert_eq!(out.status.code(), Some(2), "{e}");
+    assert!(
+        e.contains("waiting up to 0.3s") && e.contains("still locked after 0.3s"),
+        "{e}"
+    );
+    assert!(e.contains("tessera serve"), "{e}");
+}
+
+#[test]
+fn mig_mode_disable_names_the_instances_and_the_command_that_removes_them() {
+    let dir = temp_dir();
+    let path = dir.path().join("m.json");
+    let backend = format!("sim:{}", path.display());
+    let p = path.to_str().unwrap();
+    tessera_ok(&["sim-gpu", "init", p, "--gpus", "h100-80gb:1"]);
+    tessera_ok(&[
+        "agent",
+        "apply",
+        "--backend",
+        &backend,
+        "--gpu",
+        "0",
+        "3g.40gb@0",
+        "1g.10gb@6",
+    ]);
+    let e = tessera_fails(
+        &[
+            "agent",
+            "mig-mode",
+            "--backend",
+            &backend,
+            "--gpu",
+            "0",
+            "--disable",
+        ],
+        1,
+    );
+    assert!(e.contains("3g.40gb@0 (idle), 1g.10gb@6 (idle)"), "{e}");
+    let fix = format!("tessera agent apply --backend {backend} --gpu 0");
+    assert!(e.contains(&fix), "{e}");
+    // The named command works, and then so does --disable.
+    tessera_ok(&["agent", "apply", "--backend", &backend, "--gpu", "0"]);
+    tessera_ok(&[
+        "agent",
+        "mig-mode",
+        "--backend",
+        &backend,
+        "--gpu",
+        "0",
+        "--disable",
+    ]);
+}
+
+#[test]
+fn serve_and_agent_take_one_backend_syntax() {
+    let e = tessera_fails(&["agent", "status", "--backend", "nvlm"], 2);
+    assert!(
+        e.contains("did you mean `nvml`?") && e.contains("auto, nvml, sim or sim:STATE"),
+        "{e}"
+    );
+    let e = tessera_fails(&["serve", "--backend", "simm"], 2);
+    assert!(
+        e.contains("did you mean `sim`?") && e.contains("auto, nvml, sim or sim:STATE"),
+        "{e}"
+    );
+    // `serve --backend sim:STATE` runs on the GPUs of that file (an A30 here, not the default
+    // H100s), the file `agent --backend sim:STATE` reads.
+    let dir = temp_dir();
+    let path = dir.path().join("a30.json");
+    tessera_ok(&["sim-gpu", "init", path.to_str().unwrap(), "--gpus", "a30:1"]);
+    let socket = dir.path().join("s.sock");
+    let daemon = std::process::Command::new(server_common::BIN)
+        .args(["serve", "--backend", &format!("sim:{}", path.display())])
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .arg("--socket")
+        .arg(&socket)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _daemon = KillOnDrop(daemon);
+    let client = Client::new(&socket);
+    let status = poll(30, "the daemon to answer", || block(client.status()).ok());
+    let models: Vec<&str> = status.gpus.iter().map(|g| g.model.as_str()).collect();
+    assert_eq!(models, ["a30-24gb"]);
+}
