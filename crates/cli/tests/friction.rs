@@ -308,7 +308,9 @@ fn ps_escapes_control_characters_and_says_withdrawn() {
             !text.contains('\u{1b}') && !text.contains('\u{7}'),
             "{fmt}: {text:?}"
         );
-        if fmt != "table" {
+        if fmt == "table" {
+            assert!(text.lines().all(|l| l.chars().count() <= 80), "{text}");
+        } else {
             // Not wrapped: the whole escaped cell is on one line.
             assert!(text.contains("\\e]0;pwned\\x07\\e[2J"), "{fmt}: {text}");
         }
