@@ -161,6 +161,30 @@ impl Table {
     }
 }
 
+impl Table {
+    /// Never wrap column `col` (e.g. UUIDs, which must stay whole to be copied); the other
+    /// columns wrap instead.
+    pub fn keep_whole(&mut self, col: usize) -> &mut Self {
+        if let Some(c) = self.inner.column_mut(col) {
+            c.set_constraint(comfy_table::ColumnConstraint::ContentWidth);
+        }
+        self
+    }
+
+    /// Make a wrapped table `by` columns narrower, for a table printed indented.
+    pub fn narrower(&mut self, by: u16) -> &mut Self {
+        if !matches!(
+            self.inner.content_arrangement(),
+            comfy_table::ContentArrangement::Disabled
+        ) {
+            if let Some(w) = self.inner.width() {
+                self.inner.set_width(w.saturating_sub(by));
+            }
+        }
+        self
+    }
+}
+
 impl std::fmt::Display for Table {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         if !self.plain {

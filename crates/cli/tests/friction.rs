@@ -479,6 +479,18 @@ fn mig_mode_disable_names_the_instances_and_the_command_that_removes_them() {
         "3g.40gb@0",
         "1g.10gb@6",
     ]);
+    // The status table fits 80 columns with every UUID whole (copyable).
+    let out = tessera_ok(&["agent", "status", "--backend", &backend]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.lines().all(|l| l.chars().count() <= 80), "{text}");
+    let v: serde_json::Value = serde_json::from_slice(
+        &tessera_ok(&["agent", "status", "--backend", &backend, "-o", "json"]).stdout,
+    )
+    .unwrap();
+    for i in v["gpus"][0]["instances"].as_array().unwrap() {
+        let uuid = i["uuid"].as_str().unwrap();
+        assert!(text.contains(uuid), "{uuid} not whole in:\n{text}");
+    }
     let e = tessera_fails(
         &[
             "agent",

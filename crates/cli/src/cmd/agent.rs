@@ -28,7 +28,7 @@ use tessera_model::Placed;
 use tessera_server::wire::{format_ms, parse_duration_ms};
 
 use crate::backend::{parse_backend, Backend};
-use crate::output::{emit, read_file, table, CliError, Ctx};
+use crate::output::{emit, escape_cell, read_file, table, CliError, Ctx, Format};
 use crate::render::draw_layout;
 
 /// `tessera agent` subcommands.
@@ -395,11 +395,11 @@ fn status_table(ctx: &Ctx, out: &StatusOut) -> String {
     for g in &out.gpus {
         let info = &g.gpu;
         s.push_str(&format!(
-            "\nGPU {}  {}  ({})  {}\n  memory {} MiB, MIG {}, compute mode {}, {}\n",
+            "\nGPU {}  {}  {}\n  {}\n  memory {} MiB, MIG {}, compute mode {}, {}\n",
             info.index,
-            info.name,
-            info.model.as_deref().unwrap_or("not in catalog"),
-            info.uuid,
+            info.model.as_deref().unwrap_or("(not in catalog)"),
+            escape_cell(&info.name),
+            escape_cell(&info.uuid),
             info.memory_mib,
             info.mig
                 .map(|m| m.to_string())
@@ -413,17 +413,27 @@ fn status_table(ctx: &Ctx, out: &StatusOut) -> String {
             if g.instances.is_empty() {
                 s.push_str("  no GPU instances\n");
             } else {
-                let mut t = table(&["PROFILE", "START", "GI", "UUID", "BUSY", "PIDS"]);
+                // The GPU-instance ID only with -o wide, so the whole UUIDs fit 80 columns.
+                let wide = ctx.output == Format::Wide;
+                let mut header = vec!["PROFILE", "START"];
+                if wide {
+                    header.push("GI");
+                }
+                header.extend(["UUID", "BUSY", "PIDS"]);
+                let mut t = table(&header);
                 for i in &g.instances {
-                    t.add_row(vec![
-                        i.profile.clone(),
-                        i.start.to_string(),
-                        i.gi_id.to_string(),
+                    let mut row = vec![i.profile.clone(), i.start.to_string()];
+                    if wide {
+                        row.push(i.gi_id.to_string());
+                    }
+                    row.extend([
                         uuid_cell(i.uuid.as_deref()),
                         if i.busy { "busy" } else { "idle" }.into(),
                         pid_list(&i.pids),
                     ]);
+                    t.add_row(row);
                 }
+                t.keep_whole(header.len() - 3).narrower(2);
                 s.push_str(&indent(&t.to_string()));
                 s.push('\n');
                 if let Some(m) = info.model.as_deref().and_then(|k| ctx.catalog.get(k)) {
@@ -613,6 +623,7 @@ fn instance_table(instances: &[GpuInstance]) -> String {
             },
         ]);
     }
+    t.keep_whole(3).narrower(2);
     indent(&t.to_string())
 }
 
