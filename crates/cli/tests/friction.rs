@@ -553,3 +553,29 @@ fn serve_and_agent_take_one_backend_syntax() {
     let models: Vec<&str> = status.gpus.iter().map(|g| g.model.as_str()).collect();
     assert_eq!(models, ["a30-24gb"]);
 }
+
+#[test]
+fn a_family_name_resolves_to_the_one_model_the_machine_has() {
+    // `a100` is two catalog models, but this machine has only the 80 GB one.
+    let dir = temp_dir();
+    let d = Daemon::start(
+        dir.path(),
+        "sim_gpus: a100-80gb:1\nscheduler: {tick_ms: 50}\n",
+    );
+    let out = d
+        .cli(&[
+            "run",
+            "-q",
+            "--gpu-model",
+            "a100",
+            "--mig",
+            "1g.10gb",
+            "--",
+            "true",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
+    let rows = block(d.client().list(true)).unwrap();
+    assert_eq!(rows[0].gpu_model.as_deref(), Some("a100-80gb"), "{rows:?}");
+}

@@ -361,7 +361,8 @@ impl Catalog {
 
     /// Models whose key is the family name plus a memory size (`h100` -> `h100-80gb`; `a100`
     /// -> `a100-40gb`, `a100-80gb`); variants such as `h100-pcie-80gb` are not part of it.
-    fn family(&self, query: &str) -> Vec<&GpuModel> {
+    /// A daemon can resolve an ambiguous family to the one member its machine has.
+    pub fn family(&self, query: &str) -> Vec<&GpuModel> {
         let q = query.trim().to_ascii_lowercase();
         if q.is_empty() {
             return Vec::new();
