@@ -75,7 +75,7 @@ pub fn cublas_candidates() -> Vec<String> {
 pub struct LibProbe {
     /// The name that loaded, if any.
     pub found: Option<String>,
-    /// Every name tried, in order (up to and including the one that loaded).
+    /// Every distinct name tried, in order (up to and including the one that loaded).
     pub tried: Vec<String>,
     /// The loader's message for the most telling failure (the first versioned name's, else the
     /// last), when none loaded.
@@ -87,6 +87,10 @@ pub fn probe_library(names: &[String]) -> LibProbe {
     let mut tried = Vec::new();
     let mut error: Option<String> = None;
     for name in names {
+        // cudarc's list repeats some names; try each once.
+        if tried.contains(name) {
+            continue;
+        }
         tried.push(name.clone());
         // SAFETY: loading the NVIDIA driver or cuBLAS runs only their initialisers, which have
         // no preconditions and do not call into CUDA; the handle is dropped (dlclose) right away.

@@ -366,6 +366,21 @@ impl NvmlBackend {
         })
     }
 
+    /// The driver version, NVML version and CUDA driver API version (`13.0`), each when NVML
+    /// answers.
+    pub fn versions(&self) -> (Option<String>, Option<String>, Option<String>) {
+        let cuda = self
+            .nvml
+            .sys_cuda_driver_version()
+            .ok()
+            .map(|v| format!("{}.{}", v / 1000, (v % 1000) / 10));
+        (
+            self.nvml.sys_driver_version().ok(),
+            self.nvml.sys_nvml_version().ok(),
+            cuda,
+        )
+    }
+
     fn count(&self) -> Result<u32, GpuError> {
         let f = sym!(self, nvmlDeviceGetCount_v2)?;
         let mut n = 0;
