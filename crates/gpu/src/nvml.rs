@@ -381,6 +381,49 @@ impl NvmlBackend {
         )
     }
 
+    /// Read-only: NVML's possible placements for each GPU-instance profile ID of the GPU's
+    /// catalog model. nvml.h answers `nvmlDeviceGetGpuInstancePossiblePlacements_v2` for a
+    /// profile ID with MIG mode off too, so a catalog's placements (inferred ones included) can
+    /// be checked on a GPU that stays out of MIG mode. Returns (profile name, catalog
+    /// placements, NVML's placements or the error); `Ok(None)` when the GPU matches no
+    /// catalog model.
+    #[allow(clippy::type_complexity)]
+    pub fn probe_placements(
+        &self,
+        gpu: u32,
+    ) -> Result<Option<Vec<(String, Vec<u8>, Result<Vec<u8>, GpuError>)>>, GpuError> {
+        let Some(model) = self
+            .info(gpu)?
+            .model
+            .and_then(|k| self.catalog.get(&k).cloned())
+        else {
+            return Ok(None);
+        };
+        let dev = self.device(gpu)?;
+        let places = sym!(self, nvmlDeviceGetGpuInstancePossiblePlacements_v2)?;
+        let mut out = Vec::new();
+        for p in model.profiles.iter() {
+            let Some(id) = p.id else { continue };
+            let mut buf = [nvmlGpuInstancePlacement_t { start: 0, size: 0 }; MAX_PLACEMENTS];
+            let mut count = MAX_PLACEMENTS as u32;
+            // SAFETY: the buffer holds `count` placements.
+            let rc = unsafe { places(dev, id, buf.as_mut_ptr(), &mut count) };
+            let got = check(rc, || {
+                format!("GPU {gpu}: placements of {} (profile ID {id})", p.name)
+            })
+            .map(|()| {
+                let mut v: Vec<u8> = buf[..(count as usize).min(MAX_PLACEMENTS)]
+                    .iter()
+                    .map(|x| x.start as u8)
+                    .collect();
+                v.sort_unstable();
+                v
+            });
+            out.push((p.name.clone(), p.placements.clone(), got));
+        }
+        Ok(Some(out))
+    }
+
     fn count(&self) -> Result<u32, GpuError> {
         let f = sym!(self, nvmlDeviceGetCount_v2)?;
         let mut n = 0;

@@ -124,9 +124,10 @@ pub fn diagnose(env: &Env, catalog: &Catalog) -> Vec<Check> {
 }
 
 fn gpu_checks(env: &Env, catalog: &Catalog, out: &mut Vec<Check>) {
+    let mut nvml_placements = Vec::new();
     let mut backend: Box<dyn GpuBackend> = match &env.backend {
         BackendSpec::Nvml => match NvmlBackend::open(catalog.clone()) {
-            Ok(b) => {
+            Ok(mut b) => {
                 let (driver, nvml, cuda) = b.versions();
                 let show = |v: Option<String>| v.unwrap_or_else(|| "?".into());
                 out.push(line(
@@ -140,6 +141,10 @@ fn gpu_checks(env: &Env, catalog: &Catalog, out: &mut Vec<Check>) {
                     ),
                     None,
                 ));
+                // Placements of the catalog's profile IDs: readable with MIG off too.
+                for gpu in 0..b.gpus().map(|g| g.len() as u32).unwrap_or(0) {
+                    nvml_placements.push(placements_check(gpu, b.probe_placements(gpu)));
+                }
                 Box::new(b)
             }
             Err(e) => {
@@ -189,6 +194,7 @@ fn gpu_checks(env: &Env, catalog: &Catalog, out: &mut Vec<Check>) {
             Some("check `nvidia-smi`, and that this container was given the GPU devices"),
         ));
     }
+    out.extend(nvml_placements);
     for g in &gpus {
         let name = format!("gpu {}", g.index);
         let mut notes = vec![g.name.clone()];
@@ -267,6 +273,56 @@ fn gpu_checks(env: &Env, catalog: &Catalog, out: &mut Vec<Check>) {
                 ),
             });
         }
+    }
+}
+
+/// Compare NVML's placements for each catalog profile ID with the catalog's.
+#[allow(clippy::type_complexity)]
+fn placements_check(
+    gpu: u32,
+    probe: Result<Option<Vec<(String, Vec<u8>, Result<Vec<u8>, GpuError>)>>, GpuError>,
+) -> Check {
+    let name = format!("gpu {gpu} placements");
+    let rows = match probe {
+        Ok(Some(rows)) => rows,
+        Ok(None) => {
+            return line(
+                &name,
+                Status::Warn,
+                "no catalog model to compare with".into(),
+                None,
+            )
+        }
+        Err(e) => return line(&name, Status::Warn, e.to_string(), None),
+    };
+    let mut differ = Vec::new();
+    let mut unreadable = Vec::new();
+    for (profile, catalog, got) in &rows {
+        match got {
+            Ok(v) if v == catalog => {}
+            Ok(v) => differ.push(format!("{profile}: catalog {catalog:?}, NVML {v:?}")),
+            Err(e) => unreadable.push(format!("{profile}: {e}")),
+        }
+    }
+    if differ.is_empty() && unreadable.is_empty() {
+        line(
+            &name,
+            Status::Ok,
+            format!(
+                "NVML's placements match the catalog for all {} profiles",
+                rows.len()
+            ),
+            None,
+        )
+    } else {
+        let mut all = differ.clone();
+        all.extend(unreadable);
+        line(
+            &name,
+            Status::Warn,
+            all.join("; "),
+            (!differ.is_empty()).then_some("the planner trusts the catalog: correct its placements (`tessera catalog import` from `nvidia-smi mig -lgipp`)"),
+        )
     }
 }
 
@@ -549,6 +605,35 @@ mod tests {
             ExitCode::from(1),
             "the driver check failed"
         );
+    }
+
+    #[test]
+    fn placements_are_compared_with_the_catalog() {
+        let ok = placements_check(
+            0,
+            Ok(Some(vec![("1g.18gb".into(), vec![0, 1], Ok(vec![0, 1]))])),
+        );
+        assert_eq!(ok.status, Status::Ok);
+        let rows = vec![
+            ("1g.18gb".to_string(), vec![0, 1], Ok(vec![0, 1])),
+            ("3g.71gb".to_string(), vec![0, 4], Ok(vec![0, 2, 4])),
+            (
+                "1g.18gb+me".to_string(),
+                vec![0],
+                Err(GpuError::NoPermission { op: "x".into() }),
+            ),
+        ];
+        let c = placements_check(1, Ok(Some(rows)));
+        assert_eq!(c.status, Status::Warn);
+        assert!(
+            c.detail.contains("3g.71gb: catalog [0, 4], NVML [0, 2, 4]"),
+            "{c:?}"
+        );
+        assert!(
+            c.detail.contains("1g.18gb+me: x: permission denied"),
+            "{c:?}"
+        );
+        assert!(c.fix.unwrap().contains("catalog import"));
     }
 
     #[test]
