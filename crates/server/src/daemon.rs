@@ -1083,8 +1083,10 @@ impl Scheduler {
         let observed = self.fleet.instances(gpu).map_err(|e| e.to_string())?;
         let mut out = Vec::new();
         for i in observed {
+            // A lease matches an instance by GPU, profile and start: the same placement on
+            // another GPU is another instance.
             let lease = leases.iter().find(|r| {
-                matches!(&r.slice, Some(Slice::Mig { profile, start, .. }) if *profile == i.profile && *start == i.start)
+                matches!(&r.slice, Some(Slice::Mig { gpu: g, profile, start, .. }) if *g == gpu && *profile == i.profile && *start == i.start)
             });
             let mut pids = i.pids.clone();
             if self.fleet.is_sim() {
@@ -1284,6 +1286,7 @@ impl Scheduler {
                 .unwrap_or_default()
                 .into_iter()
                 .filter(|x| x.state == RequestState::Leased)
+                .filter(|x| x.slice.as_ref().is_some_and(|s| s.gpu() == gpu))
                 .collect();
             let refs: Vec<&RequestRow> = leases.iter().collect();
             match self.observe_mig(gpu, &refs) {
