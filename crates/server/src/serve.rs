@@ -164,10 +164,12 @@ pub async fn serve(cfg: Config, catalog: Catalog) -> Result<(), ServerError> {
         }
         Ok::<(), ServerError>(())
     };
+    let died = daemon.scheduler_died();
     let result = tokio::select! {
         r = unix_srv => r.map_err(|e| ServerError::io(&socket, e)),
         r = tcp_srv => r.map_err(|e| ServerError::io("--listen", e)),
         r = stop => r,
+        why = died => Err(ServerError::SchedulerDied(why)),
     };
     tracing::info!("shutting down; leases and the queue are kept in the state database");
     daemon.stop();

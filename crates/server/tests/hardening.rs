@@ -111,3 +111,29 @@ async fn a_repartition_matches_leases_of_its_own_gpu_only() {
     assert_eq!(st.gpus[1].instances.iter().filter(|i| i.busy).count(), 1);
     stop(d, sched).await;
 }
+
+/// Defect 6: a `sim-gpus.json` whose GPU indices skip a number is refused at start with the
+/// file, the index and the fix (it used to panic on the first request for that GPU).
+#[test]
+fn a_sim_fleet_with_a_gap_in_its_indices_is_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), 2, 50);
+    let catalog = Catalog::builtin().clone();
+    let state_dir = cfg.state_dir();
+    std::fs::create_dir_all(&state_dir).unwrap();
+    let path = tessera_server::fleet::sim_state_path(&state_dir);
+    let st = SimState::new(&catalog, &[("h100-80gb".into(), 2)], 3, true).unwrap();
+    drop(SimBackend::create(&path, st, catalog.clone()).unwrap());
+    let mut json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    json["gpus"][1]["index"] = 5.into();
+    std::fs::write(&path, json.to_string()).unwrap();
+    let e = Fleet::open(&cfg, &state_dir, &catalog)
+        .map(|_| ())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("sim-gpus.json") && e.contains("index 5") && e.contains("`gpus[1].index` to 1"),
+        "{e}"
+    );
+}
