@@ -104,6 +104,8 @@ struct Inner {
     stopped: AtomicBool,
     /// Why the scheduler thread died (`None` while it runs or after a clean stop).
     failure: tokio::sync::watch::Sender<Option<String>>,
+    /// Warnings from the start (a state directory fixed, a database that looks emptied).
+    notices: Mutex<Vec<String>>,
     state_dir: PathBuf,
 }
 
@@ -163,7 +165,9 @@ impl Daemon {
         fleet: Fleet,
     ) -> Result<(Daemon, SchedulerHandle), ServerError> {
         let state_dir = cfg.state_dir();
-        create_private_dir(&state_dir)?;
+        let notices: Vec<String> = crate::serve::secure_state_dir(&state_dir)?
+            .into_iter()
+            .collect();
         let store = Store::open(&state_dir.join("tessera.db"))?;
         let (tx, rx) = mpsc::channel();
         let (changes, _) = tokio::sync::watch::channel(0u64);
@@ -180,6 +184,7 @@ impl Daemon {
             metrics: Metrics::new(),
             stopped: AtomicBool::new(false),
             failure: tokio::sync::watch::channel(None).0,
+            notices: Mutex::new(notices),
             state_dir,
             cfg,
         });
@@ -226,6 +231,11 @@ impl Daemon {
                 return "the scheduler thread is gone".into();
             }
         }
+    }
+
+    /// The warnings of the start, as logged: what was fixed or looks wrong in the state.
+    pub fn notices(&self) -> Vec<String> {
+        lock(&self.inner.notices).clone()
     }
 
     /// The metrics.
@@ -795,18 +805,6 @@ fn canonical_profile(catalog: &Catalog, gpus: &[GpuFacts], name: &str) -> String
         }
     }
     name.trim().to_string()
-}
-
-fn create_private_dir(dir: &std::path::Path) -> Result<(), ServerError> {
-    use std::os::unix::fs::DirBuilderExt;
-    if dir.is_dir() {
-        return Ok(());
-    }
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(|e| ServerError::io(dir, e))
 }
 
 /// The agent's journal, kept in the state database.
