@@ -233,6 +233,11 @@ impl SimRunner {
         pipe_dir: &Path,
         op: impl FnOnce(&mut ServerTable) -> Result<T, TwinError>,
     ) -> Result<T, TwinError> {
+        // Clients connect from many threads and processes: read-modify-write under a lock.
+        let _lock = crate::sim::lock_file(&Self::file(pipe_dir)).map_err(|e| TwinError::Write {
+            pipe_dir: pipe_dir.to_path_buf(),
+            detail: e.to_string(),
+        })?;
         let mut d = Self::read(pipe_dir);
         if !d.running {
             return Err(TwinError::NotRunning {
