@@ -28,6 +28,9 @@ use crate::backend::{ComputeMode, GpuBackend};
 use crate::error::GpuError;
 use crate::sim::write_atomic;
 
+pub mod twin;
+pub use twin::{Admission, ServerTable, TwinError, MAX_CLIENTS_PER_SERVER};
+
 /// The control binary's name.
 pub const MPS_CONTROL_BINARY: &str = "nvidia-cuda-mps-control";
 /// Longest pipe directory: the daemon's Unix socket `PIPE/control` must fit `sun_path` (108).
@@ -356,6 +359,9 @@ pub struct SimDaemon {
     pub default_active_thread_percentage: Option<u8>,
     /// Current default pinned memory limits, per device ordinal (`12G`).
     pub default_pinned_mem_limit: BTreeMap<u32, String>,
+    /// Its MPS server and clients under the per-uid rule ([`twin`]).
+    #[serde(default)]
+    pub servers: ServerTable,
 }
 
 impl SimRunner {
@@ -407,6 +413,7 @@ impl MpsRunner for SimRunner {
         let reply = match words.as_slice() {
             ["quit"] => {
                 d.running = false;
+                d.servers = ServerTable::default();
                 String::new()
             }
             ["set_default_active_thread_percentage", p] => {
@@ -423,7 +430,21 @@ impl MpsRunner for SimRunner {
                 d.default_pinned_mem_limit.insert(dev, limit.to_string());
                 String::new()
             }
-            ["get_server_list"] => String::new(),
+            ["get_server_list"] => d
+                .servers
+                .server
+                .as_ref()
+                .map(|s| s.pid.to_string())
+                .unwrap_or_default(),
+            ["get_client_list", pid] => match &d.servers.server {
+                Some(s) if s.pid.to_string() == *pid => s
+                    .clients
+                    .iter()
+                    .map(u32::to_string)
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+                _ => return Err(format!("no MPS server with PID {pid}")),
+            },
             _ => return Err(format!("unknown command `{command}`")),
         };
         Self::write(&pipe, &d)?;

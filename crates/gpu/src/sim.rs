@@ -1017,7 +1017,7 @@ impl GpuBackend for SimBackend {
 
 /// Take an exclusive advisory lock on `PATH.lock` (released when the file is closed,
 /// including when the process dies).
-fn lock_file(path: &Path) -> Result<File, GpuError> {
+pub(crate) fn lock_file(path: &Path) -> Result<File, GpuError> {
     let mut lock_path = path.as_os_str().to_owned();
     lock_path.push(".lock");
     let lock_path = PathBuf::from(lock_path);
