@@ -171,6 +171,14 @@ impl Table {
         self
     }
 
+    /// Never wrap: for wide reports (the simulator's policy comparison) whose every column
+    /// matters and which read worse wrapped than wide; `-o json` suits scripts.
+    pub fn no_wrap(&mut self) -> &mut Self {
+        self.inner
+            .set_content_arrangement(comfy_table::ContentArrangement::Disabled);
+        self
+    }
+
     /// Make a wrapped table `by` columns narrower, for a table printed indented.
     pub fn narrower(&mut self, by: u16) -> &mut Self {
         if !matches!(
