@@ -290,6 +290,19 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        /// Whatever a cell holds, what is printed holds no control character, and text
+        /// without one is printed unchanged.
+        #[test]
+        fn no_control_character_survives(text in "\\PC*|[\\x00-\\x{9f}\\u{202a}-\\u{202e}a-z]{0,40}") {
+            let out = escape_cell(&text);
+            proptest::prop_assert!(!out.chars().any(needs_escape), "{:?} -> {:?}", text, out);
+            if !text.chars().any(needs_escape) {
+                proptest::prop_assert_eq!(out, text);
+            }
+        }
+    }
+
     #[test]
     fn table_cells_are_escaped() {
         let mut t = table(&["A", "B"]);
