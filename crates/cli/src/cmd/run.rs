@@ -47,7 +47,7 @@ pub struct Args {
     pub mig: Option<String>,
     /// Device memory with a unit: MB/GB/TB (decimal) or MiB/GiB/TiB (binary), e.g. 12GiB.
     /// The smallest MIG profile with at least this much memory, else an MPS client with this
-    /// memory limit (see below).
+    /// memory limit (`tessera help run` says exactly how it chooses).
     #[arg(long, value_name = "SIZE")]
     pub mem: Option<String>,
     /// Ask for an MPS client (with --mem), never a MIG instance.
