@@ -207,6 +207,10 @@ pub struct Config {
     pub lease: LeaseSettings,
     /// Client connection limits.
     pub connections: ConnectionSettings,
+    /// Delete the journal at start (`tessera serve --discard-journal`, the recovery for a
+    /// journal that fails its checksums). A flag only, never read from the file.
+    #[serde(skip)]
+    pub discard_journal: bool,
 }
 
 impl Default for Config {
@@ -227,6 +231,7 @@ impl Default for Config {
             scheduler: SchedulerSettings::default(),
             lease: LeaseSettings::default(),
             connections: ConnectionSettings::default(),
+            discard_journal: false,
         }
     }
 }

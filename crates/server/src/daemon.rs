@@ -940,10 +940,19 @@ impl Scheduler {
 
     /// Recovery before the API opens (see the module docs).
     fn recover(&mut self) -> Result<(), ServerError> {
-        let (desired, active, journal) = {
+        if self.inner().cfg.discard_journal {
+            let n = lock(&self.inner().store).discard_journal()?;
+            self.notice(format!(
+                "--discard-journal: deleted {n} journal record(s); the GPUs' layouts are taken from the GPUs as they are"
+            ));
+        }
+        let (desired, active, journal, empty) = {
             let s = lock(&self.inner().store);
-            (s.desired()?, s.active()?, s.journal()?)
+            (s.desired()?, s.active()?, s.journal()?, s.is_empty()?)
         };
+        if empty {
+            self.check_emptied();
+        }
         let open = dangling_intents(&journal);
         if !open.is_empty() {
             tracing::warn!(
@@ -1007,6 +1016,42 @@ impl Scheduler {
             tracing::info!("re-adopted {leased} lease(s) and {queued} queued request(s) from the state database");
         }
         Ok(())
+    }
+
+    /// Log a start warning and keep it for [`Daemon::notices`].
+    fn notice(&self, text: String) {
+        tracing::warn!("{text}");
+        lock(&self.inner().notices).push(text);
+    }
+
+    /// The database holds nothing: warn when the GPUs say tessera has been here (MIG
+    /// instances exist, or simulated ones are marked busy), since then the database was
+    /// emptied or replaced and the leases it recorded are lost.
+    fn check_emptied(&mut self) {
+        let mut seen = Vec::new();
+        for f in self.inner().gpus.clone() {
+            if f.mode != GpuMode::Mig {
+                continue;
+            }
+            if let Ok(list) = self.fleet.instances(f.index) {
+                if !list.is_empty() {
+                    let busy = list.iter().filter(|i| !i.pids.is_empty()).count();
+                    seen.push(format!(
+                        "GPU {} has {} MIG instance(s), {busy} with processes",
+                        f.index,
+                        list.len()
+                    ));
+                }
+            }
+        }
+        if seen.is_empty() {
+            return;
+        }
+        self.notice(format!(
+            "the state database {} has no request, layout or journal record, but {}: it was emptied or replaced (or the GPUs were partitioned by someone else). Leases it held are lost and their commands, if any still run, are not accounted for. If that is not intended, stop the daemon and restore tessera.db from a backup; otherwise idle instances are reused and re-partitioned as usual",
+            self.inner().state_dir.join("tessera.db").display(),
+            seen.join("; ")
+        ));
     }
 
     fn leased_placements(&self, active: &[RequestRow], gpu: u32) -> Vec<Placed> {

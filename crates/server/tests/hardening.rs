@@ -184,3 +184,116 @@ fn a_state_directory_of_another_uid_is_refused() {
         .to_string();
     assert!(e.contains("uid 4242") && e.contains("chown"), "{e}");
 }
+
+/// A daemon over the simulated fleet kept in the state directory (so a restart sees the
+/// GPUs as the last run left them).
+fn start_persistent(cfg: &Config) -> Result<(Daemon, SchedulerHandle), String> {
+    let catalog = Catalog::builtin().clone();
+    tessera_server::serve::secure_state_dir(&cfg.state_dir()).unwrap();
+    let (fleet, _) = Fleet::open(cfg, &cfg.state_dir(), &catalog).map_err(|e| e.to_string())?;
+    Daemon::start(cfg.clone(), catalog, fleet).map_err(|e| e.to_string())
+}
+
+/// Run one lease to the end of a daemon's life (it stays leased in the database) and return
+/// its ID.
+async fn leave_a_lease(cfg: &Config) -> u64 {
+    let (d, sched) = start_persistent(cfg).unwrap();
+    let who = Identity::in_process(1000, "alice");
+    let v = d.submit(&who, mig("3g.40gb")).unwrap();
+    let v = leased(&d, &who, v.id, Duration::from_secs(10)).await;
+    stop(d, sched).await;
+    v.id
+}
+
+fn sql(cfg: &Config, statement: &str) {
+    let c = rusqlite::Connection::open(cfg.state_dir().join("tessera.db")).unwrap();
+    c.execute_batch(statement).unwrap();
+}
+
+/// Defect 13: a journal row that fails its checksum names the table, the row and the GPU,
+/// and the fix (`--discard-journal`) works: the daemon starts and keeps the lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_journal_says_what_and_how_to_recover() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path(), 1, 50);
+    // Long enough that the lease does not expire across the restarts.
+    cfg.lease.heartbeat_timeout_ms = 60_000;
+    let id = leave_a_lease(&cfg).await;
+    sql(
+        &cfg,
+        "UPDATE journal SET body = body || ' ' WHERE seq = (SELECT MIN(seq) FROM journal)",
+    );
+    let e = start_persistent(&cfg).map(|_| ()).unwrap_err();
+    assert!(
+        e.contains("table `journal`, row ")
+            && e.contains("(GPU 0)")
+            && e.contains("tessera serve --discard-journal"),
+        "{e}"
+    );
+    cfg.discard_journal = true;
+    let (d, sched) = start_persistent(&cfg).unwrap();
+    assert!(
+        d.notices().iter().any(|n| n.contains("deleted")),
+        "{:?}",
+        d.notices()
+    );
+    let who = Identity::in_process(1000, "alice");
+    assert_eq!(d.get(&who, id).unwrap().state, RequestState::Leased);
+    stop(d, sched).await;
+}
+
+/// Defect 13: a database emptied behind the daemon's back (schema kept, rows gone) while the
+/// simulated GPU still has the lease's instance is warned about at start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_emptied_database_is_warned_about() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), 1, 50);
+    leave_a_lease(&cfg).await;
+    sql(
+        &cfg,
+        "DELETE FROM requests; DELETE FROM desired; DELETE FROM journal;",
+    );
+    let (d, sched) = start_persistent(&cfg).unwrap();
+    let notices = d.notices();
+    assert!(
+        notices
+            .iter()
+            .any(|n| n.contains("emptied") && n.contains("GPU 0 has 1 MIG instance")),
+        "{notices:?}"
+    );
+    stop(d, sched).await;
+    // A fresh state directory over fresh GPUs says nothing.
+    let fresh = tempfile::tempdir().unwrap();
+    let cfg = config(fresh.path(), 1, 50);
+    let (d, sched) = start_persistent(&cfg).unwrap();
+    assert!(d.notices().is_empty(), "{:?}", d.notices());
+    stop(d, sched).await;
+}
+
+/// Defect 13: a request row with a negative uid or pid is refused with the table, the row,
+/// the column and the fix, not "Integer -1 out of range".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_with_a_negative_uid_or_pid_is_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path(), 1, 50);
+    cfg.lease.heartbeat_timeout_ms = 60_000;
+    let id = leave_a_lease(&cfg).await;
+    for (column, fix) in [("uid", "user id"), ("pid", "process id")] {
+        sql(
+            &cfg,
+            &format!("UPDATE requests SET {column} = -1 WHERE id = {id}"),
+        );
+        let e = start_persistent(&cfg).map(|_| ()).unwrap_err();
+        assert!(
+            e.contains(&format!("table `requests`, row {id}: `{column}` is -1"))
+                && e.contains(fix)
+                && e.contains(&format!("DELETE FROM requests WHERE id = {id}"))
+                && !e.contains("out of range"),
+            "{e}"
+        );
+        sql(
+            &cfg,
+            &format!("UPDATE requests SET {column} = 1000 WHERE id = {id}"),
+        );
+    }
+}
