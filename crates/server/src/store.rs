@@ -582,7 +582,7 @@ impl Store {
             })?;
             if checksum(gpu, &body) != sum {
                 return Err(self.err(format!(
-                    "table `journal`, row {seq} (GPU {gpu}) fails its checksum: the database was changed outside tessera, or the disk damaged it. The journal only records the steps of re-partitions (the GPUs' layouts are read from the GPUs at start), so it can be dropped: start once with `tessera serve --discard-journal`, or restore the file from a backup"
+                    "table `journal`, row {seq} (journal record {seq}, of GPU {gpu}) fails its checksum: the database was changed outside tessera, or the disk damaged it. The journal only records the steps of re-partitions (the GPUs' layouts are read from the GPUs at start), so it can be dropped: start once with `tessera serve --discard-journal`, or restore the file from a backup"
                 )));
             }
             out.push(JournalRow {
