@@ -33,7 +33,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -48,7 +48,7 @@ use tessera_agent::{Entry, EntryKind, Journal, JournalError, OpRecord, Outcome};
 
 use crate::fleet::{ApplyError, Fleet, GpuFacts};
 use crate::ident::Identity;
-use crate::liveness::ProcessStamp;
+use crate::liveness::{Clock, Liveness, MonotonicClock, ProcessStamp};
 use crate::metrics::Metrics;
 use crate::sched::{self, GpuState, InstanceState, MpsClient, Pick, Reservation, Waiting};
 use crate::store::{NewRequest, RequestRow, Store};
@@ -100,6 +100,10 @@ struct Inner {
     tx: Mutex<mpsc::Sender<Cmd>>,
     changes: tokio::sync::watch::Sender<u64>,
     heartbeats: Mutex<BTreeMap<u64, Instant>>,
+    /// The time heartbeats are measured on.
+    clock: Arc<dyn Clock>,
+    /// Scheduling passes run so far.
+    passes: AtomicU64,
     metrics: Metrics,
     stopped: AtomicBool,
     /// Why the scheduler thread died (`None` while it runs or after a clean stop).
@@ -164,6 +168,17 @@ impl Daemon {
         catalog: Catalog,
         fleet: Fleet,
     ) -> Result<(Daemon, SchedulerHandle), ServerError> {
+        Daemon::start_with_clock(cfg, catalog, fleet, Arc::new(MonotonicClock))
+    }
+
+    /// [`Daemon::start`] with heartbeats measured on `clock` (tests jump it to play a paused
+    /// daemon).
+    pub fn start_with_clock(
+        cfg: Config,
+        catalog: Catalog,
+        fleet: Fleet,
+        clock: Arc<dyn Clock>,
+    ) -> Result<(Daemon, SchedulerHandle), ServerError> {
         let state_dir = cfg.state_dir();
         let notices: Vec<String> = crate::serve::secure_state_dir(&state_dir)?
             .into_iter()
@@ -181,6 +196,8 @@ impl Daemon {
             tx: Mutex::new(tx),
             changes,
             heartbeats: Mutex::new(BTreeMap::new()),
+            clock,
+            passes: AtomicU64::new(0),
             metrics: Metrics::new(),
             stopped: AtomicBool::new(false),
             failure: tokio::sync::watch::channel(None).0,
@@ -192,6 +209,8 @@ impl Daemon {
         let mut sched = Scheduler {
             d: daemon.clone(),
             fleet,
+            last_check: None,
+            unknown_logged: BTreeSet::new(),
         };
         sched.recover()?;
         sched.pass();
@@ -267,7 +286,13 @@ impl Daemon {
     }
 
     fn beat(&self, id: u64) {
-        lock(&self.inner.heartbeats).insert(id, Instant::now());
+        let now = self.inner.clock.now();
+        lock(&self.inner.heartbeats).insert(id, now);
+    }
+
+    /// How many scheduling passes have run (tests wait on it instead of sleeping).
+    pub fn passes(&self) -> u64 {
+        self.inner.passes.load(Ordering::SeqCst)
     }
 
     fn visible(&self, who: &Identity, id: u64) -> Result<RequestRow, ApiError> {
@@ -868,6 +893,10 @@ impl Journal for DbJournal<'_> {
 struct Scheduler {
     d: Daemon,
     fleet: Fleet,
+    /// When the last liveness check ran (on the daemon's clock).
+    last_check: Option<Instant>,
+    /// Requests whose client's `/proc` entry could not be read, already logged.
+    unknown_logged: BTreeSet<u64>,
 }
 
 impl Scheduler {
@@ -1001,7 +1030,7 @@ impl Scheduler {
         if open.is_empty() {
             lock(&self.inner().store).prune_journal(10_000)?;
         }
-        let now = Instant::now();
+        let now = self.inner().clock.now();
         let mut hb = lock(&self.inner().heartbeats);
         for r in &active {
             hb.insert(r.id, now);
@@ -1071,29 +1100,63 @@ impl Scheduler {
             .collect()
     }
 
+    /// Heartbeat deadlines count the daemon's own progress: when the scheduler did not run
+    /// for much longer than a tick (the process was stopped, or starved), every request's
+    /// last heartbeat moves forward by the stall, so the heartbeats queued meanwhile get
+    /// read before anyone is judged silent.
+    fn credit_stall(&mut self, now: Instant) {
+        let tick = Duration::from_millis(self.inner().cfg.scheduler.tick_ms);
+        let allowed = tick + tick.max(Duration::from_secs(1));
+        if let Some(prev) = self.last_check.replace(now) {
+            let gap = now.saturating_duration_since(prev);
+            if gap > allowed {
+                let stall = gap - tick;
+                let mut hb = lock(&self.inner().heartbeats);
+                for last in hb.values_mut() {
+                    *last = (*last + stall).min(now);
+                }
+                drop(hb);
+                tracing::warn!(
+                    "the scheduler did not run for {} ms (the daemon was stopped or starved); heartbeat deadlines are extended by that time",
+                    stall.as_millis()
+                );
+            }
+        }
+    }
+
     /// End requests whose client is gone. Returns whether any ended.
     fn check_liveness(&mut self, active: &[RequestRow]) -> bool {
         let timeout = Duration::from_millis(self.inner().cfg.lease.heartbeat_timeout_ms);
-        let now = Instant::now();
+        let now = self.inner().clock.now();
+        self.credit_stall(now);
+        let ids: BTreeSet<u64> = active.iter().map(|r| r.id).collect();
+        self.unknown_logged.retain(|id| ids.contains(id));
         let mut ended = false;
         for r in active {
             let gone = match (r.pid, r.pid_start) {
-                (Some(pid), Some(start))
-                    if !(ProcessStamp {
-                        pid,
-                        start_ticks: start,
-                    })
-                    .is_alive() =>
+                (Some(pid), Some(start)) => match (ProcessStamp {
+                    pid,
+                    start_ticks: start,
+                })
+                .check()
                 {
-                    Some(format!("client process {pid} is gone"))
-                }
+                    Liveness::Gone(why) => Some(why),
+                    Liveness::Unknown(why) => {
+                        // No verdict (e.g. out of file descriptors): the heartbeat decides.
+                        if self.unknown_logged.insert(r.id) {
+                            tracing::warn!(request = r.id, "cannot tell whether the client runs ({why}); keeping the lease while it sends heartbeats");
+                        }
+                        None
+                    }
+                    Liveness::Alive => None,
+                },
                 _ => None,
             };
             let silent = {
                 let mut hb = lock(&self.inner().heartbeats);
                 let last = *hb.entry(r.id).or_insert(now);
-                (now.duration_since(last) > timeout)
-                    .then(|| format!("no heartbeat for {}s", now.duration_since(last).as_secs()))
+                let quiet = now.saturating_duration_since(last);
+                (quiet > timeout).then(|| format!("no heartbeat for {}s", quiet.as_secs()))
             };
             if let Some(reason) = gone.or(silent) {
                 let done = lock(&self.inner().store)
@@ -1102,6 +1165,7 @@ impl Scheduler {
                 if done {
                     tracing::info!(request = r.id, user = %r.user, "expired: {reason}");
                     lock(&self.inner().heartbeats).remove(&r.id);
+                    self.unknown_logged.remove(&r.id);
                     ended = true;
                 }
             }
@@ -1281,6 +1345,7 @@ impl Scheduler {
 
     /// One scheduling pass (see the module docs and [`crate::sched`]).
     fn pass(&mut self) {
+        self.inner().passes.fetch_add(1, Ordering::SeqCst);
         let active = match lock(&self.inner().store).active() {
             Ok(a) => a,
             Err(e) => {

@@ -226,7 +226,7 @@ async fn a_damaged_journal_says_what_and_how_to_recover() {
     let e = start_persistent(&cfg).map(|_| ()).unwrap_err();
     assert!(
         e.contains("table `journal`, row ")
-            && e.contains("(GPU 0)")
+            && e.contains("of GPU 0)")
             && e.contains("tessera serve --discard-journal"),
         "{e}"
     );
@@ -296,4 +296,83 @@ async fn a_row_with_a_negative_uid_or_pid_is_refused_by_name() {
             &format!("UPDATE requests SET {column} = 1000 WHERE id = {id}"),
         );
     }
+}
+
+/// A clock that a test can jump forward, as if the daemon had been stopped (`kill -STOP`)
+/// for that long: heartbeats sent meanwhile have not been read.
+struct JumpClock {
+    base: Instant,
+    offset_ms: std::sync::atomic::AtomicU64,
+}
+
+impl JumpClock {
+    fn jump(&self, by: Duration) {
+        self.offset_ms
+            .fetch_add(by.as_millis() as u64, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl tessera_server::liveness::Clock for JumpClock {
+    fn now(&self) -> Instant {
+        let real = Instant::now().duration_since(self.base);
+        self.base
+            + real
+            + Duration::from_millis(self.offset_ms.load(std::sync::atomic::Ordering::SeqCst))
+    }
+}
+
+/// Wait until the scheduler has run `n` more passes.
+async fn passes(d: &Daemon, n: u64) {
+    let target = d.passes() + n;
+    until("scheduler passes", Duration::from_secs(20), || {
+        (d.passes() >= target).then_some(())
+    })
+    .await;
+}
+
+/// Defect 2: after the daemon was paused for longer than the heartbeat timeout, a client
+/// that kept sending heartbeats keeps its lease; one that stays silent still expires once the
+/// daemon has run for the timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_daemon_keeps_healthy_leases() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path(), 1, 50);
+    cfg.lease.heartbeat_timeout_ms = 1_500;
+    let clock = std::sync::Arc::new(JumpClock {
+        base: Instant::now(),
+        offset_ms: 0.into(),
+    });
+    let catalog = Catalog::builtin().clone();
+    let st = SimState::new(&catalog, &[("h100-80gb".into(), 1)], 3, true).unwrap();
+    let sim = SimBackend::new(st, catalog.clone(), SimConfig::default()).unwrap();
+    std::fs::create_dir_all(cfg.state_dir()).unwrap();
+    let fleet = Fleet::with_sim(sim, &cfg, &cfg.state_dir(), &catalog).unwrap();
+    let (d, sched) = Daemon::start_with_clock(cfg, catalog, fleet, clock.clone()).unwrap();
+    // HTTP callers have no process to watch: only heartbeats keep their leases.
+    let healthy = Identity::http(1000);
+    let silent = Identity::http(1001);
+    let h = d.submit(&healthy, mig("1g.10gb")).unwrap();
+    let s = d.submit(&silent, mig("1g.10gb")).unwrap();
+    leased(&d, &healthy, h.id, Duration::from_secs(10)).await;
+    leased(&d, &silent, s.id, Duration::from_secs(10)).await;
+    d.heartbeat(&healthy, h.id).unwrap();
+    d.heartbeat(&silent, s.id).unwrap();
+    // The daemon "sleeps" a minute; the first passes after it run before any heartbeat.
+    clock.jump(Duration::from_secs(60));
+    passes(&d, 3).await;
+    assert_eq!(
+        d.get(&healthy, h.id).unwrap().state,
+        RequestState::Leased,
+        "a healthy lease expired because the daemon was paused"
+    );
+    // Now the healthy client's queued heartbeats arrive; the silent one sends none.
+    let silent_ended = until("the silent lease's expiry", Duration::from_secs(20), || {
+        d.heartbeat(&healthy, h.id).ok()?;
+        let v = d.get(&silent, s.id).ok()?;
+        (v.state == RequestState::Expired).then_some(v)
+    })
+    .await;
+    assert!(silent_ended.end_reason.unwrap().contains("no heartbeat"));
+    assert_eq!(d.get(&healthy, h.id).unwrap().state, RequestState::Leased);
+    stop(d, sched).await;
 }
