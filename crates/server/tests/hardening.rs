@@ -376,3 +376,144 @@ async fn a_paused_daemon_keeps_healthy_leases() {
     assert_eq!(d.get(&healthy, h.id).unwrap().state, RequestState::Leased);
     stop(d, sched).await;
 }
+
+/// Serve `d`'s API on a Unix socket in `dir` and on 127.0.0.1, with the connection guard.
+async fn serve_guarded(
+    d: &Daemon,
+    dir: &Path,
+    max: u32,
+    idle: Duration,
+) -> (std::path::PathBuf, std::net::SocketAddr) {
+    use tessera_server::http::{router, AppState, Guarded, Peer};
+    let socket = dir.join("api.sock");
+    let unix = tokio::net::UnixListener::bind(&socket).unwrap();
+    let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = tcp.local_addr().unwrap();
+    let app = router(AppState {
+        daemon: d.clone(),
+        token: Some("secret".into()),
+    });
+    let svc = app.clone().into_make_service_with_connect_info::<Peer>();
+    tokio::spawn(async move { axum::serve(Guarded::new(unix, max, idle), svc).await });
+    let svc = app.into_make_service_with_connect_info::<Peer>();
+    tokio::spawn(async move { axum::serve(Guarded::new(tcp, max, idle), svc).await });
+    (socket, addr)
+}
+
+/// Whether the server closes `s` within `within` (EOF or an error on read).
+async fn closed<S: tokio::io::AsyncRead + Unpin>(s: &mut S, within: Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 256];
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+            Err(_) => return false,
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => continue,
+        }
+    }
+}
+
+/// Defect 1: one uid cannot hold more than its share of connections (the next ones are
+/// closed at once), idle connections are closed after the idle timeout, and then the API
+/// answers again. The same holds per address on TCP, where no token is needed to connect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_time_out_and_each_uid_has_a_cap() {
+    use tessera_server::client::Client;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), 1, 50);
+    let (d, sched) = start(&cfg, 1);
+    let idle = Duration::from_millis(400);
+    let (socket, addr) = serve_guarded(&d, dir.path(), 2, idle).await;
+    let mut held = vec![
+        tokio::net::UnixStream::connect(&socket).await.unwrap(),
+        tokio::net::UnixStream::connect(&socket).await.unwrap(),
+    ];
+    let mut third = tokio::net::UnixStream::connect(&socket).await.unwrap();
+    assert!(
+        closed(&mut third, Duration::from_secs(5)).await,
+        "a third connection of the same uid is closed at once"
+    );
+    let e = Client::new(&socket).status().await.unwrap_err();
+    assert!(e.is_unavailable(), "{e}");
+    // The idle ones go after the timeout (well before the 10 s bound)...
+    for c in held.iter_mut() {
+        assert!(
+            closed(c, Duration::from_secs(10)).await,
+            "idle connection kept"
+        );
+    }
+    // ...and the API answers again.
+    let st = Client::new(&socket).status().await.unwrap();
+    assert_eq!(st.gpus.len(), 1);
+    // TCP: the same cap per address, and the same timeout without any token.
+    let mut t1 = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let _t2 = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut t3 = tokio::net::TcpStream::connect(addr).await.unwrap();
+    assert!(closed(&mut t3, Duration::from_secs(5)).await);
+    assert!(closed(&mut t1, Duration::from_secs(10)).await);
+    stop(d, sched).await;
+}
+
+/// Defect 1: a client that sends its request a byte at a time is cut off once the idle
+/// timeout has passed since its first byte; a long poll is shortened to fit in the timeout
+/// and answers normally.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_request_is_cut_off_and_a_long_poll_fits_the_timeout() {
+    use tessera_server::client::Client;
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path(), 1, 50);
+    cfg.connections.idle_timeout_ms = 1_000;
+    cfg.lease.heartbeat_timeout_ms = 10_000;
+    let (d, sched) = start(&cfg, 1);
+    let (socket, _) = serve_guarded(&d, dir.path(), 8, Duration::from_millis(1_000)).await;
+    let mut slow = tokio::net::UnixStream::connect(&socket).await.unwrap();
+    let request = b"GET /v1/status HTTP/1.1\r\nHost: x\r\nX-Padding: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+    let started = Instant::now();
+    let mut cut = false;
+    for b in request {
+        if slow.write_all(&[*b]).await.is_err() {
+            cut = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        cut || closed(&mut slow, Duration::from_millis(10)).await,
+        "a request dribbled over {:?} was never cut off",
+        started.elapsed()
+    );
+    // The queue's long poll (asked for 30 s) is held to half the timeout.
+    let who = Client::new(&socket);
+    let v = who.submit(&mig("7g.80gb")).await.unwrap();
+    let blocker = who.submit(&mig("7g.80gb")).await.unwrap();
+    let t = Instant::now();
+    let w = who.wait(blocker.id, Duration::from_secs(30)).await.unwrap();
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    assert_eq!(w.state, RequestState::Queued, "{v:?}");
+    stop(d, sched).await;
+}
+
+/// Defect 1: at start the daemon raises its soft open-file limit to the hard limit.
+#[test]
+fn the_soft_open_file_limit_is_raised_to_the_hard_limit() {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let start = getrlimit(Resource::Nofile);
+    if let Some(hard) = start.maximum {
+        // Lower the soft limit a little (still plenty for the other tests) to see it raised.
+        let lower = hard.saturating_sub(1).max(1024).min(hard);
+        setrlimit(
+            Resource::Nofile,
+            Rlimit {
+                current: Some(lower),
+                maximum: Some(hard),
+            },
+        )
+        .unwrap();
+    }
+    let (_, after) = tessera_server::serve::raise_nofile_limit();
+    let now = getrlimit(Resource::Nofile);
+    assert_eq!(now.current, now.maximum);
+    assert_eq!(after, now.maximum);
+}
