@@ -425,7 +425,7 @@ async fn idle_connections_time_out_and_each_uid_has_a_cap() {
     let (d, sched) = start(&cfg, 1);
     let idle = Duration::from_millis(400);
     let (socket, addr) = serve_guarded(&d, dir.path(), 2, idle).await;
-    let mut held = vec![
+    let mut held = [
         tokio::net::UnixStream::connect(&socket).await.unwrap(),
         tokio::net::UnixStream::connect(&socket).await.unwrap(),
     ];
