@@ -71,6 +71,8 @@ struct Snapshot {
     gpus: Vec<GpuState>,
     reservations: Vec<Reservation>,
     errors: BTreeMap<u32, String>,
+    /// Why each queued request waits, as of the last full pass.
+    waits: BTreeMap<u64, String>,
 }
 
 /// Messages to the scheduler thread.
@@ -334,6 +336,18 @@ impl Daemon {
             Some(l) => r.ended_ms.unwrap_or(now).saturating_sub(l),
             None => 0,
         };
+        let mine = who.may_see(r.uid);
+        let wait_reason = if r.state == RequestState::Queued {
+            self.inner
+                .snapshot
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .waits
+                .get(&r.id)
+                .cloned()
+        } else {
+            None
+        };
         RequestView {
             id: r.id,
             user: r.user.clone(),
@@ -347,13 +361,11 @@ impl Daemon {
             submitted_ms: r.submitted_ms,
             waited_ms: waited_until.saturating_sub(r.submitted_ms),
             running_ms,
-            slice: r.slice.clone(),
-            env: if who.may_see(r.uid) {
-                r.env.clone()
-            } else {
-                BTreeMap::new()
-            },
-            command: r.command.clone(),
+            // Another user's slice identity, environment and command stay hidden.
+            slice: r.slice.clone().filter(|_| mine),
+            env: if mine { r.env.clone() } else { BTreeMap::new() },
+            command: if mine { r.command.clone() } else { Vec::new() },
+            wait_reason,
             exit_code: r.exit_code,
             end_reason: r.end_reason.clone(),
             cancel_requested: r.cancel_requested,
@@ -633,7 +645,21 @@ impl Daemon {
         };
         let mut gpus = Vec::new();
         for g in &snap.gpus {
-            gpus.push(self.gpu_view(g, &snap, &holder));
+            let mut view = self.gpu_view(g, &snap, &holder);
+            if !who.is_admin() {
+                // A non-admin sees the identity (`MIG-…` UUID) of its own instances only:
+                // others' are shown held, free ones by profile and place.
+                for (v, i) in view.instances.iter_mut().zip(&g.instances) {
+                    let own = i
+                        .lease
+                        .and_then(|l| owners.get(&l))
+                        .is_some_and(|r| r.uid == who.uid);
+                    if !own {
+                        v.uuid = None;
+                    }
+                }
+            }
+            gpus.push(view);
         }
         Ok(StatusView {
             backend: self.inner.backend.clone(),
@@ -1218,6 +1244,7 @@ impl Scheduler {
                         {
                             g.mps_clients.push(MpsClient {
                                 lease: r.id,
+                                uid: r.uid,
                                 memory_mib: *memory_mib,
                                 sm_percent: *sm_percent,
                             });
@@ -1388,6 +1415,7 @@ impl Scheduler {
         for r in &queue {
             let w = Waiting {
                 id: r.id,
+                uid: r.uid,
                 ask: r.ask.clone(),
                 gpu_model: r.gpu_model.clone(),
                 waited_ms: now.saturating_sub(r.submitted_ms),
@@ -1420,7 +1448,32 @@ impl Scheduler {
         }
 
         self.publish(&gpus, &reservations, errors, queue.len() - granted.len());
-        if changed {
+        let catalog = self.inner().catalog.clone();
+        let waits: BTreeMap<u64, String> = queue
+            .iter()
+            .filter(|r| !granted.contains(&r.id))
+            .map(|r| {
+                let w = Waiting {
+                    id: r.id,
+                    uid: r.uid,
+                    ask: r.ask.clone(),
+                    gpu_model: r.gpu_model.clone(),
+                    waited_ms: now.saturating_sub(r.submitted_ms),
+                };
+                (r.id, sched::why_waiting(&catalog, &gpus, &w, &reservations))
+            })
+            .collect();
+        let reasons_changed = {
+            let mut snap = self
+                .inner()
+                .snapshot
+                .write()
+                .unwrap_or_else(|e| e.into_inner());
+            let differ = snap.waits != waits;
+            snap.waits = waits;
+            differ
+        };
+        if changed || reasons_changed {
             self.d.changed();
         }
     }
@@ -1548,6 +1601,7 @@ impl Scheduler {
                 ..
             } => gpus[idx].mps_clients.push(MpsClient {
                 lease: r.id,
+                uid: r.uid,
                 memory_mib: *memory_mib,
                 sm_percent: *sm_percent,
             }),
@@ -1606,10 +1660,12 @@ impl Scheduler {
             .snapshot
             .write()
             .unwrap_or_else(|e| e.into_inner());
+        let waits = std::mem::take(&mut snap.waits);
         *snap = Snapshot {
             gpus: gpus.to_vec(),
             reservations: reservations.to_vec(),
             errors,
+            waits,
         };
     }
 }

@@ -148,6 +148,7 @@ fn resolve_group(name: &str) -> Option<u32> {
         return Some(n);
     }
     let c = std::ffi::CString::new(name).ok()?;
+    // SAFETY: a C struct of integers and pointers, for which all-zero bytes are a valid value.
     let mut grp: libc::group = unsafe { std::mem::zeroed() };
     let mut buf = vec![0u8; 16 * 1024];
     let mut out: *mut libc::group = std::ptr::null_mut();
