@@ -1001,12 +1001,12 @@ impl Scheduler {
                 "--discard-journal: deleted {n} journal record(s); the GPUs' layouts are taken from the GPUs as they are"
             ));
         }
-        let (desired, active, journal, empty) = {
+        let (desired, active, journal, counts) = {
             let s = lock(&self.inner().store);
-            (s.desired()?, s.active()?, s.journal()?, s.is_empty()?)
+            (s.desired()?, s.active()?, s.journal()?, s.counts()?)
         };
-        if empty {
-            self.check_emptied();
+        if let (0, 0, journal_rows) = counts {
+            self.check_emptied(journal_rows);
         }
         let open = dangling_intents(&journal);
         if !open.is_empty() {
@@ -1079,11 +1079,16 @@ impl Scheduler {
         lock(&self.inner().notices).push(text);
     }
 
-    /// The database holds nothing: warn when the GPUs say tessera has been here (MIG
-    /// instances exist, or simulated ones are marked busy), since then the database was
-    /// emptied or replaced and the leases it recorded are lost.
-    fn check_emptied(&mut self) {
+    /// The database holds no request and no layout: warn when its journal or the GPUs say
+    /// tessera has been here (journal records of re-partitions, MIG instances), since then
+    /// the database was emptied or replaced and the leases it recorded are lost.
+    fn check_emptied(&mut self, journal_rows: u64) {
         let mut seen = Vec::new();
+        if journal_rows > 0 {
+            seen.push(format!(
+                "its journal holds {journal_rows} record(s) of re-partitions"
+            ));
+        }
         for f in self.inner().gpus.clone() {
             if f.mode != GpuMode::Mig {
                 continue;
@@ -1103,7 +1108,7 @@ impl Scheduler {
             return;
         }
         self.notice(format!(
-            "the state database {} has no request, layout or journal record, but {}: it was emptied or replaced (or the GPUs were partitioned by someone else). Leases it held are lost and their commands, if any still run, are not accounted for. If that is not intended, stop the daemon and restore tessera.db from a backup; otherwise idle instances are reused and re-partitioned as usual",
+            "the state database {} has no request and no layout, but {}: it was emptied or replaced (or the GPUs were partitioned by someone else). Leases it held are lost and their commands, if any still run, are not accounted for. If that is not intended, stop the daemon and restore tessera.db from a backup; otherwise idle instances are reused and re-partitioned as usual",
             self.inner().state_dir.join("tessera.db").display(),
             seen.join("; ")
         ));

@@ -605,18 +605,17 @@ impl Store {
         Ok(n as u64)
     }
 
-    /// Whether the database holds no request, no desired layout and no journal record (a
-    /// new database, or one emptied outside tessera).
-    pub fn is_empty(&self) -> Result<bool, ServerError> {
-        let n: i64 = self
-            .conn
-            .query_row(
-                "SELECT (SELECT COUNT(*) FROM requests) + (SELECT COUNT(*) FROM desired) + (SELECT COUNT(*) FROM journal)",
-                [],
-                |r| r.get(0),
-            )
-            .map_err(|e| self.err(e))?;
-        Ok(n == 0)
+    /// How many rows `requests`, `desired` and `journal` hold.
+    pub fn counts(&self) -> Result<(u64, u64, u64), ServerError> {
+        let count = |table: &str| -> Result<u64, ServerError> {
+            self.conn
+                .query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |r| {
+                    r.get::<_, i64>(0)
+                })
+                .map(|n| n as u64)
+                .map_err(|e| self.err(e))
+        };
+        Ok((count("requests")?, count("desired")?, count("journal")?))
     }
 
     /// The GPU of journal record `seq`.

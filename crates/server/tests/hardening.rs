@@ -262,6 +262,20 @@ async fn an_emptied_database_is_warned_about() {
         "{notices:?}"
     );
     stop(d, sched).await;
+    // Requests and layouts gone, the journal kept: the journal gives it away.
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), 1, 50);
+    leave_a_lease(&cfg).await;
+    sql(&cfg, "DELETE FROM requests; DELETE FROM desired;");
+    let (d, sched) = start_persistent(&cfg).unwrap();
+    let notices = d.notices();
+    assert!(
+        notices
+            .iter()
+            .any(|n| n.contains("emptied") && n.contains("its journal holds")),
+        "{notices:?}"
+    );
+    stop(d, sched).await;
     // A fresh state directory over fresh GPUs says nothing.
     let fresh = tempfile::tempdir().unwrap();
     let cfg = config(fresh.path(), 1, 50);
