@@ -37,6 +37,16 @@ pub fn raise_nofile_limit() -> (Option<u64>, Option<u64>) {
     }
 }
 
+/// The per-uid connection cap in force: the configured one, but never more than a quarter
+/// of the open-file limit (at least 4), so that one uid cannot use up the daemon's
+/// descriptors.
+pub fn connection_cap(configured: u32, nofile: Option<u64>) -> u32 {
+    match nofile {
+        Some(n) => configured.min(u32::try_from(n / 4).unwrap_or(u32::MAX).max(4)),
+        None => configured,
+    }
+}
+
 /// Make sure the state directory is private to the daemon: create it with mode 0700; an
 /// existing one must belong to the daemon's uid (refused otherwise, since it holds every
 /// user's command lines and environments), and group or other bits are removed. Returns what
@@ -218,15 +228,23 @@ pub async fn serve(cfg: Config, catalog: Catalog) -> Result<(), ServerError> {
     );
     let limits = &cfg.connections;
     let idle = std::time::Duration::from_millis(limits.idle_timeout_ms);
+    let cap = connection_cap(limits.max_per_uid, after);
+    if cap < limits.max_per_uid {
+        tracing::warn!(
+            "at most {cap} connections per uid (connections.max_per_uid is {}, but the open-file limit is {}; raise it with LimitNOFILE= or ulimit -Hn)",
+            limits.max_per_uid,
+            after.unwrap_or(0)
+        );
+    }
     let unix_srv = axum::serve(
-        Guarded::new(unix, limits.max_per_uid, idle),
+        Guarded::new(unix, cap, idle),
         app.clone().into_make_service_with_connect_info::<Peer>(),
     );
     let tcp_srv = async {
         match tcp {
             Some(l) => {
                 axum::serve(
-                    Guarded::new(l, limits.max_per_uid, idle),
+                    Guarded::new(l, cap, idle),
                     app.into_make_service_with_connect_info::<Peer>(),
                 )
                 .await

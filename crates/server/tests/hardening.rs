@@ -509,6 +509,17 @@ async fn a_slow_request_is_cut_off_and_a_long_poll_fits_the_timeout() {
     stop(d, sched).await;
 }
 
+/// Defect 1: the per-uid cap never exceeds a quarter of the open-file limit.
+#[test]
+fn the_connection_cap_is_held_to_a_quarter_of_the_open_file_limit() {
+    use tessera_server::serve::connection_cap;
+    assert_eq!(connection_cap(256, Some(128)), 32);
+    assert_eq!(connection_cap(256, Some(1 << 20)), 256);
+    assert_eq!(connection_cap(256, None), 256);
+    assert_eq!(connection_cap(256, Some(8)), 4);
+    assert_eq!(connection_cap(2, Some(8)), 2);
+}
+
 /// Defect 1: at start the daemon raises its soft open-file limit to the hard limit.
 #[test]
 fn the_soft_open_file_limit_is_raised_to_the_hard_limit() {
