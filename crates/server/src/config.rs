@@ -240,6 +240,13 @@ impl Config {
                     g.index
                 )));
             }
+            let most = tessera_gpu::mps::MAX_CLIENTS_PER_SERVER;
+            if g.mps.max_clients > most {
+                return Err(bad(format!(
+                    "GPU {}: mps.max_clients is {}, but one MPS server takes at most {most} clients (Volta and newer); give {most} or less",
+                    g.index, g.mps.max_clients
+                )));
+            }
         }
         if self.scheduler.tick_ms == 0 {
             return Err(bad("scheduler.tick_ms must be at least 1".into()));
