@@ -287,13 +287,6 @@ impl Config {
                     key("mps.sm_oversubscription")
                 )));
             }
-            let most = tessera_gpu::mps::MAX_CLIENTS_PER_SERVER;
-            if g.mps.max_clients > most {
-                return Err(bad(format!(
-                    "GPU {}: mps.max_clients is {}, but one MPS server takes at most {most} clients (Volta and newer); give {most} or less",
-                    g.index, g.mps.max_clients
-                )));
-            }
         }
         let s = &self.scheduler;
         check_int("scheduler.tick_ms", s.tick_ms, 1, 60_000).map_err(&bad)?;
@@ -399,7 +392,7 @@ pub const MAX_GPUS: u32 = 64;
 /// Most time-slice replicas of one GPU.
 pub const MAX_REPLICAS: u32 = 64;
 /// Most MPS clients per GPU (the MPS server's limit on Volta and newer).
-pub const MAX_MPS_CLIENTS: u32 = 48;
+pub const MAX_MPS_CLIENTS: u32 = tessera_gpu::mps::MAX_CLIENTS_PER_SERVER;
 /// Largest MPS memory reserve, MiB (1 TiB: more than any GPU has).
 pub const MAX_RESERVE_MIB: u64 = 1 << 20;
 /// Largest `mps.sm_oversubscription`.

@@ -22,6 +22,13 @@
 //!    - MPS and time-slicing: the GPU with the least memory (MPS) or fewest replicas
 //!      (time-slice) in use; later requests get no new lease on that GPU at all.
 //!
+//! **MPS by uid.** An MPS control daemon runs one server, of one uid, at a time; a client of
+//! another uid blocks until every client of the running server is gone. So an MPS GPU with
+//! leases of uid U takes new MPS clients of U only, at most `mps.max_clients` (never more than
+//! the 48 a server takes on Volta and newer); another uid's request goes to another GPU or
+//! waits, and may reserve the held GPU, which then drains (see [`GpuState::mps_open_to`]).
+//! [`why_waiting`] tells a waiting request what stands in its way on each GPU.
+//!
 //! The reserved region only ever empties (nothing new is leased in it), so the reserving
 //! request is served as soon as the leases in its way end: no starvation, for every request in
 //! turn, since a request that cannot reserve (the limit is reached) is behind one that can.
