@@ -1001,6 +1001,108 @@ mod tests {
         assert_eq!(decide(c, std::slice::from_ref(&g), &w, &[]), None);
     }
 
+    /// One scheduling pass over MPS GPUs as the daemon runs it: the queue in order, a grant
+    /// per served request, a reservation (at most one) for the first that must wait.
+    fn mps_pass(gpus: &mut [GpuState], queue: &mut Vec<Waiting>, next_lease: &mut u64) {
+        let c = Catalog::builtin();
+        let mut reservations: Vec<Reservation> = Vec::new();
+        let mut left = Vec::new();
+        for w in queue.drain(..) {
+            match decide(c, gpus, &w, &reservations) {
+                Some(s) => {
+                    let Pick::Mps {
+                        memory_mib,
+                        sm_percent,
+                    } = s.pick
+                    else {
+                        panic!("{s:?}")
+                    };
+                    *next_lease += 1;
+                    let g = gpus.iter_mut().find(|g| g.facts.index == s.gpu).unwrap();
+                    g.mps_clients.push(MpsClient {
+                        lease: *next_lease,
+                        uid: w.uid,
+                        memory_mib,
+                        sm_percent,
+                    });
+                }
+                None => {
+                    if reservations.is_empty() {
+                        reservations.extend(reserve(c, gpus, &w, &reservations));
+                    }
+                    left.push(w);
+                }
+            }
+        }
+        *queue = left;
+    }
+
+    proptest::proptest! {
+        /// Whatever users ask and whenever leases end: an MPS GPU never holds clients of two
+        /// uids, never more than 48, and once leases keep ending every request is served.
+        #[test]
+        fn mps_gpus_serve_one_uid_at_a_time_and_every_request_in_the_end(
+            ngpus in 1u32..3,
+            asks in proptest::collection::vec((0u32..4, 1u64..30, 0u8..4), 1..60),
+            ends in proptest::collection::vec(0usize..8, 1..60),
+        ) {
+            let mut gpus: Vec<GpuState> = (0..ngpus)
+                .map(|i| {
+                    let mut f = facts(i, "h100-80gb", GpuMode::Mps);
+                    f.mps.sm_oversubscription = 4.0;
+                    GpuState::empty(f)
+                })
+                .collect();
+            let mut queue: Vec<Waiting> = asks
+                .iter()
+                .enumerate()
+                .map(|(i, (uid, gib, sm))| Waiting {
+                    uid: 1000 + uid,
+                    ..waiting(
+                        i as u64 + 1,
+                        SliceAsk::Mem {
+                            memory_mib: gib * 1024,
+                            sm_percent: Some([5, 10, 25, 50][*sm as usize]),
+                        },
+                    )
+                })
+                .collect();
+            let mut next_lease = 0;
+            let check = |gpus: &[GpuState]| {
+                for g in gpus {
+                    if let Some(h) = g.mps_holder() {
+                        assert!(g.mps_clients.iter().all(|c| c.uid == h), "{:?}", g.mps_clients);
+                    }
+                    assert!(g.mps_clients.len() <= 48);
+                }
+            };
+            // Leases end in an arbitrary pattern while requests are served ...
+            for e in &ends {
+                mps_pass(&mut gpus, &mut queue, &mut next_lease);
+                check(&gpus);
+                for g in gpus.iter_mut() {
+                    if !g.mps_clients.is_empty() {
+                        let i = e % g.mps_clients.len();
+                        g.mps_clients.remove(i);
+                    }
+                }
+            }
+            // ... then the oldest lease of each GPU ends after every pass: the queue empties.
+            let mut passes = 0;
+            while !queue.is_empty() {
+                mps_pass(&mut gpus, &mut queue, &mut next_lease);
+                check(&gpus);
+                for g in gpus.iter_mut() {
+                    if !g.mps_clients.is_empty() {
+                        g.mps_clients.remove(0);
+                    }
+                }
+                passes += 1;
+                proptest::prop_assert!(passes < 500, "starved: {queue:?}");
+            }
+        }
+    }
+
     #[test]
     fn timeslice_replicas_are_numbered_and_run_out() {
         let c = Catalog::builtin();
