@@ -908,6 +908,21 @@ mod tests {
             std::slice::from_ref(&r),
         );
         assert_eq!(blocked, None);
+        let why = why_waiting(
+            c,
+            std::slice::from_ref(&g2),
+            &waiting(11, mig("1g.10gb")),
+            std::slice::from_ref(&r),
+        );
+        assert_eq!(
+            why,
+            "GPU 0: the room left for 1g.10gb is held for request 9, which waits longer"
+        );
+        let why = why_waiting(c, std::slice::from_ref(&g), &w, &[]);
+        assert_eq!(
+            why,
+            "GPU 0: no room for a 3g.40gb instance next to the instances in use"
+        );
         // Without the reservation it would have been served there.
         assert!(decide(c, &[g2], &waiting(11, mig("1g.10gb")), &[]).is_some());
     }
@@ -1120,6 +1135,15 @@ mod tests {
         assert_eq!(share(&g, 2).unwrap().pick, Pick::Timeslice { replica: 1 });
         g.replicas.insert(1, 2);
         assert_eq!(share(&g, 3), None);
+        assert_eq!(
+            why_waiting(
+                c,
+                std::slice::from_ref(&g),
+                &waiting(3, SliceAsk::Share),
+                &[]
+            ),
+            "GPU 2: all 2 time-slice replicas are leased"
+        );
         let r = reserve(
             c,
             std::slice::from_ref(&g),
