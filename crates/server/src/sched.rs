@@ -777,13 +777,14 @@ fn gpu_blocker(
                 gpu_model: None,
                 ..w.clone()
             };
-            let free = decide(catalog, std::slice::from_ref(g), &alone, &[]).is_some();
+            // Only with a hold on this GPU is the planner asked again (without the holds).
+            let free = || decide(catalog, std::slice::from_ref(g), &alone, &[]).is_some();
             match reservations
                 .iter()
                 .filter(other)
                 .find(|r| r.region.is_some())
             {
-                Some(r) if free => format!(
+                Some(r) if free() => format!(
                     "the room left for {profile} is held for request {}, which waits longer",
                     r.request
                 ),
