@@ -71,6 +71,10 @@ enum Command {
     Bench(cmd::bench::BenchCmd),
     /// Replay a GPU cluster trace under each slicing policy (saturate or replay mode).
     Sim(cmd::sim::Args),
+    /// Check, read-only, what this machine offers tessera: driver, GPUs, MIG, MPS, CUDA
+    /// libraries, cgroups, the daemon; each line ok / warn / fail with the fix (exit 1 on a
+    /// failure, e.g. no GPU).
+    Doctor(cmd::doctor::Args),
 }
 
 fn main() -> ExitCode {
@@ -110,5 +114,6 @@ fn run(command: &Command, ctx: &Ctx) -> Result<ExitCode, CliError> {
         Command::Cancel(a) => cmd::cancel::run(a, ctx),
         Command::Drain(a) => cmd::drain::run(a, ctx),
         Command::Demo(a) => cmd::demo::run(a, ctx),
+        Command::Doctor(a) => cmd::doctor::run(a, ctx),
     }
 }

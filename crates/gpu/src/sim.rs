@@ -106,6 +106,13 @@ pub struct SimGi {
     pub cis: Vec<SimCi>,
     /// Simulated processes.
     pub pids: Vec<u32>,
+    /// Compute mode of the GI's MIG device(s): with MIG on, compute mode is per MIG device.
+    #[serde(default)]
+    pub compute_mode: ComputeMode,
+    /// Held by something NVML does not list as a compute process (DCGM, persistenced): the
+    /// instance looks idle, but destroying it is refused with `InUse` and no PIDs, as on NVML.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub held_unlisted: bool,
 }
 
 /// One simulated compute instance.
@@ -312,6 +319,7 @@ pub struct SimBackend {
     reached_by_point: BTreeMap<CrashPoint, u32>,
     crashed: Option<&'static str>,
     stats: SimStats,
+    unprivileged: bool,
 }
 
 #[derive(Debug)]
@@ -339,6 +347,7 @@ impl SimBackend {
             reached_by_point: BTreeMap::new(),
             crashed: None,
             stats: SimStats::default(),
+            unprivileged: false,
         })
     }
 
@@ -521,6 +530,59 @@ impl SimBackend {
             })
     }
 
+    /// Act as an unprivileged caller (not root): on a MIG-enabled GPU NVML then answers
+    /// `NO_PERMISSION` for the parent's memory info, the instance and placement lists, and
+    /// every change. Not stored in the state file: it is a property of the caller.
+    pub fn set_unprivileged(&mut self, unprivileged: bool) {
+        self.unprivileged = unprivileged;
+    }
+
+    /// Mark the instance at `start` as held by something NVML does not list as a compute
+    /// process (a monitoring agent, the persistence daemon), or release it.
+    pub fn set_held_unlisted(&mut self, gpu: u32, start: u8, held: bool) -> Result<(), GpuError> {
+        self.gi_at_mut(gpu, start, "hold the GPU instance")?
+            .held_unlisted = held;
+        self.persist()
+    }
+
+    /// `NO_PERMISSION` for an unprivileged caller: `always` for changes, else only on a
+    /// MIG-enabled GPU (the privileged MIG queries).
+    fn privileged(&self, gpu: u32, op: &str, always: bool) -> Result<(), GpuError> {
+        if !self.unprivileged {
+            return Ok(());
+        }
+        let mig_on = self
+            .gpu_ref(gpu, op)
+            .map(|g| g.mig.current)
+            .unwrap_or(false);
+        if always || mig_on {
+            return Err(GpuError::NoPermission { op: op.to_string() });
+        }
+        Ok(())
+    }
+
+    /// The GI `gi_id` of a MIG-enabled GPU that has a compute instance, for the per-MIG-device
+    /// compute mode.
+    fn mig_device_gi(&mut self, gpu: u32, gi_id: u32, op: &str) -> Result<&mut SimGi, GpuError> {
+        let g = self.gpu_mut(gpu, op)?;
+        if !g.mig.current {
+            return Err(GpuError::NotSupported {
+                op: op.to_string(),
+                reason: "MIG mode is disabled: there are no MIG devices; use the GPU's own \
+                         compute mode"
+                    .into(),
+            });
+        }
+        match g.instances.iter_mut().find(|i| i.gi_id == gi_id) {
+            Some(gi) if !gi.cis.is_empty() => Ok(gi),
+            Some(_) => Err(GpuError::NotFound {
+                op: op.to_string(),
+                detail: format!("GPU instance {gi_id} has no compute instance (no MIG device)"),
+            }),
+            None => Err(checks::no_such_gi(op.to_string(), gpu, gi_id)),
+        }
+    }
+
     /// A GPU instance that this call has already found or made.
     fn known_gi_mut(&mut self, gpu: u32, gi_id: u32) -> Result<&mut SimGi, GpuError> {
         Ok(self
@@ -665,24 +727,41 @@ impl GpuBackend for SimBackend {
 
     fn gpus(&mut self) -> Result<Vec<GpuInfo>, GpuError> {
         self.enter("list GPUs", false)?;
+        let unprivileged = self.unprivileged;
         Ok(self
             .state
             .gpus
             .iter()
-            .map(|g| GpuInfo {
-                index: g.index,
-                uuid: g.uuid.clone(),
-                name: g.name.clone(),
-                model: Some(g.model.clone()),
-                memory_mib: g.memory_mib,
-                mig: Some(g.mig),
-                compute_mode: Some(g.compute_mode),
+            .map(|g| {
+                // As NVML: the parent's memory info needs privileges on a MIG-enabled GPU, and
+                // the compute mode belongs to the MIG devices there.
+                let hide_memory = unprivileged && g.mig.current;
+                let mut unreadable = Vec::new();
+                if hide_memory {
+                    unreadable.push(
+                        "memory: NVML_ERROR_NO_PERMISSION (the whole GPU's memory on a \
+                         MIG-enabled GPU needs root)"
+                            .to_string(),
+                    );
+                }
+                GpuInfo {
+                    index: g.index,
+                    uuid: g.uuid.clone(),
+                    name: g.name.clone(),
+                    model: Some(g.model.clone()),
+                    memory_mib: if hide_memory { 0 } else { g.memory_mib },
+                    mig: Some(g.mig),
+                    compute_mode: (!g.mig.current).then_some(g.compute_mode),
+                    unreadable,
+                }
             })
             .collect())
     }
 
     fn profiles(&mut self, gpu: u32) -> Result<Vec<ProfileInfo>, GpuError> {
-        self.enter(&format!("GPU {gpu}: read the profile table"), false)?;
+        let op = format!("GPU {gpu}: read the profile table");
+        self.enter(&op, false)?;
+        self.privileged(gpu, &op, false)?;
         let model = self.model_of(gpu)?;
         let mut t = catalog_profiles(model);
         t.sort_by_key(|p| p.nvml_index);
@@ -692,6 +771,7 @@ impl GpuBackend for SimBackend {
     fn instances(&mut self, gpu: u32) -> Result<Vec<GpuInstance>, GpuError> {
         let op = format!("GPU {gpu}: list GPU instances");
         self.enter(&op, false)?;
+        self.privileged(gpu, &op, false)?;
         let g = self.gpu_ref(gpu, "list GPU instances")?;
         if !g.mig.current {
             return Err(checks::mig_off_for_list(op));
@@ -708,6 +788,7 @@ impl GpuBackend for SimBackend {
     fn create_gi(&mut self, gpu: u32, profile: &str, start: u8) -> Result<GpuInstance, GpuError> {
         let op = format!("GPU {gpu}: create GPU instance {profile}@{start}");
         let fail_after = self.enter(&op, true)?;
+        self.privileged(gpu, &op, true)?;
         let g = self.gpu_ref(gpu, &format!("create GPU instance {profile}@{start}"))?;
         if !g.mig.current {
             return Err(checks::mig_off_for_create(op));
@@ -769,6 +850,8 @@ impl GpuBackend for SimBackend {
             start,
             cis: Vec::new(),
             pids: Vec::new(),
+            compute_mode: ComputeMode::Default,
+            held_unlisted: false,
         });
         g.instances.sort_by_key(|i| i.start);
         self.stats.mutations += 1;
@@ -807,6 +890,7 @@ impl GpuBackend for SimBackend {
         let gpu = instance.gpu();
         let op = checks::destroy_op(instance);
         let fail_after = self.enter(&op, true)?;
+        self.privileged(gpu, &op, true)?;
         let g = self.gpu_ref(gpu, &format!("destroy GPU instance {}", instance.spec()))?;
         let now = g
             .instances
@@ -818,6 +902,10 @@ impl GpuBackend for SimBackend {
                 self.stats.busy_destroy_attempts += 1;
             }
             return Err(e);
+        }
+        if self.known_gi_mut(gpu, instance.gi_id())?.held_unlisted {
+            self.stats.busy_destroy_attempts += 1;
+            return Err(GpuError::InUse { op, pids: vec![] });
         }
         let gi = self.known_gi_mut(gpu, instance.gi_id())?;
         let had_ci = !gi.cis.is_empty();
@@ -867,14 +955,48 @@ impl GpuBackend for SimBackend {
     }
 
     fn compute_mode(&mut self, gpu: u32) -> Result<ComputeMode, GpuError> {
-        self.enter(&format!("GPU {gpu}: read compute mode"), false)?;
-        Ok(self.gpu_ref(gpu, "read compute mode")?.compute_mode)
+        let op = format!("GPU {gpu}: read compute mode");
+        self.enter(&op, false)?;
+        let g = self.gpu_ref(gpu, "read compute mode")?;
+        if g.mig.current {
+            return Err(checks::compute_mode_is_per_mig_device(op));
+        }
+        Ok(g.compute_mode)
     }
 
     fn set_compute_mode(&mut self, gpu: u32, mode: ComputeMode) -> Result<(), GpuError> {
         let op = format!("GPU {gpu}: set compute mode {mode}");
         let fail_after = self.enter(&op, true)?;
-        self.gpu_mut(gpu, "set compute mode")?.compute_mode = mode;
+        self.privileged(gpu, &op, true)?;
+        let g = self.gpu_mut(gpu, "set compute mode")?;
+        if g.mig.current {
+            return Err(checks::compute_mode_is_per_mig_device(op));
+        }
+        g.compute_mode = mode;
+        self.stats.mutations += 1;
+        self.persist()?;
+        if fail_after {
+            return Err(Self::fault_after(&op));
+        }
+        Ok(())
+    }
+
+    fn instance_compute_mode(&mut self, gpu: u32, gi_id: u32) -> Result<ComputeMode, GpuError> {
+        let op = format!("GPU {gpu}: read the compute mode of GPU instance {gi_id}");
+        self.enter(&op, false)?;
+        Ok(self.mig_device_gi(gpu, gi_id, &op)?.compute_mode)
+    }
+
+    fn set_instance_compute_mode(
+        &mut self,
+        gpu: u32,
+        gi_id: u32,
+        mode: ComputeMode,
+    ) -> Result<(), GpuError> {
+        let op = format!("GPU {gpu}: set the compute mode of GPU instance {gi_id} to {mode}");
+        let fail_after = self.enter(&op, true)?;
+        self.privileged(gpu, &op, true)?;
+        self.mig_device_gi(gpu, gi_id, &op)?.compute_mode = mode;
         self.stats.mutations += 1;
         self.persist()?;
         if fail_after {
@@ -895,7 +1017,7 @@ impl GpuBackend for SimBackend {
 
 /// Take an exclusive advisory lock on `PATH.lock` (released when the file is closed,
 /// including when the process dies).
-fn lock_file(path: &Path) -> Result<File, GpuError> {
+pub(crate) fn lock_file(path: &Path) -> Result<File, GpuError> {
     let mut lock_path = path.as_os_str().to_owned();
     lock_path.push(".lock");
     let lock_path = PathBuf::from(lock_path);

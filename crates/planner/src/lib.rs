@@ -123,18 +123,31 @@ impl fmt::Display for Policy {
 }
 
 impl FromStr for Policy {
-    type Err = String;
+    type Err = UnknownPolicy;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "tessera" => Ok(Policy::Tessera),
-            "nos" => Ok(Policy::Nos),
-            "first-fit" | "firstfit" | "first_fit" => Ok(Policy::FirstFit),
-            "exact" => Ok(Policy::Exact),
-            other => Err(format!(
-                "unknown policy `{other}`; use tessera, nos, first-fit or exact"
-            )),
-        }
+        let name = s.trim().to_ascii_lowercase();
+        let name = match name.as_str() {
+            "firstfit" | "first_fit" => "first-fit",
+            other => other,
+        };
+        Policy::ALL
+            .into_iter()
+            .find(|p| p.as_str() == name)
+            .ok_or_else(|| UnknownPolicy {
+                name: s.trim().to_string(),
+                choices: Policy::ALL.map(Policy::as_str).to_vec(),
+            })
     }
+}
+
+/// A policy name that is not among the choices of the command or library that parsed it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown policy `{name}`; use {}", choices.join(", "))]
+pub struct UnknownPolicy {
+    /// The name given.
+    pub name: String,
+    /// The names accepted there.
+    pub choices: Vec<&'static str>,
 }
 
 /// The most the `exact` policy takes on; larger inputs are refused with these numbers.

@@ -71,6 +71,8 @@ struct Snapshot {
     gpus: Vec<GpuState>,
     reservations: Vec<Reservation>,
     errors: BTreeMap<u32, String>,
+    /// Why each queued request waits, as of the last full pass.
+    waits: BTreeMap<u64, String>,
 }
 
 /// Messages to the scheduler thread.
@@ -85,6 +87,9 @@ enum Cmd {
     },
     /// Stop the thread.
     Stop,
+    /// Panic inside a pass (tests of what a dying scheduler does).
+    #[cfg(test)]
+    Panic,
 }
 
 struct Inner {
@@ -99,6 +104,10 @@ struct Inner {
     heartbeats: Mutex<BTreeMap<u64, Instant>>,
     metrics: Metrics,
     stopped: AtomicBool,
+    /// Why the scheduler thread died (`None` while it runs or after a clean stop).
+    failure: tokio::sync::watch::Sender<Option<String>>,
+    /// Warnings from the start (a state directory fixed, a database that looks emptied).
+    notices: Mutex<Vec<String>>,
     state_dir: PathBuf,
 }
 
@@ -158,7 +167,9 @@ impl Daemon {
         fleet: Fleet,
     ) -> Result<(Daemon, SchedulerHandle), ServerError> {
         let state_dir = cfg.state_dir();
-        create_private_dir(&state_dir)?;
+        let notices: Vec<String> = crate::serve::secure_state_dir(&state_dir)?
+            .into_iter()
+            .collect();
         let store = Store::open(&state_dir.join("tessera.db"))?;
         let (tx, rx) = mpsc::channel();
         let (changes, _) = tokio::sync::watch::channel(0u64);
@@ -174,6 +185,8 @@ impl Daemon {
             heartbeats: Mutex::new(BTreeMap::new()),
             metrics: Metrics::new(),
             stopped: AtomicBool::new(false),
+            failure: tokio::sync::watch::channel(None).0,
+            notices: Mutex::new(notices),
             state_dir,
             cfg,
         });
@@ -200,6 +213,31 @@ impl Daemon {
     pub fn stop(&self) {
         self.inner.stopped.store(true, Ordering::SeqCst);
         let _ = lock(&self.inner.tx).send(Cmd::Stop);
+    }
+
+    /// Why the scheduler thread died, if it did. Without it nothing is granted or expired,
+    /// so the daemon must stop (see [`Daemon::scheduler_died`]).
+    pub fn scheduler_failure(&self) -> Option<String> {
+        self.inner.failure.borrow().clone()
+    }
+
+    /// Resolves (with the reason) once the scheduler thread has died; `tessera serve` stops
+    /// the daemon with an error then, so that a supervisor restarts it.
+    pub async fn scheduler_died(&self) -> String {
+        let mut rx = self.inner.failure.subscribe();
+        loop {
+            if let Some(why) = rx.borrow_and_update().clone() {
+                return why;
+            }
+            if rx.changed().await.is_err() {
+                return "the scheduler thread is gone".into();
+            }
+        }
+    }
+
+    /// The warnings of the start, as logged: what was fixed or looks wrong in the state.
+    pub fn notices(&self) -> Vec<String> {
+        lock(&self.inner.notices).clone()
     }
 
     /// The metrics.
@@ -273,6 +311,18 @@ impl Daemon {
             Some(l) => r.ended_ms.unwrap_or(now).saturating_sub(l),
             None => 0,
         };
+        let mine = who.may_see(r.uid);
+        let wait_reason = if r.state == RequestState::Queued {
+            self.inner
+                .snapshot
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .waits
+                .get(&r.id)
+                .cloned()
+        } else {
+            None
+        };
         RequestView {
             id: r.id,
             user: r.user.clone(),
@@ -286,13 +336,11 @@ impl Daemon {
             submitted_ms: r.submitted_ms,
             waited_ms: waited_until.saturating_sub(r.submitted_ms),
             running_ms,
-            slice: r.slice.clone(),
-            env: if who.may_see(r.uid) {
-                r.env.clone()
-            } else {
-                BTreeMap::new()
-            },
-            command: r.command.clone(),
+            // Another user's slice identity, environment and command stay hidden.
+            slice: r.slice.clone().filter(|_| mine),
+            env: if mine { r.env.clone() } else { BTreeMap::new() },
+            command: if mine { r.command.clone() } else { Vec::new() },
+            wait_reason,
             exit_code: r.exit_code,
             end_reason: r.end_reason.clone(),
             cancel_requested: r.cancel_requested,
@@ -308,6 +356,11 @@ impl Daemon {
 
     /// `POST /v1/requests`: queue a request for the caller.
     pub fn submit(&self, who: &Identity, body: SubmitBody) -> Result<RequestView, ApiError> {
+        if let Some(why) = self.scheduler_failure() {
+            return Err(ApiError::unavailable(format!(
+                "the daemon's scheduler stopped ({why}); the daemon is shutting down, try again after it restarts"
+            )));
+        }
         if !(-1000..=1000).contains(&body.priority) {
             return Err(ApiError::bad_request(format!(
                 "priority {} is out of range; give -1000 to 1000",
@@ -567,7 +620,21 @@ impl Daemon {
         };
         let mut gpus = Vec::new();
         for g in &snap.gpus {
-            gpus.push(self.gpu_view(g, &snap, &holder));
+            let mut view = self.gpu_view(g, &snap, &holder);
+            if !who.is_admin() {
+                // A non-admin sees the identity (`MIG-…` UUID) of its own instances only:
+                // others' are shown held, free ones by profile and place.
+                for (v, i) in view.instances.iter_mut().zip(&g.instances) {
+                    let own = i
+                        .lease
+                        .and_then(|l| owners.get(&l))
+                        .is_some_and(|r| r.uid == who.uid);
+                    if !own {
+                        v.uuid = None;
+                    }
+                }
+            }
+            gpus.push(view);
         }
         Ok(StatusView {
             backend: self.inner.backend.clone(),
@@ -766,18 +833,6 @@ fn canonical_profile(catalog: &Catalog, gpus: &[GpuFacts], name: &str) -> String
     name.trim().to_string()
 }
 
-fn create_private_dir(dir: &std::path::Path) -> Result<(), ServerError> {
-    use std::os::unix::fs::DirBuilderExt;
-    if dir.is_dir() {
-        return Ok(());
-    }
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(|e| ServerError::io(dir, e))
-}
-
 /// The agent's journal, kept in the state database.
 struct DbJournal<'a> {
     store: &'a Mutex<Store>,
@@ -846,7 +901,29 @@ impl Scheduler {
         &self.d.inner
     }
 
-    fn run(mut self, rx: mpsc::Receiver<Cmd>) {
+    /// The thread's body: [`Scheduler::run_loop`], and when it panics, the reason recorded
+    /// for [`Daemon::scheduler_died`] and the daemon marked stopped.
+    fn run(self, rx: mpsc::Receiver<Cmd>) {
+        let d = self.d.clone();
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+            let mut this = self;
+            this.run_loop(rx)
+        }));
+        if let Err(payload) = result {
+            let why = payload
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic without a message".into());
+            tracing::error!(
+                "the scheduler thread died: {why}; no lease can be granted or ended, so the daemon stops (leases and the queue are kept in the database)"
+            );
+            d.inner.stopped.store(true, Ordering::SeqCst);
+            d.inner.failure.send_replace(Some(format!("panic: {why}")));
+        }
+    }
+
+    fn run_loop(&mut self, rx: mpsc::Receiver<Cmd>) {
         let tick = Duration::from_millis(self.inner().cfg.scheduler.tick_ms);
         let mut next = Instant::now() + tick;
         loop {
@@ -859,17 +936,19 @@ impl Scheduler {
                     Cmd::Layout { gpu, layout, reply } => {
                         let _ = reply.send(this.force(gpu, &layout));
                     }
+                    #[cfg(test)]
+                    Cmd::Panic => panic!("injected by a test"),
                 }
                 true
             };
             match msg {
                 Ok(m) => {
-                    if !handle(m, &mut self) {
+                    if !handle(m, self) {
                         return;
                     }
                     // Coalesce a burst of messages into one pass.
                     while let Ok(m) = rx.try_recv() {
-                        if !handle(m, &mut self) {
+                        if !handle(m, self) {
                             return;
                         }
                     }
@@ -1056,6 +1135,7 @@ impl Scheduler {
                         {
                             g.mps_clients.push(MpsClient {
                                 lease: r.id,
+                                uid: r.uid,
                                 memory_mib: *memory_mib,
                                 sm_percent: *sm_percent,
                             });
@@ -1083,8 +1163,10 @@ impl Scheduler {
         let observed = self.fleet.instances(gpu).map_err(|e| e.to_string())?;
         let mut out = Vec::new();
         for i in observed {
+            // A lease matches an instance by GPU, profile and start: the same placement on
+            // another GPU is another instance.
             let lease = leases.iter().find(|r| {
-                matches!(&r.slice, Some(Slice::Mig { profile, start, .. }) if *profile == i.profile && *start == i.start)
+                matches!(&r.slice, Some(Slice::Mig { gpu: g, profile, start, .. }) if *g == gpu && *profile == i.profile && *start == i.start)
             });
             let mut pids = i.pids.clone();
             if self.fleet.is_sim() {
@@ -1223,6 +1305,7 @@ impl Scheduler {
         for r in &queue {
             let w = Waiting {
                 id: r.id,
+                uid: r.uid,
                 ask: r.ask.clone(),
                 gpu_model: r.gpu_model.clone(),
                 waited_ms: now.saturating_sub(r.submitted_ms),
@@ -1255,7 +1338,32 @@ impl Scheduler {
         }
 
         self.publish(&gpus, &reservations, errors, queue.len() - granted.len());
-        if changed {
+        let catalog = self.inner().catalog.clone();
+        let waits: BTreeMap<u64, String> = queue
+            .iter()
+            .filter(|r| !granted.contains(&r.id))
+            .map(|r| {
+                let w = Waiting {
+                    id: r.id,
+                    uid: r.uid,
+                    ask: r.ask.clone(),
+                    gpu_model: r.gpu_model.clone(),
+                    waited_ms: now.saturating_sub(r.submitted_ms),
+                };
+                (r.id, sched::why_waiting(&catalog, &gpus, &w, &reservations))
+            })
+            .collect();
+        let reasons_changed = {
+            let mut snap = self
+                .inner()
+                .snapshot
+                .write()
+                .unwrap_or_else(|e| e.into_inner());
+            let differ = snap.waits != waits;
+            snap.waits = waits;
+            differ
+        };
+        if changed || reasons_changed {
             self.d.changed();
         }
     }
@@ -1284,6 +1392,7 @@ impl Scheduler {
                 .unwrap_or_default()
                 .into_iter()
                 .filter(|x| x.state == RequestState::Leased)
+                .filter(|x| x.slice.as_ref().is_some_and(|s| s.gpu() == gpu))
                 .collect();
             let refs: Vec<&RequestRow> = leases.iter().collect();
             match self.observe_mig(gpu, &refs) {
@@ -1382,6 +1491,7 @@ impl Scheduler {
                 ..
             } => gpus[idx].mps_clients.push(MpsClient {
                 lease: r.id,
+                uid: r.uid,
                 memory_mib: *memory_mib,
                 sm_percent: *sm_percent,
             }),
@@ -1440,10 +1550,12 @@ impl Scheduler {
             .snapshot
             .write()
             .unwrap_or_else(|e| e.into_inner());
+        let waits = std::mem::take(&mut snap.waits);
         *snap = Snapshot {
             gpus: gpus.to_vec(),
             reservations: reservations.to_vec(),
             errors,
+            waits,
         };
     }
 }
@@ -1468,4 +1580,61 @@ fn dangling_intents(rows: &[crate::store::JournalRow]) -> Vec<u64> {
         }
     }
     open.into_iter().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{BackendChoice, SchedulerSettings};
+    use tessera_gpu::sim::{SimBackend, SimConfig, SimState};
+
+    fn start(dir: &std::path::Path) -> (Daemon, SchedulerHandle) {
+        let cfg = Config {
+            backend: BackendChoice::Sim,
+            sim_gpus: "h100-80gb:1".into(),
+            state_dir: Some(dir.join("state")),
+            scheduler: SchedulerSettings {
+                tick_ms: 50,
+                ..SchedulerSettings::default()
+            },
+            ..Config::default()
+        };
+        let catalog = Catalog::builtin().clone();
+        let st = SimState::new(&catalog, &[("h100-80gb".into(), 1)], 3, true).unwrap();
+        let sim = SimBackend::new(st, catalog.clone(), SimConfig::default()).unwrap();
+        std::fs::create_dir_all(cfg.state_dir()).unwrap();
+        let fleet = Fleet::with_sim(sim, &cfg, &cfg.state_dir(), &catalog).unwrap();
+        Daemon::start(cfg, catalog, fleet).unwrap()
+    }
+
+    /// Defect 6: a panic in the scheduler thread is reported (for `serve` to stop on), and
+    /// the API stops queueing requests nobody would ever schedule.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_dead_scheduler_is_reported_and_stops_the_queue() {
+        let dir = tempfile::tempdir().unwrap();
+        let (d, sched) = start(dir.path());
+        assert_eq!(d.scheduler_failure(), None);
+        let _ = lock(&d.inner.tx).send(Cmd::Panic);
+        let why = tokio::time::timeout(Duration::from_secs(10), d.scheduler_died())
+            .await
+            .expect("the scheduler's death is reported");
+        assert!(why.contains("injected by a test"), "{why}");
+        let who = Identity::in_process(1000, "alice");
+        let body = SubmitBody {
+            slice: SliceAsk::Mig {
+                profile: "1g.10gb".into(),
+            },
+            gpu_model: None,
+            priority: 0,
+            command: vec!["job".into()],
+        };
+        let e = d.submit(&who, body).unwrap_err();
+        assert_eq!(e.status, 503, "{e}");
+        assert!(e.message.contains("scheduler stopped"), "{e}");
+        let e = ServerError::SchedulerDied(why).to_string();
+        assert!(e.contains("restart"), "{e}");
+        tokio::task::spawn_blocking(move || sched.join())
+            .await
+            .unwrap();
+    }
 }

@@ -46,6 +46,9 @@ pub enum ServerError {
     /// The GPU fleet does not match the configuration.
     #[error("{0}")]
     Fleet(String),
+    /// The scheduler thread died; the daemon stops so that it can be restarted.
+    #[error("the scheduler thread died ({0}); stopping the daemon: restart it (leases and the queue are kept)")]
+    SchedulerDied(String),
 }
 
 impl ServerError {
@@ -108,6 +111,13 @@ impl ApiError {
     pub fn unsatisfiable(message: impl Into<String>) -> Self {
         ApiError {
             status: 422,
+            message: message.into(),
+        }
+    }
+    /// 503: the daemon cannot serve this now (its scheduler stopped).
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        ApiError {
+            status: 503,
             message: message.into(),
         }
     }

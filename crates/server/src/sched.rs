@@ -65,6 +65,8 @@ impl InstanceState {
 pub struct MpsClient {
     /// The lease.
     pub lease: u64,
+    /// The lease holder's uid: the uid its CUDA processes (and so the MPS server) run as.
+    pub uid: u32,
     /// Memory limit, MiB.
     pub memory_mib: u64,
     /// SM percentage.
@@ -123,6 +125,29 @@ impl GpuState {
     fn usable(&self) -> bool {
         !self.drained && self.healthy && !self.failed
     }
+
+    /// The uid whose MPS clients hold this GPU, if any. The MPS control daemon runs one
+    /// server, of one uid, at a time: while that uid has clients, a client of another uid
+    /// blocks until they are all gone.
+    pub fn mps_holder(&self) -> Option<u32> {
+        self.mps_clients.first().map(|c| c.uid)
+    }
+
+    /// Whether an MPS client of `uid` may be added now: nobody else's clients hold the GPU
+    /// and the server has room for one more client.
+    pub fn mps_open_to(&self, uid: u32) -> bool {
+        self.mps_holder().is_none_or(|h| h == uid)
+            && (self.mps_clients.len() as u32) < mps_client_limit(&self.facts)
+    }
+}
+
+/// Clients one MPS server takes on this GPU: the configured `mps.max_clients`, never more
+/// than the hardware's per-server limit (48 on Volta and newer).
+pub fn mps_client_limit(facts: &GpuFacts) -> u32 {
+    facts
+        .mps
+        .max_clients
+        .min(tessera_gpu::mps::MAX_CLIENTS_PER_SERVER)
 }
 
 /// A request waiting in the queue.
@@ -130,6 +155,8 @@ impl GpuState {
 pub struct Waiting {
     /// Request ID.
     pub id: u64,
+    /// The requester's uid (MPS GPUs serve one uid at a time).
+    pub uid: u32,
     /// What it asks.
     pub ask: SliceAsk,
     /// Model restriction (catalog key after resolution).
@@ -312,6 +339,7 @@ pub fn check_feasible(
     let states: Vec<GpuState> = gpus.iter().cloned().map(GpuState::empty).collect();
     let w = Waiting {
         id: 0,
+        uid: 0,
         ask: ask.clone(),
         gpu_model: model.map(str::to_string),
         waited_ms: 0,
@@ -381,7 +409,7 @@ fn options_for(g: &GpuState) -> PlanOptions {
     PlanOptions {
         mps_reserve_mib: g.facts.mps.reserve_mib,
         mps_sm_oversubscription: g.facts.mps.sm_oversubscription,
-        mps_max_clients: g.facts.mps.max_clients,
+        mps_max_clients: mps_client_limit(&g.facts),
         timeslice_replicas: g.facts.replicas,
         ..PlanOptions::default()
     }
@@ -434,6 +462,8 @@ pub fn decide(
                     .iter()
                     .any(|r| r.gpu == *i && r.region.is_none() && r.request != w.id)
             })
+            // MPS by uid: never a client next to another user's clients.
+            .filter(|i| !matches!(v.kind, RequestKind::Mps(_)) || by_index[i].mps_open_to(w.uid))
             .collect();
         while !candidates.is_empty() {
             let cluster = ClusterSpec {
@@ -658,6 +688,107 @@ pub fn reserve(
     None
 }
 
+/// Why `w` waits after a pass in which [`decide`] found nothing for it: for each GPU it could
+/// use, the first thing in the way, e.g. `GPU 1: held by another user's MPS clients …`.
+/// `reservations` are those of the pass (the request's own is skipped).
+pub fn why_waiting(
+    catalog: &Catalog,
+    gpus: &[GpuState],
+    w: &Waiting,
+    reservations: &[Reservation],
+) -> String {
+    let by_index: BTreeMap<u32, &GpuState> = gpus.iter().map(|g| (g.facts.index, g)).collect();
+    let mut parts: Vec<String> = Vec::new();
+    for v in variants(catalog, gpus, w) {
+        for gi in &v.gpus {
+            let why = gpu_blocker(catalog, by_index[gi], w, &v.kind, reservations);
+            let line = format!("GPU {gi}: {why}");
+            if !parts.contains(&line) {
+                parts.push(line);
+            }
+        }
+    }
+    if parts.is_empty() {
+        return "no GPU of this machine serves this ask".into();
+    }
+    parts.join("; ")
+}
+
+fn gpu_blocker(
+    catalog: &Catalog,
+    g: &GpuState,
+    w: &Waiting,
+    kind: &RequestKind,
+    reservations: &[Reservation],
+) -> String {
+    let other = |r: &&Reservation| r.gpu == g.facts.index && r.request != w.id;
+    if g.drained {
+        return "drained by the administrator".into();
+    }
+    if !g.healthy {
+        return "unhealthy after an XID error; no new leases".into();
+    }
+    if g.failed {
+        return "a change failed on it in this pass; retried in the next".into();
+    }
+    if let RequestKind::Mps(_) = kind {
+        if g.mps_holder().is_some_and(|h| h != w.uid) {
+            return "held by another user's MPS clients (MPS runs one user's server per GPU at a time); waits until they end".into();
+        }
+    }
+    if let Some(r) = reservations
+        .iter()
+        .filter(other)
+        .find(|r| r.region.is_none())
+    {
+        return format!(
+            "reserved for request {}, which waits longer; no new leases here until it is served",
+            r.request
+        );
+    }
+    match kind {
+        RequestKind::Mps(m) => {
+            let limit = mps_client_limit(&g.facts);
+            if g.mps_clients.len() as u32 >= limit {
+                return format!("all {limit} MPS clients of its server are in use");
+            }
+            let mem: u64 = g.mps_clients.iter().map(|c| c.memory_mib).sum();
+            let sm: u32 = g.mps_clients.iter().map(|c| u32::from(c.sm_percent)).sum();
+            format!(
+                "MPS clients hold {} of {} and {sm}% SM; {} with {}% SM does not fit next to them",
+                crate::wire::format_mib(mem),
+                crate::wire::format_mib(g.facts.mps_usable_mib()),
+                crate::wire::format_mib(m.memory_mib),
+                m.sm_percent
+            )
+        }
+        RequestKind::Mig(profile) => {
+            let alone = Waiting {
+                ask: SliceAsk::Mig {
+                    profile: profile.clone(),
+                },
+                gpu_model: None,
+                ..w.clone()
+            };
+            let free = decide(catalog, std::slice::from_ref(g), &alone, &[]).is_some();
+            match reservations
+                .iter()
+                .filter(other)
+                .find(|r| r.region.is_some())
+            {
+                Some(r) if free => format!(
+                    "the room left for {profile} is held for request {}, which waits longer",
+                    r.request
+                ),
+                _ => format!("no room for a {profile} instance next to the instances in use"),
+            }
+        }
+        RequestKind::Timeslice => {
+            format!("all {} time-slice replicas are leased", g.facts.replicas)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -689,6 +820,7 @@ mod tests {
     fn waiting(id: u64, ask: SliceAsk) -> Waiting {
         Waiting {
             id,
+            uid: 1000,
             ask,
             gpu_model: None,
             waited_ms: 0,
@@ -793,6 +925,73 @@ mod tests {
         let s = decide(c, &[drained, g1], &waiting(1, ask), &[]).unwrap();
         assert_eq!(s.gpu, 1);
         assert!(matches!(s.pick, Pick::Mps { memory_mib: 12288, sm_percent } if sm_percent > 0));
+    }
+
+    fn mps_client(lease: u64, uid: u32) -> MpsClient {
+        MpsClient {
+            lease,
+            uid,
+            memory_mib: 1024,
+            sm_percent: 1,
+        }
+    }
+
+    fn mps_ask(id: u64, uid: u32) -> Waiting {
+        Waiting {
+            uid,
+            ..waiting(
+                id,
+                SliceAsk::Mem {
+                    memory_mib: 1024,
+                    sm_percent: Some(1),
+                },
+            )
+        }
+    }
+
+    #[test]
+    fn an_mps_gpu_held_by_another_uid_gets_no_client_of_this_one() {
+        let c = Catalog::builtin();
+        let mut g0 = GpuState::empty(facts(0, "h100-80gb", GpuMode::Mps));
+        g0.mps_clients = vec![mps_client(1, 1001)];
+        let g1 = GpuState::empty(facts(1, "h100-80gb", GpuMode::Mps));
+        // The holder's uid joins its own server; another uid goes to the free GPU ...
+        let same = decide(c, std::slice::from_ref(&g0), &mps_ask(2, 1001), &[]).unwrap();
+        assert_eq!(same.gpu, 0);
+        let other = decide(c, &[g0.clone(), g1], &mps_ask(3, 1002), &[]).unwrap();
+        assert_eq!(other.gpu, 1);
+        // ... or waits, saying why, and may reserve the held GPU so that it drains.
+        let w = mps_ask(3, 1002);
+        assert_eq!(decide(c, std::slice::from_ref(&g0), &w, &[]), None);
+        let why = why_waiting(c, std::slice::from_ref(&g0), &w, &[]);
+        assert!(
+            why.starts_with("GPU 0: held by another user's MPS clients"),
+            "{why}"
+        );
+        let r = reserve(c, std::slice::from_ref(&g0), &w, &[]).unwrap();
+        assert_eq!((r.gpu, r.region), (0, None));
+        // Once the holder's clients are gone the GPU serves the other uid.
+        g0.mps_clients.clear();
+        assert_eq!(decide(c, &[g0], &w, &[r]).unwrap().gpu, 0);
+    }
+
+    #[test]
+    fn an_mps_server_never_gets_more_than_48_clients() {
+        let c = Catalog::builtin();
+        let mut f = facts(0, "h100-80gb", GpuMode::Mps);
+        f.mps.max_clients = 100;
+        let mut g = GpuState::empty(f);
+        g.mps_clients = (0..47).map(|i| mps_client(i, 1001)).collect();
+        assert!(decide(c, std::slice::from_ref(&g), &mps_ask(99, 1001), &[]).is_some());
+        g.mps_clients.push(mps_client(47, 1001));
+        let w = mps_ask(99, 1001);
+        assert_eq!(decide(c, std::slice::from_ref(&g), &w, &[]), None);
+        let why = why_waiting(c, std::slice::from_ref(&g), &w, &[]);
+        assert!(why.contains("all 48 MPS clients"), "{why}");
+        // A lower configured limit is kept.
+        g.facts.mps.max_clients = 4;
+        g.mps_clients.truncate(4);
+        assert_eq!(decide(c, std::slice::from_ref(&g), &w, &[]), None);
     }
 
     #[test]

@@ -15,6 +15,51 @@ use crate::error::ServerError;
 use crate::fleet::Fleet;
 use crate::http::{router, AppState, Peer};
 
+/// Make sure the state directory is private to the daemon: create it with mode 0700; an
+/// existing one must belong to the daemon's uid (refused otherwise, since it holds every
+/// user's command lines and environments), and group or other bits are removed. Returns what
+/// was fixed, which is also logged.
+pub fn secure_state_dir(dir: &Path) -> Result<Option<String>, ServerError> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    if !dir.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| ServerError::io(dir, e))?;
+    }
+    let meta = std::fs::metadata(dir).map_err(|e| ServerError::io(dir, e))?;
+    if !meta.is_dir() {
+        return Err(ServerError::Config {
+            path: dir.to_path_buf(),
+            problem: "the state directory is not a directory; pass another --state-dir".into(),
+        });
+    }
+    let me = rustix::process::geteuid().as_raw();
+    if meta.uid() != me {
+        return Err(ServerError::Config {
+            path: dir.to_path_buf(),
+            problem: format!(
+                "the state directory belongs to uid {}, not to the daemon's uid {me}; it holds every user's commands and environments, so the daemon only uses its own: `chown {me} {}` (and chmod 700), or pass another --state-dir",
+                meta.uid(),
+                dir.display()
+            ),
+        });
+    }
+    let mode = meta.mode() & 0o7777;
+    if mode & 0o077 == 0 {
+        return Ok(None);
+    }
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .map_err(|e| ServerError::io(dir, e))?;
+    let note = format!(
+        "state directory {} had mode {mode:04o} (open to other users); changed it to 0700",
+        dir.display()
+    );
+    tracing::warn!("{note}");
+    Ok(Some(note))
+}
+
 /// Hold an exclusive lock on `<state dir>/daemon.lock` so that two daemons never share a state
 /// directory. The lock lives as long as the returned file.
 fn lock_state_dir(dir: &Path) -> Result<std::fs::File, ServerError> {
@@ -81,6 +126,7 @@ fn resolve_group(name: &str) -> Option<u32> {
         return Some(n);
     }
     let c = std::ffi::CString::new(name).ok()?;
+    // SAFETY: a C struct of integers and pointers, for which all-zero bytes are a valid value.
     let mut grp: libc::group = unsafe { std::mem::zeroed() };
     let mut buf = vec![0u8; 16 * 1024];
     let mut out: *mut libc::group = std::ptr::null_mut();
@@ -100,14 +146,7 @@ fn resolve_group(name: &str) -> Option<u32> {
 /// Run the daemon until SIGINT/SIGTERM.
 pub async fn serve(cfg: Config, catalog: Catalog) -> Result<(), ServerError> {
     let state_dir = cfg.state_dir();
-    if !state_dir.exists() {
-        use std::os::unix::fs::DirBuilderExt;
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&state_dir)
-            .map_err(|e| ServerError::io(&state_dir, e))?;
-    }
+    secure_state_dir(&state_dir)?;
     let _lock = lock_state_dir(&state_dir)?;
     let (fleet, why) = Fleet::open(&cfg, &state_dir, &catalog)?;
     tracing::info!("backend: {why}");
@@ -164,10 +203,12 @@ pub async fn serve(cfg: Config, catalog: Catalog) -> Result<(), ServerError> {
         }
         Ok::<(), ServerError>(())
     };
+    let died = daemon.scheduler_died();
     let result = tokio::select! {
         r = unix_srv => r.map_err(|e| ServerError::io(&socket, e)),
         r = tcp_srv => r.map_err(|e| ServerError::io("--listen", e)),
         r = stop => r,
+        why = died => Err(ServerError::SchedulerDied(why)),
     };
     tracing::info!("shutting down; leases and the queue are kept in the state database");
     daemon.stop();

@@ -192,7 +192,25 @@ impl Store {
             path: path.to_path_buf(),
         };
         store.init()?;
+        store.make_private()?;
         Ok(store)
+    }
+
+    /// Mode 0600 for the database and its WAL files: they hold every user's command lines
+    /// and environments.
+    fn make_private(&self) -> Result<(), ServerError> {
+        use std::os::unix::fs::PermissionsExt;
+        let mut files = vec![self.path.clone()];
+        for suffix in ["-wal", "-shm", "-journal"] {
+            let mut name = self.path.as_os_str().to_owned();
+            name.push(suffix);
+            files.push(PathBuf::from(name));
+        }
+        for f in files.iter().filter(|f| f.exists()) {
+            std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o600))
+                .map_err(|e| self.err(format!("cannot make {} private: {e}", f.display())))?;
+        }
+        Ok(())
     }
 
     /// The database file.

@@ -47,7 +47,7 @@ pub struct Args {
 }
 
 /// Parse a policy name for clap.
-pub fn parse_policy(s: &str) -> Result<Policy, String> {
+pub fn parse_policy(s: &str) -> Result<Policy, tessera_planner::UnknownPolicy> {
     s.parse()
 }
 

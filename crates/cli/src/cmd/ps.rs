@@ -112,7 +112,14 @@ pub fn ps_table(rows: &[RequestView]) -> String {
             cmd,
         ]);
     }
-    format!("{t}\n")
+    let mut out = format!("{t}\n");
+    // Why each queued request waits (the scheduler's last pass), below the table.
+    for v in rows.iter().filter(|v| v.state == RequestState::Queued) {
+        if let Some(why) = &v.wait_reason {
+            out.push_str(&format!("request {} waits: {why}\n", v.id));
+        }
+    }
+    out
 }
 
 /// Run the command.

@@ -1,7 +1,8 @@
 //! `tessera run (--mig PROFILE | --mem SIZE [--sm PCT] | --share) -- CMD ARGS...`: wait for a
 //! slice, run CMD in it, and give the slice back when CMD ends.
 //!
-//! - While waiting, the place in the queue is shown on stderr (`-q` hides it). SIGINT, SIGTERM
+//! - While waiting, the place in the queue and why it waits (e.g. another user's MPS clients
+//!   hold the GPU) are shown on stderr (`-q` hides them). SIGINT, SIGTERM
 //!   or SIGHUP withdraw the request and exit with 128+signal; `--timeout` gives up (exit 1).
 //! - CMD runs with the slice's environment (`CUDA_VISIBLE_DEVICES=MIG-<uuid>`, the MPS
 //!   variables, or the GPU's UUID for time-slicing, plus `TESSERA_LEASE_ID`). It stays in
@@ -296,6 +297,7 @@ async fn wait_for_lease(
     let started = Instant::now();
     let poll = Duration::from_millis(first.heartbeat_interval_ms.clamp(200, 10_000));
     let mut last_pos: Option<(u32, u32)> = None;
+    let mut last_why: Option<String> = None;
     let mut view = first;
     let mut down_since: Option<Instant> = None;
     // The first answer comes right after submission: give the scheduler a moment before
@@ -318,6 +320,12 @@ async fn wait_for_lease(
                         );
                         last_pos = Some((p, n));
                     }
+                }
+                if view.wait_reason.is_some() && view.wait_reason != last_why {
+                    if let Some(why) = &view.wait_reason {
+                        say(quiet, &format!("request {id} waits: {why}"));
+                    }
+                    last_why = view.wait_reason.clone();
                 }
             }
             other => {

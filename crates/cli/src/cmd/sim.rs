@@ -121,7 +121,9 @@ pub fn run(args: &Args, ctx: &Ctx) -> Result<ExitCode, CliError> {
     let model = ctx.model(&args.gpu_model)?;
     let mut policies = Vec::new();
     for p in &args.policies {
-        let p: PolicyKind = p.parse().map_err(CliError::Usage)?;
+        let p: PolicyKind = p
+            .parse()
+            .map_err(|e: tessera_planner::UnknownPolicy| CliError::Usage(e.to_string()))?;
         if !policies.contains(&p) {
             policies.push(p);
         }

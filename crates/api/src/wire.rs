@@ -282,6 +282,10 @@ pub struct RequestView {
     /// Why the request ended (`exit`, `signal 9`, `cancelled by alice`, `client gone`, ...).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub end_reason: Option<String>,
+    /// Why a queued request waits, per GPU it could use, as of the scheduler's last pass
+    /// (e.g. `GPU 1: held by another user's MPS clients …`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait_reason: Option<String>,
     /// Set when a leased request was cancelled: the client must stop CMD.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub cancel_requested: bool,
