@@ -466,7 +466,7 @@ mod tests {
         assert_eq!(largest_run(0, 8), (8, 0));
         assert_eq!(largest_run(0b0000_1111, 8), (4, 4));
         assert_eq!(largest_run(0b1111_0011, 8), (2, 2));
-        assert_eq!(largest_run(0b1010_0101, 8), (2, 1));
+        assert_eq!(largest_run(0b1010_0101, 8), (2, 3));
         assert_eq!(largest_run(0xff, 8), (0, 0));
     }
 }
