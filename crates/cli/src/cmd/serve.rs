@@ -35,6 +35,10 @@ pub struct Args {
     /// YAML configuration (per-GPU modes, scheduler and lease settings); flags override it.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// Delete the state database's journal at start: the recovery when it fails its
+    /// checksums (layouts are then taken from the GPUs as they are).
+    #[arg(long)]
+    pub discard_journal: bool,
 }
 
 /// The configuration the flags describe (file first, flags on top).
@@ -69,6 +73,7 @@ pub fn resolve_config(args: &Args) -> Result<Config, CliError> {
     if let Some(l) = &args.listen {
         cfg.listen = Some(l.clone());
     }
+    cfg.discard_journal = args.discard_journal;
     Ok(cfg)
 }
 
