@@ -12,7 +12,7 @@ use std::path::Path;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{tessera, tessera_fails, tessera_ok};
+use common::{tessera_fails, tessera_ok};
 use server_common::{block, poll, temp_dir, wait_child, Daemon};
 use tessera_server::client::Client;
 use tessera_server::wire::{RequestState, RequestView};
@@ -404,7 +404,6 @@ fn sigterm_ends_the_release_retry_on_a_stopped_daemon() {
         "{:?}",
         started.elapsed()
     );
-    let _ = tessera; // the offline helper is used by the other tests
 }
 
 #[test]
