@@ -22,6 +22,15 @@
 //!    PID, so for them only the heartbeat applies. After a daemon restart every request gets a
 //!    fresh full timeout, so clients have time to reconnect.
 //!
+//! Only a definite answer counts as "gone" (see [`crate::liveness::Liveness`]): a `/proc`
+//! entry that cannot be read (no file descriptors left) leaves the heartbeat to decide.
+//! Heartbeat deadlines count the daemon's own progress: when the scheduler did not run for
+//! well over a tick (the daemon was stopped or starved), the stall is added to every
+//! request's last heartbeat before anyone is judged silent.
+//!
+//! If the scheduler thread panics, the reason is recorded ([`Daemon::scheduler_died`]), new
+//! requests are refused with 503, and `tessera serve` exits with an error.
+//!
 //! # Restart (what ARCHITECTURE.md states)
 //! On start the daemon (1) opens the database and checks its schema version, (2) opens the
 //! backend, (3) for every MIG GPU with a stored desired layout, runs the reconciler to that
