@@ -594,3 +594,37 @@ impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for GuardedIo<T> {
         Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    proptest::proptest! {
+        /// However connections of two peers open and close, neither holds more than the cap,
+        /// and a place is refused exactly when its peer is at the cap.
+        #[test]
+        fn no_peer_holds_more_than_the_cap(
+            cap in 1u32..6,
+            ops in proptest::collection::vec((proptest::bool::ANY, 0usize..2, 0usize..8), 0..200),
+        ) {
+            let slots = Arc::new(Slots::default());
+            let mut held: [Vec<Slot>; 2] = [Vec::new(), Vec::new()];
+            for (open, peer, pick) in ops {
+                let key = format!("uid {peer}");
+                if open {
+                    let got = slots.take(key, cap);
+                    proptest::prop_assert_eq!(got.is_some(), (held[peer].len() as u32) < cap);
+                    held[peer].extend(got);
+                } else if !held[peer].is_empty() {
+                    let i = pick % held[peer].len();
+                    held[peer].swap_remove(i);
+                }
+                for (p, h) in held.iter().enumerate() {
+                    let open = lock(&slots.open).get(&format!("uid {p}")).copied().unwrap_or(0);
+                    proptest::prop_assert_eq!(open, h.len() as u32);
+                    proptest::prop_assert!(open <= cap);
+                }
+            }
+        }
+    }
+}
