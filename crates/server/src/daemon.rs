@@ -1761,4 +1761,33 @@ mod tests {
             .await
             .unwrap();
     }
+
+    /// Defect 6: `tessera serve`'s main loop ends with an error when the scheduler dies,
+    /// while its servers and signal handler would have run on.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn serve_stops_with_an_error_when_the_scheduler_dies() {
+        let dir = tempfile::tempdir().unwrap();
+        let (d, sched) = start(dir.path());
+        let d2 = d.clone();
+        let serving = tokio::spawn(async move {
+            crate::serve::until_stopped(&d2, std::future::pending(), std::future::pending()).await
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(
+            !serving.is_finished(),
+            "serve ended with a healthy scheduler"
+        );
+        let _ = lock(&d.inner.tx).send(Cmd::Panic);
+        let r = tokio::time::timeout(Duration::from_secs(10), serving)
+            .await
+            .expect("serve stopped")
+            .unwrap();
+        match r {
+            Err(ServerError::SchedulerDied(why)) => assert!(why.contains("injected"), "{why}"),
+            other => panic!("expected SchedulerDied, got {other:?}"),
+        }
+        tokio::task::spawn_blocking(move || sched.join())
+            .await
+            .unwrap();
+    }
 }
