@@ -172,3 +172,64 @@ fn idle_connections_of_another_uid_do_not_end_a_healthy_lease() {
         d.log_text()
     );
 }
+
+/// Run `tessera serve` with these extra arguments on a fresh socket in `dir`; it must fail
+/// at start. Its stderr.
+fn serve_fails(dir: &std::path::Path, extra: &[&str]) -> String {
+    let mut child = Command::new(BIN)
+        .args(["serve", "--backend", "sim", "--socket"])
+        .arg(dir.join("t.sock"))
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let st = wait_child(&mut child, 60, "tessera serve");
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(!st.success(), "serve started: {err}");
+    err
+}
+
+/// Defects 6 and 8 through the binary: a `sim-gpus.json` with a gap in its indices and a
+/// NaN in the config each stop `tessera serve` at start with the file, the key or index, and
+/// the fix (no panic, no daemon that queues but never schedules).
+#[test]
+fn serve_refuses_a_gapped_sim_fleet_and_a_nan_config_by_name() {
+    let dir = temp_dir();
+    let state = dir.path().join("state");
+    let d = Daemon::start(dir.path(), "sim_gpus: h100-80gb:2\n");
+    drop(d);
+    let sim = state.join("sim-gpus.json");
+    let mut json: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(&sim).unwrap()).unwrap();
+    json["gpus"][1]["index"] = 5.into();
+    fs::write(&sim, json.to_string()).unwrap();
+    let err = serve_fails(dir.path(), &["--state-dir", state.to_str().unwrap()]);
+    assert!(
+        err.contains("sim-gpus.json") && err.contains("index 5") && !err.contains("panicked"),
+        "{err}"
+    );
+    let cfg = dir.path().join("nan.yaml");
+    fs::write(
+        &cfg,
+        "gpus: [{index: 0, mode: mps, mps: {sm_oversubscription: .nan}}]\n",
+    )
+    .unwrap();
+    let fresh = dir.path().join("fresh");
+    let err = serve_fails(
+        dir.path(),
+        &[
+            "--state-dir",
+            fresh.to_str().unwrap(),
+            "--config",
+            cfg.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        err.contains("nan.yaml")
+            && err.contains("`gpus[0].mps.sm_oversubscription` is NaN")
+            && err.contains("allowed"),
+        "{err}"
+    );
+}
