@@ -38,7 +38,8 @@
 //! `first-fit` and `exact` (exhaustive, small inputs only).
 //!
 //! # Entry points
-//! [`plan()`] (and [`plan_with_objective`]) for planning; [`check_plan`] verifies any plan
+//! [`plan()`] (and [`plan_with_objective`]) for planning; [`plan_explained`] adds why each
+//! waiting request waits ([`Waiting`]); [`check_plan`] verifies any plan
 //! against its input and computes its [`Objective`]; [`gen`] makes seeded inputs; [`quality`]
 //! compares the policies with the optimum.
 
@@ -46,6 +47,7 @@ mod check;
 mod dp;
 mod error;
 mod exact;
+mod explain;
 mod firstfit;
 pub mod gen;
 pub mod input;
@@ -66,9 +68,10 @@ use tessera_model::Catalog;
 
 pub use check::check_plan;
 pub use error::PlanError;
+pub use explain::{WaitReason, Waiting};
 pub use input::{
-    ClusterSpec, GpuMode, GpuSpec, InstanceSpec, MpsClientSpec, MpsRequest, NodeSpec, RequestKind,
-    RequestSpec, RequestsFile,
+    ClusterSpec, GpuMode, GpuSpec, InstanceSpec, MpsClientSpec, MpsRequest, NodeSpec, PlanDocument,
+    RequestKind, RequestSpec, RequestsFile,
 };
 pub use plan::{AssignedSlice, Assignment, GpuPlan, InstanceRef, Name, Plan, PlanStats};
 
@@ -271,6 +274,24 @@ pub fn plan_with_objective(
     Ok((
         problem.to_plan(&sol, opts.policy, opts.only_changed),
         problem.objective(&sol),
+    ))
+}
+
+/// Plan, then say why each request left waiting waits ([`Waiting`], in input order): the
+/// reasons are computed from the plan's final state, after planning, so the plan itself is the
+/// one [`plan()`] returns, byte for byte.
+pub fn plan_explained(
+    catalog: &Catalog,
+    cluster: &ClusterSpec,
+    requests: &[RequestSpec],
+    opts: &PlanOptions,
+) -> Result<(Plan, Vec<Waiting>), PlanError> {
+    let problem = problem::Problem::new(catalog, cluster, requests, opts)?;
+    let sol = solve(&problem, opts)?;
+    debug_assert_eq!(problem.check(&sol), Ok(()));
+    Ok((
+        problem.to_plan(&sol, opts.policy, opts.only_changed),
+        explain::explain(&problem, &sol, opts.policy),
     ))
 }
 

@@ -397,7 +397,7 @@ pub const MAX_GPUS: u32 = 64;
 /// Most time-slice replicas of one GPU.
 pub const MAX_REPLICAS: u32 = 64;
 /// Most MPS clients per GPU (the MPS server's limit on Volta and newer).
-pub const MAX_MPS_CLIENTS: u32 = 48;
+pub const MAX_MPS_CLIENTS: u32 = tessera_gpu::mps::MAX_CLIENTS_PER_SERVER;
 /// Largest MPS memory reserve, MiB (1 TiB: more than any GPU has).
 pub const MAX_RESERVE_MIB: u64 = 1 << 20;
 /// Largest `mps.sm_oversubscription`.

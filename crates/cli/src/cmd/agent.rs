@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use serde::Serialize;
 use tessera_agent::{
-    parse_desired, ApplyResult, FileJournal, GpuReport, Journal, MemJournal, Reconciler, Refusal,
-    RetryPolicy, ThreadSleeper,
+    read_desired, resolve, ApplyResult, FileJournal, GpuReport, Journal, MemJournal, Reconciler,
+    Refusal, RetryPolicy, TargetGpu, ThreadSleeper,
 };
 use tessera_gpu::{
     catalog_diff, open_backend, BackendSpec, FaultTiming, GpuBackend, GpuError, GpuInfo,
@@ -59,9 +59,14 @@ pub struct ApplyArgs {
     /// Desired instances as PROFILE@START, e.g. `3g.40gb@0 2g.20gb@4`.
     #[arg(value_name = "SPEC", requires = "gpu")]
     pub specs: Vec<String>,
-    /// Desired layouts of many GPUs (YAML/JSON: `gpus: {0: [3g.40gb@0], 1: []}`).
+    /// Desired layouts of many GPUs (YAML/JSON: `gpus: {0: [3g.40gb@0], 1: []}`), or an NVIDIA
+    /// mig-parted config file or a nos knownMigGeometries file with --select.
     #[arg(long, value_name = "FILE")]
     pub desired: Option<PathBuf>,
+    /// With a mig-parted file: the config to apply; with a nos file: the geometry number
+    /// (1-based) of each GPU's model.
+    #[arg(long, value_name = "NAME")]
+    pub select: Option<String>,
     /// Directory of the operation journal (default: none kept).
     #[arg(long, value_name = "DIR")]
     pub journal: Option<PathBuf>,
@@ -389,6 +394,33 @@ pub enum ApplyGpu {
     },
 }
 
+/// The machine's GPUs as counted configs need them: model, MIG mode, current instances.
+fn targets(backend: &mut dyn GpuBackend) -> Result<Vec<TargetGpu>, CliError> {
+    let err = |e: GpuError| CliError::Other(e.to_string());
+    let mut out = Vec::new();
+    for g in backend.gpus().map_err(err)? {
+        let mig_enabled = g.mig.is_some_and(|m| m.current || m.pending);
+        let instances = if g.mig.is_some_and(|m| m.current) {
+            backend
+                .instances(g.index)
+                .map_err(err)?
+                .into_iter()
+                .map(|i| (i.profile, i.start))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        out.push(TargetGpu {
+            index: g.index,
+            name: g.name,
+            model: g.model,
+            mig_enabled,
+            instances,
+        });
+    }
+    Ok(out)
+}
+
 fn apply(a: &ApplyArgs, ctx: &Ctx) -> Result<ExitCode, CliError> {
     let spec = spec(&a.backend)?;
     if let Some(rate) = a.faults {
@@ -403,15 +435,17 @@ fn apply(a: &ApplyArgs, ctx: &Ctx) -> Result<ExitCode, CliError> {
             ));
         }
     }
-    let desired = match (&a.desired, a.gpu) {
-        (Some(path), _) => parse_desired(&read_file(path)?)
-            .map_err(|e| CliError::Usage(format!("{}: {e}", path.display())))?,
-        (None, Some(gpu)) => [(gpu, a.specs.clone())].into_iter().collect(),
-        (None, None) => {
-            return Err(CliError::Usage(
-                "give --gpu N [SPEC...] or --desired FILE".into(),
-            ))
-        }
+    if let (Some(sel), None) = (&a.select, &a.desired) {
+        return Err(CliError::Usage(format!(
+            "--select {sel} picks a config of a --desired FILE (mig-parted or nos); give --desired FILE"
+        )));
+    }
+    let doc = match &a.desired {
+        Some(path) => Some(
+            read_desired(&read_file(path)?)
+                .map_err(|e| CliError::Usage(format!("{}: {e}", path.display())))?,
+        ),
+        None => None,
     };
     let sim = SimConfig {
         faults: a.faults.unwrap_or(0.0),
@@ -424,6 +458,24 @@ fn apply(a: &ApplyArgs, ctx: &Ctx) -> Result<ExitCode, CliError> {
         crash: None,
     };
     let mut backend = open(ctx, &spec, sim)?;
+    let desired = match (doc, a.gpu) {
+        (Some(doc), _) => {
+            let path = a.desired.as_deref().unwrap_or(std::path::Path::new("-"));
+            let gpus = if matches!(doc, tessera_agent::DesiredDoc::Layouts(_)) {
+                Vec::new()
+            } else {
+                targets(backend.as_mut())?
+            };
+            resolve(&doc, a.select.as_deref(), &gpus, &ctx.catalog)
+                .map_err(|e| CliError::Usage(format!("{}: {e}", path.display())))?
+        }
+        (None, Some(gpu)) => [(gpu, a.specs.clone())].into_iter().collect(),
+        (None, None) => {
+            return Err(CliError::Usage(
+                "give --gpu N [SPEC...] or --desired FILE".into(),
+            ))
+        }
+    };
     let mut file_journal;
     let mut mem_journal = MemJournal::new();
     let journal: &mut dyn Journal = match &a.journal {
