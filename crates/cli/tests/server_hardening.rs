@@ -92,7 +92,8 @@ fn hold_connections_helper() {
 
 /// Defect 1: under `prlimit --nofile=128:128`, another uid opens 130 idle connections. The
 /// daemon caps that uid's connections (to a quarter of its open-file limit), so it keeps
-/// descriptors to read `/proc` with, and the healthy client's lease survives. Needs root (to be another uid) and `prlimit`; skipped otherwise.
+/// descriptors to read `/proc` with, and the healthy client's lease survives. Needs root (to
+/// be another uid) and `prlimit`; skipped otherwise.
 #[test]
 fn idle_connections_of_another_uid_do_not_end_a_healthy_lease() {
     if !is_root() {
