@@ -351,7 +351,7 @@ async fn passes(d: &Daemon, n: u64) {
 async fn a_paused_daemon_keeps_healthy_leases() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(dir.path(), 1, 50);
-    cfg.lease.heartbeat_timeout_ms = 1_500;
+    cfg.lease.heartbeat_timeout_ms = 3_000;
     let clock = std::sync::Arc::new(JumpClock {
         base: Instant::now(),
         offset_ms: 0.into(),
@@ -437,7 +437,7 @@ async fn idle_connections_time_out_and_each_uid_has_a_cap() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path(), 1, 50);
     let (d, sched) = start(&cfg, 1);
-    let idle = Duration::from_millis(400);
+    let idle = Duration::from_millis(1_500);
     let (socket, addr) = serve_guarded(&d, dir.path(), 2, idle).await;
     let mut held = [
         tokio::net::UnixStream::connect(&socket).await.unwrap(),
