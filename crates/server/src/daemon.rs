@@ -1156,6 +1156,7 @@ impl Scheduler {
                     *last = (*last + stall).min(now);
                 }
                 drop(hb);
+                self.inner().metrics.scheduler_stalls.inc();
                 tracing::warn!(
                     "the scheduler did not run for {} ms (the daemon was stopped or starved); heartbeat deadlines are extended by that time",
                     stall.as_millis()
@@ -1183,6 +1184,7 @@ impl Scheduler {
                     Liveness::Gone(why) => Some(why),
                     Liveness::Unknown(why) => {
                         // No verdict (e.g. out of file descriptors): the heartbeat decides.
+                        self.inner().metrics.liveness_unknown.inc();
                         if self.unknown_logged.insert(r.id) {
                             tracing::warn!(request = r.id, "cannot tell whether the client runs ({why}); keeping the lease while it sends heartbeats");
                         }

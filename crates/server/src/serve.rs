@@ -13,7 +13,7 @@ use crate::config::Config;
 use crate::daemon::Daemon;
 use crate::error::ServerError;
 use crate::fleet::Fleet;
-use crate::http::{router, AppState, Guarded, Peer};
+use crate::http::{router, AppState, GuardCounters, Guarded, Peer};
 
 /// Raise the soft limit on open files to the hard limit, so that client connections cannot
 /// starve the daemon of descriptors for `/proc`, SQLite and the GPUs. Returns (before,
@@ -251,15 +251,19 @@ pub async fn serve(cfg: Config, catalog: Catalog) -> Result<(), ServerError> {
             after.unwrap_or(0)
         );
     }
+    let counters = GuardCounters {
+        refused: daemon.metrics().connections_refused.clone(),
+        timed_out: daemon.metrics().connections_timed_out.clone(),
+    };
     let unix_srv = axum::serve(
-        Guarded::new(unix, cap, idle),
+        Guarded::new(unix, cap, idle).with_counters(counters.clone()),
         app.clone().into_make_service_with_connect_info::<Peer>(),
     );
     let tcp_srv = async {
         match tcp {
             Some(l) => {
                 axum::serve(
-                    Guarded::new(l, cap, idle),
+                    Guarded::new(l, cap, idle).with_counters(counters),
                     app.into_make_service_with_connect_info::<Peer>(),
                 )
                 .await
