@@ -47,6 +47,14 @@ pub enum SliceAsk {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         sm_percent: Option<u8>,
     },
+    /// An MPS client with this memory limit, never a MIG instance (`tessera run --mps`).
+    Mps {
+        /// Memory in MiB.
+        memory_mib: u64,
+        /// SM share in percent (default: the memory's share of the GPU, at least 1).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        sm_percent: Option<u8>,
+    },
     /// One time-slice replica of a whole GPU.
     Share,
 }
@@ -60,6 +68,16 @@ impl fmt::Display for SliceAsk {
                 sm_percent,
             } => {
                 write!(f, "mem {}", format_mib(*memory_mib))?;
+                if let Some(sm) = sm_percent {
+                    write!(f, " sm {sm}%")?;
+                }
+                Ok(())
+            }
+            SliceAsk::Mps {
+                memory_mib,
+                sm_percent,
+            } => {
+                write!(f, "mps {}", format_mib(*memory_mib))?;
                 if let Some(sm) = sm_percent {
                     write!(f, " sm {sm}%")?;
                 }
@@ -507,6 +525,10 @@ mod tests {
             SliceAsk::Mem {
                 memory_mib: 12288,
                 sm_percent: Some(25),
+            },
+            SliceAsk::Mps {
+                memory_mib: 4096,
+                sm_percent: None,
             },
             SliceAsk::Share,
         ];

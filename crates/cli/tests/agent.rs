@@ -325,10 +325,15 @@ fn a_desired_file_reconciles_many_gpus_and_mig_mode_is_separate() {
     assert_eq!(instances(&b, 0).len(), 1);
     assert_eq!(instances(&b, 1).len(), 3);
 
-    // MIG cannot be disabled under instances.
+    // MIG cannot be disabled under instances: refused like a busy apply (exit 1), naming
+    // the instance and the command that removes it.
     let o = mig_mode(&b, "0", &["--disable"]);
-    assert_eq!(code(&o), 2, "{}", text(&o));
-    assert!(text(&o).contains("destroy them first"), "{}", text(&o));
+    assert_eq!(code(&o), 1, "{}", text(&o));
+    assert!(
+        text(&o).contains("7g.80gb@0 (idle). Remove them first"),
+        "{}",
+        text(&o)
+    );
 }
 
 #[test]

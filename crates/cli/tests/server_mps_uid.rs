@@ -28,7 +28,7 @@ fn a_second_user_waits_for_the_mps_gpu_and_run_and_ps_say_why() {
         "sim_gpus: h100-80gb:1\ngpus: [{index: 0, mode: mps}]\nsocket_group: \"1000\"\nscheduler: {tick_ms: 100}\n",
     );
     let mut alice = d
-        .cli(&["run", "-q", "--mem", "8G", "--", "sleep", "30"])
+        .cli(&["run", "-q", "--mem", "8GiB", "--", "sleep", "30"])
         .uid(1000)
         .gid(1000)
         .spawn()
@@ -36,7 +36,7 @@ fn a_second_user_waits_for_the_mps_gpu_and_run_and_ps_say_why() {
     let a = poll(30, "alice's MPS lease", || leased_of(&d, 1000));
     assert!(matches!(a.slice, Some(Slice::Mps { .. })), "{a:?}");
     let mut bob = d
-        .cli(&["run", "--mem", "8G", "--", "true"])
+        .cli(&["run", "--mem", "8GiB", "--", "true"])
         .uid(1001)
         .gid(1000)
         .stderr(Stdio::piped())

@@ -363,19 +363,59 @@ impl SimBackend {
         Ok(b)
     }
 
-    /// Open a state file, holding its lock until the backend is dropped.
+    /// Open a state file, holding its lock until the backend is dropped (waits while another
+    /// process holds it).
     pub fn open(path: &Path, catalog: Catalog, config: SimConfig) -> Result<Self, GpuError> {
+        Self::check_exists(path)?;
+        let lock = lock_file(path)?;
+        Self::load(path, catalog, config, Some(lock))
+    }
+
+    /// Like [`SimBackend::open`], but `Ok(None)` at once when another process holds the lock
+    /// (a running `tessera serve` holds its state file's lock for its whole life).
+    pub fn try_open(
+        path: &Path,
+        catalog: Catalog,
+        config: SimConfig,
+    ) -> Result<Option<Self>, GpuError> {
+        Self::check_exists(path)?;
+        match lock_file_with(path, false)? {
+            Some(lock) => Self::load(path, catalog, config, Some(lock)).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// A read-only snapshot of a state file, without its lock: the file is always replaced
+    /// atomically, so it is whole, but it may be out of date a moment later. Changes made on
+    /// the returned backend are never written.
+    pub fn snapshot(path: &Path, catalog: Catalog, config: SimConfig) -> Result<Self, GpuError> {
+        Self::check_exists(path)?;
+        Self::load(path, catalog, config, None)
+    }
+
+    fn check_exists(path: &Path) -> Result<(), GpuError> {
+        if !path.is_file() {
+            return Err(GpuError::State {
+                path: path.to_path_buf(),
+                detail:
+                    "no such file; create it with `tessera sim-gpu init STATE --gpus h100-80gb:1`"
+                        .into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Read and check the state file; with `lock`, changes are written back to it.
+    fn load(
+        path: &Path,
+        catalog: Catalog,
+        config: SimConfig,
+        lock: Option<File>,
+    ) -> Result<Self, GpuError> {
         let bad = |detail: String| GpuError::State {
             path: path.to_path_buf(),
             detail,
         };
-        if !path.is_file() {
-            return Err(bad(
-                "no such file; create it with `tessera sim-gpu init STATE --gpus h100-80gb:1`"
-                    .into(),
-            ));
-        }
-        let lock = lock_file(path)?;
         let text = fs::read_to_string(path).map_err(|e| {
             if e.kind() == std::io::ErrorKind::NotFound {
                 bad(
@@ -401,7 +441,7 @@ impl SimBackend {
             GpuError::State { detail, .. } => bad(detail),
             other => other,
         })?;
-        b.file = Some(StateFile {
+        b.file = lock.map(|lock| StateFile {
             path: path.to_path_buf(),
             _lock: lock,
         });
@@ -1016,8 +1056,16 @@ impl GpuBackend for SimBackend {
 }
 
 /// Take an exclusive advisory lock on `PATH.lock` (released when the file is closed,
-/// including when the process dies).
+/// including when the process dies), waiting while another process holds it.
 pub(crate) fn lock_file(path: &Path) -> Result<File, GpuError> {
+    lock_file_with(path, true)?.ok_or_else(|| GpuError::State {
+        path: path.to_path_buf(),
+        detail: "a blocking lock returned without the lock".into(),
+    })
+}
+
+/// Like [`lock_file`]; with `wait` false, `Ok(None)` when another process holds the lock.
+fn lock_file_with(path: &Path, wait: bool) -> Result<Option<File>, GpuError> {
     let mut lock_path = path.as_os_str().to_owned();
     lock_path.push(".lock");
     let lock_path = PathBuf::from(lock_path);
@@ -1033,16 +1081,25 @@ pub(crate) fn lock_file(path: &Path) -> Result<File, GpuError> {
     #[cfg(unix)]
     {
         use std::os::unix::io::AsRawFd;
+        let op = if wait {
+            libc::LOCK_EX
+        } else {
+            libc::LOCK_EX | libc::LOCK_NB
+        };
         // SAFETY: flock on a valid, open file descriptor owned by `f`.
-        let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) };
+        let rc = unsafe { libc::flock(f.as_raw_fd(), op) };
         if rc != 0 {
+            let e = std::io::Error::last_os_error();
+            if !wait && e.kind() == std::io::ErrorKind::WouldBlock {
+                return Ok(None);
+            }
             return Err(GpuError::State {
                 path: lock_path,
-                detail: format!("cannot lock: {}", std::io::Error::last_os_error()),
+                detail: format!("cannot lock: {e}"),
             });
         }
     }
-    Ok(f)
+    Ok(Some(f))
 }
 
 /// Write `bytes` to `path` atomically: a temp file in the same directory, fsync, rename, then
@@ -1269,5 +1326,28 @@ mod tests {
         fs::write(&path, "{\"format\":\"x\"}").unwrap();
         let e = SimBackend::open(&path, c, SimConfig::default()).unwrap_err();
         assert!(e.to_string().contains("not a sim state file"), "{e}");
+    }
+
+    #[test]
+    fn a_held_lock_gives_none_at_once_and_a_snapshot_reads_without_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.json");
+        let c = Catalog::builtin().clone();
+        let st = SimState::new(&c, &[("h100-80gb".into(), 1)], 9, true).unwrap();
+        let mut holder = SimBackend::create(&path, st, c.clone()).unwrap();
+        holder.create_gi(0, "3g.40gb", 4).unwrap();
+        // flock conflicts between open file descriptions, even in one process.
+        assert!(SimBackend::try_open(&path, c.clone(), SimConfig::default())
+            .unwrap()
+            .is_none());
+        let mut snap = SimBackend::snapshot(&path, c.clone(), SimConfig::default()).unwrap();
+        assert_eq!(snap.instances(0).unwrap()[0].spec(), "3g.40gb@4");
+        // Changes on a snapshot are never written.
+        snap.create_gi(0, "1g.10gb", 0).unwrap();
+        drop(holder);
+        let mut b = SimBackend::try_open(&path, c, SimConfig::default())
+            .unwrap()
+            .expect("the lock is free again");
+        assert_eq!(b.instances(0).unwrap().len(), 1);
     }
 }

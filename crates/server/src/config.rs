@@ -180,6 +180,9 @@ pub struct Config {
     pub backend: BackendChoice,
     /// Simulated fleet: `MODEL:COUNT[,MODEL:COUNT...]`.
     pub sim_gpus: String,
+    /// The simulated GPUs' state file (`--backend sim:STATE`); default
+    /// `<state_dir>/sim-gpus.json`. Made from `sim_gpus` when it does not exist.
+    pub sim_state: Option<PathBuf>,
     /// State directory (database, simulated GPUs).
     pub state_dir: Option<PathBuf>,
     /// Unix socket path.
@@ -218,6 +221,7 @@ impl Default for Config {
         Config {
             backend: BackendChoice::Auto,
             sim_gpus: "h100-80gb:2".into(),
+            sim_state: None,
             state_dir: None,
             socket: None,
             socket_group: None,

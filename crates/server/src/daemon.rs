@@ -410,6 +410,10 @@ impl Daemon {
             SliceAsk::Mem {
                 memory_mib,
                 sm_percent,
+            }
+            | SliceAsk::Mps {
+                memory_mib,
+                sm_percent,
             } => {
                 if *memory_mib == 0 {
                     return Err(ApiError::bad_request("memory_mib must be at least 1"));
@@ -431,14 +435,33 @@ impl Daemon {
             ));
         }
         let gpu_model = match &body.gpu_model {
-            Some(q) => Some(sched::model_key(&self.inner.catalog, q).ok_or_else(|| {
-                ApiError::bad_request(format!(
-                    "unknown GPU model `{q}`; this machine has {}",
-                    self.model_list()
-                ))
-            })?),
+            Some(q) => Some(
+                resolve_model(&self.inner.catalog, &self.inner.gpus, q).ok_or_else(|| {
+                    let here: Vec<&str> =
+                        self.inner.gpus.iter().map(|g| g.model.as_str()).collect();
+                    ApiError::bad_request(format!(
+                        "unknown GPU model `{q}`{}; this machine has {}",
+                        tessera_model::suggest::hint(q, here),
+                        self.model_list()
+                    ))
+                })?,
+            ),
             None => None,
         };
+        if let SliceAsk::Mig { profile } = &body.slice {
+            // A name no model has is a typo (bad input), not a slice this machine lacks.
+            if !self.inner.catalog.has_profile(profile) {
+                let guess = self
+                    .inner
+                    .catalog
+                    .suggest_profile(profile)
+                    .map(|p| format!("; did you mean `{p}`?"))
+                    .unwrap_or_default();
+                return Err(ApiError::bad_request(format!(
+                    "unknown MIG profile `{profile}`{guess} (`tessera profiles --gpu MODEL` lists a model's profiles)"
+                )));
+            }
+        }
         let ask = match body.slice {
             SliceAsk::Mig { profile } => SliceAsk::Mig {
                 profile: canonical_profile(&self.inner.catalog, &self.inner.gpus, &profile),
@@ -853,6 +876,21 @@ impl Daemon {
     pub fn all_rows(&self) -> Result<Vec<RequestRow>, ServerError> {
         lock(&self.inner.store).all()
     }
+}
+
+/// A `--gpu-model` query: a catalog key, alias or name, or a family name that fits one model
+/// of this machine (`a100` names two models, but a machine with only one of them means it).
+fn resolve_model(catalog: &Catalog, gpus: &[GpuFacts], q: &str) -> Option<String> {
+    sched::model_key(catalog, q).or_else(|| {
+        let mut fam: Vec<&str> = catalog
+            .family(q)
+            .iter()
+            .map(|m| m.key.as_str())
+            .filter(|k| gpus.iter().any(|g| g.model == *k))
+            .collect();
+        fam.dedup();
+        (fam.len() == 1).then(|| fam[0].to_string())
+    })
 }
 
 /// The canonical spelling of a profile name (as the fleet's models spell it).

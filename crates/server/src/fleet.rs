@@ -564,9 +564,13 @@ fn sim_fleet(
     Ok((Hw::Sim(Box::new(s)), why))
 }
 
-/// Open `<state dir>/sim-gpus.json`, creating it from `sim_gpus` when it does not exist.
+/// Open `sim_state` (default `<state dir>/sim-gpus.json`), creating it from `sim_gpus` when
+/// it does not exist.
 fn open_sim(cfg: &Config, state_dir: &Path, catalog: &Catalog) -> Result<SimBackend, ServerError> {
-    let path = sim_state_path(state_dir);
+    let path = cfg
+        .sim_state
+        .clone()
+        .unwrap_or_else(|| sim_state_path(state_dir));
     if path.exists() {
         return SimBackend::open(&path, catalog.clone(), SimConfig::default())
             .map_err(|e| ServerError::Backend(e.to_string()));

@@ -272,13 +272,19 @@ fn variants(catalog: &Catalog, gpus: &[GpuState], w: &Waiting) -> Vec<Variant> {
         SliceAsk::Mem {
             memory_mib,
             sm_percent,
+        }
+        | SliceAsk::Mps {
+            memory_mib,
+            sm_percent,
         } => {
+            // `--mps` asks for an MPS client only; `--mem` takes MIG first.
+            let mig_too = matches!(w.ask, SliceAsk::Mem { .. });
             // MIG first (isolated), one variant per model, least wasted memory first.
             let mut by_model: BTreeMap<(u64, String), Vec<u32>> = BTreeMap::new();
             let mut profile_of: BTreeMap<String, String> = BTreeMap::new();
             for g in gpus
                 .iter()
-                .filter(|g| g.facts.mode == GpuMode::Mig && of_model(g))
+                .filter(|g| mig_too && g.facts.mode == GpuMode::Mig && of_model(g))
             {
                 let Some(model) = catalog.get(&g.facts.model) else {
                     continue;
@@ -374,9 +380,81 @@ pub fn check_feasible(
         have.push(desc);
     }
     Err(format!(
-        "no GPU{restriction} of this machine can ever serve `{ask}`; it has {}",
-        have.join("; ")
+        "no GPU{restriction} of this machine can ever serve `{ask}`; it has {}{}",
+        have.join("; "),
+        largest_hint(catalog, gpus, ask, model)
     ))
+}
+
+/// For a memory ask nothing can serve: the largest MIG instance and MPS client this machine
+/// can give, with the flags that ask for them (`--mem 80GiB` on an H100 whose 7g.80gb has
+/// 79.25 GiB: "ask --mem 79GiB or --mig 7g.80gb").
+fn largest_hint(
+    catalog: &Catalog,
+    gpus: &[GpuFacts],
+    ask: &SliceAsk,
+    model: Option<&str>,
+) -> String {
+    let (SliceAsk::Mem { .. } | SliceAsk::Mps { .. }) = ask else {
+        return String::new();
+    };
+    let mig_too = matches!(ask, SliceAsk::Mem { .. });
+    let of_model = |g: &&GpuFacts| model.is_none_or(|m| m == g.model);
+    let mut out = String::new();
+    // (memory, profile, model key) of the largest ordinary profile.
+    let best_mig = gpus
+        .iter()
+        .filter(|g| mig_too && g.mode == GpuMode::Mig)
+        .filter(of_model)
+        .filter_map(|g| catalog.get(&g.model))
+        .flat_map(|m| {
+            m.profiles
+                .iter()
+                .filter(|p| p.media_kind() == tessera_model::catalog::MediaKind::Standard)
+                .filter_map(move |p| Some((p.memory_mib?, p.name.clone(), m.key.clone())))
+        })
+        .max_by(|a, b| a.0.cmp(&b.0).then_with(|| b.1.cmp(&a.1)));
+    if let Some((mib, name, key)) = best_mig {
+        out.push_str(&format!(
+            ". The largest MIG slice here is {name} on {key} with {} ({mib} MiB): ask for --mem {} or --mig {name}",
+            gib_text(mib),
+            floor_size(mib)
+        ));
+    }
+    let best_mps = gpus
+        .iter()
+        .filter(|g| g.mode == GpuMode::Mps)
+        .filter(of_model)
+        .map(|g| g.mps_usable_mib())
+        .max();
+    if let Some(mib) = best_mps.filter(|m| *m > 0) {
+        out.push_str(&format!(
+            ". The largest MPS client here has {} ({mib} MiB): ask for --mps --mem {}",
+            gib_text(mib),
+            floor_size(mib)
+        ));
+    }
+    out
+}
+
+/// `79.25 GiB`.
+fn gib_text(mib: u64) -> String {
+    let gib = mib as f64 / 1024.0;
+    format!(
+        "{} GiB",
+        format!("{gib:.2}")
+            .trim_end_matches('0')
+            .trim_end_matches('.')
+    )
+}
+
+/// The largest whole GiB (or MiB below 1 GiB) that fits in `mib`: `79GiB` for 79.25 GiB.
+fn floor_size(mib: u64) -> String {
+    if mib >= 1024 {
+        format!("{}GiB", mib / 1024)
+    } else {
+        format!("{mib}MiB")
+    }
 }
 
 fn planner_gpu(g: &GpuState) -> GpuSpec {
@@ -1178,5 +1256,46 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.contains("mps"), "{e}");
+    }
+
+    #[test]
+    fn a_memory_ask_too_large_names_the_largest_slice_and_the_flags() {
+        let c = Catalog::builtin();
+        let gpus = [facts(0, "h100-80gb", GpuMode::Mig)];
+        // 80 GiB is more than 7g.80gb's 79.25 GiB.
+        let ask = SliceAsk::Mem {
+            memory_mib: 80 * 1024,
+            sm_percent: None,
+        };
+        let e = check_feasible(c, &gpus, &ask, None).unwrap_err();
+        assert!(e.contains("7g.80gb on h100-80gb with 79.25 GiB"), "{e}");
+        assert!(e.contains("--mem 79GiB or --mig 7g.80gb"), "{e}");
+        // 80 GB (decimal) is 76294 MiB and fits.
+        let ask = SliceAsk::Mem {
+            memory_mib: 76_294,
+            sm_percent: None,
+        };
+        assert!(check_feasible(c, &gpus, &ask, None).is_ok());
+    }
+
+    #[test]
+    fn an_mps_ask_never_takes_a_mig_instance() {
+        let c = Catalog::builtin();
+        let mig_only = [facts(0, "h100-80gb", GpuMode::Mig)];
+        let ask = SliceAsk::Mps {
+            memory_mib: 4096,
+            sm_percent: Some(20),
+        };
+        let e = check_feasible(c, &mig_only, &ask, None).unwrap_err();
+        assert!(!e.contains("largest MIG"), "{e}");
+        let both = [
+            facts(0, "h100-80gb", GpuMode::Mig),
+            facts(1, "h100-80gb", GpuMode::Mps),
+        ];
+        assert!(check_feasible(c, &both, &ask, None).is_ok());
+        let states: Vec<GpuState> = both.iter().cloned().map(GpuState::empty).collect();
+        let v = variants(c, &states, &waiting(1, ask));
+        assert!(!v.is_empty());
+        assert!(v.iter().all(|v| matches!(v.kind, RequestKind::Mps(_))));
     }
 }
