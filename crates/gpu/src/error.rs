@@ -43,7 +43,7 @@ pub enum GpuError {
         detail: String,
     },
     /// The caller may not change the GPU (`NVML_ERROR_NO_PERMISSION`).
-    #[error("{op}: permission denied; MIG and compute-mode changes need root (or CAP_SYS_ADMIN)")]
+    #[error("{op}: permission denied; listing MIG instances and placements, and every MIG or compute-mode change, need root (or CAP_SYS_ADMIN)")]
     NoPermission {
         /// The call and its object.
         op: String,

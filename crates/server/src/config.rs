@@ -23,8 +23,8 @@
 //!   heartbeat_interval_ms: 5000
 //!   heartbeat_timeout_ms: 30000
 //! connections:
-//!   max_per_uid: 64             # open connections per uid (per address on TCP)
-//!   idle_timeout_ms: 60000      # close a connection silent this long
+//!   max_per_uid: 256            # open connections per uid (per address on TCP)
+//!   idle_timeout_ms: 30000      # close a connection silent this long
 //! ```
 //!
 //! Every number is checked at load against its allowed range (see `docs/server-hardening.md`);
@@ -156,7 +156,7 @@ impl Default for LeaseSettings {
 #[serde(deny_unknown_fields, default)]
 pub struct ConnectionSettings {
     /// Most open connections per uid on the Unix socket (per address on TCP); further ones
-    /// are closed at once.
+    /// are closed at once. Never more than a quarter of the open-file limit.
     pub max_per_uid: u32,
     /// A connection with no byte read or written for this long is closed (a long poll waits
     /// at most half of it), and a request's headers must arrive within it.
@@ -166,8 +166,8 @@ pub struct ConnectionSettings {
 impl Default for ConnectionSettings {
     fn default() -> Self {
         ConnectionSettings {
-            max_per_uid: 64,
-            idle_timeout_ms: 60_000,
+            max_per_uid: 256,
+            idle_timeout_ms: 30_000,
         }
     }
 }
@@ -207,6 +207,10 @@ pub struct Config {
     pub lease: LeaseSettings,
     /// Client connection limits.
     pub connections: ConnectionSettings,
+    /// Delete the journal at start (`tessera serve --discard-journal`, the recovery for a
+    /// journal that fails its checksums). A flag only, never read from the file.
+    #[serde(skip)]
+    pub discard_journal: bool,
 }
 
 impl Default for Config {
@@ -227,6 +231,7 @@ impl Default for Config {
             scheduler: SchedulerSettings::default(),
             lease: LeaseSettings::default(),
             connections: ConnectionSettings::default(),
+            discard_journal: false,
         }
     }
 }
@@ -392,7 +397,7 @@ pub const MAX_GPUS: u32 = 64;
 /// Most time-slice replicas of one GPU.
 pub const MAX_REPLICAS: u32 = 64;
 /// Most MPS clients per GPU (the MPS server's limit on Volta and newer).
-pub const MAX_MPS_CLIENTS: u32 = 48;
+pub const MAX_MPS_CLIENTS: u32 = tessera_gpu::mps::MAX_CLIENTS_PER_SERVER;
 /// Largest MPS memory reserve, MiB (1 TiB: more than any GPU has).
 pub const MAX_RESERVE_MIB: u64 = 1 << 20;
 /// Largest `mps.sm_oversubscription`.

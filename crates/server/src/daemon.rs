@@ -33,7 +33,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -48,7 +48,7 @@ use tessera_agent::{Entry, EntryKind, Journal, JournalError, OpRecord, Outcome};
 
 use crate::fleet::{ApplyError, Fleet, GpuFacts};
 use crate::ident::Identity;
-use crate::liveness::ProcessStamp;
+use crate::liveness::{Clock, Liveness, MonotonicClock, ProcessStamp};
 use crate::metrics::Metrics;
 use crate::sched::{self, GpuState, InstanceState, MpsClient, Pick, Reservation, Waiting};
 use crate::store::{NewRequest, RequestRow, Store};
@@ -102,6 +102,10 @@ struct Inner {
     tx: Mutex<mpsc::Sender<Cmd>>,
     changes: tokio::sync::watch::Sender<u64>,
     heartbeats: Mutex<BTreeMap<u64, Instant>>,
+    /// The time heartbeats are measured on.
+    clock: Arc<dyn Clock>,
+    /// Scheduling passes run so far.
+    passes: AtomicU64,
     metrics: Metrics,
     stopped: AtomicBool,
     /// Why the scheduler thread died (`None` while it runs or after a clean stop).
@@ -166,6 +170,17 @@ impl Daemon {
         catalog: Catalog,
         fleet: Fleet,
     ) -> Result<(Daemon, SchedulerHandle), ServerError> {
+        Daemon::start_with_clock(cfg, catalog, fleet, Arc::new(MonotonicClock))
+    }
+
+    /// [`Daemon::start`] with heartbeats measured on `clock` (tests jump it to play a paused
+    /// daemon).
+    pub fn start_with_clock(
+        cfg: Config,
+        catalog: Catalog,
+        fleet: Fleet,
+        clock: Arc<dyn Clock>,
+    ) -> Result<(Daemon, SchedulerHandle), ServerError> {
         let state_dir = cfg.state_dir();
         let notices: Vec<String> = crate::serve::secure_state_dir(&state_dir)?
             .into_iter()
@@ -183,6 +198,8 @@ impl Daemon {
             tx: Mutex::new(tx),
             changes,
             heartbeats: Mutex::new(BTreeMap::new()),
+            clock,
+            passes: AtomicU64::new(0),
             metrics: Metrics::new(),
             stopped: AtomicBool::new(false),
             failure: tokio::sync::watch::channel(None).0,
@@ -194,6 +211,8 @@ impl Daemon {
         let mut sched = Scheduler {
             d: daemon.clone(),
             fleet,
+            last_check: None,
+            unknown_logged: BTreeSet::new(),
         };
         sched.recover()?;
         sched.pass();
@@ -269,7 +288,13 @@ impl Daemon {
     }
 
     fn beat(&self, id: u64) {
-        lock(&self.inner.heartbeats).insert(id, Instant::now());
+        let now = self.inner.clock.now();
+        lock(&self.inner.heartbeats).insert(id, now);
+    }
+
+    /// How many scheduling passes have run (tests wait on it instead of sleeping).
+    pub fn passes(&self) -> u64 {
+        self.inner.passes.load(Ordering::SeqCst)
     }
 
     fn visible(&self, who: &Identity, id: u64) -> Result<RequestRow, ApiError> {
@@ -894,6 +919,10 @@ impl Journal for DbJournal<'_> {
 struct Scheduler {
     d: Daemon,
     fleet: Fleet,
+    /// When the last liveness check ran (on the daemon's clock).
+    last_check: Option<Instant>,
+    /// Requests whose client's `/proc` entry could not be read, already logged.
+    unknown_logged: BTreeSet<u64>,
 }
 
 impl Scheduler {
@@ -966,10 +995,19 @@ impl Scheduler {
 
     /// Recovery before the API opens (see the module docs).
     fn recover(&mut self) -> Result<(), ServerError> {
-        let (desired, active, journal) = {
+        if self.inner().cfg.discard_journal {
+            let n = lock(&self.inner().store).discard_journal()?;
+            self.notice(format!(
+                "--discard-journal: deleted {n} journal record(s); the GPUs' layouts are taken from the GPUs as they are"
+            ));
+        }
+        let (desired, active, journal, counts) = {
             let s = lock(&self.inner().store);
-            (s.desired()?, s.active()?, s.journal()?)
+            (s.desired()?, s.active()?, s.journal()?, s.counts()?)
         };
+        if let (0, 0, journal_rows) = counts {
+            self.check_emptied(journal_rows);
+        }
         let open = dangling_intents(&journal);
         if !open.is_empty() {
             tracing::warn!(
@@ -1018,7 +1056,7 @@ impl Scheduler {
         if open.is_empty() {
             lock(&self.inner().store).prune_journal(10_000)?;
         }
-        let now = Instant::now();
+        let now = self.inner().clock.now();
         let mut hb = lock(&self.inner().heartbeats);
         for r in &active {
             hb.insert(r.id, now);
@@ -1033,6 +1071,47 @@ impl Scheduler {
             tracing::info!("re-adopted {leased} lease(s) and {queued} queued request(s) from the state database");
         }
         Ok(())
+    }
+
+    /// Log a start warning and keep it for [`Daemon::notices`].
+    fn notice(&self, text: String) {
+        tracing::warn!("{text}");
+        lock(&self.inner().notices).push(text);
+    }
+
+    /// The database holds no request and no layout: warn when its journal or the GPUs say
+    /// tessera has been here (journal records of re-partitions, MIG instances), since then
+    /// the database was emptied or replaced and the leases it recorded are lost.
+    fn check_emptied(&mut self, journal_rows: u64) {
+        let mut seen = Vec::new();
+        if journal_rows > 0 {
+            seen.push(format!(
+                "its journal holds {journal_rows} record(s) of re-partitions"
+            ));
+        }
+        for f in self.inner().gpus.clone() {
+            if f.mode != GpuMode::Mig {
+                continue;
+            }
+            if let Ok(list) = self.fleet.instances(f.index) {
+                if !list.is_empty() {
+                    let busy = list.iter().filter(|i| !i.pids.is_empty()).count();
+                    seen.push(format!(
+                        "GPU {} has {} MIG instance(s), {busy} with processes",
+                        f.index,
+                        list.len()
+                    ));
+                }
+            }
+        }
+        if seen.is_empty() {
+            return;
+        }
+        self.notice(format!(
+            "the state database {} has no request and no layout, but {}: it was emptied or replaced (or the GPUs were partitioned by someone else). Leases it held are lost and their commands, if any still run, are not accounted for. If that is not intended, stop the daemon and restore tessera.db from a backup; otherwise idle instances are reused and re-partitioned as usual",
+            self.inner().state_dir.join("tessera.db").display(),
+            seen.join("; ")
+        ));
     }
 
     fn leased_placements(&self, active: &[RequestRow], gpu: u32) -> Vec<Placed> {
@@ -1052,29 +1131,63 @@ impl Scheduler {
             .collect()
     }
 
+    /// Heartbeat deadlines count the daemon's own progress: when the scheduler did not run
+    /// for much longer than a tick (the process was stopped, or starved), every request's
+    /// last heartbeat moves forward by the stall, so the heartbeats queued meanwhile get
+    /// read before anyone is judged silent.
+    fn credit_stall(&mut self, now: Instant) {
+        let tick = Duration::from_millis(self.inner().cfg.scheduler.tick_ms);
+        let allowed = tick + tick.max(Duration::from_secs(1));
+        if let Some(prev) = self.last_check.replace(now) {
+            let gap = now.saturating_duration_since(prev);
+            if gap > allowed {
+                let stall = gap - tick;
+                let mut hb = lock(&self.inner().heartbeats);
+                for last in hb.values_mut() {
+                    *last = (*last + stall).min(now);
+                }
+                drop(hb);
+                tracing::warn!(
+                    "the scheduler did not run for {} ms (the daemon was stopped or starved); heartbeat deadlines are extended by that time",
+                    stall.as_millis()
+                );
+            }
+        }
+    }
+
     /// End requests whose client is gone. Returns whether any ended.
     fn check_liveness(&mut self, active: &[RequestRow]) -> bool {
         let timeout = Duration::from_millis(self.inner().cfg.lease.heartbeat_timeout_ms);
-        let now = Instant::now();
+        let now = self.inner().clock.now();
+        self.credit_stall(now);
+        let ids: BTreeSet<u64> = active.iter().map(|r| r.id).collect();
+        self.unknown_logged.retain(|id| ids.contains(id));
         let mut ended = false;
         for r in active {
             let gone = match (r.pid, r.pid_start) {
-                (Some(pid), Some(start))
-                    if !(ProcessStamp {
-                        pid,
-                        start_ticks: start,
-                    })
-                    .is_alive() =>
+                (Some(pid), Some(start)) => match (ProcessStamp {
+                    pid,
+                    start_ticks: start,
+                })
+                .check()
                 {
-                    Some(format!("client process {pid} is gone"))
-                }
+                    Liveness::Gone(why) => Some(why),
+                    Liveness::Unknown(why) => {
+                        // No verdict (e.g. out of file descriptors): the heartbeat decides.
+                        if self.unknown_logged.insert(r.id) {
+                            tracing::warn!(request = r.id, "cannot tell whether the client runs ({why}); keeping the lease while it sends heartbeats");
+                        }
+                        None
+                    }
+                    Liveness::Alive => None,
+                },
                 _ => None,
             };
             let silent = {
                 let mut hb = lock(&self.inner().heartbeats);
                 let last = *hb.entry(r.id).or_insert(now);
-                (now.duration_since(last) > timeout)
-                    .then(|| format!("no heartbeat for {}s", now.duration_since(last).as_secs()))
+                let quiet = now.saturating_duration_since(last);
+                (quiet > timeout).then(|| format!("no heartbeat for {}s", quiet.as_secs()))
             };
             if let Some(reason) = gone.or(silent) {
                 let done = lock(&self.inner().store)
@@ -1083,6 +1196,7 @@ impl Scheduler {
                 if done {
                     tracing::info!(request = r.id, user = %r.user, "expired: {reason}");
                     lock(&self.inner().heartbeats).remove(&r.id);
+                    self.unknown_logged.remove(&r.id);
                     ended = true;
                 }
             }
@@ -1263,6 +1377,7 @@ impl Scheduler {
 
     /// One scheduling pass (see the module docs and [`crate::sched`]).
     fn pass(&mut self) {
+        self.inner().passes.fetch_add(1, Ordering::SeqCst);
         let active = match lock(&self.inner().store).active() {
             Ok(a) => a,
             Err(e) => {

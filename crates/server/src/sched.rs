@@ -22,6 +22,13 @@
 //!    - MPS and time-slicing: the GPU with the least memory (MPS) or fewest replicas
 //!      (time-slice) in use; later requests get no new lease on that GPU at all.
 //!
+//! **MPS by uid.** An MPS control daemon runs one server, of one uid, at a time; a client of
+//! another uid blocks until every client of the running server is gone. So an MPS GPU with
+//! leases of uid U takes new MPS clients of U only, at most `mps.max_clients` (never more than
+//! the 48 a server takes on Volta and newer); another uid's request goes to another GPU or
+//! waits, and may reserve the held GPU, which then drains (see [`GpuState::mps_open_to`]).
+//! [`why_waiting`] tells a waiting request what stands in its way on each GPU.
+//!
 //! The reserved region only ever empties (nothing new is leased in it), so the reserving
 //! request is served as soon as the leases in its way end: no starvation, for every request in
 //! turn, since a request that cannot reserve (the limit is reached) is behind one that can.
@@ -770,13 +777,14 @@ fn gpu_blocker(
                 gpu_model: None,
                 ..w.clone()
             };
-            let free = decide(catalog, std::slice::from_ref(g), &alone, &[]).is_some();
+            // Only with a hold on this GPU is the planner asked again (without the holds).
+            let free = || decide(catalog, std::slice::from_ref(g), &alone, &[]).is_some();
             match reservations
                 .iter()
                 .filter(other)
                 .find(|r| r.region.is_some())
             {
-                Some(r) if free => format!(
+                Some(r) if free() => format!(
                     "the room left for {profile} is held for request {}, which waits longer",
                     r.request
                 ),
@@ -901,6 +909,21 @@ mod tests {
             std::slice::from_ref(&r),
         );
         assert_eq!(blocked, None);
+        let why = why_waiting(
+            c,
+            std::slice::from_ref(&g2),
+            &waiting(11, mig("1g.10gb")),
+            std::slice::from_ref(&r),
+        );
+        assert_eq!(
+            why,
+            "GPU 0: the room left for 1g.10gb is held for request 9, which waits longer"
+        );
+        let why = why_waiting(c, std::slice::from_ref(&g), &w, &[]);
+        assert_eq!(
+            why,
+            "GPU 0: no room for a 3g.40gb instance next to the instances in use"
+        );
         // Without the reservation it would have been served there.
         assert!(decide(c, &[g2], &waiting(11, mig("1g.10gb")), &[]).is_some());
     }
@@ -994,6 +1017,108 @@ mod tests {
         assert_eq!(decide(c, std::slice::from_ref(&g), &w, &[]), None);
     }
 
+    /// One scheduling pass over MPS GPUs as the daemon runs it: the queue in order, a grant
+    /// per served request, a reservation (at most one) for the first that must wait.
+    fn mps_pass(gpus: &mut [GpuState], queue: &mut Vec<Waiting>, next_lease: &mut u64) {
+        let c = Catalog::builtin();
+        let mut reservations: Vec<Reservation> = Vec::new();
+        let mut left = Vec::new();
+        for w in queue.drain(..) {
+            match decide(c, gpus, &w, &reservations) {
+                Some(s) => {
+                    let Pick::Mps {
+                        memory_mib,
+                        sm_percent,
+                    } = s.pick
+                    else {
+                        panic!("{s:?}")
+                    };
+                    *next_lease += 1;
+                    let g = gpus.iter_mut().find(|g| g.facts.index == s.gpu).unwrap();
+                    g.mps_clients.push(MpsClient {
+                        lease: *next_lease,
+                        uid: w.uid,
+                        memory_mib,
+                        sm_percent,
+                    });
+                }
+                None => {
+                    if reservations.is_empty() {
+                        reservations.extend(reserve(c, gpus, &w, &reservations));
+                    }
+                    left.push(w);
+                }
+            }
+        }
+        *queue = left;
+    }
+
+    proptest::proptest! {
+        /// Whatever users ask and whenever leases end: an MPS GPU never holds clients of two
+        /// uids, never more than 48, and once leases keep ending every request is served.
+        #[test]
+        fn mps_gpus_serve_one_uid_at_a_time_and_every_request_in_the_end(
+            ngpus in 1u32..3,
+            asks in proptest::collection::vec((0u32..4, 1u64..30, 0u8..4), 1..60),
+            ends in proptest::collection::vec(0usize..8, 1..60),
+        ) {
+            let mut gpus: Vec<GpuState> = (0..ngpus)
+                .map(|i| {
+                    let mut f = facts(i, "h100-80gb", GpuMode::Mps);
+                    f.mps.sm_oversubscription = 4.0;
+                    GpuState::empty(f)
+                })
+                .collect();
+            let mut queue: Vec<Waiting> = asks
+                .iter()
+                .enumerate()
+                .map(|(i, (uid, gib, sm))| Waiting {
+                    uid: 1000 + uid,
+                    ..waiting(
+                        i as u64 + 1,
+                        SliceAsk::Mem {
+                            memory_mib: gib * 1024,
+                            sm_percent: Some([5, 10, 25, 50][*sm as usize]),
+                        },
+                    )
+                })
+                .collect();
+            let mut next_lease = 0;
+            let check = |gpus: &[GpuState]| {
+                for g in gpus {
+                    if let Some(h) = g.mps_holder() {
+                        assert!(g.mps_clients.iter().all(|c| c.uid == h), "{:?}", g.mps_clients);
+                    }
+                    assert!(g.mps_clients.len() <= 48);
+                }
+            };
+            // Leases end in an arbitrary pattern while requests are served ...
+            for e in &ends {
+                mps_pass(&mut gpus, &mut queue, &mut next_lease);
+                check(&gpus);
+                for g in gpus.iter_mut() {
+                    if !g.mps_clients.is_empty() {
+                        let i = e % g.mps_clients.len();
+                        g.mps_clients.remove(i);
+                    }
+                }
+            }
+            // ... then the oldest lease of each GPU ends after every pass: the queue empties.
+            let mut passes = 0;
+            while !queue.is_empty() {
+                mps_pass(&mut gpus, &mut queue, &mut next_lease);
+                check(&gpus);
+                for g in gpus.iter_mut() {
+                    if !g.mps_clients.is_empty() {
+                        g.mps_clients.remove(0);
+                    }
+                }
+                passes += 1;
+                proptest::prop_assert!(passes < 500, "starved: {queue:?}");
+            }
+        }
+    }
+
     #[test]
     fn timeslice_replicas_are_numbered_and_run_out() {
         let c = Catalog::builtin();
@@ -1011,6 +1136,15 @@ mod tests {
         assert_eq!(share(&g, 2).unwrap().pick, Pick::Timeslice { replica: 1 });
         g.replicas.insert(1, 2);
         assert_eq!(share(&g, 3), None);
+        assert_eq!(
+            why_waiting(
+                c,
+                std::slice::from_ref(&g),
+                &waiting(3, SliceAsk::Share),
+                &[]
+            ),
+            "GPU 2: all 2 time-slice replicas are leased"
+        );
         let r = reserve(
             c,
             std::slice::from_ref(&g),

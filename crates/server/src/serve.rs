@@ -13,7 +13,39 @@ use crate::config::Config;
 use crate::daemon::Daemon;
 use crate::error::ServerError;
 use crate::fleet::Fleet;
-use crate::http::{router, AppState, Peer};
+use crate::http::{router, AppState, Guarded, Peer};
+
+/// Raise the soft limit on open files to the hard limit, so that client connections cannot
+/// starve the daemon of descriptors for `/proc`, SQLite and the GPUs. Returns (before,
+/// after); `None` for "unlimited".
+pub fn raise_nofile_limit() -> (Option<u64>, Option<u64>) {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let before = getrlimit(Resource::Nofile);
+    if before.current == before.maximum {
+        return (before.current, before.current);
+    }
+    let want = rustix::process::Rlimit {
+        current: before.maximum,
+        maximum: before.maximum,
+    };
+    match setrlimit(Resource::Nofile, want) {
+        Ok(()) => (before.current, before.maximum),
+        Err(e) => {
+            tracing::warn!("cannot raise the open-file limit to the hard limit: {e}");
+            (before.current, before.current)
+        }
+    }
+}
+
+/// The per-uid connection cap in force: the configured one, but never more than a quarter
+/// of the open-file limit (at least 4), so that one uid cannot use up the daemon's
+/// descriptors.
+pub fn connection_cap(configured: u32, nofile: Option<u64>) -> u32 {
+    match nofile {
+        Some(n) => configured.min(u32::try_from(n / 4).unwrap_or(u32::MAX).max(4)),
+        None => configured,
+    }
+}
 
 /// Make sure the state directory is private to the daemon: create it with mode 0700; an
 /// existing one must belong to the daemon's uid (refused otherwise, since it holds every
@@ -145,6 +177,16 @@ fn resolve_group(name: &str) -> Option<u32> {
 
 /// Run the daemon until SIGINT/SIGTERM.
 pub async fn serve(cfg: Config, catalog: Catalog) -> Result<(), ServerError> {
+    cfg.validate(Path::new("<flags>"))?;
+    let (before, after) = raise_nofile_limit();
+    if before != after {
+        let show = |v: Option<u64>| v.map_or("unlimited".to_string(), |n| n.to_string());
+        tracing::info!(
+            "open-file limit raised from {} to {}",
+            show(before),
+            show(after)
+        );
+    }
     let state_dir = cfg.state_dir();
     secure_state_dir(&state_dir)?;
     let _lock = lock_state_dir(&state_dir)?;
@@ -184,13 +226,29 @@ pub async fn serve(cfg: Config, catalog: Catalog) -> Result<(), ServerError> {
             .map(|a| format!(" and http://{a}"))
             .unwrap_or_default()
     );
+    let limits = &cfg.connections;
+    let idle = std::time::Duration::from_millis(limits.idle_timeout_ms);
+    let cap = connection_cap(limits.max_per_uid, after);
+    if cap < limits.max_per_uid {
+        tracing::warn!(
+            "at most {cap} connections per uid (connections.max_per_uid is {}, but the open-file limit is {}; raise it with LimitNOFILE= or ulimit -Hn)",
+            limits.max_per_uid,
+            after.unwrap_or(0)
+        );
+    }
     let unix_srv = axum::serve(
-        unix,
+        Guarded::new(unix, cap, idle),
         app.clone().into_make_service_with_connect_info::<Peer>(),
     );
     let tcp_srv = async {
         match tcp {
-            Some(l) => axum::serve(l, app.into_make_service_with_connect_info::<Peer>()).await,
+            Some(l) => {
+                axum::serve(
+                    Guarded::new(l, cap, idle),
+                    app.into_make_service_with_connect_info::<Peer>(),
+                )
+                .await
+            }
             None => std::future::pending().await,
         }
     };

@@ -319,3 +319,20 @@ async fn a_non_admin_status_has_no_other_users_slice_uuid() {
     d.stop();
     sched.join();
 }
+
+#[test]
+fn a_config_asking_for_more_than_48_mps_clients_is_refused_with_the_limit() {
+    let text = "gpus: [{index: 0, mode: mps, mps: {max_clients: 60}}]\n";
+    let e = Config::from_yaml(text, Path::new("config.yaml")).unwrap_err();
+    let msg = e.to_string();
+    assert!(msg.contains("max_clients") && msg.contains("48"), "{msg}");
+    let ok = "gpus: [{index: 0, mode: mps, mps: {max_clients: 48}}]\n";
+    assert_eq!(
+        Config::from_yaml(ok, Path::new("config.yaml"))
+            .unwrap()
+            .gpu(0)
+            .mps
+            .max_clients,
+        48
+    );
+}

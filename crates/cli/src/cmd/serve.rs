@@ -31,6 +31,10 @@ pub struct Args {
     /// YAML configuration (per-GPU modes, scheduler and lease settings); flags override it.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// Delete the state database's journal at start: the recovery when it fails its
+    /// checksums (layouts are then taken from the GPUs as they are).
+    #[arg(long)]
+    pub discard_journal: bool,
 }
 
 /// `--backend` values.
@@ -71,6 +75,7 @@ pub fn resolve_config(args: &Args) -> Result<Config, CliError> {
     if let Some(l) = &args.listen {
         cfg.listen = Some(l.clone());
     }
+    cfg.discard_journal = args.discard_journal;
     Ok(cfg)
 }
 
