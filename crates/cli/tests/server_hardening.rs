@@ -39,14 +39,14 @@ fn signal(pid: u32, sig: libc::c_int) {
     assert_eq!(unsafe { libc::kill(pid as libc::pid_t, sig) }, 0);
 }
 
-/// Defect 2: `kill -STOP` the daemon for three heartbeat timeouts, then `kill -CONT`: the
+/// Defect 2: `kill -STOP` the daemon for twice the heartbeat timeout, then `kill -CONT`: the
 /// client that kept sending heartbeats keeps its lease and its command runs to its end.
 #[test]
 fn a_daemon_stopped_longer_than_the_heartbeat_timeout_keeps_a_healthy_lease() {
     let dir = temp_dir();
     let d = Daemon::start(
         dir.path(),
-        "sim_gpus: h100-80gb:1\nscheduler: {tick_ms: 100}\nlease: {heartbeat_interval_ms: 200, heartbeat_timeout_ms: 1000}\n",
+        "sim_gpus: h100-80gb:1\nscheduler: {tick_ms: 100}\nlease: {heartbeat_interval_ms: 200, heartbeat_timeout_ms: 1500}\n",
     );
     let mut run = d
         .cli(&["run", "-q", "--mig", "1g.10gb", "--", "sleep", "5"])
@@ -55,7 +55,7 @@ fn a_daemon_stopped_longer_than_the_heartbeat_timeout_keeps_a_healthy_lease() {
         .unwrap();
     let lease = the_lease(&d);
     signal(d.child.id(), libc::SIGSTOP);
-    // The pause itself: three heartbeat timeouts with the daemon stopped.
+    // The pause itself: twice the heartbeat timeout with the daemon stopped.
     std::thread::sleep(Duration::from_secs(3));
     signal(d.child.id(), libc::SIGCONT);
     let st = wait_child(&mut run, 60, "tessera run");
@@ -92,11 +92,16 @@ fn hold_connections_helper() {
 
 /// Defect 1: under `prlimit --nofile=128:128`, another uid opens 130 idle connections. The
 /// daemon caps that uid's connections (to a quarter of its open-file limit), so it keeps
-/// descriptors to read `/proc` with, and the healthy client's lease survives. Needs root (to be another uid); skipped otherwise.
+/// descriptors to read `/proc` with, and the healthy client's lease survives. Needs root (to
+/// be another uid) and `prlimit`; skipped otherwise.
 #[test]
 fn idle_connections_of_another_uid_do_not_end_a_healthy_lease() {
     if !is_root() {
         eprintln!("not root: cannot open connections as another uid; skipped");
+        return;
+    }
+    if Command::new("prlimit").arg("--version").output().is_err() {
+        eprintln!("no prlimit (util-linux) on this machine; skipped");
         return;
     }
     let dir = temp_dir();
@@ -166,5 +171,66 @@ fn idle_connections_of_another_uid_do_not_end_a_healthy_lease() {
                 .contains("closing new connections from uid 65534"),
         "{}",
         d.log_text()
+    );
+}
+
+/// Run `tessera serve` with these extra arguments on a fresh socket in `dir`; it must fail
+/// at start. Its stderr.
+fn serve_fails(dir: &std::path::Path, extra: &[&str]) -> String {
+    let mut child = Command::new(BIN)
+        .args(["serve", "--backend", "sim", "--socket"])
+        .arg(dir.join("t.sock"))
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let st = wait_child(&mut child, 60, "tessera serve");
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(!st.success(), "serve started: {err}");
+    err
+}
+
+/// Defects 6 and 8 through the binary: a `sim-gpus.json` with a gap in its indices and a
+/// NaN in the config each stop `tessera serve` at start with the file, the key or index, and
+/// the fix (no panic, no daemon that queues but never schedules).
+#[test]
+fn serve_refuses_a_gapped_sim_fleet_and_a_nan_config_by_name() {
+    let dir = temp_dir();
+    let state = dir.path().join("state");
+    let d = Daemon::start(dir.path(), "sim_gpus: h100-80gb:2\n");
+    drop(d);
+    let sim = state.join("sim-gpus.json");
+    let mut json: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(&sim).unwrap()).unwrap();
+    json["gpus"][1]["index"] = 5.into();
+    fs::write(&sim, json.to_string()).unwrap();
+    let err = serve_fails(dir.path(), &["--state-dir", state.to_str().unwrap()]);
+    assert!(
+        err.contains("sim-gpus.json") && err.contains("index 5") && !err.contains("panicked"),
+        "{err}"
+    );
+    let cfg = dir.path().join("nan.yaml");
+    fs::write(
+        &cfg,
+        "gpus: [{index: 0, mode: mps, mps: {sm_oversubscription: .nan}}]\n",
+    )
+    .unwrap();
+    let fresh = dir.path().join("fresh");
+    let err = serve_fails(
+        dir.path(),
+        &[
+            "--state-dir",
+            fresh.to_str().unwrap(),
+            "--config",
+            cfg.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        err.contains("nan.yaml")
+            && err.contains("`gpus[0].mps.sm_oversubscription` is NaN")
+            && err.contains("allowed"),
+        "{err}"
     );
 }

@@ -1207,7 +1207,8 @@ impl GpuBackend for NvmlBackend {
         let index = sym!(self, nvmlDeviceGetIndex)?;
         let mut out = Vec::new();
         let mut timeout = timeout_ms;
-        while out.len() < 1024 {
+        // Bounded by events read, not kept: skipped events must not make this loop endless.
+        for _ in 0..1024 {
             // SAFETY: plain C struct; zero is valid.
             let mut data: nvmlEventData_t = unsafe { std::mem::zeroed() };
             // SAFETY: a live event set and a valid out pointer.

@@ -1,5 +1,6 @@
 //! Input documents: the cluster (nodes, their GPUs, each GPU's mode and current slices) and the
-//! pending requests. Both are read from YAML or JSON text; the caller reads the files.
+//! pending requests. Both are read from YAML or JSON text; the caller reads the files. They may
+//! be one document ([`PlanDocument`], as below) or two ([`ClusterSpec`], [`RequestsFile`]).
 //!
 //! ```yaml
 //! # cluster

@@ -579,6 +579,57 @@ mod tests {
         .unwrap();
     }
 
+    proptest::proptest! {
+        /// A GPU's numbers are accepted exactly when each is in its range, and a refusal
+        /// names the first key out of range.
+        #[test]
+        fn gpu_numbers_are_accepted_exactly_in_range(
+            replicas in proptest::prelude::any::<u32>(),
+            max_clients in 0u32..200,
+            reserve_mib in proptest::prelude::any::<u64>(),
+            sm in proptest::prelude::prop_oneof![
+                proptest::prelude::Just(f64::NAN),
+                proptest::prelude::Just(f64::INFINITY),
+                proptest::prelude::Just(f64::NEG_INFINITY),
+                -5.0f64..20.0,
+            ],
+        ) {
+            let cfg = Config {
+                gpus: vec![GpuSettings {
+                    index: 0,
+                    mode: ModeChoice::Auto,
+                    mps: MpsSettings { reserve_mib, max_clients, sm_oversubscription: sm },
+                    replicas,
+                }],
+                ..Config::default()
+            };
+            let ok = (1..=MAX_REPLICAS).contains(&replicas)
+                && reserve_mib <= MAX_RESERVE_MIB
+                && (1..=MAX_MPS_CLIENTS).contains(&max_clients)
+                && sm.is_finite()
+                && (1.0..=MAX_SM_OVERSUBSCRIPTION).contains(&sm);
+            match cfg.validate(Path::new("p.yaml")) {
+                Ok(()) => proptest::prop_assert!(ok),
+                Err(e) => {
+                    proptest::prop_assert!(!ok);
+                    let e = e.to_string();
+                    let key = if !(1..=MAX_REPLICAS).contains(&replicas) {
+                        "replicas"
+                    } else if reserve_mib > MAX_RESERVE_MIB {
+                        "mps.reserve_mib"
+                    } else if !(1..=MAX_MPS_CLIENTS).contains(&max_clients) {
+                        "mps.max_clients"
+                    } else {
+                        "mps.sm_oversubscription"
+                    };
+                    let named = format!("`gpus[0].{key}`");
+                    proptest::prop_assert!(e.contains(&named), "{}", e);
+                    proptest::prop_assert!(e.contains("allowed"), "{}", e);
+                }
+            }
+        }
+    }
+
     #[test]
     fn sim_gpu_lists_parse() {
         assert_eq!(

@@ -22,6 +22,15 @@
 //!    PID, so for them only the heartbeat applies. After a daemon restart every request gets a
 //!    fresh full timeout, so clients have time to reconnect.
 //!
+//! Only a definite answer counts as "gone" (see [`crate::liveness::Liveness`]): a `/proc`
+//! entry that cannot be read (no file descriptors left) leaves the heartbeat to decide.
+//! Heartbeat deadlines count the daemon's own progress: when the scheduler did not run for
+//! well over a tick (the daemon was stopped or starved), the stall is added to every
+//! request's last heartbeat before anyone is judged silent.
+//!
+//! If the scheduler thread panics, the reason is recorded ([`Daemon::scheduler_died`]), new
+//! requests are refused with 503, and `tessera serve` exits with an error.
+//!
 //! # Restart (what ARCHITECTURE.md states)
 //! On start the daemon (1) opens the database and checks its schema version, (2) opens the
 //! backend, (3) for every MIG GPU with a stored desired layout, runs the reconciler to that
@@ -1185,6 +1194,7 @@ impl Scheduler {
                     *last = (*last + stall).min(now);
                 }
                 drop(hb);
+                self.inner().metrics.scheduler_stalls.inc();
                 tracing::warn!(
                     "the scheduler did not run for {} ms (the daemon was stopped or starved); heartbeat deadlines are extended by that time",
                     stall.as_millis()
@@ -1212,6 +1222,7 @@ impl Scheduler {
                     Liveness::Gone(why) => Some(why),
                     Liveness::Unknown(why) => {
                         // No verdict (e.g. out of file descriptors): the heartbeat decides.
+                        self.inner().metrics.liveness_unknown.inc();
                         if self.unknown_logged.insert(r.id) {
                             tracing::warn!(request = r.id, "cannot tell whether the client runs ({why}); keeping the lease while it sends heartbeats");
                         }
@@ -1786,6 +1797,35 @@ mod tests {
         assert!(e.message.contains("scheduler stopped"), "{e}");
         let e = ServerError::SchedulerDied(why).to_string();
         assert!(e.contains("restart"), "{e}");
+        tokio::task::spawn_blocking(move || sched.join())
+            .await
+            .unwrap();
+    }
+
+    /// Defect 6: `tessera serve`'s main loop ends with an error when the scheduler dies,
+    /// while its servers and signal handler would have run on.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn serve_stops_with_an_error_when_the_scheduler_dies() {
+        let dir = tempfile::tempdir().unwrap();
+        let (d, sched) = start(dir.path());
+        let d2 = d.clone();
+        let serving = tokio::spawn(async move {
+            crate::serve::until_stopped(&d2, std::future::pending(), std::future::pending()).await
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(
+            !serving.is_finished(),
+            "serve ended with a healthy scheduler"
+        );
+        let _ = lock(&d.inner.tx).send(Cmd::Panic);
+        let r = tokio::time::timeout(Duration::from_secs(10), serving)
+            .await
+            .expect("serve stopped")
+            .unwrap();
+        match r {
+            Err(ServerError::SchedulerDied(why)) => assert!(why.contains("injected"), "{why}"),
+            other => panic!("expected SchedulerDied, got {other:?}"),
+        }
         tokio::task::spawn_blocking(move || sched.join())
             .await
             .unwrap();

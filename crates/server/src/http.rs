@@ -429,6 +429,17 @@ pub struct Guarded<L> {
     max_per_peer: u32,
     idle: Duration,
     slots: Arc<Slots>,
+    counters: GuardCounters,
+}
+
+/// Counters a [`Guarded`] listener bumps (`tessera_connections_refused_total`,
+/// `tessera_connections_timed_out_total`).
+#[derive(Debug, Clone, Default)]
+pub struct GuardCounters {
+    /// Connections closed at once by the cap.
+    pub refused: prometheus_client::metrics::counter::Counter,
+    /// Connections closed by the idle timeout.
+    pub timed_out: prometheus_client::metrics::counter::Counter,
 }
 
 impl<L> Guarded<L> {
@@ -440,7 +451,14 @@ impl<L> Guarded<L> {
             max_per_peer,
             idle,
             slots: Arc::new(Slots::default()),
+            counters: GuardCounters::default(),
         }
+    }
+
+    /// Count refusals and timeouts in these counters (the daemon's metrics).
+    pub fn with_counters(mut self, counters: GuardCounters) -> Self {
+        self.counters = counters;
+        self
     }
 }
 
@@ -457,8 +475,12 @@ where
             let (io, addr) = self.inner.accept().await;
             let key = io.peer_key();
             match self.slots.take(key.clone(), self.max_per_peer) {
-                Some(slot) => return (GuardedIo::new(io, slot, self.idle), addr),
+                Some(slot) => {
+                    let io = GuardedIo::new(io, slot, self.idle, self.counters.timed_out.clone());
+                    return (io, addr);
+                }
                 None => {
+                    self.counters.refused.inc();
                     self.slots.refused(&key, self.max_per_peer);
                     drop(io);
                 }
@@ -482,16 +504,25 @@ pub struct GuardedIo<T> {
     deadline: Pin<Box<tokio::time::Sleep>>,
     /// Nothing read since the last answer (or the start): the next byte starts a request.
     between_requests: bool,
+    timed_out: prometheus_client::metrics::counter::Counter,
+    counted: bool,
 }
 
 impl<T> GuardedIo<T> {
-    fn new(io: T, slot: Slot, idle: Duration) -> Self {
+    fn new(
+        io: T,
+        slot: Slot,
+        idle: Duration,
+        timed_out: prometheus_client::metrics::counter::Counter,
+    ) -> Self {
         GuardedIo {
             io,
             _slot: slot,
             idle,
             deadline: Box::pin(tokio::time::sleep(idle)),
             between_requests: true,
+            timed_out,
+            counted: false,
         }
     }
 
@@ -508,10 +539,15 @@ impl<T> GuardedIo<T> {
     /// `Pending` while the deadline is ahead (the timer will wake the task), else the error.
     fn expired<R>(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<R>> {
         match self.deadline.as_mut().poll(cx) {
-            Poll::Ready(()) => Poll::Ready(Err(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                "connection idle or too slow (connections.idle_timeout_ms)",
-            ))),
+            Poll::Ready(()) => {
+                if !std::mem::replace(&mut self.counted, true) {
+                    self.timed_out.inc();
+                }
+                Poll::Ready(Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "connection idle or too slow (connections.idle_timeout_ms)",
+                )))
+            }
             Poll::Pending => Poll::Pending,
         }
     }
@@ -592,5 +628,39 @@ impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for GuardedIo<T> {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    proptest::proptest! {
+        /// However connections of two peers open and close, neither holds more than the cap,
+        /// and a place is refused exactly when its peer is at the cap.
+        #[test]
+        fn no_peer_holds_more_than_the_cap(
+            cap in 1u32..6,
+            ops in proptest::collection::vec((proptest::bool::ANY, 0usize..2, 0usize..8), 0..200),
+        ) {
+            let slots = Arc::new(Slots::default());
+            let mut held: [Vec<Slot>; 2] = [Vec::new(), Vec::new()];
+            for (open, peer, pick) in ops {
+                let key = format!("uid {peer}");
+                if open {
+                    let got = slots.take(key, cap);
+                    proptest::prop_assert_eq!(got.is_some(), (held[peer].len() as u32) < cap);
+                    held[peer].extend(got);
+                } else if !held[peer].is_empty() {
+                    let i = pick % held[peer].len();
+                    held[peer].swap_remove(i);
+                }
+                for (p, h) in held.iter().enumerate() {
+                    let open = lock(&slots.open).get(&format!("uid {p}")).copied().unwrap_or(0);
+                    proptest::prop_assert_eq!(open, h.len() as u32);
+                    proptest::prop_assert!(open <= cap);
+                }
+            }
+        }
     }
 }

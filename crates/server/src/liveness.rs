@@ -191,6 +191,18 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        /// Of all errors reading `/proc`, only "no such file" and "no such process" end a
+        /// lease.
+        #[test]
+        fn only_enoent_and_esrch_mean_gone(errno in 1i32..134) {
+            let v = Liveness::from_error(7, &std::io::Error::from_raw_os_error(errno));
+            let gone = errno == libc::ENOENT || errno == libc::ESRCH;
+            proptest::prop_assert_eq!(matches!(v, Liveness::Gone(_)), gone);
+            proptest::prop_assert_eq!(matches!(v, Liveness::Unknown(_)), !gone);
+        }
+    }
+
     #[test]
     fn a_reaped_child_is_dead_and_a_zombie_is_dead_too() {
         let mut child = std::process::Command::new("sleep")

@@ -13,7 +13,7 @@ use crate::config::Config;
 use crate::daemon::Daemon;
 use crate::error::ServerError;
 use crate::fleet::Fleet;
-use crate::http::{router, AppState, Guarded, Peer};
+use crate::http::{router, AppState, GuardCounters, Guarded, Peer};
 
 /// Raise the soft limit on open files to the hard limit, so that client connections cannot
 /// starve the daemon of descriptors for `/proc`, SQLite and the GPUs. Returns (before,
@@ -175,6 +175,21 @@ fn resolve_group(name: &str) -> Option<u32> {
     (rc == 0 && !out.is_null()).then_some(grp.gr_gid)
 }
 
+/// Serve until the servers fail, `stop` resolves (a signal), or the scheduler thread dies,
+/// whichever comes first; the scheduler's death is an error, so `tessera serve` exits
+/// non-zero and a supervisor restarts it.
+pub async fn until_stopped(
+    daemon: &Daemon,
+    servers: impl std::future::Future<Output = Result<(), ServerError>>,
+    stop: impl std::future::Future<Output = Result<(), ServerError>>,
+) -> Result<(), ServerError> {
+    tokio::select! {
+        r = servers => r,
+        r = stop => r,
+        why = daemon.scheduler_died() => Err(ServerError::SchedulerDied(why)),
+    }
+}
+
 /// Run the daemon until SIGINT/SIGTERM.
 pub async fn serve(cfg: Config, catalog: Catalog) -> Result<(), ServerError> {
     cfg.validate(Path::new("<flags>"))?;
@@ -236,15 +251,19 @@ pub async fn serve(cfg: Config, catalog: Catalog) -> Result<(), ServerError> {
             after.unwrap_or(0)
         );
     }
+    let counters = GuardCounters {
+        refused: daemon.metrics().connections_refused.clone(),
+        timed_out: daemon.metrics().connections_timed_out.clone(),
+    };
     let unix_srv = axum::serve(
-        Guarded::new(unix, cap, idle),
+        Guarded::new(unix, cap, idle).with_counters(counters.clone()),
         app.clone().into_make_service_with_connect_info::<Peer>(),
     );
     let tcp_srv = async {
         match tcp {
             Some(l) => {
                 axum::serve(
-                    Guarded::new(l, cap, idle),
+                    Guarded::new(l, cap, idle).with_counters(counters),
                     app.into_make_service_with_connect_info::<Peer>(),
                 )
                 .await
@@ -261,13 +280,13 @@ pub async fn serve(cfg: Config, catalog: Catalog) -> Result<(), ServerError> {
         }
         Ok::<(), ServerError>(())
     };
-    let died = daemon.scheduler_died();
-    let result = tokio::select! {
-        r = unix_srv => r.map_err(|e| ServerError::io(&socket, e)),
-        r = tcp_srv => r.map_err(|e| ServerError::io("--listen", e)),
-        r = stop => r,
-        why = died => Err(ServerError::SchedulerDied(why)),
+    let servers = async {
+        tokio::select! {
+            r = unix_srv => r.map_err(|e| ServerError::io(&socket, e)),
+            r = tcp_srv => r.map_err(|e| ServerError::io("--listen", e)),
+        }
     };
+    let result = until_stopped(&daemon, servers, stop).await;
     tracing::info!("shutting down; leases and the queue are kept in the state database");
     daemon.stop();
     let _ = std::fs::remove_file(&socket);

@@ -206,7 +206,13 @@ impl Store {
             name.push(suffix);
             files.push(PathBuf::from(name));
         }
-        for f in files.iter().filter(|f| f.exists()) {
+        for f in files.iter() {
+            let Ok(meta) = std::fs::metadata(f) else {
+                continue;
+            };
+            if meta.permissions().mode() & 0o077 == 0 {
+                continue;
+            }
             std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o600))
                 .map_err(|e| self.err(format!("cannot make {} private: {e}", f.display())))?;
         }

@@ -351,7 +351,7 @@ async fn passes(d: &Daemon, n: u64) {
 async fn a_paused_daemon_keeps_healthy_leases() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(dir.path(), 1, 50);
-    cfg.lease.heartbeat_timeout_ms = 1_500;
+    cfg.lease.heartbeat_timeout_ms = 3_000;
     let clock = std::sync::Arc::new(JumpClock {
         base: Instant::now(),
         offset_ms: 0.into(),
@@ -387,6 +387,13 @@ async fn a_paused_daemon_keeps_healthy_leases() {
     })
     .await;
     assert!(silent_ended.end_reason.unwrap().contains("no heartbeat"));
+    let text = d.metrics().render();
+    let stalls: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("tessera_scheduler_stalls_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    assert!(stalls >= 1, "{text}");
     assert_eq!(d.get(&healthy, h.id).unwrap().state, RequestState::Leased);
     stop(d, sched).await;
 }
@@ -398,7 +405,7 @@ async fn serve_guarded(
     max: u32,
     idle: Duration,
 ) -> (std::path::PathBuf, std::net::SocketAddr) {
-    use tessera_server::http::{router, AppState, Guarded, Peer};
+    use tessera_server::http::{router, AppState, GuardCounters, Guarded, Peer};
     let socket = dir.join("api.sock");
     let unix = tokio::net::UnixListener::bind(&socket).unwrap();
     let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -407,10 +414,19 @@ async fn serve_guarded(
         daemon: d.clone(),
         token: Some("secret".into()),
     });
+    let counters = GuardCounters {
+        refused: d.metrics().connections_refused.clone(),
+        timed_out: d.metrics().connections_timed_out.clone(),
+    };
+    let c = counters.clone();
     let svc = app.clone().into_make_service_with_connect_info::<Peer>();
-    tokio::spawn(async move { axum::serve(Guarded::new(unix, max, idle), svc).await });
+    tokio::spawn(
+        async move { axum::serve(Guarded::new(unix, max, idle).with_counters(c), svc).await },
+    );
     let svc = app.into_make_service_with_connect_info::<Peer>();
-    tokio::spawn(async move { axum::serve(Guarded::new(tcp, max, idle), svc).await });
+    tokio::spawn(async move {
+        axum::serve(Guarded::new(tcp, max, idle).with_counters(counters), svc).await
+    });
     (socket, addr)
 }
 
@@ -437,7 +453,7 @@ async fn idle_connections_time_out_and_each_uid_has_a_cap() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(dir.path(), 1, 50);
     let (d, sched) = start(&cfg, 1);
-    let idle = Duration::from_millis(400);
+    let idle = Duration::from_millis(1_500);
     let (socket, addr) = serve_guarded(&d, dir.path(), 2, idle).await;
     let mut held = [
         tokio::net::UnixStream::connect(&socket).await.unwrap(),
@@ -466,6 +482,16 @@ async fn idle_connections_time_out_and_each_uid_has_a_cap() {
     let mut t3 = tokio::net::TcpStream::connect(addr).await.unwrap();
     assert!(closed(&mut t3, Duration::from_secs(5)).await);
     assert!(closed(&mut t1, Duration::from_secs(10)).await);
+    // Both show in the metrics.
+    let text = d.metrics().render();
+    let value = |name: &str| -> u64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing:\n{text}"))
+    };
+    assert!(value("tessera_connections_refused_total") >= 3, "{text}");
+    assert!(value("tessera_connections_timed_out_total") >= 3, "{text}");
     stop(d, sched).await;
 }
 
