@@ -10,7 +10,7 @@
 //!   reads as held at the start of a pass cannot appear or move during it; leases can only
 //!   end, which is safe.
 //!
-//! # Lease liveness (what the README states)
+//! # Lease liveness (what docs/serving.md states)
 //! A request (queued or leased) ends as `expired` when either
 //! 1. its client process is gone: the daemon recorded the client's PID from the socket's peer
 //!    credentials and that process's start time (`/proc/PID/stat` field 22) at submission,

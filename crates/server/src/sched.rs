@@ -2,7 +2,7 @@
 //! slice (if any) it gets now and how the GPU's layout must change; or, when it must wait,
 //! which GPU it reserves.
 //!
-//! # The rule (what the README states)
+//! # The rule (what docs/serving.md states)
 //! The queue is ordered by priority (higher first), then arrival. Each scheduling pass walks
 //! it in that order and, for each request:
 //! 1. asks the planner for the cheapest way to serve that one request on the GPUs it may use
