@@ -40,6 +40,8 @@ pub trait LeaseCgroups: Send + std::fmt::Debug {
     fn remove(&mut self, lease: u64) -> Result<bool, IsolationError>;
     /// Leases that have a cgroup now (after a restart: leftovers to adopt or to clean up).
     fn leases(&self) -> Result<Vec<u64>, IsolationError>;
+    /// Remove the directory of lease cgroups if no lease cgroup is left in it (daemon stop).
+    fn close(&mut self);
 }
 
 /// What [`probe`] found.
@@ -299,6 +301,11 @@ impl LeaseCgroups for DevicesV1 {
             .collect();
         out.sort_unstable();
         Ok(out)
+    }
+
+    fn close(&mut self) {
+        // rmdir refuses while a lease cgroup is inside: leases outlive a daemon restart.
+        let _ = std::fs::remove_dir(&self.root);
     }
 }
 

@@ -17,16 +17,43 @@ use crate::error::IsolationError;
 pub struct DeviceRule {
     /// Major number.
     pub major: u32,
-    /// Minor number.
-    pub minor: u32,
+    /// Minor number; `None` for every minor of the major (`c 136:* rwm`).
+    pub minor: Option<u32>,
     /// The node it came from (for messages and status).
     pub path: PathBuf,
+}
+
+/// The ordinary pseudo-devices every lease may open besides its slice's nodes (the set
+/// container runtimes give every container): `null` 1:3, `zero` 1:5, `full` 1:7, `random`
+/// 1:8, `urandom` 1:9, `tty` 5:0, `ptmx` 5:2 and the pseudo-terminals 136:*. Fixed numbers
+/// of the kernel's `devices.txt`, so no `stat` is needed.
+pub fn base_rules() -> Vec<DeviceRule> {
+    [
+        (1, Some(3), "/dev/null"),
+        (1, Some(5), "/dev/zero"),
+        (1, Some(7), "/dev/full"),
+        (1, Some(8), "/dev/random"),
+        (1, Some(9), "/dev/urandom"),
+        (5, Some(0), "/dev/tty"),
+        (5, Some(2), "/dev/ptmx"),
+        (136, None, "/dev/pts/*"),
+    ]
+    .into_iter()
+    .map(|(major, minor, path)| DeviceRule {
+        major,
+        minor,
+        path: PathBuf::from(path),
+    })
+    .collect()
 }
 
 impl DeviceRule {
     /// The rule's line for `devices.allow`.
     pub fn allow_line(&self) -> String {
-        format!("c {}:{} rwm", self.major, self.minor)
+        match self.minor {
+            Some(m) => format!("c {}:{m} rwm", self.major),
+            None => format!("c {}:* rwm", self.major),
+        }
     }
 
     /// The rule of an existing character-device node (`stat`, not following a symlink's
@@ -44,7 +71,7 @@ impl DeviceRule {
         }
         Ok(DeviceRule {
             major: rustix::fs::major(st.st_rdev),
-            minor: rustix::fs::minor(st.st_rdev),
+            minor: Some(rustix::fs::minor(st.st_rdev)),
             path: path.to_path_buf(),
         })
     }
@@ -52,7 +79,10 @@ impl DeviceRule {
 
 impl fmt::Display for DeviceRule {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} ({}:{})", self.path.display(), self.major, self.minor)
+        match self.minor {
+            Some(m) => write!(f, "{} ({}:{m})", self.path.display(), self.major),
+            None => write!(f, "{} ({}:*)", self.path.display(), self.major),
+        }
     }
 }
 
@@ -143,12 +173,12 @@ impl DevRoots {
         let node = self.dev.join(format!("nvidia-caps/nvidia-cap{m}"));
         if node.exists() {
             let r = DeviceRule::of_node(&node)?;
-            if r.minor != m {
+            if r.minor != Some(m) {
                 return Err(IsolationError::Device {
                     path: node,
                     why: format!(
                         "its minor is {} but {} says {m}",
-                        r.minor,
+                        r.minor.unwrap_or_default(),
                         self.mig_minors_path().display()
                     ),
                 });
@@ -167,7 +197,7 @@ impl DevRoots {
                 })?;
         Ok(DeviceRule {
             major,
-            minor: m,
+            minor: Some(m),
             path: node,
         })
     }

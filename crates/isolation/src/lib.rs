@@ -15,6 +15,6 @@ pub mod error;
 pub mod procs;
 
 pub use cgroup::{probe, Availability, DevicesV1, LeaseCgroups};
-pub use devices::{DevRoots, DeviceRule, SliceDevices};
+pub use devices::{base_rules, DevRoots, DeviceRule, SliceDevices};
 pub use error::IsolationError;
 pub use procs::Stamp;

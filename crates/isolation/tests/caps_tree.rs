@@ -58,7 +58,7 @@ fn host_tree(caps: &[u32]) -> Option<tempfile::TempDir> {
 }
 
 fn pairs(rules: &[DeviceRule]) -> Vec<(u32, u32)> {
-    rules.iter().map(|r| (r.major, r.minor)).collect()
+    rules.iter().map(|r| (r.major, r.minor.unwrap())).collect()
 }
 
 #[test]

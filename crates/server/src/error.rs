@@ -46,6 +46,9 @@ pub enum ServerError {
     /// The GPU fleet does not match the configuration.
     #[error("{0}")]
     Fleet(String),
+    /// Per-lease device isolation was required but cannot be set up.
+    #[error("device isolation: {0}")]
+    Isolation(String),
 }
 
 impl ServerError {
