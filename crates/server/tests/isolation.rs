@@ -168,3 +168,129 @@ async fn a_cancel_the_client_ignores_is_enforced_through_the_process_tree() {
         .unwrap_or_default();
     assert!(iso.starts_with("none: device isolation is off"), "{iso}");
 }
+
+/// A v1 freezer cgroup holding one process: SIGKILL takes effect only once it is thawed, so
+/// it stands in for a lease process that does not die at once (a stuck driver call).
+struct Frozen {
+    dir: std::path::PathBuf,
+}
+
+impl Frozen {
+    fn new(pid: u32) -> Option<Frozen> {
+        let dir = Path::new("/sys/fs/cgroup/freezer")
+            .join(format!("tessera-test-{}-{pid}", std::process::id()));
+        std::fs::create_dir(&dir).ok()?;
+        let f = Frozen { dir };
+        std::fs::write(f.dir.join("cgroup.procs"), pid.to_string()).ok()?;
+        std::fs::write(f.dir.join("freezer.state"), "FROZEN").ok()?;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while std::fs::read_to_string(f.dir.join("freezer.state"))
+            .ok()?
+            .trim()
+            != "FROZEN"
+        {
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::yield_now();
+        }
+        Some(f)
+    }
+
+    fn thaw(&self) {
+        let _ = std::fs::write(self.dir.join("freezer.state"), "THAWED");
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        self.thaw();
+        let _ = std::fs::write("/sys/fs/cgroup/freezer/cgroup.procs", "");
+        for _ in 0..1000 {
+            if std::fs::remove_dir(&self.dir).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+/// A process of an ended lease that does not die at once keeps its slice quarantined: shown
+/// in status, never leased to the next user until it is gone.
+async fn quarantine_holds_the_slice(isolation: Option<IsolationMode>) {
+    let dir = tempfile::tempdir().unwrap();
+    let (d, sched) = start(dir.path(), isolation);
+    let mut client = Command::new("sleep").arg("300").spawn().unwrap();
+    let alice = caller(1000, "alice", &client);
+    let v = d.submit(&alice, whole_gpu()).unwrap();
+    until("alice's lease", || {
+        let x = d.get(&alice, v.id).ok()?;
+        (x.state == RequestState::Leased).then_some(x)
+    })
+    .await;
+    let Some(frozen) = Frozen::new(client.id()) else {
+        eprintln!("skipped: no writable cgroup v1 freezer to hold a process");
+        let _ = client.kill();
+        let _ = client.wait();
+        d.stop();
+        sched.join();
+        return;
+    };
+    let root = Identity::in_process(0, "root");
+    d.cancel(&root, v.id).unwrap();
+    until("the enforced cancel", || {
+        let _ = d.heartbeat(&alice, v.id);
+        let x = d.get(&alice, v.id).ok()?;
+        (x.state == RequestState::Cancelled).then_some(x)
+    })
+    .await;
+    let mut other = Command::new("sleep").arg("300").spawn().unwrap();
+    let bob = caller(1001, "bob", &other);
+    let w = d.submit(&bob, whole_gpu()).unwrap();
+    let note = until("the quarantine in status", || {
+        let st = d.status(&root).ok()?;
+        st.gpus[0].quarantined.first().cloned()
+    })
+    .await;
+    assert!(
+        note.contains(&format!("request {}", v.id)) && note.contains(&client.id().to_string()),
+        "{note}"
+    );
+    // Several passes (50 ms each) later bob still waits, and the instance shows busy.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(d.get(&bob, w.id).unwrap().state, RequestState::Queued);
+    let st = d.status(&root).unwrap();
+    assert!(st.gpus[0].instances.iter().all(|i| i.busy), "{st:?}");
+    // The process dies once thawed (its SIGKILL was pending): bob gets the instance.
+    frozen.thaw();
+    let st = client.wait().unwrap();
+    assert_eq!(st.signal(), Some(9), "{st:?}");
+    let bobs = until("bob's lease", || {
+        let x = d.get(&bob, w.id).ok()?;
+        (x.state == RequestState::Leased).then_some(x)
+    })
+    .await;
+    assert!(d.status(&root).unwrap().gpus[0].quarantined.is_empty());
+    let _ = d.release(&bob, w.id, Default::default());
+    let _ = other.kill();
+    let _ = other.wait();
+    drop(frozen);
+    if let Some(path) = bobs.env["TESSERA_ISOLATION"].strip_prefix("devices: ") {
+        until("the removal of bob's cgroup", || {
+            (!Path::new(path).exists()).then_some(())
+        })
+        .await;
+    }
+    d.stop();
+    sched.join();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slice_stays_quarantined_while_an_ended_lease_process_lives_with_a_cgroup() {
+    quarantine_holds_the_slice(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slice_stays_quarantined_while_an_ended_lease_process_lives_without_cgroups() {
+    quarantine_holds_the_slice(Some(IsolationMode::Off)).await;
+}
