@@ -8,17 +8,20 @@
 //!   [`FileJournal`]).
 //! - [`reconcile`]: the level-triggered [`Reconciler`] that observes, plans, journals and
 //!   acts, retries with backoff, and rolls forward after crashes.
-//! - [`desired`]: the `--desired FILE` format.
+//! - [`desired`]: the `--desired FILE` format; [`counted`]: mig-parted and nos count configs,
+//!   placed with the planner.
 //!
-//! Depends on `tessera-model` and `tessera-gpu`; talks to hardware only through
-//! [`tessera_gpu::GpuBackend`].
+//! Depends on `tessera-model`, `tessera-planner` (placing counted configs) and
+//! `tessera-gpu`; talks to hardware only through [`tessera_gpu::GpuBackend`].
 
+pub mod counted;
 pub mod desired;
 pub mod journal;
 pub mod op;
 pub mod plan;
 pub mod reconcile;
 
+pub use counted::{read_desired, resolve, DesiredDoc, DesiredError, TargetGpu};
 pub use desired::parse_desired;
 pub use journal::{
     dangling, Entry, EntryKind, FileJournal, Journal, JournalError, MemJournal, Outcome,

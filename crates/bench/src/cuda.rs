@@ -30,7 +30,8 @@ use crate::protocol::DeviceInfo;
 use crate::tenant::Kernel;
 use crate::workload::{Shape, Workload};
 
-/// The driver library the bench needs.
+/// The driver library as NVIDIA installs it (the loader also tries the names of
+/// [`driver_candidates`]).
 pub const DRIVER_LIB: &str = "libcuda.so.1";
 
 fn cuda_err(op: &str) -> impl Fn(cudarc::driver::DriverError) -> BenchError + '_ {
@@ -55,44 +56,95 @@ fn load_error(e: &libloading::Error) -> String {
     }
 }
 
-/// Check, without initialising CUDA, that the driver (and, when `need_cublas`, cuBLAS) can be
-/// loaded. Run in the parent before any tenant starts.
-pub fn preflight(need_cublas: bool) -> Result<(), BenchError> {
-    // SAFETY: loading the NVIDIA driver library runs only its initialisers, which have no
-    // preconditions; the handle is dropped (dlclose) right away.
-    let driver = unsafe { libloading::Library::new(DRIVER_LIB) };
-    if let Err(e) = driver {
-        return Err(BenchError::NoDriver {
-            lib: DRIVER_LIB.into(),
-            detail: load_error(&e),
-        });
-    }
-    if need_cublas {
-        let names = cudarc::get_lib_name_candidates("cublas");
-        let mut last = String::new();
-        let mut found = false;
-        for name in &names {
-            // SAFETY: as above; cuBLAS's initialisers do not call into CUDA.
-            match unsafe { libloading::Library::new(name) } {
-                Ok(_) => {
-                    found = true;
-                    break;
+/// The file names cudarc's loader tries for the CUDA driver, in its order. The first that loads
+/// is the one the tenants use, so [`preflight`] tries the same list (a machine may have only
+/// `libcuda.so.1`, or a development `libcuda.so` link that wins).
+pub fn driver_candidates() -> Vec<String> {
+    cudarc::get_lib_name_candidates("cuda")
+}
+
+/// The file names cudarc's loader tries for cuBLAS, in its order. cudarc is built for CUDA 13
+/// (`cuda-13000`), so after the unversioned names the list holds `libcublas.so.13` and then
+/// `libcublas.so.12`: a CUDA 13 machine finds its library, and a CUDA 12 one falls back.
+pub fn cublas_candidates() -> Vec<String> {
+    cudarc::get_lib_name_candidates("cublas")
+}
+
+/// Which library loaded and which names were tried before it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LibProbe {
+    /// The name that loaded, if any.
+    pub found: Option<String>,
+    /// Every distinct name tried, in order (up to and including the one that loaded).
+    pub tried: Vec<String>,
+    /// The loader's message for the most telling failure (the first versioned name's, else the
+    /// last), when none loaded.
+    pub error: Option<String>,
+}
+
+/// Try to load each name in order, as cudarc does, and stop at the first that loads.
+pub fn probe_library(names: &[String]) -> LibProbe {
+    let mut tried = Vec::new();
+    let mut error: Option<String> = None;
+    for name in names {
+        // cudarc's list repeats some names; try each once.
+        if tried.contains(name) {
+            continue;
+        }
+        tried.push(name.clone());
+        // SAFETY: loading the NVIDIA driver or cuBLAS runs only their initialisers, which have
+        // no preconditions and do not call into CUDA; the handle is dropped (dlclose) right away.
+        match unsafe { libloading::Library::new(name) } {
+            Ok(_) => {
+                return LibProbe {
+                    found: Some(name.clone()),
+                    tried,
+                    error: None,
                 }
-                Err(e) => {
-                    if last.is_empty() || name.ends_with(".so.12") {
-                        last = load_error(&e);
-                    }
+            }
+            Err(e) => {
+                // A missing versioned name says more than a missing development link.
+                if error.is_none() || name.contains(".so.") {
+                    error = Some(load_error(&e));
                 }
             }
         }
-        if !found {
-            return Err(BenchError::NoCublas {
-                tried: names.join(", "),
-                detail: last,
-            });
+    }
+    LibProbe {
+        found: None,
+        tried,
+        error,
+    }
+}
+
+/// Check, without initialising CUDA, that the driver (and, when `need_cublas`, cuBLAS) can be
+/// loaded under one of the names cudarc's loader tries. Run in the parent before any tenant
+/// starts. Returns what loaded.
+pub fn preflight(need_cublas: bool) -> Result<Vec<String>, BenchError> {
+    let mut found = Vec::new();
+    let driver = probe_library(&driver_candidates());
+    match driver.found {
+        Some(name) => found.push(name),
+        None => {
+            return Err(BenchError::NoDriver {
+                lib: format!("tried {}", driver.tried.join(", ")),
+                detail: driver.error.unwrap_or_default(),
+            })
         }
     }
-    Ok(())
+    if need_cublas {
+        let blas = probe_library(&cublas_candidates());
+        match blas.found {
+            Some(name) => found.push(name),
+            None => {
+                return Err(BenchError::NoCublas {
+                    tried: blas.tried.join(", "),
+                    detail: blas.error.unwrap_or_default(),
+                })
+            }
+        }
+    }
+    Ok(found)
 }
 
 /// Name, memory, SM count and compute capability of device 0, without creating a context.
@@ -400,16 +452,41 @@ mod tests {
 
     #[test]
     fn preflight_names_the_driver_when_missing() {
-        // On a machine with a driver this passes through; without one it must say what is missing.
+        // On a machine with a driver this passes through; without one it must list the names.
         match preflight(false) {
-            Ok(()) => {}
+            Ok(found) => assert_eq!(found.len(), 1),
             Err(e) => {
                 let msg = e.to_string();
-                assert!(
-                    msg.starts_with("no CUDA driver found (libcuda.so.1): "),
-                    "{msg}"
-                );
+                assert!(msg.starts_with("no CUDA driver found (tried "), "{msg}");
+                assert!(msg.contains("libcuda.so.1"), "{msg}");
+                assert!(msg.contains("libcuda.so,"), "{msg}");
             }
         }
+    }
+
+    #[test]
+    fn cublas_is_looked_for_as_cuda_13_then_cuda_12() {
+        let names = cublas_candidates();
+        let at = |n: &str| names.iter().position(|x| x == n);
+        let (v13, v12) = (at("libcublas.so.13"), at("libcublas.so.12"));
+        assert!(v13.is_some() && v12.is_some(), "{names:?}");
+        assert!(v13 < v12, "CUDA 13 must be tried before 12: {names:?}");
+        // The driver search ends with the name NVIDIA installs.
+        assert!(driver_candidates().contains(&DRIVER_LIB.to_string()));
+    }
+
+    #[test]
+    fn a_missing_library_lists_every_name_tried() {
+        let names = vec![
+            "libtessera-none.so".to_string(),
+            "libtessera-none.so.13".to_string(),
+        ];
+        let p = probe_library(&names);
+        assert_eq!(p.found, None);
+        assert_eq!(p.tried, names);
+        assert!(p
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("libtessera-none.so.13")));
     }
 }

@@ -12,16 +12,16 @@ pub enum BenchError {
          its driver"
     )]
     NoDriver {
-        /// The library that was looked for.
+        /// The library names that were tried.
         lib: String,
         /// Why loading it failed.
         detail: String,
     },
     /// cuBLAS cannot be loaded, so the GEMM workloads cannot run.
     #[error(
-        "cuBLAS not found (tried {tried}): {detail}; install the CUDA 12 cuBLAS runtime (for example \
-         the toolkit, or `pip install nvidia-cublas-cu12`) and add its lib directory to \
-         LD_LIBRARY_PATH, or leave gemm-small and gemm-large out of --workloads"
+        "cuBLAS not found (tried {tried}): {detail}; install the cuBLAS runtime of CUDA 13 or 12 \
+         (the toolkit, or `pip install nvidia-cublas` / `nvidia-cublas-cu12`) and add its lib \
+         directory to LD_LIBRARY_PATH, or leave gemm-small and gemm-large out of --workloads"
     )]
     NoCublas {
         /// The library names tried.

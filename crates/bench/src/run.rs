@@ -219,7 +219,7 @@ pub fn run_sharing(
         let mut daemon = None;
         let plan = match mode {
             Mode::Timeslice => plan_timeslice(&target, n, no_mps.path()),
-            Mode::Mig => plan_mig(&target, n),
+            Mode::Mig => plan_mig(&target, n, no_mps.path()),
             Mode::Mps => match mps_precheck(&target) {
                 Err(reason) => Err(reason),
                 Ok(()) => {

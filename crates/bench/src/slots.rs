@@ -186,6 +186,10 @@ pub fn plan_mps(
     mps_precheck(t)?;
     let (pct, mem) = mps_share(tenants, t.memory_mib);
     let mut env = base_env(&t.visible_devices());
+    // The MPS guide: the server remaps devices for its clients, so a client given the GPU's
+    // index could see the wrong device or none. Only a UUID is passed on; the control's client
+    // environment decides (it leaves the variable out without one).
+    env.remove("CUDA_VISIBLE_DEVICES");
     env.extend(client_env(pct, mem)?);
     let mut label = format!("MPS client {pct}% SMs");
     if let Some(m) = mem {
@@ -201,8 +205,10 @@ pub fn plan_mps(
 }
 
 /// MIG: one existing MIG device per tenant. Prefers `tenants` devices of one profile (like the
-/// seed's four equal instances); otherwise takes the first `tenants` in listing order.
-pub fn plan_mig(t: &Target, tenants: u32) -> Result<Vec<Slot>, String> {
+/// seed's four equal instances); otherwise takes the first `tenants` in listing order. Like
+/// time-slicing, each slot gets the empty `no_mps_dir` as its MPS pipe directory, so that a
+/// system-wide MPS daemon does not capture the tenants.
+pub fn plan_mig(t: &Target, tenants: u32, no_mps_dir: &Path) -> Result<Vec<Slot>, String> {
     let n = tenants as usize;
     if t.mig_devices.is_empty() {
         return Err(match t.mig_enabled {
@@ -241,9 +247,16 @@ pub fn plan_mig(t: &Target, tenants: u32) -> Result<Vec<Slot>, String> {
         .unwrap_or_else(|| t.mig_devices.iter().take(n).collect());
     Ok(chosen
         .into_iter()
-        .map(|d| Slot {
-            label: format!("MIG {} {}", d.profile, d.uuid),
-            env: base_env(&d.uuid),
+        .map(|d| {
+            let mut env = base_env(&d.uuid);
+            env.insert(
+                "CUDA_MPS_PIPE_DIRECTORY".into(),
+                no_mps_dir.display().to_string(),
+            );
+            Slot {
+                label: format!("MIG {} {}", d.profile, d.uuid),
+                env,
+            }
         })
         .collect())
 }
@@ -268,6 +281,39 @@ mod tests {
     }
 
     #[test]
+    fn mig_slots_are_kept_away_from_a_system_mps_daemon() {
+        let t = target("h100-80gb_L_1.txt");
+        for s in plan_mig(&t, 2, Path::new("/tmp/no-mps")).unwrap() {
+            assert_eq!(s.env["CUDA_MPS_PIPE_DIRECTORY"], "/tmp/no-mps");
+        }
+    }
+
+    #[test]
+    fn mps_clients_get_a_uuid_or_no_device_at_all() {
+        let env_of = |t: &Target| {
+            let uuid = t.uuid.clone();
+            let client = move |_: u32, _: Option<u64>| {
+                let mut e = BTreeMap::new();
+                e.insert("CUDA_MPS_PIPE_DIRECTORY".to_string(), "/tmp/p".to_string());
+                if let Some(u) = &uuid {
+                    e.insert("CUDA_VISIBLE_DEVICES".to_string(), u.clone());
+                }
+                Ok(e)
+            };
+            plan_mps(t, 2, &client, "").unwrap()[0].env.clone()
+        };
+        let mut t = target("h100-80gb_L_1.txt");
+        t.mig_enabled = Some(false);
+        t.mig_devices.clear();
+        let uuid = t.uuid.clone().unwrap();
+        assert_eq!(env_of(&t)["CUDA_VISIBLE_DEVICES"], uuid);
+        // Without a UUID the bench used to fall back to the index, which breaks MPS clients.
+        t.uuid = None;
+        t.index = 3;
+        assert!(!env_of(&t).contains_key("CUDA_VISIBLE_DEVICES"));
+    }
+
+    #[test]
     fn modes_parse() {
         assert_eq!(
             Mode::parse_list("mig,timeslice,mig").unwrap(),
@@ -281,7 +327,7 @@ mod tests {
     fn mig_prefers_equal_instances() {
         // H100 PCIe: one 3g.40gb and three 1g.10gb; three tenants get the three 1g.10gb.
         let t = target("h100-80gb_L_1.txt");
-        let slots = plan_mig(&t, 3).unwrap();
+        let slots = plan_mig(&t, 3, Path::new("/tmp/x")).unwrap();
         assert!(slots
             .iter()
             .all(|s| s.label.starts_with("MIG 1g.10gb MIG-")));
@@ -293,10 +339,10 @@ mod tests {
         dedup.dedup();
         assert_eq!(uuids.len(), dedup.len(), "each tenant its own device");
         // Four tenants: mixed profiles, listing order.
-        let four = plan_mig(&t, 4).unwrap();
+        let four = plan_mig(&t, 4, Path::new("/tmp/x")).unwrap();
         assert!(four[0].label.starts_with("MIG 3g.40gb"));
         // Five: not enough, and the reason says how many there are.
-        let err = plan_mig(&t, 5).unwrap_err();
+        let err = plan_mig(&t, 5, Path::new("/tmp/x")).unwrap_err();
         assert!(err.contains("has 4 MIG device(s)"), "{err}");
     }
 
@@ -305,7 +351,7 @@ mod tests {
         let mut t = target("a30_L_1.txt");
         t.mig_devices.clear();
         t.mig_enabled = Some(false);
-        let err = plan_mig(&t, 2).unwrap_err();
+        let err = plan_mig(&t, 2, Path::new("/tmp/x")).unwrap_err();
         assert!(
             err.contains("not in MIG mode") && err.contains("never enables MIG"),
             "{err}"

@@ -5,9 +5,11 @@
 //! dispatches and turns errors into exit codes: 0 done, 1 a valid request that cannot be met,
 //! 2 bad input or an error.
 
+mod backend;
 mod cmd;
 mod output;
 mod render;
+mod size;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -71,10 +73,24 @@ enum Command {
     Bench(cmd::bench::BenchCmd),
     /// Replay a GPU cluster trace under each slicing policy (saturate or replay mode).
     Sim(cmd::sim::Args),
+    /// Check, read-only, what this machine offers tessera: driver, GPUs, MIG, MPS, CUDA
+    /// libraries, cgroups, the daemon; each line ok / warn / fail with the fix (exit 1 on a
+    /// failure, e.g. no GPU).
+    Doctor(cmd::doctor::Args),
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            if let Some(hint) = missing_double_dash(&e, &std::env::args().collect::<Vec<_>>()) {
+                eprintln!("error: {hint}");
+                return ExitCode::from(2);
+            }
+            e.exit()
+        }
+    };
+    output::set_table_style(cli.output);
     let result = output::load_catalog(&cli.catalog).and_then(|catalog| {
         let ctx = Ctx {
             catalog,
@@ -89,6 +105,31 @@ fn main() -> ExitCode {
             e.exit_code()
         }
     }
+}
+
+/// `tessera run --mem 12GiB python train.py`: clap sees `python` as an unexpected argument.
+/// Say to put `--` before the command, with the command line fixed.
+fn missing_double_dash(e: &clap::Error, argv: &[String]) -> Option<String> {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    if e.kind() != ErrorKind::UnknownArgument || argv.iter().any(|a| a == "--") {
+        return None;
+    }
+    let run_at = argv.iter().skip(1).position(|a| a == "run")? + 1;
+    let Some(ContextValue::String(bad)) = e.get(ContextKind::InvalidArg) else {
+        return None;
+    };
+    if bad.starts_with('-') {
+        return None;
+    }
+    let at = argv.iter().skip(run_at + 1).position(|a| a == bad)? + run_at + 1;
+    let mut fixed: Vec<&str> = vec!["tessera"];
+    fixed.extend(argv[1..at].iter().map(String::as_str));
+    fixed.push("--");
+    fixed.extend(argv[at..].iter().map(String::as_str));
+    Some(format!(
+        "`{bad}` looks like the start of the command to run; put `--` before it:\n  {}",
+        output::escape_cell(&fixed.join(" "))
+    ))
 }
 
 fn run(command: &Command, ctx: &Ctx) -> Result<ExitCode, CliError> {
@@ -110,5 +151,6 @@ fn run(command: &Command, ctx: &Ctx) -> Result<ExitCode, CliError> {
         Command::Cancel(a) => cmd::cancel::run(a, ctx),
         Command::Drain(a) => cmd::drain::run(a, ctx),
         Command::Demo(a) => cmd::demo::run(a, ctx),
+        Command::Doctor(a) => cmd::doctor::run(a, ctx),
     }
 }

@@ -1,9 +1,10 @@
 //! What every command shares: the output format, the resolved context, the CLI error type and
 //! exit codes, and printing that treats a closed pipe as success.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::OnceLock;
 
 use clap::ValueEnum;
 use serde::Serialize;
@@ -12,9 +13,15 @@ use tessera_model::{Catalog, CatalogError, GpuModel};
 /// How a command prints its result.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
 pub enum Format {
-    /// Aligned tables and pictures for people.
+    /// Aligned tables and pictures for people, wrapped to fit the terminal (80 columns when
+    /// stdout is not a terminal).
     #[default]
     Table,
+    /// Like `table`, with extra columns and no wrapping.
+    Wide,
+    /// Tables without borders or wrapping, one row per line, columns separated by spaces
+    /// (for scripts: `awk`, `cut`).
+    Plain,
     /// JSON, one document.
     Json,
     /// YAML, one document.
@@ -97,7 +104,7 @@ pub fn emit<T: Serialize>(
     table: impl FnOnce() -> String,
 ) -> Result<(), CliError> {
     let text = match format {
-        Format::Table => table(),
+        Format::Table | Format::Wide | Format::Plain => table(),
         Format::Json => {
             let mut s = serde_json::to_string_pretty(value)
                 .map_err(|e| CliError::Other(format!("cannot encode JSON: {e}")))?;
@@ -124,11 +131,184 @@ pub fn print_out(text: &str) {
     }
 }
 
-/// A new table with the project's style.
-pub fn table(header: &[&str]) -> comfy_table::Table {
+/// The table style every [`table`] uses; set once from `-o` in `main`.
+static TABLE_STYLE: OnceLock<Format> = OnceLock::new();
+
+/// Choose the table style for this process (`-o table|wide|plain`; JSON/YAML keep `table`).
+pub fn set_table_style(format: Format) {
+    let _ = TABLE_STYLE.set(format);
+}
+
+/// Columns a default table may use when stdout is not a terminal.
+pub const DEFAULT_WIDTH: u16 = 80;
+
+/// A table whose cells are escaped (see [`escape_cell`]) and whose style follows `-o`.
+pub struct Table {
+    inner: comfy_table::Table,
+    plain: bool,
+}
+
+impl Table {
+    /// Add one row; every cell is escaped.
+    pub fn add_row<I, S>(&mut self, cells: I) -> &mut Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        self.inner
+            .add_row(cells.into_iter().map(|c| escape_cell(c.as_ref())));
+        self
+    }
+}
+
+impl Table {
+    /// Never wrap column `col` (e.g. UUIDs, which must stay whole to be copied); the other
+    /// columns wrap instead.
+    pub fn keep_whole(&mut self, col: usize) -> &mut Self {
+        if let Some(c) = self.inner.column_mut(col) {
+            c.set_constraint(comfy_table::ColumnConstraint::ContentWidth);
+        }
+        self
+    }
+
+    /// Never wrap: for wide reports (the simulator's policy comparison) whose every column
+    /// matters and which read worse wrapped than wide; `-o json` suits scripts.
+    pub fn no_wrap(&mut self) -> &mut Self {
+        self.inner
+            .set_content_arrangement(comfy_table::ContentArrangement::Disabled);
+        self
+    }
+
+    /// Make a wrapped table `by` columns narrower, for a table printed indented.
+    pub fn narrower(&mut self, by: u16) -> &mut Self {
+        if !matches!(
+            self.inner.content_arrangement(),
+            comfy_table::ContentArrangement::Disabled
+        ) {
+            if let Some(w) = self.inner.width() {
+                self.inner.set_width(w.saturating_sub(by));
+            }
+        }
+        self
+    }
+}
+
+impl std::fmt::Display for Table {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if !self.plain {
+            return write!(f, "{}", self.inner);
+        }
+        // Borderless: comfy-table pads every cell; drop the trailing padding of each line.
+        let text = self.inner.to_string();
+        let lines: Vec<&str> = text.lines().map(str::trim_end).collect();
+        f.write_str(&lines.join("\n"))
+    }
+}
+
+/// A new table with the project's style: box borders, wrapped to the terminal's width (or
+/// [`DEFAULT_WIDTH`] columns when stdout is not a terminal) for `-o table`; unwrapped for
+/// `-o wide`; no borders and one space between columns for `-o plain`.
+pub fn table(header: &[&str]) -> Table {
+    let style = TABLE_STYLE.get().copied().unwrap_or_default();
     let mut t = comfy_table::Table::new();
-    t.load_preset(comfy_table::presets::UTF8_BORDERS_ONLY)
-        .set_content_arrangement(comfy_table::ContentArrangement::Disabled)
-        .set_header(header.iter().copied());
-    t
+    let plain = style == Format::Plain;
+    if plain {
+        t.load_preset(comfy_table::presets::NOTHING);
+    } else {
+        t.load_preset(comfy_table::presets::UTF8_BORDERS_ONLY);
+    }
+    t.set_header(header.iter().copied());
+    if plain {
+        // kubectl-style: no left padding, two spaces between columns.
+        for col in t.column_iter_mut() {
+            col.set_padding((0, 2));
+        }
+    }
+    if style == Format::Table {
+        t.set_content_arrangement(comfy_table::ContentArrangement::Dynamic);
+        if !std::io::stdout().is_terminal() {
+            t.set_width(DEFAULT_WIDTH);
+        }
+    } else {
+        t.set_content_arrangement(comfy_table::ContentArrangement::Disabled);
+    }
+    Table { inner: t, plain }
+}
+
+/// Make text safe to print in a terminal: control characters (C0, DEL, C1; including newline,
+/// tab and ESC) and the Unicode bidirectional overrides are written as escapes (`\n`, `\t`,
+/// `\e`, `\x07`, `\u{202e}`), so a cell can neither move the cursor, retitle the terminal nor
+/// split a row. Everything else is kept as is.
+pub fn escape_cell(text: &str) -> String {
+    if !text.chars().any(needs_escape) {
+        return text.to_string();
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            '\r' => out.push_str("\\r"),
+            '\x1b' => out.push_str("\\e"),
+            c if (c as u32) < 0x100 && needs_escape(c) => {
+                out.push_str(&format!("\\x{:02x}", c as u32));
+            }
+            c if needs_escape(c) => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn needs_escape(c: char) -> bool {
+    c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_characters_are_escaped_and_text_is_kept() {
+        assert_eq!(escape_cell("python train.py"), "python train.py");
+        assert_eq!(escape_cell("é ü 日本"), "é ü 日本");
+        assert_eq!(escape_cell("a\x1b]0;owned\x07b"), "a\\e]0;owned\\x07b");
+        assert_eq!(escape_cell("x\ny\tz\r"), "x\\ny\\tz\\r");
+        assert_eq!(escape_cell("\u{9b}31m"), "\\x9b31m");
+        assert_eq!(escape_cell("\u{7f}"), "\\x7f");
+        assert_eq!(escape_cell("\u{202e}txt"), "\\u{202e}txt");
+    }
+
+    #[test]
+    fn escaped_cells_hold_no_control_characters() {
+        // Every char below 0x100 and the bidi range, one cell each.
+        for c in (0u32..0x100).chain(0x2060..0x2070).chain(0x2020..0x2030) {
+            let Some(c) = char::from_u32(c) else { continue };
+            let s = escape_cell(&format!("a{c}b"));
+            assert!(!s.chars().any(needs_escape), "{c:?} -> {s:?}");
+            assert!(s.starts_with('a') && s.ends_with('b'));
+        }
+    }
+
+    proptest::proptest! {
+        /// Whatever a cell holds, what is printed holds no control character, and text
+        /// without one is printed unchanged.
+        #[test]
+        fn no_control_character_survives(text in "\\PC*|[\\x00-\\x{9f}\\u{202a}-\\u{202e}a-z]{0,40}") {
+            let out = escape_cell(&text);
+            proptest::prop_assert!(!out.chars().any(needs_escape), "{:?} -> {:?}", text, out);
+            if !text.chars().any(needs_escape) {
+                proptest::prop_assert_eq!(out, text);
+            }
+        }
+    }
+
+    #[test]
+    fn table_cells_are_escaped() {
+        let mut t = table(&["A", "B"]);
+        t.add_row(["ok", "evil\x1b]0;title\x07"]);
+        let text = t.to_string();
+        assert!(!text.contains('\x1b') && !text.contains('\x07'), "{text}");
+        assert!(text.contains("evil\\e]0;title\\x07"), "{text}");
+    }
 }

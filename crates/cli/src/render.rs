@@ -13,12 +13,16 @@ pub fn draw_layout(model: &GpuModel, items: &[(Placed, String)]) -> String {
     let grid = usize::from(model.memory_slices);
     let mut sorted: Vec<&(Placed, String)> = items.iter().collect();
     sorted.sort_by_key(|(p, _)| *p);
-    // Width of one slice: enough for every label inside its box.
+    // Width of one slice: enough for every profile name inside its box, and for every label
+    // as long as the picture stays within 78 columns (longer labels are cut; the profile
+    // names never are).
+    let cap = (78 / grid.max(1)).max(4);
     let mut w = 4usize;
     for (p, label) in &sorted {
         let size = usize::from(model.profile(p.profile).memory_slices);
-        let need = model.profile(p.profile).name.len().max(label.len()) + 2;
-        w = w.max(need.div_ceil(size));
+        let name = (model.profile(p.profile).name.len() + 2).div_ceil(size);
+        let label = (label.chars().count() + 2).div_ceil(size).min(cap);
+        w = w.max(name).max(label);
     }
     let mut head = String::new();
     for i in 0..grid {
@@ -96,6 +100,24 @@ mod tests {
         assert_eq!(lines[1].matches('·').count(), 3, "{pic}");
         let chars: Vec<char> = lines[1].chars().collect();
         assert_eq!(chars[6 * w], '[', "{pic}");
+    }
+
+    #[test]
+    fn long_labels_are_cut_to_fit_78_columns_and_names_never_are() {
+        let m = Catalog::builtin().lookup("h100-80gb").unwrap();
+        let items: Vec<(Placed, String)> = (0..7)
+            .map(|s| {
+                (
+                    m.parse_spec(&format!("1g.10gb@{s}")).unwrap(),
+                    format!("#{s}00 a-rather-long-user-name"),
+                )
+            })
+            .collect();
+        let pic = draw_layout(m, &items);
+        assert!(pic.lines().all(|l| l.chars().count() <= 78), "{pic}");
+        assert_eq!(pic.matches("[1g.10gb").count(), 7, "{pic}");
+        let me = [(m.parse_spec("1g.10gb+me@0").unwrap(), "x".repeat(40))];
+        assert!(draw_layout(m, &me).contains("[1g.10gb+me]"));
     }
 
     #[test]

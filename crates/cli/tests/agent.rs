@@ -325,10 +325,15 @@ fn a_desired_file_reconciles_many_gpus_and_mig_mode_is_separate() {
     assert_eq!(instances(&b, 0).len(), 1);
     assert_eq!(instances(&b, 1).len(), 3);
 
-    // MIG cannot be disabled under instances.
+    // MIG cannot be disabled under instances: refused like a busy apply (exit 1), naming
+    // the instance and the command that removes it.
     let o = mig_mode(&b, "0", &["--disable"]);
-    assert_eq!(code(&o), 2, "{}", text(&o));
-    assert!(text(&o).contains("destroy them first"), "{}", text(&o));
+    assert_eq!(code(&o), 1, "{}", text(&o));
+    assert!(
+        text(&o).contains("7g.80gb@0 (idle). Remove them first"),
+        "{}",
+        text(&o)
+    );
 }
 
 #[test]
@@ -353,4 +358,106 @@ fn an_xid_marks_every_instance_of_the_gpu_unhealthy() {
     for i in v["gpus"][0]["instances"].as_array().unwrap() {
         assert_eq!(i["health"], "healthy", "{i}");
     }
+}
+
+/// `tests/fixtures/NAME` as a path.
+fn fixture(name: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+        .display()
+        .to_string()
+}
+
+fn apply_desired(backend: &str, file: &str, select: &str) -> Output {
+    tessera(&[
+        "agent",
+        "apply",
+        "--backend",
+        backend,
+        "--desired",
+        file,
+        "--select",
+        select,
+    ])
+}
+
+#[test]
+fn mig_parted_configs_apply_on_the_simulator() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = init(dir.path(), "h100-80gb:2,a100-40gb:1", &[]);
+    let backend = format!("sim:{state}");
+    let parted = fixture("mig-parted.yaml");
+    let o = apply_desired(&backend, &parted, "mixed");
+    assert_eq!(code(&o), 0, "{}", text(&o));
+    let specs = |gpu| -> Vec<String> {
+        instances(&backend, gpu)
+            .into_iter()
+            .map(|(s, _, _)| s)
+            .collect()
+    };
+    assert_eq!(specs(0), ["3g.40gb@0", "3g.40gb@4"]);
+    assert_eq!(specs(2).len(), 3);
+    assert!(specs(2).iter().all(|s| s.starts_with("2g.10gb@")));
+    let ones = specs(1)
+        .iter()
+        .filter(|s| s.starts_with("1g.10gb@"))
+        .count();
+    assert_eq!((ones, specs(1).len()), (3, 4), "{:?}", specs(1));
+
+    // A busy 3g.40gb is kept by a config that counts it; the rest is rebuilt around it.
+    let busy = tessera(&[
+        "sim-gpu", "busy", &state, "--gpu", "0", "--start", "4", "--pid", "77",
+    ]);
+    assert_eq!(code(&busy), 0, "{}", text(&busy));
+    let uuid = instances(&backend, 0)[1].1.clone();
+    let o = apply_desired(&backend, &parted, "h100-balanced");
+    assert_eq!(code(&o), 0, "{}", text(&o));
+    let after = instances(&backend, 0);
+    assert!(
+        after
+            .iter()
+            .any(|(s, u, p)| s == "3g.40gb@4" && *u == uuid && p == &[77]),
+        "{after:?}"
+    );
+    assert_eq!(after.len(), 4, "{after:?}");
+    // The A100 is filtered out by `device-filter`: unchanged.
+    assert_eq!(specs(2).len(), 3);
+
+    // A config whose counts do not fit: exit 2, nothing changed, the place named.
+    let before = specs(1);
+    let o = apply_desired(&backend, &parted, "too-many");
+    assert_eq!(code(&o), 2, "{}", text(&o));
+    assert!(
+        text(&o).contains("config `too-many`: device 0 (h100-80gb): 1 × 1g.10gb does not fit"),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(specs(1), before);
+
+    let o = tessera(&[
+        "agent",
+        "apply",
+        "--backend",
+        &backend,
+        "--desired",
+        &parted,
+    ]);
+    assert_eq!(code(&o), 2);
+    assert!(text(&o).contains("--select NAME"), "{}", text(&o));
+}
+
+#[test]
+fn nos_geometries_apply_on_the_simulator() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = init(dir.path(), "a100-40gb:1,h100-80gb:1", &[]);
+    let backend = format!("sim:{state}");
+    let nos = fixture("nos-known-mig-geometries.yaml");
+    let o = apply_desired(&backend, &nos, "4");
+    assert_eq!(code(&o), 0, "{}", text(&o));
+    assert_eq!(instances(&backend, 0)[0].0, "7g.40gb@0");
+    assert_eq!(instances(&backend, 1)[0].0, "7g.80gb@0");
+    let o = apply_desired(&backend, &nos, "9");
+    assert_eq!(code(&o), 2);
+    assert!(text(&o).contains("from 1 to 4"), "{}", text(&o));
 }

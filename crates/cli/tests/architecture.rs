@@ -60,6 +60,7 @@ fn layers_depend_only_downwards() {
             &["tessera-model", "tessera-gpu", "tessera-planner"][..],
         ),
         ("bench", &["tessera-model", "tessera-gpu"][..]),
+        ("api", &[][..]),
         (
             "server",
             &[
@@ -68,6 +69,7 @@ fn layers_depend_only_downwards() {
                 "tessera-gpu",
                 "tessera-agent",
                 "tessera-isolation",
+                "tessera-api",
             ][..],
         ),
         (
@@ -100,6 +102,11 @@ fn layers_depend_only_downwards() {
             if d.starts_with("tessera-") && !ok.contains(&d.as_str()) {
                 problems.push(format!(
                     "{name} may not depend on {d}: it is a lower layer than {d}"
+                ));
+            }
+            if name == "api" && IO_CRATES.contains(&d.as_str()) && d != "tokio" {
+                problems.push(format!(
+                    "api may not depend on {d}: a client needs only serde and a socket (tokio)"
                 ));
             }
             if (name == "model" || name == "planner") && IO_CRATES.contains(&d.as_str()) {

@@ -155,6 +155,12 @@ fn gpus_lists_every_model_in_every_format() {
     let parsed: serde_yaml_ng::Value = serde_yaml_ng::from_slice(&y.stdout).unwrap();
     assert_eq!(parsed.as_sequence().unwrap().len(), keys.len());
     let t = String::from_utf8(tessera(&["gpus"]).stdout).unwrap();
+    assert!(
+        t.contains("h100-pcie-80gb") && t.contains("h100-pcie"),
+        "{t}"
+    );
+    // Product names (long) only in the wide table.
+    let t = String::from_utf8(tessera(&["-o", "wide", "gpus"]).stdout).unwrap();
     assert!(t.contains("NVIDIA H100 80GB HBM3"), "{t}");
 }
 

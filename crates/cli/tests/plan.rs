@@ -128,6 +128,85 @@ fn plan_exits_1_when_a_request_must_wait_and_every_policy_runs() {
 }
 
 #[test]
+fn one_file_with_nodes_and_requests_plans_like_two() {
+    let dir = tempfile::tempdir().unwrap();
+    let (c, r) = files(dir.path(), CLUSTER, REQUESTS);
+    let one = dir.path().join("one.yaml");
+    // The README's example as one block: the cluster, then the requests.
+    std::fs::write(&one, format!("{CLUSTER}{REQUESTS}")).unwrap();
+    let one = one.display().to_string();
+    let two = tessera_ok(&plan_args(&c, &r, &["-o", "json"])).stdout;
+    assert_eq!(tessera_ok(&["plan", &one, "-o", "json"]).stdout, two);
+    assert_eq!(
+        tessera_ok(&["plan", "--cluster", &one, "-o", "json"]).stdout,
+        two
+    );
+
+    let err = tessera_fails(&["plan", "--cluster", &one, "--requests", &r], 2);
+    assert!(
+        err.contains("has a `requests` list") && err.contains("drop one of them"),
+        "{err}"
+    );
+    let err = tessera_fails(&["plan", &c], 2);
+    assert!(
+        err.contains("has no `requests` list") && err.contains("--requests FILE"),
+        "{err}"
+    );
+    let err = tessera_fails(&["plan"], 2);
+    assert!(err.contains("tessera plan FILE"), "{err}");
+}
+
+#[test]
+fn waiting_requests_say_why_in_every_format() {
+    let dir = tempfile::tempdir().unwrap();
+    // r9: node-a's A100 has no 8 free slices; r10: the MPS GPU has 72855 MiB left; r11 and r12:
+    // the time-slice GPU has 3 replicas free and r4 takes one, so r12 waits.
+    let reqs = format!(
+        "{REQUESTS}- {{id: r9, mig: 7g.40gb}}\n- {{id: r10, mps: {{memory_mib: 90000, sm_percent: 10}}}}\n- {{id: r11, timeslice: true}}\n- {{id: r12, timeslice: true}}\n- {{id: r13, timeslice: true}}\n"
+    );
+    let one = dir.path().join("one.yaml");
+    std::fs::write(&one, format!("{CLUSTER}{reqs}")).unwrap();
+    let one = one.display().to_string();
+    let out = tessera(&["plan", &one, "-o", "json"]);
+    assert_eq!(out.status.code(), Some(1));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let w = v["waiting"].as_array().unwrap();
+    let ids: Vec<&str> = w.iter().map(|x| x["request"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["r9", "r10", "r13"], "{v}");
+    assert_eq!(v["unassigned"], serde_json::json!(["r9", "r10", "r13"]));
+    assert_eq!(w[0]["reason"], "no-room");
+    assert!(
+        w[0]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("node `node-a` GPU 0 (a100-40gb)"),
+        "{v}"
+    );
+    assert_eq!(w[1]["reason"], "mps-room-exhausted");
+    assert!(
+        w[1]["detail"].as_str().unwrap().contains("90000 MiB asked"),
+        "{v}"
+    );
+    assert_eq!(w[2]["reason"], "replicas-taken");
+
+    let y = tessera(&["plan", &one, "-o", "yaml"]);
+    let y: serde_yaml_ng::Value = serde_yaml_ng::from_slice(&y.stdout).unwrap();
+    assert_eq!(
+        y["waiting"][1]["reason"].as_str(),
+        Some("mps-room-exhausted")
+    );
+
+    let t = tessera(&["plan", &one]);
+    let text = String::from_utf8_lossy(&t.stdout);
+    assert!(text.contains("waiting: r9, r10, r13"), "{text}");
+    assert!(
+        text.contains("  r9 (no-room): no room on the only GPU with 7g.40gb"),
+        "{text}"
+    );
+    assert!(text.contains("  r13 (replicas-taken): "), "{text}");
+}
+
+#[test]
 fn bad_input_exits_2_naming_the_file_and_the_place() {
     let dir = tempfile::tempdir().unwrap();
     let bad = CLUSTER.replace(

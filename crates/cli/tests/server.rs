@@ -31,13 +31,22 @@ lease: {heartbeat_interval_ms: 300, heartbeat_timeout_ms: 20000}
 enum Want {
     Mig(&'static str),
     Mem(&'static str),
+    /// `--mps --mem SIZE --sm 20`: an MPS client, never MIG.
+    Mps(&'static str),
     Share,
 }
 
 fn args_of(w: Want) -> Vec<String> {
     match w {
         Want::Mig(p) => vec!["--mig".into(), p.into()],
-        Want::Mem(m) => vec!["--mem".into(), m.into(), "--sm".into(), "20".into()],
+        Want::Mem(m) => vec!["--mem".into(), m.into()],
+        Want::Mps(m) => vec![
+            "--mps".into(),
+            "--mem".into(),
+            m.into(),
+            "--sm".into(),
+            "20".into(),
+        ],
         Want::Share => vec!["--share".into()],
     }
 }
@@ -189,9 +198,9 @@ fn thirty_concurrent_runs_get_their_slices_environments_and_exit_codes() {
         Want::Mem("20GiB"),
         Want::Mem("30GiB"),
         Want::Mem("40GiB"),
-        Want::Mem("16GiB"),
-        Want::Mem("24GiB"),
-        Want::Mem("10GiB"),
+        Want::Mps("16GiB"),
+        Want::Mps("24GiB"),
+        Want::Mps("10GiB"),
         Want::Share,
         Want::Share,
         Want::Share,
@@ -288,8 +297,11 @@ fn thirty_concurrent_runs_get_their_slices_environments_and_exit_codes() {
             Want::Mig(_) => assert!(cvd.starts_with("MIG-") && mem.is_empty(), "run {i}: {text}"),
             Want::Share => assert!(cvd.starts_with("GPU-") && mem.is_empty(), "run {i}: {text}"),
             Want::Mem(_) => assert!(
-                cvd.starts_with("MIG-")
-                    || (cvd.starts_with("GPU-") && mem.starts_with("0=") && sm == "20"),
+                cvd.starts_with("MIG-") || (cvd.starts_with("GPU-") && mem.starts_with("0=")),
+                "run {i}: {text}"
+            ),
+            Want::Mps(_) => assert!(
+                cvd.starts_with("GPU-") && mem.starts_with("0=") && sm == "20",
                 "run {i}: {text}"
             ),
         }

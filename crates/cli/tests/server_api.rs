@@ -124,12 +124,20 @@ fn metrics_and_output_formats() {
     let dir = temp_dir();
     let d = daemon(dir.path());
     d.cli_ok(&["run", "-q", "--mem", "12GiB", "--", "true"]);
+    // An A30 profile on this H100 machine: a valid request that cannot be met.
+    let out = d
+        .cli(&["run", "-q", "--mig", "2g.12gb", "--", "true"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "an impossible request exits 1");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("2g.12gb"));
+    // A profile no GPU model has is a typo: bad input.
     let out = d
         .cli(&["run", "-q", "--mig", "9g.99gb", "--", "true"])
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(1), "an impossible request exits 1");
-    assert!(String::from_utf8_lossy(&out.stderr).contains("9g.99gb"));
+    assert_eq!(out.status.code(), Some(2), "an unknown profile exits 2");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown MIG profile `9g.99gb`"));
     let text = block(d.client().metrics()).unwrap();
     for name in [
         "tessera_queue_length",

@@ -49,10 +49,11 @@ impl fmt::Display for MigMode {
 }
 
 /// The compute mode of a GPU (`nvidia-smi -c`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ComputeMode {
     /// Many contexts from many processes (`DEFAULT`).
+    #[default]
     Default,
     /// Removed by NVIDIA; reported only by old drivers (`EXCLUSIVE_THREAD`).
     ExclusiveThread,
@@ -88,8 +89,13 @@ pub struct GpuInfo {
     pub memory_mib: u64,
     /// MIG mode; `None` when the GPU cannot do MIG.
     pub mig: Option<MigMode>,
-    /// Compute mode, when the backend can read it.
+    /// Compute mode, when the backend can read it. `None` on a MIG-enabled GPU, where the
+    /// compute mode belongs to each MIG device ([`GpuBackend::instance_compute_mode`]).
     pub compute_mode: Option<ComputeMode>,
+    /// What this caller could not read, with NVML's reason (e.g. `memory: no permission` for
+    /// an unprivileged caller on a MIG-enabled GPU); the fields concerned hold 0 / `None`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unreadable: Vec<String>,
 }
 
 /// A compute instance inside a GPU instance.
@@ -272,11 +278,45 @@ pub trait GpuBackend: Send {
     /// or processes exist, [`GpuError::NoPermission`] without root.
     fn set_mig_mode(&mut self, gpu: u32, enabled: bool) -> Result<MigMode, GpuError>;
 
-    /// The compute mode.
+    /// The compute mode of a whole GPU. With MIG enabled the compute mode belongs to each MIG
+    /// device (nvml.h), so this is [`GpuError::NotSupported`] there; use
+    /// [`GpuBackend::instance_compute_mode`].
     fn compute_mode(&mut self, gpu: u32) -> Result<ComputeMode, GpuError>;
 
-    /// Set the compute mode. [`GpuError::NoPermission`] without root.
+    /// Set the compute mode of a whole GPU. [`GpuError::NoPermission`] without root;
+    /// [`GpuError::NotSupported`] with MIG enabled (set it per MIG device instead).
     fn set_compute_mode(&mut self, gpu: u32, mode: ComputeMode) -> Result<(), GpuError>;
+
+    /// The compute mode of the MIG device of GPU instance `gi_id` (its first compute instance,
+    /// by ID). [`GpuError::NotSupported`] when MIG mode is off; [`GpuError::NotFound`] when the
+    /// GI does not exist or has no compute instance yet.
+    fn instance_compute_mode(&mut self, gpu: u32, gi_id: u32) -> Result<ComputeMode, GpuError> {
+        Err(GpuError::NotSupported {
+            op: format!("GPU {gpu}: read the compute mode of GPU instance {gi_id}"),
+            reason: format!(
+                "the {} backend has no per-MIG-device compute mode",
+                self.describe()
+            ),
+        })
+    }
+
+    /// Set the compute mode of every MIG device (compute instance) of GPU instance `gi_id`.
+    /// Errors as [`GpuBackend::instance_compute_mode`], and [`GpuError::NoPermission`] without
+    /// root.
+    fn set_instance_compute_mode(
+        &mut self,
+        gpu: u32,
+        gi_id: u32,
+        mode: ComputeMode,
+    ) -> Result<(), GpuError> {
+        Err(GpuError::NotSupported {
+            op: format!("GPU {gpu}: set the compute mode of GPU instance {gi_id} to {mode}"),
+            reason: format!(
+                "the {} backend has no per-MIG-device compute mode",
+                self.describe()
+            ),
+        })
+    }
 
     /// XID events since the last poll, waiting up to `timeout_ms` for the first one
     /// (0: do not wait). Events come in the order the GPUs reported them.

@@ -22,6 +22,17 @@ pub(crate) fn mig_off_for_create(op: String) -> GpuError {
     }
 }
 
+/// [`GpuError::NotSupported`] for the whole GPU's compute mode while MIG mode is on: nvml.h
+/// gives each MIG device its own compute mode, read and set through the MIG device handle.
+pub(crate) fn compute_mode_is_per_mig_device(op: String) -> GpuError {
+    GpuError::NotSupported {
+        op,
+        reason: "MIG mode is enabled, so the compute mode belongs to each MIG device; read or \
+                 set it per GPU instance (`instance_compute_mode`)"
+            .into(),
+    }
+}
+
 /// [`GpuError::InvalidArgument`] unless `start` is one of `profile`'s `placements`.
 pub(crate) fn check_placement(
     op: &str,

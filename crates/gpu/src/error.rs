@@ -43,7 +43,7 @@ pub enum GpuError {
         detail: String,
     },
     /// The caller may not change the GPU (`NVML_ERROR_NO_PERMISSION`).
-    #[error("{op}: permission denied; MIG and compute-mode changes need root (or CAP_SYS_ADMIN)")]
+    #[error("{op}: permission denied; listing MIG instances and placements, and every MIG or compute-mode change, need root (or CAP_SYS_ADMIN)")]
     NoPermission {
         /// The call and its object.
         op: String,
@@ -91,6 +91,14 @@ pub enum GpuError {
     /// The library loaded but the kernel driver is not running (`NVML_ERROR_DRIVER_NOT_LOADED`).
     #[error("NVML: the NVIDIA kernel driver is not loaded; load it (`modprobe nvidia`) or use --backend sim:STATE")]
     DriverNotLoaded,
+    /// The NVML library and the loaded kernel module are of different driver versions
+    /// (`NVML_ERROR_LIB_RM_VERSION_MISMATCH`): the driver was updated without reloading the
+    /// module. Retrying cannot help.
+    #[error("{op}: the NVML library and the NVIDIA kernel module are from different driver versions (updated without a reboot?); reload the module (`rmmod nvidia_uvm nvidia_drm nvidia_modeset nvidia && modprobe nvidia`) or reboot")]
+    DriverMismatch {
+        /// The call and its object.
+        op: String,
+    },
     /// The GPU fell off the bus or is otherwise lost (`NVML_ERROR_GPU_IS_LOST`); needs an operator.
     #[error(
         "{op}: the GPU is lost (fell off the bus?); check `dmesg` and reset or reboot the node"
@@ -118,7 +126,12 @@ pub enum GpuError {
 
 fn fmt_pids(pids: &[u32]) -> String {
     if pids.is_empty() {
-        return "(not listed)".into();
+        // NVML answers IN_USE without listing a compute process when something else holds the
+        // instance: a monitoring agent, the persistence daemon, or a process NVML cannot see.
+        return "(none listed: a holder NVML does not list as a compute process, such as \
+                DCGM / nv-hostengine, dcgm-exporter, nvidia-persistenced, an MPS server, or a \
+                process in another container; find it with `fuser -v /dev/nvidia*`)"
+            .into();
     }
     pids.iter()
         .map(|p| p.to_string())
@@ -148,6 +161,7 @@ impl GpuError {
             GpuError::Unknown { .. } => "unknown",
             GpuError::LibraryNotFound { .. } => "library_not_found",
             GpuError::DriverNotLoaded => "driver_not_loaded",
+            GpuError::DriverMismatch { .. } => "driver_mismatch",
             GpuError::GpuLost { .. } => "gpu_lost",
             GpuError::Crashed { .. } => "crashed",
             GpuError::State { .. } => "state",
@@ -175,6 +189,20 @@ mod tests {
             u.to_string(),
             "GPU 0: destroy 1g.10gb@0: in use by process(es) 4242, 7; stop them, or keep the instance in the layout"
         );
+    }
+
+    #[test]
+    fn in_use_without_pids_says_who_may_hold_it() {
+        let u = GpuError::InUse {
+            op: "GPU 0: destroy 1g.10gb@0".into(),
+            pids: vec![],
+        };
+        let text = u.to_string();
+        assert!(
+            text.contains("DCGM") && text.contains("nvidia-persistenced"),
+            "{text}"
+        );
+        assert!(text.contains("fuser -v /dev/nvidia*"), "{text}");
     }
 
     #[test]

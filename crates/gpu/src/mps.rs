@@ -19,13 +19,17 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
 use crate::backend::{ComputeMode, GpuBackend};
 use crate::error::GpuError;
 use crate::sim::write_atomic;
+
+pub mod twin;
+pub use twin::{Admission, ServerTable, TwinError, MAX_CLIENTS_PER_SERVER};
 
 /// The control binary's name.
 pub const MPS_CONTROL_BINARY: &str = "nvidia-cuda-mps-control";
@@ -192,24 +196,69 @@ pub struct StopReport {
 
 /// How the control daemon is reached.
 pub trait MpsRunner: Send {
-    /// Start the daemon (`nvidia-cuda-mps-control -d`) with these extra environment variables.
+    /// Start the daemon (`nvidia-cuda-mps-control -d`) with these extra environment variables,
+    /// and return once it accepts commands (its control socket exists).
     fn start_daemon(&mut self, env: &BTreeMap<String, String>) -> Result<(), String>;
     /// Send one command line to the daemon of `env`'s pipe directory; returns its reply.
     fn send(&mut self, env: &BTreeMap<String, String>, command: &str) -> Result<String, String>;
 }
 
 /// Runs the real `nvidia-cuda-mps-control`.
+///
+/// `-d` forks the daemon and returns before it listens, so [`MpsRunner::start_daemon`] starts
+/// it with null stdio (a daemon that kept our pipes would make us wait for it forever), waits
+/// for the `-d` process, then for the control socket `PIPE/control`. Every control command is
+/// one run of the client with the command on its stdin and the reply read from its stdout,
+/// killed when it takes longer than `timeout`.
 #[derive(Debug, Clone)]
 pub struct ProcessRunner {
     /// The binary (default: found on `PATH`).
     pub binary: PathBuf,
+    /// The longest a control command, the `-d` call, or the wait for the socket may take.
+    pub timeout: Duration,
 }
+
+/// Default for [`ProcessRunner::timeout`].
+pub const DEFAULT_CONTROL_TIMEOUT: Duration = Duration::from_secs(15);
 
 impl Default for ProcessRunner {
     fn default() -> Self {
         ProcessRunner {
             binary: PathBuf::from(MPS_CONTROL_BINARY),
+            timeout: DEFAULT_CONTROL_TIMEOUT,
         }
+    }
+}
+
+/// Wait for `child` until `deadline`; kill it (and reap it) when the deadline passes.
+fn wait_until(child: &mut Child, deadline: Instant) -> Result<ExitStatus, String> {
+    loop {
+        match child.try_wait() {
+            Ok(Some(st)) => return Ok(st),
+            Ok(None) if Instant::now() >= deadline => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err("no answer in time; killed it".into());
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(10)),
+            Err(e) => return Err(format!("cannot wait for it: {e}")),
+        }
+    }
+}
+
+/// The last lines of the daemon's `control.log`, for an error message.
+fn log_tail(env: &BTreeMap<String, String>) -> String {
+    let Some(dir) = env.get("CUDA_MPS_LOG_DIRECTORY") else {
+        return String::new();
+    };
+    let path = Path::new(dir).join("control.log");
+    match fs::read_to_string(&path) {
+        Ok(text) => {
+            let lines: Vec<&str> = text.lines().collect();
+            let tail = lines[lines.len().saturating_sub(5)..].join(" | ");
+            format!("; {}: {tail}", path.display())
+        }
+        Err(_) => format!("; no {} was written", path.display()),
     }
 }
 
@@ -225,24 +274,41 @@ impl ProcessRunner {
 
 impl MpsRunner for ProcessRunner {
     fn start_daemon(&mut self, env: &BTreeMap<String, String>) -> Result<(), String> {
-        let out = Command::new(&self.binary)
+        let deadline = Instant::now() + self.timeout;
+        // Null stdio: the forked daemon inherits these, so pipes would never close.
+        let mut child = Command::new(&self.binary)
             .arg("-d")
             .envs(env)
             .stdin(Stdio::null())
-            .output()
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
             .map_err(|e| self.spawn_err(e))?;
-        if out.status.success() {
-            Ok(())
-        } else {
-            Err(format!(
-                "exit {}: {}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
-            ))
+        let status =
+            wait_until(&mut child, deadline).map_err(|e| format!("`-d`: {e}{}", log_tail(env)))?;
+        if !status.success() {
+            return Err(format!("`-d` exited with {status}{}", log_tail(env)));
         }
+        let Some(pipe) = env.get("CUDA_MPS_PIPE_DIRECTORY") else {
+            return Ok(());
+        };
+        let socket = Path::new(pipe).join("control");
+        while !socket.exists() {
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "the daemon's control socket {} did not appear within {:?}{}",
+                    socket.display(),
+                    self.timeout,
+                    log_tail(env)
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
     }
 
     fn send(&mut self, env: &BTreeMap<String, String>, command: &str) -> Result<String, String> {
+        let deadline = Instant::now() + self.timeout;
         let mut child = Command::new(&self.binary)
             .envs(env)
             .stdin(Stdio::piped())
@@ -253,17 +319,25 @@ impl MpsRunner for ProcessRunner {
         if let Some(mut stdin) = child.stdin.take() {
             writeln!(stdin, "{command}").map_err(|e| format!("cannot write the command: {e}"))?;
         }
-        let out = child
-            .wait_with_output()
-            .map_err(|e| format!("cannot wait for the control client: {e}"))?;
-        if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+        let read = |pipe: Option<Box<dyn std::io::Read + Send>>| {
+            std::thread::spawn(move || {
+                let mut text = String::new();
+                if let Some(mut p) = pipe {
+                    let _ = p.read_to_string(&mut text);
+                }
+                text
+            })
+        };
+        let out = read(child.stdout.take().map(|p| Box::new(p) as _));
+        let err = read(child.stderr.take().map(|p| Box::new(p) as _));
+        let status = wait_until(&mut child, deadline)
+            .map_err(|e| format!("the control client: {e} (after {:?})", self.timeout))?;
+        let out = out.join().unwrap_or_default();
+        let err = err.join().unwrap_or_default();
+        if status.success() {
+            Ok(out.trim().to_string())
         } else {
-            Err(format!(
-                "exit {}: {}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
-            ))
+            Err(format!("exit {status}: {}", err.trim()))
         }
     }
 }
@@ -285,6 +359,9 @@ pub struct SimDaemon {
     pub default_active_thread_percentage: Option<u8>,
     /// Current default pinned memory limits, per device ordinal (`12G`).
     pub default_pinned_mem_limit: BTreeMap<u32, String>,
+    /// Its MPS server and clients under the per-uid rule ([`twin`]).
+    #[serde(default)]
+    pub servers: ServerTable,
 }
 
 impl SimRunner {
@@ -336,6 +413,7 @@ impl MpsRunner for SimRunner {
         let reply = match words.as_slice() {
             ["quit"] => {
                 d.running = false;
+                d.servers = ServerTable::default();
                 String::new()
             }
             ["set_default_active_thread_percentage", p] => {
@@ -352,7 +430,21 @@ impl MpsRunner for SimRunner {
                 d.default_pinned_mem_limit.insert(dev, limit.to_string());
                 String::new()
             }
-            ["get_server_list"] => String::new(),
+            ["get_server_list"] => d
+                .servers
+                .server
+                .as_ref()
+                .map(|s| s.pid.to_string())
+                .unwrap_or_default(),
+            ["get_client_list", pid] => match &d.servers.server {
+                Some(s) if s.pid.to_string() == *pid => s
+                    .clients
+                    .iter()
+                    .map(u32::to_string)
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+                _ => return Err(format!("no MPS server with PID {pid}")),
+            },
             _ => return Err(format!("unknown command `{command}`")),
         };
         Self::write(&pipe, &d)?;
@@ -433,6 +525,8 @@ impl MpsControl {
             self.log_dir(target).display().to_string(),
         );
         env.insert("CUDA_VISIBLE_DEVICES".into(), target.visible_device.clone());
+        // An index means what nvidia-smi and NVML mean by it only in PCI bus order.
+        env.insert("CUDA_DEVICE_ORDER".into(), "PCI_BUS_ID".into());
         env
     }
 
@@ -480,17 +574,21 @@ impl MpsControl {
 
     /// Start the daemon for `target` (idempotent: a recorded running daemon is left as is and
     /// its status returned). Order: create the directories; unless `leave_compute_mode`, read
-    /// the compute mode, record it, then set `EXCLUSIVE_PROCESS`; start the daemon; set the
-    /// default limits; record `running`. If the daemon does not start, the compute mode is
-    /// restored and the record removed. `backend` is needed only to manage the compute mode.
+    /// the compute mode (of the MIG device for a MIG target, as nvml.h requires with MIG on),
+    /// record it, then set `EXCLUSIVE_PROCESS`; start the daemon and wait until it listens; set
+    /// the default limits, checking each reply; record `running`. The previous mode is recorded
+    /// once: a start retried after an interruption keeps the recorded one. If the daemon does
+    /// not start, the compute mode is restored and the record removed. `backend` is needed only
+    /// to manage the compute mode.
     pub fn start(
         &mut self,
         target: &MpsTarget,
         backend: Option<&mut dyn GpuBackend>,
     ) -> Result<MpsStatus, MpsError> {
-        if let Some(st) = self.status(target)? {
+        let earlier = self.status(target)?;
+        if let Some(st) = &earlier {
             if st.running {
-                return Ok(st);
+                return Ok(st.clone());
             }
         }
         if let Some(p) = self.opts.default_active_thread_percentage {
@@ -521,11 +619,17 @@ impl MpsControl {
                 .ok_or_else(|| MpsError::NeedsBackend {
                     target: target.name(),
                 })?;
-            let prev = b.compute_mode(target.gpu)?;
+            // A start interrupted after recording (and perhaps after changing the mode)
+            // left the true previous mode in its record: keep it, or `stop` would restore
+            // the EXCLUSIVE_PROCESS this very start set.
+            let prev = match earlier.as_ref().and_then(|e| e.previous_compute_mode) {
+                Some(recorded) => recorded,
+                None => read_mode(b, target)?,
+            };
             st.previous_compute_mode = Some(prev);
             self.save(&st)?;
-            if prev != ComputeMode::ExclusiveProcess {
-                b.set_compute_mode(target.gpu, ComputeMode::ExclusiveProcess)?;
+            if read_mode(b, target)? != ComputeMode::ExclusiveProcess {
+                write_mode(b, target, ComputeMode::ExclusiveProcess)?;
             }
         } else {
             self.save(&st)?;
@@ -534,7 +638,7 @@ impl MpsControl {
         if let Err(detail) = self.runner.start_daemon(&env) {
             let err = self.command_err(target, "-d", detail);
             if let (Some(prev), Some(b)) = (st.previous_compute_mode, backend) {
-                let _ = b.set_compute_mode(target.gpu, prev);
+                let _ = write_mode(b, target, prev);
             }
             let _ = fs::remove_file(self.record_path(target));
             return Err(err);
@@ -557,10 +661,17 @@ impl MpsControl {
         percentage: u8,
     ) -> Result<(), MpsError> {
         check_percentage(percentage)?;
-        self.send(
-            target,
-            &format!("set_default_active_thread_percentage {percentage}"),
-        )?;
+        let command = format!("set_default_active_thread_percentage {percentage}");
+        let reply = self.send(target, &command)?;
+        // The daemon answers with the value it set; anything else is its error message.
+        let echoed = reply.trim().parse::<f64>().ok();
+        if !reply.trim().is_empty() && echoed != Some(f64::from(percentage)) {
+            return Err(MpsError::Command {
+                target: target.name(),
+                command,
+                detail: format!("the daemon answered `{}`", reply.trim()),
+            });
+        }
         self.update(target, |st| {
             st.default_active_thread_percentage = Some(percentage)
         })
@@ -629,7 +740,7 @@ impl MpsControl {
                 let b = backend.ok_or_else(|| MpsError::NeedsBackend {
                     target: target.name(),
                 })?;
-                b.set_compute_mode(target.gpu, prev)?;
+                write_mode(b, target, prev)?;
                 restored = Some(prev);
             }
         }
@@ -643,8 +754,8 @@ impl MpsControl {
     }
 
     /// The environment a client process needs to use the daemon of `target` with `limits`:
-    /// `CUDA_MPS_PIPE_DIRECTORY`, `CUDA_MPS_LOG_DIRECTORY`, `CUDA_VISIBLE_DEVICES`, and, when
-    /// set, `CUDA_MPS_ACTIVE_THREAD_PERCENTAGE` and `CUDA_MPS_PINNED_DEVICE_MEM_LIMIT`
+    /// `CUDA_MPS_PIPE_DIRECTORY`, `CUDA_MPS_LOG_DIRECTORY`, `CUDA_VISIBLE_DEVICES` only when the
+    /// target is named by a `GPU-…`/`MIG-…` UUID (never an index), and, when set, `CUDA_MPS_ACTIVE_THREAD_PERCENTAGE` and `CUDA_MPS_PINNED_DEVICE_MEM_LIMIT`
     /// (`0=12G`: device 0 of what the client sees).
     pub fn client_env(
         &self,
@@ -652,6 +763,14 @@ impl MpsControl {
         limits: &ClientLimits,
     ) -> Result<BTreeMap<String, String>, MpsError> {
         let mut env = self.daemon_env(target);
+        // The MPS guide: the server remaps the devices its clients see, so an index in a
+        // client's CUDA_VISIBLE_DEVICES would name the wrong device or none. A UUID names the
+        // same device everywhere; without one, the variable stays unset and the client sees
+        // what the server sees.
+        env.remove("CUDA_DEVICE_ORDER");
+        if !is_device_uuid(&target.visible_device) {
+            env.remove("CUDA_VISIBLE_DEVICES");
+        }
         if let Some(p) = limits.active_thread_percentage {
             check_percentage(p)?;
             env.insert("CUDA_MPS_ACTIVE_THREAD_PERCENTAGE".into(), p.to_string());
@@ -663,6 +782,32 @@ impl MpsControl {
             );
         }
         Ok(env)
+    }
+}
+
+/// Whether `visible` names a device by UUID (`GPU-…`, `MIG-…`, or the older `MIG-GPU-…/g/c`).
+pub fn is_device_uuid(visible: &str) -> bool {
+    visible.starts_with("GPU-") || visible.starts_with("MIG-")
+}
+
+/// Read the compute mode a daemon for `target` depends on: the MIG device's for a MIG target,
+/// else the GPU's.
+fn read_mode(b: &mut dyn GpuBackend, target: &MpsTarget) -> Result<ComputeMode, GpuError> {
+    match target.gi_id {
+        Some(gi) => b.instance_compute_mode(target.gpu, gi),
+        None => b.compute_mode(target.gpu),
+    }
+}
+
+/// Set the compute mode of `target` (see [`read_mode`]).
+fn write_mode(
+    b: &mut dyn GpuBackend,
+    target: &MpsTarget,
+    mode: ComputeMode,
+) -> Result<(), GpuError> {
+    match target.gi_id {
+        Some(gi) => b.set_instance_compute_mode(target.gpu, gi, mode),
+        None => b.set_compute_mode(target.gpu, mode),
     }
 }
 
@@ -777,6 +922,7 @@ mod tests {
         let mut b = sim_gpu();
         let runner = ProcessRunner {
             binary: dir.path().join("no-such-mps-control"),
+            ..ProcessRunner::default()
         };
         let mut mps = MpsControl::new(Box::new(runner), MpsOptions::new(dir.path()));
         let t = MpsTarget::gpu(0, "0");
@@ -784,6 +930,243 @@ mod tests {
         assert!(matches!(e, MpsError::BinaryNotFound { .. }), "{e}");
         assert_eq!(b.compute_mode(0).unwrap(), ComputeMode::Default);
         assert!(mps.status(&t).unwrap().is_none());
+    }
+
+    /// A stand-in for `nvidia-cuda-mps-control` that behaves like the real one where it
+    /// matters here: `-d` leaves a background process holding its stdout and creates the
+    /// control socket a little later; commands are read from stdin and answered on stdout.
+    #[cfg(unix)]
+    fn fake_control(dir: &Path) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let path = dir.join("fake-mps-control");
+        let script = r#"#!/bin/sh
+if [ "$1" = "-d" ]; then
+  out=$(readlink /proc/$$/fd/1)
+  echo "$out" > "$CUDA_MPS_LOG_DIRECTORY/daemon-stdout"
+  sleep 300 &
+  echo $! > "$CUDA_MPS_LOG_DIRECTORY/daemon.pid"
+  (sleep 0.2; touch "$CUDA_MPS_PIPE_DIRECTORY/control") &
+  exit 0
+fi
+read cmd
+case "$cmd" in
+  set_default_active_thread_percentage*) echo "${cmd##* }.0" ;;
+  set_default_device_pinned_mem_limit*) ;;
+  quit) rm -f "$CUDA_MPS_PIPE_DIRECTORY/control" ;;
+  hang) exec sleep 300 ;;
+  *) echo "unknown command $cmd" ;;
+esac
+"#;
+        fs::write(&path, script).unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
+        path
+    }
+
+    #[cfg(unix)]
+    fn kill_fake_daemon(log_dir: &Path) {
+        if let Ok(pid) = fs::read_to_string(log_dir.join("daemon.pid")) {
+            let _ = Command::new("kill").arg(pid.trim()).status();
+        }
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn the_daemon_is_started_with_null_stdio_and_waited_for() {
+        let dir = tempfile::tempdir().unwrap();
+        let runner = ProcessRunner {
+            binary: fake_control(dir.path()),
+            timeout: Duration::from_secs(10),
+        };
+        let mut opts = MpsOptions::new(dir.path());
+        opts.leave_compute_mode = true;
+        opts.default_active_thread_percentage = Some(50);
+        let t = MpsTarget::gpu(0, "GPU-abc");
+        let log_dir = MpsControl::sim(opts.clone()).log_dir(&t);
+        // Run start on a thread: with piped stdio it would wait for the daemon's `sleep 300`.
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut mps = MpsControl::new(Box::new(runner), opts);
+            let r = mps.start(&t, None).map(|st| st.running);
+            let _ = tx.send((r, mps));
+        });
+        let got = rx.recv_timeout(Duration::from_secs(20));
+        kill_fake_daemon(&log_dir);
+        let (started, mut mps) = got.expect("start returned while the daemon holds its stdio");
+        assert!(started.unwrap(), "started");
+        let seen = fs::read_to_string(log_dir.join("daemon-stdout")).unwrap();
+        assert_eq!(seen.trim(), "/dev/null");
+        // The socket existed before the limit was sent, and the reply was checked.
+        let t = MpsTarget::gpu(0, "GPU-abc");
+        assert!(mps.pipe_dir(&t).join("control").exists());
+        assert_eq!(
+            mps.status(&t)
+                .unwrap()
+                .unwrap()
+                .default_active_thread_percentage,
+            Some(50)
+        );
+        let e = mps.send(&t, "bogus").unwrap();
+        assert_eq!(e, "unknown command bogus");
+        let r = mps.stop(&t, None).unwrap();
+        assert_eq!(r.quit_error, None);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_control_command_that_hangs_times_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut runner = ProcessRunner {
+            binary: fake_control(dir.path()),
+            timeout: Duration::from_millis(300),
+        };
+        let mut env = BTreeMap::new();
+        env.insert(
+            "CUDA_MPS_PIPE_DIRECTORY".to_string(),
+            dir.path().display().to_string(),
+        );
+        let e = runner.send(&env, "hang").unwrap_err();
+        assert!(e.contains("killed"), "{e}");
+        // A daemon whose socket never appears is reported, naming the socket.
+        let mut env = env.clone();
+        let pipe = dir.path().join("never");
+        fs::create_dir_all(&pipe).unwrap();
+        env.insert("CUDA_MPS_PIPE_DIRECTORY".into(), pipe.display().to_string());
+        env.insert(
+            "CUDA_MPS_LOG_DIRECTORY".into(),
+            dir.path().display().to_string(),
+        );
+        fs::write(dir.path().join("hide"), "").unwrap();
+        let quiet = dir.path().join("quiet-control");
+        fs::write(&quiet, "#!/bin/sh\nexit 0\n").unwrap();
+        {
+            use std::os::unix::fs::PermissionsExt;
+            fs::set_permissions(&quiet, fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        runner.binary = quiet;
+        let e = runner.start_daemon(&env).unwrap_err();
+        assert!(
+            e.contains("never/control") && e.contains("did not appear"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_wrong_reply_to_a_limit_is_an_error() {
+        struct Grumpy;
+        impl MpsRunner for Grumpy {
+            fn start_daemon(&mut self, _: &BTreeMap<String, String>) -> Result<(), String> {
+                Ok(())
+            }
+            fn send(&mut self, _: &BTreeMap<String, String>, _: &str) -> Result<String, String> {
+                Ok("Invalid value".into())
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let mut opts = MpsOptions::new(dir.path());
+        opts.leave_compute_mode = true;
+        opts.default_active_thread_percentage = Some(30);
+        let mut mps = MpsControl::new(Box::new(Grumpy), opts);
+        let e = mps.start(&MpsTarget::gpu(0, "GPU-x"), None).unwrap_err();
+        assert!(e.to_string().contains("Invalid value"), "{e}");
+    }
+
+    #[test]
+    fn clients_never_get_a_device_index() {
+        let mps = MpsControl::sim(MpsOptions::new("/run/tessera"));
+        let by_index = mps
+            .client_env(&MpsTarget::gpu(1, "1"), &ClientLimits::default())
+            .unwrap();
+        assert!(
+            !by_index.contains_key("CUDA_VISIBLE_DEVICES"),
+            "{by_index:?}"
+        );
+        let by_uuid = mps
+            .client_env(&MpsTarget::gpu(1, "GPU-5f0e"), &ClientLimits::default())
+            .unwrap();
+        assert_eq!(by_uuid["CUDA_VISIBLE_DEVICES"], "GPU-5f0e");
+        // The daemon itself may be given an index, in nvidia-smi's (PCI) order.
+        let dir = tempfile::tempdir().unwrap();
+        let mut opts = MpsOptions::new(dir.path());
+        opts.leave_compute_mode = true;
+        let mut mps = MpsControl::sim(opts);
+        let st = mps.start(&MpsTarget::gpu(1, "1"), None).unwrap();
+        let d = SimRunner::read(&st.pipe_dir);
+        assert_eq!(d.env["CUDA_VISIBLE_DEVICES"], "1");
+        assert_eq!(d.env["CUDA_DEVICE_ORDER"], "PCI_BUS_ID");
+    }
+
+    #[test]
+    fn a_retried_start_keeps_the_first_recorded_mode() {
+        // A start that dies after setting EXCLUSIVE_PROCESS but before the daemon runs.
+        struct Dies;
+        impl MpsRunner for Dies {
+            fn start_daemon(&mut self, _: &BTreeMap<String, String>) -> Result<(), String> {
+                panic!("the process died here")
+            }
+            fn send(&mut self, _: &BTreeMap<String, String>, _: &str) -> Result<String, String> {
+                unreachable!()
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let mut b = sim_gpu();
+        b.set_compute_mode(0, ComputeMode::Prohibited).unwrap();
+        let t = MpsTarget::gpu(0, "GPU-0");
+        let crashed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let mut mps = MpsControl::new(Box::new(Dies), MpsOptions::new(dir.path()));
+            let _ = mps.start(&t, Some(&mut b));
+        }));
+        assert!(crashed.is_err());
+        assert_eq!(b.compute_mode(0).unwrap(), ComputeMode::ExclusiveProcess);
+        let mut mps = MpsControl::sim(MpsOptions::new(dir.path()));
+        let st = mps.start(&t, Some(&mut b)).unwrap();
+        assert_eq!(st.previous_compute_mode, Some(ComputeMode::Prohibited));
+        let r = mps.stop(&t, Some(&mut b)).unwrap();
+        assert_eq!(r.restored_compute_mode, Some(ComputeMode::Prohibited));
+        assert_eq!(b.compute_mode(0).unwrap(), ComputeMode::Prohibited);
+    }
+
+    #[test]
+    fn per_instance_daemons_manage_their_own_mig_device_mode() {
+        let c = Catalog::builtin().clone();
+        let st = SimState::new(&c, &[("h100-80gb".into(), 1)], 1, true).unwrap();
+        let mut b = SimBackend::new(st, c, SimConfig::default()).unwrap();
+        let a = b.create_gi(0, "3g.40gb", 0).unwrap();
+        let z = b.create_gi(0, "3g.40gb", 4).unwrap();
+        b.set_instance_compute_mode(0, z.gi_id, ComputeMode::Prohibited)
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let mut mps = MpsControl::sim(MpsOptions::new(dir.path()));
+        let ta = MpsTarget::mig(0, a.gi_id, a.uuid.clone().unwrap());
+        let tz = MpsTarget::mig(0, z.gi_id, z.uuid.clone().unwrap());
+        let sa = mps.start(&ta, Some(&mut b)).unwrap();
+        let sz = mps.start(&tz, Some(&mut b)).unwrap();
+        assert_eq!(sa.previous_compute_mode, Some(ComputeMode::Default));
+        assert_eq!(sz.previous_compute_mode, Some(ComputeMode::Prohibited));
+        for gi in [a.gi_id, z.gi_id] {
+            assert_eq!(
+                b.instance_compute_mode(0, gi).unwrap(),
+                ComputeMode::ExclusiveProcess
+            );
+        }
+        // The parent has no compute mode of its own with MIG on.
+        assert!(matches!(
+            b.compute_mode(0),
+            Err(GpuError::NotSupported { .. })
+        ));
+        mps.stop(&ta, Some(&mut b)).unwrap();
+        assert_eq!(
+            b.instance_compute_mode(0, a.gi_id).unwrap(),
+            ComputeMode::Default
+        );
+        assert_eq!(
+            b.instance_compute_mode(0, z.gi_id).unwrap(),
+            ComputeMode::ExclusiveProcess
+        );
+        mps.stop(&tz, Some(&mut b)).unwrap();
+        assert_eq!(
+            b.instance_compute_mode(0, z.gi_id).unwrap(),
+            ComputeMode::Prohibited
+        );
     }
 
     #[test]

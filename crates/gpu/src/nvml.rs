@@ -59,8 +59,9 @@ pub struct NvmlBackend {
     events: Option<EventSet>,
 }
 
-/// An NVML event set handle.
-struct EventSet(nvmlEventSet_t);
+/// An NVML event set handle, with the device handles registered in it and their indices (so
+/// that an event's GPU is known without asking NVML again).
+struct EventSet(nvmlEventSet_t, Vec<(nvmlDevice_t, u32)>);
 
 // SAFETY: NVML is thread-safe, and the handle stays valid until `nvmlEventSetFree`, which
 // only `NvmlBackend::drop` calls, before NVML shuts down.
@@ -113,6 +114,7 @@ fn code_name(code: nvmlReturn_t) -> &'static str {
         }
         nvmlReturn_enum_NVML_ERROR_NOT_READY => "NVML_ERROR_NOT_READY",
         nvmlReturn_enum_NVML_ERROR_INVALID_STATE => "NVML_ERROR_INVALID_STATE",
+        nvmlReturn_enum_NVML_ERROR_LIB_RM_VERSION_MISMATCH => "NVML_ERROR_LIB_RM_VERSION_MISMATCH",
         nvmlReturn_enum_NVML_ERROR_UNKNOWN => "NVML_ERROR_UNKNOWN",
         _ => "an unexpected NVML code",
     }
@@ -150,6 +152,7 @@ pub fn error_from_code(code: nvmlReturn_t, op: String) -> GpuError {
             detail: name.into(),
         },
         nvmlReturn_enum_NVML_ERROR_GPU_IS_LOST => GpuError::GpuLost { op },
+        nvmlReturn_enum_NVML_ERROR_LIB_RM_VERSION_MISMATCH => GpuError::DriverMismatch { op },
         nvmlReturn_enum_NVML_ERROR_DRIVER_NOT_LOADED => GpuError::DriverNotLoaded,
         nvmlReturn_enum_NVML_ERROR_LIBRARY_NOT_FOUND => GpuError::LibraryNotFound {
             detail: name.into(),
@@ -174,6 +177,70 @@ fn profile_absent(code: nvmlReturn_t) -> bool {
     code == nvmlReturn_enum_NVML_ERROR_NOT_SUPPORTED
         || code == nvmlReturn_enum_NVML_ERROR_INVALID_ARGUMENT
         || code == nvmlReturn_enum_NVML_ERROR_NOT_FOUND
+}
+
+/// Profile indices are probed past the bindings' `*_PROFILE_COUNT` (which predates newer
+/// profiles such as `3_SLICE_GFX` and `7_SLICE_NVL`) until NVML answers INVALID_ARGUMENT, as
+/// nvml.h describes; this bounds the scan should a driver never answer so.
+const MAX_PROFILE_INDEX: u32 = 64;
+
+/// Scan profile indices `0, 1, …`: `probe(idx)` returns NVML's code for that index. Indices
+/// whose code is "absent" (NOT_SUPPORTED, NOT_FOUND; INVALID_ARGUMENT below `known_count`,
+/// where old drivers use it for gaps) are skipped; the scan stops at the first INVALID_ARGUMENT
+/// at or past `known_count` (the end of the driver's table) or at [`MAX_PROFILE_INDEX`]. Returns
+/// the indices that answered, with their code (success or an error to report).
+fn scan_profiles(
+    known_count: u32,
+    mut probe: impl FnMut(u32) -> nvmlReturn_t,
+) -> Vec<(u32, nvmlReturn_t)> {
+    let mut out = Vec::new();
+    for idx in 0..MAX_PROFILE_INDEX {
+        let rc = probe(idx);
+        if rc == nvmlReturn_enum_NVML_ERROR_INVALID_ARGUMENT && idx >= known_count {
+            break;
+        }
+        if profile_absent(rc) {
+            continue;
+        }
+        out.push((idx, rc));
+    }
+    out
+}
+
+/// The compute-instance profile `nvidia-smi mig -cgi … -C` creates (the one it marks `*` in
+/// `-lcip`): among the profiles that span the whole GPU instance (`slices` compute slices), the
+/// one of highest profile index, e.g. `3_SLICE` on a 3g.40gb and `1_SLICE_REV1` rather than
+/// `1_SLICE` on a 1g.20gb / 1g.35gb. `profiles` holds (index, profile ID, slice count).
+fn default_ci_profile(profiles: &[(u32, u32, u32)], slices: u32) -> Option<(u32, u32)> {
+    let whole = profiles
+        .iter()
+        .filter(|p| p.2 == slices)
+        .max_by_key(|p| p.0);
+    // A GI whose slice count no CI profile matches: the largest profile, as before.
+    whole
+        .or_else(|| profiles.iter().max_by_key(|p| (p.2, p.0)))
+        .map(|p| (p.0, p.1))
+}
+
+/// What `nvmlDeviceSetMigMode`'s `activationStatus` means for the caller: success or
+/// RESET_REQUIRED leave the new mode applied or pending (the mode read back says which);
+/// IN_USE means the change could not take effect because something holds the GPU.
+fn mig_activation(activation: nvmlReturn_t, op: &str) -> Result<(), GpuError> {
+    match activation {
+        nvmlReturn_enum_NVML_SUCCESS | nvmlReturn_enum_NVML_ERROR_RESET_REQUIRED => Ok(()),
+        nvmlReturn_enum_NVML_ERROR_IN_USE => Err(GpuError::InUse {
+            op: format!(
+                "{op}: requested, but the change cannot take effect while the GPU is in use (it \
+                 stays pending until every process and service using the GPU has stopped and \
+                 the GPU is reset)"
+            ),
+            pids: vec![],
+        }),
+        other => Err(error_from_code(
+            other,
+            format!("{op}: the driver did not activate the change"),
+        )),
+    }
 }
 
 /// A NUL-terminated C string in a fixed buffer.
@@ -299,6 +366,64 @@ impl NvmlBackend {
         })
     }
 
+    /// The driver version, NVML version and CUDA driver API version (`13.0`), each when NVML
+    /// answers.
+    pub fn versions(&self) -> (Option<String>, Option<String>, Option<String>) {
+        let cuda = self
+            .nvml
+            .sys_cuda_driver_version()
+            .ok()
+            .map(|v| format!("{}.{}", v / 1000, (v % 1000) / 10));
+        (
+            self.nvml.sys_driver_version().ok(),
+            self.nvml.sys_nvml_version().ok(),
+            cuda,
+        )
+    }
+
+    /// Read-only: NVML's possible placements for each GPU-instance profile ID of the GPU's
+    /// catalog model. nvml.h answers `nvmlDeviceGetGpuInstancePossiblePlacements_v2` for a
+    /// profile ID with MIG mode off too, so a catalog's placements (inferred ones included) can
+    /// be checked on a GPU that stays out of MIG mode. Returns (profile name, catalog
+    /// placements, NVML's placements or the error); `Ok(None)` when the GPU matches no
+    /// catalog model.
+    #[allow(clippy::type_complexity)]
+    pub fn probe_placements(
+        &self,
+        gpu: u32,
+    ) -> Result<Option<Vec<(String, Vec<u8>, Result<Vec<u8>, GpuError>)>>, GpuError> {
+        let Some(model) = self
+            .info(gpu)?
+            .model
+            .and_then(|k| self.catalog.get(&k).cloned())
+        else {
+            return Ok(None);
+        };
+        let dev = self.device(gpu)?;
+        let places = sym!(self, nvmlDeviceGetGpuInstancePossiblePlacements_v2)?;
+        let mut out = Vec::new();
+        for p in model.profiles.iter() {
+            let Some(id) = p.id else { continue };
+            let mut buf = [nvmlGpuInstancePlacement_t { start: 0, size: 0 }; MAX_PLACEMENTS];
+            let mut count = MAX_PLACEMENTS as u32;
+            // SAFETY: the buffer holds `count` placements.
+            let rc = unsafe { places(dev, id, buf.as_mut_ptr(), &mut count) };
+            let got = check(rc, || {
+                format!("GPU {gpu}: placements of {} (profile ID {id})", p.name)
+            })
+            .map(|()| {
+                let mut v: Vec<u8> = buf[..(count as usize).min(MAX_PLACEMENTS)]
+                    .iter()
+                    .map(|x| x.start as u8)
+                    .collect();
+                v.sort_unstable();
+                v
+            });
+            out.push((p.name.clone(), p.placements.clone(), got));
+        }
+        Ok(Some(out))
+    }
+
     fn count(&self) -> Result<u32, GpuError> {
         let f = sym!(self, nvmlDeviceGetCount_v2)?;
         let mut n = 0;
@@ -365,11 +490,23 @@ impl NvmlBackend {
             free: 0,
             used: 0,
         };
+        let mut unreadable = Vec::new();
         let f = sym!(self, nvmlDeviceGetMemoryInfo)?;
         // SAFETY: valid handle and out pointer.
-        check(unsafe { f(dev, &mut mem) }, || {
-            format!("GPU {gpu}: read memory")
-        })?;
+        let rc = unsafe { f(dev, &mut mem) };
+        // On a MIG-enabled GPU an unprivileged caller may not read the whole GPU's memory
+        // (nvidia-smi shows N/A): report what else can be read, and say what could not.
+        if rc == nvmlReturn_enum_NVML_ERROR_NO_PERMISSION
+            || rc == nvmlReturn_enum_NVML_ERROR_NOT_SUPPORTED
+        {
+            unreadable.push(format!(
+                "memory: {} (on a MIG-enabled GPU the whole GPU's memory needs root)",
+                code_name(rc)
+            ));
+            mem.total = 0;
+        } else {
+            check(rc, || format!("GPU {gpu}: read memory"))?;
+        }
         let mut model = self.catalog.get(&name).map(|m| m.key.clone());
         if model.is_none() {
             if let Ok(f) = sym!(self, nvmlDeviceGetPciInfo_v3) {
@@ -387,7 +524,18 @@ impl NvmlBackend {
             Err(GpuError::NotSupported { .. }) => None,
             Err(e) => return Err(e),
         };
-        let compute_mode = self.compute_mode_of(gpu, dev).ok();
+        // With MIG on, the compute mode belongs to each MIG device, not the parent.
+        let compute_mode = if mig.is_some_and(|m| m.current) {
+            None
+        } else {
+            match self.compute_mode_of(gpu, dev) {
+                Ok(m) => Some(m),
+                Err(e) => {
+                    unreadable.push(format!("compute mode: {e}"));
+                    None
+                }
+            }
+        };
         Ok(GpuInfo {
             index: gpu,
             uuid,
@@ -396,6 +544,7 @@ impl NvmlBackend {
             memory_mib: mem.total / (1024 * 1024),
             mig,
             compute_mode,
+            unreadable,
         })
     }
 
@@ -420,16 +569,17 @@ impl NvmlBackend {
             .and_then(|i| i.model)
             .and_then(|k| self.catalog.get(&k).cloned());
         let mut out = Vec::new();
-        for idx in 0..NVML_GPU_INSTANCE_PROFILE_COUNT {
+        let read = |idx: u32| {
             // SAFETY: plain C struct; zero is valid; the version field is set below.
             let mut info: nvmlGpuInstanceProfileInfo_v2_t = unsafe { std::mem::zeroed() };
             info.version = profile_info_v2_version();
             // SAFETY: valid handle, versioned out struct.
             let rc = unsafe { info_v(dev, idx, &mut info) };
-            if profile_absent(rc) {
-                continue;
-            }
+            (rc, info)
+        };
+        for (idx, rc) in scan_profiles(NVML_GPU_INSTANCE_PROFILE_COUNT, |i| read(i).0) {
             check(rc, || format!("GPU {gpu}: read GPU-instance profile {idx}"))?;
+            let (_, info) = read(idx);
             let mut buf = [nvmlGpuInstancePlacement_t { start: 0, size: 0 }; MAX_PLACEMENTS];
             let mut count = MAX_PLACEMENTS as u32;
             // SAFETY: the buffer holds `count` placements.
@@ -526,11 +676,11 @@ impl NvmlBackend {
         let list = sym!(self, nvmlGpuInstanceGetComputeInstances)?;
         let get_info = sym!(self, nvmlComputeInstanceGetInfo_v2)?;
         let mut out: Vec<(nvmlComputeInstance_t, u32, u32)> = Vec::new();
-        for idx in 0..NVML_COMPUTE_INSTANCE_PROFILE_COUNT {
-            let (rc, info) = ci_profile_info(*prof, gi, idx);
-            if profile_absent(rc) {
-                continue;
-            }
+        let scan = scan_profiles(NVML_COMPUTE_INSTANCE_PROFILE_COUNT, |i| {
+            ci_profile_info(*prof, gi, i).0
+        });
+        for (idx, rc) in scan {
+            let (_, info) = ci_profile_info(*prof, gi, idx);
             check(rc, || {
                 format!(
                     "GPU {gpu}: read compute-instance profile {idx} of GI {}",
@@ -728,23 +878,30 @@ impl NvmlBackend {
     fn create_ci(&self, gpu: u32, gi: &GiHandle) -> Result<(), GpuError> {
         let prof = sym!(self, nvmlGpuInstanceGetComputeInstanceProfileInfo)?;
         let create = sym!(self, nvmlGpuInstanceCreateComputeInstance)?;
-        let mut best: Option<nvmlComputeInstanceProfileInfo_t> = None;
-        for idx in 0..NVML_COMPUTE_INSTANCE_PROFILE_COUNT {
-            let (rc, info) = ci_profile_info(*prof, gi, idx);
-            if rc != nvmlReturn_enum_NVML_SUCCESS {
-                continue;
-            }
-            if best.is_none_or(|b| info.sliceCount > b.sliceCount) {
-                best = Some(info);
+        let mut offered = Vec::new();
+        let scan = scan_profiles(NVML_COMPUTE_INSTANCE_PROFILE_COUNT, |i| {
+            ci_profile_info(*prof, gi, i).0
+        });
+        for (idx, rc) in scan {
+            if rc == nvmlReturn_enum_NVML_SUCCESS {
+                let (_, info) = ci_profile_info(*prof, gi, idx);
+                offered.push((idx, info.id, info.sliceCount));
             }
         }
-        let info = best.ok_or_else(|| GpuError::NotSupported {
-            op: format!("GPU {gpu}: create the compute instance of GI {}", gi.id),
-            reason: "NVML reports no compute-instance profile for this GPU instance".into(),
-        })?;
+        let gi_slices = self
+            .tables
+            .get(&gpu)
+            .and_then(|t| t.iter().find(|p| p.id == gi.profile_id))
+            .map(|p| u32::from(p.compute_slices))
+            .unwrap_or(0);
+        let (_, profile_id) =
+            default_ci_profile(&offered, gi_slices).ok_or_else(|| GpuError::NotSupported {
+                op: format!("GPU {gpu}: create the compute instance of GI {}", gi.id),
+                reason: "NVML reports no compute-instance profile for this GPU instance".into(),
+            })?;
         let mut ci: nvmlComputeInstance_t = ptr::null_mut();
         // SAFETY: valid GI handle and out pointer.
-        check(unsafe { create(gi.handle, info.id, &mut ci) }, || {
+        check(unsafe { create(gi.handle, profile_id, &mut ci) }, || {
             format!("GPU {gpu}: create the compute instance of GI {}", gi.id)
         })
     }
@@ -759,6 +916,9 @@ impl NvmlBackend {
             })
     }
 
+    /// The event set, registered for XID events on every GPU. It is kept only once every
+    /// registration succeeded: a failed one frees the set, so the next poll starts afresh
+    /// rather than reusing a half-registered set.
     fn ensure_events(&mut self) -> Result<nvmlEventSet_t, GpuError> {
         if let Some(s) = &self.events {
             return Ok(s.0);
@@ -770,28 +930,105 @@ impl NvmlBackend {
         check(unsafe { create(&mut set) }, || {
             "create an NVML event set".into()
         })?;
-        self.events = Some(EventSet(set));
-        for gpu in 0..self.count()? {
-            let dev = self.device(gpu)?;
-            // SAFETY: valid device and set handles.
-            let rc = unsafe { register(dev, u64::from(nvmlEventTypeXidCriticalError), set) };
-            if rc != nvmlReturn_enum_NVML_ERROR_NOT_SUPPORTED {
-                check(rc, || format!("GPU {gpu}: subscribe to XID events"))?;
+        let mut devices = Vec::new();
+        let registered = (|| {
+            for gpu in 0..self.count()? {
+                let dev = self.device(gpu)?;
+                // SAFETY: valid device and set handles.
+                let rc = unsafe { register(dev, u64::from(nvmlEventTypeXidCriticalError), set) };
+                if rc != nvmlReturn_enum_NVML_ERROR_NOT_SUPPORTED {
+                    check(rc, || format!("GPU {gpu}: subscribe to XID events"))?;
+                }
+                devices.push((dev, gpu));
+            }
+            Ok::<(), GpuError>(())
+        })();
+        if let Err(e) = registered {
+            self.free_events(set);
+            return Err(e);
+        }
+        self.events = Some(EventSet(set, devices));
+        Ok(set)
+    }
+
+    fn free_events(&self, set: nvmlEventSet_t) {
+        if let Ok(f) = self.nvml.lib().nvmlEventSetFree.as_ref() {
+            // SAFETY: the set was created by nvmlEventSetCreate, is no longer stored, and is
+            // freed once.
+            unsafe {
+                f(set);
             }
         }
-        Ok(set)
+    }
+
+    /// The MIG device handles of GPU instance `gi_id`, sorted by compute-instance ID.
+    fn mig_handles_of(
+        &self,
+        gpu: u32,
+        dev: nvmlDevice_t,
+        gi_id: u32,
+        op: &str,
+    ) -> Result<Vec<nvmlDevice_t>, GpuError> {
+        if !self.mig_mode_of(gpu, dev)?.current {
+            return Err(GpuError::NotSupported {
+                op: op.to_string(),
+                reason: "MIG mode is disabled: there are no MIG devices; use the GPU's own \
+                         compute mode"
+                    .into(),
+            });
+        }
+        let max_f = sym!(self, nvmlDeviceGetMaxMigDeviceCount)?;
+        let by_index = sym!(self, nvmlDeviceGetMigDeviceHandleByIndex)?;
+        let gi_of = sym!(self, nvmlDeviceGetGpuInstanceId)?;
+        let ci_of = sym!(self, nvmlDeviceGetComputeInstanceId)?;
+        let mut max = 0u32;
+        // SAFETY: valid handle and out pointer.
+        check(unsafe { max_f(dev, &mut max) }, || {
+            format!("{op}: count MIG devices")
+        })?;
+        let mut found = Vec::new();
+        for i in 0..max {
+            let mut mig: nvmlDevice_t = ptr::null_mut();
+            // SAFETY: valid handle and out pointer.
+            let rc = unsafe { by_index(dev, i, &mut mig) };
+            if rc == nvmlReturn_enum_NVML_ERROR_NOT_FOUND
+                || rc == nvmlReturn_enum_NVML_ERROR_INVALID_ARGUMENT
+            {
+                continue;
+            }
+            check(rc, || format!("{op}: get MIG device {i}"))?;
+            let (mut gi, mut ci) = (0u32, 0u32);
+            // SAFETY: a MIG handle NVML just returned; valid out pointers.
+            check(unsafe { gi_of(mig, &mut gi) }, || {
+                format!("{op}: GI of MIG device {i}")
+            })?;
+            if gi != gi_id {
+                continue;
+            }
+            // SAFETY: as above.
+            check(unsafe { ci_of(mig, &mut ci) }, || {
+                format!("{op}: CI of MIG device {i}")
+            })?;
+            found.push((ci, mig));
+        }
+        if found.is_empty() {
+            return Err(GpuError::NotFound {
+                op: op.to_string(),
+                detail: format!(
+                    "no MIG device belongs to GPU instance {gi_id} (no such GI, or it has no \
+                     compute instance yet)"
+                ),
+            });
+        }
+        found.sort_by_key(|f| f.0);
+        Ok(found.into_iter().map(|f| f.1).collect())
     }
 }
 
 impl Drop for NvmlBackend {
     fn drop(&mut self) {
         if let Some(set) = self.events.take() {
-            if let Ok(f) = self.nvml.lib().nvmlEventSetFree.as_ref() {
-                // SAFETY: the set was created by nvmlEventSetCreate and is freed once.
-                unsafe {
-                    f(set.0);
-                }
-            }
+            self.free_events(set.0);
         }
     }
 }
@@ -858,6 +1095,8 @@ impl GpuBackend for NvmlBackend {
     fn create_default_ci(&mut self, gpu: u32, gi_id: u32) -> Result<GpuInstance, GpuError> {
         let dev = self.device(gpu)?;
         let gi = self.gi_by_id(gpu, dev, gi_id)?;
+        // The GI's slice count (for the default CI profile) comes from the profile table.
+        self.table(gpu)?;
         if !self.ci_handles(gpu, &gi)?.is_empty() {
             return Err(GpuError::InsufficientResources {
                 op: format!("GPU {gpu}: create the compute instance of GI {gi_id}"),
@@ -903,30 +1142,63 @@ impl GpuBackend for NvmlBackend {
         } else {
             NVML_DEVICE_MIG_DISABLE
         };
+        let op = format!(
+            "GPU {gpu}: {} MIG mode",
+            if enabled { "enable" } else { "disable" }
+        );
         let mut activation: nvmlReturn_t = nvmlReturn_enum_NVML_SUCCESS;
         // SAFETY: valid handle and out pointer.
-        check(unsafe { f(dev, mode, &mut activation) }, || {
-            format!(
-                "GPU {gpu}: {} MIG mode",
-                if enabled { "enable" } else { "disable" }
-            )
-        })?;
+        check(unsafe { f(dev, mode, &mut activation) }, || op.clone())?;
         self.tables.remove(&gpu);
+        mig_activation(activation, &op)?;
         self.mig_mode_of(gpu, dev)
     }
 
     fn compute_mode(&mut self, gpu: u32) -> Result<ComputeMode, GpuError> {
         let dev = self.device(gpu)?;
+        if self.mig_mode_of(gpu, dev).is_ok_and(|m| m.current) {
+            return Err(checks::compute_mode_is_per_mig_device(format!(
+                "GPU {gpu}: read compute mode"
+            )));
+        }
         self.compute_mode_of(gpu, dev)
     }
 
     fn set_compute_mode(&mut self, gpu: u32, mode: ComputeMode) -> Result<(), GpuError> {
         let dev = self.device(gpu)?;
+        if self.mig_mode_of(gpu, dev).is_ok_and(|m| m.current) {
+            return Err(checks::compute_mode_is_per_mig_device(format!(
+                "GPU {gpu}: set compute mode {mode}"
+            )));
+        }
         let f = sym!(self, nvmlDeviceSetComputeMode)?;
         // SAFETY: valid handle.
         check(unsafe { f(dev, compute_mode_to(mode)) }, || {
             format!("GPU {gpu}: set compute mode {mode}")
         })
+    }
+
+    fn instance_compute_mode(&mut self, gpu: u32, gi_id: u32) -> Result<ComputeMode, GpuError> {
+        let op = format!("GPU {gpu}: read the compute mode of GPU instance {gi_id}");
+        let dev = self.device(gpu)?;
+        let migs = self.mig_handles_of(gpu, dev, gi_id, &op)?;
+        self.compute_mode_of(gpu, migs[0])
+    }
+
+    fn set_instance_compute_mode(
+        &mut self,
+        gpu: u32,
+        gi_id: u32,
+        mode: ComputeMode,
+    ) -> Result<(), GpuError> {
+        let op = format!("GPU {gpu}: set the compute mode of GPU instance {gi_id} to {mode}");
+        let dev = self.device(gpu)?;
+        let f = sym!(self, nvmlDeviceSetComputeMode)?;
+        for mig in self.mig_handles_of(gpu, dev, gi_id, &op)? {
+            // SAFETY: a MIG device handle NVML just returned.
+            check(unsafe { f(mig, compute_mode_to(mode)) }, || op.clone())?;
+        }
+        Ok(())
     }
 
     fn poll_events(&mut self, timeout_ms: u32) -> Result<Vec<GpuEvent>, GpuError> {
@@ -935,7 +1207,8 @@ impl GpuBackend for NvmlBackend {
         let index = sym!(self, nvmlDeviceGetIndex)?;
         let mut out = Vec::new();
         let mut timeout = timeout_ms;
-        while out.len() < 1024 {
+        // Bounded by events read, not kept: skipped events must not make this loop endless.
+        for _ in 0..1024 {
             // SAFETY: plain C struct; zero is valid.
             let mut data: nvmlEventData_t = unsafe { std::mem::zeroed() };
             // SAFETY: a live event set and a valid out pointer.
@@ -943,12 +1216,35 @@ impl GpuBackend for NvmlBackend {
             if rc == nvmlReturn_enum_NVML_ERROR_TIMEOUT {
                 break;
             }
-            check(rc, || "wait for XID events".into())?;
+            if rc != nvmlReturn_enum_NVML_SUCCESS {
+                // The set may be unusable now (driver reloaded, GPU lost): drop it, so the
+                // next poll registers a fresh one, and keep what was read so far.
+                if let Some(s) = self.events.take() {
+                    self.free_events(s.0);
+                }
+                if out.is_empty() {
+                    return Err(error_from_code(rc, "wait for XID events".into()));
+                }
+                break;
+            }
+            // The GPU of the event: from the handles registered, else NVML. An event whose
+            // GPU cannot be found is skipped; the rest of the batch is kept.
+            let known = self
+                .events
+                .as_ref()
+                .and_then(|s| s.1.iter().find(|(d, _)| *d == data.device).map(|(_, i)| *i));
             let mut gpu = 0u32;
-            // SAFETY: the device handle of the event.
-            check(unsafe { index(data.device, &mut gpu) }, || {
-                "find the GPU of an XID event".into()
-            })?;
+            let gpu = match known {
+                Some(i) => i,
+                // SAFETY: the device handle of the event; valid out pointer.
+                None if unsafe { index(data.device, &mut gpu) } == nvmlReturn_enum_NVML_SUCCESS => {
+                    gpu
+                }
+                None => {
+                    timeout = 0;
+                    continue;
+                }
+            };
             let id = |v: u32| (v != NO_ID).then_some(v);
             out.push(GpuEvent {
                 gpu,
@@ -980,6 +1276,79 @@ mod tests {
         assert!(error_from_code(nvmlReturn_enum_NVML_ERROR_TIMEOUT, op()).is_transient());
         assert!(error_from_code(12345, op()).is_transient());
         assert!(!error_from_code(nvmlReturn_enum_NVML_ERROR_NO_PERMISSION, op()).is_transient());
+    }
+
+    #[test]
+    fn profile_scans_go_past_the_bindings_count_until_invalid_argument() {
+        // A driver whose table has 20 GI profiles (newer than the bindings' 17), with 3 and 6
+        // not offered on this GPU and 11 reported as a gap with INVALID_ARGUMENT.
+        let driver = |idx: u32| match idx {
+            3 | 6 => nvmlReturn_enum_NVML_ERROR_NOT_SUPPORTED,
+            11 => nvmlReturn_enum_NVML_ERROR_INVALID_ARGUMENT,
+            0..=19 => nvmlReturn_enum_NVML_SUCCESS,
+            _ => nvmlReturn_enum_NVML_ERROR_INVALID_ARGUMENT,
+        };
+        let seen: Vec<u32> = scan_profiles(NVML_GPU_INSTANCE_PROFILE_COUNT, driver)
+            .into_iter()
+            .map(|(i, _)| i)
+            .collect();
+        let want: Vec<u32> = (0..20).filter(|i| ![3, 6, 11].contains(i)).collect();
+        assert_eq!(seen, want);
+        assert!(
+            seen.contains(&17) && seen.contains(&19),
+            "past the old count"
+        );
+        // A driver that never says INVALID_ARGUMENT is cut off, not looped on forever.
+        let endless = scan_profiles(8, |_| nvmlReturn_enum_NVML_ERROR_NOT_SUPPORTED);
+        assert!(endless.is_empty());
+        // Other errors are kept for the caller to report.
+        let odd = scan_profiles(1, |i| {
+            if i == 0 {
+                nvmlReturn_enum_NVML_ERROR_NO_PERMISSION
+            } else {
+                nvmlReturn_enum_NVML_ERROR_INVALID_ARGUMENT
+            }
+        });
+        assert_eq!(odd, vec![(0, nvmlReturn_enum_NVML_ERROR_NO_PERMISSION)]);
+    }
+
+    #[test]
+    fn the_default_compute_instance_matches_nvidia_smi() {
+        // 3g.40gb (a100-80gb_lcip_1.txt): 1c (idx 0), 2c (idx 1), 3g (idx 2, marked *).
+        let a100 = [(0, 0, 1), (1, 1, 2), (2, 2, 3)];
+        assert_eq!(default_ci_profile(&a100, 3), Some((2, 2)));
+        // 2g.12gb (a30_lcip_1.txt): 1c (0), 2g (1, marked *).
+        assert_eq!(default_ci_profile(&[(0, 0, 1), (1, 1, 2)], 2), Some((1, 1)));
+        // 1g.20gb: 1_SLICE (idx 0) and 1_SLICE_REV1 (idx 7) both span the GI; nvidia-smi's
+        // default is REV1. The old rule (first with most slices) took 1_SLICE.
+        let double_mem = [(0, 0, 1), (7, 7, 1)];
+        assert_eq!(default_ci_profile(&double_mem, 1), Some((7, 7)));
+        // Unknown GI size: the largest profile.
+        assert_eq!(default_ci_profile(&a100, 0), Some((2, 2)));
+        assert_eq!(default_ci_profile(&[], 1), None);
+    }
+
+    #[test]
+    fn mig_activation_status_is_not_ignored() {
+        assert!(mig_activation(nvmlReturn_enum_NVML_SUCCESS, "GPU 0: enable MIG mode").is_ok());
+        // Pending until a reset: the mode read back shows it.
+        assert!(mig_activation(nvmlReturn_enum_NVML_ERROR_RESET_REQUIRED, "x").is_ok());
+        let e = mig_activation(nvmlReturn_enum_NVML_ERROR_IN_USE, "GPU 0: enable MIG mode")
+            .unwrap_err();
+        assert!(matches!(e, GpuError::InUse { .. }), "{e}");
+        assert!(e.to_string().contains("stays pending"), "{e}");
+        assert!(mig_activation(nvmlReturn_enum_NVML_ERROR_NO_PERMISSION, "x").is_err());
+    }
+
+    #[test]
+    fn a_driver_version_mismatch_is_not_retried() {
+        let e = error_from_code(
+            nvmlReturn_enum_NVML_ERROR_LIB_RM_VERSION_MISMATCH,
+            "wait for XID events".into(),
+        );
+        assert!(matches!(e, GpuError::DriverMismatch { .. }), "{e}");
+        assert!(!e.is_transient());
+        assert!(e.to_string().contains("reboot"), "{e}");
     }
 
     #[test]

@@ -106,6 +106,13 @@ pub struct SimGi {
     pub cis: Vec<SimCi>,
     /// Simulated processes.
     pub pids: Vec<u32>,
+    /// Compute mode of the GI's MIG device(s): with MIG on, compute mode is per MIG device.
+    #[serde(default)]
+    pub compute_mode: ComputeMode,
+    /// Held by something NVML does not list as a compute process (DCGM, persistenced): the
+    /// instance looks idle, but destroying it is refused with `InUse` and no PIDs, as on NVML.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub held_unlisted: bool,
 }
 
 /// One simulated compute instance.
@@ -312,6 +319,7 @@ pub struct SimBackend {
     reached_by_point: BTreeMap<CrashPoint, u32>,
     crashed: Option<&'static str>,
     stats: SimStats,
+    unprivileged: bool,
 }
 
 #[derive(Debug)]
@@ -339,6 +347,7 @@ impl SimBackend {
             reached_by_point: BTreeMap::new(),
             crashed: None,
             stats: SimStats::default(),
+            unprivileged: false,
         })
     }
 
@@ -354,19 +363,59 @@ impl SimBackend {
         Ok(b)
     }
 
-    /// Open a state file, holding its lock until the backend is dropped.
+    /// Open a state file, holding its lock until the backend is dropped (waits while another
+    /// process holds it).
     pub fn open(path: &Path, catalog: Catalog, config: SimConfig) -> Result<Self, GpuError> {
+        Self::check_exists(path)?;
+        let lock = lock_file(path)?;
+        Self::load(path, catalog, config, Some(lock))
+    }
+
+    /// Like [`SimBackend::open`], but `Ok(None)` at once when another process holds the lock
+    /// (a running `tessera serve` holds its state file's lock for its whole life).
+    pub fn try_open(
+        path: &Path,
+        catalog: Catalog,
+        config: SimConfig,
+    ) -> Result<Option<Self>, GpuError> {
+        Self::check_exists(path)?;
+        match lock_file_with(path, false)? {
+            Some(lock) => Self::load(path, catalog, config, Some(lock)).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// A read-only snapshot of a state file, without its lock: the file is always replaced
+    /// atomically, so it is whole, but it may be out of date a moment later. Changes made on
+    /// the returned backend are never written.
+    pub fn snapshot(path: &Path, catalog: Catalog, config: SimConfig) -> Result<Self, GpuError> {
+        Self::check_exists(path)?;
+        Self::load(path, catalog, config, None)
+    }
+
+    fn check_exists(path: &Path) -> Result<(), GpuError> {
+        if !path.is_file() {
+            return Err(GpuError::State {
+                path: path.to_path_buf(),
+                detail:
+                    "no such file; create it with `tessera sim-gpu init STATE --gpus h100-80gb:1`"
+                        .into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Read and check the state file; with `lock`, changes are written back to it.
+    fn load(
+        path: &Path,
+        catalog: Catalog,
+        config: SimConfig,
+        lock: Option<File>,
+    ) -> Result<Self, GpuError> {
         let bad = |detail: String| GpuError::State {
             path: path.to_path_buf(),
             detail,
         };
-        if !path.is_file() {
-            return Err(bad(
-                "no such file; create it with `tessera sim-gpu init STATE --gpus h100-80gb:1`"
-                    .into(),
-            ));
-        }
-        let lock = lock_file(path)?;
         let text = fs::read_to_string(path).map_err(|e| {
             if e.kind() == std::io::ErrorKind::NotFound {
                 bad(
@@ -392,7 +441,7 @@ impl SimBackend {
             GpuError::State { detail, .. } => bad(detail),
             other => other,
         })?;
-        b.file = Some(StateFile {
+        b.file = lock.map(|lock| StateFile {
             path: path.to_path_buf(),
             _lock: lock,
         });
@@ -519,6 +568,59 @@ impl SimBackend {
                 op: format!("GPU {gpu}: {what}"),
                 detail: format!("no GPU instance starts at memory slice {start}"),
             })
+    }
+
+    /// Act as an unprivileged caller (not root): on a MIG-enabled GPU NVML then answers
+    /// `NO_PERMISSION` for the parent's memory info, the instance and placement lists, and
+    /// every change. Not stored in the state file: it is a property of the caller.
+    pub fn set_unprivileged(&mut self, unprivileged: bool) {
+        self.unprivileged = unprivileged;
+    }
+
+    /// Mark the instance at `start` as held by something NVML does not list as a compute
+    /// process (a monitoring agent, the persistence daemon), or release it.
+    pub fn set_held_unlisted(&mut self, gpu: u32, start: u8, held: bool) -> Result<(), GpuError> {
+        self.gi_at_mut(gpu, start, "hold the GPU instance")?
+            .held_unlisted = held;
+        self.persist()
+    }
+
+    /// `NO_PERMISSION` for an unprivileged caller: `always` for changes, else only on a
+    /// MIG-enabled GPU (the privileged MIG queries).
+    fn privileged(&self, gpu: u32, op: &str, always: bool) -> Result<(), GpuError> {
+        if !self.unprivileged {
+            return Ok(());
+        }
+        let mig_on = self
+            .gpu_ref(gpu, op)
+            .map(|g| g.mig.current)
+            .unwrap_or(false);
+        if always || mig_on {
+            return Err(GpuError::NoPermission { op: op.to_string() });
+        }
+        Ok(())
+    }
+
+    /// The GI `gi_id` of a MIG-enabled GPU that has a compute instance, for the per-MIG-device
+    /// compute mode.
+    fn mig_device_gi(&mut self, gpu: u32, gi_id: u32, op: &str) -> Result<&mut SimGi, GpuError> {
+        let g = self.gpu_mut(gpu, op)?;
+        if !g.mig.current {
+            return Err(GpuError::NotSupported {
+                op: op.to_string(),
+                reason: "MIG mode is disabled: there are no MIG devices; use the GPU's own \
+                         compute mode"
+                    .into(),
+            });
+        }
+        match g.instances.iter_mut().find(|i| i.gi_id == gi_id) {
+            Some(gi) if !gi.cis.is_empty() => Ok(gi),
+            Some(_) => Err(GpuError::NotFound {
+                op: op.to_string(),
+                detail: format!("GPU instance {gi_id} has no compute instance (no MIG device)"),
+            }),
+            None => Err(checks::no_such_gi(op.to_string(), gpu, gi_id)),
+        }
     }
 
     /// A GPU instance that this call has already found or made.
@@ -665,24 +767,41 @@ impl GpuBackend for SimBackend {
 
     fn gpus(&mut self) -> Result<Vec<GpuInfo>, GpuError> {
         self.enter("list GPUs", false)?;
+        let unprivileged = self.unprivileged;
         Ok(self
             .state
             .gpus
             .iter()
-            .map(|g| GpuInfo {
-                index: g.index,
-                uuid: g.uuid.clone(),
-                name: g.name.clone(),
-                model: Some(g.model.clone()),
-                memory_mib: g.memory_mib,
-                mig: Some(g.mig),
-                compute_mode: Some(g.compute_mode),
+            .map(|g| {
+                // As NVML: the parent's memory info needs privileges on a MIG-enabled GPU, and
+                // the compute mode belongs to the MIG devices there.
+                let hide_memory = unprivileged && g.mig.current;
+                let mut unreadable = Vec::new();
+                if hide_memory {
+                    unreadable.push(
+                        "memory: NVML_ERROR_NO_PERMISSION (the whole GPU's memory on a \
+                         MIG-enabled GPU needs root)"
+                            .to_string(),
+                    );
+                }
+                GpuInfo {
+                    index: g.index,
+                    uuid: g.uuid.clone(),
+                    name: g.name.clone(),
+                    model: Some(g.model.clone()),
+                    memory_mib: if hide_memory { 0 } else { g.memory_mib },
+                    mig: Some(g.mig),
+                    compute_mode: (!g.mig.current).then_some(g.compute_mode),
+                    unreadable,
+                }
             })
             .collect())
     }
 
     fn profiles(&mut self, gpu: u32) -> Result<Vec<ProfileInfo>, GpuError> {
-        self.enter(&format!("GPU {gpu}: read the profile table"), false)?;
+        let op = format!("GPU {gpu}: read the profile table");
+        self.enter(&op, false)?;
+        self.privileged(gpu, &op, false)?;
         let model = self.model_of(gpu)?;
         let mut t = catalog_profiles(model);
         t.sort_by_key(|p| p.nvml_index);
@@ -692,6 +811,7 @@ impl GpuBackend for SimBackend {
     fn instances(&mut self, gpu: u32) -> Result<Vec<GpuInstance>, GpuError> {
         let op = format!("GPU {gpu}: list GPU instances");
         self.enter(&op, false)?;
+        self.privileged(gpu, &op, false)?;
         let g = self.gpu_ref(gpu, "list GPU instances")?;
         if !g.mig.current {
             return Err(checks::mig_off_for_list(op));
@@ -708,6 +828,7 @@ impl GpuBackend for SimBackend {
     fn create_gi(&mut self, gpu: u32, profile: &str, start: u8) -> Result<GpuInstance, GpuError> {
         let op = format!("GPU {gpu}: create GPU instance {profile}@{start}");
         let fail_after = self.enter(&op, true)?;
+        self.privileged(gpu, &op, true)?;
         let g = self.gpu_ref(gpu, &format!("create GPU instance {profile}@{start}"))?;
         if !g.mig.current {
             return Err(checks::mig_off_for_create(op));
@@ -769,6 +890,8 @@ impl GpuBackend for SimBackend {
             start,
             cis: Vec::new(),
             pids: Vec::new(),
+            compute_mode: ComputeMode::Default,
+            held_unlisted: false,
         });
         g.instances.sort_by_key(|i| i.start);
         self.stats.mutations += 1;
@@ -807,6 +930,7 @@ impl GpuBackend for SimBackend {
         let gpu = instance.gpu();
         let op = checks::destroy_op(instance);
         let fail_after = self.enter(&op, true)?;
+        self.privileged(gpu, &op, true)?;
         let g = self.gpu_ref(gpu, &format!("destroy GPU instance {}", instance.spec()))?;
         let now = g
             .instances
@@ -818,6 +942,10 @@ impl GpuBackend for SimBackend {
                 self.stats.busy_destroy_attempts += 1;
             }
             return Err(e);
+        }
+        if self.known_gi_mut(gpu, instance.gi_id())?.held_unlisted {
+            self.stats.busy_destroy_attempts += 1;
+            return Err(GpuError::InUse { op, pids: vec![] });
         }
         let gi = self.known_gi_mut(gpu, instance.gi_id())?;
         let had_ci = !gi.cis.is_empty();
@@ -867,14 +995,48 @@ impl GpuBackend for SimBackend {
     }
 
     fn compute_mode(&mut self, gpu: u32) -> Result<ComputeMode, GpuError> {
-        self.enter(&format!("GPU {gpu}: read compute mode"), false)?;
-        Ok(self.gpu_ref(gpu, "read compute mode")?.compute_mode)
+        let op = format!("GPU {gpu}: read compute mode");
+        self.enter(&op, false)?;
+        let g = self.gpu_ref(gpu, "read compute mode")?;
+        if g.mig.current {
+            return Err(checks::compute_mode_is_per_mig_device(op));
+        }
+        Ok(g.compute_mode)
     }
 
     fn set_compute_mode(&mut self, gpu: u32, mode: ComputeMode) -> Result<(), GpuError> {
         let op = format!("GPU {gpu}: set compute mode {mode}");
         let fail_after = self.enter(&op, true)?;
-        self.gpu_mut(gpu, "set compute mode")?.compute_mode = mode;
+        self.privileged(gpu, &op, true)?;
+        let g = self.gpu_mut(gpu, "set compute mode")?;
+        if g.mig.current {
+            return Err(checks::compute_mode_is_per_mig_device(op));
+        }
+        g.compute_mode = mode;
+        self.stats.mutations += 1;
+        self.persist()?;
+        if fail_after {
+            return Err(Self::fault_after(&op));
+        }
+        Ok(())
+    }
+
+    fn instance_compute_mode(&mut self, gpu: u32, gi_id: u32) -> Result<ComputeMode, GpuError> {
+        let op = format!("GPU {gpu}: read the compute mode of GPU instance {gi_id}");
+        self.enter(&op, false)?;
+        Ok(self.mig_device_gi(gpu, gi_id, &op)?.compute_mode)
+    }
+
+    fn set_instance_compute_mode(
+        &mut self,
+        gpu: u32,
+        gi_id: u32,
+        mode: ComputeMode,
+    ) -> Result<(), GpuError> {
+        let op = format!("GPU {gpu}: set the compute mode of GPU instance {gi_id} to {mode}");
+        let fail_after = self.enter(&op, true)?;
+        self.privileged(gpu, &op, true)?;
+        self.mig_device_gi(gpu, gi_id, &op)?.compute_mode = mode;
         self.stats.mutations += 1;
         self.persist()?;
         if fail_after {
@@ -894,8 +1056,16 @@ impl GpuBackend for SimBackend {
 }
 
 /// Take an exclusive advisory lock on `PATH.lock` (released when the file is closed,
-/// including when the process dies).
-fn lock_file(path: &Path) -> Result<File, GpuError> {
+/// including when the process dies), waiting while another process holds it.
+pub(crate) fn lock_file(path: &Path) -> Result<File, GpuError> {
+    lock_file_with(path, true)?.ok_or_else(|| GpuError::State {
+        path: path.to_path_buf(),
+        detail: "a blocking lock returned without the lock".into(),
+    })
+}
+
+/// Like [`lock_file`]; with `wait` false, `Ok(None)` when another process holds the lock.
+fn lock_file_with(path: &Path, wait: bool) -> Result<Option<File>, GpuError> {
     let mut lock_path = path.as_os_str().to_owned();
     lock_path.push(".lock");
     let lock_path = PathBuf::from(lock_path);
@@ -911,16 +1081,25 @@ fn lock_file(path: &Path) -> Result<File, GpuError> {
     #[cfg(unix)]
     {
         use std::os::unix::io::AsRawFd;
+        let op = if wait {
+            libc::LOCK_EX
+        } else {
+            libc::LOCK_EX | libc::LOCK_NB
+        };
         // SAFETY: flock on a valid, open file descriptor owned by `f`.
-        let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) };
+        let rc = unsafe { libc::flock(f.as_raw_fd(), op) };
         if rc != 0 {
+            let e = std::io::Error::last_os_error();
+            if !wait && e.kind() == std::io::ErrorKind::WouldBlock {
+                return Ok(None);
+            }
             return Err(GpuError::State {
                 path: lock_path,
-                detail: format!("cannot lock: {}", std::io::Error::last_os_error()),
+                detail: format!("cannot lock: {e}"),
             });
         }
     }
-    Ok(f)
+    Ok(Some(f))
 }
 
 /// Write `bytes` to `path` atomically: a temp file in the same directory, fsync, rename, then
@@ -1147,5 +1326,28 @@ mod tests {
         fs::write(&path, "{\"format\":\"x\"}").unwrap();
         let e = SimBackend::open(&path, c, SimConfig::default()).unwrap_err();
         assert!(e.to_string().contains("not a sim state file"), "{e}");
+    }
+
+    #[test]
+    fn a_held_lock_gives_none_at_once_and_a_snapshot_reads_without_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.json");
+        let c = Catalog::builtin().clone();
+        let st = SimState::new(&c, &[("h100-80gb".into(), 1)], 9, true).unwrap();
+        let mut holder = SimBackend::create(&path, st, c.clone()).unwrap();
+        holder.create_gi(0, "3g.40gb", 4).unwrap();
+        // flock conflicts between open file descriptions, even in one process.
+        assert!(SimBackend::try_open(&path, c.clone(), SimConfig::default())
+            .unwrap()
+            .is_none());
+        let mut snap = SimBackend::snapshot(&path, c.clone(), SimConfig::default()).unwrap();
+        assert_eq!(snap.instances(0).unwrap()[0].spec(), "3g.40gb@4");
+        // Changes on a snapshot are never written.
+        snap.create_gi(0, "1g.10gb", 0).unwrap();
+        drop(holder);
+        let mut b = SimBackend::try_open(&path, c, SimConfig::default())
+            .unwrap()
+            .expect("the lock is free again");
+        assert_eq!(b.instances(0).unwrap().len(), 1);
     }
 }

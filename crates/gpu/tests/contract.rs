@@ -5,7 +5,9 @@
 
 use tessera_gpu::nvml::NvmlBackend;
 use tessera_gpu::sim::parse_gpu_list;
-use tessera_gpu::{GpuBackend, GpuError, GpuInstance, SimBackend, SimConfig, SimState};
+use tessera_gpu::{
+    ComputeMode, GpuBackend, GpuError, GpuInstance, SimBackend, SimConfig, SimState,
+};
 use tessera_model::Catalog;
 
 /// Read-only checks on every GPU.
@@ -16,12 +18,37 @@ fn contract_inventory(b: &mut dyn GpuBackend) {
         assert_eq!(g.index as usize, i, "GPUs come in index order");
         assert!(g.uuid.starts_with("GPU-"), "{}", g.uuid);
         assert!(!g.name.is_empty());
-        assert!(g.memory_mib > 0, "GPU {i} reports no memory");
+        // Memory may be unreadable (an unprivileged caller on a MIG GPU), but then it says so.
+        let memory_hidden = g.unreadable.iter().any(|u| u.starts_with("memory"));
+        assert!(
+            g.memory_mib > 0 || memory_hidden,
+            "GPU {i} reports no memory and no reason: {g:?}"
+        );
         if let Some(mig) = g.mig {
             assert_eq!(b.mig_mode(g.index).unwrap(), mig);
         }
-        b.compute_mode(g.index).expect("compute mode readable");
         match g.mig {
+            // nvml.h: with MIG on the compute mode belongs to each MIG device.
+            Some(m) if m.current => {
+                assert_eq!(g.compute_mode, None, "GPU {i}");
+                assert!(
+                    matches!(b.compute_mode(g.index), Err(GpuError::NotSupported { .. })),
+                    "GPU {i}: the parent's compute mode with MIG on must be NotSupported"
+                );
+            }
+            _ => {
+                let mode = b.compute_mode(g.index).expect("compute mode readable");
+                assert_eq!(g.compute_mode, Some(mode));
+            }
+        }
+        match g.mig {
+            Some(m) if m.current && memory_hidden => {
+                // Unprivileged: the instance list must be refused, never shown empty.
+                assert!(
+                    matches!(b.instances(g.index), Err(GpuError::NoPermission { .. })),
+                    "GPU {i}: an unprivileged caller must get NoPermission"
+                );
+            }
             Some(m) if m.current => {
                 let table = b.profiles(g.index).expect("profile table");
                 assert!(!table.is_empty(), "GPU {i}: MIG on but no profiles");
@@ -32,6 +59,10 @@ fn contract_inventory(b: &mut dyn GpuBackend) {
                 }
                 let inst = b.instances(g.index).expect("instances");
                 check_instances(&inst, &table);
+                for gi in inst.iter().filter(|gi| !gi.compute_instances.is_empty()) {
+                    b.instance_compute_mode(g.index, gi.gi_id)
+                        .expect("the MIG device's compute mode is readable");
+                }
             }
             _ => {
                 assert!(
@@ -150,6 +181,35 @@ fn contract_busy(b: &mut dyn GpuBackend, gpu: u32, make_busy: &mut dyn FnMut(u8)
     assert_eq!(b.instances(gpu).unwrap()[0].uuid, made.uuid);
 }
 
+/// With MIG on, compute mode is set per MIG device: one instance's change leaves the other's
+/// alone, and the parent refuses. Creates two instances and destroys them again.
+fn contract_instance_compute_mode(b: &mut dyn GpuBackend, gpu: u32, profile: &str) {
+    let table = b.profiles(gpu).unwrap();
+    let p = table.iter().find(|p| p.name == profile).unwrap().clone();
+    let x = b.create_gi(gpu, profile, p.placements[0]).unwrap();
+    let y = b.create_gi(gpu, profile, p.placements[1]).unwrap();
+    let before = b.instance_compute_mode(gpu, y.gi_id).unwrap();
+    let target = if before == ComputeMode::Prohibited {
+        ComputeMode::ExclusiveProcess
+    } else {
+        ComputeMode::Prohibited
+    };
+    b.set_instance_compute_mode(gpu, x.gi_id, target).unwrap();
+    assert_eq!(b.instance_compute_mode(gpu, x.gi_id).unwrap(), target);
+    assert_eq!(b.instance_compute_mode(gpu, y.gi_id).unwrap(), before);
+    assert!(matches!(
+        b.set_compute_mode(gpu, ComputeMode::Default),
+        Err(GpuError::NotSupported { .. })
+    ));
+    assert!(matches!(
+        b.instance_compute_mode(gpu, 999),
+        Err(GpuError::NotFound { .. })
+    ));
+    b.set_instance_compute_mode(gpu, x.gi_id, before).unwrap();
+    b.destroy_gi(&x.idle().unwrap()).unwrap();
+    b.destroy_gi(&y.idle().unwrap()).unwrap();
+}
+
 fn sim(mig: bool) -> SimBackend {
     let c = Catalog::builtin().clone();
     let st = SimState::new(
@@ -169,6 +229,63 @@ fn sim_backend_meets_the_contract() {
     for gpu in 0..4 {
         contract_create_destroy(&mut b, gpu);
     }
+}
+
+#[test]
+fn sim_compute_mode_is_per_mig_device() {
+    let mut b = sim(true);
+    contract_instance_compute_mode(&mut b, 0, "1g.10gb");
+    // MIG off: there are no MIG devices.
+    let mut off = sim(false);
+    assert!(matches!(
+        off.instance_compute_mode(0, 1),
+        Err(GpuError::NotSupported { .. })
+    ));
+}
+
+#[test]
+fn sim_unprivileged_callers_get_what_can_be_read() {
+    let mut b = sim(true);
+    b.create_gi(0, "3g.40gb", 0).unwrap();
+    b.set_unprivileged(true);
+    // The inventory still works; memory is reported unreadable, with the reason.
+    contract_inventory(&mut b);
+    let g = &b.gpus().unwrap()[0];
+    assert_eq!(g.memory_mib, 0);
+    assert!(
+        g.unreadable[0].contains("NO_PERMISSION"),
+        "{:?}",
+        g.unreadable
+    );
+    assert!(matches!(b.profiles(0), Err(GpuError::NoPermission { .. })));
+    // With MIG off everything is readable, but changes still need root.
+    let mut off = sim(false);
+    off.set_unprivileged(true);
+    contract_inventory(&mut off);
+    assert!(off.gpus().unwrap().iter().all(|g| g.unreadable.is_empty()));
+    assert!(matches!(
+        off.set_compute_mode(0, ComputeMode::ExclusiveProcess),
+        Err(GpuError::NoPermission { .. })
+    ));
+}
+
+#[test]
+fn sim_in_use_with_no_process_listed_names_the_likely_holders() {
+    let mut b = sim(true);
+    let p = b.create_gi(0, "1g.10gb", 0).unwrap();
+    b.set_held_unlisted(0, 0, true).unwrap();
+    // It looks idle (no compute process), as on NVML, yet cannot be destroyed.
+    let seen = b.instances(0).unwrap();
+    let idle = seen[0].idle().expect("no process listed");
+    let e = b.destroy_gi(&idle).unwrap_err();
+    assert!(
+        matches!(&e, GpuError::InUse { pids, .. } if pids.is_empty()),
+        "{e}"
+    );
+    assert!(e.to_string().contains("nvidia-persistenced"), "{e}");
+    assert_eq!(b.instances(0).unwrap().len(), 1, "nothing destroyed");
+    b.set_held_unlisted(0, 0, false).unwrap();
+    b.destroy_gi(&p.idle().unwrap()).unwrap();
 }
 
 #[test]
@@ -212,7 +329,11 @@ fn nvml_backend_meets_the_contract_when_a_gpu_is_lent() {
             g.mig.is_some_and(|m| m.current) && b.instances(g.index).is_ok_and(|i| i.is_empty())
         });
         match target {
-            Some(g) => contract_create_destroy(&mut b, g.index),
+            Some(g) => {
+                contract_create_destroy(&mut b, g.index);
+                let small = b.profiles(g.index).unwrap()[0].name.clone();
+                contract_instance_compute_mode(&mut b, g.index, &small);
+            }
             None => println!("skipped mutating part: no MIG-enabled GPU without instances"),
         }
     }
@@ -274,6 +395,20 @@ impl GpuBackend for Proxy {
         mode: tessera_gpu::ComputeMode,
     ) -> Result<(), GpuError> {
         self.0.lock().unwrap().set_compute_mode(gpu, mode)
+    }
+    fn instance_compute_mode(&mut self, gpu: u32, gi_id: u32) -> Result<ComputeMode, GpuError> {
+        self.0.lock().unwrap().instance_compute_mode(gpu, gi_id)
+    }
+    fn set_instance_compute_mode(
+        &mut self,
+        gpu: u32,
+        gi_id: u32,
+        mode: ComputeMode,
+    ) -> Result<(), GpuError> {
+        self.0
+            .lock()
+            .unwrap()
+            .set_instance_compute_mode(gpu, gi_id, mode)
     }
     fn poll_events(&mut self, timeout_ms: u32) -> Result<Vec<tessera_gpu::GpuEvent>, GpuError> {
         self.0.lock().unwrap().poll_events(timeout_ms)

@@ -40,12 +40,22 @@ pub enum CatalogError {
         problem: String,
     },
     /// No model matches the query.
-    #[error("unknown GPU `{query}`; known models: {}", known.join(", "))]
+    #[error("unknown GPU `{query}`{}; known models: {}", suggestion.as_deref().map(|s| format!("; did you mean `{s}`?")).unwrap_or_default(), known.join(", "))]
     UnknownGpu {
         /// What the user asked for.
         query: String,
+        /// The closest key or alias, when one is close enough to be a typo.
+        suggestion: Option<String>,
         /// Keys of every known model.
         known: Vec<String>,
+    },
+    /// The query names a family with several models (`a100`: 40 GB and 80 GB boards).
+    #[error("`{query}` could be any of {}; give one of these keys", candidates.join(", "))]
+    AmbiguousGpu {
+        /// What the user asked for.
+        query: String,
+        /// Keys of the models it could mean.
+        candidates: Vec<String>,
     },
 }
 
@@ -296,8 +306,9 @@ impl Catalog {
         }
     }
 
-    /// Find a model by key, alias, NVML product name (case-insensitive) or PCI device ID
-    /// (`0x233010DE`, `0x2330` or `2330`).
+    /// Find a model by key, alias, NVML product name (case-insensitive), PCI device ID
+    /// (`0x233010DE`, `0x2330` or `2330`), or family name when only one model's key is the
+    /// family plus a memory size (`h100` -> `h100-80gb`; `a100` fits two and finds nothing).
     pub fn get(&self, query: &str) -> Option<&GpuModel> {
         let q = query.trim();
         let ql = q.to_ascii_lowercase();
@@ -317,14 +328,69 @@ impl Catalog {
                         .any(|id| normalize_pci_id(id) == Some(want))
                 })
             })
+            .or_else(|| match self.family(q).as_slice() {
+                [only] => Some(*only),
+                _ => None,
+            })
     }
 
-    /// Like [`Catalog::get`], but an unknown query is an error listing the known keys.
+    /// Like [`Catalog::get`], but an unknown query is an error naming the closest key (a
+    /// typo), or the candidates when a family name fits several models.
     pub fn lookup(&self, query: &str) -> Result<&GpuModel, CatalogError> {
-        self.get(query).ok_or_else(|| CatalogError::UnknownGpu {
+        if let Some(m) = self.get(query) {
+            return Ok(m);
+        }
+        let family = self.family(query);
+        if family.len() > 1 {
+            return Err(CatalogError::AmbiguousGpu {
+                query: query.to_string(),
+                candidates: family.iter().map(|m| m.key.clone()).collect(),
+            });
+        }
+        let names = self
+            .models
+            .iter()
+            .flat_map(|m| std::iter::once(&m.key).chain(&m.aliases))
+            .map(String::as_str);
+        Err(CatalogError::UnknownGpu {
             query: query.to_string(),
+            suggestion: crate::suggest::did_you_mean(query, names).map(str::to_string),
             known: self.models.iter().map(|m| m.key.clone()).collect(),
         })
+    }
+
+    /// Models whose key is the family name plus a memory size (`h100` -> `h100-80gb`; `a100`
+    /// -> `a100-40gb`, `a100-80gb`); variants such as `h100-pcie-80gb` are not part of it.
+    /// A daemon can resolve an ambiguous family to the one member its machine has.
+    pub fn family(&self, query: &str) -> Vec<&GpuModel> {
+        let q = query.trim().to_ascii_lowercase();
+        if q.is_empty() {
+            return Vec::new();
+        }
+        self.models
+            .iter()
+            .filter(|m| {
+                m.key.strip_prefix(&q).is_some_and(|rest| {
+                    rest.strip_prefix('-')
+                        .and_then(|r| r.strip_suffix("gb"))
+                        .is_some_and(|n| !n.is_empty() && n.chars().all(|c| c.is_ascii_digit()))
+                })
+            })
+            .collect()
+    }
+
+    /// The closest profile name of any model to a mistyped `name`, for "did you mean".
+    pub fn suggest_profile(&self, name: &str) -> Option<&str> {
+        let names = self
+            .models
+            .iter()
+            .flat_map(|m| m.profiles.iter().map(|p| p.name.as_str()));
+        crate::suggest::did_you_mean(name.trim().trim_start_matches("MIG "), names)
+    }
+
+    /// Whether any model has a profile of this name.
+    pub fn has_profile(&self, name: &str) -> bool {
+        self.models.iter().any(|m| m.profile_named(name).is_some())
     }
 }
 
@@ -481,6 +547,33 @@ mod tests {
         for m in &c.models {
             m.check().unwrap();
         }
+    }
+
+    #[test]
+    fn family_names_resolve_only_when_one_model_fits() {
+        let c = Catalog::builtin();
+        assert_eq!(c.lookup("h100").unwrap().key, "h100-80gb");
+        assert_eq!(c.lookup("H100").unwrap().key, "h100-80gb");
+        match c.lookup("a100") {
+            Err(CatalogError::AmbiguousGpu { candidates, .. }) => {
+                assert_eq!(candidates, ["a100-40gb", "a100-80gb"]);
+            }
+            other => panic!("{other:?}"),
+        }
+        let msg = c.lookup("a100").unwrap_err().to_string();
+        assert!(msg.contains("a100-40gb, a100-80gb"), "{msg}");
+    }
+
+    #[test]
+    fn a_typo_names_the_closest_model_and_profile() {
+        let c = Catalog::builtin();
+        let msg = c.lookup("h100-80g").unwrap_err().to_string();
+        assert!(msg.contains("did you mean `h100-80gb`?"), "{msg}");
+        let msg = c.lookup("quantum-9000").unwrap_err().to_string();
+        assert!(!msg.contains("did you mean"), "{msg}");
+        assert_eq!(c.suggest_profile("3g.40g"), Some("3g.40gb"));
+        assert_eq!(c.suggest_profile("MIG 7g.80"), Some("7g.80gb"));
+        assert!(c.has_profile("MIG 1g.10gb") && !c.has_profile("1g.10g"));
     }
 
     #[test]

@@ -8,6 +8,7 @@
 pub mod catalog;
 pub mod import;
 pub mod layout;
+pub mod suggest;
 
 pub use catalog::{Catalog, CatalogError, Engines, GiProfile, GpuModel, ProfileIdx};
 pub use layout::{Layout, LayoutError, LayoutState, Placed, Violation};

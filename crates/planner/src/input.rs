@@ -1,5 +1,6 @@
 //! Input documents: the cluster (nodes, their GPUs, each GPU's mode and current slices) and the
-//! pending requests. Both are read from YAML or JSON text; the caller reads the files.
+//! pending requests. Both are read from YAML or JSON text; the caller reads the files. They may
+//! be one document ([`PlanDocument`], as below) or two ([`ClusterSpec`], [`RequestsFile`]).
 //!
 //! ```yaml
 //! # cluster
@@ -302,6 +303,31 @@ impl From<RequestSpec> for RawRequest {
 pub struct RequestsFile {
     /// The pending requests, in arrival order (ties between equal requests go to the earlier).
     pub requests: Vec<RequestSpec>,
+}
+
+/// One document holding the cluster and, optionally, the requests: `{nodes: [...], requests:
+/// [...]}` (the example at the top of this module as one file).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlanDocument {
+    /// The nodes, as in [`ClusterSpec`].
+    pub nodes: Vec<NodeSpec>,
+    /// The pending requests, as in [`RequestsFile`]; `None` when the document has no
+    /// `requests` key (they come from another file).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests: Option<Vec<RequestSpec>>,
+}
+
+impl PlanDocument {
+    /// Read a cluster document, with or without `requests`, from YAML or JSON text.
+    pub fn from_str_any(text: &str) -> Result<Self, PlanError> {
+        parse_any(text, "cluster")
+    }
+
+    /// The cluster and the requests, if the document has them.
+    pub fn into_parts(self) -> (ClusterSpec, Option<Vec<RequestSpec>>) {
+        (ClusterSpec { nodes: self.nodes }, self.requests)
+    }
 }
 
 /// Parse YAML or JSON (JSON when the text starts with `{` or `[`).

@@ -38,7 +38,8 @@
 //! `first-fit` and `exact` (exhaustive, small inputs only).
 //!
 //! # Entry points
-//! [`plan()`] (and [`plan_with_objective`]) for planning; [`check_plan`] verifies any plan
+//! [`plan()`] (and [`plan_with_objective`]) for planning; [`plan_explained`] adds why each
+//! waiting request waits ([`Waiting`]); [`check_plan`] verifies any plan
 //! against its input and computes its [`Objective`]; [`gen`] makes seeded inputs; [`quality`]
 //! compares the policies with the optimum.
 
@@ -46,6 +47,7 @@ mod check;
 mod dp;
 mod error;
 mod exact;
+mod explain;
 mod firstfit;
 pub mod gen;
 pub mod input;
@@ -66,9 +68,10 @@ use tessera_model::Catalog;
 
 pub use check::check_plan;
 pub use error::PlanError;
+pub use explain::{WaitReason, Waiting};
 pub use input::{
-    ClusterSpec, GpuMode, GpuSpec, InstanceSpec, MpsClientSpec, MpsRequest, NodeSpec, RequestKind,
-    RequestSpec, RequestsFile,
+    ClusterSpec, GpuMode, GpuSpec, InstanceSpec, MpsClientSpec, MpsRequest, NodeSpec, PlanDocument,
+    RequestKind, RequestSpec, RequestsFile,
 };
 pub use plan::{AssignedSlice, Assignment, GpuPlan, InstanceRef, Name, Plan, PlanStats};
 
@@ -120,18 +123,31 @@ impl fmt::Display for Policy {
 }
 
 impl FromStr for Policy {
-    type Err = String;
+    type Err = UnknownPolicy;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "tessera" => Ok(Policy::Tessera),
-            "nos" => Ok(Policy::Nos),
-            "first-fit" | "firstfit" | "first_fit" => Ok(Policy::FirstFit),
-            "exact" => Ok(Policy::Exact),
-            other => Err(format!(
-                "unknown policy `{other}`; use tessera, nos, first-fit or exact"
-            )),
-        }
+        let name = s.trim().to_ascii_lowercase();
+        let name = match name.as_str() {
+            "firstfit" | "first_fit" => "first-fit",
+            other => other,
+        };
+        Policy::ALL
+            .into_iter()
+            .find(|p| p.as_str() == name)
+            .ok_or_else(|| UnknownPolicy {
+                name: s.trim().to_string(),
+                choices: Policy::ALL.map(Policy::as_str).to_vec(),
+            })
     }
+}
+
+/// A policy name that is not among the choices of the command or library that parsed it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown policy `{name}`; use {}", choices.join(", "))]
+pub struct UnknownPolicy {
+    /// The name given.
+    pub name: String,
+    /// The names accepted there.
+    pub choices: Vec<&'static str>,
 }
 
 /// The most the `exact` policy takes on; larger inputs are refused with these numbers.
@@ -258,6 +274,24 @@ pub fn plan_with_objective(
     Ok((
         problem.to_plan(&sol, opts.policy, opts.only_changed),
         problem.objective(&sol),
+    ))
+}
+
+/// Plan, then say why each request left waiting waits ([`Waiting`], in input order): the
+/// reasons are computed from the plan's final state, after planning, so the plan itself is the
+/// one [`plan()`] returns, byte for byte.
+pub fn plan_explained(
+    catalog: &Catalog,
+    cluster: &ClusterSpec,
+    requests: &[RequestSpec],
+    opts: &PlanOptions,
+) -> Result<(Plan, Vec<Waiting>), PlanError> {
+    let problem = problem::Problem::new(catalog, cluster, requests, opts)?;
+    let sol = solve(&problem, opts)?;
+    debug_assert_eq!(problem.check(&sol), Ok(()));
+    Ok((
+        problem.to_plan(&sol, opts.policy, opts.only_changed),
+        explain::explain(&problem, &sol, opts.policy),
     ))
 }
 

@@ -83,7 +83,7 @@ pub(crate) struct Req {
 }
 
 /// A resolved request kind.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) enum ReqKind {
     /// A MIG instance of this global profile.
     Mig(usize),

@@ -26,7 +26,13 @@
 //! isolation: devices            # devices | off; unset: devices where cgroups can be written
 //! isolation_cgroup: tessera     # directory of the lease cgroups (default: tessera-<hash of state_dir>)
 //! isolation_root: /             # where dev/ and proc/ are read for device numbers
+//! connections:
+//!   max_per_uid: 256            # open connections per uid (per address on TCP)
+//!   idle_timeout_ms: 30000      # close a connection silent this long
 //! ```
+//!
+//! Every number is checked at load against its allowed range (see `docs/server-hardening.md`);
+//! the error names the key, the value and the range.
 
 use std::path::{Path, PathBuf};
 
@@ -164,6 +170,27 @@ impl Default for LeaseSettings {
     }
 }
 
+/// Limits on client connections (the Unix socket and TCP).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConnectionSettings {
+    /// Most open connections per uid on the Unix socket (per address on TCP); further ones
+    /// are closed at once. Never more than a quarter of the open-file limit.
+    pub max_per_uid: u32,
+    /// A connection with no byte read or written for this long is closed (a long poll waits
+    /// at most half of it), and a request's headers must arrive within it.
+    pub idle_timeout_ms: u64,
+}
+
+impl Default for ConnectionSettings {
+    fn default() -> Self {
+        ConnectionSettings {
+            max_per_uid: 256,
+            idle_timeout_ms: 30_000,
+        }
+    }
+}
+
 /// The whole configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -172,6 +199,9 @@ pub struct Config {
     pub backend: BackendChoice,
     /// Simulated fleet: `MODEL:COUNT[,MODEL:COUNT...]`.
     pub sim_gpus: String,
+    /// The simulated GPUs' state file (`--backend sim:STATE`); default
+    /// `<state_dir>/sim-gpus.json`. Made from `sim_gpus` when it does not exist.
+    pub sim_state: Option<PathBuf>,
     /// State directory (database, simulated GPUs).
     pub state_dir: Option<PathBuf>,
     /// Unix socket path.
@@ -206,6 +236,12 @@ pub struct Config {
     /// Where `dev/` and `proc/` are read for device numbers and MIG capability minors
     /// (default `/`). With the simulated backend, unset means the slices have no device nodes.
     pub isolation_root: Option<PathBuf>,
+    /// Client connection limits.
+    pub connections: ConnectionSettings,
+    /// Delete the journal at start (`tessera serve --discard-journal`, the recovery for a
+    /// journal that fails its checksums). A flag only, never read from the file.
+    #[serde(skip)]
+    pub discard_journal: bool,
 }
 
 impl Default for Config {
@@ -213,6 +249,7 @@ impl Default for Config {
         Config {
             backend: BackendChoice::Auto,
             sim_gpus: "h100-80gb:2".into(),
+            sim_state: None,
             state_dir: None,
             socket: None,
             socket_group: None,
@@ -228,6 +265,8 @@ impl Default for Config {
             isolation: None,
             isolation_cgroup: None,
             isolation_root: None,
+            connections: ConnectionSettings::default(),
+            discard_journal: false,
         }
     }
 }
@@ -239,7 +278,7 @@ impl Config {
             path: origin.to_path_buf(),
             problem: e.to_string(),
         })?;
-        cfg.check(origin)?;
+        cfg.validate(origin)?;
         Ok(cfg)
     }
 
@@ -252,36 +291,87 @@ impl Config {
         Config::from_yaml(&text, path)
     }
 
-    fn check(&self, origin: &Path) -> Result<(), ServerError> {
+    /// Check every key's range (called on load; call it again after overriding fields).
+    /// The error names the key, the value and the allowed range.
+    pub fn validate(&self, origin: &Path) -> Result<(), ServerError> {
         let bad = |problem: String| ServerError::Config {
             path: origin.to_path_buf(),
             problem,
         };
         let mut seen = std::collections::BTreeSet::new();
-        for g in &self.gpus {
+        for (i, g) in self.gpus.iter().enumerate() {
+            let key = |k: &str| format!("gpus[{i}].{k}");
+            check_int(&key("index"), g.index, 0, MAX_GPUS - 1).map_err(&bad)?;
             if !seen.insert(g.index) {
                 return Err(bad(format!("GPU {} is listed twice under `gpus`", g.index)));
             }
-            if g.mode == ModeChoice::Timeslice && g.replicas == 0 {
-                return Err(bad(format!("GPU {}: replicas must be at least 1", g.index)));
-            }
-            if g.mps.max_clients == 0 || g.mps.sm_oversubscription < 1.0 {
+            check_int(&key("replicas"), g.replicas, 1, MAX_REPLICAS).map_err(&bad)?;
+            check_int(
+                &key("mps.reserve_mib"),
+                g.mps.reserve_mib,
+                0,
+                MAX_RESERVE_MIB,
+            )
+            .map_err(&bad)?;
+            check_int(
+                &key("mps.max_clients"),
+                g.mps.max_clients,
+                1,
+                MAX_MPS_CLIENTS,
+            )
+            .map_err(&bad)?;
+            let x = g.mps.sm_oversubscription;
+            if !x.is_finite() || !(1.0..=MAX_SM_OVERSUBSCRIPTION).contains(&x) {
                 return Err(bad(format!(
-                    "GPU {}: mps.max_clients must be at least 1 and mps.sm_oversubscription at least 1.0",
-                    g.index
+                    "`{}` is {x}; allowed: a number from 1.0 (no oversubscription) to {MAX_SM_OVERSUBSCRIPTION:.1}",
+                    key("mps.sm_oversubscription")
                 )));
             }
         }
-        if self.scheduler.tick_ms == 0 {
-            return Err(bad("scheduler.tick_ms must be at least 1".into()));
-        }
-        if self.lease.heartbeat_interval_ms == 0
-            || self.lease.heartbeat_timeout_ms <= self.lease.heartbeat_interval_ms
-        {
-            return Err(bad(
-                "lease.heartbeat_timeout_ms must be larger than lease.heartbeat_interval_ms (> 0)"
-                    .into(),
-            ));
+        let s = &self.scheduler;
+        check_int("scheduler.tick_ms", s.tick_ms, 1, 60_000).map_err(&bad)?;
+        check_int(
+            "scheduler.max_reserved_gpus",
+            s.max_reserved_gpus,
+            0,
+            MAX_GPUS,
+        )
+        .map_err(&bad)?;
+        check_int("scheduler.reserve_after_ms", s.reserve_after_ms, 0, DAY_MS).map_err(&bad)?;
+        let l = &self.lease;
+        check_int(
+            "lease.heartbeat_interval_ms",
+            l.heartbeat_interval_ms,
+            1,
+            600_000,
+        )
+        .map_err(&bad)?;
+        check_int(
+            "lease.heartbeat_timeout_ms",
+            l.heartbeat_timeout_ms,
+            l.heartbeat_interval_ms + 1,
+            DAY_MS,
+        )
+        .map_err(|p| {
+            bad(format!(
+                "{p} (it must be larger than lease.heartbeat_interval_ms, {})",
+                l.heartbeat_interval_ms
+            ))
+        })?;
+        check_int("lease.cancel_grace_ms", l.cancel_grace_ms, 0, DAY_MS).map_err(&bad)?;
+        let c = &self.connections;
+        check_int("connections.max_per_uid", c.max_per_uid, 1, 65_536).map_err(&bad)?;
+        check_int(
+            "connections.idle_timeout_ms",
+            c.idle_timeout_ms,
+            1_000,
+            DAY_MS,
+        )
+        .map_err(&bad)?;
+        // (uid_t)-1 means "no change" to chown and is nobody's uid.
+        check_int("http_uid", self.http_uid, 0, u32::MAX - 1).map_err(&bad)?;
+        for (i, a) in self.admins.iter().enumerate() {
+            check_int(&format!("admins[{i}]"), *a, 0, u32::MAX - 1).map_err(&bad)?;
         }
         if let Some(name) = &self.isolation_cgroup {
             if name.is_empty() || name.contains('/') || name.starts_with('.') {
@@ -361,6 +451,29 @@ impl Config {
     }
 }
 
+/// Most GPUs one daemon drives (NVML indices 0..63).
+pub const MAX_GPUS: u32 = 64;
+/// Most time-slice replicas of one GPU.
+pub const MAX_REPLICAS: u32 = 64;
+/// Most MPS clients per GPU (the MPS server's limit on Volta and newer).
+pub const MAX_MPS_CLIENTS: u32 = tessera_gpu::mps::MAX_CLIENTS_PER_SERVER;
+/// Largest MPS memory reserve, MiB (1 TiB: more than any GPU has).
+pub const MAX_RESERVE_MIB: u64 = 1 << 20;
+/// Largest `mps.sm_oversubscription`.
+pub const MAX_SM_OVERSUBSCRIPTION: f64 = 10.0;
+const DAY_MS: u64 = 86_400_000;
+
+/// `Err` naming the key, the value and the allowed range when `v` is outside `lo..=hi`.
+fn check_int<T>(key: &str, v: T, lo: T, hi: T) -> Result<(), String>
+where
+    T: PartialOrd + std::fmt::Display + Copy,
+{
+    if v < lo || v > hi {
+        return Err(format!("`{key}` is {v}; allowed: {lo} to {hi}"));
+    }
+    Ok(())
+}
+
 /// Parse `h100-80gb:2,a100-40gb:1` into (model, count) pairs.
 pub fn parse_sim_gpus(text: &str) -> Result<Vec<(String, u32)>, String> {
     let mut out = Vec::new();
@@ -435,6 +548,141 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("count"), "{e}");
+    }
+
+    fn problem(text: &str) -> String {
+        Config::from_yaml(text, Path::new("c.yaml"))
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn out_of_range_numbers_are_refused_naming_key_value_and_range() {
+        for (text, key, value, range) in [
+            (
+                "gpus: [{index: 0, mps: {sm_oversubscription: .nan}}]",
+                "gpus[0].mps.sm_oversubscription",
+                "NaN",
+                "1.0",
+            ),
+            (
+                "gpus: [{index: 0, mps: {sm_oversubscription: .inf}}]",
+                "gpus[0].mps.sm_oversubscription",
+                "inf",
+                "10.0",
+            ),
+            (
+                "gpus: [{index: 2, mode: timeslice, replicas: 4294967295}]",
+                "gpus[0].replicas",
+                "4294967295",
+                "1 to 64",
+            ),
+            (
+                "gpus: [{index: 0, mps: {max_clients: 1000}}]",
+                "gpus[0].mps.max_clients",
+                "1000",
+                "1 to 48",
+            ),
+            ("gpus: [{index: 70}]", "gpus[0].index", "70", "0 to 63"),
+            (
+                "scheduler: {tick_ms: 0}",
+                "scheduler.tick_ms",
+                "0",
+                "1 to 60000",
+            ),
+            (
+                "scheduler: {reserve_after_ms: 18446744073709551615}",
+                "scheduler.reserve_after_ms",
+                "18446744073709551615",
+                "0 to 86400000",
+            ),
+            (
+                "lease: {heartbeat_interval_ms: 5000, heartbeat_timeout_ms: 5000}",
+                "lease.heartbeat_timeout_ms",
+                "5000",
+                "5001 to 86400000",
+            ),
+            (
+                "connections: {max_per_uid: 0}",
+                "connections.max_per_uid",
+                "0",
+                "1 to 65536",
+            ),
+            (
+                "connections: {idle_timeout_ms: 10}",
+                "connections.idle_timeout_ms",
+                "10",
+                "1000 to",
+            ),
+            ("http_uid: 4294967295", "http_uid", "4294967295", "0 to"),
+            ("admins: [0, 4294967295]", "admins[1]", "4294967295", "0 to"),
+        ] {
+            let e = problem(text);
+            assert!(
+                e.contains("c.yaml")
+                    && e.contains(&format!("`{key}`"))
+                    && e.contains(&format!("is {value}"))
+                    && e.contains(range),
+                "{text}: {e}"
+            );
+        }
+        // The edges of each range are accepted.
+        Config::from_yaml(
+            "gpus: [{index: 63, replicas: 64, mps: {max_clients: 48, sm_oversubscription: 10.0}}]\nconnections: {max_per_uid: 1, idle_timeout_ms: 1000}\n",
+            Path::new("c.yaml"),
+        )
+        .unwrap();
+    }
+
+    proptest::proptest! {
+        /// A GPU's numbers are accepted exactly when each is in its range, and a refusal
+        /// names the first key out of range.
+        #[test]
+        fn gpu_numbers_are_accepted_exactly_in_range(
+            replicas in proptest::prelude::any::<u32>(),
+            max_clients in 0u32..200,
+            reserve_mib in proptest::prelude::any::<u64>(),
+            sm in proptest::prelude::prop_oneof![
+                proptest::prelude::Just(f64::NAN),
+                proptest::prelude::Just(f64::INFINITY),
+                proptest::prelude::Just(f64::NEG_INFINITY),
+                -5.0f64..20.0,
+            ],
+        ) {
+            let cfg = Config {
+                gpus: vec![GpuSettings {
+                    index: 0,
+                    mode: ModeChoice::Auto,
+                    mps: MpsSettings { reserve_mib, max_clients, sm_oversubscription: sm },
+                    replicas,
+                }],
+                ..Config::default()
+            };
+            let ok = (1..=MAX_REPLICAS).contains(&replicas)
+                && reserve_mib <= MAX_RESERVE_MIB
+                && (1..=MAX_MPS_CLIENTS).contains(&max_clients)
+                && sm.is_finite()
+                && (1.0..=MAX_SM_OVERSUBSCRIPTION).contains(&sm);
+            match cfg.validate(Path::new("p.yaml")) {
+                Ok(()) => proptest::prop_assert!(ok),
+                Err(e) => {
+                    proptest::prop_assert!(!ok);
+                    let e = e.to_string();
+                    let key = if !(1..=MAX_REPLICAS).contains(&replicas) {
+                        "replicas"
+                    } else if reserve_mib > MAX_RESERVE_MIB {
+                        "mps.reserve_mib"
+                    } else if !(1..=MAX_MPS_CLIENTS).contains(&max_clients) {
+                        "mps.max_clients"
+                    } else {
+                        "mps.sm_oversubscription"
+                    };
+                    let named = format!("`gpus[0].{key}`");
+                    proptest::prop_assert!(e.contains(&named), "{}", e);
+                    proptest::prop_assert!(e.contains("allowed"), "{}", e);
+                }
+            }
+        }
     }
 
     #[test]

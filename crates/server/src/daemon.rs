@@ -22,6 +22,15 @@
 //!    PID, so for them only the heartbeat applies. After a daemon restart every request gets a
 //!    fresh full timeout, so clients have time to reconnect.
 //!
+//! Only a definite answer counts as "gone" (see [`crate::liveness::Liveness`]): a `/proc`
+//! entry that cannot be read (no file descriptors left) leaves the heartbeat to decide.
+//! Heartbeat deadlines count the daemon's own progress: when the scheduler did not run for
+//! well over a tick (the daemon was stopped or starved), the stall is added to every
+//! request's last heartbeat before anyone is judged silent.
+//!
+//! If the scheduler thread panics, the reason is recorded ([`Daemon::scheduler_died`]), new
+//! requests are refused with 503, and `tessera serve` exits with an error.
+//!
 //! # Restart (what ARCHITECTURE.md states)
 //! On start the daemon (1) opens the database and checks its schema version, (2) opens the
 //! backend, (3) for every MIG GPU with a stored desired layout, runs the reconciler to that
@@ -33,7 +42,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -49,7 +58,7 @@ use tessera_agent::{Entry, EntryKind, Journal, JournalError, OpRecord, Outcome};
 use crate::fleet::{ApplyError, Fleet, GpuFacts};
 use crate::ident::Identity;
 use crate::isolate::{Enforcer, Quarantine};
-use crate::liveness::ProcessStamp;
+use crate::liveness::{Clock, Liveness, MonotonicClock, ProcessStamp};
 use crate::metrics::Metrics;
 use crate::sched::{self, GpuState, InstanceState, MpsClient, Pick, Reservation, Waiting};
 use crate::store::{NewRequest, RequestRow, Store};
@@ -72,6 +81,8 @@ struct Snapshot {
     gpus: Vec<GpuState>,
     reservations: Vec<Reservation>,
     errors: BTreeMap<u32, String>,
+    /// Why each queued request waits, as of the last full pass.
+    waits: BTreeMap<u64, String>,
 }
 
 /// Messages to the scheduler thread.
@@ -86,6 +97,9 @@ enum Cmd {
     },
     /// Stop the thread.
     Stop,
+    /// Panic inside a pass (tests of what a dying scheduler does).
+    #[cfg(test)]
+    Panic,
 }
 
 struct Inner {
@@ -98,8 +112,16 @@ struct Inner {
     tx: Mutex<mpsc::Sender<Cmd>>,
     changes: tokio::sync::watch::Sender<u64>,
     heartbeats: Mutex<BTreeMap<u64, Instant>>,
+    /// The time heartbeats are measured on.
+    clock: Arc<dyn Clock>,
+    /// Scheduling passes run so far.
+    passes: AtomicU64,
     metrics: Metrics,
     stopped: AtomicBool,
+    /// Why the scheduler thread died (`None` while it runs or after a clean stop).
+    failure: tokio::sync::watch::Sender<Option<String>>,
+    /// Warnings from the start (a state directory fixed, a database that looks emptied).
+    notices: Mutex<Vec<String>>,
     state_dir: PathBuf,
     /// Slices held back after their lease ended (see [`crate::isolate`]).
     quarantine: RwLock<Vec<Quarantine>>,
@@ -160,8 +182,21 @@ impl Daemon {
         catalog: Catalog,
         fleet: Fleet,
     ) -> Result<(Daemon, SchedulerHandle), ServerError> {
+        Daemon::start_with_clock(cfg, catalog, fleet, Arc::new(MonotonicClock))
+    }
+
+    /// [`Daemon::start`] with heartbeats measured on `clock` (tests jump it to play a paused
+    /// daemon).
+    pub fn start_with_clock(
+        cfg: Config,
+        catalog: Catalog,
+        fleet: Fleet,
+        clock: Arc<dyn Clock>,
+    ) -> Result<(Daemon, SchedulerHandle), ServerError> {
         let state_dir = cfg.state_dir();
-        create_private_dir(&state_dir)?;
+        let notices: Vec<String> = crate::serve::secure_state_dir(&state_dir)?
+            .into_iter()
+            .collect();
         let store = Store::open(&state_dir.join("tessera.db"))?;
         let iso = Enforcer::new(&cfg, fleet.is_sim())?;
         let (tx, rx) = mpsc::channel();
@@ -176,8 +211,12 @@ impl Daemon {
             tx: Mutex::new(tx),
             changes,
             heartbeats: Mutex::new(BTreeMap::new()),
+            clock,
+            passes: AtomicU64::new(0),
             metrics: Metrics::new(),
             stopped: AtomicBool::new(false),
+            failure: tokio::sync::watch::channel(None).0,
+            notices: Mutex::new(notices),
             state_dir,
             quarantine: RwLock::new(Vec::new()),
             cfg,
@@ -187,6 +226,8 @@ impl Daemon {
             d: daemon.clone(),
             fleet,
             iso,
+            last_check: None,
+            unknown_logged: BTreeSet::new(),
         };
         sched.recover()?;
         sched.pass();
@@ -206,6 +247,31 @@ impl Daemon {
     pub fn stop(&self) {
         self.inner.stopped.store(true, Ordering::SeqCst);
         let _ = lock(&self.inner.tx).send(Cmd::Stop);
+    }
+
+    /// Why the scheduler thread died, if it did. Without it nothing is granted or expired,
+    /// so the daemon must stop (see [`Daemon::scheduler_died`]).
+    pub fn scheduler_failure(&self) -> Option<String> {
+        self.inner.failure.borrow().clone()
+    }
+
+    /// Resolves (with the reason) once the scheduler thread has died; `tessera serve` stops
+    /// the daemon with an error then, so that a supervisor restarts it.
+    pub async fn scheduler_died(&self) -> String {
+        let mut rx = self.inner.failure.subscribe();
+        loop {
+            if let Some(why) = rx.borrow_and_update().clone() {
+                return why;
+            }
+            if rx.changed().await.is_err() {
+                return "the scheduler thread is gone".into();
+            }
+        }
+    }
+
+    /// The warnings of the start, as logged: what was fixed or looks wrong in the state.
+    pub fn notices(&self) -> Vec<String> {
+        lock(&self.inner.notices).clone()
     }
 
     /// The metrics.
@@ -237,7 +303,13 @@ impl Daemon {
     }
 
     fn beat(&self, id: u64) {
-        lock(&self.inner.heartbeats).insert(id, Instant::now());
+        let now = self.inner.clock.now();
+        lock(&self.inner.heartbeats).insert(id, now);
+    }
+
+    /// How many scheduling passes have run (tests wait on it instead of sleeping).
+    pub fn passes(&self) -> u64 {
+        self.inner.passes.load(Ordering::SeqCst)
     }
 
     fn visible(&self, who: &Identity, id: u64) -> Result<RequestRow, ApiError> {
@@ -279,6 +351,18 @@ impl Daemon {
             Some(l) => r.ended_ms.unwrap_or(now).saturating_sub(l),
             None => 0,
         };
+        let mine = who.may_see(r.uid);
+        let wait_reason = if r.state == RequestState::Queued {
+            self.inner
+                .snapshot
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .waits
+                .get(&r.id)
+                .cloned()
+        } else {
+            None
+        };
         RequestView {
             id: r.id,
             user: r.user.clone(),
@@ -292,13 +376,11 @@ impl Daemon {
             submitted_ms: r.submitted_ms,
             waited_ms: waited_until.saturating_sub(r.submitted_ms),
             running_ms,
-            slice: r.slice.clone(),
-            env: if who.may_see(r.uid) {
-                r.env.clone()
-            } else {
-                BTreeMap::new()
-            },
-            command: r.command.clone(),
+            // Another user's slice identity, environment and command stay hidden.
+            slice: r.slice.clone().filter(|_| mine),
+            env: if mine { r.env.clone() } else { BTreeMap::new() },
+            command: if mine { r.command.clone() } else { Vec::new() },
+            wait_reason,
             exit_code: r.exit_code,
             end_reason: r.end_reason.clone(),
             cancel_requested: r.cancel_requested,
@@ -314,6 +396,11 @@ impl Daemon {
 
     /// `POST /v1/requests`: queue a request for the caller.
     pub fn submit(&self, who: &Identity, body: SubmitBody) -> Result<RequestView, ApiError> {
+        if let Some(why) = self.scheduler_failure() {
+            return Err(ApiError::unavailable(format!(
+                "the daemon's scheduler stopped ({why}); the daemon is shutting down, try again after it restarts"
+            )));
+        }
         if !(-1000..=1000).contains(&body.priority) {
             return Err(ApiError::bad_request(format!(
                 "priority {} is out of range; give -1000 to 1000",
@@ -327,6 +414,10 @@ impl Daemon {
                 ))
             }
             SliceAsk::Mem {
+                memory_mib,
+                sm_percent,
+            }
+            | SliceAsk::Mps {
                 memory_mib,
                 sm_percent,
             } => {
@@ -350,14 +441,33 @@ impl Daemon {
             ));
         }
         let gpu_model = match &body.gpu_model {
-            Some(q) => Some(sched::model_key(&self.inner.catalog, q).ok_or_else(|| {
-                ApiError::bad_request(format!(
-                    "unknown GPU model `{q}`; this machine has {}",
-                    self.model_list()
-                ))
-            })?),
+            Some(q) => Some(
+                resolve_model(&self.inner.catalog, &self.inner.gpus, q).ok_or_else(|| {
+                    let here: Vec<&str> =
+                        self.inner.gpus.iter().map(|g| g.model.as_str()).collect();
+                    ApiError::bad_request(format!(
+                        "unknown GPU model `{q}`{}; this machine has {}",
+                        tessera_model::suggest::hint(q, here),
+                        self.model_list()
+                    ))
+                })?,
+            ),
             None => None,
         };
+        if let SliceAsk::Mig { profile } = &body.slice {
+            // A name no model has is a typo (bad input), not a slice this machine lacks.
+            if !self.inner.catalog.has_profile(profile) {
+                let guess = self
+                    .inner
+                    .catalog
+                    .suggest_profile(profile)
+                    .map(|p| format!("; did you mean `{p}`?"))
+                    .unwrap_or_default();
+                return Err(ApiError::bad_request(format!(
+                    "unknown MIG profile `{profile}`{guess} (`tessera profiles --gpu MODEL` lists a model's profiles)"
+                )));
+            }
+        }
         let ask = match body.slice {
             SliceAsk::Mig { profile } => SliceAsk::Mig {
                 profile: canonical_profile(&self.inner.catalog, &self.inner.gpus, &profile),
@@ -573,7 +683,30 @@ impl Daemon {
         };
         let mut gpus = Vec::new();
         for g in &snap.gpus {
-            gpus.push(self.gpu_view(g, &snap, &holder));
+            let mut view = self.gpu_view(g, &snap, &holder);
+            if !who.is_admin() {
+                // A non-admin sees the identity (`MIG-…` UUID) of its own instances only:
+                // others' are shown held, free ones by profile and place.
+                for (v, i) in view.instances.iter_mut().zip(&g.instances) {
+                    let own = i
+                        .lease
+                        .and_then(|l| owners.get(&l))
+                        .is_some_and(|r| r.uid == who.uid);
+                    if !own {
+                        v.uuid = None;
+                    }
+                }
+            }
+            view.quarantined = self
+                .inner
+                .quarantine
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .filter(|q| q.slice.gpu() == g.facts.index)
+                .map(|q| q.describe(who.may_see(q.uid)))
+                .collect();
+            gpus.push(view);
         }
         Ok(StatusView {
             backend: self.inner.backend.clone(),
@@ -659,15 +792,7 @@ impl Daemon {
                 .find(|r| r.gpu == f.index)
                 .map(|r| r.request),
             last_error: snap.errors.get(&f.index).cloned(),
-            quarantined: self
-                .inner
-                .quarantine
-                .read()
-                .unwrap_or_else(|e| e.into_inner())
-                .iter()
-                .filter(|q| q.slice.gpu() == f.index)
-                .map(Quarantine::describe)
-                .collect(),
+            quarantined: Vec::new(),
         }
     }
 
@@ -769,6 +894,21 @@ impl Daemon {
     }
 }
 
+/// A `--gpu-model` query: a catalog key, alias or name, or a family name that fits one model
+/// of this machine (`a100` names two models, but a machine with only one of them means it).
+fn resolve_model(catalog: &Catalog, gpus: &[GpuFacts], q: &str) -> Option<String> {
+    sched::model_key(catalog, q).or_else(|| {
+        let mut fam: Vec<&str> = catalog
+            .family(q)
+            .iter()
+            .map(|m| m.key.as_str())
+            .filter(|k| gpus.iter().any(|g| g.model == *k))
+            .collect();
+        fam.dedup();
+        (fam.len() == 1).then(|| fam[0].to_string())
+    })
+}
+
 /// The canonical spelling of a profile name (as the fleet's models spell it).
 fn canonical_profile(catalog: &Catalog, gpus: &[GpuFacts], name: &str) -> String {
     for g in gpus {
@@ -779,18 +919,6 @@ fn canonical_profile(catalog: &Catalog, gpus: &[GpuFacts], name: &str) -> String
         }
     }
     name.trim().to_string()
-}
-
-fn create_private_dir(dir: &std::path::Path) -> Result<(), ServerError> {
-    use std::os::unix::fs::DirBuilderExt;
-    if dir.is_dir() {
-        return Ok(());
-    }
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(|e| ServerError::io(dir, e))
 }
 
 /// The agent's journal, kept in the state database.
@@ -855,6 +983,10 @@ struct Scheduler {
     d: Daemon,
     fleet: Fleet,
     iso: Enforcer,
+    /// When the last liveness check ran (on the daemon's clock).
+    last_check: Option<Instant>,
+    /// Requests whose client's `/proc` entry could not be read, already logged.
+    unknown_logged: BTreeSet<u64>,
 }
 
 impl Scheduler {
@@ -862,7 +994,29 @@ impl Scheduler {
         &self.d.inner
     }
 
-    fn run(mut self, rx: mpsc::Receiver<Cmd>) {
+    /// The thread's body: [`Scheduler::run_loop`], and when it panics, the reason recorded
+    /// for [`Daemon::scheduler_died`] and the daemon marked stopped.
+    fn run(self, rx: mpsc::Receiver<Cmd>) {
+        let d = self.d.clone();
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+            let mut this = self;
+            this.run_loop(rx)
+        }));
+        if let Err(payload) = result {
+            let why = payload
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic without a message".into());
+            tracing::error!(
+                "the scheduler thread died: {why}; no lease can be granted or ended, so the daemon stops (leases and the queue are kept in the database)"
+            );
+            d.inner.stopped.store(true, Ordering::SeqCst);
+            d.inner.failure.send_replace(Some(format!("panic: {why}")));
+        }
+    }
+
+    fn run_loop(&mut self, rx: mpsc::Receiver<Cmd>) {
         let tick = Duration::from_millis(self.inner().cfg.scheduler.tick_ms);
         let mut next = Instant::now() + tick;
         loop {
@@ -875,17 +1029,19 @@ impl Scheduler {
                     Cmd::Layout { gpu, layout, reply } => {
                         let _ = reply.send(this.force(gpu, &layout));
                     }
+                    #[cfg(test)]
+                    Cmd::Panic => panic!("injected by a test"),
                 }
                 true
             };
             match msg {
                 Ok(m) => {
-                    if !handle(m, &mut self) {
+                    if !handle(m, self) {
                         return;
                     }
                     // Coalesce a burst of messages into one pass.
                     while let Ok(m) = rx.try_recv() {
-                        if !handle(m, &mut self) {
+                        if !handle(m, self) {
                             return;
                         }
                     }
@@ -903,10 +1059,19 @@ impl Scheduler {
 
     /// Recovery before the API opens (see the module docs).
     fn recover(&mut self) -> Result<(), ServerError> {
-        let (desired, active, journal) = {
+        if self.inner().cfg.discard_journal {
+            let n = lock(&self.inner().store).discard_journal()?;
+            self.notice(format!(
+                "--discard-journal: deleted {n} journal record(s); the GPUs' layouts are taken from the GPUs as they are"
+            ));
+        }
+        let (desired, active, journal, counts) = {
             let s = lock(&self.inner().store);
-            (s.desired()?, s.active()?, s.journal()?)
+            (s.desired()?, s.active()?, s.journal()?, s.counts()?)
         };
+        if let (0, 0, journal_rows) = counts {
+            self.check_emptied(journal_rows);
+        }
         let open = dangling_intents(&journal);
         if !open.is_empty() {
             tracing::warn!(
@@ -955,7 +1120,7 @@ impl Scheduler {
         if open.is_empty() {
             lock(&self.inner().store).prune_journal(10_000)?;
         }
-        let now = Instant::now();
+        let now = self.inner().clock.now();
         let mut hb = lock(&self.inner().heartbeats);
         for r in &active {
             hb.insert(r.id, now);
@@ -973,6 +1138,47 @@ impl Scheduler {
             tracing::info!("re-adopted {leased} lease(s) and {queued} queued request(s) from the state database");
         }
         Ok(())
+    }
+
+    /// Log a start warning and keep it for [`Daemon::notices`].
+    fn notice(&self, text: String) {
+        tracing::warn!("{text}");
+        lock(&self.inner().notices).push(text);
+    }
+
+    /// The database holds no request and no layout: warn when its journal or the GPUs say
+    /// tessera has been here (journal records of re-partitions, MIG instances), since then
+    /// the database was emptied or replaced and the leases it recorded are lost.
+    fn check_emptied(&mut self, journal_rows: u64) {
+        let mut seen = Vec::new();
+        if journal_rows > 0 {
+            seen.push(format!(
+                "its journal holds {journal_rows} record(s) of re-partitions"
+            ));
+        }
+        for f in self.inner().gpus.clone() {
+            if f.mode != GpuMode::Mig {
+                continue;
+            }
+            if let Ok(list) = self.fleet.instances(f.index) {
+                if !list.is_empty() {
+                    let busy = list.iter().filter(|i| !i.pids.is_empty()).count();
+                    seen.push(format!(
+                        "GPU {} has {} MIG instance(s), {busy} with processes",
+                        f.index,
+                        list.len()
+                    ));
+                }
+            }
+        }
+        if seen.is_empty() {
+            return;
+        }
+        self.notice(format!(
+            "the state database {} has no request and no layout, but {}: it was emptied or replaced (or the GPUs were partitioned by someone else). Leases it held are lost and their commands, if any still run, are not accounted for. If that is not intended, stop the daemon and restore tessera.db from a backup; otherwise idle instances are reused and re-partitioned as usual",
+            self.inner().state_dir.join("tessera.db").display(),
+            seen.join("; ")
+        ));
     }
 
     fn leased_placements(&self, active: &[RequestRow], gpu: u32) -> Vec<Placed> {
@@ -1058,6 +1264,7 @@ impl Scheduler {
                     ..
                 } => g.mps_clients.push(MpsClient {
                     lease: item.lease,
+                    uid: item.uid,
                     memory_mib: *memory_mib,
                     sm_percent: *sm_percent,
                 }),
@@ -1073,29 +1280,65 @@ impl Scheduler {
             .unwrap_or_else(|e| e.into_inner()) = q;
     }
 
+    /// Heartbeat deadlines count the daemon's own progress: when the scheduler did not run
+    /// for much longer than a tick (the process was stopped, or starved), every request's
+    /// last heartbeat moves forward by the stall, so the heartbeats queued meanwhile get
+    /// read before anyone is judged silent.
+    fn credit_stall(&mut self, now: Instant) {
+        let tick = Duration::from_millis(self.inner().cfg.scheduler.tick_ms);
+        let allowed = tick + tick.max(Duration::from_secs(1));
+        if let Some(prev) = self.last_check.replace(now) {
+            let gap = now.saturating_duration_since(prev);
+            if gap > allowed {
+                let stall = gap - tick;
+                let mut hb = lock(&self.inner().heartbeats);
+                for last in hb.values_mut() {
+                    *last = (*last + stall).min(now);
+                }
+                drop(hb);
+                self.inner().metrics.scheduler_stalls.inc();
+                tracing::warn!(
+                    "the scheduler did not run for {} ms (the daemon was stopped or starved); heartbeat deadlines are extended by that time",
+                    stall.as_millis()
+                );
+            }
+        }
+    }
+
     /// End requests whose client is gone. Returns whether any ended.
     fn check_liveness(&mut self, active: &[RequestRow]) -> bool {
         let timeout = Duration::from_millis(self.inner().cfg.lease.heartbeat_timeout_ms);
-        let now = Instant::now();
+        let now = self.inner().clock.now();
+        self.credit_stall(now);
+        let ids: BTreeSet<u64> = active.iter().map(|r| r.id).collect();
+        self.unknown_logged.retain(|id| ids.contains(id));
         let mut ended = false;
         for r in active {
             let gone = match (r.pid, r.pid_start) {
-                (Some(pid), Some(start))
-                    if !(ProcessStamp {
-                        pid,
-                        start_ticks: start,
-                    })
-                    .is_alive() =>
+                (Some(pid), Some(start)) => match (ProcessStamp {
+                    pid,
+                    start_ticks: start,
+                })
+                .check()
                 {
-                    Some(format!("client process {pid} is gone"))
-                }
+                    Liveness::Gone(why) => Some(why),
+                    Liveness::Unknown(why) => {
+                        // No verdict (e.g. out of file descriptors): the heartbeat decides.
+                        self.inner().metrics.liveness_unknown.inc();
+                        if self.unknown_logged.insert(r.id) {
+                            tracing::warn!(request = r.id, "cannot tell whether the client runs ({why}); keeping the lease while it sends heartbeats");
+                        }
+                        None
+                    }
+                    Liveness::Alive => None,
+                },
                 _ => None,
             };
             let silent = {
                 let mut hb = lock(&self.inner().heartbeats);
                 let last = *hb.entry(r.id).or_insert(now);
-                (now.duration_since(last) > timeout)
-                    .then(|| format!("no heartbeat for {}s", now.duration_since(last).as_secs()))
+                let quiet = now.saturating_duration_since(last);
+                (quiet > timeout).then(|| format!("no heartbeat for {}s", quiet.as_secs()))
             };
             if let Some(reason) = gone.or(silent) {
                 let done = lock(&self.inner().store)
@@ -1104,6 +1347,7 @@ impl Scheduler {
                 if done {
                     tracing::info!(request = r.id, user = %r.user, "expired: {reason}");
                     lock(&self.inner().heartbeats).remove(&r.id);
+                    self.unknown_logged.remove(&r.id);
                     ended = true;
                 }
             }
@@ -1156,6 +1400,7 @@ impl Scheduler {
                         {
                             g.mps_clients.push(MpsClient {
                                 lease: r.id,
+                                uid: r.uid,
                                 memory_mib: *memory_mib,
                                 sm_percent: *sm_percent,
                             });
@@ -1183,8 +1428,10 @@ impl Scheduler {
         let observed = self.fleet.instances(gpu).map_err(|e| e.to_string())?;
         let mut out = Vec::new();
         for i in observed {
+            // A lease matches an instance by GPU, profile and start: the same placement on
+            // another GPU is another instance.
             let lease = leases.iter().find(|r| {
-                matches!(&r.slice, Some(Slice::Mig { profile, start, .. }) if *profile == i.profile && *start == i.start)
+                matches!(&r.slice, Some(Slice::Mig { gpu: g, profile, start, .. }) if *g == gpu && *profile == i.profile && *start == i.start)
             });
             let mut pids = i.pids.clone();
             if self.fleet.is_sim() {
@@ -1281,6 +1528,7 @@ impl Scheduler {
 
     /// One scheduling pass (see the module docs and [`crate::sched`]).
     fn pass(&mut self) {
+        self.inner().passes.fetch_add(1, Ordering::SeqCst);
         let active = match lock(&self.inner().store).active() {
             Ok(a) => a,
             Err(e) => {
@@ -1328,6 +1576,7 @@ impl Scheduler {
         for r in &queue {
             let w = Waiting {
                 id: r.id,
+                uid: r.uid,
                 ask: r.ask.clone(),
                 gpu_model: r.gpu_model.clone(),
                 waited_ms: now.saturating_sub(r.submitted_ms),
@@ -1360,7 +1609,32 @@ impl Scheduler {
         }
 
         self.publish(&gpus, &reservations, errors, queue.len() - granted.len());
-        if changed {
+        let catalog = self.inner().catalog.clone();
+        let waits: BTreeMap<u64, String> = queue
+            .iter()
+            .filter(|r| !granted.contains(&r.id))
+            .map(|r| {
+                let w = Waiting {
+                    id: r.id,
+                    uid: r.uid,
+                    ask: r.ask.clone(),
+                    gpu_model: r.gpu_model.clone(),
+                    waited_ms: now.saturating_sub(r.submitted_ms),
+                };
+                (r.id, sched::why_waiting(&catalog, &gpus, &w, &reservations))
+            })
+            .collect();
+        let reasons_changed = {
+            let mut snap = self
+                .inner()
+                .snapshot
+                .write()
+                .unwrap_or_else(|e| e.into_inner());
+            let differ = snap.waits != waits;
+            snap.waits = waits;
+            differ
+        };
+        if changed || reasons_changed {
             self.d.changed();
         }
     }
@@ -1389,6 +1663,7 @@ impl Scheduler {
                 .unwrap_or_default()
                 .into_iter()
                 .filter(|x| x.state == RequestState::Leased)
+                .filter(|x| x.slice.as_ref().is_some_and(|s| s.gpu() == gpu))
                 .collect();
             let refs: Vec<&RequestRow> = leases.iter().collect();
             match self.observe_mig(gpu, &refs) {
@@ -1500,6 +1775,7 @@ impl Scheduler {
                 ..
             } => gpus[idx].mps_clients.push(MpsClient {
                 lease: r.id,
+                uid: r.uid,
                 memory_mib: *memory_mib,
                 sm_percent: *sm_percent,
             }),
@@ -1558,10 +1834,12 @@ impl Scheduler {
             .snapshot
             .write()
             .unwrap_or_else(|e| e.into_inner());
+        let waits = std::mem::take(&mut snap.waits);
         *snap = Snapshot {
             gpus: gpus.to_vec(),
             reservations: reservations.to_vec(),
             errors,
+            waits,
         };
     }
 }
@@ -1586,4 +1864,90 @@ fn dangling_intents(rows: &[crate::store::JournalRow]) -> Vec<u64> {
         }
     }
     open.into_iter().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{BackendChoice, SchedulerSettings};
+    use tessera_gpu::sim::{SimBackend, SimConfig, SimState};
+
+    fn start(dir: &std::path::Path) -> (Daemon, SchedulerHandle) {
+        let cfg = Config {
+            backend: BackendChoice::Sim,
+            sim_gpus: "h100-80gb:1".into(),
+            state_dir: Some(dir.join("state")),
+            scheduler: SchedulerSettings {
+                tick_ms: 50,
+                ..SchedulerSettings::default()
+            },
+            ..Config::default()
+        };
+        let catalog = Catalog::builtin().clone();
+        let st = SimState::new(&catalog, &[("h100-80gb".into(), 1)], 3, true).unwrap();
+        let sim = SimBackend::new(st, catalog.clone(), SimConfig::default()).unwrap();
+        std::fs::create_dir_all(cfg.state_dir()).unwrap();
+        let fleet = Fleet::with_sim(sim, &cfg, &cfg.state_dir(), &catalog).unwrap();
+        Daemon::start(cfg, catalog, fleet).unwrap()
+    }
+
+    /// Defect 6: a panic in the scheduler thread is reported (for `serve` to stop on), and
+    /// the API stops queueing requests nobody would ever schedule.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_dead_scheduler_is_reported_and_stops_the_queue() {
+        let dir = tempfile::tempdir().unwrap();
+        let (d, sched) = start(dir.path());
+        assert_eq!(d.scheduler_failure(), None);
+        let _ = lock(&d.inner.tx).send(Cmd::Panic);
+        let why = tokio::time::timeout(Duration::from_secs(10), d.scheduler_died())
+            .await
+            .expect("the scheduler's death is reported");
+        assert!(why.contains("injected by a test"), "{why}");
+        let who = Identity::in_process(1000, "alice");
+        let body = SubmitBody {
+            slice: SliceAsk::Mig {
+                profile: "1g.10gb".into(),
+            },
+            gpu_model: None,
+            priority: 0,
+            command: vec!["job".into()],
+        };
+        let e = d.submit(&who, body).unwrap_err();
+        assert_eq!(e.status, 503, "{e}");
+        assert!(e.message.contains("scheduler stopped"), "{e}");
+        let e = ServerError::SchedulerDied(why).to_string();
+        assert!(e.contains("restart"), "{e}");
+        tokio::task::spawn_blocking(move || sched.join())
+            .await
+            .unwrap();
+    }
+
+    /// Defect 6: `tessera serve`'s main loop ends with an error when the scheduler dies,
+    /// while its servers and signal handler would have run on.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn serve_stops_with_an_error_when_the_scheduler_dies() {
+        let dir = tempfile::tempdir().unwrap();
+        let (d, sched) = start(dir.path());
+        let d2 = d.clone();
+        let serving = tokio::spawn(async move {
+            crate::serve::until_stopped(&d2, std::future::pending(), std::future::pending()).await
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(
+            !serving.is_finished(),
+            "serve ended with a healthy scheduler"
+        );
+        let _ = lock(&d.inner.tx).send(Cmd::Panic);
+        let r = tokio::time::timeout(Duration::from_secs(10), serving)
+            .await
+            .expect("serve stopped")
+            .unwrap();
+        match r {
+            Err(ServerError::SchedulerDied(why)) => assert!(why.contains("injected"), "{why}"),
+            other => panic!("expected SchedulerDied, got {other:?}"),
+        }
+        tokio::task::spawn_blocking(move || sched.join())
+            .await
+            .unwrap();
+    }
 }

@@ -2,11 +2,14 @@
 //! mix of requests from several users, with frames for a live view and a summary at the end.
 //!
 //! The fleet is three simulated H100 80GB: GPU 0 in MIG mode (re-partitioned as demand moves
-//! from small to large profiles and back), GPU 1 in MPS mode (memory and SM limits), GPU 2
-//! time-sliced with four replicas. The script (from a fixed seed) has five users submitting
+//! from small to large profiles and back), GPU 1 in MPS mode (memory and SM limits; one
+//! user's MPS server at a time, so users take turns on it), GPU 2 time-sliced with four
+//! replicas. The script (from a fixed seed) has five users submitting
 //! MIG requests of every H100 size (1g.10gb to 7g.80gb), `--mem` requests that land on MIG or
 //! MPS, and `--share` requests, arriving over the first three quarters of the scenario; each "command" is
-//! a sleep. The same code paths as `tessera serve` run: SQLite state, the scheduler, the
+//! a sleep; on an MPS slice it first connects to the simulated MPS control daemon as its
+//! user, and the demo fails if any such client would block behind another user's server. The
+//! same code paths as `tessera serve` run: SQLite state, the scheduler, the
 //! planner, the simulated backend; only the socket is skipped (clients call the daemon's
 //! operations directly, as named users).
 //!
@@ -15,10 +18,12 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use tessera_gpu::mps::{Admission, SimRunner};
 use tessera_gpu::sim::{SimBackend, SimConfig, SimState, SplitMix64};
 use tessera_model::Catalog;
 
@@ -289,6 +294,7 @@ async fn drive(
     let start = Instant::now();
     let real = |scenario_s: f64| Duration::from_secs_f64((scenario_s / opts.speed).max(0.0));
     let mut tasks = Vec::new();
+    let blocked: Arc<Mutex<Vec<String>>> = Arc::default();
     for (n, it) in items.iter().cloned().enumerate() {
         let d = daemon.clone();
         let uid = USERS
@@ -298,6 +304,7 @@ async fn drive(
         let at = start + real(it.at_s);
         let run_for = real(it.run_s);
         let hb = Duration::from_millis(d.config().lease.heartbeat_interval_ms);
+        let blocked = Arc::clone(&blocked);
         tasks.push(tokio::spawn(async move {
             tokio::time::sleep_until(at.into()).await;
             let who = Identity::in_process(uid, &it.user);
@@ -319,11 +326,28 @@ async fn drive(
             if v.state != RequestState::Leased {
                 return;
             }
+            // The job's CUDA process on an MPS slice: a client of the twin control daemon,
+            // which must get its server at once (on real hardware a blocked one hangs).
+            let mps_pipe = v.env.get("CUDA_MPS_PIPE_DIRECTORY").map(PathBuf::from);
+            let pid = 200_000 + n as u32;
+            if let Some(pipe) = &mps_pipe {
+                match SimRunner::connect(pipe, pid, uid) {
+                    Ok(Admission::Connected { .. }) => {}
+                    Ok(Admission::Blocked { server_uid }) => blocked.lock().unwrap().push(format!(
+                        "request {} of {} (uid {uid}) leased an MPS slice whose server runs as uid {server_uid}",
+                        v.id, it.user
+                    )),
+                    Err(e) => blocked.lock().unwrap().push(format!("request {}: {e}", v.id)),
+                }
+            }
             let until = tokio::time::Instant::now() + run_for;
             while tokio::time::Instant::now() < until {
                 let step = hb.min(until - tokio::time::Instant::now());
                 tokio::time::sleep(step).await;
                 let _ = d.heartbeat(&who, v.id);
+            }
+            if let Some(pipe) = &mps_pipe {
+                let _ = SimRunner::disconnect(pipe, pid);
             }
             let _ = d.release(
                 &who,
@@ -368,6 +392,13 @@ async fn drive(
             break;
         }
         tokio::time::sleep(frame_every).await;
+    }
+    let blocked = std::mem::take(&mut *blocked.lock().unwrap());
+    if !blocked.is_empty() {
+        return Err(ServerError::Fleet(format!(
+            "the demo's MPS clients would block behind another user's MPS server: {}",
+            blocked.join("; ")
+        )));
     }
     let rows = daemon.all_rows()?;
     let mut waits: Vec<f64> = rows

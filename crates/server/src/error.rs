@@ -49,6 +49,9 @@ pub enum ServerError {
     /// Per-lease device isolation was required but cannot be set up.
     #[error("device isolation: {0}")]
     Isolation(String),
+    /// The scheduler thread died; the daemon stops so that it can be restarted.
+    #[error("the scheduler thread died ({0}); stopping the daemon: restart it (leases and the queue are kept)")]
+    SchedulerDied(String),
 }
 
 impl ServerError {
@@ -111,6 +114,13 @@ impl ApiError {
     pub fn unsatisfiable(message: impl Into<String>) -> Self {
         ApiError {
             status: 422,
+            message: message.into(),
+        }
+    }
+    /// 503: the daemon cannot serve this now (its scheduler stopped).
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        ApiError {
+            status: 503,
             message: message.into(),
         }
     }

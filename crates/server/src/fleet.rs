@@ -223,6 +223,24 @@ impl Fleet {
             .get()
             .gpus()
             .map_err(|e| ServerError::Backend(e.to_string()))?;
+        // The daemon addresses GPUs by index everywhere (API paths, the database, the
+        // config): index N must be the N-th GPU.
+        for (pos, info) in infos.iter().enumerate() {
+            if info.index as usize != pos {
+                let fix = match self.describe.strip_prefix("sim:") {
+                    Some(file) => format!(
+                        "set `gpus[{pos}].index` to {pos} in {file}, or move the file away to create a fresh simulated fleet"
+                    ),
+                    None => "the backend numbers its GPUs out of order; report this with `nvidia-smi -L`".into(),
+                };
+                return Err(ServerError::Fleet(format!(
+                    "{}: GPU number {} in the list has index {}, but indices must run 0, 1, 2, … in list order; {fix}",
+                    self.describe,
+                    pos + 1,
+                    info.index
+                )));
+            }
+        }
         for info in infos {
             let settings = cfg.gpu(info.index);
             let model_key = info.model.clone().ok_or_else(|| {
@@ -546,9 +564,13 @@ fn sim_fleet(
     Ok((Hw::Sim(Box::new(s)), why))
 }
 
-/// Open `<state dir>/sim-gpus.json`, creating it from `sim_gpus` when it does not exist.
+/// Open `sim_state` (default `<state dir>/sim-gpus.json`), creating it from `sim_gpus` when
+/// it does not exist.
 fn open_sim(cfg: &Config, state_dir: &Path, catalog: &Catalog) -> Result<SimBackend, ServerError> {
-    let path = sim_state_path(state_dir);
+    let path = cfg
+        .sim_state
+        .clone()
+        .unwrap_or_else(|| sim_state_path(state_dir));
     if path.exists() {
         return SimBackend::open(&path, catalog.clone(), SimConfig::default())
             .map_err(|e| ServerError::Backend(e.to_string()));

@@ -4,9 +4,19 @@
 //! Every answer is JSON (`/metrics` excepted). Malformed input never reaches the daemon: bodies
 //! are parsed here and a parse error is a 400 naming the problem; unknown paths are 404 and
 //! wrong methods 405.
+//!
+//! Connections are guarded ([`Guarded`]): at most `connections.max_per_uid` open at once per
+//! uid on the Unix socket (per address on TCP), and a connection is closed when a request
+//! has not been answered within `connections.idle_timeout_ms` of its first byte, or when it
+//! sits idle that long between requests. A long poll waits at most half of that.
 
+use std::collections::HashMap;
+use std::future::Future;
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::extract::connect_info::Connected;
@@ -43,9 +53,9 @@ pub enum Peer {
     Tcp(SocketAddr),
 }
 
-impl Connected<IncomingStream<'_, UnixListener>> for Peer {
-    fn connect_info(stream: IncomingStream<'_, UnixListener>) -> Self {
-        match stream.io().peer_cred() {
+impl Connected<IncomingStream<'_, Guarded<UnixListener>>> for Peer {
+    fn connect_info(stream: IncomingStream<'_, Guarded<UnixListener>>) -> Self {
+        match stream.io().inner().peer_cred() {
             Ok(c) => Peer::Unix {
                 uid: Some(c.uid()),
                 pid: c.pid(),
@@ -61,8 +71,8 @@ impl Connected<IncomingStream<'_, UnixListener>> for Peer {
     }
 }
 
-impl Connected<IncomingStream<'_, TcpListener>> for Peer {
-    fn connect_info(stream: IncomingStream<'_, TcpListener>) -> Self {
+impl Connected<IncomingStream<'_, Guarded<TcpListener>>> for Peer {
+    fn connect_info(stream: IncomingStream<'_, Guarded<TcpListener>>) -> Self {
         Peer::Tcp(*stream.remote_addr())
     }
 }
@@ -230,7 +240,10 @@ async fn wait(
             .parse::<u64>()
             .map_err(|_| ApiError::bad_request(format!("timeout_ms `{t}` is not a number")))?,
     };
-    let ms = ms.min(60_000);
+    // A long poll must end well before the connection's idle timeout.
+    let ms = ms
+        .min(60_000)
+        .min(s.daemon.config().connections.idle_timeout_ms / 2);
     Ok(Json(
         s.daemon
             .wait(&who, parse_id(&id)?, Duration::from_millis(ms))
@@ -321,4 +334,333 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics))
         .fallback(not_found)
         .with_state(state)
+}
+
+/// Who a connection counts against for the per-peer cap.
+pub trait PeerKey {
+    /// `uid N` (Unix socket) or `address A` (TCP).
+    fn peer_key(&self) -> String;
+}
+
+impl PeerKey for tokio::net::UnixStream {
+    fn peer_key(&self) -> String {
+        match self.peer_cred() {
+            Ok(c) => format!("uid {}", c.uid()),
+            Err(_) => "an unknown uid".into(),
+        }
+    }
+}
+
+impl PeerKey for tokio::net::TcpStream {
+    fn peer_key(&self) -> String {
+        match self.peer_addr() {
+            Ok(a) => format!("address {}", a.ip()),
+            Err(_) => "an unknown address".into(),
+        }
+    }
+}
+
+/// Open connections per peer, shared by a listener and its connections.
+#[derive(Debug, Default)]
+struct Slots {
+    open: Mutex<HashMap<String, u32>>,
+    warned: Mutex<HashMap<String, Instant>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Slots {
+    fn take(self: &Arc<Self>, key: String, max: u32) -> Option<Slot> {
+        let mut open = lock(&self.open);
+        let n = open.entry(key.clone()).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(Slot {
+            slots: self.clone(),
+            key,
+        })
+    }
+
+    /// Log a refusal at most once a minute per peer.
+    fn refused(&self, key: &str, max: u32) {
+        let mut warned = lock(&self.warned);
+        let now = Instant::now();
+        if warned
+            .get(key)
+            .is_some_and(|t| now.duration_since(*t) < Duration::from_secs(60))
+        {
+            return;
+        }
+        warned.insert(key.to_string(), now);
+        tracing::warn!(
+            "closing new connections from {key}: it already holds {max} (connections.max_per_uid)"
+        );
+    }
+}
+
+/// One open connection's place in [`Slots`], given back on drop.
+#[derive(Debug)]
+struct Slot {
+    slots: Arc<Slots>,
+    key: String,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut open = lock(&self.slots.open);
+        if let Some(n) = open.get_mut(&self.key) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                open.remove(&self.key);
+            }
+        }
+    }
+}
+
+/// A listener that caps open connections per peer and times out idle or slow ones (see the
+/// module docs).
+#[derive(Debug)]
+pub struct Guarded<L> {
+    inner: L,
+    max_per_peer: u32,
+    idle: Duration,
+    slots: Arc<Slots>,
+    counters: GuardCounters,
+}
+
+/// Counters a [`Guarded`] listener bumps (`tessera_connections_refused_total`,
+/// `tessera_connections_timed_out_total`).
+#[derive(Debug, Clone, Default)]
+pub struct GuardCounters {
+    /// Connections closed at once by the cap.
+    pub refused: prometheus_client::metrics::counter::Counter,
+    /// Connections closed by the idle timeout.
+    pub timed_out: prometheus_client::metrics::counter::Counter,
+}
+
+impl<L> Guarded<L> {
+    /// Guard `inner`: at most `max_per_peer` connections per peer, each closed after `idle`
+    /// without progress.
+    pub fn new(inner: L, max_per_peer: u32, idle: Duration) -> Self {
+        Guarded {
+            inner,
+            max_per_peer,
+            idle,
+            slots: Arc::new(Slots::default()),
+            counters: GuardCounters::default(),
+        }
+    }
+
+    /// Count refusals and timeouts in these counters (the daemon's metrics).
+    pub fn with_counters(mut self, counters: GuardCounters) -> Self {
+        self.counters = counters;
+        self
+    }
+}
+
+impl<L> axum::serve::Listener for Guarded<L>
+where
+    L: axum::serve::Listener,
+    L::Io: PeerKey,
+{
+    type Io = GuardedIo<L::Io>;
+    type Addr = L::Addr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            let (io, addr) = self.inner.accept().await;
+            let key = io.peer_key();
+            match self.slots.take(key.clone(), self.max_per_peer) {
+                Some(slot) => {
+                    let io = GuardedIo::new(io, slot, self.idle, self.counters.timed_out.clone());
+                    return (io, addr);
+                }
+                None => {
+                    self.counters.refused.inc();
+                    self.slots.refused(&key, self.max_per_peer);
+                    drop(io);
+                }
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.inner.local_addr()
+    }
+}
+
+/// A guarded connection: its deadline is set when it opens, when a request's first byte
+/// arrives, and on every byte of an answer written; past it, reads and writes fail with
+/// `TimedOut` and the server closes the connection.
+#[derive(Debug)]
+pub struct GuardedIo<T> {
+    io: T,
+    _slot: Slot,
+    idle: Duration,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+    /// Nothing read since the last answer (or the start): the next byte starts a request.
+    between_requests: bool,
+    timed_out: prometheus_client::metrics::counter::Counter,
+    counted: bool,
+}
+
+impl<T> GuardedIo<T> {
+    fn new(
+        io: T,
+        slot: Slot,
+        idle: Duration,
+        timed_out: prometheus_client::metrics::counter::Counter,
+    ) -> Self {
+        GuardedIo {
+            io,
+            _slot: slot,
+            idle,
+            deadline: Box::pin(tokio::time::sleep(idle)),
+            between_requests: true,
+            timed_out,
+            counted: false,
+        }
+    }
+
+    /// The connection itself.
+    pub fn inner(&self) -> &T {
+        &self.io
+    }
+
+    fn extend(&mut self) {
+        let at = tokio::time::Instant::now() + self.idle;
+        self.deadline.as_mut().reset(at);
+    }
+
+    /// `Pending` while the deadline is ahead (the timer will wake the task), else the error.
+    fn expired<R>(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<R>> {
+        match self.deadline.as_mut().poll(cx) {
+            Poll::Ready(()) => {
+                if !std::mem::replace(&mut self.counted, true) {
+                    self.timed_out.inc();
+                }
+                Poll::Ready(Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "connection idle or too slow (connections.idle_timeout_ms)",
+                )))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for GuardedIo<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        match Pin::new(&mut this.io).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                if buf.filled().len() > before && this.between_requests {
+                    this.between_requests = false;
+                    this.extend();
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => this.expired(cx),
+        }
+    }
+}
+
+impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for GuardedIo<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.io).poll_write(cx, buf) {
+            Poll::Ready(Ok(n)) => {
+                if n > 0 {
+                    this.between_requests = true;
+                    this.extend();
+                }
+                Poll::Ready(Ok(n))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => this.expired(cx),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.io).poll_write_vectored(cx, bufs) {
+            Poll::Ready(Ok(n)) => {
+                if n > 0 {
+                    this.between_requests = true;
+                    this.extend();
+                }
+                Poll::Ready(Ok(n))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => this.expired(cx),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.io).poll_flush(cx) {
+            Poll::Pending => this.expired(cx),
+            other => other,
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    proptest::proptest! {
+        /// However connections of two peers open and close, neither holds more than the cap,
+        /// and a place is refused exactly when its peer is at the cap.
+        #[test]
+        fn no_peer_holds_more_than_the_cap(
+            cap in 1u32..6,
+            ops in proptest::collection::vec((proptest::bool::ANY, 0usize..2, 0usize..8), 0..200),
+        ) {
+            let slots = Arc::new(Slots::default());
+            let mut held: [Vec<Slot>; 2] = [Vec::new(), Vec::new()];
+            for (open, peer, pick) in ops {
+                let key = format!("uid {peer}");
+                if open {
+                    let got = slots.take(key, cap);
+                    proptest::prop_assert_eq!(got.is_some(), (held[peer].len() as u32) < cap);
+                    held[peer].extend(got);
+                } else if !held[peer].is_empty() {
+                    let i = pick % held[peer].len();
+                    held[peer].swap_remove(i);
+                }
+                for (p, h) in held.iter().enumerate() {
+                    let open = lock(&slots.open).get(&format!("uid {p}")).copied().unwrap_or(0);
+                    proptest::prop_assert_eq!(open, h.len() as u32);
+                    proptest::prop_assert!(open <= cap);
+                }
+            }
+        }
+    }
 }

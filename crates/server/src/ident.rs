@@ -89,6 +89,7 @@ impl Identity {
 /// The user name of `uid` from the password database, or `uid N` when it has none.
 pub fn user_name(uid: u32) -> String {
     let mut buf = vec![0u8; 4096];
+    // SAFETY: a C struct of integers and pointers, for which all-zero bytes are a valid value.
     let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
     let mut result: *mut libc::passwd = std::ptr::null_mut();
     // SAFETY: every pointer is valid for the call; `buf` outlives the use of `pwd`'s strings.

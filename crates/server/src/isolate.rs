@@ -45,6 +45,9 @@ struct End {
 #[derive(Debug, Clone)]
 struct Tracked {
     slice: Option<Slice>,
+    /// The lease holder's uid (an MPS server keeps running as this uid while its
+    /// processes live).
+    uid: u32,
     client: Option<Stamp>,
     /// It has a cgroup (else: the client's process tree).
     cgroup: bool,
@@ -60,6 +63,8 @@ pub struct Quarantine {
     pub lease: u64,
     /// Its slice.
     pub slice: Slice,
+    /// The ended lease's uid.
+    pub uid: u32,
     /// Its processes still present.
     pub pids: Vec<u32>,
     /// Why the lease ended.
@@ -67,12 +72,20 @@ pub struct Quarantine {
 }
 
 impl Quarantine {
-    /// One line for `tessera status`.
-    pub fn describe(&self) -> String {
-        format!(
-            "{} quarantined: request {} ended ({}) but its process(es) {:?} still run; SIGKILL sent, the slice is freed when they are gone",
-            self.slice, self.lease, self.reason, self.pids
-        )
+    /// One line for `tessera status`; the request, its end and its processes only for
+    /// those who may see the lease's owner (`full`).
+    pub fn describe(&self, full: bool) -> String {
+        if full {
+            format!(
+                "{} quarantined: request {} ended ({}) but its process(es) {:?} still run; SIGKILL sent, the slice is freed when they are gone",
+                self.slice, self.lease, self.reason, self.pids
+            )
+        } else {
+            format!(
+                "{} quarantined: an ended lease's processes still run; the slice is freed when they are gone",
+                self.slice
+            )
+        }
     }
 }
 
@@ -204,6 +217,7 @@ impl Enforcer {
             r.id,
             Tracked {
                 slice: Some(slice.clone()),
+                uid: r.uid,
                 client: Some(client),
                 cgroup,
                 killed: Vec::new(),
@@ -267,6 +281,7 @@ impl Enforcer {
                     r.id,
                     Tracked {
                         slice: r.slice.clone(),
+                        uid: r.uid,
                         client: Some(client),
                         cgroup: with_cgroup.contains(&r.id),
                         killed: Vec::new(),
@@ -284,6 +299,7 @@ impl Enforcer {
                 id,
                 Tracked {
                     slice: r.as_ref().and_then(|r| r.slice.clone()),
+                    uid: r.as_ref().map_or(0, |r| r.uid),
                     client: r.as_ref().and_then(|r| self.client_of(r)),
                     cgroup: true,
                     killed: Vec::new(),
@@ -375,6 +391,7 @@ impl Enforcer {
                 quarantine.push(Quarantine {
                     lease: *id,
                     slice: slice.clone(),
+                    uid: t.uid,
                     pids: holding,
                     reason: end.reason.clone(),
                 });

@@ -20,7 +20,6 @@
 //! - [`client`]: the client used by the CLI; [`serve`]: sockets and signals;
 //! - [`demo`]: the scripted in-process demonstration behind `tessera demo`.
 
-pub mod client;
 pub mod config;
 pub mod daemon;
 pub mod demo;
@@ -34,7 +33,9 @@ pub mod metrics;
 pub mod sched;
 pub mod serve;
 pub mod store;
-pub mod wire;
+
+/// The API's client and wire types live in `tessera-api` (no SQLite, HTTP server or NVML there).
+pub use tessera_api::{client, wire};
 
 pub use config::Config;
 pub use daemon::Daemon;

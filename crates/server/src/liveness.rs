@@ -2,8 +2,59 @@
 //! nothing: the daemon records the process's start time (field 22 of `/proc/PID/stat`, clock
 //! ticks since boot) when the request arrives, and a later check counts the client alive only
 //! when a process with that PID exists, is not a zombie, and started at that same tick.
+//!
+//! Only a definite answer ends a lease: `/proc/PID` missing (`ENOENT`/`ESRCH`), a zombie, or
+//! another start time mean *gone*; any other failure to read (out of file descriptors,
+//! `EACCES`, a short read) means *unknown*, and the lease is kept (see [`Liveness`]).
+//!
+//! Heartbeat deadlines are kept on a [`Clock`], so tests can jump time.
 
 use std::path::Path;
+use std::time::Instant;
+
+/// The monotonic time the daemon measures heartbeats on; a trait so that tests can make
+/// time jump as if the daemon had been paused.
+pub trait Clock: Send + Sync + 'static {
+    /// Now.
+    fn now(&self) -> Instant;
+}
+
+/// The real monotonic clock (`CLOCK_MONOTONIC`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MonotonicClock;
+
+impl Clock for MonotonicClock {
+    fn now(&self) -> Instant {
+        Instant::now()
+    }
+}
+
+/// What a check of a client process found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Liveness {
+    /// The same process (PID and start time) runs.
+    Alive,
+    /// The process is gone: no such PID, a zombie, or another process under that PID.
+    Gone(String),
+    /// `/proc` could not be read (e.g. the daemon is out of file descriptors): no verdict.
+    Unknown(String),
+}
+
+impl Liveness {
+    /// The verdict for an error reading `/proc/PID/stat`: only "no such file or process"
+    /// means gone.
+    pub fn from_error(pid: u32, e: &std::io::Error) -> Liveness {
+        match e.raw_os_error() {
+            Some(libc::ENOENT) | Some(libc::ESRCH) => {
+                Liveness::Gone(format!("client process {pid} is gone"))
+            }
+            _ if e.kind() == std::io::ErrorKind::NotFound => {
+                Liveness::Gone(format!("client process {pid} is gone"))
+            }
+            _ => Liveness::Unknown(format!("cannot read /proc/{pid}/stat: {e}")),
+        }
+    }
+}
 
 /// Identity of a process that survives PID reuse: its PID and its start time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -14,11 +65,10 @@ pub struct ProcessStamp {
     pub start_ticks: u64,
 }
 
-/// What `/proc/PID/stat` says, parsed: (state letter, start time). `None` when the process
-/// does not exist or the file cannot be read.
-fn read_stat(proc_root: &Path, pid: u32) -> Option<(char, u64)> {
-    let text = std::fs::read_to_string(proc_root.join(pid.to_string()).join("stat")).ok()?;
-    parse_stat(&text)
+/// What `/proc/PID/stat` says, parsed: (state letter, start time); the read's error as is.
+fn read_stat(proc_root: &Path, pid: u32) -> std::io::Result<Option<(char, u64)>> {
+    let text = std::fs::read_to_string(proc_root.join(pid.to_string()).join("stat"))?;
+    Ok(parse_stat(&text))
 }
 
 /// Parse the text of `/proc/PID/stat`: the command name (field 2) may hold spaces and
@@ -39,16 +89,40 @@ impl ProcessStamp {
     }
 
     fn of_in(proc_root: &Path, pid: u32) -> Option<ProcessStamp> {
-        let (state, start_ticks) = read_stat(proc_root, pid)?;
+        let (state, start_ticks) = read_stat(proc_root, pid).ok()??;
         if matches!(state, 'Z' | 'X' | 'x') {
             return None;
         }
         Some(ProcessStamp { pid, start_ticks })
     }
 
-    /// Whether this very process still runs (same PID, same start time, not a zombie).
+    /// Whether this very process still runs (same PID, same start time, not a zombie);
+    /// [`Liveness::Unknown`] when `/proc` cannot be read.
+    pub fn check(&self) -> Liveness {
+        self.check_in(Path::new("/proc"))
+    }
+
+    /// [`ProcessStamp::check`] against another `/proc` (tests).
+    pub fn check_in(&self, proc_root: &Path) -> Liveness {
+        match read_stat(proc_root, self.pid) {
+            Err(e) => Liveness::from_error(self.pid, &e),
+            Ok(None) => {
+                Liveness::Unknown(format!("/proc/{}/stat has an unexpected format", self.pid))
+            }
+            Ok(Some(('Z' | 'X' | 'x', _))) => {
+                Liveness::Gone(format!("client process {} has exited", self.pid))
+            }
+            Ok(Some((_, start))) if start != self.start_ticks => Liveness::Gone(format!(
+                "client process {} is gone (its PID now belongs to another process)",
+                self.pid
+            )),
+            Ok(Some(_)) => Liveness::Alive,
+        }
+    }
+
+    /// Whether this very process definitely still runs ([`Liveness::Alive`]).
     pub fn is_alive(&self) -> bool {
-        Self::of(self.pid) == Some(*self)
+        self.check() == Liveness::Alive
     }
 }
 
@@ -73,6 +147,60 @@ mod tests {
             ..me
         };
         assert!(!reused.is_alive());
+    }
+
+    /// Defect 1: an unreadable `/proc` entry (here a `stat` that is a directory: EISDIR;
+    /// in the field EMFILE) is no verdict, while a missing one is.
+    #[test]
+    fn an_unreadable_proc_entry_is_unknown_and_only_a_missing_one_is_gone() {
+        let root = tempfile::tempdir().unwrap();
+        let stamp = ProcessStamp {
+            pid: 4242,
+            start_ticks: 987654,
+        };
+        assert!(matches!(stamp.check_in(root.path()), Liveness::Gone(_)));
+        let dir = root.path().join("4242");
+        std::fs::create_dir_all(dir.join("stat")).unwrap();
+        assert!(
+            matches!(stamp.check_in(root.path()), Liveness::Unknown(_)),
+            "{:?}",
+            stamp.check_in(root.path())
+        );
+        std::fs::remove_dir(dir.join("stat")).unwrap();
+        let line = |state: char, start: u64| {
+            format!("4242 (job) {state} 1 4242 4242 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 {start} 1000 10")
+        };
+        std::fs::write(dir.join("stat"), line('S', 987654)).unwrap();
+        assert_eq!(stamp.check_in(root.path()), Liveness::Alive);
+        std::fs::write(dir.join("stat"), line('S', 987655)).unwrap();
+        assert!(matches!(stamp.check_in(root.path()), Liveness::Gone(_)));
+        std::fs::write(dir.join("stat"), line('Z', 987654)).unwrap();
+        assert!(matches!(stamp.check_in(root.path()), Liveness::Gone(_)));
+        std::fs::write(dir.join("stat"), "4242 (job").unwrap();
+        assert!(matches!(stamp.check_in(root.path()), Liveness::Unknown(_)));
+        for (errno, gone) in [
+            (libc::EMFILE, false),
+            (libc::ENFILE, false),
+            (libc::EACCES, false),
+            (libc::ENOMEM, false),
+            (libc::ENOENT, true),
+            (libc::ESRCH, true),
+        ] {
+            let v = Liveness::from_error(4242, &std::io::Error::from_raw_os_error(errno));
+            assert_eq!(matches!(v, Liveness::Gone(_)), gone, "errno {errno}: {v:?}");
+        }
+    }
+
+    proptest::proptest! {
+        /// Of all errors reading `/proc`, only "no such file" and "no such process" end a
+        /// lease.
+        #[test]
+        fn only_enoent_and_esrch_mean_gone(errno in 1i32..134) {
+            let v = Liveness::from_error(7, &std::io::Error::from_raw_os_error(errno));
+            let gone = errno == libc::ENOENT || errno == libc::ESRCH;
+            proptest::prop_assert_eq!(matches!(v, Liveness::Gone(_)), gone);
+            proptest::prop_assert_eq!(matches!(v, Liveness::Unknown(_)), !gone);
+        }
     }
 
     #[test]

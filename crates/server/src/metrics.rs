@@ -10,6 +10,10 @@
 //! | `tessera_operations_failed_total` | counter | | backend operations that failed |
 //! | `tessera_slices_busy` | gauge | `gpu` | slices leased on a GPU (instances, clients or replicas) |
 //! | `tessera_slices` | gauge | `gpu` | slices on a GPU (MIG instances, MPS clients, replicas offered) |
+//! | `tessera_connections_refused_total` | counter | | connections closed at once: their uid (TCP: address) was at `connections.max_per_uid` |
+//! | `tessera_connections_timed_out_total` | counter | | connections closed idle or too slow (`connections.idle_timeout_ms`) |
+//! | `tessera_scheduler_stalls_total` | counter | | times the scheduler did not run for well over a tick (daemon stopped or starved); heartbeat deadlines were extended |
+//! | `tessera_liveness_unknown_total` | counter | | client checks with no verdict (`/proc/PID/stat` unreadable, e.g. out of descriptors) |
 //!
 //! Counters restart from zero with the daemon (Prometheus handles resets); the totals that
 //! must survive restarts (re-partitions) are in the state database and `tessera status`.
@@ -57,6 +61,14 @@ pub struct Metrics {
     pub slices_busy: Family<GpuLabel, Gauge>,
     /// Slices per GPU.
     pub slices: Family<GpuLabel, Gauge>,
+    /// Connections refused by the per-uid cap.
+    pub connections_refused: Counter,
+    /// Connections closed by the idle timeout.
+    pub connections_timed_out: Counter,
+    /// Scheduler stalls that extended heartbeat deadlines.
+    pub scheduler_stalls: Counter,
+    /// Client liveness checks without a verdict.
+    pub liveness_unknown: Counter,
 }
 
 impl Default for Metrics {
@@ -112,6 +124,30 @@ impl Metrics {
         registry.register("slices_busy", "Leased slices per GPU", slices_busy.clone());
         let slices = Family::<GpuLabel, Gauge>::default();
         registry.register("slices", "Slices per GPU", slices.clone());
+        let connections_refused = Counter::default();
+        registry.register(
+            "connections_refused",
+            "Connections closed at once because their uid (TCP: address) was at the cap",
+            connections_refused.clone(),
+        );
+        let connections_timed_out = Counter::default();
+        registry.register(
+            "connections_timed_out",
+            "Connections closed idle or too slow",
+            connections_timed_out.clone(),
+        );
+        let scheduler_stalls = Counter::default();
+        registry.register(
+            "scheduler_stalls",
+            "Times the scheduler did not run for well over a tick; heartbeat deadlines were extended",
+            scheduler_stalls.clone(),
+        );
+        let liveness_unknown = Counter::default();
+        registry.register(
+            "liveness_unknown",
+            "Client liveness checks without a verdict (/proc unreadable)",
+            liveness_unknown.clone(),
+        );
         for t in ["mig", "mps", "timeslice"] {
             let l = SliceType {
                 slice_type: t.into(),
@@ -129,6 +165,10 @@ impl Metrics {
             operations_failed,
             slices_busy,
             slices,
+            connections_refused,
+            connections_timed_out,
+            scheduler_stalls,
+            liveness_unknown,
         }
     }
 

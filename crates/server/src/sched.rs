@@ -22,6 +22,13 @@
 //!    - MPS and time-slicing: the GPU with the least memory (MPS) or fewest replicas
 //!      (time-slice) in use; later requests get no new lease on that GPU at all.
 //!
+//! **MPS by uid.** An MPS control daemon runs one server, of one uid, at a time; a client of
+//! another uid blocks until every client of the running server is gone. So an MPS GPU with
+//! leases of uid U takes new MPS clients of U only, at most `mps.max_clients` (never more than
+//! the 48 a server takes on Volta and newer); another uid's request goes to another GPU or
+//! waits, and may reserve the held GPU, which then drains (see [`GpuState::mps_open_to`]).
+//! [`why_waiting`] tells a waiting request what stands in its way on each GPU.
+//!
 //! The reserved region only ever empties (nothing new is leased in it), so the reserving
 //! request is served as soon as the leases in its way end: no starvation, for every request in
 //! turn, since a request that cannot reserve (the limit is reached) is behind one that can.
@@ -65,6 +72,8 @@ impl InstanceState {
 pub struct MpsClient {
     /// The lease.
     pub lease: u64,
+    /// The lease holder's uid: the uid its CUDA processes (and so the MPS server) run as.
+    pub uid: u32,
     /// Memory limit, MiB.
     pub memory_mib: u64,
     /// SM percentage.
@@ -123,6 +132,29 @@ impl GpuState {
     fn usable(&self) -> bool {
         !self.drained && self.healthy && !self.failed
     }
+
+    /// The uid whose MPS clients hold this GPU, if any. The MPS control daemon runs one
+    /// server, of one uid, at a time: while that uid has clients, a client of another uid
+    /// blocks until they are all gone.
+    pub fn mps_holder(&self) -> Option<u32> {
+        self.mps_clients.first().map(|c| c.uid)
+    }
+
+    /// Whether an MPS client of `uid` may be added now: nobody else's clients hold the GPU
+    /// and the server has room for one more client.
+    pub fn mps_open_to(&self, uid: u32) -> bool {
+        self.mps_holder().is_none_or(|h| h == uid)
+            && (self.mps_clients.len() as u32) < mps_client_limit(&self.facts)
+    }
+}
+
+/// Clients one MPS server takes on this GPU: the configured `mps.max_clients`, never more
+/// than the hardware's per-server limit (48 on Volta and newer).
+pub fn mps_client_limit(facts: &GpuFacts) -> u32 {
+    facts
+        .mps
+        .max_clients
+        .min(tessera_gpu::mps::MAX_CLIENTS_PER_SERVER)
 }
 
 /// A request waiting in the queue.
@@ -130,6 +162,8 @@ impl GpuState {
 pub struct Waiting {
     /// Request ID.
     pub id: u64,
+    /// The requester's uid (MPS GPUs serve one uid at a time).
+    pub uid: u32,
     /// What it asks.
     pub ask: SliceAsk,
     /// Model restriction (catalog key after resolution).
@@ -238,13 +272,19 @@ fn variants(catalog: &Catalog, gpus: &[GpuState], w: &Waiting) -> Vec<Variant> {
         SliceAsk::Mem {
             memory_mib,
             sm_percent,
+        }
+        | SliceAsk::Mps {
+            memory_mib,
+            sm_percent,
         } => {
+            // `--mps` asks for an MPS client only; `--mem` takes MIG first.
+            let mig_too = matches!(w.ask, SliceAsk::Mem { .. });
             // MIG first (isolated), one variant per model, least wasted memory first.
             let mut by_model: BTreeMap<(u64, String), Vec<u32>> = BTreeMap::new();
             let mut profile_of: BTreeMap<String, String> = BTreeMap::new();
             for g in gpus
                 .iter()
-                .filter(|g| g.facts.mode == GpuMode::Mig && of_model(g))
+                .filter(|g| mig_too && g.facts.mode == GpuMode::Mig && of_model(g))
             {
                 let Some(model) = catalog.get(&g.facts.model) else {
                     continue;
@@ -312,6 +352,7 @@ pub fn check_feasible(
     let states: Vec<GpuState> = gpus.iter().cloned().map(GpuState::empty).collect();
     let w = Waiting {
         id: 0,
+        uid: 0,
         ask: ask.clone(),
         gpu_model: model.map(str::to_string),
         waited_ms: 0,
@@ -339,9 +380,81 @@ pub fn check_feasible(
         have.push(desc);
     }
     Err(format!(
-        "no GPU{restriction} of this machine can ever serve `{ask}`; it has {}",
-        have.join("; ")
+        "no GPU{restriction} of this machine can ever serve `{ask}`; it has {}{}",
+        have.join("; "),
+        largest_hint(catalog, gpus, ask, model)
     ))
+}
+
+/// For a memory ask nothing can serve: the largest MIG instance and MPS client this machine
+/// can give, with the flags that ask for them (`--mem 80GiB` on an H100 whose 7g.80gb has
+/// 79.25 GiB: "ask --mem 79GiB or --mig 7g.80gb").
+fn largest_hint(
+    catalog: &Catalog,
+    gpus: &[GpuFacts],
+    ask: &SliceAsk,
+    model: Option<&str>,
+) -> String {
+    let (SliceAsk::Mem { .. } | SliceAsk::Mps { .. }) = ask else {
+        return String::new();
+    };
+    let mig_too = matches!(ask, SliceAsk::Mem { .. });
+    let of_model = |g: &&GpuFacts| model.is_none_or(|m| m == g.model);
+    let mut out = String::new();
+    // (memory, profile, model key) of the largest ordinary profile.
+    let best_mig = gpus
+        .iter()
+        .filter(|g| mig_too && g.mode == GpuMode::Mig)
+        .filter(of_model)
+        .filter_map(|g| catalog.get(&g.model))
+        .flat_map(|m| {
+            m.profiles
+                .iter()
+                .filter(|p| p.media_kind() == tessera_model::catalog::MediaKind::Standard)
+                .filter_map(move |p| Some((p.memory_mib?, p.name.clone(), m.key.clone())))
+        })
+        .max_by(|a, b| a.0.cmp(&b.0).then_with(|| b.1.cmp(&a.1)));
+    if let Some((mib, name, key)) = best_mig {
+        out.push_str(&format!(
+            ". The largest MIG slice here is {name} on {key} with {} ({mib} MiB): ask for --mem {} or --mig {name}",
+            gib_text(mib),
+            floor_size(mib)
+        ));
+    }
+    let best_mps = gpus
+        .iter()
+        .filter(|g| g.mode == GpuMode::Mps)
+        .filter(of_model)
+        .map(|g| g.mps_usable_mib())
+        .max();
+    if let Some(mib) = best_mps.filter(|m| *m > 0) {
+        out.push_str(&format!(
+            ". The largest MPS client here has {} ({mib} MiB): ask for --mps --mem {}",
+            gib_text(mib),
+            floor_size(mib)
+        ));
+    }
+    out
+}
+
+/// `79.25 GiB`.
+fn gib_text(mib: u64) -> String {
+    let gib = mib as f64 / 1024.0;
+    format!(
+        "{} GiB",
+        format!("{gib:.2}")
+            .trim_end_matches('0')
+            .trim_end_matches('.')
+    )
+}
+
+/// The largest whole GiB (or MiB below 1 GiB) that fits in `mib`: `79GiB` for 79.25 GiB.
+fn floor_size(mib: u64) -> String {
+    if mib >= 1024 {
+        format!("{}GiB", mib / 1024)
+    } else {
+        format!("{mib}MiB")
+    }
 }
 
 fn planner_gpu(g: &GpuState) -> GpuSpec {
@@ -381,7 +494,7 @@ fn options_for(g: &GpuState) -> PlanOptions {
     PlanOptions {
         mps_reserve_mib: g.facts.mps.reserve_mib,
         mps_sm_oversubscription: g.facts.mps.sm_oversubscription,
-        mps_max_clients: g.facts.mps.max_clients,
+        mps_max_clients: mps_client_limit(&g.facts),
         timeslice_replicas: g.facts.replicas,
         ..PlanOptions::default()
     }
@@ -434,6 +547,8 @@ pub fn decide(
                     .iter()
                     .any(|r| r.gpu == *i && r.region.is_none() && r.request != w.id)
             })
+            // MPS by uid: never a client next to another user's clients.
+            .filter(|i| !matches!(v.kind, RequestKind::Mps(_)) || by_index[i].mps_open_to(w.uid))
             .collect();
         while !candidates.is_empty() {
             let cluster = ClusterSpec {
@@ -658,6 +773,108 @@ pub fn reserve(
     None
 }
 
+/// Why `w` waits after a pass in which [`decide`] found nothing for it: for each GPU it could
+/// use, the first thing in the way, e.g. `GPU 1: held by another user's MPS clients …`.
+/// `reservations` are those of the pass (the request's own is skipped).
+pub fn why_waiting(
+    catalog: &Catalog,
+    gpus: &[GpuState],
+    w: &Waiting,
+    reservations: &[Reservation],
+) -> String {
+    let by_index: BTreeMap<u32, &GpuState> = gpus.iter().map(|g| (g.facts.index, g)).collect();
+    let mut parts: Vec<String> = Vec::new();
+    for v in variants(catalog, gpus, w) {
+        for gi in &v.gpus {
+            let why = gpu_blocker(catalog, by_index[gi], w, &v.kind, reservations);
+            let line = format!("GPU {gi}: {why}");
+            if !parts.contains(&line) {
+                parts.push(line);
+            }
+        }
+    }
+    if parts.is_empty() {
+        return "no GPU of this machine serves this ask".into();
+    }
+    parts.join("; ")
+}
+
+fn gpu_blocker(
+    catalog: &Catalog,
+    g: &GpuState,
+    w: &Waiting,
+    kind: &RequestKind,
+    reservations: &[Reservation],
+) -> String {
+    let other = |r: &&Reservation| r.gpu == g.facts.index && r.request != w.id;
+    if g.drained {
+        return "drained by the administrator".into();
+    }
+    if !g.healthy {
+        return "unhealthy after an XID error; no new leases".into();
+    }
+    if g.failed {
+        return "a change failed on it in this pass; retried in the next".into();
+    }
+    if let RequestKind::Mps(_) = kind {
+        if g.mps_holder().is_some_and(|h| h != w.uid) {
+            return "held by another user's MPS clients (MPS runs one user's server per GPU at a time); waits until they end".into();
+        }
+    }
+    if let Some(r) = reservations
+        .iter()
+        .filter(other)
+        .find(|r| r.region.is_none())
+    {
+        return format!(
+            "reserved for request {}, which waits longer; no new leases here until it is served",
+            r.request
+        );
+    }
+    match kind {
+        RequestKind::Mps(m) => {
+            let limit = mps_client_limit(&g.facts);
+            if g.mps_clients.len() as u32 >= limit {
+                return format!("all {limit} MPS clients of its server are in use");
+            }
+            let mem: u64 = g.mps_clients.iter().map(|c| c.memory_mib).sum();
+            let sm: u32 = g.mps_clients.iter().map(|c| u32::from(c.sm_percent)).sum();
+            format!(
+                "MPS clients hold {} of {} and {sm}% SM; {} with {}% SM does not fit next to them",
+                crate::wire::format_mib(mem),
+                crate::wire::format_mib(g.facts.mps_usable_mib()),
+                crate::wire::format_mib(m.memory_mib),
+                m.sm_percent
+            )
+        }
+        RequestKind::Mig(profile) => {
+            let alone = Waiting {
+                ask: SliceAsk::Mig {
+                    profile: profile.clone(),
+                },
+                gpu_model: None,
+                ..w.clone()
+            };
+            // Only with a hold on this GPU is the planner asked again (without the holds).
+            let free = || decide(catalog, std::slice::from_ref(g), &alone, &[]).is_some();
+            match reservations
+                .iter()
+                .filter(other)
+                .find(|r| r.region.is_some())
+            {
+                Some(r) if free() => format!(
+                    "the room left for {profile} is held for request {}, which waits longer",
+                    r.request
+                ),
+                _ => format!("no room for a {profile} instance next to the instances in use"),
+            }
+        }
+        RequestKind::Timeslice => {
+            format!("all {} time-slice replicas are leased", g.facts.replicas)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -689,6 +906,7 @@ mod tests {
     fn waiting(id: u64, ask: SliceAsk) -> Waiting {
         Waiting {
             id,
+            uid: 1000,
             ask,
             gpu_model: None,
             waited_ms: 0,
@@ -769,6 +987,21 @@ mod tests {
             std::slice::from_ref(&r),
         );
         assert_eq!(blocked, None);
+        let why = why_waiting(
+            c,
+            std::slice::from_ref(&g2),
+            &waiting(11, mig("1g.10gb")),
+            std::slice::from_ref(&r),
+        );
+        assert_eq!(
+            why,
+            "GPU 0: the room left for 1g.10gb is held for request 9, which waits longer"
+        );
+        let why = why_waiting(c, std::slice::from_ref(&g), &w, &[]);
+        assert_eq!(
+            why,
+            "GPU 0: no room for a 3g.40gb instance next to the instances in use"
+        );
         // Without the reservation it would have been served there.
         assert!(decide(c, &[g2], &waiting(11, mig("1g.10gb")), &[]).is_some());
     }
@@ -795,6 +1028,175 @@ mod tests {
         assert!(matches!(s.pick, Pick::Mps { memory_mib: 12288, sm_percent } if sm_percent > 0));
     }
 
+    fn mps_client(lease: u64, uid: u32) -> MpsClient {
+        MpsClient {
+            lease,
+            uid,
+            memory_mib: 1024,
+            sm_percent: 1,
+        }
+    }
+
+    fn mps_ask(id: u64, uid: u32) -> Waiting {
+        Waiting {
+            uid,
+            ..waiting(
+                id,
+                SliceAsk::Mem {
+                    memory_mib: 1024,
+                    sm_percent: Some(1),
+                },
+            )
+        }
+    }
+
+    #[test]
+    fn an_mps_gpu_held_by_another_uid_gets_no_client_of_this_one() {
+        let c = Catalog::builtin();
+        let mut g0 = GpuState::empty(facts(0, "h100-80gb", GpuMode::Mps));
+        g0.mps_clients = vec![mps_client(1, 1001)];
+        let g1 = GpuState::empty(facts(1, "h100-80gb", GpuMode::Mps));
+        // The holder's uid joins its own server; another uid goes to the free GPU ...
+        let same = decide(c, std::slice::from_ref(&g0), &mps_ask(2, 1001), &[]).unwrap();
+        assert_eq!(same.gpu, 0);
+        let other = decide(c, &[g0.clone(), g1], &mps_ask(3, 1002), &[]).unwrap();
+        assert_eq!(other.gpu, 1);
+        // ... or waits, saying why, and may reserve the held GPU so that it drains.
+        let w = mps_ask(3, 1002);
+        assert_eq!(decide(c, std::slice::from_ref(&g0), &w, &[]), None);
+        let why = why_waiting(c, std::slice::from_ref(&g0), &w, &[]);
+        assert!(
+            why.starts_with("GPU 0: held by another user's MPS clients"),
+            "{why}"
+        );
+        let r = reserve(c, std::slice::from_ref(&g0), &w, &[]).unwrap();
+        assert_eq!((r.gpu, r.region), (0, None));
+        // Once the holder's clients are gone the GPU serves the other uid.
+        g0.mps_clients.clear();
+        assert_eq!(decide(c, &[g0], &w, &[r]).unwrap().gpu, 0);
+    }
+
+    #[test]
+    fn an_mps_server_never_gets_more_than_48_clients() {
+        let c = Catalog::builtin();
+        let mut f = facts(0, "h100-80gb", GpuMode::Mps);
+        f.mps.max_clients = 100;
+        let mut g = GpuState::empty(f);
+        g.mps_clients = (0..47).map(|i| mps_client(i, 1001)).collect();
+        assert!(decide(c, std::slice::from_ref(&g), &mps_ask(99, 1001), &[]).is_some());
+        g.mps_clients.push(mps_client(47, 1001));
+        let w = mps_ask(99, 1001);
+        assert_eq!(decide(c, std::slice::from_ref(&g), &w, &[]), None);
+        let why = why_waiting(c, std::slice::from_ref(&g), &w, &[]);
+        assert!(why.contains("all 48 MPS clients"), "{why}");
+        // A lower configured limit is kept.
+        g.facts.mps.max_clients = 4;
+        g.mps_clients.truncate(4);
+        assert_eq!(decide(c, std::slice::from_ref(&g), &w, &[]), None);
+    }
+
+    /// One scheduling pass over MPS GPUs as the daemon runs it: the queue in order, a grant
+    /// per served request, a reservation (at most one) for the first that must wait.
+    fn mps_pass(gpus: &mut [GpuState], queue: &mut Vec<Waiting>, next_lease: &mut u64) {
+        let c = Catalog::builtin();
+        let mut reservations: Vec<Reservation> = Vec::new();
+        let mut left = Vec::new();
+        for w in queue.drain(..) {
+            match decide(c, gpus, &w, &reservations) {
+                Some(s) => {
+                    let Pick::Mps {
+                        memory_mib,
+                        sm_percent,
+                    } = s.pick
+                    else {
+                        panic!("{s:?}")
+                    };
+                    *next_lease += 1;
+                    let g = gpus.iter_mut().find(|g| g.facts.index == s.gpu).unwrap();
+                    g.mps_clients.push(MpsClient {
+                        lease: *next_lease,
+                        uid: w.uid,
+                        memory_mib,
+                        sm_percent,
+                    });
+                }
+                None => {
+                    if reservations.is_empty() {
+                        reservations.extend(reserve(c, gpus, &w, &reservations));
+                    }
+                    left.push(w);
+                }
+            }
+        }
+        *queue = left;
+    }
+
+    proptest::proptest! {
+        /// Whatever users ask and whenever leases end: an MPS GPU never holds clients of two
+        /// uids, never more than 48, and once leases keep ending every request is served.
+        #[test]
+        fn mps_gpus_serve_one_uid_at_a_time_and_every_request_in_the_end(
+            ngpus in 1u32..3,
+            asks in proptest::collection::vec((0u32..4, 1u64..30, 0u8..4), 1..60),
+            ends in proptest::collection::vec(0usize..8, 1..60),
+        ) {
+            let mut gpus: Vec<GpuState> = (0..ngpus)
+                .map(|i| {
+                    let mut f = facts(i, "h100-80gb", GpuMode::Mps);
+                    f.mps.sm_oversubscription = 4.0;
+                    GpuState::empty(f)
+                })
+                .collect();
+            let mut queue: Vec<Waiting> = asks
+                .iter()
+                .enumerate()
+                .map(|(i, (uid, gib, sm))| Waiting {
+                    uid: 1000 + uid,
+                    ..waiting(
+                        i as u64 + 1,
+                        SliceAsk::Mem {
+                            memory_mib: gib * 1024,
+                            sm_percent: Some([5, 10, 25, 50][*sm as usize]),
+                        },
+                    )
+                })
+                .collect();
+            let mut next_lease = 0;
+            let check = |gpus: &[GpuState]| {
+                for g in gpus {
+                    if let Some(h) = g.mps_holder() {
+                        assert!(g.mps_clients.iter().all(|c| c.uid == h), "{:?}", g.mps_clients);
+                    }
+                    assert!(g.mps_clients.len() <= 48);
+                }
+            };
+            // Leases end in an arbitrary pattern while requests are served ...
+            for e in &ends {
+                mps_pass(&mut gpus, &mut queue, &mut next_lease);
+                check(&gpus);
+                for g in gpus.iter_mut() {
+                    if !g.mps_clients.is_empty() {
+                        let i = e % g.mps_clients.len();
+                        g.mps_clients.remove(i);
+                    }
+                }
+            }
+            // ... then the oldest lease of each GPU ends after every pass: the queue empties.
+            let mut passes = 0;
+            while !queue.is_empty() {
+                mps_pass(&mut gpus, &mut queue, &mut next_lease);
+                check(&gpus);
+                for g in gpus.iter_mut() {
+                    if !g.mps_clients.is_empty() {
+                        g.mps_clients.remove(0);
+                    }
+                }
+                passes += 1;
+                proptest::prop_assert!(passes < 500, "starved: {queue:?}");
+            }
+        }
+    }
+
     #[test]
     fn timeslice_replicas_are_numbered_and_run_out() {
         let c = Catalog::builtin();
@@ -812,6 +1214,15 @@ mod tests {
         assert_eq!(share(&g, 2).unwrap().pick, Pick::Timeslice { replica: 1 });
         g.replicas.insert(1, 2);
         assert_eq!(share(&g, 3), None);
+        assert_eq!(
+            why_waiting(
+                c,
+                std::slice::from_ref(&g),
+                &waiting(3, SliceAsk::Share),
+                &[]
+            ),
+            "GPU 2: all 2 time-slice replicas are leased"
+        );
         let r = reserve(
             c,
             std::slice::from_ref(&g),
@@ -845,5 +1256,46 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.contains("mps"), "{e}");
+    }
+
+    #[test]
+    fn a_memory_ask_too_large_names_the_largest_slice_and_the_flags() {
+        let c = Catalog::builtin();
+        let gpus = [facts(0, "h100-80gb", GpuMode::Mig)];
+        // 80 GiB is more than 7g.80gb's 79.25 GiB.
+        let ask = SliceAsk::Mem {
+            memory_mib: 80 * 1024,
+            sm_percent: None,
+        };
+        let e = check_feasible(c, &gpus, &ask, None).unwrap_err();
+        assert!(e.contains("7g.80gb on h100-80gb with 79.25 GiB"), "{e}");
+        assert!(e.contains("--mem 79GiB or --mig 7g.80gb"), "{e}");
+        // 80 GB (decimal) is 76294 MiB and fits.
+        let ask = SliceAsk::Mem {
+            memory_mib: 76_294,
+            sm_percent: None,
+        };
+        assert!(check_feasible(c, &gpus, &ask, None).is_ok());
+    }
+
+    #[test]
+    fn an_mps_ask_never_takes_a_mig_instance() {
+        let c = Catalog::builtin();
+        let mig_only = [facts(0, "h100-80gb", GpuMode::Mig)];
+        let ask = SliceAsk::Mps {
+            memory_mib: 4096,
+            sm_percent: Some(20),
+        };
+        let e = check_feasible(c, &mig_only, &ask, None).unwrap_err();
+        assert!(!e.contains("largest MIG"), "{e}");
+        let both = [
+            facts(0, "h100-80gb", GpuMode::Mig),
+            facts(1, "h100-80gb", GpuMode::Mps),
+        ];
+        assert!(check_feasible(c, &both, &ask, None).is_ok());
+        let states: Vec<GpuState> = both.iter().cloned().map(GpuState::empty).collect();
+        let v = variants(c, &states, &waiting(1, ask));
+        assert!(!v.is_empty());
+        assert!(v.iter().all(|v| matches!(v.kind, RequestKind::Mps(_))));
     }
 }

@@ -192,7 +192,31 @@ impl Store {
             path: path.to_path_buf(),
         };
         store.init()?;
+        store.make_private()?;
         Ok(store)
+    }
+
+    /// Mode 0600 for the database and its WAL files: they hold every user's command lines
+    /// and environments.
+    fn make_private(&self) -> Result<(), ServerError> {
+        use std::os::unix::fs::PermissionsExt;
+        let mut files = vec![self.path.clone()];
+        for suffix in ["-wal", "-shm", "-journal"] {
+            let mut name = self.path.as_os_str().to_owned();
+            name.push(suffix);
+            files.push(PathBuf::from(name));
+        }
+        for f in files.iter() {
+            let Ok(meta) = std::fs::metadata(f) else {
+                continue;
+            };
+            if meta.permissions().mode() & 0o077 == 0 {
+                continue;
+            }
+            std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o600))
+                .map_err(|e| self.err(format!("cannot make {} private: {e}", f.display())))?;
+        }
+        Ok(())
     }
 
     /// The database file.
@@ -202,6 +226,23 @@ impl Store {
 
     fn err(&self, e: impl std::fmt::Display) -> ServerError {
         store_err(&self.path, e)
+    }
+
+    /// A row whose column holds a value tessera never writes: name the table, the row, the
+    /// column, the value and what to do.
+    fn bad_value(
+        &self,
+        table: &str,
+        row: u64,
+        column: &str,
+        value: i64,
+        allowed: &str,
+    ) -> ServerError {
+        let key = if table == "journal" { "seq" } else { "id" };
+        self.err(format!(
+            "table `{table}`, row {row}: `{column}` is {value}, but it must be {allowed}; the row was written outside tessera. Delete that row (`sqlite3 {} \"DELETE FROM {table} WHERE {key} = {row}\"`) or restore the file from a backup, then start again",
+            self.path.display()
+        ))
     }
 
     fn init(&mut self) -> Result<(), ServerError> {
@@ -305,11 +346,40 @@ impl Store {
         };
         let state = RequestState::parse(&raw.state)
             .ok_or_else(|| bad("state", &format!("unknown state `{}`", raw.state)))?;
+        let uid = u32::try_from(raw.uid)
+            .ok()
+            .filter(|u| *u != u32::MAX)
+            .ok_or_else(|| {
+                self.bad_value(
+                    "requests",
+                    raw.id,
+                    "uid",
+                    raw.uid,
+                    "a user id, 0 to 4294967294",
+                )
+            })?;
+        let pid = match raw.pid {
+            None => None,
+            Some(p) => Some(
+                u32::try_from(p)
+                    .ok()
+                    .filter(|p| *p >= 1 && *p <= i32::MAX as u32)
+                    .ok_or_else(|| {
+                        self.bad_value(
+                            "requests",
+                            raw.id,
+                            "pid",
+                            p,
+                            "a process id, 1 to 2147483647",
+                        )
+                    })?,
+            ),
+        };
         Ok(RequestRow {
             id: raw.id,
-            uid: raw.uid,
+            uid,
             user: raw.user.clone(),
-            pid: raw.pid,
+            pid,
             pid_start: raw.pid_start,
             ask: serde_json::from_str(&raw.ask).map_err(|e| bad("ask", &e))?,
             gpu_model: raw.gpu_model.clone(),
@@ -457,12 +527,18 @@ impl Store {
 
     /// Every stored desired layout, by GPU.
     pub fn desired(&self) -> Result<BTreeMap<u32, Vec<String>>, ServerError> {
-        let rows: Vec<(u32, String)> =
+        let rows: Vec<(i64, String)> =
             self.rows("SELECT gpu, layout FROM desired ORDER BY gpu", [], |r| {
                 Ok((r.get(0)?, r.get(1)?))
             })?;
         let mut out = BTreeMap::new();
         for (gpu, text) in rows {
+            let gpu = u32::try_from(gpu).map_err(|_| {
+                self.err(format!(
+                    "table `desired`: `gpu` is {gpu}, but it must be a GPU index, 0 or more; the row was written outside tessera. Delete it (`sqlite3 {} \"DELETE FROM desired WHERE gpu = {gpu}\"`) and start again",
+                    self.path.display()
+                ))
+            })?;
             let layout: Vec<String> = serde_json::from_str(&text)
                 .map_err(|e| self.err(format!("desired layout of GPU {gpu}: {e}")))?;
             out.insert(gpu, layout);
@@ -491,32 +567,61 @@ impl Store {
     /// Journal records, oldest first. A record whose checksum does not match is an error
     /// naming its sequence number.
     pub fn journal(&self) -> Result<Vec<JournalRow>, ServerError> {
-        let rows: Vec<(JournalRow, i64)> = self.rows(
+        type Raw = (u64, i64, String, u64, i64);
+        let rows: Vec<Raw> = self.rows(
             "SELECT seq, gpu, body, at_ms, checksum FROM journal ORDER BY seq",
             [],
             |r| {
                 Ok((
-                    JournalRow {
-                        seq: r.get::<_, i64>(0)? as u64,
-                        gpu: r.get(1)?,
-                        body: r.get(2)?,
-                        at_ms: r.get::<_, i64>(3)? as u64,
-                    },
+                    r.get::<_, i64>(0)? as u64,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get::<_, i64>(3)? as u64,
                     r.get(4)?,
                 ))
             },
         )?;
         let mut out = Vec::with_capacity(rows.len());
-        for (row, sum) in rows {
-            if checksum(row.gpu, &row.body) != sum {
+        for (seq, gpu, body, at_ms, sum) in rows {
+            let gpu = u32::try_from(gpu).map_err(|_| {
+                self.bad_value("journal", seq, "gpu", gpu, "a GPU index, 0 or more")
+            })?;
+            if checksum(gpu, &body) != sum {
                 return Err(self.err(format!(
-                    "journal record {} (GPU {}) fails its checksum; the database was changed outside tessera",
-                    row.seq, row.gpu
+                    "table `journal`, row {seq} (journal record {seq}, of GPU {gpu}) fails its checksum: the database was changed outside tessera, or the disk damaged it. The journal only records the steps of re-partitions (the GPUs' layouts are read from the GPUs at start), so it can be dropped: start once with `tessera serve --discard-journal`, or restore the file from a backup"
                 )));
             }
-            out.push(row);
+            out.push(JournalRow {
+                seq,
+                gpu,
+                body,
+                at_ms,
+            });
         }
         Ok(out)
+    }
+
+    /// Delete every journal record (the recovery for a journal that fails its checksums:
+    /// `tessera serve --discard-journal`). Returns how many were deleted.
+    pub fn discard_journal(&mut self) -> Result<u64, ServerError> {
+        let n = self
+            .conn
+            .execute("DELETE FROM journal", [])
+            .map_err(|e| self.err(e))?;
+        Ok(n as u64)
+    }
+
+    /// How many rows `requests`, `desired` and `journal` hold.
+    pub fn counts(&self) -> Result<(u64, u64, u64), ServerError> {
+        let count = |table: &str| -> Result<u64, ServerError> {
+            self.conn
+                .query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |r| {
+                    r.get::<_, i64>(0)
+                })
+                .map(|n| n as u64)
+                .map_err(|e| self.err(e))
+        };
+        Ok((count("requests")?, count("desired")?, count("journal")?))
     }
 
     /// The GPU of journal record `seq`.
@@ -592,9 +697,9 @@ impl Store {
 
 struct RawRow {
     id: u64,
-    uid: u32,
+    uid: i64,
     user: String,
-    pid: Option<u32>,
+    pid: Option<i64>,
     pid_start: Option<u64>,
     ask: String,
     gpu_model: Option<String>,

@@ -95,9 +95,9 @@ impl<'m> SimContext<'m> {
                 cluster,
                 &self.static_partition().layouts,
             )?),
-            PolicyKind::Tessera | PolicyKind::Nos => {
-                let mut p = planned::Planned::new(mapping, policy);
-                if policy == PolicyKind::Tessera {
+            PolicyKind::Planned(planner_policy) => {
+                let mut p = planned::Planned::new(mapping, planner_policy);
+                if planner_policy == tessera_planner::Policy::Tessera {
                     p = p.with_fragmentation(frag::FragModel::from_pods(&self.pods));
                 }
                 Box::new(if self.planner_ungrouped {

@@ -88,8 +88,10 @@ fn register_font() {
 /// Line colour of a policy (the same in every plot).
 fn colour(p: PolicyKind) -> RGBColor {
     match p {
-        PolicyKind::Tessera => RGBColor(0xd6, 0x27, 0x28),
-        PolicyKind::Nos => RGBColor(0x1f, 0x77, 0xb4),
+        PolicyKind::TESSERA => RGBColor(0xd6, 0x27, 0x28),
+        PolicyKind::NOS => RGBColor(0x1f, 0x77, 0xb4),
+        // Planner policies the simulator does not offer (see `PolicyKind::ALL`).
+        PolicyKind::Planned(_) => RGBColor(0xff, 0x7f, 0x0e),
         PolicyKind::BestFit => RGBColor(0x2c, 0xa0, 0x2c),
         PolicyKind::StaticMig => RGBColor(0x94, 0x67, 0xbd),
         PolicyKind::WholeGpu => RGBColor(0x7f, 0x7f, 0x7f),

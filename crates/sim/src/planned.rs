@@ -46,8 +46,8 @@ use std::collections::HashMap;
 
 use tessera_model::{Catalog, GpuModel, Placed, ProfileIdx};
 use tessera_planner::{
-    plan, AssignedSlice, ClusterSpec, GpuPlan, GpuSpec, InstanceSpec, NodeSpec, Plan, PlanOptions,
-    Policy, RequestSpec,
+    plan, AssignedSlice, ClusterSpec, GpuPlan, GpuSpec, InstanceSpec, NodeSpec, Plan, PlanError,
+    PlanOptions, Policy, RequestSpec,
 };
 
 use crate::cluster::{Cluster, Node, OpError, PodId};
@@ -65,7 +65,7 @@ const GANG_TRIES: usize = 16;
 #[derive(Debug)]
 pub struct Planned<'m> {
     mapping: Mapping<'m>,
-    policy: PolicyKind,
+    /// Planner options; `opts.policy` is this placer's planner policy.
     opts: PlanOptions,
     /// A catalog holding only the simulated model (fast lookups inside the planner).
     catalog: Catalog,
@@ -101,8 +101,8 @@ struct ChoiceCache {
 type StateKey = Vec<u16>;
 
 impl<'m> Planned<'m> {
-    /// The policy (`tessera` or `nos`).
-    pub fn new(mapping: Mapping<'m>, policy: PolicyKind) -> Self {
+    /// Plans under the planner's `policy` (the simulator runs `tessera` and `nos`).
+    pub fn new(mapping: Mapping<'m>, policy: Policy) -> Self {
         let model = mapping.model().clone();
         let catalog = Catalog {
             schema_version: tessera_model::catalog::SCHEMA_VERSION,
@@ -110,15 +110,11 @@ impl<'m> Planned<'m> {
             models: vec![model],
         };
         let opts = PlanOptions {
-            policy: match policy {
-                PolicyKind::Nos => Policy::Nos,
-                _ => Policy::Tessera,
-            },
+            policy,
             ..PlanOptions::default()
         };
         Planned {
             mapping,
-            policy,
             opts,
             catalog,
             unapplied_changes: 0,
@@ -146,15 +142,22 @@ impl<'m> Planned<'m> {
 
     fn op_err(&self, source: OpError) -> SimError {
         SimError::Op {
-            policy: self.policy,
+            policy: PolicyKind::Planned(self.opts.policy),
             source,
         }
     }
 
-    fn planner_err(&self, message: String) -> SimError {
+    fn planner_err(&self, source: PlanError) -> SimError {
         SimError::Planner {
-            policy: self.policy,
-            message,
+            policy: PolicyKind::Planned(self.opts.policy),
+            source,
+        }
+    }
+
+    fn unexpected(&self, problem: String) -> SimError {
+        SimError::UnexpectedPlan {
+            policy: PolicyKind::Planned(self.opts.policy),
+            problem,
         }
     }
 
@@ -174,13 +177,12 @@ impl<'m> Planned<'m> {
 
     fn call(&mut self, cluster: &ClusterSpec, requests: &[RequestSpec]) -> Result<Plan, SimError> {
         self.calls += 1;
-        plan(&self.catalog, cluster, requests, &self.opts)
-            .map_err(|e| self.planner_err(e.to_string()))
+        plan(&self.catalog, cluster, requests, &self.opts).map_err(|e| self.planner_err(e))
     }
 
     fn placed_of(&self, profile: &str, start: u8) -> Result<Placed, SimError> {
         let p = self.mapping.model().profile_named(profile).ok_or_else(|| {
-            self.planner_err(format!("the plan names unknown profile `{profile}`"))
+            self.unexpected(format!("the plan names unknown profile `{profile}`"))
         })?;
         Ok(Placed::new(p, start))
     }
@@ -278,7 +280,7 @@ impl<'m> Planned<'m> {
         if now != layout {
             let m = self.mapping.model();
             let text = |v: &[Placed]| v.iter().map(|&p| m.spec(p)).collect::<Vec<_>>().join(" ");
-            return Err(self.planner_err(format!(
+            return Err(self.unexpected(format!(
                 "node {n} GPU {g}: applying the plan gives [{}], the plan says [{}]",
                 text(&now),
                 text(&layout)
@@ -364,23 +366,21 @@ impl<'m> Planned<'m> {
             return Ok(false);
         };
         let AssignedSlice::Mig { profile, start } = &a.slice else {
-            return Err(self.planner_err("a MIG request got a non-MIG slice".into()));
+            return Err(self.unexpected("a MIG request got a non-MIG slice".into()));
         };
         let c: usize = a
             .node
             .strip_prefix('s')
             .and_then(|s| s.parse().ok())
             .filter(|&c| c < classes.len())
-            .ok_or_else(|| self.planner_err(format!("the plan names unknown node `{}`", a.node)))?;
+            .ok_or_else(|| self.unexpected(format!("the plan names unknown node `{}`", a.node)))?;
         // Nodes of one class are interchangeable: take the first in cluster order.
         let (n, g) = (classes[c][0], a.gpu);
         let gp = plan
             .gpus
             .iter()
             .find(|x| x.node == a.node && x.gpu == g)
-            .ok_or_else(|| {
-                self.planner_err(format!("the plan has no GPU {} on `{}`", g, a.node))
-            })?;
+            .ok_or_else(|| self.unexpected(format!("the plan has no GPU {} on `{}`", g, a.node)))?;
         self.skip_unapplied(cluster, &plan, Some((&a.node, g)), node_of)?;
         if !self.apply(cluster, n, g, gp, &[])? {
             return Ok(false);
@@ -402,7 +402,7 @@ impl<'m> Planned<'m> {
         let full = self.mapping.full();
         let full_name = self.mapping.model().profile(full).name.clone();
         let mut cands = gang_candidates(cluster, full, pod, count);
-        if self.policy == PolicyKind::Nos {
+        if self.opts.policy == Policy::Nos {
             cands.sort_by_key(|(n, _)| *n);
         } else if let Some(f) = &self.frag {
             // Least rise in fragmentation first; the sort is stable, so ties keep best fit.
@@ -440,13 +440,14 @@ impl<'m> Planned<'m> {
                     continue 'node;
                 };
                 let AssignedSlice::Mig { profile, start } = &a.slice else {
-                    return Err(self.planner_err("a MIG request got a non-MIG slice".into()));
+                    return Err(self.unexpected("a MIG request got a non-MIG slice".into()));
                 };
                 let placed = self.placed_of(profile, *start)?;
-                let gp =
-                    plan.gpus.iter().find(|x| x.gpu == a.gpu).ok_or_else(|| {
-                        self.planner_err(format!("the plan has no GPU {}", a.gpu))
-                    })?;
+                let gp = plan
+                    .gpus
+                    .iter()
+                    .find(|x| x.gpu == a.gpu)
+                    .ok_or_else(|| self.unexpected(format!("the plan has no GPU {}", a.gpu)))?;
                 self.skip_unapplied(cluster, &plan, Some((&a.node, a.gpu)), |_| Some(n))?;
                 // An instance taken by an earlier request is marked used, so the planner
                 // cannot destroy it; `apply` refuses (and counts) it if it tried.
@@ -702,7 +703,7 @@ mod tests {
             ..SimPod::default()
         };
         cluster.bind_pod(1, &pod, 0, vec![(0, busy)]).unwrap();
-        let planned = Planned::new(Mapping::new(model).unwrap(), PolicyKind::Tessera);
+        let planned = Planned::new(Mapping::new(model).unwrap(), Policy::Tessera);
 
         // Destroying the busy instance outright.
         let gp = gpu_plan(
@@ -739,7 +740,7 @@ mod tests {
     #[test]
     fn a_plan_whose_layout_disagrees_with_its_operations_is_an_error() {
         let (model, mut cluster) = one_gpu();
-        let planned = Planned::new(Mapping::new(model).unwrap(), PolicyKind::Nos);
+        let planned = Planned::new(Mapping::new(model).unwrap(), Policy::Nos);
         let gp = gpu_plan(vec![iref("3g.40gb", 0)], vec![iref("3g.40gb", 4)], vec![]);
         let e = planned
             .apply(&mut cluster, 0, 0, &gp, &[])

@@ -18,6 +18,7 @@ use std::str::FromStr;
 
 use serde::Serialize;
 use tessera_model::{GpuModel, LayoutState, Placed, ProfileIdx};
+use tessera_planner::{Policy, UnknownPolicy};
 
 use crate::cluster::{Cluster, OpError, PodId};
 use crate::mapping::Mapping;
@@ -35,23 +36,31 @@ pub enum SimError {
         source: OpError,
     },
     /// The planner rejected its input.
-    #[error("planner error under policy {policy}: {message}")]
+    #[error("planner error under policy {policy}: {source}")]
     Planner {
         /// The policy.
         policy: PolicyKind,
-        /// The planner's message.
-        message: String,
+        /// The planner's error.
+        source: tessera_planner::PlanError,
+    },
+    /// A plan the simulator cannot apply as given (a bug in the planner or the simulator).
+    #[error("policy {policy} gave an unusable plan: {problem}")]
+    UnexpectedPlan {
+        /// The policy.
+        policy: PolicyKind,
+        /// What does not match.
+        problem: String,
     },
 }
 
-/// The policies the simulator compares.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-#[serde(rename_all = "kebab-case")]
+/// The policies the simulator compares: a sum type, so each policy carries what it needs and
+/// nothing else. The re-partitioning ones are the planner's own [`Policy`] values, with the
+/// planner's names; the fixed-slice ones exist only here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum PolicyKind {
-    /// Dynamic re-partitioning with tessera's planner.
-    Tessera,
-    /// Dynamic re-partitioning with the nos algorithm (planner's `nos` policy).
-    Nos,
+    /// Dynamic re-partitioning: each arrival is planned by [`tessera_planner::plan`] under this
+    /// planner policy ([`PolicyKind::TESSERA`] or [`PolicyKind::NOS`]).
+    Planned(Policy),
     /// Fixed slices chosen at arrival by best fit.
     BestFit,
     /// One fixed partition of the whole cluster chosen from the trace's demand mix.
@@ -61,20 +70,24 @@ pub enum PolicyKind {
 }
 
 impl PolicyKind {
-    /// Every policy, in report order.
+    /// Dynamic re-partitioning with tessera's planner (and its fragmentation-aware node choice).
+    pub const TESSERA: PolicyKind = PolicyKind::Planned(Policy::Tessera);
+    /// Dynamic re-partitioning with the nos algorithm (the planner's `nos` policy).
+    pub const NOS: PolicyKind = PolicyKind::Planned(Policy::Nos);
+
+    /// Every policy the simulator runs, in report order.
     pub const ALL: [PolicyKind; 5] = [
-        PolicyKind::Tessera,
-        PolicyKind::Nos,
+        PolicyKind::TESSERA,
+        PolicyKind::NOS,
         PolicyKind::BestFit,
         PolicyKind::StaticMig,
         PolicyKind::WholeGpu,
     ];
 
-    /// The command-line name.
+    /// The command-line name: the planner's name for a planned policy.
     pub fn name(self) -> &'static str {
         match self {
-            PolicyKind::Tessera => "tessera",
-            PolicyKind::Nos => "nos",
+            PolicyKind::Planned(p) => p.as_str(),
             PolicyKind::BestFit => "best-fit",
             PolicyKind::StaticMig => "static-mig",
             PolicyKind::WholeGpu => "whole-gpu",
@@ -88,18 +101,34 @@ impl fmt::Display for PolicyKind {
     }
 }
 
+/// Written as its name (`tessera`, `best-fit`, ...), as before the sum type.
+impl Serialize for PolicyKind {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
+    }
+}
+
 impl FromStr for PolicyKind {
-    type Err = String;
+    type Err = UnknownPolicy;
+    /// One vocabulary with the planner: planner policy names parse through [`Policy`]'s own
+    /// parser (same spellings), and only those the simulator runs are accepted.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        PolicyKind::ALL
-            .into_iter()
-            .find(|p| p.name() == s.trim())
-            .ok_or_else(|| {
-                format!(
-                    "unknown policy `{s}`; choose from {}",
-                    PolicyKind::ALL.map(PolicyKind::name).join(", ")
-                )
-            })
+        let unknown = || UnknownPolicy {
+            name: s.trim().to_string(),
+            choices: PolicyKind::ALL.map(PolicyKind::name).to_vec(),
+        };
+        let kind = match s.parse::<Policy>() {
+            Ok(p) => PolicyKind::Planned(p),
+            Err(_) => PolicyKind::ALL
+                .into_iter()
+                .find(|p| p.name() == s.trim().to_ascii_lowercase())
+                .ok_or_else(unknown)?,
+        };
+        if PolicyKind::ALL.contains(&kind) {
+            Ok(kind)
+        } else {
+            Err(unknown())
+        }
     }
 }
 
@@ -586,5 +615,39 @@ impl Placer for Fixed<'_> {
     ) -> Result<Vec<bool>, SimError> {
         let kind = self.kind;
         place_each(kind, cluster, pods, |c, id, pod| self.place_one(c, id, pod))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn planned_policies_share_the_planners_names_and_parser() {
+        for p in PolicyKind::ALL {
+            assert_eq!(p.name().parse::<PolicyKind>(), Ok(p));
+            assert_eq!(serde_json::to_value(p).unwrap(), p.name());
+            if let PolicyKind::Planned(q) = p {
+                assert_eq!(p.name(), q.as_str());
+            }
+        }
+        // The planner's spellings (case, spaces) hold here too.
+        assert_eq!(" Tessera ".parse::<PolicyKind>(), Ok(PolicyKind::TESSERA));
+        assert_eq!("NOS".parse::<PolicyKind>(), Ok(PolicyKind::NOS));
+    }
+
+    #[test]
+    fn planner_policies_the_simulator_does_not_run_are_refused_with_its_choices() {
+        for name in ["exact", "first-fit", "firstfit", "bestfit"] {
+            let e = name.parse::<PolicyKind>().unwrap_err();
+            assert_eq!(e.name, name);
+            assert_eq!(e.choices, PolicyKind::ALL.map(PolicyKind::name).to_vec());
+            assert_eq!(
+                e.to_string(),
+                format!(
+                    "unknown policy `{name}`; use tessera, nos, best-fit, static-mig, whole-gpu"
+                )
+            );
+        }
     }
 }

@@ -195,7 +195,7 @@ pub fn run_saturate(
         }
     }
     let cost = |p: PolicyKind| match p {
-        PolicyKind::Nos | PolicyKind::Tessera => 0,
+        PolicyKind::Planned(_) => 0,
         _ => 1,
     };
     let mut order: Vec<usize> = (0..jobs.len()).collect();

@@ -87,8 +87,8 @@ fn halves_pair_up_on_two_gpus_except_without_sharing() {
     );
     let steps: Vec<Step> = (0..4).map(Step::Place).collect();
     for policy in [
-        PolicyKind::Tessera,
-        PolicyKind::Nos,
+        PolicyKind::TESSERA,
+        PolicyKind::NOS,
         PolicyKind::BestFit,
         PolicyKind::StaticMig,
     ] {
@@ -111,7 +111,7 @@ fn a_free_instance_is_repartitioned_only_by_dynamic_policies_and_best_fit_on_idl
         &[(1000, 1000, 1, 100), (1000, 1000, 1, 1000)],
     );
     let steps = [Step::Place(0), Step::Release(0), Step::Place(1)];
-    for policy in [PolicyKind::Tessera, PolicyKind::Nos, PolicyKind::BestFit] {
+    for policy in [PolicyKind::TESSERA, PolicyKind::NOS, PolicyKind::BestFit] {
         let (placed, cl) = run(&c, policy, &steps);
         assert_eq!(placed, vec![true, true], "{policy}");
         assert_eq!(layout(&cl, 0, 0), "7g.80gb@0", "{policy}");
@@ -206,7 +206,7 @@ fn best_fit_and_tessera_pack_a_partly_used_gpu_before_an_empty_one() {
         &[(BIG.0, BIG.1, 2)],
         &[(1000, 1000, 1, 320), (1000, 1000, 1, 230)],
     );
-    for policy in [PolicyKind::BestFit, PolicyKind::Tessera] {
+    for policy in [PolicyKind::BestFit, PolicyKind::TESSERA] {
         let (placed, cl) = run(&c, policy, &[Step::Place(0), Step::Place(1)]);
         assert_eq!(placed, vec![true, true]);
         let g0 = cl.binding(0).unwrap().instances[0].0;
@@ -280,7 +280,7 @@ proptest! {
         for policy in PolicyKind::ALL {
             let (placed, cl) = run(&c, policy, &steps);
             prop_assert_eq!(cl.counters.busy_destroyed, 0, "{}", policy);
-            if matches!(policy, PolicyKind::Tessera | PolicyKind::Nos) {
+            if matches!(policy, PolicyKind::TESSERA | PolicyKind::NOS) {
                 let mut ungrouped = ctx(&nodes, &pods);
                 ungrouped.planner_ungrouped = true;
                 let (placed2, cl2) = run(&ungrouped, policy, &steps);
@@ -307,7 +307,7 @@ fn the_hole_floor_counts_the_slices_beside_big_instances_that_small_pods_cannot_
     );
     let floor = tessera_sim::saturate::hole_floor_pct(&c, &[0, 1, 2], 14);
     assert!((floor - 300.0 / 14.0).abs() < 1e-9, "{floor}");
-    for policy in [PolicyKind::Tessera, PolicyKind::Nos, PolicyKind::BestFit] {
+    for policy in [PolicyKind::TESSERA, PolicyKind::NOS, PolicyKind::BestFit] {
         let steps = [Step::Place(0), Step::Place(1), Step::Place(2)];
         let (placed, cl) = run(&c, policy, &steps);
         assert_eq!(placed, vec![true; 3], "{policy}");
@@ -338,7 +338,7 @@ fn tessera_keeps_the_cpu_rich_node_for_the_pod_that_needs_its_cpu() {
     let steps = [Step::Place(0), Step::Place(1)];
     let (placed, _) = run(&c, PolicyKind::BestFit, &steps);
     assert_eq!(placed, vec![true, false]);
-    let (placed, cl) = run(&c, PolicyKind::Tessera, &steps);
+    let (placed, cl) = run(&c, PolicyKind::TESSERA, &steps);
     assert_eq!(placed, vec![true, true]);
     assert_eq!(cl.binding(0).unwrap().node, 1);
     assert_eq!(cl.binding(1).unwrap().node, 0);

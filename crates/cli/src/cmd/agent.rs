@@ -1,5 +1,10 @@
 //! `tessera agent status|apply|mig-mode`: the node agent on a real GPU (`--backend nvml`) or on
-//! a simulated machine (`--backend sim:STATE`).
+//! a simulated machine (`--backend sim:STATE`, or `sim` for the daemon's simulated GPUs); the
+//! `--backend` syntax is `tessera serve`'s.
+//!
+//! A simulated state file is locked by whoever uses it, and a running `tessera serve` holds
+//! its lock for its whole life: `status` then reads a snapshot without the lock (and says
+//! so); `apply` and `mig-mode` wait `--lock-wait` for it with a message, then give up.
 //!
 //! Exit codes of `apply`: 0 every GPU matches its desired layout; 1 a GPU was refused because
 //! busy instances are in the way (or MIG mode is off), nothing changed on it; 2 bad input or
@@ -7,20 +12,23 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use tessera_agent::{
-    parse_desired, ApplyResult, FileJournal, GpuReport, Journal, MemJournal, Reconciler, Refusal,
-    RetryPolicy, ThreadSleeper,
+    read_desired, resolve, ApplyResult, FileJournal, GpuReport, Journal, MemJournal, Reconciler,
+    Refusal, RetryPolicy, TargetGpu, ThreadSleeper,
 };
+use tessera_gpu::sim::SimBackend;
 use tessera_gpu::{
     catalog_diff, open_backend, BackendSpec, FaultTiming, GpuBackend, GpuError, GpuInfo,
     GpuInstance, Health, HealthTracker, MigMode, ProfileDiff, SimConfig,
 };
 use tessera_model::Placed;
+use tessera_server::wire::{format_ms, parse_duration_ms};
 
-use crate::output::{emit, read_file, table, CliError, Ctx};
+use crate::backend::{parse_backend, Backend};
+use crate::output::{emit, escape_cell, read_file, table, CliError, Ctx, Format};
 use crate::render::draw_layout;
 
 /// `tessera agent` subcommands.
@@ -39,9 +47,9 @@ pub enum AgentCmd {
 /// Arguments of `agent status`.
 #[derive(Debug, clap::Args)]
 pub struct StatusArgs {
-    /// Backend: `nvml` or `sim:STATE`.
-    #[arg(long, env = "TESSERA_BACKEND")]
-    pub backend: String,
+    /// Backend: `auto`, `nvml`, `sim` (the daemon's simulated GPUs) or `sim:STATE`.
+    #[arg(long, env = "TESSERA_BACKEND", default_value = "auto", value_parser = parse_backend)]
+    pub backend: Backend,
     /// Wait this long for XID events before reporting health.
     #[arg(long, default_value_t = 0, value_name = "MS")]
     pub watch_ms: u32,
@@ -50,18 +58,23 @@ pub struct StatusArgs {
 /// Arguments of `agent apply`.
 #[derive(Debug, clap::Args)]
 pub struct ApplyArgs {
-    /// Backend: `nvml` or `sim:STATE`.
-    #[arg(long, env = "TESSERA_BACKEND")]
-    pub backend: String,
+    /// Backend: `auto`, `nvml`, `sim` (the daemon's simulated GPUs) or `sim:STATE`.
+    #[arg(long, env = "TESSERA_BACKEND", default_value = "auto", value_parser = parse_backend)]
+    pub backend: Backend,
     /// The GPU to reconcile to SPEC... (no SPEC: an empty layout).
     #[arg(long, required_unless_present = "desired", conflicts_with = "desired")]
     pub gpu: Option<u32>,
     /// Desired instances as PROFILE@START, e.g. `3g.40gb@0 2g.20gb@4`.
     #[arg(value_name = "SPEC", requires = "gpu")]
     pub specs: Vec<String>,
-    /// Desired layouts of many GPUs (YAML/JSON: `gpus: {0: [3g.40gb@0], 1: []}`).
+    /// Desired layouts of many GPUs (YAML/JSON: `gpus: {0: [3g.40gb@0], 1: []}`), or an NVIDIA
+    /// mig-parted config file or a nos knownMigGeometries file with --select.
     #[arg(long, value_name = "FILE")]
     pub desired: Option<PathBuf>,
+    /// With a mig-parted file: the config to apply; with a nos file: the geometry number
+    /// (1-based) of each GPU's model.
+    #[arg(long, value_name = "NAME")]
+    pub select: Option<String>,
     /// Directory of the operation journal (default: none kept).
     #[arg(long, value_name = "DIR")]
     pub journal: Option<PathBuf>,
@@ -74,6 +87,10 @@ pub struct ApplyArgs {
     /// Simulated backend only: whether faults strike before or after a change takes effect.
     #[arg(long, value_enum, default_value_t = Timing::Before)]
     pub fault_timing: Timing,
+    /// How long to wait for a simulated state file that another process (a running
+    /// `tessera serve`) has locked.
+    #[arg(long, value_name = "DUR", default_value = "10s")]
+    pub lock_wait: String,
     /// Consecutive retryable failures before giving up on a GPU.
     #[arg(long, default_value_t = 6)]
     pub max_retries: u32,
@@ -99,9 +116,9 @@ pub enum Timing {
 /// Arguments of `agent mig-mode`.
 #[derive(Debug, clap::Args)]
 pub struct MigModeArgs {
-    /// Backend: `nvml` or `sim:STATE`.
-    #[arg(long, env = "TESSERA_BACKEND")]
-    pub backend: String,
+    /// Backend: `auto`, `nvml`, `sim` (the daemon's simulated GPUs) or `sim:STATE`.
+    #[arg(long, env = "TESSERA_BACKEND", default_value = "auto", value_parser = parse_backend)]
+    pub backend: Backend,
     /// GPU index.
     #[arg(long)]
     pub gpu: u32,
@@ -111,6 +128,10 @@ pub struct MigModeArgs {
     /// Turn MIG mode off (every GPU instance must be gone).
     #[arg(long)]
     pub disable: bool,
+    /// How long to wait for a simulated state file that another process (a running
+    /// `tessera serve`) has locked.
+    #[arg(long, value_name = "DUR", default_value = "10s")]
+    pub lock_wait: String,
 }
 
 /// Run an `agent` subcommand.
@@ -122,15 +143,112 @@ pub fn run(cmd: &AgentCmd, ctx: &Ctx) -> Result<ExitCode, CliError> {
     }
 }
 
-fn spec(text: &str) -> Result<BackendSpec, CliError> {
-    BackendSpec::parse(text).map_err(|e| CliError::Usage(format!("--backend: {e}")))
+/// How a command uses the GPUs.
+#[derive(Debug, Clone, Copy)]
+enum Access {
+    /// Reading only: a locked simulated state file is read as a snapshot.
+    Read,
+    /// Changing them: wait this long for a locked state file.
+    Write(Duration),
 }
 
-fn open(ctx: &Ctx, spec: &BackendSpec, sim: SimConfig) -> Result<Box<dyn GpuBackend>, CliError> {
-    open_backend(spec, &ctx.catalog, sim).map_err(|e| match e {
+fn lock_wait(text: &str) -> Result<Duration, CliError> {
+    parse_duration_ms(text)
+        .map(Duration::from_millis)
+        .map_err(|e| CliError::Usage(format!("--lock-wait: {e}")))
+}
+
+/// The daemon's simulated GPUs with the default state directory (`--backend sim`).
+fn default_sim_state() -> PathBuf {
+    tessera_server::fleet::sim_state_path(&tessera_server::config::Config::default().state_dir())
+}
+
+/// Resolve `--backend` to NVML or a state file. `auto` takes NVML when it finds a GPU, else
+/// the daemon's simulated GPUs when their file exists.
+fn resolve_backend(ctx: &Ctx, backend: &Backend) -> Result<BackendSpec, CliError> {
+    let sim_default = |why: &str| -> Result<BackendSpec, CliError> {
+        let path = default_sim_state();
+        if path.is_file() {
+            Ok(BackendSpec::Sim(path))
+        } else {
+            Err(CliError::Usage(format!(
+                "{why}, and there are no simulated GPUs at {} (`tessera serve --backend sim` \
+                 makes them there); give --backend sim:STATE for a state file made by \
+                 `tessera sim-gpu init STATE --gpus h100-80gb:1`",
+                path.display()
+            )))
+        }
+    };
+    match backend {
+        Backend::Nvml => Ok(BackendSpec::Nvml),
+        Backend::Sim(Some(p)) => Ok(BackendSpec::Sim(p.clone())),
+        Backend::Sim(None) => sim_default("--backend sim"),
+        Backend::Auto => match open_backend(&BackendSpec::Nvml, &ctx.catalog, SimConfig::default())
+            .and_then(|mut b| b.gpus())
+        {
+            Ok(g) if !g.is_empty() => Ok(BackendSpec::Nvml),
+            Ok(_) => sim_default("--backend auto: NVML found no GPU"),
+            Err(e) => sim_default(&format!("--backend auto: NVML is not usable ({e})")),
+        },
+    }
+}
+
+/// Open the backend; with `Access::Read` on a locked state file, a snapshot: then the second
+/// value describes it for the output.
+fn open(
+    ctx: &Ctx,
+    spec: &BackendSpec,
+    sim: SimConfig,
+    access: Access,
+) -> Result<(Box<dyn GpuBackend>, Option<String>), CliError> {
+    let gpu_err = |e: GpuError| match e {
         GpuError::State { .. } => CliError::Usage(e.to_string()),
         other => CliError::Other(other.to_string()),
-    })
+    };
+    let BackendSpec::Sim(path) = spec else {
+        return Ok((
+            open_backend(spec, &ctx.catalog, sim).map_err(gpu_err)?,
+            None,
+        ));
+    };
+    if let Some(b) = SimBackend::try_open(path, ctx.catalog.clone(), sim).map_err(gpu_err)? {
+        return Ok((Box::new(b), None));
+    }
+    let who = "another process holds its lock (a running `tessera serve` keeps its simulated \
+               GPUs' file locked while it runs)";
+    match access {
+        Access::Read => {
+            eprintln!(
+                "note: {}: {who}; showing a snapshot read without the lock",
+                path.display()
+            );
+            let b = SimBackend::snapshot(path, ctx.catalog.clone(), sim).map_err(gpu_err)?;
+            let shown = format!("sim:{} (a snapshot, read without the lock)", path.display());
+            Ok((Box::new(b), Some(shown)))
+        }
+        Access::Write(wait) => {
+            eprintln!(
+                "tessera: {}: {who}; waiting up to {} for it",
+                path.display(),
+                format_ms(wait.as_millis() as u64)
+            );
+            let deadline = Instant::now() + wait;
+            while Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(100).min(wait));
+                if let Some(b) =
+                    SimBackend::try_open(path, ctx.catalog.clone(), sim).map_err(gpu_err)?
+                {
+                    return Ok((Box::new(b), None));
+                }
+            }
+            Err(CliError::Other(format!(
+                "{}: still locked after {}; {who}. Stop the daemon first, or change its GPUs \
+                 through it (`tessera status`, `tessera drain`)",
+                path.display(),
+                format_ms(wait.as_millis() as u64)
+            )))
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------- status
@@ -184,8 +302,8 @@ pub struct InstanceRow {
 }
 
 fn status(a: &StatusArgs, ctx: &Ctx) -> Result<ExitCode, CliError> {
-    let spec = spec(&a.backend)?;
-    let mut b = open(ctx, &spec, SimConfig::default())?;
+    let spec = resolve_backend(ctx, &a.backend)?;
+    let (mut b, snapshot) = open(ctx, &spec, SimConfig::default(), Access::Read)?;
     let gpus = b.gpus().map_err(|e| CliError::Other(e.to_string()))?;
     let mut health = HealthTracker::default();
     let mut event_note = None;
@@ -198,7 +316,7 @@ fn status(a: &StatusArgs, ctx: &Ctx) -> Result<ExitCode, CliError> {
         Err(e) => event_note = Some(format!("XID events not available: {e}")),
     }
     let mut out = StatusOut {
-        backend: b.describe(),
+        backend: snapshot.unwrap_or_else(|| b.describe()),
         gpus: Vec::new(),
     };
     let mut failed = false;
@@ -282,11 +400,11 @@ fn status_table(ctx: &Ctx, out: &StatusOut) -> String {
     for g in &out.gpus {
         let info = &g.gpu;
         s.push_str(&format!(
-            "\nGPU {}  {}  ({})  {}\n  memory {} MiB, MIG {}, compute mode {}, {}\n",
+            "\nGPU {}  {}  {}\n  {}\n  memory {} MiB, MIG {}, compute mode {}, {}\n",
             info.index,
-            info.name,
-            info.model.as_deref().unwrap_or("not in catalog"),
-            info.uuid,
+            info.model.as_deref().unwrap_or("(not in catalog)"),
+            escape_cell(&info.name),
+            escape_cell(&info.uuid),
             info.memory_mib,
             info.mig
                 .map(|m| m.to_string())
@@ -300,17 +418,27 @@ fn status_table(ctx: &Ctx, out: &StatusOut) -> String {
             if g.instances.is_empty() {
                 s.push_str("  no GPU instances\n");
             } else {
-                let mut t = table(&["PROFILE", "START", "GI", "UUID", "BUSY", "PIDS"]);
+                // The GPU-instance ID only with -o wide, so the whole UUIDs fit 80 columns.
+                let wide = ctx.output == Format::Wide;
+                let mut header = vec!["PROFILE", "START"];
+                if wide {
+                    header.push("GI");
+                }
+                header.extend(["UUID", "BUSY", "PIDS"]);
+                let mut t = table(&header);
                 for i in &g.instances {
-                    t.add_row(vec![
-                        i.profile.clone(),
-                        i.start.to_string(),
-                        i.gi_id.to_string(),
+                    let mut row = vec![i.profile.clone(), i.start.to_string()];
+                    if wide {
+                        row.push(i.gi_id.to_string());
+                    }
+                    row.extend([
                         uuid_cell(i.uuid.as_deref()),
                         if i.busy { "busy" } else { "idle" }.into(),
                         pid_list(&i.pids),
                     ]);
+                    t.add_row(row);
                 }
+                t.keep_whole(header.len() - 3).narrower(2);
                 s.push_str(&indent(&t.to_string()));
                 s.push('\n');
                 if let Some(m) = info.model.as_deref().and_then(|k| ctx.catalog.get(k)) {
@@ -389,8 +517,36 @@ pub enum ApplyGpu {
     },
 }
 
+/// The machine's GPUs as counted configs need them: model, MIG mode, current instances.
+fn targets(backend: &mut dyn GpuBackend) -> Result<Vec<TargetGpu>, CliError> {
+    let err = |e: GpuError| CliError::Other(e.to_string());
+    let mut out = Vec::new();
+    for g in backend.gpus().map_err(err)? {
+        let mig_enabled = g.mig.is_some_and(|m| m.current || m.pending);
+        let instances = if g.mig.is_some_and(|m| m.current) {
+            backend
+                .instances(g.index)
+                .map_err(err)?
+                .into_iter()
+                .map(|i| (i.profile, i.start))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        out.push(TargetGpu {
+            index: g.index,
+            name: g.name,
+            model: g.model,
+            mig_enabled,
+            instances,
+        });
+    }
+    Ok(out)
+}
+
 fn apply(a: &ApplyArgs, ctx: &Ctx) -> Result<ExitCode, CliError> {
-    let spec = spec(&a.backend)?;
+    let spec = resolve_backend(ctx, &a.backend)?;
+    let wait = lock_wait(&a.lock_wait)?;
     if let Some(rate) = a.faults {
         if !(0.0..=1.0).contains(&rate) {
             return Err(CliError::Usage(format!(
@@ -403,15 +559,17 @@ fn apply(a: &ApplyArgs, ctx: &Ctx) -> Result<ExitCode, CliError> {
             ));
         }
     }
-    let desired = match (&a.desired, a.gpu) {
-        (Some(path), _) => parse_desired(&read_file(path)?)
-            .map_err(|e| CliError::Usage(format!("{}: {e}", path.display())))?,
-        (None, Some(gpu)) => [(gpu, a.specs.clone())].into_iter().collect(),
-        (None, None) => {
-            return Err(CliError::Usage(
-                "give --gpu N [SPEC...] or --desired FILE".into(),
-            ))
-        }
+    if let (Some(sel), None) = (&a.select, &a.desired) {
+        return Err(CliError::Usage(format!(
+            "--select {sel} picks a config of a --desired FILE (mig-parted or nos); give --desired FILE"
+        )));
+    }
+    let doc = match &a.desired {
+        Some(path) => Some(
+            read_desired(&read_file(path)?)
+                .map_err(|e| CliError::Usage(format!("{}: {e}", path.display())))?,
+        ),
+        None => None,
     };
     let sim = SimConfig {
         faults: a.faults.unwrap_or(0.0),
@@ -423,7 +581,25 @@ fn apply(a: &ApplyArgs, ctx: &Ctx) -> Result<ExitCode, CliError> {
         },
         crash: None,
     };
-    let mut backend = open(ctx, &spec, sim)?;
+    let (mut backend, _) = open(ctx, &spec, sim, Access::Write(wait))?;
+    let desired = match (doc, a.gpu) {
+        (Some(doc), _) => {
+            let path = a.desired.as_deref().unwrap_or(std::path::Path::new("-"));
+            let gpus = if matches!(doc, tessera_agent::DesiredDoc::Layouts(_)) {
+                Vec::new()
+            } else {
+                targets(backend.as_mut())?
+            };
+            resolve(&doc, a.select.as_deref(), &gpus, &ctx.catalog)
+                .map_err(|e| CliError::Usage(format!("{}: {e}", path.display())))?
+        }
+        (None, Some(gpu)) => [(gpu, a.specs.clone())].into_iter().collect(),
+        (None, None) => {
+            return Err(CliError::Usage(
+                "give --gpu N [SPEC...] or --desired FILE".into(),
+            ))
+        }
+    };
     let mut file_journal;
     let mut mem_journal = MemJournal::new();
     let journal: &mut dyn Journal = match &a.journal {
@@ -499,6 +675,7 @@ fn instance_table(instances: &[GpuInstance]) -> String {
             },
         ]);
     }
+    t.keep_whole(3).narrower(2);
     indent(&t.to_string())
 }
 
@@ -560,9 +737,37 @@ pub struct MigModeOut {
     pub note: Option<String>,
 }
 
+/// Why MIG mode stays on: each instance (and who uses it) and the commands that free the GPU.
+fn instances_in_the_way(gpu: u32, backend: &Backend, instances: &[GpuInstance]) -> String {
+    let list: Vec<String> = instances
+        .iter()
+        .map(|i| {
+            if i.pids.is_empty() {
+                format!("{} (idle)", i.spec())
+            } else {
+                let pids: Vec<String> = i.pids.iter().map(u32::to_string).collect();
+                format!("{} (in use by PID {})", i.spec(), pids.join(", "))
+            }
+        })
+        .collect();
+    let busy = instances.iter().any(|i| !i.pids.is_empty());
+    format!(
+        "GPU {gpu}: MIG mode cannot be turned off while it has GPU instances: {}. Remove them \
+         first with `tessera agent apply --backend {backend} --gpu {gpu}` (an empty layout{}), \
+         then run this again",
+        list.join(", "),
+        if busy {
+            "; it refuses instances in use, so stop their processes first"
+        } else {
+            ""
+        }
+    )
+}
+
 fn mig_mode(a: &MigModeArgs, ctx: &Ctx) -> Result<ExitCode, CliError> {
-    let spec = spec(&a.backend)?;
-    let mut b = open(ctx, &spec, SimConfig::default())?;
+    let spec = resolve_backend(ctx, &a.backend)?;
+    let wait = lock_wait(&a.lock_wait)?;
+    let (mut b, _) = open(ctx, &spec, SimConfig::default(), Access::Write(wait))?;
     let before = b
         .mig_mode(a.gpu)
         .map_err(|e| CliError::Other(e.to_string()))?;
@@ -573,6 +778,20 @@ fn mig_mode(a: &MigModeArgs, ctx: &Ctx) -> Result<ExitCode, CliError> {
     } else {
         None
     };
+    if want == Some(false) && before.pending {
+        // MIG mode cannot go off while GPU instances exist: name them and the command that
+        // removes them, rather than the driver's "in use".
+        let instances = b
+            .instances(a.gpu)
+            .map_err(|e| CliError::Other(e.to_string()))?;
+        if !instances.is_empty() {
+            eprintln!(
+                "tessera: {}",
+                instances_in_the_way(a.gpu, &a.backend, &instances)
+            );
+            return Ok(ExitCode::from(1));
+        }
+    }
     let after = match want {
         Some(on) if on != before.pending => b
             .set_mig_mode(a.gpu, on)

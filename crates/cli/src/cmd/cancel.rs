@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use tessera_server::wire::RequestState;
 
 use super::ps::{block_on, client_error, ps_table, SocketArg};
-use crate::output::{emit, CliError, Ctx};
+use crate::output::{emit, CliError, Ctx, Format};
 
 /// Arguments of `tessera cancel`.
 #[derive(Debug, clap::Args)]
@@ -30,7 +30,10 @@ pub fn run(args: &Args, ctx: &Ctx) -> Result<ExitCode, CliError> {
             ),
             _ => format!("request {} cancelled\n", v.id),
         };
-        format!("{line}{}", ps_table(std::slice::from_ref(&v)))
+        format!(
+            "{line}{}",
+            ps_table(std::slice::from_ref(&v), ctx.output == Format::Wide)
+        )
     })?;
     Ok(ExitCode::SUCCESS)
 }

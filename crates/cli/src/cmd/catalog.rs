@@ -98,7 +98,7 @@ fn print_catalog(format: Format, c: &tessera_model::Catalog) -> Result<(), CliEr
             s
         }
         // The catalog format is YAML; table mode prints it too.
-        Format::Table | Format::Yaml => c.to_yaml(),
+        Format::Table | Format::Wide | Format::Plain | Format::Yaml => c.to_yaml(),
     };
     print_out(&text);
     Ok(())

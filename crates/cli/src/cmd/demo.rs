@@ -139,7 +139,10 @@ fn plain_line(f: &Frame) -> String {
                 let items: Vec<String> = g
                     .instances
                     .iter()
-                    .map(|i| format!("{}@{}{}", i.profile, i.start, if i.busy { "*" } else { "" }))
+                    .map(|i| {
+                        let busy = if i.busy { "(busy)" } else { "" };
+                        format!("{}@{}{busy}", i.profile, i.start)
+                    })
                     .collect();
                 format!("gpu{} mig [{}]", g.index, items.join(" "))
             }

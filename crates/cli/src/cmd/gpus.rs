@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use serde::Serialize;
 
-use crate::output::{emit, table, CliError, Ctx};
+use crate::output::{emit, table, CliError, Ctx, Format};
 
 /// Arguments of `tessera gpus`.
 #[derive(Debug, clap::Args)]
@@ -52,25 +52,41 @@ pub fn run(_args: &Args, ctx: &Ctx) -> Result<ExitCode, CliError> {
         })
         .collect();
     emit(ctx.output, &rows, || {
-        let mut t = table(&[
+        // Product names and PCI IDs only with -o wide: a few long names would not fit 80
+        // columns.
+        let wide = ctx.output == Format::Wide;
+        let mut header = vec![
             "KEY",
-            "NAMES",
+            "ALIASES",
             "COMPUTE",
             "MEM SLICES",
             "MEMORY",
             "PROFILES",
-        ]);
+        ];
+        if wide {
+            header.extend(["PCI IDS", "NAMES"]);
+        }
+        let mut t = table(&header);
         for r in &rows {
-            t.add_row(vec![
+            let mut row = vec![
                 r.key.clone(),
-                r.names.join("\n"),
+                if r.aliases.is_empty() {
+                    "-".into()
+                } else {
+                    r.aliases.join(",")
+                },
                 r.compute_slices.to_string(),
                 r.memory_slices.to_string(),
                 r.memory_mib
                     .map(|m| format!("{:.0} GiB", m as f64 / 1024.0))
                     .unwrap_or_else(|| "?".into()),
                 r.profiles.to_string(),
-            ]);
+            ];
+            if wide {
+                row.push(r.pci_device_ids.join(","));
+                row.push(r.names.join(", "));
+            }
+            t.add_row(row);
         }
         format!("{t}\n")
     })?;

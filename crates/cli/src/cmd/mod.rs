@@ -8,6 +8,7 @@ pub mod cancel;
 pub mod catalog;
 pub mod check;
 pub mod demo;
+pub mod doctor;
 pub mod drain;
 pub mod gpus;
 pub mod layouts;

@@ -1,14 +1,16 @@
-//! `tessera plan --cluster FILE --requests FILE`: the best slice layout for what waits, without
-//! touching what runs. Exit 0 when every request is served, 1 when some must wait, 2 on bad
-//! input.
+//! `tessera plan FILE` (one file with `nodes` and `requests`) or `tessera plan --cluster FILE
+//! --requests FILE`: the best slice layout for what waits, without touching what runs, and why
+//! each request left waiting waits. Exit 0 when every request is served, 1 when some must wait,
+//! 2 on bad input.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use serde::Serialize;
 use tessera_model::{GpuModel, Placed};
 use tessera_planner::{
-    plan, AssignedSlice, ClusterSpec, GpuMode, GpuPlan, InstanceRef, Plan, PlanOptions, Policy,
-    RequestsFile,
+    plan_explained, AssignedSlice, ClusterSpec, GpuMode, GpuPlan, InstanceRef, Plan, PlanDocument,
+    PlanOptions, Policy, RequestsFile, Waiting,
 };
 
 use crate::output::{emit, read_file, table, CliError, Ctx};
@@ -17,12 +19,16 @@ use crate::render::draw_layout;
 /// Arguments of `tessera plan`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The cluster: nodes, GPUs, their mode and current slices (YAML or JSON).
+    /// One file with the cluster (`nodes`) and the pending requests (`requests`), YAML or JSON.
+    #[arg(value_name = "FILE", conflicts_with = "cluster")]
+    pub input: Option<PathBuf>,
+    /// The cluster: nodes, GPUs, their mode and current slices (YAML or JSON); it may hold the
+    /// `requests` too.
     #[arg(long, value_name = "FILE")]
-    pub cluster: PathBuf,
-    /// The pending requests (YAML or JSON).
+    pub cluster: Option<PathBuf>,
+    /// The pending requests (YAML or JSON), when the cluster file does not hold them.
     #[arg(long, value_name = "FILE")]
-    pub requests: PathBuf,
+    pub requests: Option<PathBuf>,
     /// Planning algorithm: tessera, nos, first-fit or exact.
     #[arg(long, default_value = "tessera", value_parser = parse_policy)]
     pub policy: Policy,
@@ -41,21 +47,60 @@ pub struct Args {
 }
 
 /// Parse a policy name for clap.
-pub fn parse_policy(s: &str) -> Result<Policy, String> {
+pub fn parse_policy(s: &str) -> Result<Policy, tessera_planner::UnknownPolicy> {
     s.parse()
+}
+
+/// The plan as printed: the planner's [`Plan`] and, only when something waits, why.
+#[derive(Debug, Serialize)]
+pub struct PlanOut<'a> {
+    /// The plan, its fields at the top level.
+    #[serde(flatten)]
+    pub plan: &'a Plan,
+    /// Why each unassigned request waits, in input order (absent when nothing waits).
+    #[serde(skip_serializing_if = "<[Waiting]>::is_empty")]
+    pub waiting: &'a [Waiting],
+}
+
+/// Read the cluster and the requests from one file or two.
+fn read_input(args: &Args) -> Result<(ClusterSpec, Vec<tessera_planner::RequestSpec>), CliError> {
+    let named = |path: &PathBuf, e: tessera_planner::PlanError| {
+        CliError::Usage(format!("{}: {e}", path.display()))
+    };
+    let Some(path) = args.input.as_ref().or(args.cluster.as_ref()) else {
+        return Err(CliError::Usage(
+            "give the input: `tessera plan FILE` (nodes and requests in one file) or `--cluster FILE --requests FILE`".into(),
+        ));
+    };
+    let doc = PlanDocument::from_str_any(&read_file(path)?).map_err(|e| named(path, e))?;
+    let (cluster, inline) = doc.into_parts();
+    let requests = match (inline, &args.requests) {
+        (Some(list), None) => list,
+        (None, Some(rpath)) => {
+            RequestsFile::from_str_any(&read_file(rpath)?)
+                .map_err(|e| named(rpath, e))?
+                .requests
+        }
+        (Some(_), Some(rpath)) => {
+            return Err(CliError::Usage(format!(
+                "{} has a `requests` list and --requests {} gives another; drop one of them",
+                path.display(),
+                rpath.display()
+            )))
+        }
+        (None, None) => {
+            return Err(CliError::Usage(format!(
+                "{} has no `requests` list; add `requests:` to it or give --requests FILE",
+                path.display()
+            )))
+        }
+    };
+    Ok((cluster, requests))
 }
 
 /// Run the command.
 pub fn run(args: &Args, ctx: &Ctx) -> Result<ExitCode, CliError> {
-    let cluster_text = read_file(&args.cluster)?;
-    let requests_text = read_file(&args.requests)?;
-    let named = |path: &PathBuf, e: tessera_planner::PlanError| {
-        CliError::Usage(format!("{}: {e}", path.display()))
-    };
-    let cluster = ClusterSpec::from_str_any(&cluster_text).map_err(|e| named(&args.cluster, e))?;
-    let requests = RequestsFile::from_str_any(&requests_text)
-        .map_err(|e| named(&args.requests, e))?
-        .requests;
+    let (cluster, requests) = read_input(args)?;
     let opts = PlanOptions {
         policy: args.policy,
         mps_reserve_mib: args.mps_reserve_mib,
@@ -64,9 +109,13 @@ pub fn run(args: &Args, ctx: &Ctx) -> Result<ExitCode, CliError> {
         timeslice_replicas: args.timeslice_replicas,
         ..PlanOptions::default()
     };
-    let p = plan(&ctx.catalog, &cluster, &requests, &opts)
+    let (p, waiting) = plan_explained(&ctx.catalog, &cluster, &requests, &opts)
         .map_err(|e| CliError::Usage(e.to_string()))?;
-    emit(ctx.output, &p, || render(ctx, &cluster, &p))?;
+    let out = PlanOut {
+        plan: &p,
+        waiting: &waiting,
+    };
+    emit(ctx.output, &out, || render(ctx, &cluster, &p, &waiting))?;
     Ok(if p.unassigned.is_empty() {
         ExitCode::SUCCESS
     } else {
@@ -90,8 +139,8 @@ fn spec_list(list: &[InstanceRef]) -> String {
         .join(" ")
 }
 
-/// The plan for people: each changed GPU before and after, the assignments, what waits.
-pub fn render(ctx: &Ctx, cluster: &ClusterSpec, p: &Plan) -> String {
+/// The plan for people: each changed GPU before and after, the assignments, what waits and why.
+pub fn render(ctx: &Ctx, cluster: &ClusterSpec, p: &Plan, waiting: &[Waiting]) -> String {
     let mut out = String::new();
     for g in p.changed_gpus() {
         let Some(node) = cluster.nodes.iter().find(|n| n.name == g.node) else {
@@ -128,6 +177,9 @@ pub fn render(ctx: &Ctx, cluster: &ClusterSpec, p: &Plan) -> String {
     }
     if !p.unassigned.is_empty() {
         out.push_str(&format!("waiting: {}\n", p.unassigned.join(", ")));
+        for w in waiting {
+            out.push_str(&format!("  {} ({}): {}\n", w.request, w.reason, w.detail));
+        }
     }
     out.push_str(&format!(
         "policy {}: {} served (priority {}), {} waiting, {} operations\n",
@@ -193,4 +245,40 @@ fn render_gpu(m: &GpuModel, spec: &tessera_planner::GpuSpec, g: &GpuPlan, p: &Pl
         spec_list(&g.create)
     ));
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tessera_model::Catalog;
+
+    /// With nothing waiting, the printed JSON and YAML are the plan's own serialization, byte
+    /// for byte (what `tessera plan` printed before reasons existed).
+    #[test]
+    fn nothing_waiting_prints_the_plan_unchanged() {
+        let cluster = ClusterSpec::from_str_any(include_str!(
+            "../../../planner/tests/fixtures/example-cluster.yaml"
+        ))
+        .unwrap();
+        let requests = RequestsFile::from_str_any(include_str!(
+            "../../../planner/tests/fixtures/example-requests.yaml"
+        ))
+        .unwrap()
+        .requests;
+        let opts = PlanOptions::default();
+        let (p, waiting) = plan_explained(Catalog::builtin(), &cluster, &requests, &opts).unwrap();
+        assert!(waiting.is_empty());
+        let out = PlanOut {
+            plan: &p,
+            waiting: &waiting,
+        };
+        assert_eq!(
+            serde_json::to_string_pretty(&out).unwrap(),
+            serde_json::to_string_pretty(&p).unwrap()
+        );
+        assert_eq!(
+            serde_yaml_ng::to_string(&out).unwrap(),
+            serde_yaml_ng::to_string(&p).unwrap()
+        );
+    }
 }

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use serde::Serialize;
 use tessera_model::Engines;
 
-use crate::output::{emit, table, CliError, Ctx};
+use crate::output::{emit, escape_cell, table, CliError, Ctx, Format};
 
 /// Arguments of `tessera profiles`.
 #[derive(Debug, clap::Args)]
@@ -68,26 +68,21 @@ pub fn run(args: &Args, ctx: &Ctx) -> Result<ExitCode, CliError> {
         })
         .collect();
     emit(ctx.output, &rows, || {
-        let mut t = table(&[
-            "PROFILE",
-            "ID",
-            "MAX",
-            "MEMORY",
-            "SM",
-            "DEC",
-            "ENC",
-            "CE",
-            "JPEG",
-            "OFA",
-            "PLACEMENTS",
-        ]);
+        // The engine counts only with -o wide, so the default table fits 80 columns.
+        let wide = ctx.output == Format::Wide;
+        let mut header = vec!["PROFILE", "ID", "MAX", "MEMORY", "SM"];
+        if wide {
+            header.extend(["DEC", "ENC", "CE", "JPEG", "OFA"]);
+        }
+        header.push("PLACEMENTS");
+        let mut t = table(&header);
         for r in &rows {
             let starts: Vec<String> = r.placements.iter().map(|s| s.to_string()).collect();
             let mut name = format!("MIG {}", r.name);
             if !r.inferred.iter().all(|f| f == "nvml_index") {
                 name.push_str(" *");
             }
-            t.add_row(vec![
+            let mut row = vec![
                 name,
                 opt(r.id),
                 r.max.to_string(),
@@ -95,20 +90,30 @@ pub fn run(args: &Args, ctx: &Ctx) -> Result<ExitCode, CliError> {
                     .map(|m| format!("{:.2} GiB", m as f64 / 1024.0))
                     .unwrap_or_else(|| "?".into()),
                 opt(r.sm),
-                opt(r.engines.dec),
-                opt(r.engines.enc),
-                opt(r.engines.ce),
-                opt(r.engines.jpeg),
-                opt(r.engines.ofa),
-                format!("{{{}}}:{}", starts.join(","), r.memory_slices),
-            ]);
+            ];
+            if wide {
+                row.extend([
+                    opt(r.engines.dec),
+                    opt(r.engines.enc),
+                    opt(r.engines.ce),
+                    opt(r.engines.jpeg),
+                    opt(r.engines.ofa),
+                ]);
+            }
+            row.push(format!("{{{}}}:{}", starts.join(","), r.memory_slices));
+            t.add_row(row);
         }
+        // The product names one per line: a model can have several long ones.
         let mut s = format!(
-            "{} ({}): {} compute slices, {} memory slices\n{t}\n",
+            "{}: {} compute slices, {} memory slices\n{}\n{t}\n",
             m.key,
-            m.names.join(" | "),
             m.compute_slices,
-            m.memory_slices
+            m.memory_slices,
+            m.names
+                .iter()
+                .map(|n| escape_cell(n))
+                .collect::<Vec<_>>()
+                .join("\n")
         );
         if rows
             .iter()

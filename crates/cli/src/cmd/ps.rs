@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use tessera_server::client::{Client, ClientError};
 use tessera_server::wire::{format_ms, RequestState, RequestView};
 
-use crate::output::{emit, table, CliError, Ctx};
+use crate::output::{emit, table, CliError, Ctx, Format};
 
 /// The daemon's socket, shared by every client command.
 #[derive(Debug, Clone, clap::Args)]
@@ -77,6 +77,14 @@ pub fn state_text(v: &RequestView) -> String {
             Some(r) => format!("done ({r})"),
             None => "done".into(),
         },
+        // A request the client gave up on before it got a slice (`tessera run` was stopped or
+        // timed out) is stored as cancelled; say what the client said.
+        (RequestState::Cancelled, _, _) => match &v.end_reason {
+            Some(r) if r.starts_with("withdrawn") => "withdrawn".into(),
+            Some(r) if r.starts_with("cancelled") => r.clone(),
+            Some(r) => format!("cancelled ({r})"),
+            None => "cancelled".into(),
+        },
         (RequestState::Expired, _, _) => match &v.end_reason {
             Some(r) => format!("expired ({r})"),
             None => "expired".into(),
@@ -85,20 +93,23 @@ pub fn state_text(v: &RequestView) -> String {
     }
 }
 
-/// The `ps` table.
-pub fn ps_table(rows: &[RequestView]) -> String {
+/// The `ps` table; `wide` adds the priority and the exit code and shows the whole command.
+pub fn ps_table(rows: &[RequestView], wide: bool) -> String {
     if rows.is_empty() {
         return "no requests\n".into();
     }
-    let mut t = table(&[
-        "ID", "USER", "SLICE", "STATE", "WAITED", "RUNNING", "COMMAND",
-    ]);
+    let mut header = vec!["ID", "USER", "SLICE", "STATE", "WAITED", "RUNNING"];
+    if wide {
+        header.extend(["PRIO", "EXIT"]);
+    }
+    header.push("COMMAND");
+    let mut t = table(&header);
     for v in rows {
         let mut cmd = v.command.join(" ");
-        if cmd.chars().count() > 40 {
+        if !wide && cmd.chars().count() > 40 {
             cmd = cmd.chars().take(39).collect::<String>() + "…";
         }
-        t.add_row(vec![
+        let mut row = vec![
             v.id.to_string(),
             v.user.clone(),
             slice_text(v),
@@ -109,16 +120,30 @@ pub fn ps_table(rows: &[RequestView]) -> String {
             } else {
                 "-".into()
             },
-            cmd,
-        ]);
+        ];
+        if wide {
+            row.push(v.priority.to_string());
+            row.push(v.exit_code.map_or_else(|| "-".into(), |c| c.to_string()));
+        }
+        row.push(cmd);
+        t.add_row(row);
     }
-    format!("{t}\n")
+    let mut out = format!("{t}\n");
+    // Why each queued request waits (the scheduler's last pass), below the table.
+    for v in rows.iter().filter(|v| v.state == RequestState::Queued) {
+        if let Some(why) = &v.wait_reason {
+            out.push_str(&format!("request {} waits: {why}\n", v.id));
+        }
+    }
+    out
 }
 
 /// Run the command.
 pub fn run(args: &Args, ctx: &Ctx) -> Result<ExitCode, CliError> {
     let client = args.socket.client();
     let rows = block_on(client.list(args.all))?.map_err(client_error)?;
-    emit(ctx.output, &rows, || ps_table(&rows))?;
+    emit(ctx.output, &rows, || {
+        ps_table(&rows, ctx.output == Format::Wide)
+    })?;
     Ok(ExitCode::SUCCESS)
 }

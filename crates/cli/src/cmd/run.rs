@@ -1,7 +1,8 @@
-//! `tessera run (--mig PROFILE | --mem SIZE [--sm PCT] | --share) -- CMD ARGS...`: wait for a
-//! slice, run CMD in it, and give the slice back when CMD ends.
+//! `tessera run (--mig PROFILE | --mem SIZE [--mps [--sm PCT]] | --share) -- CMD ARGS...`: wait
+//! for a slice, run CMD in it, and give the slice back when CMD ends.
 //!
-//! - While waiting, the place in the queue is shown on stderr (`-q` hides it). SIGINT, SIGTERM
+//! - While waiting, the place in the queue and why it waits (e.g. another user's MPS clients
+//!   hold the GPU) are shown on stderr (`-q` hides them). SIGINT, SIGTERM
 //!   or SIGHUP withdraw the request and exit with 128+signal; `--timeout` gives up (exit 1).
 //! - CMD runs with the slice's environment (`CUDA_VISIBLE_DEVICES=MIG-<uuid>`, the MPS
 //!   variables, or the GPU's UUID for time-slicing, plus `TESSERA_LEASE_ID`). It stays in
@@ -9,7 +10,10 @@
 //!   SIGHUP sent to `tessera run` itself (by `kill`) are forwarded to it. If `tessera run` dies,
 //!   CMD gets SIGKILL (`PR_SET_PDEATHSIG`), since its lease ends too.
 //! - A heartbeat goes to the daemon every few seconds. If the daemon is down (restarting),
-//!   CMD keeps running and the client keeps retrying. If the request is cancelled
+//!   CMD keeps running and the client keeps retrying. When CMD ends, the client tells the
+//!   daemon; if the daemon is down it retries for `--release-retry` (30 s), then exits with
+//!   CMD's status anyway and says so (SIGINT/SIGTERM end the retry at once); the daemon ends
+//!   the lease of a client that is gone by itself. If the request is cancelled
 //!   (`tessera cancel`), CMD gets SIGTERM, then SIGKILL 10 s later.
 //! - The exit code is CMD's, or 128+signal when a signal killed it. Before CMD starts: 1 when
 //!   the request cannot be met (no such slice on this machine, cancelled, timed out), 2 on
@@ -23,29 +27,35 @@ use std::time::{Duration, Instant};
 
 use tessera_server::client::{Client, ClientError};
 use tessera_server::wire::{
-    format_ms, parse_duration_ms, parse_size_mib, ReleaseBody, RequestState, RequestView, SliceAsk,
-    SubmitBody,
+    format_ms, parse_duration_ms, ReleaseBody, RequestState, RequestView, SliceAsk, SubmitBody,
 };
 use tokio::sync::mpsc;
 
 use super::ps::{block_on, client_error, SocketArg};
 use crate::output::{CliError, Ctx};
+use crate::size::parse_mem;
 
 /// Arguments of `tessera run`.
 #[derive(Debug, clap::Args)]
 #[command(group(clap::ArgGroup::new("slice").required(true).args(["mig", "mem", "share"])))]
+#[command(after_long_help = MEM_HELP)]
 pub struct Args {
     #[command(flatten)]
     pub socket: SocketArg,
     /// A MIG instance of exactly this profile, e.g. 3g.40gb.
     #[arg(long, value_name = "PROFILE")]
     pub mig: Option<String>,
-    /// Device memory, e.g. 12GiB: the smallest MIG profile that fits, or an MPS client with
-    /// this memory limit.
+    /// Device memory with a unit: MB/GB/TB (decimal) or MiB/GiB/TiB (binary), e.g. 12GiB.
+    /// The smallest MIG profile with at least this much memory, else an MPS client with this
+    /// memory limit (`tessera help run` says exactly how it chooses).
     #[arg(long, value_name = "SIZE")]
     pub mem: Option<String>,
-    /// SM share for MPS, in percent (default: the memory's share of the GPU).
-    #[arg(long, value_name = "PCT", requires = "mem", value_parser = clap::value_parser!(u8).range(1..=100))]
+    /// Ask for an MPS client (with --mem), never a MIG instance.
+    #[arg(long, requires = "mem")]
+    pub mps: bool,
+    /// SM share of the MPS client, in percent (with --mps; default: the memory's share of
+    /// the GPU). MIG profiles have a fixed number of SMs.
+    #[arg(long, value_name = "PCT", value_parser = clap::value_parser!(u8).range(1..=100))]
     pub sm: Option<u8>,
     /// One time-slice replica of a whole GPU.
     #[arg(long)]
@@ -59,6 +69,11 @@ pub struct Args {
     /// Give up waiting for a slice after this long (e.g. 30s, 5m); default: wait forever.
     #[arg(long, value_name = "DUR")]
     pub timeout: Option<String>,
+    /// When CMD has ended but the daemon is down: how long to keep retrying to tell it
+    /// before exiting anyway with CMD's status (the daemon ends the lease itself when it
+    /// finds this process gone). SIGINT/SIGTERM end the retry at once.
+    #[arg(long, value_name = "DUR", default_value = "30s")]
+    pub release_retry: String,
     /// Do not print queue progress on stderr.
     #[arg(short, long)]
     pub quiet: bool,
@@ -66,6 +81,23 @@ pub struct Args {
     #[arg(last = true, required = true, value_name = "CMD")]
     pub cmd: Vec<String>,
 }
+
+/// How `--mem` chooses, shown by `tessera help run` (and in docs/requests.md).
+const MEM_HELP: &str = "\
+How --mem chooses a slice:
+  1. The size needs a unit. MB, GB and TB are decimal (10^6, 10^9, 10^12 bytes); MiB, GiB
+     and TiB (or Mi, Gi, Ti) are binary (2^20, 2^30, 2^40 bytes). The size is rounded up to
+     whole MiB, and the line `--mem ... = N MiB` on stderr says how it was read.
+  2. On MIG GPUs: the smallest ordinary profile (no +me/-me) whose memory is at least the
+     size; a profile's memory is what `tessera profiles --gpu MODEL` lists, slightly below its
+     name (7g.80gb on an H100 has 79.25 GiB, so --mem 80GiB does not fit it but --mem 79GiB
+     and --mem 80GB do). Among models, the one that wastes the least memory comes first.
+  3. Else on MPS GPUs: a client with this memory limit and an SM share of --sm percent
+     (default: the memory's share of the GPU).
+  4. If no GPU can ever hold it, the request is refused at once (exit 1) with the largest
+     MIG slice and MPS client this machine has, and the flags that ask for them.
+--mps skips step 2; --sm needs --mps. --mig PROFILE asks for one profile by name; --share
+for a time-slice replica of a whole GPU.";
 
 static SIGNAL_PIPE: AtomicI32 = AtomicI32::new(-1);
 
@@ -160,14 +192,39 @@ fn ordinal(n: u32) -> String {
     format!("{n}{suffix}")
 }
 
-/// Build the request body from the flags.
-fn body(args: &Args) -> Result<SubmitBody, CliError> {
+/// Build the request body from the flags; also how `--mem` was understood.
+fn body(args: &Args) -> Result<(SubmitBody, Option<String>), CliError> {
+    if let Some(sm) = args.sm {
+        if !args.mps {
+            let what = if args.mig.is_some() {
+                "a MIG profile has a fixed number of SMs (pick a larger profile for more)"
+            } else if args.share {
+                "a time-slice replica shares the whole GPU's SMs in turns"
+            } else {
+                "--mem alone may get a MIG instance, whose SMs are fixed by its profile"
+            };
+            return Err(CliError::Usage(format!(
+                "--sm {sm} sets an MPS client's SM share, and {what}; add --mps to ask for an \
+                 MPS client (tessera run --mps --mem SIZE --sm {sm} -- CMD)"
+            )));
+        }
+    }
+    let mut understood = None;
     let slice = if let Some(p) = &args.mig {
         SliceAsk::Mig { profile: p.clone() }
     } else if let Some(m) = &args.mem {
-        SliceAsk::Mem {
-            memory_mib: parse_size_mib(m).map_err(|e| CliError::Usage(format!("--mem: {e}")))?,
-            sm_percent: args.sm,
+        let size = parse_mem(m).map_err(|e| CliError::Usage(format!("--mem: {e}")))?;
+        understood = Some(format!("--mem {m} = {}", size.understood));
+        if args.mps {
+            SliceAsk::Mps {
+                memory_mib: size.mib,
+                sm_percent: args.sm,
+            }
+        } else {
+            SliceAsk::Mem {
+                memory_mib: size.mib,
+                sm_percent: None,
+            }
         }
     } else {
         SliceAsk::Share
@@ -177,26 +234,36 @@ fn body(args: &Args) -> Result<SubmitBody, CliError> {
             "--priority must be between -1000 and 1000".into(),
         ));
     }
-    Ok(SubmitBody {
-        slice,
-        gpu_model: args.gpu_model.clone(),
-        priority: args.priority,
-        command: args.cmd.clone(),
-    })
+    Ok((
+        SubmitBody {
+            slice,
+            gpu_model: args.gpu_model.clone(),
+            priority: args.priority,
+            command: args.cmd.clone(),
+        },
+        understood,
+    ))
 }
 
 /// Run the command.
 pub fn run(args: &Args, _ctx: &Ctx) -> Result<ExitCode, CliError> {
-    let body = body(args)?;
+    let (body, understood) = body(args)?;
+    if let Some(u) = understood {
+        say(args.quiet, &u);
+    }
     let timeout = match &args.timeout {
         Some(t) => Some(Duration::from_millis(
             parse_duration_ms(t).map_err(|e| CliError::Usage(format!("--timeout: {e}")))?,
         )),
         None => None,
     };
+    let release_retry = Duration::from_millis(
+        parse_duration_ms(&args.release_retry)
+            .map_err(|e| CliError::Usage(format!("--release-retry: {e}")))?,
+    );
     let signals = catch_signals()?;
     let client = args.socket.client();
-    block_on(session(args, client, body, timeout, signals))?
+    block_on(session(args, client, body, timeout, release_retry, signals))?
 }
 
 /// What ended the wait.
@@ -210,6 +277,7 @@ async fn session(
     client: Client,
     body: SubmitBody,
     timeout: Option<Duration>,
+    release_retry: Duration,
     mut signals: mpsc::UnboundedReceiver<Sig>,
 ) -> Result<ExitCode, CliError> {
     let quiet = args.quiet;
@@ -281,7 +349,16 @@ async fn session(
             )
         }
     };
-    release_with_retry(&client, id, &release, &mut signals, quiet).await;
+    if let Err(why) =
+        release_with_retry(&client, id, &release, release_retry, &mut signals, quiet).await
+    {
+        // Always said, even with -q: the daemon has not heard that CMD ended.
+        eprintln!(
+            "tessera: could not tell the daemon that request {id} ended ({why}); exiting with \
+             the command's status {code}. The daemon ends the lease itself once it sees this \
+             process gone."
+        );
+    }
     Ok(ExitCode::from(code.clamp(0, 255) as u8))
 }
 
@@ -296,6 +373,7 @@ async fn wait_for_lease(
     let started = Instant::now();
     let poll = Duration::from_millis(first.heartbeat_interval_ms.clamp(200, 10_000));
     let mut last_pos: Option<(u32, u32)> = None;
+    let mut last_why: Option<String> = None;
     let mut view = first;
     let mut down_since: Option<Instant> = None;
     // The first answer comes right after submission: give the scheduler a moment before
@@ -318,6 +396,12 @@ async fn wait_for_lease(
                         );
                         last_pos = Some((p, n));
                     }
+                }
+                if view.wait_reason.is_some() && view.wait_reason != last_why {
+                    if let Some(why) = &view.wait_reason {
+                        say(quiet, &format!("request {id} waits: {why}"));
+                    }
+                    last_why = view.wait_reason.clone();
                 }
             }
             other => {
@@ -412,6 +496,9 @@ async fn run_command(
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut stopping: Option<Instant> = None;
     let mut down = false;
+    // The heartbeat in flight: polled next to the child, so a daemon that accepts but does
+    // not answer (stopped) never delays noticing that CMD ended.
+    let mut beat: Option<std::pin::Pin<Box<dyn std::future::Future<Output = _> + '_>>> = None;
     loop {
         tokio::select! {
             st = child.wait() => return st,
@@ -426,7 +513,14 @@ async fn run_command(
                         send(libc::SIGKILL);
                     }
                 }
-                match client.heartbeat(id).await {
+                if beat.is_none() {
+                    beat = Some(Box::pin(client.heartbeat(id)));
+                }
+            }
+            r = async { beat.as_mut().expect("guarded by is_some").await }, if beat.is_some() => {
+                beat = None;
+                let r: Result<RequestView, ClientError> = r;
+                match r {
                     Ok(v) => {
                         if down {
                             say(quiet, "the daemon is back");
@@ -457,34 +551,46 @@ async fn run_command(
     }
 }
 
-/// Tell the daemon CMD ended; retry for a minute while the daemon is down, or until a signal
-/// arrives (the daemon also notices on its own that this process is gone).
+/// Tell the daemon CMD ended; retry for `window` while the daemon is down or not answering.
+/// Every attempt races the window and SIGINT/SIGTERM/SIGHUP, so a stopped daemon (whose socket
+/// accepts but never answers) cannot hold the client. `Err` says why it gave up.
 async fn release_with_retry(
     client: &Client,
     id: u64,
     body: &ReleaseBody,
+    window: Duration,
     signals: &mut mpsc::UnboundedReceiver<Sig>,
     quiet: bool,
-) {
-    let deadline = Instant::now() + Duration::from_secs(60);
+) -> Result<(), String> {
+    let deadline = tokio::time::Instant::now() + window;
     let mut told = false;
+    let mut last = String::from("no answer");
     loop {
-        match client.release(id, body).await {
-            Ok(_) => return,
-            Err(e) if e.is_unavailable() && Instant::now() < deadline => {
-                if !told {
-                    say(quiet, &format!("{e}; retrying the release"));
-                    told = true;
+        let attempt = tokio::time::timeout_at(deadline, client.release(id, body));
+        tokio::select! {
+            r = attempt => match r {
+                Ok(Ok(_)) => return Ok(()),
+                Ok(Err(e)) if e.is_unavailable() => {
+                    if !told {
+                        say(quiet, &format!("{e}; retrying the release for up to {}", format_ms(window.as_millis() as u64)));
+                        told = true;
+                    }
+                    last = e.to_string();
                 }
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_millis(250)) => {}
-                    Some(_) = signals.recv() => return,
-                }
-            }
-            Err(e) => {
-                say(quiet, &format!("could not release request {id}: {e}"));
-                return;
-            }
+                Ok(Err(e)) => return Err(e.to_string()),
+                Err(_) => return Err(format!("gave up after {}: {last}", format_ms(window.as_millis() as u64))),
+            },
+            Some(sig) = signals.recv() => return Err(format!("signal {} while retrying", sig.num)),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep_until(deadline.min(tokio::time::Instant::now() + Duration::from_millis(250))) => {}
+            Some(sig) = signals.recv() => return Err(format!("signal {} while retrying", sig.num)),
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(format!(
+                "gave up after {}: {last}",
+                format_ms(window.as_millis() as u64)
+            ));
         }
     }
 }

@@ -5,15 +5,19 @@ use std::process::ExitCode;
 
 use tessera_server::config::{BackendChoice, Config};
 
+use crate::backend::{parse_backend, Backend};
 use crate::output::{CliError, Ctx};
 
 /// Arguments of `tessera serve`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// GPU backend: `auto` uses NVML when a GPU is found, else a simulated fleet.
-    #[arg(long, value_enum)]
-    pub backend: Option<BackendArg>,
-    /// Simulated fleet (`--backend sim`, or `auto` without a GPU): `MODEL:COUNT[,MODEL:COUNT]`.
+    /// GPU backend: `auto` (NVML when it finds a GPU, else simulated), `nvml`, `sim` (simulated
+    /// GPUs in <state dir>/sim-gpus.json) or `sim:STATE` (simulated GPUs in the file STATE).
+    /// The same syntax as `tessera agent --backend`.
+    #[arg(long, value_name = "BACKEND", value_parser = parse_backend)]
+    pub backend: Option<Backend>,
+    /// Simulated fleet (`--backend sim`, or `auto` without a GPU), made when its state file
+    /// does not exist yet: `MODEL:COUNT[,MODEL:COUNT]`.
     #[arg(long, value_name = "LIST")]
     pub sim_gpus: Option<String>,
     /// State directory (SQLite database, simulated GPUs, MPS pipes).
@@ -31,17 +35,10 @@ pub struct Args {
     /// YAML configuration (per-GPU modes, scheduler and lease settings); flags override it.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
-}
-
-/// `--backend` values.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum BackendArg {
-    /// NVML when a GPU is found, else simulated.
-    Auto,
-    /// Real GPUs only.
-    Nvml,
-    /// Simulated GPUs only.
-    Sim,
+    /// Delete the state database's journal at start: the recovery when it fails its
+    /// checksums (layouts are then taken from the GPUs as they are).
+    #[arg(long)]
+    pub discard_journal: bool,
 }
 
 /// The configuration the flags describe (file first, flags on top).
@@ -50,11 +47,16 @@ pub fn resolve_config(args: &Args) -> Result<Config, CliError> {
         Some(path) => Config::load(path).map_err(|e| CliError::Usage(e.to_string()))?,
         None => Config::default(),
     };
-    if let Some(b) = args.backend {
+    if let Some(b) = &args.backend {
         cfg.backend = match b {
-            BackendArg::Auto => BackendChoice::Auto,
-            BackendArg::Nvml => BackendChoice::Nvml,
-            BackendArg::Sim => BackendChoice::Sim,
+            Backend::Auto => BackendChoice::Auto,
+            Backend::Nvml => BackendChoice::Nvml,
+            Backend::Sim(state) => {
+                if state.is_some() {
+                    cfg.sim_state.clone_from(state);
+                }
+                BackendChoice::Sim
+            }
         };
     }
     if let Some(s) = &args.sim_gpus {
@@ -71,6 +73,7 @@ pub fn resolve_config(args: &Args) -> Result<Config, CliError> {
     if let Some(l) = &args.listen {
         cfg.listen = Some(l.clone());
     }
+    cfg.discard_journal = args.discard_journal;
     Ok(cfg)
 }
 

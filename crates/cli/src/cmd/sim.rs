@@ -121,7 +121,9 @@ pub fn run(args: &Args, ctx: &Ctx) -> Result<ExitCode, CliError> {
     let model = ctx.model(&args.gpu_model)?;
     let mut policies = Vec::new();
     for p in &args.policies {
-        let p: PolicyKind = p.parse().map_err(CliError::Usage)?;
+        let p: PolicyKind = p
+            .parse()
+            .map_err(|e: tessera_planner::UnknownPolicy| CliError::Usage(e.to_string()))?;
         if !policies.contains(&p) {
             policies.push(p);
         }
@@ -235,6 +237,8 @@ fn saturate_table(r: &SaturateReport) -> String {
             p.busy_destroyed.to_string(),
         ]);
     }
+    // A comparison report: every column matters, and wrapped it is unreadable.
+    t.no_wrap();
     let seeds = match (r.seeds.first(), r.seeds.last()) {
         (Some(a), Some(b)) if r.seeds.len() > 1 => format!("{} seeds ({a}..{b})", r.seeds.len()),
         _ => format!("seed {}", r.seeds.first().copied().unwrap_or(0)),
@@ -293,6 +297,7 @@ fn replay_table(r: &ReplayReport) -> String {
             p.busy_destroyed.to_string(),
         ]);
     }
+    t.no_wrap();
     format!(
         "{}replay mode, arrivals sped up ×{}; delays are of GPU pods\n{t}\n",
         header(&r.setup),

@@ -7,7 +7,7 @@ use tessera_model::{Catalog, Placed};
 use tessera_server::wire::{format_mib, GpuView, StatusView};
 
 use super::ps::{block_on, client_error, SocketArg};
-use crate::output::{emit, CliError, Ctx};
+use crate::output::{emit, escape_cell, CliError, Ctx};
 use crate::render::draw_layout;
 
 /// Arguments of `tessera status`.
@@ -19,7 +19,7 @@ pub struct Args {
 
 fn holder(lease: Option<u64>, user: Option<&str>, busy: bool) -> String {
     match (lease, user) {
-        (Some(l), Some(u)) => format!("#{l} {u}"),
+        (Some(l), Some(u)) => format!("#{l} {}", escape_cell(u)),
         _ if busy => "busy".into(),
         _ => "idle".into(),
     }
@@ -109,7 +109,7 @@ pub fn gpu_text(catalog: &Catalog, g: &GpuView) -> String {
         }
     }
     if let Some(e) = &g.last_error {
-        out.push_str(&format!("  last error: {e}\n"));
+        out.push_str(&format!("  last error: {}\n", escape_cell(e)));
     }
     out
 }

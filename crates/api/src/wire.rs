@@ -47,6 +47,14 @@ pub enum SliceAsk {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         sm_percent: Option<u8>,
     },
+    /// An MPS client with this memory limit, never a MIG instance (`tessera run --mps`).
+    Mps {
+        /// Memory in MiB.
+        memory_mib: u64,
+        /// SM share in percent (default: the memory's share of the GPU, at least 1).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        sm_percent: Option<u8>,
+    },
     /// One time-slice replica of a whole GPU.
     Share,
 }
@@ -60,6 +68,16 @@ impl fmt::Display for SliceAsk {
                 sm_percent,
             } => {
                 write!(f, "mem {}", format_mib(*memory_mib))?;
+                if let Some(sm) = sm_percent {
+                    write!(f, " sm {sm}%")?;
+                }
+                Ok(())
+            }
+            SliceAsk::Mps {
+                memory_mib,
+                sm_percent,
+            } => {
+                write!(f, "mps {}", format_mib(*memory_mib))?;
                 if let Some(sm) = sm_percent {
                     write!(f, " sm {sm}%")?;
                 }
@@ -282,6 +300,10 @@ pub struct RequestView {
     /// Why the request ended (`exit`, `signal 9`, `cancelled by alice`, `client gone`, ...).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub end_reason: Option<String>,
+    /// Why a queued request waits, per GPU it could use, as of the scheduler's last pass
+    /// (e.g. `GPU 1: held by another user's MPS clients …`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait_reason: Option<String>,
     /// Set when a leased request was cancelled: the client must stop CMD.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub cancel_requested: bool,
@@ -506,6 +528,10 @@ mod tests {
             SliceAsk::Mem {
                 memory_mib: 12288,
                 sm_percent: Some(25),
+            },
+            SliceAsk::Mps {
+                memory_mib: 4096,
+                sm_percent: None,
             },
             SliceAsk::Share,
         ];
