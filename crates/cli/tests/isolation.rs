@@ -262,3 +262,71 @@ fn a_lease_command_opens_only_its_slice_device_nodes() {
         (!Path::new(&cg).exists()).then_some(())
     });
 }
+
+/// `tessera serve --backend sim` as uid 1000 with this config; (exit status if it ended
+/// within the wait, its stderr).
+fn serve_unprivileged(dir: &Path, config: &str) -> (Option<std::process::ExitStatus>, String) {
+    let home = dir.join(format!("u{}", config.len()));
+    std::fs::create_dir(&home).unwrap();
+    std::os::unix::fs::chown(&home, Some(1000), Some(1000)).unwrap();
+    let cfg = home.join("config.yaml");
+    std::fs::write(&cfg, config).unwrap();
+    let log = home.join("serve.log");
+    let socket = home.join("s.sock");
+    let mut child = std::process::Command::new(server_common::BIN)
+        .args(["serve", "--backend", "sim", "--config"])
+        .arg(&cfg)
+        .arg("--state-dir")
+        .arg(home.join("state"))
+        .arg("--socket")
+        .arg(&socket)
+        .env("RUST_LOG", "info")
+        .uid(1000)
+        .gid(1000)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    // Either it refuses to start (exits) or it serves (answers a status request).
+    let client = tessera_server::client::Client::new(&socket);
+    let st = poll(60, "the daemon to start or refuse", || {
+        if let Some(st) = child.try_wait().unwrap() {
+            return Some(Some(st));
+        }
+        block(client.status()).ok().map(|_| None)
+    });
+    if st.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    (st, std::fs::read_to_string(&log).unwrap())
+}
+
+#[test]
+fn where_cgroups_cannot_be_written_the_daemon_says_so_and_offers_the_opt_out() {
+    if !server_common::is_root() || !cgroups_writable() {
+        eprintln!("skipped: needs root (to run the daemon as uid 1000) and a cgroup v1 devices controller");
+        return;
+    }
+    let dir = temp_dir();
+    // Unset: it serves, after a warning naming the cause and both settings.
+    let (st, log) = serve_unprivileged(dir.path(), "sim_gpus: h100-80gb:1\n");
+    assert!(st.is_none(), "it must serve: {st:?}\n{log}");
+    assert!(log.contains("device isolation is unavailable"), "{log}");
+    assert!(log.contains("Permission denied"), "{log}");
+    assert!(
+        log.contains("`isolation: off`") && log.contains("`isolation: devices`"),
+        "{log}"
+    );
+    // Required: it refuses to start, and says how to opt out.
+    let (st, log) = serve_unprivileged(dir.path(), "sim_gpus: h100-80gb:1\nisolation: devices\n");
+    let st = st.expect("it must refuse to start");
+    assert!(!st.success());
+    assert!(log.contains("`isolation: devices` is set"), "{log}");
+    assert!(log.contains("set `isolation: off`"), "{log}");
+    // Opted out: it serves without a warning.
+    let (st, log) = serve_unprivileged(dir.path(), "sim_gpus: h100-80gb:1\nisolation: off\n");
+    assert!(st.is_none(), "{log}");
+    assert!(!log.contains("unavailable"), "{log}");
+    assert!(log.contains("device isolation is off"), "{log}");
+}

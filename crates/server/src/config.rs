@@ -22,7 +22,7 @@
 //! lease:
 //!   heartbeat_interval_ms: 5000
 //!   heartbeat_timeout_ms: 30000
-//!   cancel_grace_ms: 10000      # a cancelled lease's processes get SIGKILL this long after the cancel
+//!   cancel_grace_ms: 15000      # a cancelled lease still held this long is ended, its processes killed
 //! isolation: devices            # devices | off; unset: devices where cgroups can be written
 //! isolation_cgroup: tessera     # directory of the lease cgroups (default: tessera-<hash of state_dir>)
 //! isolation_root: /             # where dev/ and proc/ are read for device numbers
@@ -156,7 +156,9 @@ pub struct LeaseSettings {
     /// A request whose client sent nothing for this long ends (`expired`).
     pub heartbeat_timeout_ms: u64,
     /// A cancelled lease whose command still runs this long after the cancel is ended by the
-    /// daemon: its processes get SIGKILL and the slice is freed once they are gone.
+    /// daemon: its processes get SIGKILL and the slice is freed once they are gone. The
+    /// default (15 s) leaves `tessera run` its own SIGKILL of CMD at 10 s (checked once per
+    /// heartbeat interval) first, so a cooperating client still reports CMD's exit.
     pub cancel_grace_ms: u64,
 }
 
@@ -165,7 +167,7 @@ impl Default for LeaseSettings {
         LeaseSettings {
             heartbeat_interval_ms: 5_000,
             heartbeat_timeout_ms: 30_000,
-            cancel_grace_ms: 10_000,
+            cancel_grace_ms: 15_000,
         }
     }
 }

@@ -6,8 +6,9 @@
 //!   `SO_PEERCRED` at submission) into it. CMD, started by the client afterwards, inherits it.
 //!   The client needs no privilege and gets none: nothing is chowned to the user, so no
 //!   process of the lease can leave the cgroup or widen its rules.
-//! - **Cancel**: a lease still running `lease.cancel_grace_ms` (10 s) after `tessera cancel`
-//!   is ended by the daemon and all its processes get SIGKILL.
+//! - **Cancel**: a lease still held `lease.cancel_grace_ms` (15 s) after `tessera cancel` is
+//!   ended by the daemon and all its processes get SIGKILL (`tessera run` itself kills CMD
+//!   at 10 s; the daemon's grace is for clients that do not).
 //! - **End** (release, expiry, enforced cancel): what is left in the cgroup gets SIGKILL — on
 //!   a release all but the client (which is exiting with CMD's status; it gets SIGKILL too if
 //!   still there after the grace); on an expiry or an enforced cancel everything, the client
