@@ -330,3 +330,47 @@ fn where_cgroups_cannot_be_written_the_daemon_says_so_and_offers_the_opt_out() {
     assert!(!log.contains("unavailable"), "{log}");
     assert!(log.contains("device isolation is off"), "{log}");
 }
+
+#[test]
+fn what_a_lease_left_running_while_the_daemon_was_down_is_killed_on_restart() {
+    if !server_common::is_root() || !cgroups_writable() {
+        eprintln!("skipped: needs root and a writable cgroup v1 devices controller");
+        return;
+    }
+    let dir = temp_dir();
+    let config = format!(
+        "sim_gpus: h100-80gb:1\nscheduler: {{tick_ms: 100}}\nlease: {{heartbeat_interval_ms: 200, heartbeat_timeout_ms: 60000}}\nisolation: devices\nisolation_cgroup: tessera-test-restart-{}\n",
+        std::process::id()
+    );
+    let mut d = Daemon::start(dir.path(), &config);
+    let pidfile = dir.path().join("orphan.pid");
+    // CMD starts a background child that outlives CMD (and the client).
+    let script = format!("sleep 300 & echo $! > {}; wait", pidfile.display());
+    let mut client = d
+        .cli(&["run", "-q", "--mig", "7g.80gb", "--", "sh", "-c", &script])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let lease = leased(&d, 0);
+    let orphan: u32 = poll(30, "the background child", || {
+        std::fs::read_to_string(&pidfile).ok()?.trim().parse().ok()
+    });
+    // The daemon dies, then the client: CMD dies with its client, its child lives on.
+    d.kill9();
+    client.kill().unwrap();
+    client.wait().unwrap();
+    assert!(running(orphan));
+    let d2 = Daemon::start(dir.path(), &config);
+    let v = poll(30, "the lease's expiry", || {
+        let v = block(d2.client().get(lease.id)).ok()?;
+        (v.state == RequestState::Expired).then_some(v)
+    });
+    assert!(v.end_reason.unwrap_or_default().contains("gone"));
+    poll(30, "the orphan's end", || (!running(orphan)).then_some(()));
+    // The instance is free again.
+    let st = d2
+        .cli(&["run", "-q", "--mig", "7g.80gb", "--", "true"])
+        .status()
+        .unwrap();
+    assert!(st.success());
+}

@@ -46,13 +46,19 @@ impl Daemon {
         // The test's own uid administers the daemon (drain, forced layouts) even when not root.
         // SAFETY: getuid cannot fail.
         let me = unsafe { libc::getuid() };
-        // Its own lease-cgroup directory, so that a `kill -9` leaves nothing behind after Drop.
-        let cgroup = format!("tessera-test-{}", now_ns());
-        fs::write(
-            &cfg,
-            format!("{config}\nadmins: [{me}]\nisolation_cgroup: {cgroup}\n"),
-        )
-        .unwrap();
+        // Its own lease-cgroup directory (unless the config names one: a restart on the same
+        // state), so that a `kill -9` leaves nothing behind after Drop.
+        let (cgroup, extra) = match config
+            .lines()
+            .find_map(|l| l.strip_prefix("isolation_cgroup: "))
+        {
+            Some(name) => (name.trim().to_string(), String::new()),
+            None => {
+                let name = format!("tessera-test-{}", now_ns());
+                (name.clone(), format!("isolation_cgroup: {name}\n"))
+            }
+        };
+        fs::write(&cfg, format!("{config}\nadmins: [{me}]\n{extra}")).unwrap();
         let log = dir.join(format!("daemon-{}.log", now_ns()));
         let child = Command::new(BIN)
             .args(["serve", "--backend", "sim", "--config"])
