@@ -120,3 +120,50 @@ fn a_non_admin_status_json_has_no_other_users_slice_uuid() {
     block(d.client().cancel(a.id)).unwrap();
     wait_child(&mut alice, 30, "alice's run");
 }
+
+/// The GPU's MPS pipe directory belongs to the user whose clients it serves: that user may use
+/// it, another may not even list it, and the next holder takes it over.
+#[test]
+fn the_mps_pipe_directory_lets_the_lease_owner_in_and_nobody_else() {
+    if !server_common::is_root() {
+        eprintln!("skipped: needs root to run clients as other uids");
+        return;
+    }
+    let dir = temp_dir();
+    let d = Daemon::start(
+        dir.path(),
+        "sim_gpus: h100-80gb:1\ngpus: [{index: 0, mode: mps}]\nsocket_group: \"1000\"\nscheduler: {tick_ms: 100}\n",
+    );
+    let can_use = |uid: u32, pipe: &str| {
+        std::process::Command::new("sh")
+            .args([
+                "-c",
+                "test -w \"$1\" && test -x \"$1\" && ls \"$1\" >/dev/null",
+                "sh",
+                pipe,
+            ])
+            .uid(uid)
+            .gid(1000)
+            .status()
+            .unwrap()
+            .success()
+    };
+    for (owner, other) in [(1000, 1001), (1001, 1000)] {
+        let mut run = d
+            .cli(&["run", "-q", "--mps", "--mem", "8GiB", "--", "sleep", "30"])
+            .uid(owner)
+            .gid(1000)
+            .spawn()
+            .unwrap();
+        let lease = poll(30, "the MPS lease", || leased_of(&d, owner));
+        let pipe = lease.env["CUDA_MPS_PIPE_DIRECTORY"].clone();
+        assert!(
+            !std::path::Path::new(&pipe).starts_with(dir.path().join("state")),
+            "the pipe directory {pipe} lies inside the 0700 state directory"
+        );
+        assert!(can_use(owner, &pipe), "uid {owner} cannot use {pipe}");
+        assert!(!can_use(other, &pipe), "uid {other} can use {pipe}");
+        block(d.client().cancel(lease.id)).unwrap();
+        wait_child(&mut run, 30, "the MPS run");
+    }
+}

@@ -785,6 +785,44 @@ impl MpsControl {
     }
 }
 
+impl MpsControl {
+    /// Let `uid` (and nobody else but root) into `target`'s pipe and log directories, for the
+    /// clients of the one user an MPS server serves at a time: the MPS root and the target's
+    /// directory become `0711` (others may pass through to known names, never list), and `pipe`
+    /// and `log` are created if missing, owned by `uid` and `0700`. Called before each MPS grant,
+    /// so the next user to hold the target takes the directories over from the previous one.
+    /// Giving a directory to another uid needs root: without it the directories stay this
+    /// process's own (a daemon of one user serves only itself).
+    pub fn open_to(&self, target: &MpsTarget, uid: u32) -> Result<(), MpsError> {
+        use std::os::unix::fs::PermissionsExt;
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| MpsError::Io { path, source }
+        };
+        let set_mode = |path: &Path, mode: u32| {
+            fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(io(path))
+        };
+        let root = &self.opts.state_dir;
+        let dir = self.dir(target);
+        for d in [root.join("mps"), dir.clone()] {
+            fs::create_dir_all(&d).map_err(io(&d))?;
+            set_mode(&d, 0o711)?;
+        }
+        for d in [self.pipe_dir(target), self.log_dir(target)] {
+            fs::create_dir_all(&d).map_err(io(&d))?;
+            match std::os::unix::fs::chown(&d, Some(uid), None) {
+                Ok(()) => {}
+                // Not root: the directories stay this process's own, and only its own
+                // clients (the in-process demo, a daemon serving one user) can use them.
+                Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {}
+                Err(source) => return Err(io(&d)(source)),
+            }
+            set_mode(&d, 0o700)?;
+        }
+        Ok(())
+    }
+}
+
 /// Whether `visible` names a device by UUID (`GPU-…`, `MIG-…`, or the older `MIG-GPU-…/g/c`).
 pub fn is_device_uuid(visible: &str) -> bool {
     visible.starts_with("GPU-") || visible.starts_with("MIG-")

@@ -1712,7 +1712,7 @@ impl Scheduler {
                 memory_mib,
                 sm_percent,
             } => {
-                match self.fleet.mps_env(gpu, *memory_mib, *sm_percent) {
+                match self.fleet.mps_env(gpu, r.uid, *memory_mib, *sm_percent) {
                     Ok(e) => env.extend(e),
                     Err(e) => {
                         errors.insert(gpu, e);

@@ -119,6 +119,16 @@ impl Hw {
     }
 }
 
+/// The root of the MPS pipe and log directories: beside the state directory (`STATE-mps`), not
+/// inside it, since the state directory is `0700` and each GPU's MPS directories must be
+/// reachable by the one user whose clients it serves (see `MpsControl::open_to`).
+pub fn mps_root(state_dir: &Path) -> PathBuf {
+    match state_dir.file_name() {
+        Some(name) => state_dir.with_file_name(format!("{}-mps", name.to_string_lossy())),
+        None => state_dir.join("mps"),
+    }
+}
+
 /// The simulator's state file inside a state directory.
 pub fn sim_state_path(state_dir: &Path) -> PathBuf {
     state_dir.join("sim-gpus.json")
@@ -199,7 +209,7 @@ impl Fleet {
         state_dir: &Path,
         catalog: &Catalog,
     ) -> Result<Fleet, ServerError> {
-        let mps_opts = MpsOptions::new(state_dir.to_path_buf());
+        let mps_opts = MpsOptions::new(mps_root(state_dir));
         let mps = match backend {
             Hw::Sim(_) => MpsControl::sim(mps_opts),
             Hw::Other(_) => MpsControl::real(mps_opts),
@@ -406,15 +416,18 @@ impl Fleet {
         }
     }
 
-    /// The environment of an MPS client on `gpu` with these limits.
+    /// The environment of an MPS client of `uid` on `gpu` with these limits; first the GPU's
+    /// MPS pipe and log directories are handed to `uid` (one user's server at a time).
     pub fn mps_env(
         &self,
         gpu: u32,
+        uid: u32,
         memory_mib: u64,
         sm_percent: u8,
     ) -> Result<BTreeMap<String, String>, String> {
         let f = &self.gpus[gpu as usize];
         let target = MpsTarget::gpu(gpu, f.uuid.clone());
+        self.mps.open_to(&target, uid).map_err(|e| e.to_string())?;
         self.mps
             .client_env(
                 &target,
