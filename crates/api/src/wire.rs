@@ -379,6 +379,9 @@ pub struct GpuView {
     /// The last error met while changing this GPU, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
+    /// Slices held back because an ended lease's processes still run on them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub quarantined: Vec<String>,
 }
 
 /// Whether a number is zero (fields left out of the JSON when so).

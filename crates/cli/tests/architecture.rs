@@ -54,6 +54,7 @@ fn layers_depend_only_downwards() {
         ("model", &[][..]),
         ("planner", &["tessera-model"][..]),
         ("gpu", &["tessera-model"][..]),
+        ("isolation", &[][..]),
         (
             "agent",
             &["tessera-model", "tessera-gpu", "tessera-planner"][..],
@@ -67,6 +68,7 @@ fn layers_depend_only_downwards() {
                 "tessera-planner",
                 "tessera-gpu",
                 "tessera-agent",
+                "tessera-isolation",
                 "tessera-api",
             ][..],
         ),

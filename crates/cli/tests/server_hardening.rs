@@ -108,9 +108,10 @@ fn idle_connections_of_another_uid_do_not_end_a_healthy_lease() {
     let socket = dir.path().join("tessera.sock");
     let state = dir.path().join("state");
     let cfg = dir.path().join("config.yaml");
+    let cgroup = format!("tessera-test-fd-{}", std::process::id());
     fs::write(
         &cfg,
-        "sim_gpus: h100-80gb:1\nsocket_group: \"0\"\nscheduler: {tick_ms: 100}\nlease: {heartbeat_interval_ms: 300, heartbeat_timeout_ms: 3000}\n",
+        format!("sim_gpus: h100-80gb:1\nsocket_group: \"0\"\nscheduler: {{tick_ms: 100}}\nlease: {{heartbeat_interval_ms: 300, heartbeat_timeout_ms: 3000}}\nisolation_cgroup: {cgroup}\n"),
     )
     .unwrap();
     let log = dir.path().join("daemon.log");
@@ -134,6 +135,7 @@ fn idle_connections_of_another_uid_do_not_end_a_healthy_lease() {
         socket: socket.clone(),
         state,
         log,
+        cgroup,
     };
     poll(60, "the daemon's socket", || {
         std::os::unix::net::UnixStream::connect(&socket).ok()

@@ -22,6 +22,10 @@
 //! lease:
 //!   heartbeat_interval_ms: 5000
 //!   heartbeat_timeout_ms: 30000
+//!   cancel_grace_ms: 15000      # a cancelled lease still held this long is ended, its processes killed
+//! isolation: devices            # devices | off; unset: devices where cgroups can be written
+//! isolation_cgroup: tessera     # directory of the lease cgroups (default: tessera-<hash of state_dir>)
+//! isolation_root: /             # where dev/ and proc/ are read for device numbers
 //! connections:
 //!   max_per_uid: 256            # open connections per uid (per address on TCP)
 //!   idle_timeout_ms: 30000      # close a connection silent this long
@@ -132,6 +136,17 @@ impl Default for SchedulerSettings {
     }
 }
 
+/// Per-lease device isolation (see `docs/isolation-devices.md`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IsolationMode {
+    /// Every lease's command runs in a cgroup that allows only its slice's device nodes; the
+    /// daemon refuses to start where that cannot be done.
+    Devices,
+    /// No per-lease cgroups: leases are stopped through the client's process tree.
+    Off,
+}
+
 /// Lease liveness settings.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -140,6 +155,11 @@ pub struct LeaseSettings {
     pub heartbeat_interval_ms: u64,
     /// A request whose client sent nothing for this long ends (`expired`).
     pub heartbeat_timeout_ms: u64,
+    /// A cancelled lease whose command still runs this long after the cancel is ended by the
+    /// daemon: its processes get SIGKILL and the slice is freed once they are gone. The
+    /// default (15 s) leaves `tessera run` its own SIGKILL of CMD at 10 s (checked once per
+    /// heartbeat interval) first, so a cooperating client still reports CMD's exit.
+    pub cancel_grace_ms: u64,
 }
 
 impl Default for LeaseSettings {
@@ -147,6 +167,7 @@ impl Default for LeaseSettings {
         LeaseSettings {
             heartbeat_interval_ms: 5_000,
             heartbeat_timeout_ms: 30_000,
+            cancel_grace_ms: 15_000,
         }
     }
 }
@@ -208,6 +229,15 @@ pub struct Config {
     pub scheduler: SchedulerSettings,
     /// Leases.
     pub lease: LeaseSettings,
+    /// Per-lease device isolation; unset: `devices` where the cgroup controller can be
+    /// written, else `off` with a warning.
+    pub isolation: Option<IsolationMode>,
+    /// Name of the directory (in the daemon's own devices cgroup) holding the lease cgroups;
+    /// default `tessera-` and a hash of the state directory, so two daemons never share one.
+    pub isolation_cgroup: Option<String>,
+    /// Where `dev/` and `proc/` are read for device numbers and MIG capability minors
+    /// (default `/`). With the simulated backend, unset means the slices have no device nodes.
+    pub isolation_root: Option<PathBuf>,
     /// Client connection limits.
     pub connections: ConnectionSettings,
     /// Delete the journal at start (`tessera serve --discard-journal`, the recovery for a
@@ -234,6 +264,9 @@ impl Default for Config {
             gpus: Vec::new(),
             scheduler: SchedulerSettings::default(),
             lease: LeaseSettings::default(),
+            isolation: None,
+            isolation_cgroup: None,
+            isolation_root: None,
             connections: ConnectionSettings::default(),
             discard_journal: false,
         }
@@ -327,6 +360,7 @@ impl Config {
                 l.heartbeat_interval_ms
             ))
         })?;
+        check_int("lease.cancel_grace_ms", l.cancel_grace_ms, 0, DAY_MS).map_err(&bad)?;
         let c = &self.connections;
         check_int("connections.max_per_uid", c.max_per_uid, 1, 65_536).map_err(&bad)?;
         check_int(
@@ -340,6 +374,13 @@ impl Config {
         check_int("http_uid", self.http_uid, 0, u32::MAX - 1).map_err(&bad)?;
         for (i, a) in self.admins.iter().enumerate() {
             check_int(&format!("admins[{i}]"), *a, 0, u32::MAX - 1).map_err(&bad)?;
+        }
+        if let Some(name) = &self.isolation_cgroup {
+            if name.is_empty() || name.contains('/') || name.starts_with('.') {
+                return Err(bad(format!(
+                    "isolation_cgroup `{name}` must be one directory name (no `/`, not starting with `.`), e.g. tessera"
+                )));
+            }
         }
         parse_sim_gpus(&self.sim_gpus).map_err(bad)?;
         Ok(())
@@ -364,6 +405,22 @@ impl Config {
         self.state_dir
             .clone()
             .unwrap_or_else(|| default_base_dir().join("state"))
+    }
+
+    /// The lease cgroups' directory name: the configured one, or `tessera-` and an FNV-1a hash
+    /// of the state directory (stable across restarts, distinct per daemon).
+    pub fn isolation_cgroup(&self) -> String {
+        if let Some(n) = &self.isolation_cgroup {
+            return n.clone();
+        }
+        let dir = self.state_dir();
+        let dir = dir.canonicalize().unwrap_or(dir);
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in dir.as_os_str().as_encoded_bytes() {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        format!("tessera-{:08x}", h as u32)
     }
 
     /// The socket path: the configured one or [`default_socket`].

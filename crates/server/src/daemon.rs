@@ -57,6 +57,7 @@ use tessera_agent::{Entry, EntryKind, Journal, JournalError, OpRecord, Outcome};
 
 use crate::fleet::{ApplyError, Fleet, GpuFacts};
 use crate::ident::Identity;
+use crate::isolate::{Enforcer, Quarantine};
 use crate::liveness::{Clock, Liveness, MonotonicClock, ProcessStamp};
 use crate::metrics::Metrics;
 use crate::sched::{self, GpuState, InstanceState, MpsClient, Pick, Reservation, Waiting};
@@ -122,6 +123,8 @@ struct Inner {
     /// Warnings from the start (a state directory fixed, a database that looks emptied).
     notices: Mutex<Vec<String>>,
     state_dir: PathBuf,
+    /// Slices held back after their lease ended (see [`crate::isolate`]).
+    quarantine: RwLock<Vec<Quarantine>>,
 }
 
 /// A running daemon core. Cheap to clone; every clone talks to the same state.
@@ -195,6 +198,7 @@ impl Daemon {
             .into_iter()
             .collect();
         let store = Store::open(&state_dir.join("tessera.db"))?;
+        let iso = Enforcer::new(&cfg, fleet.is_sim())?;
         let (tx, rx) = mpsc::channel();
         let (changes, _) = tokio::sync::watch::channel(0u64);
         let gpus = fleet.gpus.clone();
@@ -214,12 +218,14 @@ impl Daemon {
             failure: tokio::sync::watch::channel(None).0,
             notices: Mutex::new(notices),
             state_dir,
+            quarantine: RwLock::new(Vec::new()),
             cfg,
         });
         let daemon = Daemon { inner };
         let mut sched = Scheduler {
             d: daemon.clone(),
             fleet,
+            iso,
             last_check: None,
             unknown_logged: BTreeSet::new(),
         };
@@ -691,6 +697,15 @@ impl Daemon {
                     }
                 }
             }
+            view.quarantined = self
+                .inner
+                .quarantine
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .filter(|q| q.slice.gpu() == g.facts.index)
+                .map(|q| q.describe(who.may_see(q.uid)))
+                .collect();
             gpus.push(view);
         }
         Ok(StatusView {
@@ -777,6 +792,7 @@ impl Daemon {
                 .find(|r| r.gpu == f.index)
                 .map(|r| r.request),
             last_error: snap.errors.get(&f.index).cloned(),
+            quarantined: Vec::new(),
         }
     }
 
@@ -966,6 +982,7 @@ impl Journal for DbJournal<'_> {
 struct Scheduler {
     d: Daemon,
     fleet: Fleet,
+    iso: Enforcer,
     /// When the last liveness check ran (on the daemon's clock).
     last_check: Option<Instant>,
     /// Requests whose client's `/proc` entry could not be read, already logged.
@@ -1109,6 +1126,9 @@ impl Scheduler {
             hb.insert(r.id, now);
         }
         drop(hb);
+        let d = self.d.clone();
+        self.iso
+            .adopt(&active, |id| lock(&d.inner.store).get(id).ok().flatten());
         let queued = active
             .iter()
             .filter(|r| r.state == RequestState::Queued)
@@ -1176,6 +1196,88 @@ impl Scheduler {
                 _ => None,
             })
             .collect()
+    }
+
+    /// End leases cancelled longer than `lease.cancel_grace_ms` ago whose command still runs
+    /// (the sweep that follows kills their processes). Returns whether any ended.
+    fn enforce_cancels(&mut self, active: &[RequestRow]) -> bool {
+        let mut ended = false;
+        for (id, reason) in self.iso.due_cancels(active) {
+            let done = lock(&self.inner().store)
+                .end(id, RequestState::Cancelled, None, &reason, now_ms())
+                .unwrap_or(false);
+            if done {
+                tracing::info!(request = id, "{reason}");
+                lock(&self.inner().heartbeats).remove(&id);
+                ended = true;
+            }
+        }
+        ended
+    }
+
+    /// The device side of a slice (its GPU's minor, and for MIG the instance's GPU- and
+    /// compute-instance IDs), when the enforcer wants device numbers.
+    fn slice_devices(&mut self, slice: &Slice) -> Option<tessera_isolation::SliceDevices> {
+        use tessera_isolation::SliceDevices;
+        if !self.iso.wants_devices() {
+            return None;
+        }
+        match slice {
+            Slice::Mig { gpu, start, .. } => {
+                let inst = self
+                    .fleet
+                    .instances(*gpu)
+                    .ok()?
+                    .into_iter()
+                    .find(|i| i.start == *start)?;
+                Some(SliceDevices::Mig {
+                    minor: *gpu,
+                    gi: inst.gi_id,
+                    ci: inst.compute_instances.first()?.ci_id,
+                })
+            }
+            Slice::Mps { gpu, .. } | Slice::Timeslice { gpu, .. } => {
+                Some(SliceDevices::Gpu { minor: *gpu })
+            }
+        }
+    }
+
+    /// Mark quarantined slices held so that no pass leases or destroys them, and publish
+    /// them for `status`.
+    fn hold_quarantined(&mut self, gpus: &mut [GpuState]) {
+        let q = self.iso.quarantined().to_vec();
+        for item in &q {
+            let Some(g) = gpus.iter_mut().find(|g| g.facts.index == item.slice.gpu()) else {
+                continue;
+            };
+            match &item.slice {
+                Slice::Mig { start, .. } => {
+                    if let Some(i) = g.instances.iter_mut().find(|i| i.start == *start) {
+                        if i.pids.is_empty() {
+                            i.pids = item.pids.clone();
+                        }
+                    }
+                }
+                Slice::Mps {
+                    memory_mib,
+                    sm_percent,
+                    ..
+                } => g.mps_clients.push(MpsClient {
+                    lease: item.lease,
+                    uid: item.uid,
+                    memory_mib: *memory_mib,
+                    sm_percent: *sm_percent,
+                }),
+                Slice::Timeslice { replica, .. } => {
+                    g.replicas.entry(*replica).or_insert(item.lease);
+                }
+            }
+        }
+        *self
+            .inner()
+            .quarantine
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = q;
     }
 
     /// Heartbeat deadlines count the daemon's own progress: when the scheduler did not run
@@ -1435,13 +1537,18 @@ impl Scheduler {
             }
         };
         let mut changed = self.check_liveness(&active);
+        changed |= self.enforce_cancels(&active);
         let active = if changed {
             lock(&self.inner().store).active().unwrap_or_default()
         } else {
             active
         };
+        let d = self.d.clone();
+        self.iso
+            .sweep(&active, |id| lock(&d.inner.store).get(id).ok().flatten());
         let mut errors = BTreeMap::new();
         let mut gpus = self.observe(&active, &mut errors);
+        self.hold_quarantined(&mut gpus);
 
         // Drained GPUs with nothing running are emptied.
         for g in gpus.iter_mut() {
@@ -1630,6 +1737,18 @@ impl Scheduler {
         };
         env.insert("TESSERA_LEASE_ID".to_string(), r.id.to_string());
         env.insert("TESSERA_SLICE".to_string(), slice.to_string());
+        // The client enters the lease's cgroup before the lease exists, so CMD starts in it.
+        let devices = self.slice_devices(&slice);
+        match self.iso.confine(r, &slice, devices) {
+            Ok(v) => {
+                env.insert("TESSERA_ISOLATION".to_string(), v);
+            }
+            Err(e) => {
+                tracing::warn!("{e}");
+                errors.insert(gpu, e);
+                return false;
+            }
+        }
         let now = now_ms();
         let granted = match lock(&self.inner().store).grant(r.id, &slice, &env, now) {
             Ok(g) => g,
@@ -1639,6 +1758,7 @@ impl Scheduler {
             }
         };
         if !granted {
+            self.iso.unconfine(r.id);
             return false;
         }
         match &slice {

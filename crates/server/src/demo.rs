@@ -239,7 +239,10 @@ pub fn demo_config(state_dir: PathBuf, speed: f64) -> Config {
         lease: LeaseSettings {
             heartbeat_interval_ms: 500,
             heartbeat_timeout_ms: 60_000,
+            ..LeaseSettings::default()
         },
+        // In-process users: no client processes to confine.
+        isolation: Some(crate::config::IsolationMode::Off),
         ..Config::default()
     }
 }

@@ -46,6 +46,9 @@ pub enum ServerError {
     /// The GPU fleet does not match the configuration.
     #[error("{0}")]
     Fleet(String),
+    /// Per-lease device isolation was required but cannot be set up.
+    #[error("device isolation: {0}")]
+    Isolation(String),
     /// The scheduler thread died; the daemon stops so that it can be restarted.
     #[error("the scheduler thread died ({0}); stopping the daemon: restart it (leases and the queue are kept)")]
     SchedulerDied(String),

@@ -14,6 +14,7 @@
 //! - [`daemon`]: the API operations, the scheduler thread, liveness ([`liveness`]) and recovery;
 //! - [`sched`]: the scheduling rule (queue order, reservations against starvation);
 //! - [`fleet`]: the GPUs (NVML or simulated), MPS, layout changes;
+//! - [`isolate`]: a cgroup per lease (device allow-list, whole-tree kill), quarantine;
 //! - [`store`]: SQLite (queue, leases, desired layouts, journal, schema version);
 //! - [`metrics`]: Prometheus metrics; [`config`]: the YAML configuration;
 //! - [`client`]: the client used by the CLI; [`serve`]: sockets and signals;
@@ -26,6 +27,7 @@ pub mod error;
 pub mod fleet;
 pub mod http;
 pub mod ident;
+pub mod isolate;
 pub mod liveness;
 pub mod metrics;
 pub mod sched;

@@ -26,6 +26,7 @@ fn config(dir: &Path, gpus: u32, tick_ms: u64) -> Config {
         lease: LeaseSettings {
             heartbeat_interval_ms: 100,
             heartbeat_timeout_ms: 400,
+            ..LeaseSettings::default()
         },
         ..Config::default()
     }

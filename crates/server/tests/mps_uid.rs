@@ -44,6 +44,7 @@ fn start(dir: &Path, modes: &[ModeChoice], reserve_after_ms: u64) -> (Daemon, Sc
         lease: LeaseSettings {
             heartbeat_interval_ms: 1000,
             heartbeat_timeout_ms: 600_000,
+            ..LeaseSettings::default()
         },
         ..Config::default()
     };

@@ -21,6 +21,8 @@ pub struct Daemon {
     pub socket: PathBuf,
     pub state: PathBuf,
     pub log: PathBuf,
+    /// The directory of its lease cgroups (`isolation_cgroup`), removed when it is dropped.
+    pub cgroup: String,
 }
 
 /// A temporary directory others may traverse (the socket's directory must be reachable by
@@ -44,7 +46,19 @@ impl Daemon {
         // The test's own uid administers the daemon (drain, forced layouts) even when not root.
         // SAFETY: getuid cannot fail.
         let me = unsafe { libc::getuid() };
-        fs::write(&cfg, format!("{config}\nadmins: [{me}]\n")).unwrap();
+        // Its own lease-cgroup directory (unless the config names one: a restart on the same
+        // state), so that a `kill -9` leaves nothing behind after Drop.
+        let (cgroup, extra) = match config
+            .lines()
+            .find_map(|l| l.strip_prefix("isolation_cgroup: "))
+        {
+            Some(name) => (name.trim().to_string(), String::new()),
+            None => {
+                let name = format!("tessera-test-{}", now_ns());
+                (name.clone(), format!("isolation_cgroup: {name}\n"))
+            }
+        };
+        fs::write(&cfg, format!("{config}\nadmins: [{me}]\n{extra}")).unwrap();
         let log = dir.join(format!("daemon-{}.log", now_ns()));
         let child = Command::new(BIN)
             .args(["serve", "--backend", "sim", "--config"])
@@ -64,6 +78,7 @@ impl Daemon {
             socket,
             state,
             log,
+            cgroup,
         };
         d.wait_ready();
         d
@@ -123,7 +138,25 @@ impl Daemon {
 impl Drop for Daemon {
     fn drop(&mut self) {
         self.kill9();
+        remove_lease_cgroups(&self.cgroup);
     }
+}
+
+/// Kill what a killed daemon's leases left and remove their cgroups (test hygiene only).
+fn remove_lease_cgroups(name: &str) {
+    use tessera_isolation::{probe, Availability, DevicesV1, LeaseCgroups};
+    let Availability::V1 { root } = probe(name) else {
+        return;
+    };
+    let mut cg = DevicesV1::new(root);
+    for lease in cg.leases().unwrap_or_default() {
+        let _ = cg.kill_all(lease, None);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !cg.remove(lease).unwrap_or(true) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    cg.close();
 }
 
 fn now_ns() -> u128 {
