@@ -7,9 +7,11 @@
 //! means writing another cgroup's root-owned `cgroup.procs`), so the cgroup also lists the
 //! lease's whole process tree for [`LeaseCgroups::kill_all`].
 //!
-//! cgroup v2 has no device files: there a `BPF_PROG_TYPE_CGROUP_DEVICE` program does the
-//! job. That is not implemented: [`probe`] reports a v2-only host as
-//! [`Availability::V2Only`] and the server runs without device isolation after saying so.
+//! cgroup v2 has no device files: there [`DevicesV2`] attaches a `BPF_PROG_TYPE_CGROUP_DEVICE`
+//! program built from the same allow-list to each lease's cgroup (see [`crate::bpf`]); the
+//! kernel checks it at `open` just like the v1 controller. [`probe`] prefers v1 where it is
+//! writable and falls back to v2 where the unified hierarchy is writable and the program
+//! loads and attaches.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -52,11 +54,18 @@ pub enum Availability {
         /// `<devices mount>/<daemon's cgroup>/<parent name>`.
         root: PathBuf,
     },
-    /// Only the unified (v2) hierarchy has controllers: device control would need a BPF
-    /// program, which tessera does not load yet.
+    /// No writable v1 `devices` controller, but the unified (v2) hierarchy is writable and a
+    /// cgroup device program loads and attaches: lease cgroups go under `root`.
+    V2 {
+        /// `<cgroup2 mount>/<daemon's cgroup>/<parent name>`.
+        root: PathBuf,
+    },
+    /// Only cgroup v2 is mounted and a device program cannot be used there.
     V2Only {
         /// Where cgroup2 is mounted.
         mount: PathBuf,
+        /// Why not (the failed step and its cause).
+        why: String,
     },
     /// The controller exists but this process cannot create cgroups in it (not root, or a
     /// container without the privilege).
@@ -75,8 +84,11 @@ impl Availability {
     pub fn explain(&self) -> String {
         match self {
             Availability::V1 { root } => format!("cgroup v1 devices controller at {}", root.display()),
-            Availability::V2Only { mount } => format!(
-                "this host has only cgroup v2 ({}); tessera enforces device allow-lists with the v1 devices controller only (a v2 BPF device program is not implemented)",
+            Availability::V2 { root } => {
+                format!("cgroup v2 with a BPF device program at {}", root.display())
+            }
+            Availability::V2Only { mount, why } => format!(
+                "this host has only cgroup v2 ({}) and its device program cannot be used: {why}",
                 mount.display()
             ),
             Availability::NotWritable { path, source } => format!(
@@ -128,19 +140,39 @@ fn own_path(proc_cgroup: &str, controller: &str) -> Option<String> {
     })
 }
 
-/// Find where lease cgroups can live: under this process's own `devices` cgroup, in a
-/// directory named `parent` (created if missing). Never panics; every failure is a variant.
+/// Find where lease cgroups can live: under this process's own `devices` cgroup (v1), in a
+/// directory named `parent` (created if missing); where no v1 `devices` controller is
+/// writable, the same in the unified hierarchy ([`probe_v2`]). Never panics; every failure is
+/// a variant.
 pub fn probe(parent: &str) -> Availability {
+    let v1 = probe_v1(parent);
+    if matches!(v1, Availability::V1 { .. }) {
+        return v1;
+    }
+    match (probe_v2(parent), v1) {
+        (v2 @ Availability::V2 { .. }, _) => v2,
+        // A v1 controller that is there but not writable says more than v2's failure.
+        (_, v1 @ Availability::NotWritable { .. }) => v1,
+        (v2, _) => v2,
+    }
+}
+
+/// Create `root` (and parents) and prove this process can make cgroups in it.
+fn writable(root: &Path) -> Result<(), std::io::Error> {
+    std::fs::create_dir_all(root)?;
+    // The directory may exist already (made by root earlier): prove we can write it.
+    let probe_dir = root.join(format!("probe-{}", std::process::id()));
+    std::fs::create_dir(&probe_dir).and_then(|_| std::fs::remove_dir(&probe_dir))
+}
+
+fn probe_v1(parent: &str) -> Availability {
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
     let Some((mroot, mpoint, _)) = v1_mounts(&mountinfo)
         .into_iter()
         .find(|(_, _, opts)| opts.split(',').any(|o| o == "devices"))
     else {
-        return match cgroup2_mount(&mountinfo) {
-            Some(mount) => Availability::V2Only { mount },
-            None => Availability::Absent,
-        };
+        return Availability::Absent;
     };
     let mine = own_path(&own, "devices").unwrap_or_else(|| "/".into());
     let rel = mine
@@ -149,14 +181,49 @@ pub fn probe(parent: &str) -> Availability {
         .trim_start_matches('/')
         .to_string();
     let root = mpoint.join(rel).join(parent);
+    match writable(&root) {
+        Ok(()) => Availability::V1 { root },
+        Err(source) => Availability::NotWritable { path: root, source },
+    }
+}
+
+/// This process's path in the unified hierarchy (`0::PATH` of `/proc/self/cgroup`).
+fn own_v2_path(proc_cgroup: &str) -> Option<String> {
+    proc_cgroup
+        .lines()
+        .find_map(|l| l.strip_prefix("0::").map(str::to_string))
+}
+
+/// The v2 half of [`probe`], on its own (tests and hosts that want v2 even where v1 is
+/// there): lease cgroups under this process's own cgroup2 cgroup, in `parent`, after
+/// proving that a device program loads and attaches there.
+pub fn probe_v2(parent: &str) -> Availability {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    let Some(mount) = cgroup2_mount(&mountinfo) else {
+        return Availability::Absent;
+    };
+    let mine = own_v2_path(&own).unwrap_or_else(|| "/".into());
+    let root = mount.join(mine.trim_start_matches('/')).join(parent);
     if let Err(source) = std::fs::create_dir_all(&root) {
         return Availability::NotWritable { path: root, source };
     }
-    // The directory may exist already (made by root earlier): prove we can write it.
     let probe_dir = root.join(format!("probe-{}", std::process::id()));
-    match std::fs::create_dir(&probe_dir).and_then(|_| std::fs::remove_dir(&probe_dir)) {
-        Ok(()) => Availability::V1 { root },
-        Err(source) => Availability::NotWritable { path: root, source },
+    if let Err(source) = std::fs::create_dir(&probe_dir) {
+        return Availability::NotWritable { path: root, source };
+    }
+    let bpf = crate::bpf::install(&probe_dir, &crate::devices::base_rules());
+    let _ = std::fs::remove_dir(&probe_dir);
+    match bpf {
+        Ok(()) => Availability::V2 { root },
+        Err(e) => {
+            // Leave nothing behind that a later probe would trip over.
+            let _ = std::fs::remove_dir(&root);
+            Availability::V2Only {
+                mount,
+                why: e.to_string(),
+            }
+        }
     }
 }
 
@@ -309,6 +376,92 @@ impl LeaseCgroups for DevicesV1 {
     }
 }
 
+/// Lease cgroups in the unified (v2) hierarchy, named `lease-<ID>` under one directory, each
+/// with a cgroup device program ([`crate::bpf`]) built from its allow-list. Membership,
+/// killing and removal work as in v1 (`cgroup.procs`); removing the directory releases the
+/// attached program.
+#[derive(Debug, Clone)]
+pub struct DevicesV2 {
+    tree: DevicesV1,
+}
+
+impl DevicesV2 {
+    /// Lease cgroups under `root` (a directory in the cgroup2 hierarchy, see [`probe_v2`]).
+    pub fn new(root: PathBuf) -> DevicesV2 {
+        DevicesV2 {
+            tree: DevicesV1::new(root),
+        }
+    }
+
+    /// The directory holding the lease cgroups.
+    pub fn root(&self) -> &Path {
+        self.tree.root()
+    }
+}
+
+impl LeaseCgroups for DevicesV2 {
+    fn describe(&self) -> String {
+        format!("cgroup v2 device program at {}", self.root().display())
+    }
+
+    fn path(&self, lease: u64) -> PathBuf {
+        self.tree.path(lease)
+    }
+
+    fn create(&mut self, lease: u64, allow: &[DeviceRule]) -> Result<(), IsolationError> {
+        let dir = self.path(lease);
+        match std::fs::create_dir(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                let left = self.pids(lease)?;
+                if !left.is_empty() {
+                    return Err(IsolationError::Busy {
+                        path: dir,
+                        pids: left,
+                    });
+                }
+            }
+            Err(e) => return Err(IsolationError::io(&dir, e)),
+        }
+        // A reused (leftover) cgroup's program is replaced: the attachment is not multi.
+        let done = crate::bpf::install(&dir, allow);
+        if done.is_err() {
+            let _ = std::fs::remove_dir(&dir);
+        }
+        done
+    }
+
+    fn enter(&mut self, lease: u64, pid: u32) -> Result<(), IsolationError> {
+        self.tree.enter(lease, pid)
+    }
+
+    fn leave(&mut self, pid: u32) -> Result<(), IsolationError> {
+        self.tree.leave(pid)
+    }
+
+    fn pids(&self, lease: u64) -> Result<Vec<u32>, IsolationError> {
+        self.tree.pids(lease)
+    }
+
+    fn kill_all(&mut self, lease: u64, except: Option<u32>) -> Result<Vec<u32>, IsolationError> {
+        self.tree.kill_all(lease, except)
+    }
+
+    fn remove(&mut self, lease: u64) -> Result<bool, IsolationError> {
+        // No explicit detach: it would leave a window in which a process entering late runs
+        // unrestricted; rmdir of the (empty) cgroup releases its program.
+        self.tree.remove(lease)
+    }
+
+    fn leases(&self) -> Result<Vec<u64>, IsolationError> {
+        self.tree.leases()
+    }
+
+    fn close(&mut self) {
+        self.tree.close()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -329,5 +482,6 @@ mod tests {
         let own = "9:name=systemd:/\n5:devices:/user.slice\n0::/\n";
         assert_eq!(own_path(own, "devices").as_deref(), Some("/user.slice"));
         assert_eq!(own_path(own, "memory"), None);
+        assert_eq!(own_v2_path(own).as_deref(), Some("/"));
     }
 }

@@ -48,6 +48,17 @@ pub enum IsolationError {
         /// ` CI n` or empty.
         ci: String,
     },
+    /// A `bpf(2)` call for the cgroup v2 device program failed.
+    #[error("{path}: {what}: {source}")]
+    Bpf {
+        /// The lease's cgroup.
+        path: PathBuf,
+        /// Which step failed (with the verifier log when the kernel gave one).
+        what: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
     /// A lease's cgroup still holds processes after every kill attempt.
     #[error("cgroup {path} still holds process(es) {pids:?} after SIGKILL")]
     Busy {

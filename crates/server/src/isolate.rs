@@ -25,7 +25,8 @@ use std::time::{Duration, Instant};
 
 use tessera_isolation::procs::kill_tree;
 use tessera_isolation::{
-    base_rules, probe, Availability, DevRoots, DevicesV1, LeaseCgroups, SliceDevices, Stamp,
+    base_rules, probe, Availability, DevRoots, DevicesV1, DevicesV2, LeaseCgroups, SliceDevices,
+    Stamp,
 };
 
 use crate::config::{Config, IsolationMode};
@@ -128,6 +129,13 @@ impl Enforcer {
                         root.display()
                     );
                     Some(Box::new(DevicesV1::new(root)))
+                }
+                Availability::V2 { root } => {
+                    tracing::info!(
+                        "device isolation: one cgroup per lease under {} (cgroup v2, BPF device program)",
+                        root.display()
+                    );
+                    Some(Box::new(DevicesV2::new(root)))
                 }
                 other if mode == Some(IsolationMode::Devices) => {
                     return Err(ServerError::Isolation(format!(
