@@ -165,7 +165,8 @@ fn writable(root: &Path) -> Result<(), std::io::Error> {
     std::fs::create_dir(&probe_dir).and_then(|_| std::fs::remove_dir(&probe_dir))
 }
 
-fn probe_v1(parent: &str) -> Availability {
+/// The v1 half of [`probe`], on its own (a configuration that asks for v1 only).
+pub fn probe_v1(parent: &str) -> Availability {
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
     let Some((mroot, mpoint, _)) = v1_mounts(&mountinfo)

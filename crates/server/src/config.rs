@@ -25,6 +25,7 @@
 //!   cancel_grace_ms: 15000      # a cancelled lease still held this long is ended, its processes killed
 //! isolation: devices            # devices | off; unset: devices where cgroups can be written
 //! isolation_cgroup: tessera     # directory of the lease cgroups (default: tessera-<hash of state_dir>)
+//! isolation_cgroup_version: 2   # 1 | 2; unset: v1 devices where writable, else cgroup2 + BPF
 //! isolation_root: /             # where dev/ and proc/ are read for device numbers
 //! connections:
 //!   max_per_uid: 256            # open connections per uid (per address on TCP)
@@ -235,6 +236,9 @@ pub struct Config {
     /// Name of the directory (in the daemon's own devices cgroup) holding the lease cgroups;
     /// default `tessera-` and a hash of the state directory, so two daemons never share one.
     pub isolation_cgroup: Option<String>,
+    /// Which cgroup version the lease cgroups use: `1` (the v1 devices controller) or `2`
+    /// (cgroup2 with a BPF device program); unset: v1 where writable, else v2.
+    pub isolation_cgroup_version: Option<u8>,
     /// Where `dev/` and `proc/` are read for device numbers and MIG capability minors
     /// (default `/`). With the simulated backend, unset means the slices have no device nodes.
     pub isolation_root: Option<PathBuf>,
@@ -266,6 +270,7 @@ impl Default for Config {
             lease: LeaseSettings::default(),
             isolation: None,
             isolation_cgroup: None,
+            isolation_cgroup_version: None,
             isolation_root: None,
             connections: ConnectionSettings::default(),
             discard_journal: false,
@@ -379,6 +384,13 @@ impl Config {
             if name.is_empty() || name.contains('/') || name.starts_with('.') {
                 return Err(bad(format!(
                     "isolation_cgroup `{name}` must be one directory name (no `/`, not starting with `.`), e.g. tessera"
+                )));
+            }
+        }
+        if let Some(v) = self.isolation_cgroup_version {
+            if v != 1 && v != 2 {
+                return Err(bad(format!(
+                    "isolation_cgroup_version {v} is not a cgroup version: use 1 (v1 devices controller) or 2 (cgroup2 with a BPF device program), or leave it unset to pick one"
                 )));
             }
         }
@@ -534,6 +546,25 @@ mod tests {
         assert_eq!(c.gpu(2).replicas, 8);
         assert_eq!(c.scheduler.max_reserved_gpus, 2);
         assert_eq!(c.scheduler.tick_ms, 1000);
+    }
+
+    #[test]
+    fn the_cgroup_version_is_1_or_2() {
+        for v in [1u8, 2] {
+            let c = Config::from_yaml(
+                &format!("isolation_cgroup_version: {v}\n"),
+                Path::new("t.yaml"),
+            )
+            .unwrap();
+            assert_eq!(c.isolation_cgroup_version, Some(v));
+        }
+        let e = Config::from_yaml("isolation_cgroup_version: 3\n", Path::new("x.yaml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("isolation_cgroup_version 3") && e.contains("use 1"),
+            "{e}"
+        );
     }
 
     #[test]

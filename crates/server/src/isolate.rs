@@ -25,8 +25,8 @@ use std::time::{Duration, Instant};
 
 use tessera_isolation::procs::kill_tree;
 use tessera_isolation::{
-    base_rules, probe, Availability, DevRoots, DevicesV1, DevicesV2, LeaseCgroups, SliceDevices,
-    Stamp,
+    base_rules, probe, probe_v1, probe_v2, Availability, DevRoots, DevicesV1, DevicesV2,
+    LeaseCgroups, SliceDevices, Stamp,
 };
 
 use crate::config::{Config, IsolationMode};
@@ -122,7 +122,11 @@ impl Enforcer {
                 tracing::info!("device isolation is off (`isolation: off`); leases are stopped through their client's process tree");
                 None
             }
-            mode => match probe(&cfg.isolation_cgroup()) {
+            mode => match match cfg.isolation_cgroup_version {
+                Some(1) => probe_v1(&cfg.isolation_cgroup()),
+                Some(2) => probe_v2(&cfg.isolation_cgroup()),
+                _ => probe(&cfg.isolation_cgroup()),
+            } {
                 Availability::V1 { root } => {
                     tracing::info!(
                         "device isolation: one cgroup per lease under {}",
@@ -435,5 +439,45 @@ impl Enforcer {
 impl Drop for Enforcer {
     fn drop(&mut self) {
         self.close();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `isolation_cgroup_version` picks the mechanism; with `isolation: devices` a version the
+    /// host cannot do is an error, never a silent fallback.
+    #[test]
+    fn the_configured_cgroup_version_picks_the_mechanism() {
+        for (version, want) in [
+            (1, "cgroup v1 devices at "),
+            (2, "cgroup v2 device program at "),
+        ] {
+            let name = format!("tessera-unit-v{version}-{}", std::process::id());
+            let text = format!(
+                "isolation: devices\nisolation_cgroup: {name}\nisolation_cgroup_version: {version}\n"
+            );
+            let cfg = Config::from_yaml(&text, std::path::Path::new("t.yaml")).unwrap();
+            let found = match version {
+                1 => probe_v1(&format!("{name}-probe")),
+                _ => probe_v2(&format!("{name}-probe")),
+            };
+            if let Availability::V1 { root } | Availability::V2 { root } = &found {
+                let _ = std::fs::remove_dir(root);
+            } else {
+                eprintln!("skipped v{version}: {}", found.explain());
+                let e = Enforcer::new(&cfg, false).unwrap_err().to_string();
+                assert!(e.contains("isolation: off"), "{e}");
+                continue;
+            }
+            let mut enf = Enforcer::new(&cfg, false).unwrap();
+            let cg = enf.cg.as_ref().expect("a cgroup mechanism");
+            assert!(cg.describe().starts_with(want), "{}", cg.describe());
+            let root = cg.path(1).parent().unwrap().to_path_buf();
+            assert!(root.is_dir());
+            enf.close();
+            assert!(!root.exists(), "{} left behind", root.display());
+        }
     }
 }
