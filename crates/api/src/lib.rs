@@ -1,5 +1,5 @@
 //! The tessera daemon's API, for any client: the versioned wire types ([`wire`]) and a small
-//! client over the daemon's Unix socket ([`client`]).
+//! client over the daemon's Unix socket ([`client`]), and the default socket path ([`paths`]).
 //!
 //! This crate is what `tessera run`, `ps`, `status`, `cancel` and `drain` need to talk to the
 //! daemon, and what a third-party client would depend on: serde, serde_json and tokio only — no
@@ -7,4 +7,5 @@
 //! (`tessera-server`) depends on this crate and re-exports both modules.
 
 pub mod client;
+pub mod paths;
 pub mod wire;

@@ -60,14 +60,27 @@ fn load_error(e: &libloading::Error) -> String {
 /// is the one the tenants use, so [`preflight`] tries the same list (a machine may have only
 /// `libcuda.so.1`, or a development `libcuda.so` link that wins).
 pub fn driver_candidates() -> Vec<String> {
-    cudarc::get_lib_name_candidates("cuda")
+    linux_names("cuda", cudarc::get_lib_name_candidates("cuda"))
+}
+
+/// Of the loader's candidates, the names a Linux dynamic loader can find (`libX.so`,
+/// `libX.so.N`): cudarc's list also holds Windows-style names (`libcuda64_12.so`) that never exist
+/// here, and listing them in messages would only hide the ones that matter. The order is kept, so
+/// the first name that loads is still the one the tenants get.
+fn linux_names(lib: &str, names: Vec<String>) -> Vec<String> {
+    let plain = format!("lib{lib}.so");
+    let versioned = format!("lib{lib}.so.");
+    names
+        .into_iter()
+        .filter(|n| *n == plain || n.starts_with(&versioned))
+        .collect()
 }
 
 /// The file names cudarc's loader tries for cuBLAS, in its order. cudarc is built for CUDA 13
 /// (`cuda-13000`), so after the unversioned names the list holds `libcublas.so.13` and then
 /// `libcublas.so.12`: a CUDA 13 machine finds its library, and a CUDA 12 one falls back.
 pub fn cublas_candidates() -> Vec<String> {
-    cudarc::get_lib_name_candidates("cublas")
+    linux_names("cublas", cudarc::get_lib_name_candidates("cublas"))
 }
 
 /// Which library loaded and which names were tried before it.
@@ -473,6 +486,24 @@ mod tests {
         assert!(v13 < v12, "CUDA 13 must be tried before 12: {names:?}");
         // The driver search ends with the name NVIDIA installs.
         assert!(driver_candidates().contains(&DRIVER_LIB.to_string()));
+        // Only names a Linux loader can find are listed, in the loader's order.
+        for n in names.iter().chain(&driver_candidates()) {
+            assert!(n.starts_with("libcu") && !n.contains("64"), "{n}");
+        }
+        assert_eq!(
+            linux_names(
+                "cuda",
+                [
+                    "libcuda.so",
+                    "libcuda64_12.so",
+                    "libcuda.so.13",
+                    "libcuda.so.1"
+                ]
+                .map(String::from)
+                .to_vec()
+            ),
+            ["libcuda.so", "libcuda.so.13", "libcuda.so.1"]
+        );
     }
 
     #[test]

@@ -186,3 +186,28 @@ fn rust_files(dir: &Path) -> Vec<PathBuf> {
     out.sort();
     out
 }
+
+/// The daemon's client commands reach it through `tessera-api` only, so their code path needs no
+/// SQLite, HTTP server or NVML (and `tessera-api` itself depends on none of them).
+#[test]
+fn client_commands_use_only_the_api_crate() {
+    let root = workspace_root();
+    let mut problems = Vec::new();
+    for cmd in ["run", "ps", "status", "cancel", "drain", "daemon_client"] {
+        let file = root.join("crates/cli/src/cmd").join(format!("{cmd}.rs"));
+        let text = std::fs::read_to_string(&file).unwrap();
+        if text.contains("tessera_server") {
+            problems.push(format!(
+                "{} uses tessera_server: a client command talks to the daemon through tessera_api",
+                file.display()
+            ));
+        }
+    }
+    let api = std::fs::read_to_string(root.join("crates/api/Cargo.toml")).unwrap();
+    for d in normal_deps(&api) {
+        if d.starts_with("tessera-") || ["rusqlite", "axum", "nvml-wrapper"].contains(&d.as_str()) {
+            problems.push(format!("tessera-api may not depend on {d}"));
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}

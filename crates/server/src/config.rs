@@ -514,22 +514,8 @@ pub fn parse_sim_gpus(text: &str) -> Result<Vec<(String, u32)>, String> {
     Ok(out)
 }
 
-/// `$XDG_RUNTIME_DIR/tessera` when that variable is set, else `/tmp/tessera`.
-pub fn default_base_dir() -> PathBuf {
-    match std::env::var_os("XDG_RUNTIME_DIR") {
-        Some(d) if !d.is_empty() => PathBuf::from(d).join("tessera"),
-        _ => PathBuf::from("/tmp/tessera"),
-    }
-}
-
-/// The socket clients use when given none: `$TESSERA_SOCKET`, else
-/// `<base dir>/tessera.sock` (see [`default_base_dir`]).
-pub fn default_socket() -> PathBuf {
-    match std::env::var_os("TESSERA_SOCKET") {
-        Some(s) if !s.is_empty() => PathBuf::from(s),
-        _ => default_base_dir().join("tessera.sock"),
-    }
-}
+/// Where clients and the daemon look by default (defined with the API, so clients agree).
+pub use tessera_api::paths::{default_base_dir, default_socket};
 
 #[cfg(test)]
 mod tests {

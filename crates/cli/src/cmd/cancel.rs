@@ -4,9 +4,10 @@
 
 use std::process::ExitCode;
 
-use tessera_server::wire::RequestState;
+use tessera_api::wire::RequestState;
 
-use super::ps::{block_on, client_error, ps_table, SocketArg};
+use super::daemon_client::{block_on, client_error, SocketArg};
+use super::ps::ps_table;
 use crate::output::{emit, CliError, Ctx, Format};
 
 /// Arguments of `tessera cancel`.

@@ -99,7 +99,7 @@ impl Env {
             path: std::env::var("PATH").unwrap_or_default(),
             proc_root: PathBuf::from("/proc"),
             cgroup_root: PathBuf::from("/sys/fs/cgroup"),
-            socket: socket.unwrap_or_else(tessera_server::config::default_socket),
+            socket: socket.unwrap_or_else(tessera_api::paths::default_socket),
             driver_libs: driver_candidates(),
             cublas_libs: cublas_candidates(),
         }

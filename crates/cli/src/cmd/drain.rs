@@ -4,7 +4,7 @@
 
 use std::process::ExitCode;
 
-use super::ps::{block_on, client_error, SocketArg};
+use super::daemon_client::{block_on, client_error, SocketArg};
 use super::status::gpu_text;
 use crate::output::{emit, CliError, Ctx};
 

@@ -1,4 +1,4 @@
-//! One module per subcommand.
+//! One module per subcommand, and `daemon_client` for what the daemon's client commands share.
 
 pub mod agent;
 pub mod bench;
@@ -7,6 +7,7 @@ pub mod bench_sharing;
 pub mod cancel;
 pub mod catalog;
 pub mod check;
+pub mod daemon_client;
 pub mod demo;
 pub mod doctor;
 pub mod drain;

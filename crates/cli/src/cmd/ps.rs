@@ -1,48 +1,12 @@
 //! `tessera ps`: your requests and leases (root: everyone's): id, user, slice, state, time
-//! waited and time running. Also the helpers every daemon client command shares.
+//! waited and time running.
 
-use std::future::Future;
-use std::path::PathBuf;
 use std::process::ExitCode;
 
-use tessera_server::client::{Client, ClientError};
-use tessera_server::wire::{format_ms, RequestState, RequestView};
+use tessera_api::wire::{format_ms, RequestState, RequestView};
 
+use super::daemon_client::{block_on, client_error, SocketArg};
 use crate::output::{emit, table, CliError, Ctx, Format};
-
-/// The daemon's socket, shared by every client command.
-#[derive(Debug, Clone, clap::Args)]
-pub struct SocketArg {
-    /// The daemon's Unix socket. Default: $TESSERA_SOCKET, else
-    /// $XDG_RUNTIME_DIR/tessera/tessera.sock, else /tmp/tessera/tessera.sock.
-    #[arg(long, value_name = "PATH")]
-    pub socket: Option<PathBuf>,
-}
-
-impl SocketArg {
-    /// A client of the chosen socket.
-    pub fn client(&self) -> Client {
-        Client::new(
-            self.socket
-                .clone()
-                .unwrap_or_else(tessera_server::config::default_socket),
-        )
-    }
-}
-
-/// Run a future on a small runtime of this thread.
-pub fn block_on<F: Future>(f: F) -> Result<F::Output, CliError> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| CliError::Other(format!("cannot start the async runtime: {e}")))?;
-    Ok(rt.block_on(f))
-}
-
-/// A client error as the CLI reports it.
-pub fn client_error(e: ClientError) -> CliError {
-    CliError::Other(e.to_string())
-}
 
 /// Arguments of `tessera ps`.
 #[derive(Debug, clap::Args)]

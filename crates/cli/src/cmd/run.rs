@@ -25,13 +25,13 @@ use std::process::ExitCode;
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::{Duration, Instant};
 
-use tessera_server::client::{Client, ClientError};
-use tessera_server::wire::{
+use tessera_api::client::{Client, ClientError};
+use tessera_api::wire::{
     format_ms, parse_duration_ms, ReleaseBody, RequestState, RequestView, SliceAsk, SubmitBody,
 };
 use tokio::sync::mpsc;
 
-use super::ps::{block_on, client_error, SocketArg};
+use super::daemon_client::{block_on, client_error, SocketArg};
 use crate::output::{CliError, Ctx};
 use crate::size::parse_mem;
 

@@ -3,10 +3,10 @@
 
 use std::process::ExitCode;
 
+use tessera_api::wire::{format_mib, GpuView, StatusView};
 use tessera_model::{Catalog, Placed};
-use tessera_server::wire::{format_mib, GpuView, StatusView};
 
-use super::ps::{block_on, client_error, SocketArg};
+use super::daemon_client::{block_on, client_error, SocketArg};
 use crate::output::{emit, escape_cell, CliError, Ctx};
 use crate::render::draw_layout;
 
