@@ -157,11 +157,19 @@ pub fn probe(parent: &str) -> Availability {
     }
 }
 
+/// A probe directory's name, distinct per call: two threads probing the same parent at once
+/// must not see each other's directory as "cannot write here".
+fn probe_name() -> String {
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("probe-{}-{n}", std::process::id())
+}
+
 /// Create `root` (and parents) and prove this process can make cgroups in it.
 fn writable(root: &Path) -> Result<(), std::io::Error> {
     std::fs::create_dir_all(root)?;
     // The directory may exist already (made by root earlier): prove we can write it.
-    let probe_dir = root.join(format!("probe-{}", std::process::id()));
+    let probe_dir = root.join(probe_name());
     std::fs::create_dir(&probe_dir).and_then(|_| std::fs::remove_dir(&probe_dir))
 }
 
@@ -209,7 +217,7 @@ pub fn probe_v2(parent: &str) -> Availability {
     if let Err(source) = std::fs::create_dir_all(&root) {
         return Availability::NotWritable { path: root, source };
     }
-    let probe_dir = root.join(format!("probe-{}", std::process::id()));
+    let probe_dir = root.join(probe_name());
     if let Err(source) = std::fs::create_dir(&probe_dir) {
         return Availability::NotWritable { path: root, source };
     }
