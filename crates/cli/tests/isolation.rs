@@ -149,6 +149,25 @@ fn a_lease_command_opens_only_its_slice_device_nodes() {
         eprintln!("skipped: needs root (mknod) and a writable cgroup v1 devices controller");
         return;
     }
+    lease_opens_only_its_slice_device_nodes(1);
+}
+
+/// The same through the daemon on cgroup v2 (a BPF device program per lease).
+#[test]
+fn a_lease_command_opens_only_its_slice_device_nodes_on_cgroup_v2() {
+    let v2 = tessera_isolation::probe_v2(&format!("tessera-probe-v2-{}", std::process::id()));
+    let usable = matches!(v2, Availability::V2 { .. });
+    if let Availability::V2 { root } = &v2 {
+        let _ = std::fs::remove_dir(root);
+    }
+    if !server_common::is_root() || !usable {
+        eprintln!("skipped: needs root (mknod) and cgroup v2 with BPF device programs");
+        return;
+    }
+    lease_opens_only_its_slice_device_nodes(2);
+}
+
+fn lease_opens_only_its_slice_device_nodes(version: u8) {
     let dir = temp_dir();
     // A host tree: GPU nodes 195:N, nvidiactl 195:255, and a capability node (237:M) for
     // every GPU- and compute-instance capability of GPU 0 in the driver's mig-minors list.
@@ -174,7 +193,7 @@ fn a_lease_command_opens_only_its_slice_device_nodes() {
     let d = Daemon::start(
         dir.path(),
         &format!(
-            "sim_gpus: h100-80gb:1\nscheduler: {{tick_ms: 100}}\nisolation: devices\nisolation_root: {}\n",
+            "sim_gpus: h100-80gb:1\nscheduler: {{tick_ms: 100}}\nisolation: devices\nisolation_cgroup_version: {version}\nisolation_root: {}\n",
             host.display()
         ),
     );
@@ -258,6 +277,15 @@ fn a_lease_command_opens_only_its_slice_device_nodes() {
         .trim_start_matches("devices: ")
         .to_string();
     assert!(cg.ends_with(&format!("lease-{}", v.id)), "{cg}");
+    // The lease's cgroup lay in the hierarchy of the version asked for.
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let v2_mount = mountinfo
+        .lines()
+        .find(|l| l.contains(" - cgroup2 "))
+        .and_then(|l| l.split(' ').nth(4))
+        .map(str::to_string);
+    let in_v2 = v2_mount.is_some_and(|m| Path::new(&cg).starts_with(m));
+    assert_eq!(in_v2, version == 2, "{cg}");
     poll(10, "the lease cgroup's removal", || {
         (!Path::new(&cg).exists()).then_some(())
     });
