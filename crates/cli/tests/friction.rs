@@ -536,8 +536,13 @@ fn serve_and_agent_take_one_backend_syntax() {
     let path = dir.path().join("a30.json");
     tessera_ok(&["sim-gpu", "init", path.to_str().unwrap(), "--gpus", "a30:1"]);
     let socket = dir.path().join("s.sock");
+    // No lease cgroups: this daemon is killed at the end, and would leave their directory.
+    let cfg = dir.path().join("config.yaml");
+    std::fs::write(&cfg, "isolation: off\n").unwrap();
     let daemon = std::process::Command::new(server_common::BIN)
         .args(["serve", "--backend", &format!("sim:{}", path.display())])
+        .arg("--config")
+        .arg(&cfg)
         .arg("--state-dir")
         .arg(dir.path().join("state"))
         .arg("--socket")

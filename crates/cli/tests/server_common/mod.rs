@@ -142,21 +142,27 @@ impl Drop for Daemon {
     }
 }
 
-/// Kill what a killed daemon's leases left and remove their cgroups (test hygiene only).
+/// Kill what a killed daemon's leases left and remove their cgroups, in the v1 and the v2
+/// hierarchy (a test may ask for either; test hygiene only).
 fn remove_lease_cgroups(name: &str) {
-    use tessera_isolation::{probe, Availability, DevicesV1, LeaseCgroups};
-    let Availability::V1 { root } = probe(name) else {
-        return;
-    };
-    let mut cg = DevicesV1::new(root);
-    for lease in cg.leases().unwrap_or_default() {
-        let _ = cg.kill_all(lease, None);
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while !cg.remove(lease).unwrap_or(true) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(5));
-        }
+    use tessera_isolation::{probe_v1, probe_v2, Availability, DevicesV1, DevicesV2, LeaseCgroups};
+    let mut trees: Vec<Box<dyn LeaseCgroups>> = Vec::new();
+    if let Availability::V1 { root } = probe_v1(name) {
+        trees.push(Box::new(DevicesV1::new(root)));
     }
-    cg.close();
+    if let Availability::V2 { root } = probe_v2(name) {
+        trees.push(Box::new(DevicesV2::new(root)));
+    }
+    for mut cg in trees {
+        for lease in cg.leases().unwrap_or_default() {
+            let _ = cg.kill_all(lease, None);
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while !cg.remove(lease).unwrap_or(true) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+        cg.close();
+    }
 }
 
 fn now_ns() -> u128 {
