@@ -92,7 +92,7 @@ impl Availability {
                 mount.display()
             ),
             Availability::NotWritable { path, source } => format!(
-                "cannot create cgroups in {} ({source}); the daemon must run as root with the cgroup v1 devices controller mounted read-write",
+                "cannot create cgroups in {} ({source}); the daemon must run as root with the cgroup v1 devices controller or the cgroup2 hierarchy mounted read-write",
                 path.display()
             ),
             Availability::Absent => "no cgroup file system is mounted".to_string(),
