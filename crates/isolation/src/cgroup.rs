@@ -262,6 +262,35 @@ impl DevicesV1 {
     pub fn root(&self) -> &Path {
         &self.root
     }
+
+    /// Make the lease's cgroup directory (reusing an empty leftover, refusing one that still
+    /// holds processes), then apply its rules with `install`; on failure the new directory is
+    /// removed again, so a lease never runs in a cgroup with half its rules.
+    fn make_lease_dir(
+        &self,
+        lease: u64,
+        install: impl FnOnce(&Path) -> Result<(), IsolationError>,
+    ) -> Result<(), IsolationError> {
+        let dir = self.root.join(format!("lease-{lease}"));
+        match std::fs::create_dir(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                let left = LeaseCgroups::pids(self, lease)?;
+                if !left.is_empty() {
+                    return Err(IsolationError::Busy {
+                        path: dir,
+                        pids: left,
+                    });
+                }
+            }
+            Err(e) => return Err(IsolationError::io(&dir, e)),
+        }
+        let done = install(&dir);
+        if done.is_err() {
+            let _ = std::fs::remove_dir(&dir);
+        }
+        done
+    }
 }
 
 impl LeaseCgroups for DevicesV1 {
@@ -274,31 +303,13 @@ impl LeaseCgroups for DevicesV1 {
     }
 
     fn create(&mut self, lease: u64, allow: &[DeviceRule]) -> Result<(), IsolationError> {
-        let dir = self.path(lease);
-        match std::fs::create_dir(&dir) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                let left = self.pids(lease)?;
-                if !left.is_empty() {
-                    return Err(IsolationError::Busy {
-                        path: dir,
-                        pids: left,
-                    });
-                }
-            }
-            Err(e) => return Err(IsolationError::io(&dir, e)),
-        }
-        let done = (|| {
+        self.make_lease_dir(lease, |dir| {
             write_file(&dir.join("devices.deny"), "a")?;
             for r in allow {
                 write_file(&dir.join("devices.allow"), &r.allow_line())?;
             }
             Ok(())
-        })();
-        if done.is_err() {
-            let _ = std::fs::remove_dir(&dir);
-        }
-        done
+        })
     }
 
     fn enter(&mut self, lease: u64, pid: u32) -> Result<(), IsolationError> {
@@ -418,26 +429,9 @@ impl LeaseCgroups for DevicesV2 {
     }
 
     fn create(&mut self, lease: u64, allow: &[DeviceRule]) -> Result<(), IsolationError> {
-        let dir = self.path(lease);
-        match std::fs::create_dir(&dir) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                let left = self.pids(lease)?;
-                if !left.is_empty() {
-                    return Err(IsolationError::Busy {
-                        path: dir,
-                        pids: left,
-                    });
-                }
-            }
-            Err(e) => return Err(IsolationError::io(&dir, e)),
-        }
         // A reused (leftover) cgroup's program is replaced: the attachment is not multi.
-        let done = crate::bpf::install(&dir, allow);
-        if done.is_err() {
-            let _ = std::fs::remove_dir(&dir);
-        }
-        done
+        self.tree
+            .make_lease_dir(lease, |dir| crate::bpf::install(dir, allow))
     }
 
     fn enter(&mut self, lease: u64, pid: u32) -> Result<(), IsolationError> {

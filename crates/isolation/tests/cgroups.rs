@@ -1,19 +1,22 @@
-//! The cgroup v2 mechanism for real: a process in a lease's cgroup (cgroup2 with a
-//! BPF_PROG_TYPE_CGROUP_DEVICE program attached) opens an allowed character device and is
-//! refused a denied one, and killing the lease's cgroup ends its whole process tree. Ordinary devices stand in for GPUs: nodes made with mknod for
-//! /dev/null's numbers (1:3, allowed) and /dev/zero's (1:5, denied). Where cgroup2 is not
-//! writable or the program cannot be loaded (not root) the tests say "skipped" and why.
+//! The lease-cgroup mechanisms for real, cgroup v1 (the devices controller) and v2 (cgroup2 with a
+//! BPF_PROG_TYPE_CGROUP_DEVICE program), each through the same tests: a process in a lease's
+//! cgroup opens an allowed character device and is refused a denied one, and killing the lease's
+//! cgroup ends its whole process tree. Ordinary devices stand in for GPUs: nodes made with mknod
+//! for /dev/null's numbers (1:3, allowed) and /dev/zero's (1:5, denied). Where a version is not
+//! writable (or, for v2, the program cannot be loaded) its tests say "skipped" and why.
 
 use std::io::{BufRead, BufReader, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use rustix::fs::{makedev, mknodat, FileType, Mode, CWD};
-use tessera_isolation::{probe_v2, Availability, DeviceRule, DevicesV2, LeaseCgroups};
+use tessera_isolation::{
+    probe_v1, probe_v2, Availability, DeviceRule, DevicesV1, DevicesV2, LeaseCgroups,
+};
 
 /// The test's lease cgroups; dropping it kills and removes what a failed test left.
-struct Guard(DevicesV2);
+struct Guard(Box<dyn LeaseCgroups>, PathBuf);
 
 impl Drop for Guard {
     fn drop(&mut self) {
@@ -26,16 +29,28 @@ impl Drop for Guard {
                 std::thread::yield_now();
             }
         }
-        let _ = std::fs::remove_dir(self.0.root());
+        let _ = std::fs::remove_dir(&self.1);
     }
 }
 
-fn cgroups(name: &str) -> Option<Guard> {
-    let parent = format!("tessera-test-v2-{}-{name}", std::process::id());
-    match probe_v2(&parent) {
-        Availability::V2 { root } => Some(Guard(DevicesV2::new(root))),
+/// The lease cgroups of cgroup `version` (1 or 2), or `None` (with the reason) where this host
+/// cannot make them.
+fn cgroups(version: u8, name: &str) -> Option<Guard> {
+    let parent = format!("tessera-test-v{version}-{}-{name}", std::process::id());
+    let found = if version == 1 {
+        probe_v1(&parent)
+    } else {
+        probe_v2(&parent)
+    };
+    match found {
+        Availability::V1 { root } if version == 1 => {
+            Some(Guard(Box::new(DevicesV1::new(root.clone())), root))
+        }
+        Availability::V2 { root } if version == 2 => {
+            Some(Guard(Box::new(DevicesV2::new(root.clone())), root))
+        }
         other => {
-            eprintln!("skipped: {}", other.explain());
+            eprintln!("skipped (cgroup v{version}): {}", other.explain());
             None
         }
     }
@@ -82,9 +97,8 @@ fn go_and_collect(mut child: Child) -> (String, String) {
     )
 }
 
-#[test]
-fn a_lease_process_opens_its_allowed_node_and_is_refused_any_other() {
-    let Some(mut guard) = cgroups("open") else {
+fn opens_allowed_refuses_other(version: u8) {
+    let Some(mut guard) = cgroups(version, "open") else {
         return;
     };
     let cg = &mut guard.0;
@@ -98,20 +112,19 @@ fn a_lease_process_opens_its_allowed_node_and_is_refused_any_other() {
     let (out, _) = go_and_collect(gated_shell(&open_both(&ok, &denied)));
     assert_eq!(out, "ok-opened\ndenied-opened\n");
 
-    cg.create(17, &[rule]).unwrap();
+    cg.create(7, &[rule]).unwrap();
     let child = gated_shell(&open_both(&ok, &denied));
-    cg.enter(17, child.id()).unwrap();
-    assert_eq!(cg.pids(17).unwrap(), vec![child.id()]);
+    cg.enter(7, child.id()).unwrap();
+    assert_eq!(cg.pids(7).unwrap(), vec![child.id()]);
     let (out, err) = go_and_collect(child);
     assert_eq!(out, "ok-opened\ndenied-refused\n", "stderr: {err}");
     assert!(err.contains("Operation not permitted"), "{err}");
-    assert!(cg.remove(17).unwrap());
-    assert!(!cg.path(17).exists());
+    assert!(cg.remove(7).unwrap());
+    assert!(!cg.path(7).exists());
 }
 
-#[test]
-fn killing_a_lease_ends_its_whole_process_tree_and_frees_the_cgroup() {
-    let Some(mut guard) = cgroups("kill") else {
+fn kill_ends_tree(version: u8) {
+    let Some(mut guard) = cgroups(version, "kill") else {
         return;
     };
     let cg = &mut guard.0;
@@ -149,9 +162,8 @@ fn killing_a_lease_ends_its_whole_process_tree_and_frees_the_cgroup() {
     assert!(cg.leases().unwrap().is_empty());
 }
 
-#[test]
-fn a_leftover_lease_cgroup_gets_the_new_program_and_a_wildcard_minor_allows_every_minor() {
-    let Some(mut guard) = cgroups("reuse") else {
+fn leftover_gets_new_rules(version: u8) {
+    let Some(mut guard) = cgroups(version, "reuse") else {
         return;
     };
     let cg = &mut guard.0;
@@ -171,4 +183,36 @@ fn a_leftover_lease_cgroup_gets_the_new_program_and_a_wildcard_minor_allows_ever
     let (out, err) = go_and_collect(child);
     assert_eq!(out, "ok-opened\ndenied-opened\n", "stderr: {err}");
     assert!(cg.remove(9).unwrap());
+}
+
+#[test]
+fn a_lease_process_opens_its_allowed_node_and_is_refused_any_other_v1() {
+    opens_allowed_refuses_other(1);
+}
+
+#[test]
+fn a_lease_process_opens_its_allowed_node_and_is_refused_any_other_v2() {
+    opens_allowed_refuses_other(2);
+}
+
+#[test]
+fn killing_a_lease_ends_its_whole_process_tree_and_frees_the_cgroup_v1() {
+    kill_ends_tree(1);
+}
+
+#[test]
+fn killing_a_lease_ends_its_whole_process_tree_and_frees_the_cgroup_v2() {
+    kill_ends_tree(2);
+}
+
+/// A leftover lease cgroup (a daemon restart) made again gets the new rules (v2: the program
+/// is replaced), and a wildcard minor allows every minor of its major.
+#[test]
+fn a_leftover_lease_cgroup_gets_the_new_rules_and_a_wildcard_minor_allows_every_minor_v1() {
+    leftover_gets_new_rules(1);
+}
+
+#[test]
+fn a_leftover_lease_cgroup_gets_the_new_rules_and_a_wildcard_minor_allows_every_minor_v2() {
+    leftover_gets_new_rules(2);
 }
