@@ -73,6 +73,21 @@ fn layers_depend_only_downwards() {
             ][..],
         ),
         (
+            "kubelet",
+            &["tessera-model", "tessera-gpu", "tessera-agent"][..],
+        ),
+        (
+            "k8s",
+            &[
+                "tessera-model",
+                "tessera-planner",
+                "tessera-gpu",
+                "tessera-agent",
+                "tessera-kubelet",
+                "tessera-api",
+            ][..],
+        ),
+        (
             "sim",
             &[
                 "tessera-model",
