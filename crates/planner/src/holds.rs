@@ -17,7 +17,7 @@
 //! compute or count rules), they are left out from the highest start down until they do: the plan
 //! destroys them. A problem without holds is solved directly, at no cost.
 
-use tessera_model::{GpuModel, Placed};
+use tessera_model::{GpuModel, LayoutState, Placed, ProfileIdx};
 
 use crate::problem::{Phantom, Problem, Slot, Solution};
 use crate::tables::Tables;
@@ -247,4 +247,49 @@ pub(crate) fn back(real: &Problem<'_>, v: &View<'_>, view_sol: &Solution) -> Sol
         }
     }
     sol
+}
+
+/// The region a MIG request of `profile` that must wait should hold on a GPU of `model` whose
+/// busy instances are `busy`: among the profile's placements where it fits once the busy
+/// instances overlapping it end, the one overlapping the fewest busy instances, then the lowest
+/// start. Returns the region and how many busy instances are in its way; `None` when the profile
+/// never fits next to the other busy instances.
+pub fn choose_hold(
+    model: &GpuModel,
+    busy: &[Placed],
+    profile: ProfileIdx,
+) -> Option<(Placed, usize)> {
+    let mut best: Option<(usize, Placed)> = None;
+    for &s in &model.profiles.get(usize::from(profile.0))?.placements {
+        let region = Placed::new(profile, s);
+        let rmask = model.mask(region);
+        let blockers = busy.iter().filter(|u| model.mask(**u) & rmask != 0).count();
+        let rest: Vec<Placed> = busy
+            .iter()
+            .copied()
+            .filter(|u| model.mask(*u) & rmask == 0)
+            .collect();
+        if !LayoutState::of(model, &rest).fits(model, region) {
+            continue;
+        }
+        if best.is_none_or(|(b, r)| (blockers, s) < (b, r.start)) {
+            best = Some((blockers, region));
+        }
+    }
+    best.map(|(b, r)| (r, b))
+}
+
+/// The profile of `model` that serves a MIG ask for `profile` of `of` (the same catalog name,
+/// compared without case; the same index when the models are the same): how the planner
+/// matches one ask to GPUs of several models.
+pub fn same_profile(of: &GpuModel, profile: ProfileIdx, model: &GpuModel) -> Option<ProfileIdx> {
+    if std::ptr::eq(of, model) {
+        return (usize::from(profile.0) < model.profiles.len()).then_some(profile);
+    }
+    let name = &of.profiles.get(usize::from(profile.0))?.name;
+    model
+        .profiles
+        .iter()
+        .position(|p| p.name.eq_ignore_ascii_case(name))
+        .map(|i| ProfileIdx(i as u8))
 }

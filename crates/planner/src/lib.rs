@@ -73,6 +73,7 @@ use tessera_model::Catalog;
 pub use check::check_plan;
 pub use error::PlanError;
 pub use explain::{WaitReason, Waiting};
+pub use holds::{choose_hold, same_profile};
 pub use input::{
     ClusterSpec, GpuMode, GpuSpec, InstanceSpec, MpsClientSpec, MpsRequest, NodeSpec, PlanDocument,
     RequestKind, RequestSpec, RequestsFile,
