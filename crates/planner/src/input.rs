@@ -36,7 +36,7 @@ use serde::{Deserialize, Serialize};
 use tessera_model::{Catalog, GpuModel, Placed, ProfileIdx};
 
 use crate::plan::{AssignedSlice, Assignment, GpuPlan, InstanceRef, Name, Plan};
-use crate::typed::{self, Ask, Outcome, RequestId, Sharing, Slice};
+use crate::typed::{self, Ask, RequestId, Sharing, Slice};
 use crate::{PlanError, Policy};
 
 /// The cluster: every node and GPU the planner may use, with what runs on them now.
@@ -379,12 +379,22 @@ pub(crate) struct Labels<'a> {
 
 /// A profile of `model` by name, compared without case and without a `MIG ` prefix.
 fn profile_in(model: &GpuModel, name: &str) -> Option<ProfileIdx> {
-    let n = crate::tables::bare_name(name);
-    model
+    // Most names come exactly as the catalog writes them.
+    let i = match model
         .profiles
         .iter()
-        .position(|p| p.name.eq_ignore_ascii_case(n))
-        .map(|i| ProfileIdx(i as u8))
+        .position(|p| crate::tables::same_name(&p.name, name))
+    {
+        Some(i) => i,
+        None => {
+            let n = crate::tables::bare_name(name);
+            model
+                .profiles
+                .iter()
+                .position(|p| p.name.eq_ignore_ascii_case(n))?
+        }
+    };
+    Some(ProfileIdx(i as u8))
 }
 
 /// The one place the file format becomes the typed problem: models, profiles and modes are
@@ -570,10 +580,17 @@ pub(crate) fn resolve<'c>(
 }
 
 impl Labels<'_> {
-    /// The one place the typed plan becomes the named [`Plan`]. Names are shared ([`Name`]):
-    /// one allocation per node, model and profile, however many GPUs and assignments repeat
-    /// them.
-    pub(crate) fn plan(&self, outcome: &Outcome<'_>, policy: Policy) -> Plan {
+    /// The one place a solved typed problem becomes the named [`Plan`]: the same GPUs and
+    /// slices [`crate::problem::Problem::to_outcome`] lists, with the input's names. Names are
+    /// shared ([`Name`]): one allocation per node, model and profile, however many GPUs and
+    /// assignments repeat them.
+    pub(crate) fn plan(
+        &self,
+        p: &crate::problem::Problem<'_>,
+        sol: &crate::problem::Solution,
+        policy: Policy,
+        only_changed: bool,
+    ) -> Plan {
         let mut book = NameBook::default();
         let mut node_names: Vec<Option<Name>> = vec![None; self.cluster.nodes.len()];
         let mut node_name = |n: usize| -> Name {
@@ -581,40 +598,53 @@ impl Labels<'_> {
                 .get_or_insert_with(|| Name::from(&self.cluster.nodes[n].name))
                 .clone()
         };
-        let mut gpus = Vec::with_capacity(outcome.gpus.len());
-        for g in &outcome.gpus {
-            let mi = book.model(g.model);
-            let refs = |book: &mut NameBook, list: &[Placed]| -> Vec<InstanceRef> {
-                list.iter()
-                    .map(|p| InstanceRef {
-                        profile: book.profile(mi, p.profile),
-                        start: p.start,
-                    })
-                    .collect()
+        let mut gpus = Vec::with_capacity(if only_changed { 0 } else { p.gpus.len() });
+        for l in p.listed(sol, only_changed) {
+            let model = p.models[l.at.model];
+            let mi = book.model(model);
+            let tables = &p.tables[l.t];
+            let mut refs = |set: u64| -> Vec<InstanceRef> {
+                if set == 0 {
+                    return Vec::new();
+                }
+                let mut v = Vec::with_capacity(set.count_ones() as usize);
+                for c in tables.in_start_order(set) {
+                    let placed = tables.cand[c];
+                    v.push(InstanceRef {
+                        profile: book.profile(mi, placed.profile),
+                        start: placed.start,
+                    });
+                }
+                v
             };
-            let layout = refs(&mut book, &g.layout);
-            let create = refs(&mut book, &g.create);
-            let destroy = refs(&mut book, &g.destroy);
+            let (layout, create, destroy) = (refs(l.layout), refs(l.create), refs(l.destroy));
             gpus.push(GpuPlan {
-                node: node_name(g.node),
-                gpu: g.gpu,
+                node: node_name(l.at.node),
+                gpu: l.at.index,
                 model: book.models[mi].1.clone(),
-                mode: g.mode,
+                mode: l.at.mode,
                 layout,
                 create,
                 destroy,
             });
         }
-        let mut assignments = Vec::with_capacity(outcome.grants.len());
-        for a in &outcome.grants {
-            let slice = match a.slice {
-                Slice::Mig(p) => AssignedSlice::Mig {
-                    profile: {
-                        let mi = book.model(a.model);
-                        book.profile(mi, p.profile)
-                    },
-                    start: p.start,
-                },
+        let stats = p.stats(sol);
+        let mut assignments = Vec::with_capacity(stats.served);
+        let mut unassigned = Vec::with_capacity(sol.slots.len() - stats.served);
+        for (i, x) in p.slices(sol) {
+            let id = &self.requests[p.ids[i].0 as usize].id;
+            let Some((at, slice)) = x else {
+                unassigned.push(id.clone());
+                continue;
+            };
+            let slice = match slice {
+                Slice::Mig(placed) => {
+                    let mi = book.model(p.models[at.model]);
+                    AssignedSlice::Mig {
+                        profile: book.profile(mi, placed.profile),
+                        start: placed.start,
+                    }
+                }
                 Slice::Mps(m) => AssignedSlice::Mps {
                     memory_mib: m.memory_mib,
                     sm_percent: m.sm_percent,
@@ -622,22 +652,18 @@ impl Labels<'_> {
                 Slice::Timeslice => AssignedSlice::Timeslice { timeslice: true },
             };
             assignments.push(Assignment {
-                request: self.requests[a.request.0 as usize].id.clone(),
-                node: node_name(a.node),
-                gpu: a.gpu,
+                request: id.clone(),
+                node: node_name(at.node),
+                gpu: at.index,
                 slice,
             });
         }
         Plan {
             policy,
-            stats: outcome.stats,
+            stats,
             gpus,
             assignments,
-            unassigned: outcome
-                .unassigned
-                .iter()
-                .map(|id| self.requests[id.0 as usize].id.clone())
-                .collect(),
+            unassigned,
         }
     }
 }

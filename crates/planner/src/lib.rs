@@ -262,7 +262,9 @@ pub fn plan(
     requests: &[RequestSpec],
     opts: &PlanOptions,
 ) -> Result<Plan, PlanError> {
-    plan_with_objective(catalog, cluster, requests, opts).map(|(p, _)| p)
+    let (input, labels) = input::resolve(catalog, cluster, requests)?;
+    let (problem, sol) = solve_input(&input, opts, Some(cluster))?;
+    Ok(labels.plan(&problem, &sol, opts.policy, opts.only_changed))
 }
 
 /// Plan and also return the objective of the plan (what `bench quality` compares).
@@ -274,8 +276,10 @@ pub fn plan_with_objective(
 ) -> Result<(Plan, Objective), PlanError> {
     let (input, labels) = input::resolve(catalog, cluster, requests)?;
     let (problem, sol) = solve_input(&input, opts, Some(cluster))?;
-    let outcome = problem.to_outcome(&sol, opts.only_changed);
-    Ok((labels.plan(&outcome, opts.policy), problem.objective(&sol)))
+    Ok((
+        labels.plan(&problem, &sol, opts.policy, opts.only_changed),
+        problem.objective(&sol),
+    ))
 }
 
 /// Plan a typed problem: the planner's own entry point, for callers that hold models,
@@ -300,9 +304,8 @@ pub fn plan_explained(
 ) -> Result<(Plan, Vec<Waiting>), PlanError> {
     let (input, labels) = input::resolve(catalog, cluster, requests)?;
     let (problem, sol) = solve_input(&input, opts, Some(cluster))?;
-    let outcome = problem.to_outcome(&sol, opts.only_changed);
     Ok((
-        labels.plan(&outcome, opts.policy),
+        labels.plan(&problem, &sol, opts.policy, opts.only_changed),
         explain::explain(&problem, &sol, opts.policy, &labels),
     ))
 }

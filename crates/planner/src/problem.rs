@@ -119,6 +119,17 @@ pub(crate) struct Solution {
     pub slots: Vec<Option<Slot>>,
 }
 
+/// One GPU a plan lists: where it is and, for MIG, its tables index and the final, created
+/// and destroyed candidate sets (all 0 for other modes).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Listed {
+    pub at: GpuAt,
+    pub t: usize,
+    pub layout: u64,
+    pub create: u64,
+    pub destroy: u64,
+}
+
 /// A held region as the view solved under holds sees it (see `holds.rs`): a phantom busy
 /// instance at `region` on GPU `gpu` (index into `Problem::gpus`) standing for the region and
 /// for `aside`, the current instances that overlap it, which the view leaves out.
@@ -278,7 +289,10 @@ impl<'a> Problem<'a> {
                                 problems,
                             });
                         }
-                        crate::holds::check(model, &tables[mi], instances, holds).map_err(bad)?;
+                        if !holds.is_empty() {
+                            crate::holds::check(model, &tables[mi], instances, holds)
+                                .map_err(bad)?;
+                        }
                         mig.push(MigGpu {
                             gpu: at,
                             t: ti,
@@ -327,21 +341,30 @@ impl<'a> Problem<'a> {
         }
 
         // Requests: unique ids, sane limits, profiles as global (name) indices.
-        let mut ids: HashSet<RequestId> = HashSet::with_capacity(input.requests.len());
+        // Ids in increasing order (the file format's, most callers') are unique without a set;
+        // the set is built at the first id not above the one before.
+        let mut ids: Option<HashSet<RequestId>> = None;
+        let mut last_id: Option<RequestId> = None;
         let mut profiles: Vec<String> = Vec::new();
         // (model, profile) pairs resolved: most requests repeat a few.
         let mut seen: Vec<(&GpuModel, ProfileIdx, usize)> = Vec::new();
         let mut reqs = Vec::with_capacity(input.requests.len());
         let mut req_ids = Vec::with_capacity(input.requests.len());
         let label = |id: RequestId| id.0.to_string();
-        for r in &input.requests {
+        for (ri, r) in input.requests.iter().enumerate() {
             let bad = |problem: String| PlanError::BadRequest {
                 request: label(r.id),
                 problem,
             };
-            if !ids.insert(r.id) {
-                return Err(PlanError::DuplicateRequest { id: label(r.id) });
+            if ids.is_none() && last_id.is_some_and(|l| r.id <= l) {
+                ids = Some(input.requests[..ri].iter().map(|q| q.id).collect());
             }
+            if let Some(set) = &mut ids {
+                if !set.insert(r.id) {
+                    return Err(PlanError::DuplicateRequest { id: label(r.id) });
+                }
+            }
+            last_id = Some(r.id);
             if r.priority == 0 {
                 return Err(bad(
                     "priority 0 is not allowed; priorities start at 1".into()
@@ -412,7 +435,7 @@ impl<'a> Problem<'a> {
             })
             .collect();
         let mut node_order: Vec<usize> = (0..input.nodes.len()).collect();
-        if let Some(c) = names {
+        if let (Some(c), crate::Policy::Nos) = (names, opts.policy) {
             node_order.sort_by(|&a, &b| c.nodes[a].name.cmp(&c.nodes[b].name));
         }
         Ok(Problem {
@@ -513,6 +536,101 @@ impl<'a> Problem<'a> {
         }
     }
 
+    /// The GPUs a plan lists, in input order (with `only_changed`, those that change or get a
+    /// request), each with its MIG candidate sets: what both the typed [`Outcome`] and the
+    /// named plan are made of.
+    pub fn listed<'s>(
+        &'s self,
+        sol: &'s Solution,
+        only_changed: bool,
+    ) -> impl Iterator<Item = Listed> + 's {
+        // With `only_changed`, GPUs that change or get a request.
+        let mut listed = vec![!only_changed; self.gpus.len()];
+        if only_changed {
+            for (m, g) in self.mig.iter().enumerate() {
+                listed[g.gpu] |= sol.layouts[m] != g.existing;
+            }
+            for s in sol.slots.iter().flatten() {
+                listed[self.gpu_of(*s)] = true;
+            }
+        }
+        self.gpus
+            .iter()
+            .zip(listed)
+            .filter(|(_, l)| *l)
+            .map(move |(g, _)| {
+                if g.mode == GpuMode::Mig {
+                    let mg = &self.mig[g.slot];
+                    let fin = sol.layouts[g.slot];
+                    Listed {
+                        at: *g,
+                        t: mg.t,
+                        layout: fin,
+                        create: fin & !mg.existing,
+                        destroy: mg.existing & !fin,
+                    }
+                } else {
+                    Listed {
+                        at: *g,
+                        t: 0,
+                        layout: 0,
+                        create: 0,
+                        destroy: 0,
+                    }
+                }
+            })
+    }
+
+    /// Each request's slice in a solution, in input order: (request index, where and what, or
+    /// `None` when it waits).
+    pub fn slices<'s>(
+        &'s self,
+        sol: &'s Solution,
+    ) -> impl Iterator<Item = (usize, Option<(GpuAt, Slice)>)> + 's {
+        self.reqs
+            .iter()
+            .zip(&sol.slots)
+            .enumerate()
+            .map(move |(i, (r, s))| {
+                let x = s.map(|s| {
+                    let slice = match (s, r.kind) {
+                        (Slot::Mig(m, c), _) => Slice::Mig(self.t(m).cand[c]),
+                        (Slot::Mps(_), ReqKind::Mps { mem, sm }) => Slice::Mps(MpsRequest {
+                            memory_mib: mem,
+                            sm_percent: sm,
+                        }),
+                        (Slot::Ts(_), _) => Slice::Timeslice,
+                        (Slot::Mps(_), _) => {
+                            unreachable!("an MPS slot always holds an MPS request")
+                        }
+                    };
+                    (self.gpus[self.gpu_of(s)], slice)
+                });
+                (i, x)
+            })
+    }
+
+    /// The totals of a solution.
+    pub fn stats(&self, sol: &Solution) -> PlanStats {
+        let mut operations = 0usize;
+        for (m, g) in self.mig.iter().enumerate() {
+            operations += (sol.layouts[m] ^ g.existing).count_ones() as usize;
+        }
+        let mut served = 0;
+        let mut served_priority = 0u64;
+        for (r, s) in self.reqs.iter().zip(&sol.slots) {
+            if s.is_some() {
+                served += 1;
+                served_priority += r.prio;
+            }
+        }
+        PlanStats {
+            served,
+            served_priority,
+            operations,
+        }
+    }
+
     /// Turn a solution into the typed plan.
     pub fn to_outcome(&self, sol: &Solution, only_changed: bool) -> Outcome<'a> {
         let placed = |t: usize, set: u64| -> Vec<Placed> {
@@ -524,78 +642,35 @@ impl<'a> Problem<'a> {
             v.extend(tables.in_start_order(set).map(|c| tables.cand[c]));
             v
         };
-        // With `only_changed`, GPUs that change or get a request.
-        let mut listed = vec![!only_changed; self.gpus.len()];
-        if only_changed {
-            for (m, g) in self.mig.iter().enumerate() {
-                listed[g.gpu] |= sol.layouts[m] != g.existing;
-            }
-            for s in sol.slots.iter().flatten() {
-                listed[self.gpu_of(*s)] = true;
-            }
-        }
-        let mut gpus: Vec<GpuOutcome<'a>> =
-            Vec::with_capacity(if only_changed { 0 } else { self.gpus.len() });
-        for (g, _) in self.gpus.iter().zip(&listed).filter(|(_, l)| **l) {
-            let (layout, create, destroy) = if g.mode == GpuMode::Mig {
-                let mg = &self.mig[g.slot];
-                let fin = sol.layouts[g.slot];
-                (
-                    placed(mg.t, fin),
-                    placed(mg.t, fin & !mg.existing),
-                    placed(mg.t, mg.existing & !fin),
-                )
-            } else {
-                (Vec::new(), Vec::new(), Vec::new())
-            };
-            gpus.push(GpuOutcome {
-                node: g.node,
-                gpu: g.index,
-                model: self.models[g.model],
-                mode: g.mode,
-                layout,
-                create,
-                destroy,
-            });
-        }
-        let mut operations = 0usize;
-        for (m, g) in self.mig.iter().enumerate() {
-            operations += (sol.layouts[m] ^ g.existing).count_ones() as usize;
-        }
-        let served = sol.slots.iter().filter(|s| s.is_some()).count();
-        let mut grants = Vec::with_capacity(served);
-        let mut unassigned = Vec::with_capacity(sol.slots.len() - served);
-        let mut served_priority = 0u64;
-        for ((id, r), s) in self.ids.iter().zip(&self.reqs).zip(&sol.slots) {
-            let Some(s) = *s else {
-                unassigned.push(*id);
-                continue;
-            };
-            served_priority += r.prio;
-            let slice = match (s, r.kind) {
-                (Slot::Mig(m, c), _) => Slice::Mig(self.t(m).cand[c]),
-                (Slot::Mps(_), ReqKind::Mps { mem, sm }) => Slice::Mps(MpsRequest {
-                    memory_mib: mem,
-                    sm_percent: sm,
+        let gpus: Vec<GpuOutcome<'a>> = self
+            .listed(sol, only_changed)
+            .map(|l| GpuOutcome {
+                node: l.at.node,
+                gpu: l.at.index,
+                model: self.models[l.at.model],
+                mode: l.at.mode,
+                layout: placed(l.t, l.layout),
+                create: placed(l.t, l.create),
+                destroy: placed(l.t, l.destroy),
+            })
+            .collect();
+        let stats = self.stats(sol);
+        let mut grants = Vec::with_capacity(stats.served);
+        let mut unassigned = Vec::with_capacity(sol.slots.len() - stats.served);
+        for (i, x) in self.slices(sol) {
+            match x {
+                Some((at, slice)) => grants.push(Grant {
+                    request: self.ids[i],
+                    node: at.node,
+                    gpu: at.index,
+                    model: self.models[at.model],
+                    slice,
                 }),
-                (Slot::Ts(_), _) => Slice::Timeslice,
-                (Slot::Mps(_), _) => unreachable!("an MPS slot always holds an MPS request"),
-            };
-            let at = self.gpus[self.gpu_of(s)];
-            grants.push(Grant {
-                request: *id,
-                node: at.node,
-                gpu: at.index,
-                model: self.models[at.model],
-                slice,
-            });
+                None => unassigned.push(self.ids[i]),
+            }
         }
         Outcome {
-            stats: PlanStats {
-                served: grants.len(),
-                served_priority,
-                operations,
-            },
+            stats,
             gpus,
             grants,
             unassigned,

@@ -381,3 +381,37 @@ fn bad_holds_are_refused_with_the_fix() {
         .to_string();
     assert!(e.contains("not a placement"), "{e}");
 }
+
+#[test]
+fn a_repeated_request_id_is_refused_in_any_order() {
+    let cat = Catalog::builtin();
+    let m = cat.lookup("h100-80gb").unwrap();
+    let p = m.profile_named("1g.10gb").unwrap();
+    let req = |id| typed::Request {
+        id: RequestId(id),
+        ask: Ask::Mig {
+            model: m,
+            profile: p,
+        },
+        priority: 1,
+    };
+    for ids in [vec![1, 2, 1], vec![5, 3, 4, 3], vec![2, 2]] {
+        let problem = typed::Problem {
+            nodes: vec![],
+            requests: ids.iter().map(|&i| req(i)).collect(),
+        };
+        let e = plan_typed(&problem, &PlanOptions::default()).unwrap_err();
+        assert!(e.to_string().contains("used twice"), "{ids:?}: {e}");
+    }
+    let fine = typed::Problem {
+        nodes: vec![],
+        requests: [3, 1, 2].iter().map(|&i| req(i)).collect(),
+    };
+    assert_eq!(
+        plan_typed(&fine, &PlanOptions::default())
+            .unwrap()
+            .unassigned
+            .len(),
+        3
+    );
+}
