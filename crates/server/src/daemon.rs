@@ -37,7 +37,8 @@
 //! layout again, which finishes a re-partition cut short (dangling journal intents are
 //! logged; the reconciler observes the GPU and decides from what it sees), (4) re-adopts
 //! leased requests as they are (their commands keep running under their own `tessera run`),
-//! re-marks their simulated instances busy, and gives every request a fresh heartbeat
+//! tells the backend which instances hold their work ([`tessera_gpu::GpuBackend::attach_work`]),
+//! and gives every request a fresh heartbeat
 //! deadline, and (5) keeps the queue as stored. Then the API opens.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -47,6 +48,7 @@ use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use tessera_gpu::{GpuError, GpuInstance, HeldInstance};
 use tessera_model::{Catalog, Placed};
 use tessera_planner::GpuMode;
 
@@ -198,7 +200,7 @@ impl Daemon {
             .into_iter()
             .collect();
         let store = Store::open(&state_dir.join("tessera.db"))?;
-        let iso = Enforcer::new(&cfg, fleet.is_sim())?;
+        let iso = Enforcer::new(&cfg, fleet.capabilities().device_nodes)?;
         let (tx, rx) = mpsc::channel();
         let (changes, _) = tokio::sync::watch::channel(0u64);
         let gpus = fleet.gpus.clone();
@@ -1079,7 +1081,7 @@ impl Scheduler {
                 open.len()
             );
         }
-        // Leased requests first: re-mark their simulated instances busy so that finishing a
+        // Leased requests first: tell the backend their instances hold work, so that finishing a
         // re-partition cannot touch them.
         for r in active.iter().filter(|r| r.state == RequestState::Leased) {
             if let Some(Slice::Mig { gpu, start, .. }) = &r.slice {
@@ -1386,7 +1388,7 @@ impl Scheduler {
                 GpuMode::Mig => match self.observe_mig(f.index, &leases) {
                     Ok(list) => g.instances = list,
                     Err(e) => {
-                        errors.insert(f.index, e);
+                        errors.insert(f.index, e.to_string());
                         g.failed = true;
                     }
                 },
@@ -1424,40 +1426,40 @@ impl Scheduler {
         &mut self,
         gpu: u32,
         leases: &[&RequestRow],
-    ) -> Result<Vec<InstanceState>, String> {
-        let observed = self.fleet.instances(gpu).map_err(|e| e.to_string())?;
-        let mut out = Vec::new();
-        for i in observed {
-            // A lease matches an instance by GPU, profile and start: the same placement on
-            // another GPU is another instance.
-            let lease = leases.iter().find(|r| {
+    ) -> Result<Vec<InstanceState>, GpuError> {
+        // A lease matches an instance by GPU, profile and start: the same placement on
+        // another GPU is another instance.
+        let lease_of = |i: &GpuInstance| {
+            leases.iter().find(|r| {
                 matches!(&r.slice, Some(Slice::Mig { gpu: g, profile, start, .. }) if *g == gpu && *profile == i.profile && *start == i.start)
-            });
-            let mut pids = i.pids.clone();
-            if self.fleet.is_sim() {
-                // On the simulator the daemon is the only source of processes: keep the marks
-                // equal to the leases.
-                match (lease, pids.is_empty()) {
-                    (Some(r), true) => {
-                        self.fleet.attach(gpu, i.start, r.pid);
-                        pids = vec![r.pid.unwrap_or(0)];
-                    }
-                    (None, false) => {
-                        self.fleet.detach(gpu, i.start);
-                        pids.clear();
-                    }
-                    _ => {}
-                }
-            }
-            out.push(InstanceState {
+            })
+        };
+        let mut observed = self.fleet.instances(gpu)?;
+        // Tell the backend which instances hold work: one that observes processes (NVML)
+        // ignores it, one that learns work only from us (the simulator) keeps its marks
+        // equal to the leases, and is read again when they changed.
+        let held: Vec<HeldInstance> = observed
+            .iter()
+            .filter_map(|i| {
+                lease_of(i).map(|r| HeldInstance {
+                    start: i.start,
+                    pid: r.pid,
+                })
+            })
+            .collect();
+        if self.fleet.sync_work(gpu, &held) {
+            observed = self.fleet.instances(gpu)?;
+        }
+        Ok(observed
+            .into_iter()
+            .map(|i| InstanceState {
+                lease: lease_of(&i).map(|r| r.id),
                 profile: i.profile,
                 start: i.start,
                 uuid: i.uuid,
-                lease: lease.map(|r| r.id),
-                pids,
-            });
-        }
-        Ok(out)
+                pids: i.pids,
+            })
+            .collect())
     }
 
     /// Apply a layout to a MIG GPU, with the desired layout written first.
@@ -1669,7 +1671,7 @@ impl Scheduler {
             match self.observe_mig(gpu, &refs) {
                 Ok(list) => gpus[idx].instances = list,
                 Err(e) => {
-                    errors.insert(gpu, e);
+                    errors.insert(gpu, e.to_string());
                     gpus[idx].failed = true;
                     return false;
                 }
@@ -1887,7 +1889,7 @@ mod tests {
         let st = SimState::new(&catalog, &[("h100-80gb".into(), 1)], 3, true).unwrap();
         let sim = SimBackend::new(st, catalog.clone(), SimConfig::default()).unwrap();
         std::fs::create_dir_all(cfg.state_dir()).unwrap();
-        let fleet = Fleet::with_sim(sim, &cfg, &cfg.state_dir(), &catalog).unwrap();
+        let fleet = Fleet::with_backend(Box::new(sim), &cfg, &cfg.state_dir(), &catalog).unwrap();
         Daemon::start(cfg, catalog, fleet).unwrap()
     }
 

@@ -275,7 +275,7 @@ pub async fn run_demo(
     let sim = SimBackend::new(state, catalog.clone(), SimConfig::default())
         .map_err(|e| ServerError::Backend(e.to_string()))?;
     std::fs::create_dir_all(cfg.state_dir()).map_err(|e| ServerError::io(cfg.state_dir(), e))?;
-    let fleet = Fleet::with_sim(sim, &cfg, &cfg.state_dir(), catalog)?;
+    let fleet = Fleet::with_backend(Box::new(sim), &cfg, &cfg.state_dir(), catalog)?;
     let (daemon, sched) = Daemon::start(cfg, catalog.clone(), fleet)?;
     let result = drive(&daemon, opts, &mut on_frame).await;
     daemon.stop();

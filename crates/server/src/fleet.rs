@@ -16,7 +16,9 @@ use std::path::{Path, PathBuf};
 use tessera_agent::{ApplyResult, Journal, OpRecord, Reconciler, RetryPolicy, ThreadSleeper};
 use tessera_gpu::mps::{ClientLimits, MpsControl, MpsOptions, MpsTarget};
 use tessera_gpu::sim::{SimBackend, SimConfig, SimState};
-use tessera_gpu::{GpuBackend, GpuError, GpuInstance, Health, HealthTracker, MigMode};
+use tessera_gpu::{
+    Capabilities, GpuBackend, GpuError, GpuInstance, Health, HealthTracker, HeldInstance, MigMode,
+};
 use tessera_model::{Catalog, GpuModel, Placed};
 use tessera_planner::GpuMode;
 
@@ -86,7 +88,8 @@ pub enum ApplyError {
 
 /// The GPUs, the backend and MPS control, owned by the scheduler thread.
 pub struct Fleet {
-    backend: Hw,
+    backend: Box<dyn GpuBackend>,
+    caps: Capabilities,
     mps: MpsControl,
     health: HealthTracker,
     catalog: Catalog,
@@ -101,21 +104,6 @@ impl std::fmt::Debug for Fleet {
             .field("backend", &self.describe)
             .field("gpus", &self.gpus)
             .finish()
-    }
-}
-
-/// The backend: the simulator is kept by type, since the daemon also marks its instances busy.
-enum Hw {
-    Sim(Box<SimBackend>),
-    Other(Box<dyn GpuBackend>),
-}
-
-impl Hw {
-    fn get(&mut self) -> &mut dyn GpuBackend {
-        match self {
-            Hw::Sim(b) => b.as_mut(),
-            Hw::Other(b) => b.as_mut(),
-        }
     }
 }
 
@@ -142,7 +130,7 @@ impl Fleet {
         state_dir: &Path,
         catalog: &Catalog,
     ) -> Result<(Fleet, String), ServerError> {
-        let (backend, why): (Hw, String) = match cfg.backend {
+        let (backend, why): (Box<dyn GpuBackend>, String) = match cfg.backend {
             BackendChoice::Sim => sim_fleet(cfg, state_dir, catalog, None, " (--backend sim)")?,
             BackendChoice::Nvml => {
                 let mut b = tessera_gpu::nvml::NvmlBackend::open(catalog.clone())
@@ -156,14 +144,14 @@ impl Fleet {
                         "NVML found no GPU; use --backend sim to simulate one".into(),
                     ));
                 }
-                (Hw::Other(Box::new(b)), format!("NVML with {n} GPU(s)"))
+                (Box::new(b), format!("NVML with {n} GPU(s)"))
             }
             BackendChoice::Auto => match tessera_gpu::nvml::NvmlBackend::open(catalog.clone()) {
                 Ok(mut b) => match b.gpus() {
                     Ok(g) if !g.is_empty() => {
                         let n = g.len();
                         (
-                            Hw::Other(Box::new(b)),
+                            Box::new(b),
                             format!("NVML with {n} GPU(s) (--backend auto)"),
                         )
                     }
@@ -193,30 +181,34 @@ impl Fleet {
         Ok((fleet, why))
     }
 
-    /// A fleet over a simulator built by the caller (the demo's in-memory one, tests).
-    pub fn with_sim(
-        sim: SimBackend,
+    /// A fleet over a backend built by the caller (the demo's in-memory simulator, tests).
+    pub fn with_backend(
+        backend: Box<dyn GpuBackend>,
         cfg: &Config,
         state_dir: &Path,
         catalog: &Catalog,
     ) -> Result<Fleet, ServerError> {
-        Fleet::build(Hw::Sim(Box::new(sim)), cfg, state_dir, catalog)
+        Fleet::build(backend, cfg, state_dir, catalog)
     }
 
     fn build(
-        mut backend: Hw,
+        backend: Box<dyn GpuBackend>,
         cfg: &Config,
         state_dir: &Path,
         catalog: &Catalog,
     ) -> Result<Fleet, ServerError> {
         let mps_opts = MpsOptions::new(mps_root(state_dir));
-        let mps = match backend {
-            Hw::Sim(_) => MpsControl::sim(mps_opts),
-            Hw::Other(_) => MpsControl::real(mps_opts),
+        let caps = backend.capabilities();
+        // MPS control daemons run only for GPUs that are device nodes of this host.
+        let mps = if caps.device_nodes {
+            MpsControl::real(mps_opts)
+        } else {
+            MpsControl::sim(mps_opts)
         };
-        let describe = backend.get().describe();
+        let describe = backend.describe();
         let mut fleet = Fleet {
             backend,
+            caps,
             mps,
             health: HealthTracker::default(),
             catalog: catalog.clone(),
@@ -230,7 +222,7 @@ impl Fleet {
     fn resolve(&mut self, cfg: &Config) -> Result<(), ServerError> {
         let infos = self
             .backend
-            .get()
+            .as_mut()
             .gpus()
             .map_err(|e| ServerError::Backend(e.to_string()))?;
         // The daemon addresses GPUs by index everywhere (API paths, the database, the
@@ -262,7 +254,9 @@ impl Fleet {
             let mig_on = info.mig.map(|m| m.current).unwrap_or(false);
             let mig_capable = info.mig.is_some();
             let mode = match settings.mode {
-                ModeChoice::Auto if mig_capable && (self.is_sim() || mig_on) => GpuMode::Mig,
+                ModeChoice::Auto if mig_capable && (self.caps.switches_mig_mode || mig_on) => {
+                    GpuMode::Mig
+                }
                 ModeChoice::Auto => GpuMode::Timeslice,
                 ModeChoice::Mig => GpuMode::Mig,
                 ModeChoice::Mps => GpuMode::Mps,
@@ -276,8 +270,8 @@ impl Fleet {
                 )));
             }
             if mig_capable && want_mig != mig_on {
-                if self.is_sim() {
-                    self.set_sim_mig(info.index, want_mig)?;
+                if self.caps.switches_mig_mode {
+                    self.switch_mig(info.index, want_mig)?;
                 } else {
                     return Err(ServerError::Fleet(format!(
                         "GPU {}: configured mode {} needs MIG mode {}, but it is {}; change it with `nvidia-smi -i {} -mig {}` (Ampere: then reset the GPU), or change the GPU's mode in the config",
@@ -308,7 +302,7 @@ impl Fleet {
             if mode == GpuMode::Mps {
                 let target = MpsTarget::gpu(facts.index, facts.uuid.clone());
                 self.mps
-                    .start(&target, Some(self.backend.get()))
+                    .start(&target, Some(self.backend.as_mut()))
                     .map_err(|e| {
                         ServerError::Backend(format!("GPU {}: start MPS: {e}", facts.index))
                     })?;
@@ -327,8 +321,8 @@ impl Fleet {
         Ok(())
     }
 
-    fn set_sim_mig(&mut self, gpu: u32, on: bool) -> Result<(), ServerError> {
-        let m = self.backend.get().set_mig_mode(gpu, on).map_err(|e| {
+    fn switch_mig(&mut self, gpu: u32, on: bool) -> Result<(), ServerError> {
+        let m = self.backend.set_mig_mode(gpu, on).map_err(|e| {
             ServerError::Fleet(format!(
                 "simulated GPU {gpu}: {e}; delete the sim state file to start afresh"
             ))
@@ -346,9 +340,9 @@ impl Fleet {
         &self.describe
     }
 
-    /// Whether the GPUs are simulated.
-    pub fn is_sim(&self) -> bool {
-        matches!(self.backend, Hw::Sim(_))
+    /// What the backend is (see [`Capabilities`]).
+    pub fn capabilities(&self) -> Capabilities {
+        self.caps
     }
 
     /// The catalog.
@@ -368,7 +362,7 @@ impl Fleet {
     /// is not an application error marks the whole GPU unhealthy until the daemon restarts
     /// (every slice of it, not just the instance NVML names).
     pub fn poll_health(&mut self) -> BTreeMap<u32, Health> {
-        match self.backend.get().poll_events(0) {
+        match self.backend.as_mut().poll_events(0) {
             Ok(events) => {
                 for e in events {
                     if self.health.observe(&e) {
@@ -391,28 +385,27 @@ impl Fleet {
 
     /// The GPU instances of a MIG GPU now.
     pub fn instances(&mut self, gpu: u32) -> Result<Vec<GpuInstance>, GpuError> {
-        let b = self.backend.get();
+        let b = self.backend.as_mut();
         retry(|| b.instances(gpu))
     }
 
-    /// Mark the simulated instance at `start` busy with `pid` (a no-op on real GPUs, where
-    /// the command's own CUDA context makes it busy).
+    /// A lease's work starts on the instance at `start` (see [`GpuBackend::attach_work`]:
+    /// the simulator marks it busy, NVML sees the work's processes itself).
     pub fn attach(&mut self, gpu: u32, start: u8, pid: Option<u32>) {
-        let Hw::Sim(sim) = &mut self.backend else {
-            return;
-        };
-        if let Err(e) = sim.set_busy(gpu, start, pid) {
-            tracing::warn!("GPU {gpu}: cannot mark the simulated instance at {start} busy: {e}");
+        if let Err(e) = self.backend.attach_work(gpu, start, pid) {
+            tracing::warn!("GPU {gpu}: cannot record work on the instance at {start}: {e}");
         }
     }
 
-    /// Remove the simulated processes of the instance at `start` (no-op on real GPUs).
-    pub fn detach(&mut self, gpu: u32, start: u8) {
-        let Hw::Sim(sim) = &mut self.backend else {
-            return;
-        };
-        if let Err(e) = sim.set_idle(gpu, start) {
-            tracing::warn!("GPU {gpu}: cannot mark the simulated instance at {start} idle: {e}");
+    /// The leased instances of a MIG GPU, for backends that learn work only from the daemon
+    /// (see [`GpuBackend::sync_work`]). Returns whether the backend's view changed.
+    pub fn sync_work(&mut self, gpu: u32, held: &[HeldInstance]) -> bool {
+        match self.backend.sync_work(gpu, held) {
+            Ok(changed) => changed,
+            Err(e) => {
+                tracing::warn!("GPU {gpu}: cannot record which instances hold work: {e}");
+                false
+            }
         }
     }
 
@@ -452,7 +445,7 @@ impl Fleet {
     ) -> Result<ApplyReport, ApplyError> {
         let catalog = self.catalog.clone();
         let mut sleeper = ThreadSleeper;
-        let mut rec = Reconciler::new(self.backend.get(), journal, &catalog, &mut sleeper)
+        let mut rec = Reconciler::new(self.backend.as_mut(), journal, &catalog, &mut sleeper)
             .with_policy(RetryPolicy {
                 max_failures: 4,
                 base_delay: std::time::Duration::from_millis(20),
@@ -563,7 +556,7 @@ fn sim_fleet(
     catalog: &Catalog,
     reason: Option<&str>,
     hint: &str,
-) -> Result<(Hw, String), ServerError> {
+) -> Result<(Box<dyn GpuBackend>, String), ServerError> {
     let s = open_sim(cfg, state_dir, catalog)?;
     let fleet = format!(
         "simulated fleet ({}){hint}{}",
@@ -574,7 +567,7 @@ fn sim_fleet(
         Some(r) => format!("{r}; using a {fleet}"),
         None => fleet,
     };
-    Ok((Hw::Sim(Box::new(s)), why))
+    Ok((Box::new(s), why))
 }
 
 /// Open `sim_state` (default `<state dir>/sim-gpus.json`), creating it from `sim_gpus` when

@@ -108,12 +108,14 @@ pub struct Enforcer {
 impl Enforcer {
     /// Decide from the configuration and what the host offers. `isolation: devices` where no
     /// cgroup can be written is an error naming the cause and the opt-out; unset falls back
-    /// to no cgroups with a warning.
-    pub fn new(cfg: &Config, is_sim: bool) -> Result<Enforcer, ServerError> {
-        let roots = match (&cfg.isolation_root, is_sim) {
+    /// to no cgroups with a warning. `device_nodes`: the backend's GPUs are device nodes of
+    /// this host (see [`tessera_gpu::Capabilities`]); without them (simulated GPUs) lease
+    /// cgroups allow no GPU device unless `isolation_root` names a tree of stand-in nodes.
+    pub fn new(cfg: &Config, device_nodes: bool) -> Result<Enforcer, ServerError> {
+        let roots = match (&cfg.isolation_root, device_nodes) {
             (Some(r), _) => Some(DevRoots::under(r)),
-            (None, false) => Some(DevRoots::default()),
-            (None, true) => None,
+            (None, true) => Some(DevRoots::default()),
+            (None, false) => None,
         };
         let mut why_off = String::new();
         let cg: Option<Box<dyn LeaseCgroups>> = match cfg.isolation {
@@ -467,11 +469,11 @@ mod tests {
                 let _ = std::fs::remove_dir(root);
             } else {
                 eprintln!("skipped v{version}: {}", found.explain());
-                let e = Enforcer::new(&cfg, false).unwrap_err().to_string();
+                let e = Enforcer::new(&cfg, true).unwrap_err().to_string();
                 assert!(e.contains("isolation: off"), "{e}");
                 continue;
             }
-            let mut enf = Enforcer::new(&cfg, false).unwrap();
+            let mut enf = Enforcer::new(&cfg, true).unwrap();
             let cg = enf.cg.as_ref().expect("a cgroup mechanism");
             assert!(cg.describe().starts_with(want), "{}", cg.describe());
             let root = cg.path(1).parent().unwrap().to_path_buf();

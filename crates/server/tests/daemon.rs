@@ -38,7 +38,7 @@ fn start_in_memory(dir: &Path) -> (Daemon, SchedulerHandle) {
     let st = SimState::new(&catalog, &[("h100-80gb".into(), 1)], 3, true).unwrap();
     let sim = SimBackend::new(st, catalog.clone(), SimConfig::default()).unwrap();
     std::fs::create_dir_all(cfg.state_dir()).unwrap();
-    let fleet = Fleet::with_sim(sim, &cfg, &cfg.state_dir(), &catalog).unwrap();
+    let fleet = Fleet::with_backend(Box::new(sim), &cfg, &cfg.state_dir(), &catalog).unwrap();
     Daemon::start(cfg, catalog, fleet).unwrap()
 }
 
@@ -154,7 +154,7 @@ async fn a_repartition_cut_short_by_a_crash_is_finished_on_restart() {
         ..SimConfig::default()
     };
     let sim = SimBackend::open(&path, catalog.clone(), crash).unwrap();
-    let fleet = Fleet::with_sim(sim, &cfg, &state_dir, &catalog).unwrap();
+    let fleet = Fleet::with_backend(Box::new(sim), &cfg, &state_dir, &catalog).unwrap();
     let (d, sched) = Daemon::start(cfg.clone(), catalog.clone(), fleet).unwrap();
     let who = Identity::in_process(1000, "alice");
     let v = d.submit(&who, mig("3g.40gb")).unwrap();
@@ -232,7 +232,7 @@ async fn a_gpu_with_an_xid_gets_no_new_leases() {
     });
     let sim = SimBackend::new(st, catalog.clone(), SimConfig::default()).unwrap();
     std::fs::create_dir_all(cfg.state_dir()).unwrap();
-    let fleet = Fleet::with_sim(sim, &cfg, &cfg.state_dir(), &catalog).unwrap();
+    let fleet = Fleet::with_backend(Box::new(sim), &cfg, &cfg.state_dir(), &catalog).unwrap();
     let (d, sched) = Daemon::start(cfg, catalog, fleet).unwrap();
     let who = Identity::in_process(1000, "alice");
     let v = d.submit(&who, mig("7g.80gb")).unwrap();

@@ -40,7 +40,7 @@ fn start(dir: &Path, isolation: Option<IsolationMode>) -> (Daemon, SchedulerHand
     let st = SimState::new(&catalog, &[("h100-80gb".into(), 1)], 3, true).unwrap();
     let sim = SimBackend::new(st, catalog.clone(), SimConfig::default()).unwrap();
     std::fs::create_dir_all(cfg.state_dir()).unwrap();
-    let fleet = Fleet::with_sim(sim, &cfg, &cfg.state_dir(), &catalog).unwrap();
+    let fleet = Fleet::with_backend(Box::new(sim), &cfg, &cfg.state_dir(), &catalog).unwrap();
     Daemon::start(cfg, catalog, fleet).unwrap()
 }
 
