@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use tessera_agent::{ApplyResult, Journal, OpRecord, Reconciler, RetryPolicy, ThreadSleeper};
-use tessera_gpu::mps::{ClientLimits, MpsControl, MpsOptions, MpsTarget};
+use tessera_gpu::mps::{ClientLimits, MpsControl, MpsError, MpsOptions, MpsTarget};
 use tessera_gpu::sim::{SimBackend, SimConfig, SimState};
 use tessera_gpu::{
     Capabilities, GpuBackend, GpuError, GpuInstance, Health, HealthTracker, HeldInstance, MigMode,
@@ -134,15 +134,13 @@ impl Fleet {
             BackendChoice::Sim => sim_fleet(cfg, state_dir, catalog, None, " (--backend sim)")?,
             BackendChoice::Nvml => {
                 let mut b = tessera_gpu::nvml::NvmlBackend::open(catalog.clone())
-                    .map_err(|e| ServerError::Backend(e.to_string()))?;
+                    .map_err(|e| ServerError::backend("open NVML", e))?;
                 let n = b
                     .gpus()
-                    .map_err(|e| ServerError::Backend(e.to_string()))?
+                    .map_err(|e| ServerError::backend("list GPUs", e))?
                     .len();
                 if n == 0 {
-                    return Err(ServerError::Backend(
-                        "NVML found no GPU; use --backend sim to simulate one".into(),
-                    ));
+                    return Err(ServerError::NoGpu);
                 }
                 (Box::new(b), format!("NVML with {n} GPU(s)"))
             }
@@ -224,7 +222,7 @@ impl Fleet {
             .backend
             .as_mut()
             .gpus()
-            .map_err(|e| ServerError::Backend(e.to_string()))?;
+            .map_err(|e| ServerError::backend("list GPUs", e))?;
         // The daemon addresses GPUs by index everywhere (API paths, the database, the
         // config): index N must be the N-th GPU.
         for (pos, info) in infos.iter().enumerate() {
@@ -235,7 +233,7 @@ impl Fleet {
                     ),
                     None => "the backend numbers its GPUs out of order; report this with `nvidia-smi -L`".into(),
                 };
-                return Err(ServerError::Fleet(format!(
+                return Err(ServerError::fleet(format!(
                     "{}: GPU number {} in the list has index {}, but indices must run 0, 1, 2, … in list order; {fix}",
                     self.describe,
                     pos + 1,
@@ -246,7 +244,7 @@ impl Fleet {
         for info in infos {
             let settings = cfg.gpu(info.index);
             let model_key = info.model.clone().ok_or_else(|| {
-                ServerError::Fleet(format!(
+                ServerError::fleet(format!(
                     "GPU {} ({}) is not in the catalog; add it with `tessera catalog import` and --catalog",
                     info.index, info.name
                 ))
@@ -264,7 +262,7 @@ impl Fleet {
             };
             let want_mig = mode == GpuMode::Mig;
             if want_mig && !mig_capable {
-                return Err(ServerError::Fleet(format!(
+                return Err(ServerError::fleet(format!(
                     "GPU {} ({}) cannot do MIG; set `mode: mps` or `mode: timeslice` for it in the config",
                     info.index, info.name
                 )));
@@ -273,7 +271,7 @@ impl Fleet {
                 if self.caps.switches_mig_mode {
                     self.switch_mig(info.index, want_mig)?;
                 } else {
-                    return Err(ServerError::Fleet(format!(
+                    return Err(ServerError::fleet(format!(
                         "GPU {}: configured mode {} needs MIG mode {}, but it is {}; change it with `nvidia-smi -i {} -mig {}` (Ampere: then reset the GPU), or change the GPU's mode in the config",
                         info.index,
                         mode,
@@ -303,15 +301,16 @@ impl Fleet {
                 let target = MpsTarget::gpu(facts.index, facts.uuid.clone());
                 self.mps
                     .start(&target, Some(self.backend.as_mut()))
-                    .map_err(|e| {
-                        ServerError::Backend(format!("GPU {}: start MPS: {e}", facts.index))
+                    .map_err(|source| ServerError::Mps {
+                        gpu: facts.index,
+                        source,
                     })?;
             }
             self.gpus.push(facts);
         }
         for g in &cfg.gpus {
             if !self.gpus.iter().any(|f| f.index == g.index) {
-                return Err(ServerError::Fleet(format!(
+                return Err(ServerError::fleet(format!(
                     "the config sets GPU {} but the machine has GPUs 0..{}",
                     g.index,
                     self.gpus.len().saturating_sub(1)
@@ -322,13 +321,17 @@ impl Fleet {
     }
 
     fn switch_mig(&mut self, gpu: u32, on: bool) -> Result<(), ServerError> {
-        let m = self.backend.set_mig_mode(gpu, on).map_err(|e| {
-            ServerError::Fleet(format!(
-                "simulated GPU {gpu}: {e}; delete the sim state file to start afresh"
-            ))
-        })?;
+        let m = self
+            .backend
+            .set_mig_mode(gpu, on)
+            .map_err(|e| ServerError::Fleet {
+                problem: format!(
+                    "simulated GPU {gpu}: {e}; delete the sim state file to start afresh"
+                ),
+                source: Some(e),
+            })?;
         if m != MigMode::steady(on) {
-            return Err(ServerError::Fleet(format!(
+            return Err(ServerError::fleet(format!(
                 "simulated GPU {gpu}: MIG mode is {m} after the change"
             )));
         }
@@ -417,19 +420,17 @@ impl Fleet {
         uid: u32,
         memory_mib: u64,
         sm_percent: u8,
-    ) -> Result<BTreeMap<String, String>, String> {
+    ) -> Result<BTreeMap<String, String>, MpsError> {
         let f = &self.gpus[gpu as usize];
         let target = MpsTarget::gpu(gpu, f.uuid.clone());
-        self.mps.open_to(&target, uid).map_err(|e| e.to_string())?;
-        self.mps
-            .client_env(
-                &target,
-                &ClientLimits {
-                    active_thread_percentage: Some(sm_percent),
-                    pinned_mem_limit_mib: Some(memory_mib),
-                },
-            )
-            .map_err(|e| e.to_string())
+        self.mps.open_to(&target, uid)?;
+        self.mps.client_env(
+            &target,
+            &ClientLimits {
+                active_thread_percentage: Some(sm_percent),
+                pinned_mem_limit_mib: Some(memory_mib),
+            },
+        )
     }
 
     /// Change a MIG GPU to exactly `desired` through the agent's reconciler: destroy the idle
@@ -579,16 +580,16 @@ fn open_sim(cfg: &Config, state_dir: &Path, catalog: &Catalog) -> Result<SimBack
         .unwrap_or_else(|| sim_state_path(state_dir));
     if path.exists() {
         return SimBackend::open(&path, catalog.clone(), SimConfig::default())
-            .map_err(|e| ServerError::Backend(e.to_string()));
+            .map_err(|e| ServerError::backend("open the simulated fleet", e));
     }
     let list = parse_sim_gpus(&cfg.sim_gpus).map_err(|p| ServerError::Config {
         path: PathBuf::from("--sim-gpus"),
-        problem: p,
+        problem: p.to_string(),
     })?;
     let state = SimState::new(catalog, &list, 0x7e55e7a, true)
-        .map_err(|e| ServerError::Backend(e.to_string()))?;
+        .map_err(|e| ServerError::backend("create the simulated fleet", e))?;
     SimBackend::create(&path, state, catalog.clone())
-        .map_err(|e| ServerError::Backend(e.to_string()))
+        .map_err(|e| ServerError::backend("create the simulated fleet", e))
 }
 
 #[cfg(test)]

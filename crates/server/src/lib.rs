@@ -21,14 +21,14 @@
 //! - [`store`]: SQLite (queue, leases, desired layouts, journal, schema version); [`journal`]:
 //!   the agent's journal in it;
 //! - [`metrics`]: Prometheus metrics; [`config`]: the YAML configuration;
-//! - [`client`]: the client used by the CLI; [`serve`]: sockets and signals;
-//! - [`demo`]: the scripted in-process demonstration behind `tessera demo`.
+//! - [`client`]: the client used by the CLI; [`serve`]: sockets and signals.
+//!
+//! `tessera demo` (the CLI's `cmd/demo_run.rs`) uses this crate as a library.
 
 pub mod api;
 pub mod config;
 pub mod core;
 pub mod daemon;
-pub mod demo;
 pub mod error;
 pub mod fleet;
 pub mod http;

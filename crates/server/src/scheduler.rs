@@ -698,7 +698,7 @@ impl Scheduler {
                 match self.fleet.mps_env(gpu, r.uid, *memory_mib, *sm_percent) {
                     Ok(e) => env.extend(e),
                     Err(e) => {
-                        core.fail(gpu, e);
+                        core.fail(gpu, e.to_string());
                         return false;
                     }
                 }
@@ -727,7 +727,7 @@ impl Scheduler {
             }
             Err(e) => {
                 tracing::warn!("{e}");
-                core.error(gpu, e);
+                core.error(gpu, e.to_string());
                 return false;
             }
         }
