@@ -70,7 +70,7 @@ impl ApplyReport {
 }
 
 /// Why a layout could not be applied.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
     /// The agent refused (a busy instance in the way, an invalid layout, MIG off); nothing
     /// was changed on the GPU.
@@ -82,8 +82,17 @@ pub enum ApplyError {
         message: String,
     },
     /// A backend call failed (after the agent's retries), or the journal failed.
-    #[error("{0}")]
-    Backend(String),
+    #[error(transparent)]
+    Backend(#[from] tessera_agent::AgentError),
+    /// The desired layout could not be recorded first, so nothing was changed.
+    #[error("cannot record GPU {gpu}'s desired layout: {source}")]
+    Desired {
+        /// The GPU.
+        gpu: u32,
+        /// The store's error.
+        #[source]
+        source: Box<ServerError>,
+    },
 }
 
 /// The GPUs, the backend and MPS control, owned by the scheduler thread.
@@ -454,9 +463,7 @@ impl Fleet {
                 max_rounds: 32,
             });
         // `apply_gpu` first recovers the intents a crash left without outcome.
-        let report = rec
-            .apply_gpu(gpu, desired)
-            .map_err(|e| ApplyError::Backend(e.to_string()))?;
+        let report = rec.apply_gpu(gpu, desired)?;
         if let ApplyResult::Refused { refusal } = &report.result {
             return Err(ApplyError::Refused {
                 busy: refusal.is_busy(),

@@ -509,7 +509,10 @@ impl Scheduler {
         let specs: Vec<String> = layout.iter().map(|p| model.spec(*p)).collect();
         lock(&self.inner().store)
             .set_desired(gpu, &specs, self.now_ms())
-            .map_err(|e| ApplyError::Backend(e.to_string()))?;
+            .map_err(|e| ApplyError::Desired {
+                gpu,
+                source: Box::new(e),
+            })?;
         let d = self.d.clone();
         let mut j = DbJournal {
             store: &d.inner.store,
