@@ -393,7 +393,12 @@ mod tests {
         let serving = tokio::spawn(async move {
             crate::serve::until_stopped(&d2, std::future::pending(), std::future::pending()).await
         });
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        // A few passes of a healthy scheduler (a condition, not a sleep) leave serve running.
+        let target = d.passes() + 3;
+        while d.passes() < target {
+            tokio::task::yield_now().await;
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         assert!(
             !serving.is_finished(),
             "serve ended with a healthy scheduler"
