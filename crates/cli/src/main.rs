@@ -2,8 +2,9 @@
 //!
 //! Each subcommand lives in `cmd/<name>.rs` and follows four steps: parse (clap), resolve
 //! (catalog, files, backends), run (library calls), render (`output`, `render`). This file only
-//! dispatches and turns errors into exit codes: 0 done, 1 a valid request that cannot be met,
-//! 2 bad input or an error.
+//! dispatches and turns errors into exit codes: 0 done, 1 a valid request that cannot be met or
+//! a failure while running (the daemon unreachable, a backend or database error), 2 bad input
+//! (see `CliError::exit_code` and `docs/cli.md`).
 
 mod backend;
 mod cmd;
@@ -101,7 +102,7 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e}");
+            eprintln!("error: {}", output::error_chain(&e));
             e.exit_code()
         }
     }

@@ -9,6 +9,7 @@ pub mod catalog;
 pub mod check;
 pub mod daemon_client;
 pub mod demo;
+pub mod demo_run;
 pub mod doctor;
 pub mod drain;
 pub mod gpus;
