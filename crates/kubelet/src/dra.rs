@@ -369,44 +369,69 @@ impl DraPlugin {
         write_atomic(&self.cfg.checkpoint_path(), &bytes)
     }
 
-    /// Serve both sockets until `shutdown`; then remove them.
-    pub async fn serve(
-        self: Arc<Self>,
-        shutdown: impl std::future::Future<Output = ()> + Send,
-    ) -> Result<(), KubeletError> {
+    /// Bind both sockets and serve them in the background (inside a tokio runtime).
+    pub fn start(self: &Arc<Self>) -> Result<DraServing, KubeletError> {
         let service = uds::bind(&self.cfg.service_socket())?;
         let registration = uds::bind(&self.cfg.registration_socket())?;
         let (stop_a, a) = oneshot::channel::<()>();
         let (stop_b, b) = oneshot::channel::<()>();
-        let svc = DraServer(self.clone());
-        let reg_svc = RegServer(self.clone());
         let t1 = tokio::spawn(
             tonic::transport::Server::builder()
-                .add_service(DraPluginServer::new(svc))
+                .add_service(DraPluginServer::new(DraServer(self.clone())))
                 .serve_with_incoming_shutdown(service, async {
                     let _ = a.await;
                 }),
         );
         let t2 = tokio::spawn(
             tonic::transport::Server::builder()
-                .add_service(RegistrationServer::new(reg_svc))
+                .add_service(RegistrationServer::new(RegServer(self.clone())))
                 .serve_with_incoming_shutdown(registration, async {
                     let _ = b.await;
                 }),
         );
+        Ok(DraServing {
+            cfg: self.cfg.clone(),
+            stops: vec![stop_a, stop_b],
+            tasks: vec![t1, t2],
+        })
+    }
+
+    /// Serve both sockets until `shutdown`; then remove them.
+    pub async fn serve(
+        self: Arc<Self>,
+        shutdown: impl std::future::Future<Output = ()> + Send,
+    ) -> Result<(), KubeletError> {
+        let serving = self.start()?;
         shutdown.await;
-        let _ = stop_a.send(());
-        let _ = stop_b.send(());
-        // Give in-flight calls a moment, then drop whatever connections remain.
+        serving.stop().await
+    }
+}
+
+/// The DRA plugin's running servers.
+#[derive(Debug)]
+pub struct DraServing {
+    cfg: DraConfig,
+    stops: Vec<oneshot::Sender<()>>,
+    tasks: Vec<tokio::task::JoinHandle<Result<(), tonic::transport::Error>>>,
+}
+
+impl DraServing {
+    /// Stop serving (in-flight calls get a second) and remove both sockets.
+    pub async fn stop(self) -> Result<(), KubeletError> {
+        for s in self.stops {
+            let _ = s.send(());
+        }
         let grace = std::time::Duration::from_secs(1);
-        let r1 = finish(t1, grace).await;
-        let r2 = finish(t2, grace).await;
+        let mut results = Vec::new();
+        for t in self.tasks {
+            results.push(finish(t, grace).await);
+        }
         let _ = std::fs::remove_file(self.cfg.registration_socket());
         let _ = std::fs::remove_file(self.cfg.service_socket());
-        for (r, path) in [
-            (r1, self.cfg.service_socket()),
-            (r2, self.cfg.registration_socket()),
-        ] {
+        for (r, path) in results
+            .into_iter()
+            .zip([self.cfg.service_socket(), self.cfg.registration_socket()])
+        {
             if let Some(Err(source)) = r {
                 return Err(KubeletError::Serve { path, source });
             }
