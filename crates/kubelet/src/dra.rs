@@ -719,3 +719,33 @@ fn device(
         ..Default::default()
     }
 }
+
+/// Claims read from files, for standalone mode: `<dir>/<namespace>/<name>.yaml` (or `.json`),
+/// each one `ResourceClaim` as `kubectl get -o yaml` prints it.
+#[derive(Debug, Clone)]
+pub struct DirClaims(pub PathBuf);
+
+#[tonic::async_trait]
+impl ClaimReader for DirClaims {
+    async fn claim(&self, namespace: &str, name: &str) -> Result<rv1::ResourceClaim, KubeletError> {
+        for ext in ["yaml", "json"] {
+            let path = self.0.join(namespace).join(format!("{name}.{ext}"));
+            match tokio::fs::read_to_string(&path).await {
+                Ok(text) => {
+                    return serde_yaml_ng::from_str(&text).map_err(|e| {
+                        KubeletError::Invalid(format!(
+                            "{}: not a ResourceClaim: {e}",
+                            path.display()
+                        ))
+                    })
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(source) => return Err(KubeletError::Io { path, source }),
+            }
+        }
+        Err(KubeletError::Invalid(format!(
+            "ResourceClaim {namespace}/{name} not found in {} (expected {namespace}/{name}.yaml there)",
+            self.0.display()
+        )))
+    }
+}

@@ -21,3 +21,6 @@ pub mod uds;
 
 pub use error::KubeletError;
 pub use inventory::{InvGpu, MigSlice, MpsShare, NodeInventory, Sharing};
+/// The `async_trait` attribute the crate's async traits ([`node::DesiredSource`], [`node::StatusSink`],
+/// [`dra::ClaimReader`]) are written with, for implementors.
+pub use tonic::async_trait;
