@@ -250,3 +250,77 @@ async fn whole_gpus_register_as_nvidia_com_gpu() {
     plugins.await.unwrap().unwrap();
     kubelet.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mps_shares_register_under_nos_names_with_their_limits() {
+    let tmp = tempfile::tempdir().unwrap();
+    let kubelet = FakeKubelet::start(tmp.path()).await.unwrap();
+    let mut b = sim("h100-80gb:2", false);
+    let layout = tessera_kubelet::node::parse_desired_file(
+        "mps: {1: [{memory_mib: 10240, thread_percent: 25}, {memory_mib: 10240, thread_percent: 25}]}",
+    )
+    .unwrap();
+    let inv = NodeInventory::observe(&mut b, Catalog::builtin(), &layout.mps).unwrap();
+    let (_tx, rx) = watch::channel(inv.clone());
+    let (stop, stopped) = oneshot::channel::<()>();
+    let plugins = tokio::spawn(run_device_plugins(config(tmp.path()), rx, async {
+        let _ = stopped.await;
+    }));
+    let r = kubelet
+        .wait_registered("nvidia.com/gpu-10gb", 1, T)
+        .await
+        .expect("MPS shares register under nos's name");
+    assert_eq!(r.endpoint, "nvidia-gpu-10gb.sock");
+    // GPU 0 (no shares) is still a whole GPU; GPU 1 is not.
+    let whole = kubelet
+        .wait_registered("nvidia.com/gpu", 1, T)
+        .await
+        .unwrap();
+    let mut wc = kubelet.dial(&whole).await.unwrap();
+    let mut ws = wc.list_and_watch(pb::Empty {}).await.unwrap().into_inner();
+    let wl = tokio::time::timeout(T, ws.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(ids(&wl), vec![inv.gpus[0].uuid.clone()]);
+
+    let mut client = kubelet.dial(&r).await.unwrap();
+    let mut stream = client
+        .list_and_watch(pb::Empty {})
+        .await
+        .unwrap()
+        .into_inner();
+    let listed = tokio::time::timeout(T, stream.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(listed.devices.len(), 2);
+    let id = listed.devices[0].id.clone();
+    let resp = client
+        .allocate(pb::AllocateRequest {
+            container_requests: vec![pb::ContainerAllocateRequest {
+                devices_ids: vec![id],
+            }],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let envs = &resp.container_responses[0].envs;
+    assert_eq!(envs["NVIDIA_VISIBLE_DEVICES"], inv.gpus[1].uuid);
+    assert_eq!(envs["CUDA_MPS_PINNED_DEVICE_MEM_LIMIT"], "0=10240M");
+    assert_eq!(envs["CUDA_MPS_ACTIVE_THREAD_PERCENTAGE"], "25");
+    // Two shares in one container: refused, with the fix.
+    let all: Vec<String> = listed.devices.iter().map(|d| d.id.clone()).collect();
+    let err = client
+        .allocate(pb::AllocateRequest {
+            container_requests: vec![pb::ContainerAllocateRequest { devices_ids: all }],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    stop.send(()).unwrap();
+    plugins.await.unwrap().unwrap();
+    kubelet.stop().await;
+}
