@@ -199,7 +199,7 @@ fn options() -> pb::DevicePluginOptions {
 /// A running plugin server.
 struct Serving {
     socket: PathBuf,
-    identity: Option<(u64, u64)>,
+    identity: Option<uds::FileId>,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<()>,
     registered: bool,

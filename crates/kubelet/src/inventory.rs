@@ -38,7 +38,8 @@ pub struct InvGpu {
     pub memory_mib: u64,
     /// How it is shared now.
     pub sharing: Sharing,
-    /// Whether it is healthy (no XID seen).
+    /// Whether it is healthy: no device XID seen (set by the node runner from XID events;
+    /// [`NodeInventory::observe`] alone says `true`).
     pub healthy: bool,
     /// MIG instances (sharing `Mig`), by start.
     pub mig: Vec<MigSlice>,

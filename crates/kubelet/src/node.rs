@@ -8,6 +8,9 @@
 //! layout would remove an instance held by a pod (PodResources `List`, when the kubelet's
 //! socket exists) or by a prepared DRA claim (any [`HoldSource`]). A refused GPU is left
 //! unchanged and its reason reported.
+//!
+//! Device health comes from the backend's XID events, read at each apply and resync: a GPU with
+//! a device XID lists all its devices `Unhealthy`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -18,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use serde_yaml_ng::Value;
 use tessera_agent::journal::Journal;
 use tessera_agent::reconcile::{ApplyResult, Reconciler, ThreadSleeper};
-use tessera_gpu::GpuBackend;
+use tessera_gpu::{GpuBackend, HealthTracker};
 use tessera_model::Catalog;
 use tokio::sync::watch;
 
@@ -269,6 +272,37 @@ pub struct NodeConfig {
 struct Hw {
     backend: Box<dyn GpuBackend>,
     journal: Box<dyn Journal + Send>,
+    health: HealthTracker,
+}
+
+impl Hw {
+    /// Fold in the XID events since the last read (a backend that cannot report them leaves
+    /// health as it was) and read the inventory with each GPU's health.
+    fn observe(
+        &mut self,
+        catalog: &Catalog,
+        mps: &BTreeMap<u32, Vec<MpsShare>>,
+    ) -> Result<NodeInventory, KubeletError> {
+        match self.backend.poll_events(0) {
+            Ok(events) => {
+                for e in &events {
+                    if self.health.observe(e) {
+                        tracing::warn!(
+                            "GPU {}: XID {}; its devices are now Unhealthy",
+                            e.gpu,
+                            e.xid
+                        );
+                    }
+                }
+            }
+            Err(e) => tracing::debug!("XID events not available: {e}"),
+        }
+        let mut inv = NodeInventory::observe(self.backend.as_mut(), catalog, mps)?;
+        for g in &mut inv.gpus {
+            g.healthy = self.health.gpu(g.index).is_healthy();
+        }
+        Ok(inv)
+    }
 }
 
 /// Runs the agent towards desired layouts and publishes the inventory.
@@ -293,16 +327,21 @@ impl NodeRunner {
     /// A runner over `backend` with `journal`; reads the GPUs once for the first inventory.
     /// The receiver feeds the plugins.
     pub fn new(
-        mut backend: Box<dyn GpuBackend>,
+        backend: Box<dyn GpuBackend>,
         journal: Box<dyn Journal + Send>,
         catalog: Catalog,
         cfg: NodeConfig,
     ) -> Result<(NodeRunner, watch::Receiver<NodeInventory>), KubeletError> {
-        let inv = NodeInventory::observe(backend.as_mut(), &catalog, &BTreeMap::new())?;
+        let mut hw = Hw {
+            backend,
+            journal,
+            health: HealthTracker::default(),
+        };
+        let inv = hw.observe(&catalog, &BTreeMap::new())?;
         let (tx, rx) = watch::channel(inv);
         Ok((
             NodeRunner {
-                hw: Some(Hw { backend, journal }),
+                hw: Some(hw),
                 catalog,
                 cfg,
                 holds: Vec::new(),
@@ -347,7 +386,7 @@ impl NodeRunner {
         let held_c = held.clone();
         let (hw, outcomes, inv) = tokio::task::spawn_blocking(move || {
             let outcomes = apply_blocking(&mut hw, &catalog, &want, &held_c);
-            let inv = NodeInventory::observe(hw.backend.as_mut(), &catalog, &want.mps);
+            let inv = hw.observe(&catalog, &want.mps);
             (hw, outcomes, inv)
         })
         .await

@@ -46,8 +46,21 @@ pub async fn connect(path: &Path) -> Result<Channel, KubeletError> {
         })
 }
 
-/// The identity (device, inode) of a file, to notice a socket that was recreated.
-pub fn identity(path: &Path) -> Option<(u64, u64)> {
+/// The identity of a file, to notice a socket that was recreated: device, inode and change
+/// time (a file made right after another was removed may get the same inode number).
+pub fn identity(path: &Path) -> Option<FileId> {
     use std::os::unix::fs::MetadataExt;
-    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+    std::fs::metadata(path).ok().map(|m| FileId {
+        dev: m.dev(),
+        ino: m.ino(),
+        ctime: (m.ctime(), m.ctime_nsec()),
+    })
+}
+
+/// What [`identity`] compares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileId {
+    dev: u64,
+    ino: u64,
+    ctime: (i64, i64),
 }

@@ -400,3 +400,57 @@ fn desired_file_mistakes_are_named() {
         .to_string();
     assert!(e.contains("memory_mib"), "{e}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_xid_lists_the_gpus_devices_unhealthy() {
+    let tmp = tempfile::tempdir().unwrap();
+    let kubelet = FakeKubelet::start(tmp.path()).await.unwrap();
+    let c = Catalog::builtin().clone();
+    let st = SimState::new(&c, &parse_gpu_list("a100-40gb:2").unwrap(), 3, false).unwrap();
+    let mut b = SimBackend::new(st, c.clone(), SimConfig::default()).unwrap();
+    b.inject_xid(1, 79, None).unwrap();
+    let (mut node, inv) = NodeRunner::new(
+        Box::new(b),
+        Box::new(MemJournal::new()),
+        c,
+        NodeConfig {
+            kubelet_dir: tmp.path().to_path_buf(),
+            resync: Duration::from_secs(3600),
+        },
+    )
+    .unwrap();
+    let st = node.apply(&DesiredLayout::default()).await.unwrap();
+    assert!(st.inventory.gpus[0].healthy);
+    assert!(!st.inventory.gpus[1].healthy);
+    let mut cfg = DevicePluginConfig::new(tmp.path());
+    cfg.poll = Duration::from_millis(50);
+    let (stop, stopped) = oneshot::channel::<()>();
+    let plugins = tokio::spawn(run_device_plugins(cfg, inv, async {
+        let _ = stopped.await;
+    }));
+    let reg = kubelet
+        .wait_registered("nvidia.com/gpu", 1, T)
+        .await
+        .unwrap();
+    let mut client = kubelet.dial(&reg).await.unwrap();
+    let mut stream = client
+        .list_and_watch(dp::Empty {})
+        .await
+        .unwrap()
+        .into_inner();
+    let listed = tokio::time::timeout(T, stream.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let health: BTreeMap<String, String> = listed
+        .devices
+        .iter()
+        .map(|d| (d.id.clone(), d.health.clone()))
+        .collect();
+    assert_eq!(health[&st.inventory.gpus[0].uuid], "Healthy");
+    assert_eq!(health[&st.inventory.gpus[1].uuid], "Unhealthy");
+    stop.send(()).unwrap();
+    plugins.await.unwrap().unwrap();
+    kubelet.stop().await;
+}
