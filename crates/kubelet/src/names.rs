@@ -188,9 +188,13 @@ pub fn container_edits(devices: &[&DpDevice], cdi_kind: &str) -> Result<Containe
 }
 
 /// The DRA device name of a MIG instance (a DNS label): `gpu-<index>-mig-<profile>-<start>`
-/// with the profile's `.` and `+` as `-`, e.g. `gpu-0-mig-1g-10gb-0`.
+/// with the profile's `+` as `-plus-` and `.` as `-`, e.g. `gpu-0-mig-1g-10gb-0`,
+/// `gpu-0-mig-1g-24gb-plus-me-0` (distinct from `1g.24gb-me`'s `gpu-0-mig-1g-24gb-me-0`).
 pub fn dra_mig_name(gpu: u32, profile: &str, start: u8) -> String {
-    format!("gpu-{gpu}-mig-{}-{start}", dns_part(profile))
+    format!(
+        "gpu-{gpu}-mig-{}-{start}",
+        dns_part(&profile.replace('+', "-plus-"))
+    )
 }
 
 /// The DRA device name of a whole GPU: `gpu-<index>`.
@@ -230,7 +234,10 @@ mod tests {
             "nvidia-mig-1g.10gb.sock"
         );
         assert_eq!(socket_name(WHOLE_GPU), "nvidia-gpu.sock");
-        assert_eq!(dra_mig_name(1, "1g.10gb+me", 6), "gpu-1-mig-1g-10gb-me-6");
+        assert_eq!(
+            dra_mig_name(1, "1g.10gb+me", 6),
+            "gpu-1-mig-1g-10gb-plus-me-6"
+        );
         assert_eq!(dra_mps_name(0, "2"), "gpu-0-mps-2");
     }
 
