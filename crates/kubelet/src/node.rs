@@ -216,6 +216,9 @@ impl StatusSink for WatchSink {
     }
 }
 
+/// How long the kubelet's PodResources `List` may take.
+pub const POD_RESOURCES_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Devices allocated to pods, per the kubelet's PodResources `List`; empty when its socket
 /// (`<kubelet-dir>/pod-resources/kubelet.sock`) does not exist.
 pub async fn pod_resources_held(kubelet_dir: &Path) -> Result<Vec<Held>, KubeletError> {
@@ -225,9 +228,15 @@ pub async fn pod_resources_held(kubelet_dir: &Path) -> Result<Vec<Held>, Kubelet
     }
     let mut client =
         pr::pod_resources_lister_client::PodResourcesListerClient::new(uds::connect(&sock).await?);
-    let list = client
-        .list(pr::ListPodResourcesRequest {})
+    let call = client.list(pr::ListPodResourcesRequest {});
+    let list = tokio::time::timeout(POD_RESOURCES_TIMEOUT, call)
         .await
+        .map_err(|_| KubeletError::Call {
+            call: "PodResources List".into(),
+            status: tonic::Status::deadline_exceeded(format!(
+                "no answer within {POD_RESOURCES_TIMEOUT:?}"
+            )),
+        })?
         .map_err(|status| KubeletError::Call {
             call: "PodResources List".into(),
             status,
@@ -366,12 +375,12 @@ impl NodeRunner {
     /// the reconciler on the others, publish the new inventory.
     pub async fn apply(&mut self, desired: &DesiredLayout) -> Result<NodeStatus, KubeletError> {
         self.desired = desired.clone();
-        let mut held = pod_resources_held(&self.cfg.kubelet_dir)
-            .await
-            .unwrap_or_else(|e| {
-                tracing::warn!("PodResources: {e}; relying on processes and claims only");
-                Vec::new()
-            });
+        // When the kubelet's PodResources socket exists but does not answer, what pods hold is
+        // unknown: no instance is removed until it answers (creating is still fine).
+        let (mut held, unknown) = match pod_resources_held(&self.cfg.kubelet_dir).await {
+            Ok(h) => (h, None),
+            Err(e) => (Vec::new(), Some(e.to_string())),
+        };
         for h in &self.holds {
             held.extend(h.held());
         }
@@ -385,7 +394,7 @@ impl NodeRunner {
         let want = desired.clone();
         let held_c = held.clone();
         let (hw, outcomes, inv) = tokio::task::spawn_blocking(move || {
-            let outcomes = apply_blocking(&mut hw, &catalog, &want, &held_c);
+            let outcomes = apply_blocking(&mut hw, &catalog, &want, &held_c, unknown.as_deref());
             let inv = hw.observe(&catalog, &want.mps);
             (hw, outcomes, inv)
         })
@@ -455,6 +464,7 @@ fn apply_blocking(
     catalog: &Catalog,
     desired: &DesiredLayout,
     held: &[Held],
+    pods_unknown: Option<&str>,
 ) -> Vec<GpuOutcome> {
     let held_by: BTreeMap<&str, &str> = held
         .iter()
@@ -489,6 +499,10 @@ fn apply_blocking(
                 in_use.push(format!(
                     "{spec} ({}) is held by {by}",
                     i.uuid.as_deref().unwrap_or("no UUID")
+                ));
+            } else if let Some(why) = pods_unknown {
+                in_use.push(format!(
+                    "{spec} may be held by a pod: the kubelet's PodResources did not answer ({why})"
                 ));
             }
         }

@@ -210,6 +210,14 @@ impl FakeKubelet {
         self.pods.send_replace(pods);
     }
 
+    /// Stop answering PodResources while leaving its socket file in place (a hung or
+    /// crashed kubelet): calls fail with "connection refused".
+    pub async fn stop_pod_resources(&mut self) {
+        if let Some(s) = self.pod_resources.take() {
+            s.stop().await;
+        }
+    }
+
     /// Do what a kubelet restart does to `device-plugins/`: stop serving, remove every socket
     /// there, serve a new `kubelet.sock`. Registrations seen before are kept in the record.
     pub async fn restart(&mut self) -> Result<(), KubeletError> {

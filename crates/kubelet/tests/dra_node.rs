@@ -347,6 +347,40 @@ async fn a_desired_file_change_reaches_the_kubelet_and_pods_keep_their_instances
     kubelet.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_pod_resources_socket_keeps_every_instance() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut kubelet = FakeKubelet::start(tmp.path()).await.unwrap();
+    let (mut node, _inv) = runner(tmp.path(), "h100-80gb:1", true);
+    let st = node
+        .apply(&layout("gpus: {0: [1g.10gb@0, 3g.40gb@4]}"))
+        .await
+        .unwrap();
+    assert!(converged(&st), "{st:?}");
+    // The socket stays, nobody answers: removing 1g.10gb@0 is refused, adding is not.
+    kubelet.stop_pod_resources().await;
+    assert!(tmp.path().join("pod-resources/kubelet.sock").exists());
+    let st = node
+        .apply(&layout("gpus: {0: [2g.20gb@2, 3g.40gb@4]}"))
+        .await
+        .unwrap();
+    match &st.gpus[0] {
+        GpuOutcome::Refused { reason, .. } => {
+            assert!(
+                reason.contains("1g.10gb@0") && reason.contains("PodResources"),
+                "{reason}"
+            )
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    let st = node
+        .apply(&layout("gpus: {0: [1g.10gb@0, 1g.10gb@1, 3g.40gb@4]}"))
+        .await
+        .unwrap();
+    assert!(converged(&st), "{st:?}");
+    kubelet.stop().await;
+}
+
 #[test]
 fn resource_slices_list_every_slice_with_capacity() {
     let c = Catalog::builtin().clone();
