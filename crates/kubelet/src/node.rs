@@ -386,10 +386,12 @@ impl NodeRunner {
         }
         held.sort();
         held.dedup();
-        let mut hw = self
-            .hw
-            .take()
-            .expect("hardware is put back after each apply");
+        let Some(mut hw) = self.hw.take() else {
+            return Err(KubeletError::Invalid(
+                "the GPU backend was lost when an earlier apply panicked; restart the node process"
+                    .into(),
+            ));
+        };
         let catalog = self.catalog.clone();
         let want = desired.clone();
         let held_c = held.clone();
