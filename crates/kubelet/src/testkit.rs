@@ -4,7 +4,8 @@
 //! - device plugins: serves `Registration` on `device-plugins/kubelet.sock`, records every
 //!   `Register`, dials a plugin's endpoint; [`FakeKubelet::restart`] does what a kubelet
 //!   start does (removes the sockets in `device-plugins/`, serves a new `kubelet.sock`);
-//! - PodResources: serves `List`/`Get` on `pod-resources/kubelet.sock` from a settable list;
+//! - PodResources: serves `List`/`Get` on `pod-resources/kubelet.sock` from a settable list,
+//!   to which [`FakeKubelet::admit_pod`] adds what it allocated through a plugin;
 //! - DRA: finds a plugin's socket in `plugins_registry/`, calls `GetInfo` and
 //!   `NotifyRegistrationStatus`, and dials the `DRAPlugin` service it names.
 //!
@@ -208,6 +209,99 @@ impl FakeKubelet {
     /// Set what PodResources `List` answers.
     pub fn set_pod_resources(&self, pods: Vec<pr::PodResources>) {
         self.pods.send_replace(pods);
+    }
+
+    /// Admit a pod the way the kubelet's device manager does: take the current device list of
+    /// `resource` from its plugin (ListAndWatch), pick the first `count` healthy devices no other
+    /// admitted pod holds, call `Allocate` for one container, and record the allocation for
+    /// PodResources `List`. Fails when the resource is not registered or has too few devices.
+    pub async fn admit_pod(
+        &self,
+        namespace: &str,
+        name: &str,
+        resource: &str,
+        count: usize,
+    ) -> Result<dp::ContainerAllocateResponse, KubeletError> {
+        let fail = |m: String| KubeletError::Invalid(m);
+        let reg = self
+            .registrations()
+            .into_iter()
+            .rev()
+            .find(|r| r.resource_name == resource)
+            .ok_or_else(|| fail(format!("{resource} is not registered")))?;
+        let mut client = self.dial(&reg).await?;
+        let call = |call: &str| {
+            let call = call.to_string();
+            move |status| KubeletError::Call { call, status }
+        };
+        let mut stream = client
+            .list_and_watch(dp::Empty {})
+            .await
+            .map_err(call("ListAndWatch"))?
+            .into_inner();
+        let listed = stream
+            .message()
+            .await
+            .map_err(call("ListAndWatch"))?
+            .ok_or_else(|| fail(format!("{resource}: the plugin closed ListAndWatch")))?;
+        let taken: Vec<String> = self
+            .pods
+            .borrow()
+            .iter()
+            .flat_map(|p| p.containers.iter())
+            .flat_map(|c| c.devices.iter())
+            .filter(|d| d.resource_name == resource)
+            .flat_map(|d| d.device_ids.iter().cloned())
+            .collect();
+        let ids: Vec<String> = listed
+            .devices
+            .iter()
+            .filter(|d| d.health == "Healthy" && !taken.contains(&d.id))
+            .map(|d| d.id.clone())
+            .take(count)
+            .collect();
+        if ids.len() < count {
+            return Err(fail(format!(
+                "{resource}: {count} wanted, {} free",
+                ids.len()
+            )));
+        }
+        let resp = client
+            .allocate(dp::AllocateRequest {
+                container_requests: vec![dp::ContainerAllocateRequest {
+                    devices_ids: ids.clone(),
+                }],
+            })
+            .await
+            .map_err(call("Allocate"))?
+            .into_inner();
+        let container = resp
+            .container_responses
+            .into_iter()
+            .next()
+            .ok_or_else(|| fail("Allocate answered no container".into()))?;
+        self.pods.send_modify(|pods| {
+            pods.push(pr::PodResources {
+                name: name.into(),
+                namespace: namespace.into(),
+                containers: vec![pr::ContainerResources {
+                    name: "main".into(),
+                    devices: vec![pr::ContainerDevices {
+                        resource_name: resource.into(),
+                        device_ids: ids,
+                        topology: None,
+                    }],
+                    ..Default::default()
+                }],
+            })
+        });
+        Ok(container)
+    }
+
+    /// Forget an admitted pod (it ended): PodResources no longer lists it.
+    pub fn remove_pod(&self, namespace: &str, name: &str) {
+        self.pods
+            .send_modify(|pods| pods.retain(|p| !(p.namespace == namespace && p.name == name)));
     }
 
     /// Stop answering PodResources while leaving its socket file in place (a hung or

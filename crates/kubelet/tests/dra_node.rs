@@ -20,7 +20,6 @@ use tessera_kubelet::node::{
 };
 use tessera_kubelet::proto::deviceplugin as dp;
 use tessera_kubelet::proto::dra as pb;
-use tessera_kubelet::proto::podresources as pr;
 use tessera_kubelet::testkit::FakeKubelet;
 use tessera_model::Catalog;
 use tokio::sync::{oneshot, watch};
@@ -287,20 +286,13 @@ async fn a_desired_file_change_reaches_the_kubelet_and_pods_keep_their_instances
         .unwrap();
     assert_eq!(listed.devices.len(), 2);
 
-    // A pod holds 1g.10gb@0 (PodResources): a layout without it is refused.
-    kubelet.set_pod_resources(vec![pr::PodResources {
-        name: "train".into(),
-        namespace: "default".into(),
-        containers: vec![pr::ContainerResources {
-            name: "main".into(),
-            devices: vec![pr::ContainerDevices {
-                resource_name: "nvidia.com/mig-1g.10gb".into(),
-                device_ids: vec![held.uuid.clone()],
-                topology: None,
-            }],
-            ..Default::default()
-        }],
-    }]);
+    // A pod is admitted on 1g.10gb (the first listed device, 1g.10gb@0; PodResources lists
+    // it): a layout without that instance is refused.
+    let given = kubelet
+        .admit_pod("default", "train", "nvidia.com/mig-1g.10gb", 1)
+        .await
+        .unwrap();
+    assert_eq!(given.envs["NVIDIA_VISIBLE_DEVICES"], held.uuid);
     std::fs::write(&desired, "gpus: {0: [2g.20gb@2, 1g.10gb@1, 3g.40gb@4]}\n").unwrap();
     let refused = tokio::time::timeout(
         T,
@@ -321,7 +313,7 @@ async fn a_desired_file_change_reaches_the_kubelet_and_pods_keep_their_instances
     assert!(refused.inventory.mig_by_uuid(&held.uuid).is_some());
 
     // The pod ends; the next change applies and reaches the open stream.
-    kubelet.set_pod_resources(Vec::new());
+    kubelet.remove_pod("default", "train");
     std::fs::write(
         &desired,
         "gpus: {0: [2g.20gb@2, 1g.10gb@1, 3g.40gb@4]}  # pod gone\n",
