@@ -252,23 +252,19 @@ impl DraPlugin {
         self.registered.subscribe()
     }
 
-    async fn prepare(&self, claim: &pb::Claim) -> Result<Vec<pb::Device>, String> {
+    async fn prepare(&self, claim: &pb::Claim) -> Result<Vec<pb::Device>, KubeletError> {
         if let Some(done) = self.checkpoint().claims.get(&claim.uid) {
             return Ok(done.devices.iter().map(to_pb).collect());
         }
-        let rc = self
-            .claims
-            .claim(&claim.namespace, &claim.name)
-            .await
-            .map_err(|e| e.to_string())?;
+        let rc = self.claims.claim(&claim.namespace, &claim.name).await?;
         if rc.metadata.uid.as_deref() != Some(claim.uid.as_str()) {
-            return Err(format!(
+            return Err(KubeletError::Invalid(format!(
                 "ResourceClaim {}/{} has UID {}, not {} (it was deleted and recreated); the kubelet will retry with the new claim",
                 claim.namespace,
                 claim.name,
                 rc.metadata.uid.as_deref().unwrap_or("none"),
                 claim.uid
-            ));
+            )));
         }
         let results: Vec<rv1::DeviceRequestAllocationResult> = rc
             .status
@@ -280,26 +276,26 @@ impl DraPlugin {
             .filter(|r| r.driver == self.cfg.driver)
             .collect();
         if results.is_empty() {
-            return Err(format!(
+            return Err(KubeletError::Invalid(format!(
                 "ResourceClaim {}/{} has no devices of driver {} allocated",
                 claim.namespace, claim.name, self.cfg.driver
-            ));
+            )));
         }
         let inv = self.inventory.borrow().clone();
         let mut devices: Vec<PreparedDevice> = Vec::new();
         let mut cdi = Vec::new();
         for r in &results {
             if r.pool != self.cfg.node_name {
-                return Err(format!(
+                return Err(KubeletError::Invalid(format!(
                     "device {} is in pool {}, not this node's ({})",
                     r.device, r.pool, self.cfg.node_name
-                ));
+                )));
             }
             let dp = dra_device(&inv, &r.device).ok_or_else(|| {
-                format!(
+                KubeletError::Invalid(format!(
                     "device {} is not on node {} now (its layout changed); the claim must be allocated again",
                     r.device, self.cfg.node_name
-                )
+                ))
             })?;
             let edits = names::container_edits(&[&dp], CDI_KIND)?;
             let request = r
@@ -326,9 +322,14 @@ impl DraPlugin {
             });
             cdi.push((r.device.clone(), edits.env));
         }
-        let spec =
-            serde_json::to_vec_pretty(&cdi_spec(&claim.uid, &cdi)).map_err(|e| e.to_string())?;
-        write_atomic(&self.cfg.cdi_spec_path(&claim.uid), &spec).map_err(|e| e.to_string())?;
+        let spec_path = self.cfg.cdi_spec_path(&claim.uid);
+        let spec = serde_json::to_vec_pretty(&cdi_spec(&claim.uid, &cdi)).map_err(|source| {
+            KubeletError::Json {
+                path: spec_path.clone(),
+                source,
+            }
+        })?;
+        write_atomic(&spec_path, &spec)?;
         let mut cp = self.checkpoint.lock().expect("checkpoint lock");
         cp.claims.insert(
             claim.uid.clone(),
@@ -340,22 +341,28 @@ impl DraPlugin {
         );
         if let Err(e) = self.save(&cp) {
             cp.claims.remove(&claim.uid);
-            return Err(e.to_string());
+            return Err(e);
         }
         Ok(devices.iter().map(to_pb).collect())
     }
 
-    fn unprepare(&self, claim: &pb::Claim) -> Result<(), String> {
-        match std::fs::remove_file(self.cfg.cdi_spec_path(&claim.uid)) {
+    fn unprepare(&self, claim: &pb::Claim) -> Result<(), KubeletError> {
+        let spec_path = self.cfg.cdi_spec_path(&claim.uid);
+        match std::fs::remove_file(&spec_path) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(format!("removing the CDI spec: {e}")),
+            Err(source) => {
+                return Err(KubeletError::Io {
+                    path: spec_path,
+                    source,
+                })
+            }
         }
         let mut cp = self.checkpoint.lock().expect("checkpoint lock");
         if let Some(old) = cp.claims.remove(&claim.uid) {
             if let Err(e) = self.save(&cp) {
                 cp.claims.insert(claim.uid.clone(), old);
-                return Err(e.to_string());
+                return Err(e);
             }
         }
         Ok(())
@@ -548,9 +555,9 @@ impl DraService for DraServer {
                     devices,
                     error: String::new(),
                 },
-                Err(error) => pb::NodePrepareResourceResponse {
+                Err(e) => pb::NodePrepareResourceResponse {
                     devices: Vec::new(),
-                    error,
+                    error: e.to_string(),
                 },
             };
             out.claims.insert(c.uid, r);
@@ -564,7 +571,12 @@ impl DraService for DraServer {
     ) -> Result<Response<pb::NodeUnprepareResourcesResponse>, Status> {
         let mut out = pb::NodeUnprepareResourcesResponse::default();
         for c in req.into_inner().claims {
-            let error = self.0.unprepare(&c).err().unwrap_or_default();
+            let error = self
+                .0
+                .unprepare(&c)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
             out.claims
                 .insert(c.uid, pb::NodeUnprepareResourceResponse { error });
         }

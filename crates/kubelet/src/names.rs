@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 
+use crate::error::KubeletError;
 use crate::inventory::{InvGpu, MpsShare, NodeInventory, Sharing};
 
 /// The resource domain of the NVIDIA-compatible names.
@@ -140,7 +141,10 @@ pub struct ContainerEdits {
 /// The edits for one container's devices. `cdi_kind` names the CDI kind whose specs name
 /// devices by UUID (e.g. `nvidia.com/gpu` from `nvidia-ctk cdi generate
 /// --device-name-strategy=uuid`). An MPS share must be the container's only device.
-pub fn container_edits(devices: &[&DpDevice], cdi_kind: &str) -> Result<ContainerEdits, String> {
+pub fn container_edits(
+    devices: &[&DpDevice],
+    cdi_kind: &str,
+) -> Result<ContainerEdits, KubeletError> {
     let mut edits = ContainerEdits::default();
     let mps: Vec<&MpsShare> = devices
         .iter()
@@ -150,10 +154,10 @@ pub fn container_edits(devices: &[&DpDevice], cdi_kind: &str) -> Result<Containe
         })
         .collect();
     if !mps.is_empty() && devices.len() > 1 {
-        return Err(format!(
+        return Err(KubeletError::Invalid(format!(
             "a container gets at most one MPS share, and this request has {} devices; ask for one larger share (nvidia.com/gpu-<GiB>gb) instead",
             devices.len()
-        ));
+        )));
     }
     let mut visible = Vec::new();
     for d in devices {
@@ -263,7 +267,7 @@ mod tests {
         assert_eq!(e.env["CUDA_MPS_ACTIVE_THREAD_PERCENTAGE"], "25");
         assert_eq!(e.env["CUDA_MPS_PIPE_DIRECTORY"], "/run/mps/0");
         assert_eq!(e.cdi_devices, ["k8s.tessera.dev/gpu=GPU-a"]);
-        let err = container_edits(&[&d, &d], "x/y").unwrap_err();
+        let err = container_edits(&[&d, &d], "x/y").unwrap_err().to_string();
         assert!(err.contains("at most one MPS share"), "{err}");
     }
 }
