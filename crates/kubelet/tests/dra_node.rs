@@ -480,3 +480,66 @@ async fn an_xid_lists_the_gpus_devices_unhealthy() {
     plugins.await.unwrap().unwrap();
     kubelet.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_mid_change_is_finished_by_the_next_node_process() {
+    use tessera_agent::journal::FileJournal;
+    use tessera_gpu::{CrashPlan, CrashPoint};
+    let tmp = tempfile::tempdir().unwrap();
+    let c = Catalog::builtin().clone();
+    let state = tmp.path().join("machine.json");
+    let journal = tmp.path().join("journal");
+    std::fs::create_dir_all(&journal).unwrap();
+    let st = SimState::new(&c, &parse_gpu_list("h100-80gb:1").unwrap(), 3, true).unwrap();
+    drop(SimBackend::create(&state, st, c.clone()).unwrap());
+    let cfg = NodeConfig {
+        kubelet_dir: tmp.path().to_path_buf(),
+        resync: Duration::from_secs(3600),
+    };
+    let want = layout("gpus: {0: [1g.10gb@0, 1g.10gb@1, 3g.40gb@4]}");
+
+    // The first process dies inside the second create (the GI exists, its CI does not).
+    let crashing = SimConfig {
+        crash: Some(CrashPlan {
+            point: Some(CrashPoint::CreateGiAfterGi),
+            nth: 2,
+        }),
+        ..SimConfig::default()
+    };
+    let b = SimBackend::open(&state, c.clone(), crashing).unwrap();
+    let (mut node, _) = NodeRunner::new(
+        Box::new(b),
+        Box::new(FileJournal::open(&journal).unwrap()),
+        c.clone(),
+        cfg.clone(),
+    )
+    .unwrap();
+    // The crashed machine answers nothing more: the apply fails as the process would die.
+    let err = node.apply(&want).await.unwrap_err();
+    assert!(err.to_string().contains("create_gi:after_gi"), "{err}");
+    drop(node);
+
+    // The next process, on the same machine and journal, converges to exactly the layout.
+    let b = SimBackend::open(&state, c.clone(), SimConfig::default()).unwrap();
+    let (mut node, inv) = NodeRunner::new(
+        Box::new(b),
+        Box::new(FileJournal::open(&journal).unwrap()),
+        c,
+        cfg,
+    )
+    .unwrap();
+    let st = node.apply(&want).await.unwrap();
+    assert!(converged(&st), "{st:?}");
+    let mut specs: Vec<String> = st.inventory.gpus[0]
+        .mig
+        .iter()
+        .map(|m| format!("{}@{}", m.profile, m.start))
+        .collect();
+    specs.sort();
+    assert_eq!(specs, ["1g.10gb@0", "1g.10gb@1", "3g.40gb@4"]);
+    assert_eq!(
+        *inv.borrow(),
+        st.inventory,
+        "the plugins see the finished layout"
+    );
+}
