@@ -195,6 +195,10 @@ pub struct NodeStatus {
     pub gpus: Vec<GpuOutcome>,
     /// Devices held by pods or claims at the time of the apply.
     pub held: Vec<Held>,
+    /// Why the latest desired layout could not be read (the last good one is applied
+    /// instead); `None` when it was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub desired_error: Option<String>,
 }
 
 /// Where status goes (the cluster side writes it to the node's custom resource).
@@ -415,6 +419,7 @@ impl NodeRunner {
             inventory,
             gpus: outcomes,
             held,
+            desired_error: None,
         })
     }
 
@@ -430,20 +435,26 @@ impl NodeRunner {
         let mut tick = tokio::time::interval(self.cfg.resync);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.tick().await;
+        let mut desired_error = None;
         loop {
             let desired = tokio::select! {
                 _ = &mut shutdown => return Ok(()),
                 d = source.next() => match d {
-                    Ok(d) => d,
+                    Ok(d) => {
+                        desired_error = None;
+                        d
+                    }
                     Err(e) => {
                         tracing::error!("desired layout: {e}; keeping the last one");
-                        continue;
+                        desired_error = Some(e.to_string());
+                        self.desired.clone()
                     }
                 },
                 _ = tick.tick() => self.desired.clone(),
             };
             match self.apply(&desired).await {
-                Ok(status) => {
+                Ok(mut status) => {
+                    status.desired_error.clone_from(&desired_error);
                     for g in &status.gpus {
                         if let GpuOutcome::Refused { reason, .. }
                         | GpuOutcome::Failed { error: reason, .. } = g

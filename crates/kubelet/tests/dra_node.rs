@@ -312,6 +312,27 @@ async fn a_desired_file_change_reaches_the_kubelet_and_pods_keep_their_instances
     assert!(reason.contains("pod default/train"), "{reason}");
     assert!(refused.inventory.mig_by_uuid(&held.uuid).is_some());
 
+    // A broken desired file is reported, and the last good layout stays.
+    std::fs::write(&desired, "gpus: {0: [9g.99gb@0]\n").unwrap();
+    let broken = tokio::time::timeout(
+        T,
+        status.wait_for(|s| s.as_ref().is_some_and(|s| s.desired_error.is_some())),
+    )
+    .await
+    .expect("the broken file is reported")
+    .unwrap()
+    .clone()
+    .unwrap();
+    assert!(
+        broken
+            .desired_error
+            .as_deref()
+            .unwrap()
+            .contains("desired.yaml"),
+        "{broken:?}"
+    );
+    assert!(broken.inventory.mig_by_uuid(&held.uuid).is_some());
+
     // The pod ends; the next change applies and reaches the open stream.
     kubelet.remove_pod("default", "train");
     std::fs::write(
