@@ -78,6 +78,9 @@ enum Command {
     /// libraries, cgroups, the daemon; each line ok / warn / fail with the fix (exit 1 on a
     /// failure, e.g. no GPU).
     Doctor(cmd::doctor::Args),
+    /// `tessera k8s node` in standalone mode (until the `k8s` group hooks it in).
+    #[command(name = "k8s-node", hide = true)]
+    K8sNode(cmd::k8s_node::Args),
 }
 
 fn main() -> ExitCode {
@@ -145,6 +148,7 @@ fn run(command: &Command, ctx: &Ctx) -> Result<ExitCode, CliError> {
         Command::Agent(c) => cmd::agent::run(c, ctx),
         Command::Bench(c) => cmd::bench::run(c, ctx),
         Command::Sim(a) => cmd::sim::run(a, ctx),
+        Command::K8sNode(a) => cmd::k8s_node::run(a, ctx),
         Command::Serve(a) => cmd::serve::run(a, ctx),
         Command::Run(a) => cmd::run::run(a, ctx),
         Command::Ps(a) => cmd::ps::run(a, ctx),

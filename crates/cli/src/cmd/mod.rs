@@ -13,6 +13,7 @@ pub mod demo_run;
 pub mod doctor;
 pub mod drain;
 pub mod gpus;
+pub mod k8s_node;
 pub mod layouts;
 pub mod plan;
 pub mod profiles;
