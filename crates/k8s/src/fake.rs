@@ -65,6 +65,8 @@ struct Event {
 #[derive(Debug, Default)]
 struct Store {
     rv: u64,
+    /// Set clock for `creationTimestamp` (virtual time); `None`: the real clock.
+    clock: Option<k8s_openapi::jiff::Timestamp>,
     uid: u64,
     /// resource key (`v1/pods`, `tessera.dev/v1alpha1/tesseranodes`) → (namespace, name) → object.
     objects: BTreeMap<String, BTreeMap<(String, String), Value>>,
@@ -145,6 +147,12 @@ impl FakeApiServer {
     /// Every request received so far, in order.
     pub fn requests(&self) -> Vec<RecordedRequest> {
         self.shared.lock().requests.clone()
+    }
+
+    /// Stamp objects created from now on with `t` as `creationTimestamp` (a virtual clock for
+    /// tests and the demo); `None` goes back to the real clock.
+    pub fn set_clock(&self, t: Option<k8s_openapi::jiff::Timestamp>) {
+        self.shared.lock().clock = t;
     }
 
     /// Forget the recorded requests.
@@ -484,9 +492,11 @@ fn create(shared: &Shared, t: &Target, mut obj: Value) -> Response {
     }
     st.uid += 1;
     let uid = format!("00000000-0000-4000-8000-{:012}", st.uid);
-    let now = k8s_openapi::jiff::Timestamp::now()
-        .round(k8s_openapi::jiff::Unit::Second)
-        .unwrap_or_else(|_| k8s_openapi::jiff::Timestamp::now());
+    let now = st.clock.unwrap_or_else(|| {
+        k8s_openapi::jiff::Timestamp::now()
+            .round(k8s_openapi::jiff::Unit::Second)
+            .unwrap_or_else(|_| k8s_openapi::jiff::Timestamp::now())
+    });
     {
         let m = obj["metadata"].as_object_mut().expect("checked above");
         m.insert("name".into(), Value::String(name.clone()));

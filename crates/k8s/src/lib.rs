@@ -4,7 +4,12 @@
 //! ([`node`]), an in-process fake apiserver for tests ([`fake`]) and `tessera k8s demo`
 //! ([`demo`]).
 
+pub mod controller;
 pub mod crd;
+pub mod demo;
 pub mod fake;
+pub mod lease;
+pub mod node;
+pub mod pods;
 
 pub use crd::{crd_yaml, TesseraNode, TesseraNodeSpec, TesseraNodeStatus};
