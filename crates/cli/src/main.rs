@@ -77,6 +77,9 @@ enum Command {
     /// libraries, cgroups, the daemon; each line ok / warn / fail with the fix (exit 1 on a
     /// failure, e.g. no GPU).
     Doctor(cmd::doctor::Args),
+    /// Kubernetes, cluster side: the TesseraNode CRD, the controller, an in-process demo cluster.
+    #[command(subcommand)]
+    K8s(cmd::k8s::K8sCmd),
 }
 
 fn main() -> ExitCode {
@@ -152,5 +155,6 @@ fn run(command: &Command, ctx: &Ctx) -> Result<ExitCode, CliError> {
         Command::Drain(a) => cmd::drain::run(a, ctx),
         Command::Demo(a) => cmd::demo::run(a, ctx),
         Command::Doctor(a) => cmd::doctor::run(a, ctx),
+        Command::K8s(c) => cmd::k8s::run(c, ctx),
     }
 }

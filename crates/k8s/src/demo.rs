@@ -370,7 +370,8 @@ struct Scripted {
 }
 
 fn script(opts: &DemoOptions) -> Vec<Scripted> {
-    // Weights of the mix: mostly small MIG slices, some large, some MPS (node-3, GPUs 6-7),
+    // Weights of the mix: mostly small MIG slices, some large, some MPS (the last node's last
+    // two GPUs),
     // and one profile no H100 has (1g.5gb is an A100-40GB profile): it stays unschedulable.
     const MIX: [(&str, u64); 8] = [
         ("nvidia.com/mig-1g.10gb", 30),
@@ -427,9 +428,12 @@ pub async fn run_demo(opts: &DemoOptions, catalog: Catalog) -> Result<DemoSummar
         .map(|a| a.backend_mut().gpus().map(|g| g.len()))
         .transpose()?
         .unwrap_or(0);
-    if opts.nodes > 3 && gpus_per_node > 7 {
-        c.set_mode(3, 6, SliceMode::Mps);
-        c.set_mode(3, 7, SliceMode::Mps);
+    // The last node's last two GPUs serve MPS (nos-style `nvidia.com/gpu-<N>gb` pods).
+    if gpus_per_node >= 4 && opts.nodes > 0 {
+        let last = opts.nodes - 1;
+        for g in gpus_per_node - 2..gpus_per_node {
+            c.set_mode(last, g as u32, SliceMode::Mps);
+        }
     }
     // Register the nodes.
     c.agents_round().await?;

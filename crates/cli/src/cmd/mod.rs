@@ -12,6 +12,7 @@ pub mod demo;
 pub mod doctor;
 pub mod drain;
 pub mod gpus;
+pub mod k8s;
 pub mod layouts;
 pub mod plan;
 pub mod profiles;
