@@ -384,3 +384,68 @@ async fn an_older_pod_is_not_overtaken_for_the_same_slice() {
         .iter()
         .any(|g| g.name == GATE));
 }
+
+/// Poll `f` until it holds (bounded): waiting for a condition, not for a time.
+async fn eventually<F, Fut>(what: &str, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !f().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_running_controller_leads_and_acts_on_watch_events() {
+    let mut c = SimCluster::new(1, "h100-80gb:1", catalog()).await.unwrap();
+    c.agents_round().await.unwrap();
+    let ctl = c.controller.clone();
+    let leases = lease_api(c.client.clone(), "tessera-system");
+    let el = LeaderElector::new(leases.clone(), "tc", "replica-0", Duration::from_secs(15));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    // A resync of an hour: every round in this test is triggered by a watch event.
+    let task = tokio::spawn(async move {
+        ctl.run(el, Duration::from_secs(3600), async {
+            let _ = stopped.await;
+        })
+        .await
+    });
+    c.submit("w", "nvidia.com/mig-1g.10gb", None).await.unwrap();
+    let client = c.client.clone();
+    eventually("the pod is earmarked", || {
+        let client = client.clone();
+        async move {
+            let p = Api::<Pod>::namespaced(client, "default")
+                .get("w")
+                .await
+                .unwrap();
+            Earmark::of(&p).is_some()
+        }
+    })
+    .await;
+    c.agents_round().await.unwrap(); // the node's status change wakes the controller
+    eventually("the gate is removed", || {
+        let client = client.clone();
+        async move {
+            let p = Api::<Pod>::namespaced(client, "default")
+                .get("w")
+                .await
+                .unwrap();
+            !is_gated(&p)
+        }
+    })
+    .await;
+    let lease = leases.get("tc").await.unwrap();
+    assert_eq!(
+        lease.spec.unwrap().holder_identity.as_deref(),
+        Some("replica-0")
+    );
+    stop.send(()).unwrap();
+    task.await.unwrap().unwrap();
+}
