@@ -102,6 +102,8 @@ struct PlannedGpu {
     index: u32,
     mode: SliceMode,
     held_mps: Vec<MpsShare>,
+    /// MIG: the layout given to the planner (kept if the plan does not list the GPU).
+    current: Vec<MigInstance>,
 }
 
 impl Controller {
@@ -191,6 +193,13 @@ impl Controller {
                             }
                         }
                         layout.sort_by_key(|(_, s)| *s);
+                        let current = layout
+                            .iter()
+                            .map(|(profile, start)| MigInstance {
+                                profile: profile.clone(),
+                                start: *start,
+                            })
+                            .collect();
                         let instances = layout
                             .into_iter()
                             .map(|(profile, start)| {
@@ -213,6 +222,7 @@ impl Controller {
                             index: g.index,
                             mode: SliceMode::Mig,
                             held_mps: Vec::new(),
+                            current,
                         });
                     }
                     SliceMode::Mps => {
@@ -248,6 +258,7 @@ impl Controller {
                             index: g.index,
                             mode: SliceMode::Mps,
                             held_mps: shares,
+                            current: Vec::new(),
                         });
                     }
                     SliceMode::Timeslice => {}
@@ -357,7 +368,7 @@ impl Controller {
                                         })
                                         .collect()
                                 })
-                                .unwrap_or_default(),
+                                .unwrap_or_else(|| pg.current.clone()),
                             mps: Vec::new(),
                         },
                         _ => {
