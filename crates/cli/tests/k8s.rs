@@ -64,3 +64,20 @@ fn zero_nodes_is_a_usage_error() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--nodes"));
 }
+
+#[test]
+fn controller_without_a_cluster_says_how_to_reach_one() {
+    let out = Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .args(["k8s", "controller"])
+        .env("KUBECONFIG", "/nonexistent/kubeconfig")
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .env("HOME", "/nonexistent")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot reach the Kubernetes API"), "{err}");
+    let out = tessera(&["k8s", "controller", "--policy", "bogus"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown policy"));
+}

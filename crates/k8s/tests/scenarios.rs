@@ -449,3 +449,37 @@ async fn the_running_controller_leads_and_acts_on_watch_events() {
     stop.send(()).unwrap();
     task.await.unwrap().unwrap();
 }
+
+#[tokio::test]
+async fn two_candidates_racing_for_an_expired_lease_give_one_leader() {
+    let srv = tessera_k8s::fake::FakeApiServer::start().await.unwrap();
+    let leases: Api<Lease> = lease_api(srv.client(), "tessera-system");
+    let old = LeaderElector::new(leases.clone(), "l", "old", Duration::from_secs(15));
+    assert!(matches!(
+        old.try_acquire_or_renew(t(0)).await.unwrap(),
+        Leadership::Leader { .. }
+    ));
+    let a = LeaderElector::new(leases.clone(), "l", "a", Duration::from_secs(15));
+    let b = LeaderElector::new(leases.clone(), "l", "b", Duration::from_secs(15));
+    srv.clear_requests();
+    let (ra, rb) = tokio::join!(a.try_acquire_or_renew(t(60)), b.try_acquire_or_renew(t(60)));
+    let leaders = [ra.unwrap(), rb.unwrap()]
+        .iter()
+        .filter(|l| matches!(l, Leadership::Leader { .. }))
+        .count();
+    assert_eq!(leaders, 1);
+    // Every takeover write is a replace carrying the resourceVersion it read.
+    for r in srv.requests().iter().filter(|r| r.method != "GET") {
+        assert_eq!(r.method, "PUT");
+        assert!(r.body.as_ref().unwrap()["metadata"]["resourceVersion"].is_string());
+    }
+    let holder = leases
+        .get("l")
+        .await
+        .unwrap()
+        .spec
+        .unwrap()
+        .holder_identity
+        .unwrap();
+    assert!(holder == "a" || holder == "b");
+}
