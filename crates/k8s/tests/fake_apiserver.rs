@@ -225,3 +225,69 @@ async fn kube_runtime_watcher_sees_the_initial_list_and_changes() {
         other => panic!("unexpected {other:?}"),
     }
 }
+
+#[tokio::test]
+async fn nodes_resource_slices_and_claims_are_served_too() {
+    use k8s_openapi::api::core::v1::Node;
+    use k8s_openapi::api::resource::v1::{ResourceClaim, ResourceSlice};
+    let srv = FakeApiServer::start().await.unwrap();
+    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(srv.client());
+    let node: Node = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Node",
+        "metadata": {"name": "gpu-1", "labels": {"tessera.dev/managed": "true"}}
+    }))
+    .unwrap();
+    nodes.create(&PostParams::default(), &node).await.unwrap();
+    assert_eq!(
+        nodes
+            .list(&ListParams::default().labels("tessera.dev/managed=true"))
+            .await
+            .unwrap()
+            .items
+            .len(),
+        1
+    );
+    let slices: Api<ResourceSlice> = Api::all(srv.client());
+    let slice: ResourceSlice = serde_json::from_value(json!({
+        "apiVersion": "resource.k8s.io/v1", "kind": "ResourceSlice",
+        "metadata": {"name": "gpu-1-gpu.tessera.dev"},
+        "spec": {"driver": "gpu.tessera.dev", "nodeName": "gpu-1",
+                 "pool": {"name": "gpu-1", "generation": 1, "resourceSliceCount": 1},
+                 "devices": [{"name": "gpu-0-mig-1g-10gb-0", "attributes": {"type": {"string": "mig"}}}]}
+    }))
+    .unwrap();
+    slices.create(&PostParams::default(), &slice).await.unwrap();
+    let got = slices.get("gpu-1-gpu.tessera.dev").await.unwrap();
+    assert_eq!(got.spec.devices.unwrap()[0].name, "gpu-0-mig-1g-10gb-0");
+    let claims: Api<ResourceClaim> = Api::namespaced(srv.client(), "ml");
+    let claim: ResourceClaim = serde_json::from_value(json!({
+        "apiVersion": "resource.k8s.io/v1", "kind": "ResourceClaim",
+        "metadata": {"name": "c1"},
+        "spec": {"devices": {"requests": [{"name": "mig", "exactly": {"deviceClassName": "mig.tessera.dev"}}]}}
+    }))
+    .unwrap();
+    claims.create(&PostParams::default(), &claim).await.unwrap();
+    let st = claims
+        .patch_status(
+            "c1",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"allocation": {"devices": {"results": [
+                {"request": "mig", "driver": "gpu.tessera.dev", "pool": "gpu-1", "device": "gpu-0-mig-1g-10gb-0"}]}}}})),
+        )
+        .await
+        .unwrap();
+    let results = st
+        .status
+        .unwrap()
+        .allocation
+        .unwrap()
+        .devices
+        .unwrap()
+        .results
+        .unwrap();
+    assert_eq!(results[0].device, "gpu-0-mig-1g-10gb-0");
+    assert!(srv
+        .requests()
+        .iter()
+        .any(|r| r.path == "/apis/resource.k8s.io/v1/namespaces/ml/resourceclaims/c1/status"));
+}
