@@ -81,6 +81,9 @@ enum Command {
     /// `tessera k8s node` in standalone mode (until the `k8s` group hooks it in).
     #[command(name = "k8s-node", hide = true)]
     K8sNode(cmd::k8s_node::Args),
+    /// Kubernetes, cluster side: the TesseraNode CRD, the controller, an in-process demo cluster.
+    #[command(subcommand)]
+    K8s(cmd::k8s::K8sCmd),
 }
 
 fn main() -> ExitCode {
@@ -157,5 +160,6 @@ fn run(command: &Command, ctx: &Ctx) -> Result<ExitCode, CliError> {
         Command::Drain(a) => cmd::drain::run(a, ctx),
         Command::Demo(a) => cmd::demo::run(a, ctx),
         Command::Doctor(a) => cmd::doctor::run(a, ctx),
+        Command::K8s(c) => cmd::k8s::run(c, ctx),
     }
 }

@@ -14,6 +14,7 @@ pub mod doctor;
 pub mod drain;
 pub mod gpus;
 pub mod k8s_node;
+pub mod k8s;
 pub mod layouts;
 pub mod plan;
 pub mod profiles;
