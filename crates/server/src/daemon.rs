@@ -924,6 +924,10 @@ fn canonical_profile(catalog: &Catalog, gpus: &[GpuFacts], name: &str) -> String
 /// The agent's journal, kept in the state database.
 struct DbJournal<'a> {
     store: &'a Mutex<Store>,
+    /// Operation latencies go to `tessera_agent_operation_duration_seconds`.
+    metrics: &'a Metrics,
+    /// Intents without an outcome yet: when each was written, and its operation.
+    started: BTreeMap<u64, (Instant, &'static str)>,
 }
 
 fn journal_err(e: impl std::fmt::Display) -> JournalError {
@@ -937,12 +941,22 @@ impl Journal for DbJournal<'_> {
     fn intent(&mut self, op: &OpRecord) -> Result<u64, JournalError> {
         let body =
             serde_json::to_string(&EntryKind::Intent { op: op.clone() }).map_err(journal_err)?;
-        lock(self.store)
+        let seq = lock(self.store)
             .journal_append(op.gpu(), &body, now_ms())
-            .map_err(journal_err)
+            .map_err(journal_err)?;
+        let name = match op {
+            OpRecord::CreateGi { .. } => "create_gi",
+            OpRecord::DestroyGi { .. } => "destroy_gi",
+            OpRecord::CreateCi { .. } => "create_ci",
+        };
+        self.started.insert(seq, (Instant::now(), name));
+        Ok(seq)
     }
 
     fn outcome(&mut self, seq: u64, outcome: &Outcome) -> Result<(), JournalError> {
+        if let Some((at, name)) = self.started.remove(&seq) {
+            self.metrics.operation(name, at.elapsed().as_secs_f64());
+        }
         let body = serde_json::to_string(&EntryKind::Outcome {
             intent: seq,
             outcome: outcome.clone(),
@@ -1106,6 +1120,8 @@ impl Scheduler {
             let d = self.d.clone();
             let mut j = DbJournal {
                 store: &d.inner.store,
+                metrics: &d.inner.metrics,
+                started: BTreeMap::new(),
             };
             match self.fleet.apply(gpu, &layout, &mut j) {
                 Ok(rep) if rep.changed() => tracing::info!(
@@ -1370,6 +1386,7 @@ impl Scheduler {
             g.drained = drained.contains(&f.index);
             if let Some(tessera_gpu::Health::Unhealthy { xids }) = health.get(&f.index) {
                 g.healthy = false;
+                self.inner().metrics.xids(f.index, xids.iter().copied());
                 errors.insert(
                     f.index,
                     format!(
@@ -1470,13 +1487,25 @@ impl Scheduler {
         let d = self.d.clone();
         let mut j = DbJournal {
             store: &d.inner.store,
+            metrics: &d.inner.metrics,
+            started: BTreeMap::new(),
         };
+        let began = Instant::now();
         let res = self.fleet.apply(gpu, layout, &mut j);
         match &res {
             Ok(rep) => {
                 let _ = lock(&self.inner().store).prune_journal(2_000);
                 if rep.changed() {
-                    self.inner().metrics.repartitions.inc();
+                    self.inner()
+                        .metrics
+                        .repartitioned(tessera_api::overview::RepartitionView {
+                            gpu,
+                            at_ms: now_ms(),
+                            took_ms: began.elapsed().as_millis() as u64,
+                            layout: specs.clone(),
+                            destroyed: rep.destroyed.clone(),
+                            created: rep.created.clone(),
+                        });
                     let _ = lock(&self.inner().store).bump("repartitions", 1);
                     tracing::info!(
                         "GPU {gpu}: re-partitioned to [{}] (destroyed {:?}, created {:?})",

@@ -16,7 +16,7 @@
 //! - [`fleet`]: the GPUs (NVML or simulated), MPS, layout changes;
 //! - [`isolate`]: a cgroup per lease (device allow-list, whole-tree kill), quarantine;
 //! - [`store`]: SQLite (queue, leases, desired layouts, journal, schema version);
-//! - [`metrics`]: Prometheus metrics; [`config`]: the YAML configuration;
+//! - [`metrics`]: Prometheus metrics; [`web`]: the web view at `/`; [`config`]: the YAML configuration;
 //! - [`client`]: the client used by the CLI; [`serve`]: sockets and signals;
 //! - [`demo`]: the scripted in-process demonstration behind `tessera demo`.
 
@@ -33,9 +33,10 @@ pub mod metrics;
 pub mod sched;
 pub mod serve;
 pub mod store;
+pub mod web;
 
 /// The API's client and wire types live in `tessera-api` (no SQLite, HTTP server or NVML there).
-pub use tessera_api::{client, wire};
+pub use tessera_api::{client, overview, wire};
 
 pub use config::Config;
 pub use daemon::Daemon;
