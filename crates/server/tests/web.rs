@@ -47,15 +47,24 @@ fn ask(slice: SliceAsk, command: &str) -> SubmitBody {
     }
 }
 
-/// Three simulated H100s (GPU 0 MIG, 1 MPS, 2 time-slice), served on 127.0.0.1 with the token;
-/// leases of every kind held by four users, and one request that must wait.
+/// Four simulated H100s (GPU 0 MIG, 1 MPS, 2 time-slice, 3 MIG with an XID), served on
+/// 127.0.0.1 with the token; leases of every kind held by four users, and one request that
+/// must wait.
 async fn fleet(web_public: bool) -> Fleet3 {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = demo_config(dir.path().join("state"), 20.0);
     cfg.web_public = web_public;
     cfg.lease.heartbeat_timeout_ms = 600_000;
+    // A fourth GPU (MIG) that fell off the bus: XID 79 before the daemon starts.
+    cfg.sim_gpus = "h100-80gb:4".into();
     let catalog = Catalog::builtin().clone();
-    let st = SimState::new(&catalog, &[("h100-80gb".into(), 3)], 7, true).unwrap();
+    let mut st = SimState::new(&catalog, &[("h100-80gb".into(), 4)], 7, true).unwrap();
+    st.events.push(tessera_gpu::GpuEvent {
+        gpu: 3,
+        xid: 79,
+        gi_id: None,
+        ci_id: None,
+    });
     let sim = SimBackend::new(st, catalog.clone(), SimConfig::default()).unwrap();
     std::fs::create_dir_all(cfg.state_dir()).unwrap();
     let fleet = Fleet::with_sim(sim, &cfg, &cfg.state_dir(), &catalog).unwrap();
@@ -229,9 +238,10 @@ async fn overview(addr: SocketAddr, token: Option<&str>) -> OverviewView {
 async fn the_overview_has_every_gpu_with_its_slices_holders_queue_and_usage() {
     let f = fleet(false).await;
     let o = overview(f.addr, Some(TOKEN)).await;
-    assert_eq!(o.gpus.len(), 3);
+    assert_eq!(o.gpus.len(), 4);
     let modes: Vec<&str> = o.gpus.iter().map(|g| g.gpu.mode.as_str()).collect();
-    assert_eq!(modes, ["mig", "mps", "timeslice"]);
+    assert_eq!(modes, ["mig", "mps", "timeslice", "mig"]);
+    assert!(o.gpus[3].gpu.last_error.as_deref().unwrap().contains("XID"));
     let mig = &o.gpus[0];
     assert_eq!((mig.compute_slots, mig.memory_slots), (7, 8));
     let holder = |lease: Option<u64>| {
@@ -399,7 +409,7 @@ async fn headless_chromium_draws_every_gpu_with_its_slices_and_holders() {
         String::from_utf8_lossy(&out.stderr)
     );
     // Every GPU drawn, each instance at its placement with its holder.
-    for (gpu, mode) in ["mig", "mps", "timeslice"].iter().enumerate() {
+    for (gpu, mode) in ["mig", "mps", "timeslice", "mig"].iter().enumerate() {
         let card = format!("<article class=\"gpu {mode}\" data-gpu=\"{gpu}\">");
         assert!(dom.contains(&card), "{card} missing:\n{dom}");
     }
@@ -453,5 +463,229 @@ async fn headless_chromium_draws_every_gpu_with_its_slices_and_holders() {
             shot.display(),
             String::from_utf8_lossy(&out.stderr)
         );
+    }
+}
+
+/// A scrape's value of `name` with exactly these labels (counters, gauges, untyped).
+fn value(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == name)
+        .filter(|s| {
+            s.labels.len() == labels.len()
+                && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v))
+        })
+        .find_map(|s| match s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => Some(v),
+            _ => None,
+        })
+}
+
+/// How many observations a histogram with these labels holds (its `+Inf` bucket).
+fn observations(
+    scrape: &prometheus_parse::Scrape,
+    name: &str,
+    labels: &[(&str, &str)],
+) -> Option<f64> {
+    scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == name)
+        .filter(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .find_map(|s| match &s.value {
+            prometheus_parse::Value::Histogram(b) => b
+                .iter()
+                .find(|c| c.less_than.is_infinite())
+                .map(|c| c.count),
+            _ => None,
+        })
+}
+
+async fn scrape(addr: SocketAddr) -> (String, prometheus_parse::Scrape) {
+    let (status, _, body) = get(addr, "/metrics", Some(TOKEN)).await;
+    assert_eq!(status, 200, "{body}");
+    let lines = body.lines().map(|l| Ok(l.to_string()));
+    (
+        body.clone(),
+        prometheus_parse::Scrape::parse(lines).unwrap(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_metrics_scrape_parses_with_conventional_names_labels_and_values() {
+    let f = fleet(false).await;
+    let o = overview(f.addr, Some(TOKEN)).await;
+    let (text, s) = scrape(f.addr).await;
+    let v = |name: &str, labels: &[(&str, &str)]| {
+        value(&s, name, labels).unwrap_or_else(|| panic!("no {name} {labels:?} in\n{text}"))
+    };
+    const GIB: f64 = 1024.0 * 1024.0 * 1024.0;
+    // Per slice: each MIG instance by placement, with its holder; free ones with no user.
+    for i in &o.gpus[0].gpu.instances {
+        let slice = format!("{}@{}", i.profile, i.start);
+        let user = i
+            .lease
+            .and_then(|l| o.leases.iter().find(|r| r.id == l))
+            .map(|r| r.user.clone())
+            .unwrap_or_default();
+        let labels = [
+            ("gpu", "0"),
+            ("slice_type", "mig"),
+            ("slice", slice.as_str()),
+            ("user", user.as_str()),
+        ];
+        assert_eq!(
+            v("tessera_slice_allocated", &labels),
+            f64::from(u8::from(i.lease.is_some())),
+            "{slice}"
+        );
+    }
+    assert_eq!(
+        v(
+            "tessera_slice_allocated",
+            &[
+                ("gpu", "2"),
+                ("slice_type", "timeslice"),
+                ("slice", "replica-3"),
+                ("user", "")
+            ]
+        ),
+        0.0
+    );
+    assert_eq!(
+        v(
+            "tessera_slice_memory_bytes",
+            &[
+                ("gpu", "2"),
+                ("slice_type", "timeslice"),
+                ("slice", "replica-0")
+            ]
+        ),
+        (o.gpus[2].total_memory_mib / 4) as f64 * 1024.0 * 1024.0
+    );
+    // Per GPU: memory and compute leased.
+    assert_eq!(
+        v("tessera_gpu_memory_allocated_bytes", &[("gpu", "1")]),
+        24.0 * GIB
+    );
+    assert!((v("tessera_gpu_compute_allocated_ratio", &[("gpu", "1")]) - 0.35).abs() < 1e-9);
+    assert!((v("tessera_gpu_compute_allocated_ratio", &[("gpu", "2")]) - 0.5).abs() < 1e-9);
+    assert!((v("tessera_gpu_compute_allocated_ratio", &[("gpu", "0")]) - 6.0 / 7.0).abs() < 1e-9);
+    assert_eq!(v("tessera_gpu_healthy", &[("gpu", "3")]), 0.0);
+    assert_eq!(v("tessera_gpu_healthy", &[("gpu", "0")]), 1.0);
+    let uuid = o.gpus[1].gpu.uuid.as_str();
+    assert_eq!(
+        v(
+            "tessera_gpu_info",
+            &[
+                ("gpu", "1"),
+                ("uuid", uuid),
+                ("model", "h100-80gb"),
+                ("mode", "mps")
+            ]
+        ),
+        1.0
+    );
+    // Per user.
+    assert_eq!(v("tessera_user_leases_total", &[("user", "carol")]), 3.0);
+    assert_eq!(v("tessera_user_leases_active", &[("user", "alice")]), 2.0);
+    assert_eq!(v("tessera_user_requests_queued", &[("user", "dave")]), 1.0);
+    assert!(v("tessera_user_slice_seconds_total", &[("user", "alice")]) >= 0.0);
+    // Queue, re-partitions, MIG operations, XIDs.
+    assert_eq!(v("tessera_queue_length", &[]), 1.0);
+    assert_eq!(observations(&s, "tessera_wait_seconds", &[]), Some(7.0));
+    assert_eq!(
+        v("tessera_repartitions_total", &[]),
+        o.repartitions_total as f64
+    );
+    assert_eq!(
+        observations(&s, "tessera_repartition_duration_seconds", &[("gpu", "0")]),
+        Some(o.repartitions.len() as f64)
+    );
+    assert!(
+        observations(
+            &s,
+            "tessera_agent_operation_duration_seconds",
+            &[("operation", "create_gi")]
+        )
+        .unwrap()
+            >= 3.0
+    );
+    assert_eq!(
+        v(
+            "tessera_gpu_xid_errors_total",
+            &[("gpu", "3"), ("xid", "79")]
+        ),
+        1.0
+    );
+    // Conventions: counters end in _total, units are base units in the name.
+    for line in text.lines().filter(|l| l.starts_with("# TYPE")) {
+        let parts: Vec<&str> = line.split_whitespace().collect();
+        let (name, kind) = (parts[2], parts[3]);
+        assert!(name.starts_with("tessera_"), "{line}");
+        assert!(
+            !name.contains("milliseconds") && !name.contains("_mib"),
+            "{line}"
+        );
+        if kind == "histogram" {
+            assert!(name.ends_with("_seconds"), "a histogram of seconds: {line}");
+        }
+    }
+}
+
+/// Every metric the Grafana dashboard queries is in a scrape of a daemon with leases.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_grafana_dashboard_queries_only_scraped_metrics() {
+    let f = fleet(false).await;
+    let (_, s) = scrape(f.addr).await;
+    let mut names: std::collections::BTreeSet<String> =
+        s.samples.iter().map(|x| x.metric.clone()).collect();
+    // Histograms come back as one family; their series have these suffixes.
+    for x in s
+        .samples
+        .iter()
+        .filter(|x| matches!(x.value, prometheus_parse::Value::Histogram(_)))
+    {
+        for suffix in ["_bucket", "_sum", "_count"] {
+            names.insert(format!("{}{suffix}", x.metric));
+        }
+    }
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/grafana/tessera.json");
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let mut exprs = Vec::new();
+    collect_exprs(&dashboard, &mut exprs);
+    assert!(exprs.len() >= 8, "the dashboard has panels: {exprs:?}");
+    let mut used = std::collections::BTreeSet::new();
+    for e in &exprs {
+        for word in e.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+            if word.starts_with("tessera_") {
+                used.insert(word.to_string());
+            }
+        }
+    }
+    let missing: Vec<&String> = used.iter().filter(|n| !names.contains(*n)).collect();
+    assert!(
+        missing.is_empty(),
+        "the dashboard queries metrics no scrape has: {missing:?}\nscraped: {names:?}"
+    );
+    assert!(used.len() >= 10, "{used:?}");
+}
+
+fn collect_exprs(v: &serde_json::Value, out: &mut Vec<String>) {
+    match v {
+        serde_json::Value::Object(m) => {
+            for (k, x) in m {
+                match (k.as_str(), x) {
+                    ("expr" | "query", serde_json::Value::String(s)) => out.push(s.clone()),
+                    _ => collect_exprs(x, out),
+                }
+            }
+        }
+        serde_json::Value::Array(a) => a.iter().for_each(|x| collect_exprs(x, out)),
+        _ => {}
     }
 }

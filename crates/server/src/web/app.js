@@ -74,8 +74,10 @@ function migGrid(o, g) {
   const grid = h("div", { class: "grid" });
   grid.style.gridTemplateColumns = "repeat(" + slots + ", minmax(0, 1fr))";
   const covered = new Array(slots).fill(false);
-  g.gpu.instances.forEach((inst, k) => {
-    const span = Math.max(g.instance_slots[k] || 1, 1);
+  // Empty lists are left out of the JSON.
+  const widths = g.instance_slots || [], mems = g.instance_memory_mib || [];
+  (g.gpu.instances || []).forEach((inst, k) => {
+    const span = Math.max(widths[k] || 1, 1);
     for (let s = inst.start; s < Math.min(inst.start + span, slots); s++) covered[s] = true;
     const r = holder(o, inst.lease);
     const cls = "cell instance " + (r ? "held" : (inst.busy ? "busy-unleased" : "free"));
@@ -85,7 +87,7 @@ function migGrid(o, g) {
       title: inst.uuid || null,
     },
       h("div", { class: "name", text: inst.profile + " @" + inst.start }),
-      h("div", { class: "mem muted-on-held", text: mib(g.instance_memory_mib[k] || 0) }),
+      h("div", { class: "mem", text: mib(mems[k] || 0) }),
       r ? holderLines(o, r) : h("div", { text: inst.busy ? "in use (no lease)" : "free" }));
     cell.style.gridColumn = (inst.start + 1) + " / span " + span;
     cell.style.gridRow = "1";
