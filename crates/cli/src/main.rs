@@ -77,6 +77,10 @@ enum Command {
     /// libraries, cgroups, the daemon; each line ok / warn / fail with the fix (exit 1 on a
     /// failure, e.g. no GPU).
     Doctor(cmd::doctor::Args),
+    /// Print the shell completion script (bash, zsh, fish, elvish, powershell).
+    Completion(cmd::completion::Args),
+    /// Print the manual page (roff), or write one per command into a directory.
+    Man(cmd::man::Args),
 }
 
 fn main() -> ExitCode {
@@ -152,5 +156,7 @@ fn run(command: &Command, ctx: &Ctx) -> Result<ExitCode, CliError> {
         Command::Drain(a) => cmd::drain::run(a, ctx),
         Command::Demo(a) => cmd::demo::run(a, ctx),
         Command::Doctor(a) => cmd::doctor::run(a, ctx),
+        Command::Completion(a) => cmd::completion::run(a, ctx),
+        Command::Man(a) => cmd::man::run(a, ctx),
     }
 }
