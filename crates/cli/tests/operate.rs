@@ -83,6 +83,10 @@ fn the_man_pages_come_from_the_cli_definition() {
     for page in ["tessera-run.1", "tessera-agent.1", "tessera-agent-status.1"] {
         assert!(dir.path().join(page).exists(), "{page}");
     }
+    assert!(
+        !dir.path().join("tessera-help.1").exists(),
+        "no page for clap's `help`"
+    );
     if have("groff") {
         let text = Command::new("groff")
             .args(["-man", "-Tutf8"])

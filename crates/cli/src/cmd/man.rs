@@ -43,7 +43,11 @@ fn write_pages(
         source,
     })?;
     written.push(path);
-    for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+    // clap's own `help` subcommand gets no page (each page lists its subcommands).
+    for sub in cmd
+        .get_subcommands()
+        .filter(|s| !s.is_hide_set() && s.get_name() != "help")
+    {
         write_pages(sub, &name, dir, written)?;
     }
     Ok(())
