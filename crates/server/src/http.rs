@@ -304,13 +304,19 @@ async fn layout(
     .into_response())
 }
 
-async fn metrics(State(s): State<AppState>) -> Response {
+async fn metrics(State(s): State<AppState>, mut parts: Parts) -> Response {
+    // Holders (the `user` label) only for callers who may see everyone's: root and admins
+    // (on TCP: the token with an admin `http_uid`), or anyone when the web view is public.
+    let holders = s.daemon.config().web_public
+        || Caller::from_request_parts(&mut parts, &s)
+            .await
+            .is_ok_and(|Caller(who)| who.is_admin());
     let root = Identity::in_process(0, "metrics");
     let text = match crate::web::overview(&s.daemon, &root, false) {
         Ok(overview) => s
             .daemon
             .metrics()
-            .render_with(&crate::metrics::State { overview }),
+            .render_with(&crate::metrics::State { overview, holders }),
         Err(e) => {
             tracing::warn!(
                 "metrics: the daemon's state could not be read: {}",

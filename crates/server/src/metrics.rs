@@ -18,7 +18,10 @@
 //! | `tessera_agent_operation_duration_seconds` | histogram | `operation` | one MIG operation (`create_gi`, `destroy_gi`, `create_ci`) from its journal intent to its outcome |
 //! | `tessera_gpu_xid_errors_total` | counter | `gpu`, `xid` | XID error codes that marked a GPU unhealthy (each code once per GPU and daemon run) |
 //!
-//! Read from the daemon's state at each scrape ([`State`]):
+//! Read from the daemon's state at each scrape ([`State`]). Who holds what (the `user` label)
+//! is shown only to a scraper that may see everyone's leases — root or an admin on the Unix
+//! socket, the bearer token on TCP (with the default `http_uid: 0`), or anyone with
+//! `web_public: true`; others get `user=""` and no `tessera_user_*` series:
 //!
 //! | name | type | labels | meaning |
 //! |---|---|---|---|
@@ -345,6 +348,9 @@ const MIB: f64 = 1024.0 * 1024.0;
 pub struct State {
     /// The overview (GPUs with geometry, leases, per-user usage) as root sees it.
     pub overview: OverviewView,
+    /// Whether the scraper may see who holds what: when not, `tessera_slice_allocated` has
+    /// `user=""` and the `tessera_user_*` series are left out.
+    pub holders: bool,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -394,6 +400,9 @@ impl State {
         let user_seconds = Family::<UserLabel, Counter<f64, AtomicU64>>::default();
         let o = &self.overview;
         let holder = |lease: Option<u64>| -> String {
+            if !self.holders {
+                return String::new();
+            }
             lease
                 .and_then(|l| o.leases.iter().find(|r| r.id == l))
                 .map(|r| r.user.clone())
@@ -482,7 +491,7 @@ impl State {
             mem_alloc.get_or_create(&gl).set(mem_used);
             compute.get_or_create(&gl).set(compute_used);
         }
-        for u in &o.users {
+        for u in o.users.iter().filter(|_| self.holders) {
             let l = UserLabel {
                 user: u.user.clone(),
             };

@@ -519,6 +519,17 @@ async fn the_metrics_scrape_parses_with_conventional_names_labels_and_values() {
     let f = fleet(false).await;
     let o = overview(f.addr, Some(TOKEN)).await;
     let (text, s) = scrape(f.addr).await;
+    // Without the token: the same GPUs and slices, no holders.
+    let (status, _, anon) = get(f.addr, "/metrics", None).await;
+    assert_eq!(status, 200);
+    assert!(
+        anon.contains("tessera_slice_allocated{")
+            && anon.contains("tessera_gpu_memory_allocated_bytes{")
+    );
+    assert!(
+        !anon.contains("alice") && !anon.contains("tessera_user_"),
+        "{anon}"
+    );
     let v = |name: &str, labels: &[(&str, &str)]| {
         value(&s, name, labels).unwrap_or_else(|| panic!("no {name} {labels:?} in\n{text}"))
     };
