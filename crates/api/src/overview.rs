@@ -3,7 +3,9 @@
 //!
 //! The page (`GET /` of `tessera serve --listen`) draws nothing but this document, so any
 //! server that can fill an [`OverviewView`] — the daemon, or a cluster controller with one
-//! entry per node GPU (`node` set) — can serve the same page unchanged.
+//! entry per node GPU (`node` set) — can serve the same page unchanged: the page, its script
+//! and its style sheet are here ([`page_asset`]), with no HTTP dependency, and the script
+//! fetches `v1/overview` relative to the page with the bearer token it was given.
 
 use serde::{Deserialize, Serialize};
 
@@ -96,4 +98,22 @@ pub struct UserUsageView {
     /// Whole seconds of slices held since the state was created (one slice for one second
     /// is 1).
     pub slice_seconds: u64,
+}
+
+/// The web view's page.
+pub const INDEX_HTML: &str = include_str!("web/index.html");
+/// The page's script (plain JavaScript, nothing to fetch but `v1/overview`).
+pub const APP_JS: &str = include_str!("web/app.js");
+/// The page's style sheet.
+pub const STYLE_CSS: &str = include_str!("web/style.css");
+
+/// The web view's file at `path` (`/`, `/index.html`, `/app.js`, `/style.css`): its body and
+/// content type. The files hold no data; serve them without authentication.
+pub fn page_asset(path: &str) -> Option<(&'static str, &'static str)> {
+    Some(match path {
+        "/" | "/index.html" => (INDEX_HTML, "text/html; charset=utf-8"),
+        "/app.js" => (APP_JS, "text/javascript; charset=utf-8"),
+        "/style.css" => (STYLE_CSS, "text/css; charset=utf-8"),
+        _ => return None,
+    })
 }

@@ -2,8 +2,9 @@
 //! GPU's slices, the queue, recent re-partitions and per-user usage, refreshed every two
 //! seconds from `GET /v1/overview`.
 //!
-//! The page, its script and its style sheet are embedded in the binary (`include_str!`; no
-//! build step, no CDN) and hold no data, so they are served to anyone. The data
+//! The page, its script and its style sheet are embedded in the binary (`include_str!` in
+//! `tessera-api`, where another server can take them too; no build step, no CDN) and hold no
+//! data, so they are served to anyone. The data
 //! (`/v1/overview`, an [`OverviewView`]) needs the API's bearer token like every other route —
 //! the page asks for it once and keeps it in the browser's local storage, or takes it from the
 //! address's fragment (`/#token=…`, never sent to the server) — unless the configuration says
@@ -14,7 +15,7 @@ use std::collections::BTreeMap;
 
 use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
-use tessera_api::overview::{OverviewGpu, OverviewView, UserUsageView};
+use tessera_api::overview::{page_asset, OverviewGpu, OverviewView, UserUsageView};
 use tessera_api::wire::{RequestState, Slice};
 
 use crate::daemon::{now_ms, Daemon};
@@ -22,21 +23,10 @@ use crate::error::ApiError;
 use crate::ident::Identity;
 use crate::store::RequestRow;
 
-/// The page.
-pub const INDEX_HTML: &str = include_str!("web/index.html");
-/// The page's script (plain JavaScript, no modules to fetch).
-pub const APP_JS: &str = include_str!("web/app.js");
-/// The page's style sheet.
-pub const STYLE_CSS: &str = include_str!("web/style.css");
-
-/// Answer one of the embedded assets by path (`/`, `/app.js`, `/style.css`).
+/// Answer one of the embedded assets by path (`/`, `/app.js`, `/style.css`), from
+/// [`tessera_api::overview::page_asset`].
 pub fn asset(path: &str) -> Option<Response> {
-    let (body, kind) = match path {
-        "/" | "/index.html" => (INDEX_HTML, "text/html; charset=utf-8"),
-        "/app.js" => (APP_JS, "text/javascript; charset=utf-8"),
-        "/style.css" => (STYLE_CSS, "text/css; charset=utf-8"),
-        _ => return None,
-    };
+    let (body, kind) = page_asset(path)?;
     let mut headers = HeaderMap::new();
     headers.insert(header::CONTENT_TYPE, kind.parse().ok()?);
     headers.insert(header::CACHE_CONTROL, "no-cache".parse().ok()?);
@@ -238,6 +228,7 @@ mod tests {
         );
         assert!(asset("/").is_some());
         assert!(asset("/etc/passwd").is_none());
-        assert!(INDEX_HTML.contains("app.js") && INDEX_HTML.contains("style.css"));
+        let index = tessera_api::overview::INDEX_HTML;
+        assert!(index.contains("app.js") && index.contains("style.css"));
     }
 }
