@@ -28,8 +28,8 @@ pub struct Args {
     /// Default: $TESSERA_SOCKET, else $XDG_RUNTIME_DIR/tessera/tessera.sock, else /tmp/tessera/tessera.sock.
     #[arg(long, value_name = "PATH")]
     pub socket: Option<PathBuf>,
-    /// Also serve the API and /metrics over HTTP on this address (needs a bearer token:
-    /// $TESSERA_TOKEN, or token_file in the config).
+    /// Also serve the API, /metrics and the web view (/) over HTTP on this address (needs a
+    /// bearer token: $TESSERA_TOKEN, or token_file in the config).
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<String>,
     /// YAML configuration (per-GPU modes, scheduler and lease settings); flags override it.
