@@ -590,4 +590,52 @@ mod tests {
             assert!(text.contains(name), "missing `{name}` in\n{text}");
         }
     }
+
+    fn repartition(gpu: u32, at_ms: u64) -> RepartitionView {
+        RepartitionView {
+            gpu,
+            at_ms,
+            took_ms: 5,
+            layout: vec!["7g.80gb@0".into()],
+            destroyed: Vec::new(),
+            created: vec!["7g.80gb@0".into()],
+        }
+    }
+
+    #[test]
+    fn the_newest_repartitions_are_kept_newest_first_and_all_are_counted() {
+        let m = Metrics::new();
+        for n in 0..(RECENT_REPARTITIONS as u64 + 5) {
+            m.repartitioned(repartition((n % 2) as u32, n));
+        }
+        let recent = m.recent_repartitions();
+        assert_eq!(recent.len(), RECENT_REPARTITIONS);
+        assert_eq!(recent[0].at_ms, RECENT_REPARTITIONS as u64 + 4);
+        assert!(recent.windows(2).all(|w| w[0].at_ms > w[1].at_ms));
+        let text = m.render();
+        assert!(text.contains(&format!(
+            "tessera_repartitions_total {}",
+            RECENT_REPARTITIONS + 5
+        )));
+        assert!(
+            text.contains("tessera_repartition_duration_seconds_count{gpu=\"0\"} 13"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn each_xid_code_is_counted_once_per_gpu() {
+        let m = Metrics::new();
+        m.xids(3, [79, 79]);
+        m.xids(3, [79, 48]);
+        m.xids(1, [79]);
+        let text = m.render();
+        for line in [
+            "tessera_gpu_xid_errors_total{gpu=\"3\",xid=\"79\"} 1",
+            "tessera_gpu_xid_errors_total{gpu=\"3\",xid=\"48\"} 1",
+            "tessera_gpu_xid_errors_total{gpu=\"1\",xid=\"79\"} 1",
+        ] {
+            assert!(text.contains(line), "missing `{line}` in\n{text}");
+        }
+    }
 }
