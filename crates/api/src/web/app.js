@@ -88,7 +88,7 @@ function migGrid(o, g) {
     },
       h("div", { class: "name", text: inst.profile + " @" + inst.start }),
       h("div", { class: "mem", text: mib(mems[k] || 0) }),
-      r ? holderLines(o, r) : h("div", { text: inst.busy ? "in use (no lease)" : "free" }));
+      r ? holderLines(o, r) : h("div", { text: inst.busy ? "in use" : "free" }));
     cell.style.gridColumn = (inst.start + 1) + " / span " + span;
     cell.style.gridRow = "1";
     grid.append(cell);
