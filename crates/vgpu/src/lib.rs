@@ -1,7 +1,12 @@
 //! Virtual machines on shared GPUs: NVIDIA vGPU (time-sliced and MIG-backed) on a KVM host.
 //!
 //! - [`catalog`]: the vGPU type catalog (`data/vgpu-types.yaml`), with its consistency rules.
+//! - [`sysfs`]: the file layer ([`sysfs::Sysfs`]), real ([`sysfs::RealFs`]) with errno kept.
+//! - [`host`]: the host backend ([`host::VgpuHost`], [`host::SysfsHost`]): mdev and vendor
+//!   VFIO vGPUs, SR-IOV, AMD partition modes; every write read back, errno mapped.
 
 pub mod catalog;
+pub mod host;
+pub mod sysfs;
 
 pub use catalog::{Backing, Board, CatalogError, Series, VgpuCatalog, VgpuType};
