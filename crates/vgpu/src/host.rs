@@ -307,6 +307,11 @@ pub fn parse_creatable(text: &str) -> Vec<(u32, String)> {
 pub struct SysfsHost<F: Sysfs> {
     fs: F,
     catalog: VgpuCatalog,
+    /// Type ID -> name per GPU, learned from every `creatable_vgpu_types` read: the lists
+    /// shrink as VFs fill (to the header alone on a full card), so an ID seen once is kept.
+    names: std::sync::Mutex<
+        std::collections::BTreeMap<String, std::collections::BTreeMap<u32, String>>,
+    >,
 }
 
 impl<F: Sysfs> fmt::Debug for SysfsHost<F> {
@@ -328,7 +333,11 @@ fn trimmed(s: String) -> String {
 impl<F: Sysfs> SysfsHost<F> {
     /// A host over `fs`, naming types with `catalog`.
     pub fn new(fs: F, catalog: VgpuCatalog) -> SysfsHost<F> {
-        SysfsHost { fs, catalog }
+        SysfsHost {
+            fs,
+            catalog,
+            names: Default::default(),
+        }
     }
 
     /// The file layer.
@@ -381,22 +390,31 @@ impl<F: Sysfs> SysfsHost<F> {
         Ok(out)
     }
 
-    /// Type ID -> name on this card, from every VF's creatable list (vendor VFIO).
+    /// Type ID -> name on this card, from every VF's creatable list now and from the lists
+    /// read before (vendor VFIO). A type no list has shown in this process stays nameless:
+    /// NVML's supported-types call, which does not shrink, would name it (not used here).
     fn vfio_names(&self, gpu: &HostGpu) -> Vec<(u32, String)> {
-        let mut names = Vec::new();
         for vf in &gpu.vfs {
             if let Ok(t) = self
                 .fs
                 .read(&format!("{PCI}/{vf}/nvidia/creatable_vgpu_types"))
             {
-                for (id, n) in parse_creatable(&t) {
-                    if !names.iter().any(|(i, _)| *i == id) {
-                        names.push((id, n));
-                    }
-                }
+                self.learn(&gpu.bdf, &parse_creatable(&t));
             }
         }
+        let names = self.names.lock().unwrap_or_else(|e| e.into_inner());
         names
+            .get(&gpu.bdf)
+            .map(|m| m.iter().map(|(i, n)| (*i, n.clone())).collect())
+            .unwrap_or_default()
+    }
+
+    fn learn(&self, gpu: &str, seen: &[(u32, String)]) {
+        let mut names = self.names.lock().unwrap_or_else(|e| e.into_inner());
+        let m = names.entry(gpu.to_string()).or_default();
+        for (id, n) in seen {
+            m.insert(*id, n.clone());
+        }
     }
 
     fn vgpu_on(&self, gpu: &HostGpu, handle: Handle) -> Result<Option<Vgpu>, HostError> {
@@ -626,7 +644,9 @@ impl<F: Sysfs> VgpuHost for SysfsHost<F> {
                     let text = self
                         .fs
                         .read(&format!("{PCI}/{vf}/nvidia/creatable_vgpu_types"))?;
-                    for (id, name) in parse_creatable(&text) {
+                    let list = parse_creatable(&text);
+                    self.learn(&gpu.bdf, &list);
+                    for (id, name) in list {
                         out.push(Offer {
                             vf: vf.clone(),
                             type_id: id,

@@ -4,9 +4,11 @@
 //! - [`sysfs`]: the file layer ([`sysfs::Sysfs`]), real ([`sysfs::RealFs`]) with errno kept.
 //! - [`host`]: the host backend ([`host::VgpuHost`], [`host::SysfsHost`]): mdev and vendor
 //!   VFIO vGPUs, SR-IOV, AMD partition modes; every write read back, errno mapped.
+//! - [`twin`]: the errno-faithful behaviour model of a vGPU host, renderable as a real tree.
 
 pub mod catalog;
 pub mod host;
 pub mod sysfs;
+pub mod twin;
 
 pub use catalog::{Backing, Board, CatalogError, Series, VgpuCatalog, VgpuType};
