@@ -340,6 +340,27 @@ impl<F: Sysfs> SysfsHost<F> {
         }
     }
 
+    /// The type names learned so far (per GPU: type ID -> name), to keep across runs.
+    pub fn names(
+        &self,
+    ) -> std::collections::BTreeMap<String, std::collections::BTreeMap<u32, String>> {
+        self.names.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Start with type names learned by an earlier run.
+    pub fn with_names(
+        self,
+        names: std::collections::BTreeMap<String, std::collections::BTreeMap<u32, String>>,
+    ) -> Self {
+        *self.names.lock().unwrap_or_else(|e| e.into_inner()) = names;
+        self
+    }
+
+    /// The file layer back.
+    pub fn into_inner(self) -> F {
+        self.fs
+    }
+
     /// The file layer.
     pub fn fs(&self) -> &F {
         &self.fs
@@ -619,7 +640,41 @@ impl<F: Sysfs> VgpuHost for SysfsHost<F> {
     }
 
     fn vgpus(&mut self, gpu: &HostGpu) -> Result<Vec<Vgpu>, HostError> {
-        self.vgpus_of(gpu)
+        let mut out = self.vgpus_of(gpu)?;
+        // A MIG-backed vGPU no list names any more is named by its GPU instance's profile:
+        // the catalog has one type per profile and board.
+        if out
+            .iter()
+            .any(|v| v.type_name.is_none() && v.gi_id.is_some())
+        {
+            let board = gpu
+                .board
+                .as_deref()
+                .and_then(|b| self.catalog.board(b).ok())
+                .cloned();
+            let idx = self.fs.mig_index(&gpu.bdf);
+            let gis = match (idx, self.fs.mig()) {
+                (Some(i), Some(m)) => m.instances(i).unwrap_or_default(),
+                _ => Vec::new(),
+            };
+            for v in out.iter_mut().filter(|v| v.type_name.is_none()) {
+                let profile = gis
+                    .iter()
+                    .find(|g| Some(g.gi_id) == v.gi_id)
+                    .map(|g| g.profile.clone());
+                let name = board.as_ref().zip(profile).and_then(|(b, p)| {
+                    b.types
+                        .iter()
+                        .find(|t| t.mig.as_deref() == Some(p.as_str()))
+                        .map(|t| t.name.clone())
+                });
+                if let Some(n) = name {
+                    self.learn(&gpu.bdf, &[(v.type_id, n.clone())]);
+                    v.type_name = Some(n);
+                }
+            }
+        }
+        Ok(out)
     }
 
     fn offers(&mut self, gpu: &HostGpu) -> Result<Vec<Offer>, HostError> {

@@ -4,10 +4,14 @@
 //! - [`sysfs`]: the file layer ([`sysfs::Sysfs`]), real ([`sysfs::RealFs`]) with errno kept.
 //! - [`host`]: the host backend ([`host::VgpuHost`], [`host::SysfsHost`]): mdev and vendor
 //!   VFIO vGPUs, SR-IOV, AMD partition modes; every write read back, errno mapped.
+//! - [`agent`]: desired vGPUs per GPU, the pure [`agent::plan`], the journaled [`agent::Agent`]
+//!   with roll-forward after a crash; [`journal`]: its intent/outcome journal.
 //! - [`twin`]: the errno-faithful behaviour model of a vGPU host, renderable as a real tree.
 
+pub mod agent;
 pub mod catalog;
 pub mod host;
+pub mod journal;
 pub mod sysfs;
 pub mod twin;
 

@@ -355,6 +355,23 @@ impl Twin {
         });
     }
 
+    /// An independent copy (same state, no faults, counters zero).
+    pub fn fork(&self) -> Twin {
+        Twin {
+            state: self.state.clone(),
+            mig: SimBackend::new(
+                self.mig.state().clone(),
+                self.mig_catalog().clone(),
+                SimConfig::default(),
+            )
+            .expect("a running twin's MIG state is valid"),
+            catalog: self.catalog.clone(),
+            faults: TwinFaults::default(),
+            rng: SplitMix64::new(0),
+            stats: TwinStats::default(),
+        }
+    }
+
     /// The model's state.
     pub fn state(&self) -> &TwinState {
         &self.state
