@@ -77,6 +77,9 @@ enum Command {
     /// libraries, cgroups, the daemon; each line ok / warn / fail with the fix (exit 1 on a
     /// failure, e.g. no GPU).
     Doctor(cmd::doctor::Args),
+    /// NVIDIA vGPUs for VMs on a KVM/Proxmox host (time-sliced and MIG-backed), on the twin by
+    /// default; AMD Instinct partition modes.
+    Vgpu(cmd::vgpu::Args),
 }
 
 fn main() -> ExitCode {
@@ -152,5 +155,6 @@ fn run(command: &Command, ctx: &Ctx) -> Result<ExitCode, CliError> {
         Command::Drain(a) => cmd::drain::run(a, ctx),
         Command::Demo(a) => cmd::demo::run(a, ctx),
         Command::Doctor(a) => cmd::doctor::run(a, ctx),
+        Command::Vgpu(a) => cmd::vgpu::run(a, ctx),
     }
 }

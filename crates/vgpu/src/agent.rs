@@ -955,21 +955,21 @@ impl<'a> Agent<'a> {
         let mut last = String::new();
         for round in 0..self.max_rounds {
             let obs = self.observe(&desired.gpu)?;
-            let board =
-                match obs.gpu.board.as_deref().map(|b| self.catalog.board(b)) {
-                    Some(Ok(b)) => b,
-                    Some(Err(e)) => {
-                        return Ok(ApplyReport {
-                            result: ApplyResult::Refused {
-                                refusal: Refusal::Catalog {
-                                    gpu: desired.gpu.clone(),
-                                    what: e.to_string(),
-                                },
+            let board = match obs.gpu.board.as_deref().map(|b| self.catalog.board(b)) {
+                Some(Ok(b)) => b,
+                Some(Err(e)) => {
+                    return Ok(ApplyReport {
+                        result: ApplyResult::Refused {
+                            refusal: Refusal::Catalog {
+                                gpu: desired.gpu.clone(),
+                                what: e.to_string(),
                             },
-                            ..report
-                        })
-                    }
-                    None => return Ok(ApplyReport {
+                        },
+                        ..report
+                    })
+                }
+                None => {
+                    return Ok(ApplyReport {
                         result: ApplyResult::Refused {
                             refusal: Refusal::Catalog {
                                 gpu: desired.gpu.clone(),
@@ -986,8 +986,9 @@ impl<'a> Agent<'a> {
                             },
                         },
                         ..report
-                    }),
-                };
+                    })
+                }
+            };
             let model = board
                 .mig_model
                 .as_deref()
@@ -1046,6 +1047,129 @@ impl<'a> Agent<'a> {
         })
     }
 
+    /// One op: resolved, journaled, performed, its outcome journaled.
+    fn run_op(&mut self, op: VOp) -> Result<VOp, AgentError> {
+        let op = self.resolve(op)?;
+        let seq = self.journal.intent(&op)?;
+        match self.execute(&op) {
+            Ok(()) => {
+                self.journal.outcome(seq, "done")?;
+                Ok(op)
+            }
+            Err(e) => {
+                self.journal.outcome(seq, &format!("failed: {e}"))?;
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Create one vGPU of `type_name` on GPU `gpu` beside what is there (nothing is
+    /// destroyed): VFs are enabled if none are, and a MIG-backed type gets a GPU instance of
+    /// its profile first when no free one exists. Every write is journaled.
+    pub fn create_one(
+        &mut self,
+        gpu: &str,
+        type_name: &str,
+        at: &Target,
+    ) -> Result<Vgpu, AgentError> {
+        let obs = self.observe(gpu)?;
+        let refuse = |what: String| {
+            AgentError::Host(HostError::Unsupported {
+                what: format!("create {type_name} on GPU {gpu}"),
+                why: what,
+            })
+        };
+        let board = obs.gpu.board.as_deref().ok_or_else(|| {
+            refuse(format!(
+                "PCI device {} is not in the vGPU catalog",
+                obs.gpu.pci_device_id
+            ))
+        })?;
+        let board = self.catalog.board(board).map_err(HostError::from)?;
+        let t = board.vgpu_type(type_name).map_err(HostError::from)?.clone();
+        if t.is_mig_backed() != obs.mig_on {
+            return Err(refuse(format!(
+                "{} needs MIG mode {}, and it is {}",
+                t.name,
+                if t.is_mig_backed() { "on" } else { "off" },
+                if obs.mig_on { "on" } else { "off" }
+            )));
+        }
+        let enable = obs.gpu.vfs.is_empty();
+        if enable {
+            self.run_op(VOp::SetVfs {
+                gpu: gpu.to_string(),
+                count: obs.gpu.total_vfs,
+            })?;
+        }
+        if let Some(profile) = &t.mig {
+            let held: Vec<u32> = obs.vgpus.iter().filter_map(|v| v.gi_id).collect();
+            let gis: Vec<&GiObs> = if enable {
+                Vec::new()
+            } else {
+                obs.gis.iter().collect()
+            };
+            let free = gis
+                .iter()
+                .any(|g| &g.profile == profile && !g.busy && !held.contains(&g.gi_id));
+            if !free {
+                let model = board
+                    .mig_model
+                    .as_deref()
+                    .and_then(|m| tessera_model::Catalog::builtin().get(m))
+                    .ok_or_else(|| refuse("the board has no MIG model".into()))?;
+                let occupied: Vec<Placed> = gis
+                    .iter()
+                    .filter_map(|g| {
+                        model
+                            .profile_named(&g.profile)
+                            .map(|i| Placed::new(i, g.start))
+                    })
+                    .collect();
+                let (p, start) = place_gis(model, &occupied, std::slice::from_ref(profile))
+                    .and_then(|v| v.into_iter().next())
+                    .ok_or_else(|| {
+                        refuse(format!(
+                            "a {profile} GPU instance does not fit beside the instances there"
+                        ))
+                    })?;
+                self.run_op(VOp::CreateGi {
+                    gpu: gpu.to_string(),
+                    profile: p,
+                    start,
+                })?;
+            }
+        }
+        let op = self.run_op(VOp::CreateVgpu {
+            gpu: gpu.to_string(),
+            type_name: t.name.clone(),
+            vf: at.vf.clone(),
+            uuid: at.uuid.clone(),
+        })?;
+        let obs = self.observe(gpu)?;
+        let vf = match &op {
+            VOp::CreateVgpu { vf, .. } => vf.clone(),
+            _ => None,
+        };
+        obs.vgpus
+            .into_iter()
+            .find(|v| {
+                Some(v.handle.vf()) == vf.as_deref()
+                    && v.type_name.as_deref() == Some(t.name.as_str())
+            })
+            .ok_or_else(|| refuse("it did not show after creation".into()))
+    }
+
+    /// Destroy one vGPU no VM holds, journaled.
+    pub fn destroy_one(&mut self, vgpu: &Vgpu) -> Result<(), AgentError> {
+        self.run_op(VOp::DestroyVgpu {
+            gpu: vgpu.gpu.clone(),
+            handle: vgpu.handle.clone(),
+            type_name: vgpu.type_name.clone(),
+        })
+        .map(|_| ())
+    }
+
     /// Fix what the plan leaves to run time: the VF (and mdev UUID) of a counted vGPU.
     fn resolve(&mut self, op: VOp) -> Result<VOp, HostError> {
         let VOp::CreateVgpu {
@@ -1069,7 +1193,11 @@ impl<'a> Agent<'a> {
                     .ok_or_else(|| HostError::NoRoom {
                         gpu: gpu.clone(),
                         type_name: type_name.clone(),
-                        why: "no VF offers it now".into(),
+                        why: crate::host::no_room_why(
+                            &type_name,
+                            &self.host.vgpus(&g).unwrap_or_default(),
+                            None,
+                        ),
                     })?
             }
         };

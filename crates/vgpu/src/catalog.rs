@@ -217,7 +217,7 @@ fn closest(query: &str, known: &[String]) -> Option<String> {
                 k,
             )
         })
-        .filter(|(d, _)| *d <= 3)
+        .filter(|(d, _)| *d <= (query.len() / 3).clamp(1, 3))
         .min()
         .map(|(_, k)| k.clone())
 }

@@ -1017,7 +1017,7 @@ impl<F: Sysfs> VgpuHost for SysfsHost<F> {
 }
 
 /// Why nothing offers `name`, in words: the same-size rule when another size is there.
-fn no_room_why(name: &str, existing: &[Vgpu], vf: Option<&str>) -> String {
+pub fn no_room_why(name: &str, existing: &[Vgpu], vf: Option<&str>) -> String {
     let mut why = match vf {
         Some(vf) => format!("VF {vf} does not offer it now"),
         None => "no VF offers it now".to_string(),

@@ -6,11 +6,14 @@
 //!   VFIO vGPUs, SR-IOV, AMD partition modes; every write read back, errno mapped.
 //! - [`agent`]: desired vGPUs per GPU, the pure [`agent::plan`], the journaled [`agent::Agent`]
 //!   with roll-forward after a crash; [`journal`]: its intent/outcome journal.
+//! - [`integrate`]: Proxmox mappings, `hostpci` lines and hookscript; libvirt `<hostdev>`;
+//!   vGPU owners.
 //! - [`twin`]: the errno-faithful behaviour model of a vGPU host, renderable as a real tree.
 
 pub mod agent;
 pub mod catalog;
 pub mod host;
+pub mod integrate;
 pub mod journal;
 pub mod sysfs;
 pub mod twin;

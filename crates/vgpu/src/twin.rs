@@ -649,12 +649,26 @@ impl Twin {
                 let vfio = g.framework == Framework::VendorVfio;
                 match rest {
                     [] => {
-                        let mut v = vec!["device", "physfn", "vendor"];
+                        let mut v = vec![
+                            "device",
+                            "iommu_group",
+                            "physfn",
+                            "subsystem_device",
+                            "subsystem_vendor",
+                            "vendor",
+                        ];
                         if vfio {
                             v.push("nvidia");
                         }
                         d(&v)
                     }
+                    ["iommu_group"] => Some(Node::Link(format!(
+                        "/sys/kernel/iommu_groups/{}",
+                        100 + 32 * gi + j
+                    ))),
+                    // A placeholder: real VFs show their board's subsystem ID here.
+                    ["subsystem_vendor"] => f("0x10de\n".into()),
+                    ["subsystem_device"] => f("0x0000\n".into()),
                     ["vendor"] => f("0x10de\n".into()),
                     ["device"] => f(format!("{}\n", b.pci_device_ids[0].to_lowercase())),
                     ["physfn"] => Some(Node::Link(format!("/sys/bus/pci/devices/{}", g.bdf))),
