@@ -8,6 +8,8 @@
 //!   with roll-forward after a crash; [`journal`]: its intent/outcome journal.
 //! - [`integrate`]: Proxmox mappings, `hostpci` lines and hookscript; libvirt `<hostdev>`;
 //!   vGPU owners.
+//! - [`placer`]: where new vGPUs go on a host's GPUs (type x count, or frame buffer and
+//!   isolation class), as a desired state for the agent.
 //! - [`twin`]: the errno-faithful behaviour model of a vGPU host, renderable as a real tree.
 
 pub mod agent;
@@ -15,6 +17,7 @@ pub mod catalog;
 pub mod host;
 pub mod integrate;
 pub mod journal;
+pub mod placer;
 pub mod sysfs;
 pub mod twin;
 

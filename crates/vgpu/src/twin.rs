@@ -382,6 +382,11 @@ impl Twin {
         self.mig.state()
     }
 
+    /// The MIG twin, to start processes on instances (tests: containers beside vGPUs).
+    pub fn mig_sim_mut(&mut self) -> &mut SimBackend {
+        &mut self.mig
+    }
+
     /// The counters.
     pub fn stats(&self) -> TwinStats {
         self.stats

@@ -66,6 +66,9 @@ pub enum VgpuCmd {
     Status,
     /// What `apply` would do (nothing is changed); exit 1 when a GPU would be refused.
     Plan(DesiredArgs),
+    /// Place new vGPUs on the host's GPUs (best fit, same-size rule, MIG-backed beside the
+    /// instances there) and write the desired state for `apply`; exit 1 if some do not fit.
+    Place(PlaceArgs),
     /// Take GPUs to the desired vGPUs: keep what matches, destroy what is not wanted (never a
     /// vGPU a VM holds), create what is missing, GPU instances first for MIG-backed types.
     Apply(DesiredArgs),
@@ -101,6 +104,47 @@ pub struct DesiredArgs {
     /// YAML/JSON: `version: 1`, `gpus: [{gpu: BDF, vgpus: [{type: A30-1-6C, count: 2}, {type: A30-2-12C, vf: BDF}]}]`.
     #[arg(long, value_name = "FILE")]
     pub desired: PathBuf,
+}
+
+/// Arguments of `vgpu place`.
+#[derive(Debug, clap::Args)]
+pub struct PlaceArgs {
+    /// `TYPE[:COUNT]` (`A30-1-6C:2`) or `SIZE/guaranteed|burstable[:COUNT]` (`10GiB/guaranteed`:
+    /// the smallest MIG-backed type of at least 10 GiB; `burstable`: time-sliced).
+    #[arg(long = "request", required = true, value_name = "REQUEST")]
+    pub requests: Vec<String>,
+    /// Write the desired state (every GPU that gets a vGPU: what it holds plus the new ones).
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+}
+
+fn parse_request(text: &str) -> Result<tessera_vgpu::placer::VgpuRequest, CliError> {
+    use tessera_vgpu::placer::{Ask, Isolation, VgpuRequest};
+    let (what, count) = match text.rsplit_once(':') {
+        Some((w, n)) => (
+            w,
+            n.parse::<u32>().map_err(|_| {
+                CliError::Usage(format!("`{text}`: the count after `:` must be a number"))
+            })?,
+        ),
+        None => (text, 1),
+    };
+    let ask = match what.split_once('/') {
+        Some((size, class)) => Ask::Size {
+            fb_mib: crate::size::parse_mem(size).map_err(|e| CliError::Usage(e.to_string()))?.mib,
+            isolation: match class {
+                "guaranteed" => Isolation::Guaranteed,
+                "burstable" => Isolation::Burstable,
+                other => {
+                    return Err(CliError::Usage(format!(
+                        "`{other}` is not an isolation class: use guaranteed (MIG-backed) or burstable (time-sliced)"
+                    )))
+                }
+            },
+        },
+        None => Ask::Type { name: what.to_string() },
+    };
+    Ok(VgpuRequest { ask, count })
 }
 
 /// Arguments of `vgpu create`.
@@ -344,6 +388,7 @@ pub fn run(a: &Args, ctx: &Ctx) -> Result<ExitCode, CliError> {
         VgpuCmd::Status => with_host(a, |h| status(h, ctx)),
         VgpuCmd::Plan(d) => with_host(a, |h| plan_cmd(h, d, ctx, cat)),
         VgpuCmd::Apply(d) => with_host(a, |h| apply(a, h, d, ctx, cat)),
+        VgpuCmd::Place(p) => with_host(a, |h| place_cmd(h, p, ctx, cat)),
         VgpuCmd::Create(c) => with_host(a, |h| create(a, h, c, ctx, cat)),
         VgpuCmd::Release(r) => with_host(a, |h| release(a, h, r, ctx, cat)),
         VgpuCmd::Vfs(v) => with_host(a, |h| {
@@ -616,6 +661,58 @@ fn plan_cmd(
         ExitCode::from(1)
     } else {
         ExitCode::SUCCESS
+    })
+}
+
+fn place_cmd(
+    h: &mut dyn VgpuHost,
+    p: &PlaceArgs,
+    ctx: &Ctx,
+    cat: &VgpuCatalog,
+) -> Result<ExitCode, CliError> {
+    let reqs = p
+        .requests
+        .iter()
+        .map(|r| parse_request(r))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut obs = Vec::new();
+    for g in h.gpus().map_err(err)? {
+        obs.push(observe(h, &g.bdf).map_err(err)?);
+    }
+    let placement = tessera_vgpu::placer::place(cat, &obs, &reqs);
+    if let Some(out) = &p.out {
+        let doc = tessera_vgpu::agent::DesiredDoc {
+            version: 1,
+            gpus: placement.gpus.clone(),
+        };
+        let text = serde_yaml_ng::to_string(&doc).map_err(err)?;
+        std::fs::write(out, text).map_err(|e| CliError::io(out, e))?;
+    }
+    emit(ctx.output, &placement, || {
+        let mut s = String::new();
+        for (i, gpu, t) in &placement.placed {
+            s.push_str(&format!("{}: {t} on GPU {gpu}\n", p.requests[*i]));
+        }
+        for u in &placement.unplaced {
+            s.push_str(&format!(
+                "{}: {} not placed: {}\n",
+                p.requests[u.request], u.count, u.why
+            ));
+        }
+        match &p.out {
+            Some(f) => s.push_str(&format!(
+                "desired state written to {}; `tessera vgpu apply --desired {}` makes it so\n",
+                f.display(),
+                f.display()
+            )),
+            None => s.push_str("(--out FILE writes the desired state for `tessera vgpu apply`)\n"),
+        }
+        s
+    })?;
+    Ok(if placement.unplaced.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
     })
 }
 
