@@ -112,7 +112,9 @@ fn sh_quote(s: &str) -> String {
 /// A Proxmox hookscript: at `pre-start` it asks tessera for a `type_name` vGPU on `gpu` (at
 /// `vf`, and on mdev hosts under the UUID qemu-server will look for), owned by `pve:VMID`;
 /// at `post-stop` it releases that VM's vGPUs. Other phases do nothing. `tessera` is the
-/// binary's path and `state_dir` tessera's state directory (journal, owners).
+/// binary's path and `state_dir` tessera's state directory (journal, owners); `mig_backend`
+/// (`nvml`) is passed for MIG-backed types, whose GPU instance tessera may have to create.
+#[allow(clippy::too_many_arguments)]
 pub fn pve_hookscript(
     tessera: &str,
     state_dir: &Path,
@@ -121,7 +123,11 @@ pub fn pve_hookscript(
     vf: &str,
     framework: Framework,
     hostpci_index: u32,
+    mig_backend: Option<&str>,
 ) -> String {
+    let mig = mig_backend
+        .map(|m| format!(" --mig-backend {}", sh_quote(m)))
+        .unwrap_or_default();
     let uuid = match framework {
         Framework::Mdev => {
             format!(" --uuid \"$(printf '%08d-0000-0000-0000-%012d' {hostpci_index} \"$vmid\")\"")
@@ -145,7 +151,7 @@ TYPE={ty}
 VF={vf}
 case "$phase" in
 pre-start)
-    exec "$TESSERA" vgpu --sysfs-root / --state-dir "$STATE" create --gpu "$GPU" --type "$TYPE" --vf "$VF"{uuid} --owner "pve:$vmid"
+    exec "$TESSERA" vgpu --sysfs-root /{mig} --state-dir "$STATE" create --gpu "$GPU" --type "$TYPE" --vf "$VF"{uuid} --owner "pve:$vmid"
     ;;
 post-stop)
     exec "$TESSERA" vgpu --sysfs-root / --state-dir "$STATE" release --owner "pve:$vmid"
@@ -160,6 +166,7 @@ esac
         gpu = sh_quote(gpu),
         ty = sh_quote(type_name),
         vf = sh_quote(vf),
+        mig = mig,
     )
 }
 
@@ -373,6 +380,7 @@ mod tests {
                     "0000:41:00.4",
                     fw,
                     0,
+                    Some("nvml"),
                 ),
             )
             .unwrap();
@@ -400,7 +408,7 @@ mod tests {
                 2,
                 "only pre-start and post-stop call tessera: {calls}"
             );
-            assert!(lines[0].starts_with("vgpu --sysfs-root / --state-dir /var/lib/tessera/vgpu create --gpu 0000:41:00.0 --type A30-1-6C --vf 0000:41:00.4"), "{}", lines[0]);
+            assert!(lines[0].starts_with("vgpu --sysfs-root / --mig-backend nvml --state-dir /var/lib/tessera/vgpu create --gpu 0000:41:00.0 --type A30-1-6C --vf 0000:41:00.4"), "{}", lines[0]);
             assert!(lines[0].ends_with("--owner pve:101"), "{}", lines[0]);
             assert_eq!(
                 lines[0].contains("--uuid 00000000-0000-0000-0000-000000000101"),

@@ -1017,21 +1017,29 @@ fn proxmox(a: &Args, h: &mut dyn VgpuHost, p: &ProxmoxCmd) -> Result<ExitCode, C
                 )));
             }
             let cat = VgpuCatalog::builtin();
-            let ty = match &g.board {
-                Some(b) => cat
-                    .board(b)
-                    .map_err(err)?
-                    .vgpu_type(&v.type_name)
-                    .map_err(|e| CliError::Usage(e.to_string()))?
-                    .name
-                    .clone(),
-                None => v.type_name.clone(),
+            let (ty, mig_backed) = match &g.board {
+                Some(b) => {
+                    let t = cat
+                        .board(b)
+                        .map_err(err)?
+                        .vgpu_type(&v.type_name)
+                        .map_err(|e| CliError::Usage(e.to_string()))?;
+                    (t.name.clone(), t.is_mig_backed())
+                }
+                None => (v.type_name.clone(), false),
             };
             if matches!(p, ProxmoxCmd::Hookscript(_)) {
                 let state =
                     std::path::absolute(&a.state_dir).unwrap_or_else(|_| a.state_dir.clone());
                 print_out(&pve_hookscript(
-                    &v.tessera, &state, &g.bdf, &ty, &v.vf, fw, v.index,
+                    &v.tessera,
+                    &state,
+                    &g.bdf,
+                    &ty,
+                    &v.vf,
+                    fw,
+                    v.index,
+                    mig_backed.then_some("nvml"),
                 ));
             } else {
                 let id = match fw {
