@@ -387,7 +387,7 @@ impl fmt::Display for Refusal {
                 if *mig_on {
                     "ask for MIG-backed types (`<board>-<g>-<N>C`), or disable MIG mode with no instances"
                 } else {
-                    "enable MIG mode first (`tessera agent mig enable`, or `nvidia-smi -i GPU -mig 1`)"
+                    "enable MIG mode first (`tessera agent mig-mode --gpu N --enable`, or `nvidia-smi -i N -mig 1`)"
                 }
             ),
             Refusal::NoPlacement { gpu, profiles } => write!(
