@@ -328,7 +328,12 @@ fn load_names(state: &Path) -> Names {
         .unwrap_or_default()
 }
 
+/// Keep the learned names when they grew (a read-only command on an unchanged host writes
+/// nothing).
 fn save_names(state: &Path, names: &Names) -> Result<(), CliError> {
+    if *names == load_names(state) {
+        return Ok(());
+    }
     std::fs::create_dir_all(state).map_err(|e| CliError::io(state, e))?;
     let p = state.join("vgpu-type-names.json");
     tessera_gpu::sim::write_atomic(
