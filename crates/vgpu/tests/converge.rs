@@ -525,3 +525,44 @@ fn a_vm_held_vgpu_blocks_the_whole_gpu_and_nothing_is_written() {
         "{refusal}"
     );
 }
+
+#[test]
+fn an_explicit_mdev_uuid_is_kept_and_a_wrong_type_at_it_is_replaced() {
+    let mut h = host(new_twin("a30-24gb/mdev"));
+    let bdf = h.gpus().unwrap()[0].bdf.clone();
+    let uuid = "00000000-0000-0000-0000-000000000101";
+    let want = |t: &str| DesiredGpu {
+        gpu: bdf.clone(),
+        vfs: None,
+        mixed_size: false,
+        vgpus: vec![DesiredVgpu {
+            type_name: t.into(),
+            count: None,
+            vf: None,
+            uuid: Some(uuid.into()),
+        }],
+    };
+    let mut j = MemJournal::new();
+    let mut sl = RecordingSleeper::default();
+    let rep = Agent::new(&mut h, &mut j, cat(), &mut sl)
+        .apply_gpu(&want("A30-6C"))
+        .unwrap();
+    assert_eq!(rep.result, ApplyResult::Converged);
+    let g = h.gpus().unwrap().remove(0);
+    let v = h.vgpus(&g).unwrap();
+    assert_eq!(v.len(), 1);
+    assert!(matches!(&v[0].handle, tessera_vgpu::host::Handle::Mdev { uuid: u, .. } if u == uuid));
+    // The same UUID with another type: the old one goes, the new one takes the UUID.
+    let rep = Agent::new(&mut h, &mut j, cat(), &mut sl)
+        .apply_gpu(&want("A30-12C"))
+        .unwrap();
+    assert_eq!(rep.result, ApplyResult::Converged);
+    assert!(
+        matches!(rep.applied[0], VOp::DestroyVgpu { .. }),
+        "{:?}",
+        rep.applied
+    );
+    let v = h.vgpus(&g).unwrap();
+    assert_eq!((v.len(), v[0].type_name.as_deref()), (1, Some("A30-12C")));
+    assert!(matches!(&v[0].handle, tessera_vgpu::host::Handle::Mdev { uuid: u, .. } if u == uuid));
+}
