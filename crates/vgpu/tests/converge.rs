@@ -566,3 +566,19 @@ fn an_explicit_mdev_uuid_is_kept_and_a_wrong_type_at_it_is_replaced() {
     assert_eq!((v.len(), v[0].type_name.as_deref()), (1, Some("A30-12C")));
     assert!(matches!(&v[0].handle, tessera_vgpu::host::Handle::Mdev { uuid: u, .. } if u == uuid));
 }
+
+#[test]
+fn the_plan_is_the_same_for_the_same_input_byte_for_byte() {
+    let mut h = host(new_twin("a30-24gb/mdev/mig"));
+    let bdf = h.gpus().unwrap()[0].bdf.clone();
+    let obs = tessera_vgpu::agent::observe(&mut h, &bdf).unwrap();
+    let board = cat().board("a30-24gb").unwrap();
+    let model = tessera_model::Catalog::builtin().get("a30-24gb");
+    let a = tessera_vgpu::agent::plan(board, model, &mig_desired(&bdf), &obs).unwrap();
+    let b = tessera_vgpu::agent::plan(board, model, &mig_desired(&bdf), &obs.clone()).unwrap();
+    assert_eq!(
+        serde_json::to_string(&a).unwrap(),
+        serde_json::to_string(&b).unwrap()
+    );
+    assert!(!a.is_empty());
+}
