@@ -594,6 +594,17 @@ pub fn plan(
             what: format!("{total} vGPUs asked, the GPU has {vf_count} VFs (one vGPU each)"),
         });
     }
+    if obs.gpu.framework == Some(Framework::VendorVfio) {
+        if let Some((t, ..)) = wanted.iter().find(|w| w.3.is_some()) {
+            return Err(Refusal::Vfs {
+                gpu,
+                what: format!(
+                    "{} is asked under an mdev UUID, but this GPU uses vendor VFIO (no mdevs): name its VF instead",
+                    t.name
+                ),
+            });
+        }
+    }
     for (_, _, vf, _) in &wanted {
         if let Some(vf) = vf {
             if enable.is_none() && !obs.gpu.vfs.contains(vf) {

@@ -582,3 +582,33 @@ fn the_plan_is_the_same_for_the_same_input_byte_for_byte() {
     );
     assert!(!a.is_empty());
 }
+
+#[test]
+fn an_mdev_uuid_on_a_vendor_vfio_gpu_is_refused_in_words() {
+    let mut h = host(new_twin("l40s-48gb"));
+    let bdf = h.gpus().unwrap()[0].bdf.clone();
+    h.set_vfs(&bdf, 2).unwrap();
+    let d = DesiredGpu {
+        gpu: bdf,
+        vfs: None,
+        mixed_size: false,
+        vgpus: vec![DesiredVgpu {
+            type_name: "L40S-24C".into(),
+            count: None,
+            vf: None,
+            uuid: Some("00000000-0000-0000-0000-000000000101".into()),
+        }],
+    };
+    let mut j = MemJournal::new();
+    let mut sl = RecordingSleeper::default();
+    let rep = Agent::new(&mut h, &mut j, cat(), &mut sl)
+        .apply_gpu(&d)
+        .unwrap();
+    let ApplyResult::Refused { refusal } = rep.result else {
+        panic!()
+    };
+    assert!(
+        refusal.to_string().contains("name its VF instead"),
+        "{refusal}"
+    );
+}
