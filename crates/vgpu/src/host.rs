@@ -914,7 +914,9 @@ impl<F: Sysfs> VgpuHost for SysfsHost<F> {
                 (Errno::ERANGE, &format!("{count} is above sriov_totalvfs ({total})"), &format!("ask for at most {total}")),
                 (Errno::EBUSY, &format!("{cur} VFs are enabled (one non-zero count cannot become another), or a vGPU on them is in use"), "set 0 first, which removes every VF and its vGPU, once no VM uses them"),
                 (Errno::ENOENT, "the driver cannot configure SR-IOV on this GPU", "load the NVIDIA vGPU manager, or use NVIDIA's `sriov-manage -e`"),
-                (Errno::EINVAL, "not a count", "give a number"),
+                (Errno::EINVAL, "not a count, or the driver refuses raw writes here", "give a number; on NVIDIA vGPU hosts that refuse raw writes, run `/usr/lib/nvidia/sriov-manage -e BDF` (tessera then finds the VFs and does not write the count)"),
+                    (Errno::EPERM, "the driver refuses raw writes here", "run `/usr/lib/nvidia/sriov-manage -e BDF` instead; tessera then finds the VFs and does not write the count"),
+                    (Errno::EIO, "the driver failed to change the VFs", "retry; NVIDIA's `sriov-manage` retries a transient 'Cannot obtain unbindLock'"),
             ]));
         }
         let read = trimmed(self.fs.read(&path)?);
