@@ -88,6 +88,9 @@ enum Command {
     Completion(cmd::completion::Args),
     /// Print the manual page (roff), or write one per command into a directory.
     Man(cmd::man::Args),
+    /// NVIDIA vGPUs for VMs on a KVM/Proxmox host (time-sliced and MIG-backed), on the twin by
+    /// default; AMD Instinct partition modes.
+    Vgpu(cmd::vgpu::Args),
 }
 
 fn main() -> ExitCode {
@@ -167,5 +170,6 @@ fn run(command: &Command, ctx: &Ctx) -> Result<ExitCode, CliError> {
         Command::K8s(c) => cmd::k8s::run(c, ctx),
         Command::Completion(a) => cmd::completion::run(a, ctx),
         Command::Man(a) => cmd::man::run(a, ctx),
+        Command::Vgpu(a) => cmd::vgpu::run(a, ctx),
     }
 }

@@ -26,3 +26,4 @@ pub mod serve;
 pub mod sim;
 pub mod sim_gpu;
 pub mod status;
+pub mod vgpu;
