@@ -11,6 +11,8 @@
 //!   [`output`] writes CSV files and PNG/SVG plots.
 
 pub mod cluster;
+pub mod frac_report;
+pub mod fractional;
 pub mod frag;
 pub mod mapping;
 pub mod output;

@@ -19,5 +19,6 @@ pub mod ps;
 pub mod run;
 pub mod serve;
 pub mod sim;
+pub mod sim_fractional;
 pub mod sim_gpu;
 pub mod status;
