@@ -67,6 +67,9 @@ pub struct FracSummary {
     /// Seeds in which this policy left fewer unallocated at 100 % than `fgd`, when fgd ran.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub seeds_better_than_fgd: Option<u64>,
+    /// The sliver floor at 100 % arrived (mean over seeds, %): unallocated share no policy that
+    /// places every shared pod can avoid.
+    pub floor_pct_at_100: f64,
     /// The mean curve, 0–130 % arrived.
     pub curve: Vec<FracPoint>,
 }
@@ -86,6 +89,8 @@ pub struct FracRunSummary {
     pub failed_gpu_pods_at_100: u64,
     /// Pods in the arrival sequence.
     pub pods: u64,
+    /// The seed's sliver floor at 100 % arrived, %.
+    pub floor_pct_at_100: f64,
 }
 
 /// The fractional-mode report.
@@ -195,6 +200,7 @@ pub fn run_fractional(
                 paper_allocated_pct_at_130: p.published().map(|x| x.1),
                 unallocated_vs_fgd_pct: vs,
                 seeds_better_than_fgd: better,
+                floor_pct_at_100: r3(mean(&rs.iter().map(|r| r.floor_pct).collect::<Vec<_>>())),
                 curve,
             }
         })
@@ -225,6 +231,7 @@ pub fn run_fractional(
                 allocated_pct_at_130: r3(r.at(MAX_PCT).allocated_pct),
                 failed_gpu_pods_at_100: r.at(100).failed_gpu_pods,
                 pods: r.pods,
+                floor_pct_at_100: r3(r.floor_pct),
             })
             .collect(),
     }

@@ -791,6 +791,8 @@ pub struct FracRun {
     pub failed_cpu_pods: u64,
     /// One point per arrived percentage, 0 to [`MAX_PCT`].
     pub curve: Vec<CurvePoint>,
+    /// The seed's sliver floor at 100 % arrived, % of capacity (see [`sliver_floor_pct`]).
+    pub floor_pct: f64,
 }
 
 impl FracRun {
@@ -931,6 +933,7 @@ pub fn run(ctx: &FracContext, policy: Policy, seed: u64) -> FracRun {
     }
     record(&mut curve, u64::MAX / 200, allocated, failed_gpu);
     FracRun {
+        floor_pct: sliver_floor_pct(ctx, &seq),
         policy,
         seed,
         pods: seq.len() as u64,
@@ -938,6 +941,43 @@ pub fn run(ctx: &FracContext, policy: Policy, seed: u64) -> FracRun {
         failed_cpu_pods: failed_cpu,
         curve,
     }
+}
+
+/// A floor under the unallocated share at 100 % arrived for any policy that places every
+/// shared pod that arrived by then. A pod taking more than half a GPU leaves a *sliver*
+/// (1000 − its share) that only pods smaller than the sliver can use; so for any size t, the
+/// slivers smaller than t, minus everything the pods smaller than t could put into them, stay
+/// free however the pods are placed. The floor is the largest such bound over t, in percent of
+/// the capacity. (On the default pod list, 1,078 pods of 810 milli leave 190-milli slivers and
+/// only ~100 pods are that small.)
+pub fn sliver_floor_pct(ctx: &FracContext, seq: &[usize]) -> f64 {
+    let capacity = ctx.capacity();
+    let (mut arrived, mut slivers, mut small) = (0u64, Vec::new(), Vec::new());
+    for &i in seq {
+        let k = &ctx.kinds[ctx.pods[i] as usize];
+        // The same cut as the curve's 100 % point: the pods before the one that passes it.
+        if arrived + k.total_milli() > capacity {
+            break;
+        }
+        arrived += k.total_milli();
+        if k.is_share() {
+            if 2 * k.milli > MILLI {
+                slivers.push(u64::from(MILLI - k.milli));
+            } else {
+                small.push(u64::from(k.milli));
+            }
+        }
+    }
+    let mut floor = 0u64;
+    let mut sizes: Vec<u64> = slivers.iter().map(|s| s + 1).collect();
+    sizes.sort_unstable();
+    sizes.dedup();
+    for t in sizes {
+        let free: u64 = slivers.iter().filter(|&&x| x < t).sum();
+        let fill: u64 = small.iter().filter(|&&x| x < t).sum();
+        floor = floor.max(free.saturating_sub(fill));
+    }
+    pct(floor, capacity)
 }
 
 /// `part / whole` in percent (0 when `whole` is 0).
@@ -1149,6 +1189,23 @@ n0,16000,65536,2,P100\nn1,96000,393216,8,G2\nn2,64000,262144,4,T4\n";
         let goal = c.capacity() * 13 / 10;
         assert!(total <= goal + 1000 && total + 2000 > goal, "{total}");
         assert_eq!(s, sequence(&c, 3));
+    }
+
+    #[test]
+    fn the_sliver_floor_counts_what_small_pods_cannot_fill() {
+        // 10 GPUs. Four 810 pods leave four 190 slivers; one 150 pod fills part of one; a 300
+        // pod is too large for any sliver; a 600 pod leaves a 400 sliver the 300 pod can use.
+        let mut rows = vec![(1, 1, 1, 810, ""); 4];
+        rows.extend([(1, 1, 1, 150, ""), (1, 1, 1, 300, ""), (1, 1, 1, 600, "")]);
+        let nodes = "sn,cpu_milli,memory_mib,gpu,model\nn0,9000,9000,8,G2\nn1,9000,9000,2,G2\n";
+        let c = FracContext::new(&Trace::parse(nodes, &pods(&rows)).unwrap()).unwrap();
+        let seq: Vec<usize> = (0..c.pods.len()).collect();
+        // t = 191: slivers 4 × 190 = 760, fill 150 → 610; t = 401: slivers 1,160, fill 450 →
+        // 710 milli of 10,000.
+        assert!((sliver_floor_pct(&c, &seq) - 7.1).abs() < 1e-9);
+        // Pods past 100 % arrived do not count.
+        let c2 = FracContext::new(&Trace::parse(nodes, &pods(&rows[..4])).unwrap()).unwrap();
+        assert!((sliver_floor_pct(&c2, &[0, 1, 2, 3]) - 7.6).abs() < 1e-9);
     }
 
     #[test]
