@@ -438,7 +438,8 @@ pub struct NodeState {
 }
 
 impl NodeState {
-    fn new(n: &Node) -> NodeState {
+    /// An idle node.
+    pub fn new_for(n: &Node) -> NodeState {
         NodeState {
             cpu: n.cpu,
             mem: n.mem,
@@ -844,7 +845,7 @@ pub fn run(ctx: &FracContext, policy: Policy, seed: u64) -> FracRun {
     let seq = sequence(ctx, seed);
     // Tie-breaks draw from their own stream, so every policy sees the same arrivals.
     let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x7e55_e7a0_f6d0_0001);
-    let mut state: Vec<NodeState> = ctx.nodes.iter().map(NodeState::new).collect();
+    let mut state: Vec<NodeState> = ctx.nodes.iter().map(NodeState::new_for).collect();
     let nk = ctx.kinds.len();
     // Per (node, kind): None = not computed since the node last changed.
     let mut cache: Vec<Option<Option<Eval>>> = vec![None; state.len() * nk];
@@ -1029,8 +1030,8 @@ n0,16000,65536,2,P100\nn1,96000,393216,8,G2\nn2,64000,262144,4,T4\n";
             (1000, 100_000, 1, 500, ""),
             (1000, 1000, 4, 1000, ""),
         ]);
-        let p100 = NodeState::new(&c.nodes[0]);
-        let t4 = NodeState::new(&c.nodes[2]);
+        let p100 = NodeState::new_for(&c.nodes[0]);
+        let t4 = NodeState::new_for(&c.nodes[2]);
         assert!(p100.fits(&kind(&c, 4000, 1, 500)));
         let spec = c.kinds.iter().find(|k| !k.spec.is_empty()).unwrap();
         assert!(!p100.fits(spec) && t4.fits(spec), "gpu_spec names T4");
@@ -1117,7 +1118,7 @@ n0,16000,65536,2,P100\nn1,96000,393216,8,G2\nn2,64000,262144,4,T4\n";
             (4000, 1000, 0, 0, ""),
         ]);
         let k = kind(&c, 4000, 1, 500);
-        let idle = NodeState::new(&c.nodes[1]);
+        let idle = NodeState::new_for(&c.nodes[1]);
         let mut used = idle.clone();
         used.take(&k, &[3]);
         // Best fit and packing prefer the used node; best fit reuses its half-used GPU.

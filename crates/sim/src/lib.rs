@@ -14,6 +14,7 @@ pub mod cluster;
 pub mod frac_report;
 pub mod fractional;
 pub mod frag;
+pub mod hybrid;
 pub mod mapping;
 pub mod output;
 pub mod planned;

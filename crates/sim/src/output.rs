@@ -15,6 +15,7 @@ use plotters::style::FontStyle;
 
 use crate::frac_report::FracReport;
 use crate::fractional::Policy as FracPolicy;
+use crate::hybrid::HybridReport;
 use crate::policy::PolicyKind;
 use crate::report::{ReplayReport, SaturateReport};
 
@@ -773,4 +774,29 @@ where
     }
     root.present().map_err(text)?;
     Ok(())
+}
+
+/// Write the hybrid summary CSV into `dir`; returns the files written.
+pub fn write_hybrid(report: &HybridReport, dir: &Path) -> Result<Vec<PathBuf>, OutputError> {
+    ensure_dir(dir)?;
+    let mut s = String::from(
+        "policy,isolation_share,allocated_pct_at_100,unallocated_pct_at_100,allocated_pct_at_100_sd,\
+allocated_pct_at_130,failed_pods,mig_gpus,mps_gpus\n",
+    );
+    for p in &report.policies {
+        let _ = writeln!(
+            s,
+            "{},{},{:.3},{:.3},{:.3},{:.3},{:.3},{:.1},{:.1}",
+            p.policy,
+            report.isolation_share,
+            p.allocated_pct_at_100,
+            p.unallocated_pct_at_100,
+            p.allocated_pct_at_100_sd,
+            p.allocated_pct_at_130,
+            p.failed_pods,
+            p.mig_gpus,
+            p.mps_gpus
+        );
+    }
+    Ok(vec![write(dir.join("hybrid_summary.csv"), &s)?])
 }

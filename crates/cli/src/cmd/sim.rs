@@ -28,6 +28,8 @@ pub enum Sharing {
     Mig,
     /// The FGD paper's model: GPU fractions (`gpu_milli`) on the trace's own GPUs.
     Fractional,
+    /// Each GPU MIG (pods that need isolation) or MPS (the rest), chosen when it is idle.
+    Hybrid,
 }
 
 /// Arguments of `tessera sim`.
@@ -51,6 +53,9 @@ pub struct Args {
         default_value = "openb_pod_list_default.csv"
     )]
     pub pod_list: String,
+    /// Hybrid mode: the share of shared pods that need isolation (0 to 1), drawn per pod.
+    #[arg(long, default_value_t = 0.5, value_name = "F")]
+    pub isolation_share: f64,
     /// The MIG model every trace GPU becomes.
     #[arg(long, default_value = "a100-80gb", value_name = "KEY")]
     pub gpu_model: String,
