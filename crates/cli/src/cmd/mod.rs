@@ -24,6 +24,7 @@ pub mod ps;
 pub mod run;
 pub mod serve;
 pub mod sim;
+pub mod sim_fractional;
 pub mod sim_gpu;
 pub mod status;
 pub mod vgpu;
