@@ -50,6 +50,8 @@ mod exact;
 mod explain;
 mod firstfit;
 pub mod gen;
+#[cfg(feature = "ilp")]
+pub mod ilp;
 pub mod input;
 mod memo;
 mod mps;
