@@ -44,6 +44,7 @@
 //! compares the policies with the optimum.
 
 mod check;
+mod columns;
 mod dp;
 mod error;
 mod exact;
