@@ -234,3 +234,18 @@ pub fn contended_quality(
     r.policies = rows;
     Ok(r)
 }
+
+/// Plan with the nos algorithm, its geometry ties broken at random from `seed` (the `nos`
+/// policy uses one fixed seed): for measurements averaged over seeds, as real nos's ties fall
+/// in Go's random map order.
+pub fn nos_seeded(
+    catalog: &Catalog,
+    cluster: &crate::ClusterSpec,
+    requests: &[crate::RequestSpec],
+    seed: u64,
+) -> Result<(crate::Plan, Objective), crate::PlanError> {
+    let opts = PlanOptions::with_policy(Policy::Nos);
+    let p = crate::problem::Problem::new(catalog, cluster, requests, &opts)?;
+    let sol = crate::nos::solve_seeded(&p, seed);
+    Ok((p.to_plan(&sol, Policy::Nos, false), p.objective(&sol)))
+}
