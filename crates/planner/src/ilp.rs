@@ -42,8 +42,8 @@ pub enum IlpError {
     /// The input itself is invalid.
     #[error(transparent)]
     Plan(#[from] PlanError),
-    /// The reference covers MIG only.
-    #[error("the integer-programming reference covers MIG only; {what} (drop non-MIG GPUs and requests from the input)")]
+    /// The reference covers MIG only, without held regions.
+    #[error("the integer-programming reference covers MIG only, without held regions; {what} (leave those out of the input)")]
     NotMig {
         /// What is not MIG.
         what: String,
@@ -92,7 +92,13 @@ pub fn optimum(
         }
     }
     let opts = PlanOptions::with_policy(Policy::Exact);
-    let p = Problem::new(catalog, cluster, requests, &opts)?;
+    let (input, labels) = crate::input::resolve(catalog, cluster, requests)?;
+    if crate::holds::any(&input) {
+        return Err(IlpError::NotMig {
+            what: "the input holds regions, which the reference does not model".into(),
+        });
+    }
+    let p = Problem::new(&input, &opts, Some(cluster), &[])?;
     if let Some((i, _)) = p
         .reqs
         .iter()
@@ -119,7 +125,7 @@ pub fn optimum(
         message: format!("the solution does not make a valid plan: {message}"),
     })?;
     Ok(IlpOptimum {
-        plan: p.to_plan(&sol, Policy::Exact, false),
+        plan: labels.plan(&p, &sol, Policy::Exact, false),
         objective: p.objective(&sol),
         groups: groups.len(),
         columns: groups.iter().map(|g| g.columns.len()).sum(),

@@ -105,7 +105,7 @@ pub(crate) fn solve_seeded(p: &Problem<'_>, seed: u64) -> Solution {
     let nres = np + mps_sizes.len();
     let nk = mps_sizes.len();
 
-    let nodes = p.cluster.nodes.len();
+    let nodes = p.node_order.len();
     // GPUs per node in index order, as snapshot indices.
     let mut node_gpus: Vec<Vec<usize>> = vec![Vec::new(); nodes];
     let mut snap = Snapshot {
@@ -194,9 +194,7 @@ pub(crate) fn solve_seeded(p: &Problem<'_>, seed: u64) -> Solution {
     // 3. Nodes by name.
     if lacking.iter().any(|&l| l > 0) {
         let geometries: Vec<Vec<Counts>> = p.tables.iter().map(allowed_geometries).collect();
-        let mut order: Vec<usize> = (0..nodes).collect();
-        order.sort_by(|&a, &b| p.cluster.nodes[a].name.cmp(&p.cluster.nodes[b].name));
-        for n in order {
+        for &n in &p.node_order {
             if lacking.iter().all(|&l| l <= 0) {
                 break;
             }
@@ -265,8 +263,7 @@ pub(crate) fn solve_seeded(p: &Problem<'_>, seed: u64) -> Solution {
     }
 
     // Bind pods first-fit, as the scheduler would.
-    let mut order: Vec<usize> = (0..nodes).collect();
-    order.sort_by(|&a, &b| p.cluster.nodes[a].name.cmp(&p.cluster.nodes[b].name));
+    let order = &p.node_order;
     let mut held: Vec<u64> = p.mig.iter().map(|g| g.busy).collect();
     let mut room = p.mps_room();
     let mut on_node: Vec<Vec<(crate::GpuMode, usize)>> = vec![Vec::new(); nodes];

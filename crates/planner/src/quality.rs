@@ -244,8 +244,16 @@ pub fn nos_seeded(
     requests: &[crate::RequestSpec],
     seed: u64,
 ) -> Result<(crate::Plan, Objective), crate::PlanError> {
+    use crate::problem::Problem;
     let opts = PlanOptions::with_policy(Policy::Nos);
-    let p = crate::problem::Problem::new(catalog, cluster, requests, &opts)?;
-    let sol = crate::nos::solve_seeded(&p, seed);
-    Ok((p.to_plan(&sol, Policy::Nos, false), p.objective(&sol)))
+    let (input, labels) = crate::input::resolve(catalog, cluster, requests)?;
+    let p = Problem::new(&input, &opts, Some(cluster), &[])?;
+    let sol = if crate::holds::any(&input) {
+        let v = crate::holds::view(&input, &p);
+        let view = Problem::new(&v.input, &opts, Some(cluster), &v.phantoms)?;
+        crate::holds::back(&p, &v, &crate::nos::solve_seeded(&view, seed))
+    } else {
+        crate::nos::solve_seeded(&p, seed)
+    };
+    Ok((labels.plan(&p, &sol, Policy::Nos, false), p.objective(&sol)))
 }
