@@ -1,6 +1,7 @@
-//! `tessera k8s`: the cluster side on Kubernetes — `crd` prints the `TesseraNode` CRD,
-//! `controller` runs the controller (leader election on a Lease), `demo` runs the whole
-//! cluster in-process on simulated GPUs (fake apiserver, controller, node agents).
+//! `tessera k8s`: tessera on Kubernetes — `crd` prints the `TesseraNode` CRD, `controller`
+//! runs the controller (leader election on a Lease), `demo` runs the whole cluster in-process
+//! on simulated GPUs (fake apiserver, controller, node agents), `node` is the per-node process
+//! (`cmd/k8s_node.rs`).
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -21,6 +22,10 @@ pub enum K8sCmd {
     Controller(ControllerArgs),
     /// The whole cluster in one process on simulated GPUs with a scripted mix of pods.
     Demo(DemoArgs),
+    /// The per-node process (privileged DaemonSet): carves the node's slices and serves them to
+    /// the kubelet (DRA and/or device plugins); standalone with --desired FILE, otherwise
+    /// following the node's TesseraNode.
+    Node(crate::cmd::k8s_node::Args),
 }
 
 /// Arguments of `tessera k8s controller`.
@@ -83,6 +88,7 @@ pub fn run(cmd: &K8sCmd, ctx: &Ctx) -> Result<ExitCode, CliError> {
         }
         K8sCmd::Controller(a) => controller(a, ctx),
         K8sCmd::Demo(a) => demo(a, ctx),
+        K8sCmd::Node(a) => crate::cmd::k8s_node::run(a, ctx),
     }
 }
 
