@@ -31,6 +31,9 @@ pub enum K8sCmd {
 /// Arguments of `tessera k8s controller`.
 #[derive(Debug, clap::Args)]
 pub struct ControllerArgs {
+    /// Log format on stderr: `text` (the default) or `json`; `RUST_LOG` sets the levels.
+    #[arg(long, value_enum, default_value_t = crate::cmd::serve::LogFormat::Text, value_name = "FORMAT")]
+    pub log_format: crate::cmd::serve::LogFormat,
     /// Namespace of the leader-election Lease.
     #[arg(long, env = "POD_NAMESPACE", default_value = "tessera-system")]
     pub lease_namespace: String,
@@ -93,6 +96,7 @@ pub fn run(cmd: &K8sCmd, ctx: &Ctx) -> Result<ExitCode, CliError> {
 }
 
 fn controller(a: &ControllerArgs, ctx: &Ctx) -> Result<ExitCode, CliError> {
+    crate::cmd::serve::init_logging(a.log_format);
     let policy: Policy = a
         .policy
         .parse()
