@@ -44,6 +44,43 @@ pub enum ClientError {
     /// The answer could not be understood.
     #[error("unexpected answer from the daemon: {0}")]
     Protocol(String),
+    /// The answer is not a well-formed HTTP/1.1 response.
+    #[error("unexpected answer from the daemon: {0}")]
+    Response(#[source] ResponseError),
+}
+
+/// Why bytes read from the daemon are not an HTTP/1.1 response.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ResponseError {
+    /// No blank line ends the headers.
+    #[error("no end of headers")]
+    NoEndOfHeaders,
+    /// The headers are not UTF-8.
+    #[error("headers are not UTF-8")]
+    HeadersNotUtf8,
+    /// Nothing before the headers' end.
+    #[error("no status line")]
+    NoStatusLine,
+    /// The status line has no numeric status.
+    #[error("bad status line `{0}`")]
+    BadStatusLine(String),
+    /// A chunk size line is cut off.
+    #[error("truncated chunk size")]
+    TruncatedChunkSize,
+    /// A chunk size is not hexadecimal.
+    #[error("bad chunk size `{0}`")]
+    BadChunkSize(String),
+    /// A chunk is shorter than its size.
+    #[error("truncated chunk")]
+    TruncatedChunk,
+    /// The body is shorter than its Content-Length.
+    #[error("body has {have} of {want} bytes")]
+    ShortBody {
+        /// Bytes read.
+        have: usize,
+        /// Content-Length.
+        want: usize,
+    },
 }
 
 fn connect_hint(e: &std::io::Error) -> &'static str {
@@ -132,7 +169,7 @@ impl Client {
             if buf.is_empty() {
                 io("the daemon closed the connection".into())
             } else {
-                ClientError::Protocol(e)
+                ClientError::Response(e)
             }
         })
     }
@@ -276,19 +313,19 @@ impl Client {
 }
 
 /// Parse an HTTP/1.1 response: status line, headers, body (Content-Length, chunked, or to EOF).
-pub fn parse_response(buf: &[u8]) -> Result<RawResponse, String> {
+pub fn parse_response(buf: &[u8]) -> Result<RawResponse, ResponseError> {
     let end = buf
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
-        .ok_or("no end of headers")?;
-    let head = std::str::from_utf8(&buf[..end]).map_err(|_| "headers are not UTF-8")?;
+        .ok_or(ResponseError::NoEndOfHeaders)?;
+    let head = std::str::from_utf8(&buf[..end]).map_err(|_| ResponseError::HeadersNotUtf8)?;
     let mut lines = head.split("\r\n");
-    let status_line = lines.next().ok_or("no status line")?;
+    let status_line = lines.next().ok_or(ResponseError::NoStatusLine)?;
     let status: u16 = status_line
         .split_whitespace()
         .nth(1)
         .and_then(|s| s.parse().ok())
-        .ok_or_else(|| format!("bad status line `{status_line}`"))?;
+        .ok_or_else(|| ResponseError::BadStatusLine(status_line.to_string()))?;
     let mut chunked = false;
     let mut length: Option<usize> = None;
     for l in lines {
@@ -310,18 +347,19 @@ pub fn parse_response(buf: &[u8]) -> Result<RawResponse, String> {
             let line_end = rest[pos..]
                 .windows(2)
                 .position(|w| w == b"\r\n")
-                .ok_or("truncated chunk size")?
+                .ok_or(ResponseError::TruncatedChunkSize)?
                 + pos;
-            let size_text =
-                std::str::from_utf8(&rest[pos..line_end]).map_err(|_| "bad chunk size")?;
+            let size_text = std::str::from_utf8(&rest[pos..line_end]).map_err(|_| {
+                ResponseError::BadChunkSize(String::from_utf8_lossy(&rest[pos..line_end]).into())
+            })?;
             let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)
-                .map_err(|_| format!("bad chunk size `{size_text}`"))?;
+                .map_err(|_| ResponseError::BadChunkSize(size_text.to_string()))?;
             pos = line_end + 2;
             if size == 0 {
                 break;
             }
             if pos + size > rest.len() {
-                return Err("truncated chunk".into());
+                return Err(ResponseError::TruncatedChunk);
             }
             out.extend_from_slice(&rest[pos..pos + size]);
             pos += size + 2;
@@ -329,7 +367,10 @@ pub fn parse_response(buf: &[u8]) -> Result<RawResponse, String> {
         out
     } else if let Some(n) = length {
         if rest.len() < n {
-            return Err(format!("body has {} of {n} bytes", rest.len()));
+            return Err(ResponseError::ShortBody {
+                have: rest.len(),
+                want: n,
+            });
         }
         rest[..n].to_vec()
     } else {

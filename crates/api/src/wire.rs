@@ -422,32 +422,79 @@ fn split_number(text: &str) -> Option<(f64, &str)> {
     Some((num.parse().ok()?, unit.trim()))
 }
 
+/// A size or duration that does not parse, with the form to write instead.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ValueError {
+    /// No number at the start of a size.
+    #[error("`{text}` is not a size; write e.g. 12GiB or 512MiB")]
+    NotASize {
+        /// The text given.
+        text: String,
+    },
+    /// A size's unit is not a memory unit.
+    #[error("`{text}`: unknown unit `{unit}`; use MiB or GiB (e.g. 12GiB)")]
+    SizeUnit {
+        /// The text given.
+        text: String,
+        /// Its unit.
+        unit: String,
+    },
+    /// A size below 1 MiB or absurdly large.
+    #[error("`{text}` is out of range; give at least 1MiB")]
+    SizeRange {
+        /// The text given.
+        text: String,
+    },
+    /// No number at the start of a duration.
+    #[error("`{text}` is not a duration; write e.g. 30s, 5m or 2h")]
+    NotADuration {
+        /// The text given.
+        text: String,
+    },
+    /// A duration's unit is not a time unit.
+    #[error("`{text}`: unknown unit `{unit}`; use ms, s, m, h or d")]
+    DurationUnit {
+        /// The text given.
+        text: String,
+        /// Its unit.
+        unit: String,
+    },
+    /// A negative or absurdly large duration.
+    #[error("`{text}` is out of range")]
+    DurationRange {
+        /// The text given.
+        text: String,
+    },
+}
+
 /// Parse a memory size: `12GiB`, `12G`, `12gb`, `512MiB`, `512M`, `1.5GiB`, or a bare number
 /// of MiB. Units are binary (`G` = GiB).
-pub fn parse_size_mib(text: &str) -> Result<u64, String> {
-    let (value, unit) = split_number(text)
-        .ok_or_else(|| format!("`{text}` is not a size; write e.g. 12GiB or 512MiB"))?;
+pub fn parse_size_mib(text: &str) -> Result<u64, ValueError> {
+    let owned = || text.to_string();
+    let (value, unit) = split_number(text).ok_or_else(|| ValueError::NotASize { text: owned() })?;
     let factor = match unit.to_ascii_lowercase().as_str() {
         "" | "m" | "mb" | "mi" | "mib" => 1.0,
         "g" | "gb" | "gi" | "gib" => 1024.0,
         "t" | "tb" | "ti" | "tib" => 1024.0 * 1024.0,
         other => {
-            return Err(format!(
-                "`{text}`: unknown unit `{other}`; use MiB or GiB (e.g. 12GiB)"
-            ))
+            return Err(ValueError::SizeUnit {
+                text: owned(),
+                unit: other.to_string(),
+            })
         }
     };
     let mib = (value * factor).ceil();
     if !(1.0..=1e12).contains(&mib) {
-        return Err(format!("`{text}` is out of range; give at least 1MiB"));
+        return Err(ValueError::SizeRange { text: owned() });
     }
     Ok(mib as u64)
 }
 
 /// Parse a duration: `250ms`, `30s`, `5m`, `2h`, `1d`, or a bare number of seconds.
-pub fn parse_duration_ms(text: &str) -> Result<u64, String> {
-    let (value, unit) = split_number(text)
-        .ok_or_else(|| format!("`{text}` is not a duration; write e.g. 30s, 5m or 2h"))?;
+pub fn parse_duration_ms(text: &str) -> Result<u64, ValueError> {
+    let owned = || text.to_string();
+    let (value, unit) =
+        split_number(text).ok_or_else(|| ValueError::NotADuration { text: owned() })?;
     let factor = match unit {
         "ms" => 1.0,
         "" | "s" => 1000.0,
@@ -455,14 +502,15 @@ pub fn parse_duration_ms(text: &str) -> Result<u64, String> {
         "h" => 3_600_000.0,
         "d" => 86_400_000.0,
         other => {
-            return Err(format!(
-                "`{text}`: unknown unit `{other}`; use ms, s, m, h or d"
-            ))
+            return Err(ValueError::DurationUnit {
+                text: owned(),
+                unit: other.to_string(),
+            })
         }
     };
     let ms = value * factor;
     if !(0.0..=1e15).contains(&ms) {
-        return Err(format!("`{text}` is out of range"));
+        return Err(ValueError::DurationRange { text: owned() });
     }
     Ok(ms.round() as u64)
 }
@@ -505,6 +553,7 @@ mod tests {
         assert_eq!(parse_size_mib("100").unwrap(), 100);
         assert!(parse_size_mib("12 parsecs")
             .unwrap_err()
+            .to_string()
             .contains("unknown unit"));
         assert!(parse_size_mib("GiB").is_err());
         assert!(parse_size_mib("0").is_err());

@@ -19,7 +19,8 @@ pub mod sim;
 use std::path::PathBuf;
 
 pub use backend::{
-    ComputeInstance, ComputeMode, GpuBackend, GpuEvent, GpuInfo, GpuInstance, IdleInstance, MigMode,
+    Capabilities, ComputeInstance, ComputeMode, GpuBackend, GpuEvent, GpuInfo, GpuInstance,
+    HeldInstance, IdleInstance, MigMode,
 };
 pub use error::GpuError;
 pub use health::{Health, HealthTracker};
@@ -37,18 +38,28 @@ pub enum BackendSpec {
     Sim(PathBuf),
 }
 
+/// A backend name that is neither `nvml` nor `sim:STATE`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "unknown backend `{text}`; use `nvml` or `sim:STATE` (a file made by `tessera sim-gpu init`)"
+)]
+pub struct UnknownBackend {
+    /// The text given.
+    pub text: String,
+}
+
 impl BackendSpec {
     /// Parse `nvml` or `sim:PATH`.
-    pub fn parse(text: &str) -> Result<BackendSpec, String> {
+    pub fn parse(text: &str) -> Result<BackendSpec, UnknownBackend> {
         let t = text.trim();
         if t == "nvml" {
             return Ok(BackendSpec::Nvml);
         }
         match t.strip_prefix("sim:") {
             Some(p) if !p.is_empty() => Ok(BackendSpec::Sim(PathBuf::from(p))),
-            _ => Err(format!(
-                "unknown backend `{text}`; use `nvml` or `sim:STATE` (a file made by `tessera sim-gpu init`)"
-            )),
+            _ => Err(UnknownBackend {
+                text: text.to_string(),
+            }),
         }
     }
 }
@@ -91,7 +102,7 @@ mod tests {
             BackendSpec::Sim("/tmp/m.json".into())
         );
         let e = BackendSpec::parse("sim:").unwrap_err();
-        assert!(e.contains("sim:STATE"), "{e}");
+        assert!(e.to_string().contains("sim:STATE"), "{e}");
         assert!(BackendSpec::parse("cuda").is_err());
     }
 }

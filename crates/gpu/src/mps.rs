@@ -57,6 +57,17 @@ pub enum MpsError {
         /// What went wrong.
         detail: String,
     },
+    /// The control daemon could not be started or did not answer a command.
+    #[error("MPS `{command}` for {target}: {source}")]
+    Runner {
+        /// The target (`gpu0`).
+        target: String,
+        /// The command sent (`-d` for the start).
+        command: String,
+        /// Why.
+        #[source]
+        source: RunnerError,
+    },
     /// A file or directory under the state directory.
     #[error("{}: {source}", .path.display())]
     Io {
@@ -198,9 +209,54 @@ pub struct StopReport {
 pub trait MpsRunner: Send {
     /// Start the daemon (`nvidia-cuda-mps-control -d`) with these extra environment variables,
     /// and return once it accepts commands (its control socket exists).
-    fn start_daemon(&mut self, env: &BTreeMap<String, String>) -> Result<(), String>;
+    fn start_daemon(&mut self, env: &BTreeMap<String, String>) -> Result<(), RunnerError>;
     /// Send one command line to the daemon of `env`'s pipe directory; returns its reply.
-    fn send(&mut self, env: &BTreeMap<String, String>, command: &str) -> Result<String, String>;
+    fn send(
+        &mut self,
+        env: &BTreeMap<String, String>,
+        command: &str,
+    ) -> Result<String, RunnerError>;
+}
+
+/// Why an [`MpsRunner`] could not start the daemon or get a command answered.
+#[derive(Debug, thiserror::Error)]
+pub enum RunnerError {
+    /// The control binary is not installed (not on `PATH`, or the path given does not exist).
+    #[error("{source}")]
+    NotFound {
+        /// What the OS said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The control binary exists but could not be started.
+    #[error("cannot run {}: {source}", .binary.display())]
+    Spawn {
+        /// The binary.
+        binary: PathBuf,
+        /// What the OS said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The command could not be sent (its input pipe closed).
+    #[error("cannot write the command: {source}")]
+    Write {
+        /// What the OS said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A file of the simulated daemon could not be written.
+    #[error("{}: {source}", .path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// What the OS said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The daemon or its client refused, failed or did not answer in time; the detail names
+    /// what happened (exit status and its error output, the timeout, the control log's tail).
+    #[error("{0}")]
+    Failed(String),
 }
 
 /// Runs the real `nvidia-cuda-mps-control`.
@@ -230,18 +286,29 @@ impl Default for ProcessRunner {
     }
 }
 
+/// Why waiting for a child process ended without its exit status.
+#[derive(Debug, thiserror::Error)]
+enum WaitError {
+    /// The deadline passed; the child was killed.
+    #[error("no answer in time; killed it")]
+    Timeout,
+    /// The OS refused the wait.
+    #[error("cannot wait for it: {0}")]
+    Wait(#[source] std::io::Error),
+}
+
 /// Wait for `child` until `deadline`; kill it (and reap it) when the deadline passes.
-fn wait_until(child: &mut Child, deadline: Instant) -> Result<ExitStatus, String> {
+fn wait_until(child: &mut Child, deadline: Instant) -> Result<ExitStatus, WaitError> {
     loop {
         match child.try_wait() {
             Ok(Some(st)) => return Ok(st),
             Ok(None) if Instant::now() >= deadline => {
                 let _ = child.kill();
                 let _ = child.wait();
-                return Err("no answer in time; killed it".into());
+                return Err(WaitError::Timeout);
             }
             Ok(None) => std::thread::sleep(Duration::from_millis(10)),
-            Err(e) => return Err(format!("cannot wait for it: {e}")),
+            Err(e) => return Err(WaitError::Wait(e)),
         }
     }
 }
@@ -263,17 +330,20 @@ fn log_tail(env: &BTreeMap<String, String>) -> String {
 }
 
 impl ProcessRunner {
-    fn spawn_err(&self, e: std::io::Error) -> String {
-        if e.kind() == std::io::ErrorKind::NotFound {
-            format!("not-found: {e}")
+    fn spawn_err(&self, source: std::io::Error) -> RunnerError {
+        if source.kind() == std::io::ErrorKind::NotFound {
+            RunnerError::NotFound { source }
         } else {
-            format!("cannot run {}: {e}", self.binary.display())
+            RunnerError::Spawn {
+                binary: self.binary.clone(),
+                source,
+            }
         }
     }
 }
 
 impl MpsRunner for ProcessRunner {
-    fn start_daemon(&mut self, env: &BTreeMap<String, String>) -> Result<(), String> {
+    fn start_daemon(&mut self, env: &BTreeMap<String, String>) -> Result<(), RunnerError> {
         let deadline = Instant::now() + self.timeout;
         // Null stdio: the forked daemon inherits these, so pipes would never close.
         let mut child = Command::new(&self.binary)
@@ -284,10 +354,13 @@ impl MpsRunner for ProcessRunner {
             .stderr(Stdio::null())
             .spawn()
             .map_err(|e| self.spawn_err(e))?;
-        let status =
-            wait_until(&mut child, deadline).map_err(|e| format!("`-d`: {e}{}", log_tail(env)))?;
+        let status = wait_until(&mut child, deadline)
+            .map_err(|e| RunnerError::Failed(format!("`-d`: {e}{}", log_tail(env))))?;
         if !status.success() {
-            return Err(format!("`-d` exited with {status}{}", log_tail(env)));
+            return Err(RunnerError::Failed(format!(
+                "`-d` exited with {status}{}",
+                log_tail(env)
+            )));
         }
         let Some(pipe) = env.get("CUDA_MPS_PIPE_DIRECTORY") else {
             return Ok(());
@@ -295,19 +368,23 @@ impl MpsRunner for ProcessRunner {
         let socket = Path::new(pipe).join("control");
         while !socket.exists() {
             if Instant::now() >= deadline {
-                return Err(format!(
+                return Err(RunnerError::Failed(format!(
                     "the daemon's control socket {} did not appear within {:?}{}",
                     socket.display(),
                     self.timeout,
                     log_tail(env)
-                ));
+                )));
             }
             std::thread::sleep(Duration::from_millis(20));
         }
         Ok(())
     }
 
-    fn send(&mut self, env: &BTreeMap<String, String>, command: &str) -> Result<String, String> {
+    fn send(
+        &mut self,
+        env: &BTreeMap<String, String>,
+        command: &str,
+    ) -> Result<String, RunnerError> {
         let deadline = Instant::now() + self.timeout;
         let mut child = Command::new(&self.binary)
             .envs(env)
@@ -317,7 +394,7 @@ impl MpsRunner for ProcessRunner {
             .spawn()
             .map_err(|e| self.spawn_err(e))?;
         if let Some(mut stdin) = child.stdin.take() {
-            writeln!(stdin, "{command}").map_err(|e| format!("cannot write the command: {e}"))?;
+            writeln!(stdin, "{command}").map_err(|source| RunnerError::Write { source })?;
         }
         let read = |pipe: Option<Box<dyn std::io::Read + Send>>| {
             std::thread::spawn(move || {
@@ -330,14 +407,21 @@ impl MpsRunner for ProcessRunner {
         };
         let out = read(child.stdout.take().map(|p| Box::new(p) as _));
         let err = read(child.stderr.take().map(|p| Box::new(p) as _));
-        let status = wait_until(&mut child, deadline)
-            .map_err(|e| format!("the control client: {e} (after {:?})", self.timeout))?;
+        let status = wait_until(&mut child, deadline).map_err(|e| {
+            RunnerError::Failed(format!(
+                "the control client: {e} (after {:?})",
+                self.timeout
+            ))
+        })?;
         let out = out.join().unwrap_or_default();
         let err = err.join().unwrap_or_default();
         if status.success() {
             Ok(out.trim().to_string())
         } else {
-            Err(format!("exit {status}: {}", err.trim()))
+            Err(RunnerError::Failed(format!(
+                "exit {status}: {}",
+                err.trim()
+            )))
         }
     }
 }
@@ -378,35 +462,44 @@ impl SimRunner {
             .unwrap_or_default()
     }
 
-    fn write(pipe_dir: &Path, d: &SimDaemon) -> Result<(), String> {
+    fn write(pipe_dir: &Path, d: &SimDaemon) -> Result<(), RunnerError> {
         let text = serde_json::to_string_pretty(d).expect("serializes");
-        write_atomic(&Self::file(pipe_dir), text.as_bytes()).map_err(|e| e.to_string())
+        let path = Self::file(pipe_dir);
+        write_atomic(&path, text.as_bytes()).map_err(|source| RunnerError::Io { path, source })
     }
 
-    fn pipe(env: &BTreeMap<String, String>) -> Result<PathBuf, String> {
+    fn pipe(env: &BTreeMap<String, String>) -> Result<PathBuf, RunnerError> {
         env.get("CUDA_MPS_PIPE_DIRECTORY")
             .map(PathBuf::from)
-            .ok_or_else(|| "CUDA_MPS_PIPE_DIRECTORY is not set".to_string())
+            .ok_or_else(|| RunnerError::Failed("CUDA_MPS_PIPE_DIRECTORY is not set".into()))
     }
 }
 
 impl MpsRunner for SimRunner {
-    fn start_daemon(&mut self, env: &BTreeMap<String, String>) -> Result<(), String> {
+    fn start_daemon(&mut self, env: &BTreeMap<String, String>) -> Result<(), RunnerError> {
         let pipe = Self::pipe(env)?;
         let mut d = Self::read(&pipe);
         if d.running {
-            return Err("an MPS control daemon is already running on this pipe directory".into());
+            return Err(RunnerError::Failed(
+                "an MPS control daemon is already running on this pipe directory".into(),
+            ));
         }
         d.running = true;
         d.env = env.clone();
         Self::write(&pipe, &d)
     }
 
-    fn send(&mut self, env: &BTreeMap<String, String>, command: &str) -> Result<String, String> {
+    fn send(
+        &mut self,
+        env: &BTreeMap<String, String>,
+        command: &str,
+    ) -> Result<String, RunnerError> {
         let pipe = Self::pipe(env)?;
         let mut d = Self::read(&pipe);
         if !d.running {
-            return Err("cannot connect to the MPS control daemon (not running)".into());
+            return Err(RunnerError::Failed(
+                "cannot connect to the MPS control daemon (not running)".into(),
+            ));
         }
         d.commands.push(command.to_string());
         let words: Vec<&str> = command.split_whitespace().collect();
@@ -417,7 +510,9 @@ impl MpsRunner for SimRunner {
                 String::new()
             }
             ["set_default_active_thread_percentage", p] => {
-                let v: u8 = p.parse().map_err(|_| format!("bad percentage `{p}`"))?;
+                let v: u8 = p
+                    .parse()
+                    .map_err(|_| RunnerError::Failed(format!("bad percentage `{p}`")))?;
                 d.default_active_thread_percentage = Some(v);
                 v.to_string()
             }
@@ -426,7 +521,9 @@ impl MpsRunner for SimRunner {
                 .map(|v| format!("{v}.0"))
                 .unwrap_or_else(|| "100.0".into()),
             ["set_default_device_pinned_mem_limit", dev, limit] => {
-                let dev: u32 = dev.parse().map_err(|_| format!("bad device `{dev}`"))?;
+                let dev: u32 = dev
+                    .parse()
+                    .map_err(|_| RunnerError::Failed(format!("bad device `{dev}`")))?;
                 d.default_pinned_mem_limit.insert(dev, limit.to_string());
                 String::new()
             }
@@ -443,9 +540,9 @@ impl MpsRunner for SimRunner {
                     .map(u32::to_string)
                     .collect::<Vec<_>>()
                     .join("\n"),
-                _ => return Err(format!("no MPS server with PID {pid}")),
+                _ => return Err(RunnerError::Failed(format!("no MPS server with PID {pid}"))),
             },
-            _ => return Err(format!("unknown command `{command}`")),
+            _ => return Err(RunnerError::Failed(format!("unknown command `{command}`"))),
         };
         Self::write(&pipe, &d)?;
         Ok(reply)
@@ -555,19 +652,19 @@ impl MpsControl {
         let env = self.daemon_env(target);
         self.runner
             .send(&env, command)
-            .map_err(|detail| self.command_err(target, command, detail))
+            .map_err(|source| self.command_err(target, command, source))
     }
 
-    fn command_err(&self, target: &MpsTarget, command: &str, detail: String) -> MpsError {
-        match detail.strip_prefix("not-found: ") {
-            Some(d) => MpsError::BinaryNotFound {
+    fn command_err(&self, target: &MpsTarget, command: &str, source: RunnerError) -> MpsError {
+        match source {
+            RunnerError::NotFound { source } => MpsError::BinaryNotFound {
                 binary: MPS_CONTROL_BINARY.into(),
-                detail: d.into(),
+                detail: source.to_string(),
             },
-            None => MpsError::Command {
+            source => MpsError::Runner {
                 target: target.name(),
                 command: command.into(),
-                detail,
+                source,
             },
         }
     }
@@ -635,8 +732,8 @@ impl MpsControl {
             self.save(&st)?;
         }
         let env = self.daemon_env(target);
-        if let Err(detail) = self.runner.start_daemon(&env) {
-            let err = self.command_err(target, "-d", detail);
+        if let Err(source) = self.runner.start_daemon(&env) {
+            let err = self.command_err(target, "-d", source);
             if let (Some(prev), Some(b)) = (st.previous_compute_mode, backend) {
                 let _ = write_mode(b, target, prev);
             }
@@ -726,7 +823,9 @@ impl MpsControl {
         let quit_error = if st.running {
             match self.send(target, "quit") {
                 Ok(_) => None,
-                Err(MpsError::BinaryNotFound { .. }) | Err(MpsError::Command { .. }) => {
+                Err(MpsError::BinaryNotFound { .. })
+                | Err(MpsError::Command { .. })
+                | Err(MpsError::Runner { .. }) => {
                     Some("quit failed; the daemon may have exited already".to_string())
                 }
                 Err(e) => return Err(e),
@@ -1062,7 +1161,7 @@ esac
             "CUDA_MPS_PIPE_DIRECTORY".to_string(),
             dir.path().display().to_string(),
         );
-        let e = runner.send(&env, "hang").unwrap_err();
+        let e = runner.send(&env, "hang").unwrap_err().to_string();
         assert!(e.contains("killed"), "{e}");
         // A daemon whose socket never appears is reported, naming the socket.
         let mut env = env.clone();
@@ -1081,7 +1180,7 @@ esac
             fs::set_permissions(&quiet, fs::Permissions::from_mode(0o755)).unwrap();
         }
         runner.binary = quiet;
-        let e = runner.start_daemon(&env).unwrap_err();
+        let e = runner.start_daemon(&env).unwrap_err().to_string();
         assert!(
             e.contains("never/control") && e.contains("did not appear"),
             "{e}"
@@ -1092,10 +1191,14 @@ esac
     fn a_wrong_reply_to_a_limit_is_an_error() {
         struct Grumpy;
         impl MpsRunner for Grumpy {
-            fn start_daemon(&mut self, _: &BTreeMap<String, String>) -> Result<(), String> {
+            fn start_daemon(&mut self, _: &BTreeMap<String, String>) -> Result<(), RunnerError> {
                 Ok(())
             }
-            fn send(&mut self, _: &BTreeMap<String, String>, _: &str) -> Result<String, String> {
+            fn send(
+                &mut self,
+                _: &BTreeMap<String, String>,
+                _: &str,
+            ) -> Result<String, RunnerError> {
                 Ok("Invalid value".into())
             }
         }
@@ -1138,10 +1241,14 @@ esac
         // A start that dies after setting EXCLUSIVE_PROCESS but before the daemon runs.
         struct Dies;
         impl MpsRunner for Dies {
-            fn start_daemon(&mut self, _: &BTreeMap<String, String>) -> Result<(), String> {
+            fn start_daemon(&mut self, _: &BTreeMap<String, String>) -> Result<(), RunnerError> {
                 panic!("the process died here")
             }
-            fn send(&mut self, _: &BTreeMap<String, String>, _: &str) -> Result<String, String> {
+            fn send(
+                &mut self,
+                _: &BTreeMap<String, String>,
+                _: &str,
+            ) -> Result<String, RunnerError> {
                 unreachable!()
             }
         }

@@ -24,7 +24,9 @@ pub fn check_plan(
     opts: &PlanOptions,
     plan: &Plan,
 ) -> Result<Objective, Vec<String>> {
-    let p = Problem::new(catalog, cluster, requests, opts).map_err(|e| vec![e.to_string()])?;
+    let (input, _) =
+        crate::input::resolve(catalog, cluster, requests).map_err(|e| vec![e.to_string()])?;
+    let p = Problem::new(&input, opts, Some(cluster), &[]).map_err(|e| vec![e.to_string()])?;
     let mut errs = Vec::new();
     if plan.gpus.len() != p.gpus.len() && !opts.only_changed {
         errs.push(format!(
@@ -39,7 +41,7 @@ pub fn check_plan(
         .gpus
         .iter()
         .enumerate()
-        .map(|(i, g)| ((p.cluster.nodes[g.node].name.as_str(), g.index), i))
+        .map(|(i, g)| ((cluster.nodes[g.node].name.as_str(), g.index), i))
         .collect();
     let mut pairs = Vec::with_capacity(plan.gpus.len());
     let mut last: Option<usize> = None;
@@ -81,7 +83,7 @@ pub fn check_plan(
     let mut operations = 0u64;
     for (gi, gp) in pairs {
         let g = &p.gpus[gi];
-        let node = &p.cluster.nodes[g.node].name;
+        let node = &cluster.nodes[g.node].name;
         let place = format!("node `{node}` GPU {}", g.index);
         if gp.node != *node
             || gp.gpu != g.index

@@ -22,7 +22,7 @@ use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::input::{GpuMode, RequestKind};
+use crate::input::{ClusterSpec, GpuMode, Labels, RequestKind};
 use crate::problem::{Problem, ReqKind, Slot, Solution};
 use crate::tables::bits;
 
@@ -82,11 +82,16 @@ impl std::fmt::Display for WaitReason {
 }
 
 /// The reason of every unassigned request of `sol`, in input order.
-pub(crate) fn explain(p: &Problem<'_>, sol: &Solution, policy: crate::Policy) -> Vec<Waiting> {
-    let ex = Explainer::new(p, sol);
+pub(crate) fn explain(
+    p: &Problem<'_>,
+    sol: &Solution,
+    policy: crate::Policy,
+    labels: &Labels<'_>,
+) -> Vec<Waiting> {
+    let ex = Explainer::new(p, sol, labels.cluster);
     let mut cache: HashMap<ReqKind, (WaitReason, String)> = HashMap::new();
     let mut out = Vec::new();
-    for ((spec, r), s) in p.requests.iter().zip(&p.reqs).zip(&sol.slots) {
+    for ((spec, r), s) in labels.requests.iter().zip(&p.reqs).zip(&sol.slots) {
         if s.is_some() {
             continue;
         }
@@ -115,6 +120,8 @@ pub(crate) fn explain(p: &Problem<'_>, sol: &Solution, policy: crate::Policy) ->
 
 struct Explainer<'p, 'a> {
     p: &'p Problem<'a>,
+    /// Node names.
+    cluster: &'p ClusterSpec,
     sol: &'p Solution,
     /// Busy plus assigned instances of every MIG GPU.
     held: Vec<u64>,
@@ -125,7 +132,7 @@ struct Explainer<'p, 'a> {
 }
 
 impl<'p, 'a> Explainer<'p, 'a> {
-    fn new(p: &'p Problem<'a>, sol: &'p Solution) -> Self {
+    fn new(p: &'p Problem<'a>, sol: &'p Solution, cluster: &'p ClusterSpec) -> Self {
         let mut mps_left = p.mps_room();
         let mut ts_left: Vec<u32> = p.ts.iter().map(|g| g.free).collect();
         for (r, s) in p.reqs.iter().zip(&sol.slots) {
@@ -141,6 +148,7 @@ impl<'p, 'a> Explainer<'p, 'a> {
             }
         }
         Explainer {
+            cluster,
             held: p.held(sol),
             p,
             sol,
@@ -154,7 +162,7 @@ impl<'p, 'a> Explainer<'p, 'a> {
         let at = self.p.gpus[g];
         format!(
             "node `{}` GPU {}",
-            self.p.cluster.nodes[at.node].name, at.index
+            self.cluster.nodes[at.node].name, at.index
         )
     }
 

@@ -30,9 +30,14 @@
 use std::fmt;
 use std::str::FromStr;
 
-use serde::{Deserialize, Serialize};
+use std::collections::HashSet;
 
-use crate::PlanError;
+use serde::{Deserialize, Serialize};
+use tessera_model::{Catalog, GpuModel, Placed, ProfileIdx};
+
+use crate::plan::{AssignedSlice, Assignment, GpuPlan, InstanceRef, Name, Plan};
+use crate::typed::{self, Ask, RequestId, Sharing, Slice};
+use crate::{PlanError, Policy};
 
 /// The cluster: every node and GPU the planner may use, with what runs on them now.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -360,5 +365,332 @@ impl RequestsFile {
             return Ok(RequestsFile { requests: list });
         }
         parse_any(text, "requests")
+    }
+}
+
+/// The names of a file-format input, kept to turn the typed plan back into a named [`Plan`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Labels<'a> {
+    /// The cluster document (node names).
+    pub cluster: &'a ClusterSpec,
+    /// The requests as written (ids; request `i` is [`RequestId`]`(i)`).
+    pub requests: &'a [RequestSpec],
+}
+
+/// A profile of `model` by name, compared without case and without a `MIG ` prefix.
+fn profile_in(model: &GpuModel, name: &str) -> Option<ProfileIdx> {
+    // Most names come exactly as the catalog writes them.
+    let i = match model
+        .profiles
+        .iter()
+        .position(|p| crate::tables::same_name(&p.name, name))
+    {
+        Some(i) => i,
+        None => {
+            let n = crate::tables::bare_name(name);
+            model
+                .profiles
+                .iter()
+                .position(|p| p.name.eq_ignore_ascii_case(n))?
+        }
+    };
+    Some(ProfileIdx(i as u8))
+}
+
+/// The one place the file format becomes the typed problem: models, profiles and modes are
+/// resolved by name here and nowhere else; request `i` becomes [`RequestId`]`(i)`. Errors name
+/// the node, GPU and request as written.
+pub(crate) fn resolve<'c>(
+    catalog: &'c Catalog,
+    cluster: &'c ClusterSpec,
+    requests: &'c [RequestSpec],
+) -> Result<(typed::Problem<'c>, Labels<'c>), PlanError> {
+    // Model strings as written, resolved (a cluster names a few models many times).
+    let mut model_ix: Vec<(&str, &'c GpuModel)> = Vec::new();
+    // Models in first-use order.
+    let mut models: Vec<&'c GpuModel> = Vec::new();
+    let mut names: HashSet<&str> = HashSet::with_capacity(cluster.nodes.len());
+    let mut nodes = Vec::with_capacity(cluster.nodes.len());
+    for node in &cluster.nodes {
+        if !names.insert(node.name.as_str()) {
+            return Err(PlanError::DuplicateNode {
+                node: node.name.clone(),
+            });
+        }
+        let mut gpus = Vec::with_capacity(node.gpus.len());
+        for (gi, g) in node.gpus.iter().enumerate() {
+            let bad = |problem: String| PlanError::BadGpu {
+                node: node.name.clone(),
+                gpu: gi,
+                problem,
+            };
+            let model = match model_ix
+                .iter()
+                .find(|(k, _)| crate::tables::same_name(k, &g.model))
+            {
+                Some(&(_, m)) => m,
+                None => {
+                    let m = catalog
+                        .get(&g.model)
+                        .ok_or_else(|| PlanError::UnknownModel {
+                            node: node.name.clone(),
+                            gpu: gi,
+                            model: g.model.clone(),
+                            known: catalog.models.iter().map(|m| m.key.clone()).collect(),
+                        })?;
+                    if !models.iter().any(|x| std::ptr::eq(*x, m)) {
+                        models.push(m);
+                    }
+                    model_ix.push((g.model.as_str(), m));
+                    m
+                }
+            };
+            if g.mode != GpuMode::Mig && !g.instances.is_empty() {
+                return Err(bad(format!(
+                    "it is in {} mode but lists MIG instances; drop `instances` or set `mode: mig`",
+                    g.mode
+                )));
+            }
+            if g.mode != GpuMode::Mps && !g.clients.is_empty() {
+                return Err(bad(format!(
+                    "it is in {} mode but lists MPS clients; drop `clients` or set `mode: mps`",
+                    g.mode
+                )));
+            }
+            if g.mode != GpuMode::Timeslice && (g.replicas.is_some() || g.replicas_used > 0) {
+                return Err(bad(format!(
+                    "it is in {} mode but sets time-slice replicas; drop `replicas`/`replicas_used` or set `mode: timeslice`",
+                    g.mode
+                )));
+            }
+            let sharing = match g.mode {
+                GpuMode::Mig => {
+                    let mut instances = Vec::with_capacity(g.instances.len());
+                    for inst in &g.instances {
+                        let p = profile_in(model, &inst.profile).ok_or_else(|| {
+                            PlanError::UnknownInstanceProfile {
+                                node: node.name.clone(),
+                                gpu: gi,
+                                model: model.key.clone(),
+                                profile: inst.profile.clone(),
+                                known: model.profile_names(),
+                            }
+                        })?;
+                        instances.push(typed::Instance {
+                            placed: Placed::new(p, inst.start),
+                            busy: inst.used,
+                        });
+                    }
+                    Sharing::mig(instances)
+                }
+                GpuMode::Mps => Sharing::Mps {
+                    clients: g.clients.clone(),
+                },
+                GpuMode::Timeslice => Sharing::Timeslice {
+                    replicas: g.replicas,
+                    used: g.replicas_used,
+                },
+            };
+            gpus.push(typed::Gpu { model, sharing });
+        }
+        nodes.push(typed::Node { gpus });
+    }
+
+    let mut ids: HashSet<&str> = HashSet::with_capacity(requests.len());
+    // Profile strings as written, resolved: most requests repeat a few.
+    let mut seen: Vec<(&str, &'c GpuModel, ProfileIdx)> = Vec::new();
+    let mut typed_requests = Vec::with_capacity(requests.len());
+    for (i, r) in requests.iter().enumerate() {
+        let bad = |problem: String| PlanError::BadRequest {
+            request: r.id.clone(),
+            problem,
+        };
+        if r.id.is_empty() {
+            return Err(bad("the id is empty; give every request a unique id".into()));
+        }
+        if !ids.insert(r.id.as_str()) {
+            return Err(PlanError::DuplicateRequest { id: r.id.clone() });
+        }
+        if r.priority == 0 {
+            return Err(bad(
+                "priority 0 is not allowed; priorities start at 1".into()
+            ));
+        }
+        let ask = match &r.kind {
+            RequestKind::Mig(p) => {
+                match seen.iter().find(|(s, _, _)| crate::tables::same_name(s, p)) {
+                    Some(&(_, model, profile)) => Ask::Mig { model, profile },
+                    None => {
+                        // The cluster's models first, then any catalog model with the profile.
+                        let found = models
+                            .iter()
+                            .find_map(|m| Some((*m, profile_in(m, p)?)))
+                            .or_else(|| {
+                                let lc = crate::tables::bare_name(p).to_ascii_lowercase();
+                                catalog
+                                    .models
+                                    .iter()
+                                    .find_map(|m| Some((m, m.profile_named(&lc)?)))
+                            });
+                        let Some((model, profile)) = found else {
+                            let mut known: Vec<String> =
+                                models.iter().flat_map(|m| m.profile_names()).collect();
+                            known.sort();
+                            known.dedup();
+                            return Err(PlanError::UnknownRequestProfile {
+                                request: r.id.clone(),
+                                profile: p.clone(),
+                                known,
+                            });
+                        };
+                        seen.push((p.as_str(), model, profile));
+                        Ask::Mig { model, profile }
+                    }
+                }
+            }
+            RequestKind::Mps(m) => {
+                if m.memory_mib == 0 {
+                    return Err(bad(
+                        "MPS memory_mib is 0; ask for the device memory the client needs".into(),
+                    ));
+                }
+                if m.sm_percent == 0 || m.sm_percent > 100 {
+                    return Err(bad(format!(
+                        "MPS sm_percent is {}; it must be between 1 and 100",
+                        m.sm_percent
+                    )));
+                }
+                Ask::Mps(*m)
+            }
+            RequestKind::Timeslice => Ask::Timeslice,
+        };
+        typed_requests.push(typed::Request {
+            id: RequestId(i as u64),
+            ask,
+            priority: r.priority,
+        });
+    }
+    Ok((
+        typed::Problem {
+            nodes,
+            requests: typed_requests,
+        },
+        Labels { cluster, requests },
+    ))
+}
+
+impl Labels<'_> {
+    /// The one place a solved typed problem becomes the named [`Plan`]: the same GPUs and
+    /// slices [`crate::problem::Problem::to_outcome`] lists, with the input's names. Names are
+    /// shared ([`Name`]): one allocation per node, model and profile, however many GPUs and
+    /// assignments repeat them.
+    pub(crate) fn plan(
+        &self,
+        p: &crate::problem::Problem<'_>,
+        sol: &crate::problem::Solution,
+        policy: Policy,
+        only_changed: bool,
+    ) -> Plan {
+        let mut book = NameBook::default();
+        let mut node_names: Vec<Option<Name>> = vec![None; self.cluster.nodes.len()];
+        let mut node_name = |n: usize| -> Name {
+            node_names[n]
+                .get_or_insert_with(|| Name::from(&self.cluster.nodes[n].name))
+                .clone()
+        };
+        let mut gpus = Vec::with_capacity(if only_changed { 0 } else { p.gpus.len() });
+        for l in p.listed(sol, only_changed) {
+            let model = p.models[l.at.model];
+            let mi = book.model(model);
+            let tables = &p.tables[l.t];
+            let mut refs = |set: u64| -> Vec<InstanceRef> {
+                if set == 0 {
+                    return Vec::new();
+                }
+                let mut v = Vec::with_capacity(set.count_ones() as usize);
+                for c in tables.in_start_order(set) {
+                    let placed = tables.cand[c];
+                    v.push(InstanceRef {
+                        profile: book.profile(mi, placed.profile),
+                        start: placed.start,
+                    });
+                }
+                v
+            };
+            let (layout, create, destroy) = (refs(l.layout), refs(l.create), refs(l.destroy));
+            gpus.push(GpuPlan {
+                node: node_name(l.at.node),
+                gpu: l.at.index,
+                model: book.models[mi].1.clone(),
+                mode: l.at.mode,
+                layout,
+                create,
+                destroy,
+            });
+        }
+        let stats = p.stats(sol);
+        let mut assignments = Vec::with_capacity(stats.served);
+        let mut unassigned = Vec::with_capacity(sol.slots.len() - stats.served);
+        for (i, x) in p.slices(sol) {
+            let id = &self.requests[p.ids[i].0 as usize].id;
+            let Some((at, slice)) = x else {
+                unassigned.push(id.clone());
+                continue;
+            };
+            let slice = match slice {
+                Slice::Mig(placed) => {
+                    let mi = book.model(p.models[at.model]);
+                    AssignedSlice::Mig {
+                        profile: book.profile(mi, placed.profile),
+                        start: placed.start,
+                    }
+                }
+                Slice::Mps(m) => AssignedSlice::Mps {
+                    memory_mib: m.memory_mib,
+                    sm_percent: m.sm_percent,
+                },
+                Slice::Timeslice => AssignedSlice::Timeslice { timeslice: true },
+            };
+            assignments.push(Assignment {
+                request: id.clone(),
+                node: node_name(at.node),
+                gpu: at.index,
+                slice,
+            });
+        }
+        Plan {
+            policy,
+            stats,
+            gpus,
+            assignments,
+            unassigned,
+        }
+    }
+}
+
+/// Shared names of models and their profiles, one allocation each.
+#[derive(Default)]
+struct NameBook<'m> {
+    /// (model, its key, its profile names as made so far).
+    models: Vec<(&'m GpuModel, Name, Vec<Option<Name>>)>,
+}
+
+impl<'m> NameBook<'m> {
+    /// The entry of a model, made on first use.
+    fn model(&mut self, m: &'m GpuModel) -> usize {
+        if let Some(i) = self.models.iter().position(|(x, _, _)| std::ptr::eq(*x, m)) {
+            return i;
+        }
+        self.models
+            .push((m, Name::from(&m.key), vec![None; m.profiles.len()]));
+        self.models.len() - 1
+    }
+
+    /// The name of profile `p` of model entry `mi`.
+    fn profile(&mut self, mi: usize, p: ProfileIdx) -> Name {
+        let (model, _, names) = &mut self.models[mi];
+        names[usize::from(p.0)]
+            .get_or_insert_with(|| Name::from(&model.profile(p).name))
+            .clone()
     }
 }

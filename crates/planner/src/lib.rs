@@ -38,7 +38,9 @@
 //! `first-fit` and `exact` (exhaustive, small inputs only).
 //!
 //! # Entry points
-//! [`plan()`] (and [`plan_with_objective`]) for planning; [`plan_explained`] adds why each
+//! [`plan_typed`] plans a [`typed::Problem`] (models, placements, profile indices, the
+//! caller's request ids, held regions) into a [`typed::Outcome`]; [`plan()`] (and
+//! [`plan_with_objective`]) is the same planner on the YAML/JSON documents of `tessera plan`; [`plan_explained`] adds why each
 //! waiting request waits ([`Waiting`]); [`check_plan`] verifies any plan
 //! against its input and computes its [`Objective`]; [`gen`] makes seeded inputs; [`quality`]
 //! compares the policies with the optimum.
@@ -50,6 +52,7 @@ mod exact;
 mod explain;
 mod firstfit;
 pub mod gen;
+mod holds;
 pub mod input;
 mod memo;
 mod mps;
@@ -59,6 +62,7 @@ mod problem;
 pub mod quality;
 mod tables;
 mod tessera;
+pub mod typed;
 
 use std::fmt;
 use std::str::FromStr;
@@ -69,6 +73,7 @@ use tessera_model::Catalog;
 pub use check::check_plan;
 pub use error::PlanError;
 pub use explain::{WaitReason, Waiting};
+pub use holds::{choose_hold, same_profile};
 pub use input::{
     ClusterSpec, GpuMode, GpuSpec, InstanceSpec, MpsClientSpec, MpsRequest, NodeSpec, PlanDocument,
     RequestKind, RequestSpec, RequestsFile,
@@ -246,19 +251,20 @@ impl Objective {
     }
 }
 
-/// Plan `requests` on `cluster` with `opts.policy`. Errors are bad input only (unknown model or
-/// profile, invalid current layout, duplicate ids, bad limits) or, for `exact`, an input too
-/// large to search.
+/// Plan `requests` on `cluster` with `opts.policy`: the file-format entry point of
+/// `tessera plan`. The documents are converted to a [`typed::Problem`] and the typed plan back
+/// to names in one place each; [`plan_typed`] is the same planner without names. Errors are bad
+/// input only (unknown model or profile, invalid current layout, duplicate ids, bad limits) or,
+/// for `exact`, an input too large to search.
 pub fn plan(
     catalog: &Catalog,
     cluster: &ClusterSpec,
     requests: &[RequestSpec],
     opts: &PlanOptions,
 ) -> Result<Plan, PlanError> {
-    let problem = problem::Problem::new(catalog, cluster, requests, opts)?;
-    let sol = solve(&problem, opts)?;
-    debug_assert_eq!(problem.check(&sol), Ok(()));
-    Ok(problem.to_plan(&sol, opts.policy, opts.only_changed))
+    let (input, labels) = input::resolve(catalog, cluster, requests)?;
+    let (problem, sol) = solve_input(&input, opts, Some(cluster))?;
+    Ok(labels.plan(&problem, &sol, opts.policy, opts.only_changed))
 }
 
 /// Plan and also return the objective of the plan (what `bench quality` compares).
@@ -268,13 +274,23 @@ pub fn plan_with_objective(
     requests: &[RequestSpec],
     opts: &PlanOptions,
 ) -> Result<(Plan, Objective), PlanError> {
-    let problem = problem::Problem::new(catalog, cluster, requests, opts)?;
-    let sol = solve(&problem, opts)?;
-    debug_assert_eq!(problem.check(&sol), Ok(()));
+    let (input, labels) = input::resolve(catalog, cluster, requests)?;
+    let (problem, sol) = solve_input(&input, opts, Some(cluster))?;
     Ok((
-        problem.to_plan(&sol, opts.policy, opts.only_changed),
+        labels.plan(&problem, &sol, opts.policy, opts.only_changed),
         problem.objective(&sol),
     ))
+}
+
+/// Plan a typed problem: the planner's own entry point, for callers that hold models,
+/// placements and profile indices (the daemon's scheduler, the simulator). Same semantics,
+/// objective and determinism as [`plan()`], plus held regions ([`typed::Hold`]).
+pub fn plan_typed<'c>(
+    input: &typed::Problem<'c>,
+    opts: &PlanOptions,
+) -> Result<typed::Outcome<'c>, PlanError> {
+    let (problem, sol) = solve_input(input, opts, None)?;
+    Ok(problem.to_outcome(&sol, opts.only_changed))
 }
 
 /// Plan, then say why each request left waiting waits ([`Waiting`], in input order): the
@@ -286,13 +302,33 @@ pub fn plan_explained(
     requests: &[RequestSpec],
     opts: &PlanOptions,
 ) -> Result<(Plan, Vec<Waiting>), PlanError> {
-    let problem = problem::Problem::new(catalog, cluster, requests, opts)?;
-    let sol = solve(&problem, opts)?;
-    debug_assert_eq!(problem.check(&sol), Ok(()));
+    let (input, labels) = input::resolve(catalog, cluster, requests)?;
+    let (problem, sol) = solve_input(&input, opts, Some(cluster))?;
     Ok((
-        problem.to_plan(&sol, opts.policy, opts.only_changed),
-        explain::explain(&problem, &sol, opts.policy),
+        labels.plan(&problem, &sol, opts.policy, opts.only_changed),
+        explain::explain(&problem, &sol, opts.policy, &labels),
     ))
+}
+
+/// Resolve and solve a typed input: directly, or through the view of its held regions.
+fn solve_input<'c>(
+    input: &typed::Problem<'c>,
+    opts: &PlanOptions,
+    names: Option<&ClusterSpec>,
+) -> Result<(problem::Problem<'c>, problem::Solution), PlanError> {
+    let problem = problem::Problem::new(input, opts, names, &[])?;
+    if !holds::any(input) {
+        let sol = solve(&problem, opts)?;
+        debug_assert_eq!(problem.check(&sol), Ok(()));
+        return Ok((problem, sol));
+    }
+    let v = holds::view(input, &problem);
+    let view = problem::Problem::new(&v.input, opts, names, &v.phantoms)?;
+    let view_sol = solve(&view, opts)?;
+    debug_assert_eq!(view.check(&view_sol), Ok(()));
+    let sol = holds::back(&problem, &v, &view_sol);
+    debug_assert_eq!(problem.check(&sol), Ok(()));
+    Ok((problem, sol))
 }
 
 fn solve(p: &problem::Problem<'_>, opts: &PlanOptions) -> Result<problem::Solution, PlanError> {

@@ -90,7 +90,7 @@ pub(crate) fn solve(p: &Problem<'_>) -> Solution {
     let nres = np + mps_sizes.len();
     let nk = mps_sizes.len();
 
-    let nodes = p.cluster.nodes.len();
+    let nodes = p.node_order.len();
     // GPUs per node in index order, as snapshot indices.
     let mut node_gpus: Vec<Vec<usize>> = vec![Vec::new(); nodes];
     let mut snap = Snapshot {
@@ -179,9 +179,7 @@ pub(crate) fn solve(p: &Problem<'_>) -> Solution {
     // 3. Nodes by name.
     if lacking.iter().any(|&l| l > 0) {
         let geometries: Vec<Vec<Counts>> = p.tables.iter().map(allowed_geometries).collect();
-        let mut order: Vec<usize> = (0..nodes).collect();
-        order.sort_by(|&a, &b| p.cluster.nodes[a].name.cmp(&p.cluster.nodes[b].name));
-        for n in order {
+        for &n in &p.node_order {
             if lacking.iter().all(|&l| l <= 0) {
                 break;
             }
@@ -243,8 +241,7 @@ pub(crate) fn solve(p: &Problem<'_>) -> Solution {
     }
 
     // Bind pods first-fit, as the scheduler would.
-    let mut order: Vec<usize> = (0..nodes).collect();
-    order.sort_by(|&a, &b| p.cluster.nodes[a].name.cmp(&p.cluster.nodes[b].name));
+    let order = &p.node_order;
     let mut held: Vec<u64> = p.mig.iter().map(|g| g.busy).collect();
     let mut room = p.mps_room();
     let mut on_node: Vec<Vec<(crate::GpuMode, usize)>> = vec![Vec::new(); nodes];
@@ -252,7 +249,7 @@ pub(crate) fn solve(p: &Problem<'_>) -> Solution {
         on_node[g.node].push((g.mode, g.slot));
     }
     for pod in &pods {
-        'nodes: for &n in &order {
+        'nodes: for &n in order {
             for &(mode, slot) in &on_node[n] {
                 match (mode, p.reqs[pod.req].kind) {
                     (crate::GpuMode::Mig, ReqKind::Mig(gp)) => {

@@ -1,19 +1,20 @@
 //! The resolved problem every policy works on, the solution they return, and the translation of
-//! a solution into the [`Plan`] wire format.
+//! a solution into the typed [`Outcome`].
 //!
-//! Resolution checks the input once (models, profiles, current layouts, request ids and limits)
-//! and turns names into indices: each MIG GPU gets its model's [`Tables`] and its current layout
-//! as a candidate set; each MIG request gets a *global profile* index (profile names compared
-//! without case, so `1g.10gb` on an A100 40GB and on an H100 are the same request target).
+//! Resolution checks the typed input once (layouts, request ids and limits) and turns it into
+//! indices: each MIG GPU gets its model's [`Tables`] and its current layout as a candidate set;
+//! each MIG request gets a *global profile* index (profiles of the same catalog name are one
+//! target, so `1g.10gb` on an A100 40GB and on an H100 are the same request target).
 
 use std::collections::{BTreeMap, HashSet};
 
-use tessera_model::{Catalog, GpuModel, Placed};
+use tessera_model::{GpuModel, Placed, ProfileIdx};
 
-use crate::input::{ClusterSpec, GpuMode, RequestKind, RequestSpec};
-use crate::plan::{AssignedSlice, Assignment, GpuPlan, InstanceRef, Name, Plan, PlanStats};
+use crate::input::{ClusterSpec, GpuMode, MpsRequest};
+use crate::plan::PlanStats;
 use crate::tables::Tables;
-use crate::{Objective, PlanError, PlanOptions, Policy};
+use crate::typed::{self, Ask, GpuOutcome, Grant, Outcome, RequestId, Sharing, Slice};
+use crate::{Objective, PlanError, PlanOptions};
 
 /// Where a GPU sits and which per-mode list holds its state.
 #[derive(Debug, Clone, Copy)]
@@ -118,10 +119,32 @@ pub(crate) struct Solution {
     pub slots: Vec<Option<Slot>>,
 }
 
+/// One GPU a plan lists: where it is and, for MIG, its tables index and the final, created
+/// and destroyed candidate sets (all 0 for other modes).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Listed {
+    pub at: GpuAt,
+    pub t: usize,
+    pub layout: u64,
+    pub create: u64,
+    pub destroy: u64,
+}
+
+/// A held region as the view solved under holds sees it (see `holds.rs`): a phantom busy
+/// instance at `region` on GPU `gpu` (index into `Problem::gpus`) standing for the region and
+/// for `aside`, the current instances that overlap it, which the view leaves out.
+#[derive(Debug, Clone)]
+pub(crate) struct Phantom {
+    /// Index into `Problem::gpus`.
+    pub gpu: usize,
+    /// The held placement.
+    pub region: Placed,
+    /// Current instances in conflict with the region (left out of the view).
+    pub aside: Vec<Placed>,
+}
+
 /// The resolved input.
 pub(crate) struct Problem<'a> {
-    pub cluster: &'a ClusterSpec,
-    pub requests: &'a [RequestSpec],
     pub tables: Vec<Tables<'a>>,
     pub gpus: Vec<GpuAt>,
     pub mig: Vec<MigGpu>,
@@ -132,17 +155,31 @@ pub(crate) struct Problem<'a> {
     /// `local[t][gp]`: the profile index of global profile `gp` on tables `t`.
     pub local: Vec<Vec<Option<usize>>>,
     pub reqs: Vec<Req>,
-    /// Models in first-use order; MIG GPUs' tables index equals their model index.
+    /// Each request's id, in input order.
+    pub ids: Vec<RequestId>,
+    /// Models in first-use order; MIG GPUs' tables index equals their model index, except for
+    /// GPUs with a held region, whose tables come after the models'.
     pub models: Vec<&'a GpuModel>,
+    /// Node indices in the order `nos` walks them (name order on the file path).
+    pub node_order: Vec<usize>,
+}
+
+/// How errors name a node: by its name (file path) or its index (typed path).
+pub(crate) fn node_label(names: Option<&ClusterSpec>, n: usize) -> String {
+    match names.and_then(|c| c.nodes.get(n)) {
+        Some(node) => node.name.clone(),
+        None => n.to_string(),
+    }
 }
 
 impl<'a> Problem<'a> {
-    /// Check and resolve the input.
+    /// Check and resolve a typed input. `names` gives the nodes' names for messages and the
+    /// `nos` order (file path); `phantoms` are the held regions of a view solved under holds.
     pub fn new(
-        catalog: &'a Catalog,
-        cluster: &'a ClusterSpec,
-        requests: &'a [RequestSpec],
+        input: &typed::Problem<'a>,
         opts: &PlanOptions,
+        names: Option<&ClusterSpec>,
+        phantoms: &[Phantom],
     ) -> Result<Self, PlanError> {
         if !(opts.mps_sm_oversubscription.is_finite() && opts.mps_sm_oversubscription > 0.0) {
             return Err(PlanError::BadOption {
@@ -154,96 +191,63 @@ impl<'a> Problem<'a> {
             });
         }
         let sm_cap = (100.0 * opts.mps_sm_oversubscription).floor() as u32;
-        // Model strings as written, resolved (a cluster names a few models many times).
-        let mut model_ix: Vec<(&str, usize)> = Vec::new();
         let mut models: Vec<&GpuModel> = Vec::new();
         let mut tables: Vec<Tables> = Vec::new();
-        let n_gpus: usize = cluster.nodes.iter().map(|n| n.gpus.len()).sum();
+        let n_gpus: usize = input.nodes.iter().map(|n| n.gpus.len()).sum();
         let mut gpus = Vec::with_capacity(n_gpus);
         let mut mig = Vec::with_capacity(n_gpus);
         let mut mps = Vec::new();
         let mut ts = Vec::new();
-        let mut names: HashSet<&str> = HashSet::with_capacity(cluster.nodes.len());
-        for (ni, node) in cluster.nodes.iter().enumerate() {
-            if !names.insert(node.name.as_str()) {
-                return Err(PlanError::DuplicateNode {
-                    node: node.name.clone(),
-                });
-            }
+        // The last model seen: clusters repeat a few models many times.
+        let mut last: Option<(&GpuModel, usize)> = None;
+        let mut phantom_at = phantoms.iter().peekable();
+        for (ni, node) in input.nodes.iter().enumerate() {
             for (gi, g) in node.gpus.iter().enumerate() {
                 let bad = |problem: String| PlanError::BadGpu {
-                    node: node.name.clone(),
+                    node: node_label(names, ni),
                     gpu: gi,
                     problem,
                 };
-                let mi = match model_ix
-                    .iter()
-                    .find(|(k, _)| crate::tables::same_name(k, &g.model))
-                {
-                    Some(&(_, i)) => i,
-                    None => {
-                        let m = catalog
-                            .get(&g.model)
-                            .ok_or_else(|| PlanError::UnknownModel {
-                                node: node.name.clone(),
-                                gpu: gi,
-                                model: g.model.clone(),
-                                known: catalog.models.iter().map(|m| m.key.clone()).collect(),
-                            })?;
-                        let i = match models.iter().position(|x| std::ptr::eq(*x, m)) {
+                let mi = match last {
+                    Some((m, i)) if std::ptr::eq(m, g.model) => i,
+                    _ => {
+                        let i = match models.iter().position(|x| std::ptr::eq(*x, g.model)) {
                             Some(i) => i,
                             None => {
-                                models.push(m);
-                                tables.push(Tables::new(m)?);
+                                models.push(g.model);
+                                tables.push(Tables::new(g.model)?);
                                 models.len() - 1
                             }
                         };
-                        model_ix.push((g.model.as_str(), i));
+                        last = Some((g.model, i));
                         i
                     }
                 };
                 let model = models[mi];
-                if g.mode != GpuMode::Mig && !g.instances.is_empty() {
-                    return Err(bad(format!(
-                        "it is in {} mode but lists MIG instances; drop `instances` or set `mode: mig`",
-                        g.mode
-                    )));
-                }
-                if g.mode != GpuMode::Mps && !g.clients.is_empty() {
-                    return Err(bad(format!(
-                        "it is in {} mode but lists MPS clients; drop `clients` or set `mode: mps`",
-                        g.mode
-                    )));
-                }
-                if g.mode != GpuMode::Timeslice && (g.replicas.is_some() || g.replicas_used > 0) {
-                    return Err(bad(format!(
-                        "it is in {} mode but sets time-slice replicas; drop `replicas`/`replicas_used` or set `mode: timeslice`",
-                        g.mode
-                    )));
-                }
                 let at = gpus.len();
-                let slot = match g.mode {
-                    GpuMode::Mig => {
-                        let t = &tables[mi];
+                let slot = match &g.sharing {
+                    Sharing::Mig { instances, holds } => {
+                        let mut t = &tables[mi];
+                        let mut ti = mi;
+                        let mut mine: Vec<&Phantom> = Vec::new();
+                        while let Some(ph) = phantom_at.next_if(|ph| ph.gpu == at) {
+                            mine.push(ph);
+                        }
+                        if !mine.is_empty() {
+                            tables.push(t.with_phantoms(&mine));
+                            ti = tables.len() - 1;
+                            t = &tables[ti];
+                        }
                         let mut existing = 0u64;
                         let mut busy = 0u64;
                         let mut compute = 0u32;
                         let mut bad_start = false;
-                        for inst in &g.instances {
-                            let p = t.profile_named(&inst.profile).ok_or_else(|| {
-                                PlanError::UnknownInstanceProfile {
-                                    node: node.name.clone(),
-                                    gpu: gi,
-                                    model: model.key.clone(),
-                                    profile: inst.profile.clone(),
-                                    known: model.profile_names(),
-                                }
-                            })?;
-                            match t.cand_of(p, inst.start) {
+                        for inst in instances {
+                            match t.cand_index(inst.placed) {
                                 Some(c) if t.fits_with(existing, compute, c) => {
                                     existing |= 1 << c;
                                     compute += u32::from(t.compute[c]);
-                                    if inst.used {
+                                    if inst.busy {
                                         busy |= 1 << c;
                                     }
                                 }
@@ -251,39 +255,53 @@ impl<'a> Problem<'a> {
                             }
                         }
                         if bad_start {
-                            let placed: Vec<Placed> = g
-                                .instances
-                                .iter()
-                                .filter_map(|i| {
-                                    model
-                                        .profile_named(&i.profile)
-                                        .map(|p| Placed::new(p, i.start))
-                                })
-                                .collect();
+                            if usize::from(
+                                instances
+                                    .iter()
+                                    .map(|i| i.placed.profile.0)
+                                    .max()
+                                    .unwrap_or(0),
+                            ) >= model.profiles.len()
+                            {
+                                return Err(bad(format!(
+                                    "an instance names profile index out of range for {} ({} profiles)",
+                                    model.key,
+                                    model.profiles.len()
+                                )));
+                            }
+                            let placed: Vec<Placed> = instances.iter().map(|i| i.placed).collect();
                             let mut problems: Vec<String> = model
                                 .validate(&placed)
                                 .iter()
                                 .map(|v| v.to_string())
                                 .collect();
                             if problems.is_empty() {
-                                problems.push("an instance is listed twice".into());
+                                problems.push(if mine.is_empty() {
+                                    "an instance is listed twice".into()
+                                } else {
+                                    "a held region does not fit next to the instances in use".into()
+                                });
                             }
                             return Err(PlanError::InvalidLayout {
-                                node: node.name.clone(),
+                                node: node_label(names, ni),
                                 gpu: gi,
                                 model: model.key.clone(),
                                 problems,
                             });
                         }
+                        if !holds.is_empty() {
+                            crate::holds::check(model, &tables[mi], instances, holds)
+                                .map_err(bad)?;
+                        }
                         mig.push(MigGpu {
                             gpu: at,
-                            t: mi,
+                            t: ti,
                             busy,
                             existing,
                         });
                         mig.len() - 1
                     }
-                    GpuMode::Mps => {
+                    Sharing::Mps { clients } => {
                         let total = model.memory_mib().ok_or_else(|| {
                             bad(format!(
                                 "model {} has no memory size in the catalog, so MPS limits cannot be planned; add `total_memory_mib`",
@@ -291,25 +309,23 @@ impl<'a> Problem<'a> {
                             ))
                         })?;
                         let mem_total = total.saturating_sub(opts.mps_reserve_mib);
-                        let used: u64 = g.clients.iter().map(|c| c.memory_mib).sum();
-                        let sm: u32 = g.clients.iter().map(|c| c.sm_percent).sum();
+                        let used: u64 = clients.iter().map(|c| c.memory_mib).sum();
+                        let sm: u32 = clients.iter().map(|c| c.sm_percent).sum();
                         mps.push(MpsGpu {
                             gpu: at,
                             mem_free: mem_total.saturating_sub(used),
                             sm_free: sm_cap.saturating_sub(sm),
-                            clients_free: opts
-                                .mps_max_clients
-                                .saturating_sub(g.clients.len() as u32),
+                            clients_free: opts.mps_max_clients.saturating_sub(clients.len() as u32),
                             mem_total,
-                            mem_used: g.clients.iter().map(|c| c.memory_mib).collect(),
+                            mem_used: clients.iter().map(|c| c.memory_mib).collect(),
                         });
                         mps.len() - 1
                     }
-                    GpuMode::Timeslice => {
-                        let replicas = g.replicas.unwrap_or(opts.timeslice_replicas);
+                    Sharing::Timeslice { replicas, used } => {
+                        let replicas = replicas.unwrap_or(opts.timeslice_replicas);
                         ts.push(TsGpu {
                             gpu: at,
-                            free: replicas.saturating_sub(g.replicas_used),
+                            free: replicas.saturating_sub(*used),
                         });
                         ts.len() - 1
                     }
@@ -319,72 +335,71 @@ impl<'a> Problem<'a> {
                     index: gi,
                     model: mi,
                     slot,
-                    mode: g.mode,
+                    mode: g.sharing.mode(),
                 });
             }
         }
 
-        // Requests: unique ids, sane limits, known profiles.
-        let mut ids: HashSet<&str> = HashSet::with_capacity(requests.len());
+        // Requests: unique ids, sane limits, profiles as global (name) indices.
+        // Ids in increasing order (the file format's, most callers') are unique without a set;
+        // the set is built at the first id not above the one before.
+        let mut ids: Option<HashSet<RequestId>> = None;
+        let mut last_id: Option<RequestId> = None;
         let mut profiles: Vec<String> = Vec::new();
-        // Profile strings as written in the requests, resolved: most requests repeat a few.
-        let mut seen: Vec<(&str, usize)> = Vec::new();
-        let mut reqs = Vec::with_capacity(requests.len());
-        for r in requests {
+        // (model, profile) pairs resolved: most requests repeat a few.
+        let mut seen: Vec<(&GpuModel, ProfileIdx, usize)> = Vec::new();
+        let mut reqs = Vec::with_capacity(input.requests.len());
+        let mut req_ids = Vec::with_capacity(input.requests.len());
+        let label = |id: RequestId| id.0.to_string();
+        for (ri, r) in input.requests.iter().enumerate() {
             let bad = |problem: String| PlanError::BadRequest {
-                request: r.id.clone(),
+                request: label(r.id),
                 problem,
             };
-            if r.id.is_empty() {
-                return Err(bad("the id is empty; give every request a unique id".into()));
+            if ids.is_none() && last_id.is_some_and(|l| r.id <= l) {
+                ids = Some(input.requests[..ri].iter().map(|q| q.id).collect());
             }
-            if !ids.insert(r.id.as_str()) {
-                return Err(PlanError::DuplicateRequest { id: r.id.clone() });
+            if let Some(set) = &mut ids {
+                if !set.insert(r.id) {
+                    return Err(PlanError::DuplicateRequest { id: label(r.id) });
+                }
             }
+            last_id = Some(r.id);
             if r.priority == 0 {
                 return Err(bad(
                     "priority 0 is not allowed; priorities start at 1".into()
                 ));
             }
-            let kind = match &r.kind {
-                RequestKind::Mig(p) => match seen
+            let kind = match r.ask {
+                Ask::Mig { model, profile } => match seen
                     .iter()
-                    .find(|(s, _)| crate::tables::same_name(s, p))
+                    .find(|(m, p, _)| std::ptr::eq(*m, model) && *p == profile)
                 {
-                    Some(&(_, gp)) => ReqKind::Mig(gp),
+                    Some(&(_, _, gp)) => ReqKind::Mig(gp),
                     None => {
-                        let name = crate::tables::bare_name(p);
-                        let gp = match profiles.iter().position(|x| x.eq_ignore_ascii_case(name)) {
+                        let Some(prof) = model.profiles.get(usize::from(profile.0)) else {
+                            return Err(bad(format!(
+                                "profile index {} is out of range for {} ({} profiles)",
+                                profile.0,
+                                model.key,
+                                model.profiles.len()
+                            )));
+                        };
+                        let gp = match profiles
+                            .iter()
+                            .position(|x| x.eq_ignore_ascii_case(&prof.name))
+                        {
                             Some(i) => i,
                             None => {
-                                let lc = name.to_ascii_lowercase();
-                                let in_cluster = tables.iter().any(|t| t.names_lc.contains(&lc));
-                                let in_catalog = catalog
-                                    .models
-                                    .iter()
-                                    .any(|m| m.profile_named(&lc).is_some());
-                                if !in_cluster && !in_catalog {
-                                    let mut known: Vec<String> = tables
-                                        .iter()
-                                        .flat_map(|t| t.model.profile_names())
-                                        .collect();
-                                    known.sort();
-                                    known.dedup();
-                                    return Err(PlanError::UnknownRequestProfile {
-                                        request: r.id.clone(),
-                                        profile: p.clone(),
-                                        known,
-                                    });
-                                }
-                                profiles.push(lc);
+                                profiles.push(prof.name.to_ascii_lowercase());
                                 profiles.len() - 1
                             }
                         };
-                        seen.push((p.as_str(), gp));
+                        seen.push((model, profile, gp));
                         ReqKind::Mig(gp)
                     }
                 },
-                RequestKind::Mps(m) => {
+                Ask::Mps(m) => {
                     if m.memory_mib == 0 {
                         return Err(bad(
                             "MPS memory_mib is 0; ask for the device memory the client needs"
@@ -402,12 +417,13 @@ impl<'a> Problem<'a> {
                         sm: m.sm_percent,
                     }
                 }
-                RequestKind::Timeslice => ReqKind::Ts,
+                Ask::Timeslice => ReqKind::Ts,
             };
             reqs.push(Req {
                 prio: u64::from(r.priority),
                 kind,
             });
+            req_ids.push(r.id);
         }
         let local = tables
             .iter()
@@ -418,9 +434,11 @@ impl<'a> Problem<'a> {
                     .collect()
             })
             .collect();
+        let mut node_order: Vec<usize> = (0..input.nodes.len()).collect();
+        if let (Some(c), crate::Policy::Nos) = (names, opts.policy) {
+            node_order.sort_by(|&a, &b| c.nodes[a].name.cmp(&c.nodes[b].name));
+        }
         Ok(Problem {
-            cluster,
-            requests,
             tables,
             gpus,
             mig,
@@ -429,7 +447,9 @@ impl<'a> Problem<'a> {
             profiles,
             local,
             reqs,
+            ids: req_ids,
             models,
+            node_order,
         })
     }
 
@@ -516,44 +536,14 @@ impl<'a> Problem<'a> {
         }
     }
 
-    /// Turn a solution into the wire-format plan. Names are shared ([`Name`]): one allocation
-    /// per node, model and profile, however many GPUs and assignments repeat them.
-    pub fn to_plan(&self, sol: &Solution, policy: Policy, only_changed: bool) -> Plan {
-        let model_names: Vec<Name> = self.models.iter().map(|m| Name::from(&m.key)).collect();
-        let profile_names: Vec<Vec<Name>> = self
-            .tables
-            .iter()
-            .map(|t| {
-                t.model
-                    .profiles
-                    .iter()
-                    .map(|p| Name::from(&p.name))
-                    .collect()
-            })
-            .collect();
-        let mut node_names: Vec<Option<Name>> = vec![None; self.cluster.nodes.len()];
-        let mut node_name = |n: usize| -> Name {
-            node_names[n]
-                .get_or_insert_with(|| Name::from(&self.cluster.nodes[n].name))
-                .clone()
-        };
-        let refs = |t: usize, set: u64| -> Vec<InstanceRef> {
-            if set == 0 {
-                return Vec::new();
-            }
-            let tables = &self.tables[t];
-            let names = &profile_names[t];
-            let mut v = Vec::with_capacity(set.count_ones() as usize);
-            for c in tables.in_start_order(set) {
-                let p = tables.cand[c];
-                v.push(InstanceRef {
-                    profile: names[usize::from(p.profile.0)].clone(),
-                    start: p.start,
-                });
-            }
-            v
-        };
-        let mut operations = 0usize;
+    /// The GPUs a plan lists, in input order (with `only_changed`, those that change or get a
+    /// request), each with its MIG candidate sets: what both the typed [`Outcome`] and the
+    /// named plan are made of.
+    pub fn listed<'s>(
+        &'s self,
+        sol: &'s Solution,
+        only_changed: bool,
+    ) -> impl Iterator<Item = Listed> + 's {
         // With `only_changed`, GPUs that change or get a request.
         let mut listed = vec![!only_changed; self.gpus.len()];
         if only_changed {
@@ -561,91 +551,138 @@ impl<'a> Problem<'a> {
                 listed[g.gpu] |= sol.layouts[m] != g.existing;
             }
             for s in sol.slots.iter().flatten() {
-                let gpu = match *s {
-                    Slot::Mig(m, _) => self.mig[m].gpu,
-                    Slot::Mps(i) => self.mps[i].gpu,
-                    Slot::Ts(i) => self.ts[i].gpu,
-                };
-                listed[gpu] = true;
+                listed[self.gpu_of(*s)] = true;
             }
         }
-        let mut gpus: Vec<GpuPlan> =
-            Vec::with_capacity(if only_changed { 0 } else { self.gpus.len() });
-        for (g, _) in self.gpus.iter().zip(&listed).filter(|(_, l)| **l) {
-            let (layout, create, destroy) = if g.mode == GpuMode::Mig {
-                let mg = &self.mig[g.slot];
-                let fin = sol.layouts[g.slot];
-                (
-                    refs(mg.t, fin),
-                    refs(mg.t, fin & !mg.existing),
-                    refs(mg.t, mg.existing & !fin),
-                )
-            } else {
-                (Vec::new(), Vec::new(), Vec::new())
-            };
-            gpus.push(GpuPlan {
-                node: node_name(g.node),
-                gpu: g.index,
-                model: model_names[g.model].clone(),
-                mode: g.mode,
-                layout,
-                create,
-                destroy,
-            });
-        }
+        self.gpus
+            .iter()
+            .zip(listed)
+            .filter(|(_, l)| *l)
+            .map(move |(g, _)| {
+                if g.mode == GpuMode::Mig {
+                    let mg = &self.mig[g.slot];
+                    let fin = sol.layouts[g.slot];
+                    Listed {
+                        at: *g,
+                        t: mg.t,
+                        layout: fin,
+                        create: fin & !mg.existing,
+                        destroy: mg.existing & !fin,
+                    }
+                } else {
+                    Listed {
+                        at: *g,
+                        t: 0,
+                        layout: 0,
+                        create: 0,
+                        destroy: 0,
+                    }
+                }
+            })
+    }
+
+    /// Each request's slice in a solution, in input order: (request index, where and what, or
+    /// `None` when it waits).
+    pub fn slices<'s>(
+        &'s self,
+        sol: &'s Solution,
+    ) -> impl Iterator<Item = (usize, Option<(GpuAt, Slice)>)> + 's {
+        self.reqs
+            .iter()
+            .zip(&sol.slots)
+            .enumerate()
+            .map(move |(i, (r, s))| {
+                let x = s.map(|s| {
+                    let slice = match (s, r.kind) {
+                        (Slot::Mig(m, c), _) => Slice::Mig(self.t(m).cand[c]),
+                        (Slot::Mps(_), ReqKind::Mps { mem, sm }) => Slice::Mps(MpsRequest {
+                            memory_mib: mem,
+                            sm_percent: sm,
+                        }),
+                        (Slot::Ts(_), _) => Slice::Timeslice,
+                        (Slot::Mps(_), _) => {
+                            unreachable!("an MPS slot always holds an MPS request")
+                        }
+                    };
+                    (self.gpus[self.gpu_of(s)], slice)
+                });
+                (i, x)
+            })
+    }
+
+    /// The totals of a solution.
+    pub fn stats(&self, sol: &Solution) -> PlanStats {
+        let mut operations = 0usize;
         for (m, g) in self.mig.iter().enumerate() {
             operations += (sol.layouts[m] ^ g.existing).count_ones() as usize;
         }
-        let served = sol.slots.iter().filter(|s| s.is_some()).count();
-        let mut assignments = Vec::with_capacity(served);
-        let mut unassigned = Vec::with_capacity(sol.slots.len() - served);
+        let mut served = 0;
         let mut served_priority = 0u64;
-        for ((spec, r), s) in self.requests.iter().zip(&self.reqs).zip(&sol.slots) {
-            let Some(s) = s else {
-                unassigned.push(spec.id.clone());
-                continue;
-            };
-            served_priority += r.prio;
-            let (gpu, slice) = match (*s, &spec.kind) {
-                (Slot::Mig(m, c), _) => {
-                    let t = self.mig[m].t;
-                    let p = self.tables[t].cand[c];
-                    (
-                        self.mig[m].gpu,
-                        AssignedSlice::Mig {
-                            profile: profile_names[t][usize::from(p.profile.0)].clone(),
-                            start: p.start,
-                        },
-                    )
-                }
-                (Slot::Mps(i), RequestKind::Mps(m)) => (
-                    self.mps[i].gpu,
-                    AssignedSlice::Mps {
-                        memory_mib: m.memory_mib,
-                        sm_percent: m.sm_percent,
-                    },
-                ),
-                (Slot::Ts(i), _) => (self.ts[i].gpu, AssignedSlice::Timeslice { timeslice: true }),
-                (Slot::Mps(_), _) => unreachable!("an MPS slot always holds an MPS request"),
-            };
-            let at = self.gpus[gpu];
-            assignments.push(Assignment {
-                request: spec.id.clone(),
-                node: node_name(at.node),
-                gpu: at.index,
-                slice,
-            });
+        for (r, s) in self.reqs.iter().zip(&sol.slots) {
+            if s.is_some() {
+                served += 1;
+                served_priority += r.prio;
+            }
         }
-        Plan {
-            policy,
-            stats: PlanStats {
-                served: assignments.len(),
-                served_priority,
-                operations,
-            },
+        PlanStats {
+            served,
+            served_priority,
+            operations,
+        }
+    }
+
+    /// Turn a solution into the typed plan.
+    pub fn to_outcome(&self, sol: &Solution, only_changed: bool) -> Outcome<'a> {
+        let placed = |t: usize, set: u64| -> Vec<Placed> {
+            if set == 0 {
+                return Vec::new();
+            }
+            let tables = &self.tables[t];
+            let mut v = Vec::with_capacity(set.count_ones() as usize);
+            v.extend(tables.in_start_order(set).map(|c| tables.cand[c]));
+            v
+        };
+        let gpus: Vec<GpuOutcome<'a>> = self
+            .listed(sol, only_changed)
+            .map(|l| GpuOutcome {
+                node: l.at.node,
+                gpu: l.at.index,
+                model: self.models[l.at.model],
+                mode: l.at.mode,
+                layout: placed(l.t, l.layout),
+                create: placed(l.t, l.create),
+                destroy: placed(l.t, l.destroy),
+            })
+            .collect();
+        let stats = self.stats(sol);
+        let mut grants = Vec::with_capacity(stats.served);
+        let mut unassigned = Vec::with_capacity(sol.slots.len() - stats.served);
+        for (i, x) in self.slices(sol) {
+            match x {
+                Some((at, slice)) => grants.push(Grant {
+                    request: self.ids[i],
+                    node: at.node,
+                    gpu: at.index,
+                    model: self.models[at.model],
+                    slice,
+                }),
+                None => unassigned.push(self.ids[i]),
+            }
+        }
+        Outcome {
+            stats,
             gpus,
-            assignments,
+            grants,
             unassigned,
+        }
+    }
+
+    /// The index into `gpus` of a slot's GPU.
+    pub fn gpu_of(&self, s: Slot) -> usize {
+        match s {
+            Slot::Mig(m, _) => self.mig[m].gpu,
+            Slot::Mps(i) => self.mps[i].gpu,
+            Slot::Ts(i) => self.ts[i].gpu,
         }
     }
 

@@ -48,7 +48,7 @@ pub(crate) fn bare_name(name: &str) -> &str {
 }
 
 /// Precomputed facts about one GPU model's candidates.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct Tables<'c> {
     /// The model.
     pub model: &'c GpuModel,
@@ -185,6 +185,54 @@ impl<'c> Tables<'c> {
         })
     }
 
+    /// The tables of one GPU with held regions (see `holds.rs`): each phantom's region
+    /// candidate stands for the region and the instances set aside for it. It conflicts with
+    /// everything they conflict with, covers their memory slices, uses the larger of the
+    /// region's compute slices and theirs, and the count limits shrink by the instances it
+    /// stands for beyond one. Candidate indices are unchanged.
+    pub fn with_phantoms(&self, phantoms: &[&crate::problem::Phantom]) -> Tables<'c> {
+        let mut t = self.clone();
+        for ph in phantoms {
+            let Some(r) = self.cand_index(ph.region) else {
+                continue;
+            };
+            let aside: Vec<usize> = ph
+                .aside
+                .iter()
+                .filter_map(|&p| self.cand_index(p))
+                .collect();
+            let mut conflict = self.conflict[r];
+            let mut mask = self.mask[r];
+            let mut compute = 0u32;
+            for &c in &aside {
+                conflict |= self.conflict[c];
+                mask |= self.mask[c];
+                compute += u32::from(self.compute[c]);
+            }
+            t.conflict[r] = conflict;
+            for c in bits(conflict) {
+                t.conflict[c] |= 1 << r;
+            }
+            t.mask[r] = mask;
+            t.compute[r] = compute.max(u32::from(self.compute[r])).min(255) as u8;
+            let k = aside.len().max(1) as u32;
+            t.max_instances = t.max_instances.saturating_sub(k - 1);
+            let rp = usize::from(self.prof[r]);
+            for p in 0..t.prof_max.len() {
+                let over = aside
+                    .iter()
+                    .filter(|&&c| usize::from(self.prof[c]) == p)
+                    .count() as u8;
+                let less = if p == rp { over.max(1) - 1 } else { over };
+                t.prof_max[p] = t.prof_max[p].saturating_sub(less);
+                t.prof_capped[p] = t.by_profile[p].count_ones() > u32::from(t.prof_max[p]);
+            }
+        }
+        // The memory-grid table of the free score depends on the masks.
+        t.largest_tab = Vec::new();
+        t
+    }
+
     /// The candidates of a layout in listing order (by start, then profile).
     pub fn in_start_order(&self, layout: u64) -> impl Iterator<Item = usize> + '_ {
         let ranks = bits(layout).fold(0u64, |acc, c| acc | 1 << self.start_rank[c]);
@@ -204,16 +252,6 @@ impl<'c> Tables<'c> {
     /// The candidate index of profile `p` at `start`, if that start is an allowed placement.
     pub fn cand_of(&self, p: usize, start: u8) -> Option<usize> {
         bits(*self.by_profile.get(p)?).find(|&c| self.cand[c].start == start)
-    }
-
-    /// The index of a profile by name (case and a `MIG ` prefix ignored), without allocating.
-    pub fn profile_named(&self, name: &str) -> Option<usize> {
-        // Most names come exactly as the catalog writes them.
-        if let Some(i) = self.names_lc.iter().position(|x| same_name(x, name)) {
-            return Some(i);
-        }
-        let n = bare_name(name);
-        self.names_lc.iter().position(|x| x.eq_ignore_ascii_case(n))
     }
 
     /// Compute slices used by a layout.

@@ -5,7 +5,9 @@
 //! # The rule (what docs/serving.md states)
 //! The queue is ordered by priority (higher first), then arrival. Each scheduling pass walks
 //! it in that order and, for each request:
-//! 1. asks the planner for the cheapest way to serve that one request on the GPUs it may use
+//! 1. asks the planner (its typed entry point, `tessera_planner::plan_typed`: models, placements
+//!    and profile indices, the request's own id; the ask's profile name is resolved once, here)
+//!    for the cheapest way to serve that one request on the GPUs it may use
 //!    (right mode and model, not drained, healthy, not reserved by an earlier request), where
 //!    every leased instance and every instance with processes is `used` (never destroyed or
 //!    moved) and idle instances may be destroyed or re-created;
@@ -18,7 +20,10 @@
 //!      the profile fits there once those instances end. Later requests may still be served on
 //!      that GPU, but only where their slice does not overlap the reserved placement **and**
 //!      the reserved placement would still fit next to every used instance plus theirs
-//!      (compute slices and instance counts included): they can never delay it.
+//!      (compute slices and instance counts included): they can never delay it. The region is
+//!      chosen by `tessera_planner::choose_hold` and passed to the planner as a held region
+//!      (`tessera_planner::typed::Hold`), whose plans keep it whole: MIG placement lives in the
+//!      planner alone.
 //!    - MPS and time-slicing: the GPU with the least memory (MPS) or fewest replicas
 //!      (time-slice) in use; later requests get no new lease on that GPU at all.
 //!
@@ -36,11 +41,9 @@
 
 use std::collections::BTreeMap;
 
-use tessera_model::{Catalog, GpuModel, LayoutState, Placed, ProfileIdx};
-use tessera_planner::{
-    plan, AssignedSlice, ClusterSpec, GpuMode, GpuSpec, InstanceSpec, MpsClientSpec, NodeSpec,
-    PlanOptions, RequestKind, RequestSpec,
-};
+use tessera_model::{Catalog, GpuModel, Placed, ProfileIdx};
+use tessera_planner::typed::{self, Ask, Hold, Instance, RequestId, Sharing, Slice};
+use tessera_planner::{plan_typed, GpuMode, MpsClientSpec, MpsRequest, PlanOptions};
 
 use crate::fleet::GpuFacts;
 use crate::wire::SliceAsk;
@@ -219,11 +222,12 @@ pub struct Reservation {
 }
 
 /// One way to serve a request: a mode, the GPUs of that mode it may use, and what to ask the
-/// planner for there.
+/// planner for there (a MIG profile as the index of one of those GPUs' models: the ask's
+/// profile name is resolved here, once).
 #[derive(Debug, Clone)]
-struct Variant {
+struct Variant<'c> {
     gpus: Vec<u32>,
-    kind: RequestKind,
+    ask: Ask<'c>,
 }
 
 /// Resolve a model query to its catalog key.
@@ -247,26 +251,32 @@ pub fn default_sm_percent(facts: &GpuFacts, memory_mib: u64) -> u8 {
     (memory_mib.saturating_mul(100).div_ceil(usable)).clamp(1, 100) as u8
 }
 
-fn variants(catalog: &Catalog, gpus: &[GpuState], w: &Waiting) -> Vec<Variant> {
+fn variants<'c>(catalog: &'c Catalog, gpus: &[GpuState], w: &Waiting) -> Vec<Variant<'c>> {
     let of_model = |g: &GpuState| w.gpu_model.as_ref().is_none_or(|m| *m == g.facts.model);
     let mut out = Vec::new();
     match &w.ask {
         SliceAsk::Mig { profile } => {
+            let mut ask = None;
             let list: Vec<u32> = gpus
                 .iter()
                 .filter(|g| g.facts.mode == GpuMode::Mig && of_model(g))
                 .filter(|g| {
-                    catalog
-                        .get(&g.facts.model)
-                        .is_some_and(|m| m.profile_named(profile).is_some())
+                    let Some(m) = catalog.get(&g.facts.model) else {
+                        return false;
+                    };
+                    let Some(p) = m.profile_named(profile) else {
+                        return false;
+                    };
+                    ask.get_or_insert(Ask::Mig {
+                        model: m,
+                        profile: p,
+                    });
+                    true
                 })
                 .map(|g| g.facts.index)
                 .collect();
-            if !list.is_empty() {
-                out.push(Variant {
-                    gpus: list,
-                    kind: RequestKind::Mig(profile.clone()),
-                });
+            if let Some(ask) = ask {
+                out.push(Variant { gpus: list, ask });
             }
         }
         SliceAsk::Mem {
@@ -281,7 +291,7 @@ fn variants(catalog: &Catalog, gpus: &[GpuState], w: &Waiting) -> Vec<Variant> {
             let mig_too = matches!(w.ask, SliceAsk::Mem { .. });
             // MIG first (isolated), one variant per model, least wasted memory first.
             let mut by_model: BTreeMap<(u64, String), Vec<u32>> = BTreeMap::new();
-            let mut profile_of: BTreeMap<String, String> = BTreeMap::new();
+            let mut profile_of: BTreeMap<String, (&GpuModel, ProfileIdx)> = BTreeMap::new();
             for g in gpus
                 .iter()
                 .filter(|g| mig_too && g.facts.mode == GpuMode::Mig && of_model(g))
@@ -294,16 +304,17 @@ fn variants(catalog: &Catalog, gpus: &[GpuState], w: &Waiting) -> Vec<Variant> {
                 };
                 let prof = model.profile(p);
                 let waste = prof.memory_mib.unwrap_or(0) - memory_mib;
-                profile_of.insert(model.key.clone(), prof.name.clone());
+                profile_of.insert(model.key.clone(), (model, p));
                 by_model
                     .entry((waste, model.key.clone()))
                     .or_default()
                     .push(g.facts.index);
             }
             for ((_, key), list) in by_model {
+                let (model, profile) = profile_of[&key];
                 out.push(Variant {
                     gpus: list,
-                    kind: RequestKind::Mig(profile_of[&key].clone()),
+                    ask: Ask::Mig { model, profile },
                 });
             }
             // Then MPS, one variant per GPU (each has its own limits).
@@ -317,7 +328,7 @@ fn variants(catalog: &Catalog, gpus: &[GpuState], w: &Waiting) -> Vec<Variant> {
                 let sm = sm_percent.unwrap_or_else(|| default_sm_percent(&g.facts, *memory_mib));
                 out.push(Variant {
                     gpus: vec![g.facts.index],
-                    kind: RequestKind::Mps(tessera_planner::MpsRequest {
+                    ask: Ask::Mps(MpsRequest {
                         memory_mib: *memory_mib,
                         sm_percent: u32::from(sm),
                     }),
@@ -333,7 +344,7 @@ fn variants(catalog: &Catalog, gpus: &[GpuState], w: &Waiting) -> Vec<Variant> {
             if !list.is_empty() {
                 out.push(Variant {
                     gpus: list,
-                    kind: RequestKind::Timeslice,
+                    ask: Ask::Timeslice,
                 });
             }
         }
@@ -457,37 +468,47 @@ fn floor_size(mib: u64) -> String {
     }
 }
 
-fn planner_gpu(g: &GpuState) -> GpuSpec {
-    let mut spec = GpuSpec::mig(&g.facts.model, Vec::new());
-    spec.mode = g.facts.mode;
-    match g.facts.mode {
+/// A GPU as the planner sees it, with the regions `holds` reserved on it; `None` (with a
+/// warning) when an instance's profile is not one of its model's, since the planner must see
+/// every instance to keep the busy ones.
+fn planner_gpu<'c>(model: &'c GpuModel, g: &GpuState, holds: Vec<Hold>) -> Option<typed::Gpu<'c>> {
+    let sharing = match g.facts.mode {
         GpuMode::Mig => {
-            spec.instances = g
-                .instances
-                .iter()
-                .map(|i| InstanceSpec {
-                    profile: i.profile.clone(),
-                    start: i.start,
-                    used: i.used(),
-                })
-                .collect();
+            let mut instances = Vec::with_capacity(g.instances.len());
+            for i in &g.instances {
+                let Some(p) = model.profile_named(&i.profile) else {
+                    tracing::warn!(
+                        "GPU {}: instance {}@{} is not a profile of {}; no new leases on it",
+                        g.facts.index,
+                        i.profile,
+                        i.start,
+                        model.key
+                    );
+                    return None;
+                };
+                instances.push(Instance {
+                    placed: Placed::new(p, i.start),
+                    busy: i.used(),
+                });
+            }
+            Sharing::Mig { instances, holds }
         }
-        GpuMode::Mps => {
-            spec.clients = g
+        GpuMode::Mps => Sharing::Mps {
+            clients: g
                 .mps_clients
                 .iter()
                 .map(|c| MpsClientSpec {
                     memory_mib: c.memory_mib,
                     sm_percent: u32::from(c.sm_percent),
                 })
-                .collect();
-        }
-        GpuMode::Timeslice => {
-            spec.replicas = Some(g.facts.replicas);
-            spec.replicas_used = g.replicas.len() as u32;
-        }
-    }
-    spec
+                .collect(),
+        },
+        GpuMode::Timeslice => Sharing::Timeslice {
+            replicas: Some(g.facts.replicas),
+            used: g.replicas.len() as u32,
+        },
+    };
+    Some(typed::Gpu { model, sharing })
 }
 
 fn options_for(g: &GpuState) -> PlanOptions {
@@ -509,25 +530,9 @@ fn used_placements(model: &GpuModel, g: &GpuState) -> Vec<Placed> {
         .collect()
 }
 
-/// Whether granting `new` on a GPU keeps a MIG reservation whole: `new` does not overlap the
-/// reserved placement, and the placement still fits next to every used instance plus `new`.
-fn keeps_reservation(model: &GpuModel, g: &GpuState, region: Placed, new: Placed) -> bool {
-    if model.mask(region) & model.mask(new) != 0 {
-        return false;
-    }
-    let mut rest: Vec<Placed> = used_placements(model, g)
-        .into_iter()
-        .filter(|p| model.mask(*p) & model.mask(region) == 0)
-        .collect();
-    rest.push(new);
-    if !model.validate(&rest).is_empty() {
-        return false;
-    }
-    LayoutState::of(model, &rest).fits(model, region)
-}
-
 /// How to serve `w` now, or `None` when it must wait. `reservations` are those of requests
-/// ahead of `w`.
+/// ahead of `w`: a GPU reserved whole is left out, and the MIG regions reserved on a GPU go to
+/// the planner as held regions, which its plan keeps whole.
 pub fn decide(
     catalog: &Catalog,
     gpus: &[GpuState],
@@ -535,167 +540,81 @@ pub fn decide(
     reservations: &[Reservation],
 ) -> Option<Serve> {
     let by_index: BTreeMap<u32, &GpuState> = gpus.iter().map(|g| (g.facts.index, g)).collect();
-    let mut fallback: Option<Serve> = None;
     for v in variants(catalog, gpus, w) {
-        let mut candidates: Vec<u32> = v
-            .gpus
-            .iter()
-            .copied()
-            .filter(|i| by_index[i].usable())
-            .filter(|i| {
-                !reservations
-                    .iter()
-                    .any(|r| r.gpu == *i && r.region.is_none() && r.request != w.id)
-            })
+        let mut candidates: Vec<u32> = Vec::new();
+        let mut node = typed::Node::default();
+        for i in &v.gpus {
+            let g = by_index[i];
+            let whole = reservations
+                .iter()
+                .any(|r| r.gpu == *i && r.region.is_none() && r.request != w.id);
             // MPS by uid: never a client next to another user's clients.
-            .filter(|i| !matches!(v.kind, RequestKind::Mps(_)) || by_index[i].mps_open_to(w.uid))
-            .collect();
-        while !candidates.is_empty() {
-            let cluster = ClusterSpec {
-                nodes: vec![NodeSpec {
-                    name: "local".into(),
-                    gpus: candidates
-                        .iter()
-                        .map(|i| planner_gpu(by_index[i]))
-                        .collect(),
-                }],
-            };
-            let req = RequestSpec {
-                id: format!("r{}", w.id),
-                kind: v.kind.clone(),
-                priority: 1,
-            };
-            let opts = options_for(by_index[&candidates[0]]);
-            let plan = match plan(catalog, &cluster, &[req], &opts) {
-                Ok(p) => p,
-                Err(e) => {
-                    tracing::warn!("request {}: the planner refused the input: {e}", w.id);
-                    break;
-                }
-            };
-            let Some(a) = plan.assignments.first() else {
-                break;
-            };
-            let gpu = candidates[a.gpu];
-            let g = by_index[&gpu];
-            let gp = &plan.gpus[a.gpu];
-            let pick = match &a.slice {
-                AssignedSlice::Mig { profile, start } => Pick::Mig {
-                    profile: profile.to_string(),
-                    start: *start,
-                },
-                AssignedSlice::Mps {
-                    memory_mib,
-                    sm_percent,
-                } => Pick::Mps {
-                    memory_mib: *memory_mib,
-                    sm_percent: (*sm_percent).clamp(1, 100) as u8,
-                },
-                AssignedSlice::Timeslice { .. } => {
-                    let replica = (0..g.facts.replicas)
-                        .find(|r| !g.replicas.contains_key(r))
-                        .unwrap_or(g.facts.replicas);
-                    Pick::Timeslice { replica }
-                }
-            };
-            // A MIG grant must leave every earlier reservation on this GPU whole.
-            if let Pick::Mig { profile, start } = &pick {
-                let model = catalog.get(&g.facts.model)?;
-                let new = Placed::new(model.profile_named(profile)?, *start);
-                let breaks = reservations.iter().any(|r| {
-                    r.gpu == gpu
-                        && r.request != w.id
-                        && r.region
-                            .is_some_and(|reg| !keeps_reservation(model, g, reg, new))
-                });
-                if breaks {
-                    // The planner's pick would break a hold; remember the cheapest placement on
-                    // this GPU that keeps every hold, in case no other GPU does better.
-                    if fallback.is_none() {
-                        let regions: Vec<Placed> = reservations
-                            .iter()
-                            .filter(|r| r.gpu == gpu && r.request != w.id)
-                            .filter_map(|r| r.region)
-                            .collect();
-                        fallback = place_keeping_reservations(model, g, new.profile, &regions).map(
-                            |(layout, start)| Serve {
-                                gpu,
-                                layout,
-                                pick: Pick::Mig {
-                                    profile: profile.clone(),
-                                    start,
-                                },
-                            },
-                        );
-                    }
-                    candidates.retain(|c| *c != gpu);
-                    continue;
-                }
+            let closed = matches!(v.ask, Ask::Mps(_)) && !g.mps_open_to(w.uid);
+            if !g.usable() || whole || closed {
+                continue;
             }
-            let layout = if gp.changed() {
-                let model = catalog.get(&g.facts.model)?;
-                let mut items = Vec::with_capacity(gp.layout.len());
-                for i in &gp.layout {
-                    items.push(Placed::new(model.profile_named(&i.profile)?, i.start));
-                }
-                Some(items)
-            } else {
-                None
+            let Some(model) = catalog.get(&g.facts.model) else {
+                continue;
             };
-            return Some(Serve { gpu, layout, pick });
+            let holds = reservations
+                .iter()
+                .filter(|r| r.gpu == *i && r.request != w.id)
+                .filter_map(|r| {
+                    Some(Hold {
+                        region: r.region?,
+                        holder: RequestId(r.request),
+                    })
+                })
+                .collect();
+            if let Some(gpu) = planner_gpu(model, g, holds) {
+                candidates.push(*i);
+                node.gpus.push(gpu);
+            }
         }
-    }
-    fallback
-}
-
-/// The cheapest placement of `profile` on `g` that keeps every held `regions` whole, used when
-/// the planner's pick would break a hold: reuse a free instance of the profile (no operation),
-/// else create one at the start that destroys the fewest free instances (then the lowest
-/// start). Used instances are always kept. Returns the new layout (when it changes) and the start.
-fn place_keeping_reservations(
-    model: &GpuModel,
-    g: &GpuState,
-    profile: ProfileIdx,
-    regions: &[Placed],
-) -> Option<(Option<Vec<Placed>>, u8)> {
-    let current: Vec<(Placed, bool)> = g
-        .instances
-        .iter()
-        .filter_map(|i| {
-            Some((
-                Placed::new(model.profile_named(&i.profile)?, i.start),
-                i.used(),
-            ))
-        })
-        .collect();
-    let keeps = |new: Placed| regions.iter().all(|r| keeps_reservation(model, g, *r, new));
-    if let Some((p, _)) = current
-        .iter()
-        .find(|(p, used)| p.profile == profile && !used && keeps(*p))
-    {
-        return Some((None, p.start));
-    }
-    let mut best: Option<(usize, u8, Vec<Placed>)> = None;
-    for &start in &model.profile(profile).placements {
-        let new = Placed::new(profile, start);
-        if !keeps(new) {
+        let Some(first) = candidates.first() else {
             continue;
-        }
-        let mut layout: Vec<Placed> = current
-            .iter()
-            .filter(|(p, used)| *used || model.mask(*p) & model.mask(new) == 0)
-            .map(|(p, _)| *p)
-            .collect();
-        let destroyed = current.len() - layout.len();
-        layout.push(new);
-        if !model.validate(&layout).is_empty() {
+        };
+        let problem = typed::Problem {
+            nodes: vec![node],
+            requests: vec![typed::Request {
+                id: RequestId(w.id),
+                ask: v.ask,
+                priority: 1,
+            }],
+        };
+        let outcome = match plan_typed(&problem, &options_for(by_index[first])) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!("request {}: the planner refused the input: {e}", w.id);
+                continue;
+            }
+        };
+        let Some(a) = outcome.grants.first() else {
             continue;
-        }
-        if best.as_ref().is_none_or(|b| destroyed < b.0) {
-            best = Some((destroyed, start, layout));
-        }
+        };
+        let gpu = candidates[a.gpu];
+        let g = by_index[&gpu];
+        let pick = match a.slice {
+            Slice::Mig(p) => Pick::Mig {
+                profile: a.model.profile(p.profile).name.clone(),
+                start: p.start,
+            },
+            Slice::Mps(m) => Pick::Mps {
+                memory_mib: m.memory_mib,
+                sm_percent: m.sm_percent.clamp(1, 100) as u8,
+            },
+            Slice::Timeslice => {
+                let replica = (0..g.facts.replicas)
+                    .find(|r| !g.replicas.contains_key(r))
+                    .unwrap_or(g.facts.replicas);
+                Pick::Timeslice { replica }
+            }
+        };
+        let gp = &outcome.gpus[a.gpu];
+        let layout = gp.changed().then(|| gp.layout.clone());
+        return Some(Serve { gpu, layout, pick });
     }
-    best.map(|(_, start, layout)| (Some(layout), start))
+    None
 }
 
 /// The GPU (and MIG placement) a request that must wait reserves, if any; `taken` are the
@@ -729,31 +648,21 @@ pub fn reserve(
                     ));
                 }
             };
-            match &v.kind {
-                RequestKind::Mig(profile) => {
+            match &v.ask {
+                Ask::Mig { model: of, profile } => {
                     let Some(model) = catalog.get(&g.facts.model) else {
                         continue;
                     };
-                    let Some(p) = model.profile_named(profile) else {
+                    let Some(p) = tessera_planner::same_profile(of, *profile, model) else {
                         continue;
                     };
                     let used = used_placements(model, g);
-                    for &s in &model.profile(p).placements {
-                        let region = Placed::new(p, s);
-                        let rmask = model.mask(region);
-                        let blockers = used.iter().filter(|u| model.mask(**u) & rmask != 0).count();
-                        let rest: Vec<Placed> = used
-                            .iter()
-                            .copied()
-                            .filter(|u| model.mask(*u) & rmask == 0)
-                            .collect();
-                        if !LayoutState::of(model, &rest).fits(model, region) {
-                            continue;
-                        }
-                        consider((blockers, 0, *gi, s), Some(region));
+                    if let Some((region, blockers)) = tessera_planner::choose_hold(model, &used, p)
+                    {
+                        consider((blockers, 0, *gi, region.start), Some(region));
                     }
                 }
-                RequestKind::Mps(m) => {
+                Ask::Mps(m) => {
                     let f = &g.facts;
                     if m.memory_mib > f.mps_usable_mib()
                         || f64::from(m.sm_percent) > 100.0 * f.mps.sm_oversubscription
@@ -763,7 +672,7 @@ pub fn reserve(
                     let used: u64 = g.mps_clients.iter().map(|c| c.memory_mib).sum();
                     consider((g.mps_clients.len(), used, *gi, 0), None);
                 }
-                RequestKind::Timeslice => consider((g.replicas.len(), 0, *gi, 0), None),
+                Ask::Timeslice => consider((g.replicas.len(), 0, *gi, 0), None),
             }
         }
         if let Some((_, r)) = best {
@@ -786,7 +695,7 @@ pub fn why_waiting(
     let mut parts: Vec<String> = Vec::new();
     for v in variants(catalog, gpus, w) {
         for gi in &v.gpus {
-            let why = gpu_blocker(catalog, by_index[gi], w, &v.kind, reservations);
+            let why = gpu_blocker(catalog, by_index[gi], w, &v.ask, reservations);
             let line = format!("GPU {gi}: {why}");
             if !parts.contains(&line) {
                 parts.push(line);
@@ -803,7 +712,7 @@ fn gpu_blocker(
     catalog: &Catalog,
     g: &GpuState,
     w: &Waiting,
-    kind: &RequestKind,
+    ask: &Ask<'_>,
     reservations: &[Reservation],
 ) -> String {
     let other = |r: &&Reservation| r.gpu == g.facts.index && r.request != w.id;
@@ -816,7 +725,7 @@ fn gpu_blocker(
     if g.failed {
         return "a change failed on it in this pass; retried in the next".into();
     }
-    if let RequestKind::Mps(_) = kind {
+    if let Ask::Mps(_) = ask {
         if g.mps_holder().is_some_and(|h| h != w.uid) {
             return "held by another user's MPS clients (MPS runs one user's server per GPU at a time); waits until they end".into();
         }
@@ -831,8 +740,8 @@ fn gpu_blocker(
             r.request
         );
     }
-    match kind {
-        RequestKind::Mps(m) => {
+    match ask {
+        Ask::Mps(m) => {
             let limit = mps_client_limit(&g.facts);
             if g.mps_clients.len() as u32 >= limit {
                 return format!("all {limit} MPS clients of its server are in use");
@@ -847,7 +756,8 @@ fn gpu_blocker(
                 m.sm_percent
             )
         }
-        RequestKind::Mig(profile) => {
+        Ask::Mig { model, profile } => {
+            let profile = &model.profile(*profile).name;
             let alone = Waiting {
                 ask: SliceAsk::Mig {
                     profile: profile.clone(),
@@ -869,7 +779,7 @@ fn gpu_blocker(
                 _ => format!("no room for a {profile} instance next to the instances in use"),
             }
         }
-        RequestKind::Timeslice => {
+        Ask::Timeslice => {
             format!("all {} time-slice replicas are leased", g.facts.replicas)
         }
     }
@@ -1296,6 +1206,6 @@ mod tests {
         let states: Vec<GpuState> = both.iter().cloned().map(GpuState::empty).collect();
         let v = variants(c, &states, &waiting(1, ask));
         assert!(!v.is_empty());
-        assert!(v.iter().all(|v| matches!(v.kind, RequestKind::Mps(_))));
+        assert!(v.iter().all(|v| matches!(v.ask, Ask::Mps(_))));
     }
 }

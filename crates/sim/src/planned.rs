@@ -8,8 +8,8 @@
 //! and where at least one GPU could take the profile once its free instances are gone (the
 //! planner never touches busy ones). Nodes in the same state (every GPU with the same
 //! instances, busy or free) are interchangeable to the planner, so each state is passed once,
-//! as a node named `sNNNNNN` in the order of its first appearance in the cluster, which is also
-//! name order for nos. This keeps each call small (a few dozen to a few hundred nodes instead
+//! as one node of the typed problem ([`tessera_planner::plan_typed`]) in the order of its first
+//! appearance in the cluster, which is the order nos walks nodes. This keeps each call small (a few dozen to a few hundred nodes instead
 //! of 1,213) without changing what either algorithm can choose: on the full trace, passing
 //! every eligible node instead (`SimContext::planner_ungrouped`) gives the same results for one
 //! seed and is 4–9× slower, and a property test checks that placements are identical on
@@ -24,7 +24,7 @@
 //! the least rise in expected fragmentation ([`crate::frag`]), which also sees CPU and memory;
 //! the planner then gets that one node and plans its GPUs.
 //!
-//! **Binding.** The planner's assignment names a state and a GPU index; the pod goes to that
+//! **Binding.** The planner's grant gives a state (its node index) and a GPU index; the pod goes to that
 //! GPU of the first node (in cluster order) in that state. The plan's destroys and creates for
 //! that GPU are applied, each checked against the current state (destroying a busy instance is
 //! refused and counted), and the GPU's new layout must equal the plan's. Changes the plan
@@ -44,11 +44,9 @@
 
 use std::collections::HashMap;
 
-use tessera_model::{Catalog, GpuModel, Placed, ProfileIdx};
-use tessera_planner::{
-    plan, AssignedSlice, ClusterSpec, GpuPlan, GpuSpec, InstanceSpec, NodeSpec, Plan, PlanError,
-    PlanOptions, Policy, RequestSpec,
-};
+use tessera_model::{GpuModel, Placed, ProfileIdx};
+use tessera_planner::typed::{self, Ask, GpuOutcome, Instance, Outcome, RequestId, Sharing, Slice};
+use tessera_planner::{plan_typed, PlanError, PlanOptions, Policy};
 
 use crate::cluster::{Cluster, Node, OpError, PodId};
 use crate::frag::FragModel;
@@ -67,8 +65,6 @@ pub struct Planned<'m> {
     mapping: Mapping<'m>,
     /// Planner options; `opts.policy` is this placer's planner policy.
     opts: PlanOptions,
-    /// A catalog holding only the simulated model (fast lookups inside the planner).
-    catalog: Catalog,
     /// Changes planned for GPUs that got no pod, not applied.
     pub unapplied_changes: u64,
     /// Planner calls made.
@@ -103,12 +99,6 @@ type StateKey = Vec<u16>;
 impl<'m> Planned<'m> {
     /// Plans under the planner's `policy` (the simulator runs `tessera` and `nos`).
     pub fn new(mapping: Mapping<'m>, policy: Policy) -> Self {
-        let model = mapping.model().clone();
-        let catalog = Catalog {
-            schema_version: tessera_model::catalog::SCHEMA_VERSION,
-            sources: Default::default(),
-            models: vec![model],
-        };
         let opts = PlanOptions {
             policy,
             ..PlanOptions::default()
@@ -116,7 +106,6 @@ impl<'m> Planned<'m> {
         Planned {
             mapping,
             opts,
-            catalog,
             unapplied_changes: 0,
             calls: 0,
             group: true,
@@ -161,30 +150,25 @@ impl<'m> Planned<'m> {
         }
     }
 
-    fn gpu_spec(&self, cluster: &Cluster, n: usize, g: usize) -> GpuSpec {
-        let model = self.mapping.model();
+    /// The real GPU (n, g) as the planner sees it; instances in `taken` count as busy.
+    fn gpu_input(&self, cluster: &Cluster, n: usize, g: usize, taken: &[Placed]) -> typed::Gpu<'m> {
         let instances = cluster.nodes()[n].gpus[g]
             .instances()
             .iter()
-            .map(|i| InstanceSpec {
-                profile: model.profile(i.placed.profile).name.clone(),
-                start: i.placed.start,
-                used: i.pod.is_some(),
+            .map(|i| Instance {
+                placed: i.placed,
+                busy: i.pod.is_some() || taken.contains(&i.placed),
             })
             .collect();
-        GpuSpec::mig(&model.key, instances)
+        typed::Gpu {
+            model: self.mapping.model(),
+            sharing: Sharing::mig(instances),
+        }
     }
 
-    fn call(&mut self, cluster: &ClusterSpec, requests: &[RequestSpec]) -> Result<Plan, SimError> {
+    fn call(&mut self, problem: &typed::Problem<'m>) -> Result<Outcome<'m>, SimError> {
         self.calls += 1;
-        plan(&self.catalog, cluster, requests, &self.opts).map_err(|e| self.planner_err(e))
-    }
-
-    fn placed_of(&self, profile: &str, start: u8) -> Result<Placed, SimError> {
-        let p = self.mapping.model().profile_named(profile).ok_or_else(|| {
-            self.unexpected(format!("the plan names unknown profile `{profile}`"))
-        })?;
-        Ok(Placed::new(p, start))
+        plan_typed(problem, &self.opts).map_err(|e| self.planner_err(e))
     }
 
     /// Busy instances of the real GPU (n, g) that a GPU plan would destroy, either by listing
@@ -195,46 +179,39 @@ impl<'m> Planned<'m> {
         cluster: &Cluster,
         n: usize,
         g: usize,
-        gp: &GpuPlan,
+        gp: &GpuOutcome<'_>,
         reserved: &[Placed],
-    ) -> Result<u64, SimError> {
-        let mut layout = Vec::with_capacity(gp.layout.len());
-        for l in &gp.layout {
-            layout.push(self.placed_of(&l.profile, l.start)?);
-        }
-        let mut destroys = Vec::with_capacity(gp.destroy.len());
-        for d in &gp.destroy {
-            destroys.push(self.placed_of(&d.profile, d.start)?);
-        }
-        Ok(cluster.nodes()[n].gpus[g]
+    ) -> u64 {
+        cluster.nodes()[n].gpus[g]
             .instances()
             .iter()
             .filter(|i| i.pod.is_some() || reserved.contains(&i.placed))
-            .filter(|i| destroys.contains(&i.placed) || !layout.contains(&i.placed))
-            .count() as u64)
+            .filter(|i| gp.destroy.contains(&i.placed) || !gp.layout.contains(&i.placed))
+            .count() as u64
     }
 
-    /// Changes a plan makes to GPUs other than `applied` (plan node name, GPU index) are not
+    /// Changes a plan makes to GPUs other than `applied` (plan node index, GPU index) are not
     /// applied, since with one request they serve nothing: count them in `unapplied_changes`,
     /// and count in `busy_destroyed` every busy instance they would destroy (every plan is
-    /// checked). `node_of` maps a plan node name to a cluster node index.
+    /// checked). `node_of` maps a plan node index to a cluster node index.
     fn skip_unapplied(
         &mut self,
         cluster: &mut Cluster,
-        plan: &Plan,
-        applied: Option<(&str, usize)>,
-        node_of: impl Fn(&str) -> Option<usize>,
-    ) -> Result<(), SimError> {
-        for gp in plan.gpus.iter().filter(|x| {
-            x.changed() && applied.is_none_or(|(node, gpu)| !(x.node == node && x.gpu == gpu))
-        }) {
+        plan: &Outcome<'_>,
+        applied: Option<(usize, usize)>,
+        node_of: impl Fn(usize) -> Option<usize>,
+    ) {
+        for gp in plan
+            .gpus
+            .iter()
+            .filter(|x| x.changed() && applied != Some((x.node, x.gpu)))
+        {
             self.unapplied_changes += 1;
-            if let Some(n) = node_of(&gp.node) {
-                let v = self.busy_violations(cluster, n, gp.gpu, gp, &[])?;
+            if let Some(n) = node_of(gp.node) {
+                let v = self.busy_violations(cluster, n, gp.gpu, gp, &[]);
                 cluster.counters.busy_destroyed += v;
             }
         }
-        Ok(())
     }
 
     /// Apply one GPU's plan to the real GPU (n, g). Returns false when the plan would destroy a
@@ -244,30 +221,21 @@ impl<'m> Planned<'m> {
         cluster: &mut Cluster,
         n: usize,
         g: usize,
-        gp: &GpuPlan,
+        gp: &GpuOutcome<'_>,
         reserved: &[Placed],
     ) -> Result<bool, SimError> {
-        let v = self.busy_violations(cluster, n, g, gp, reserved)?;
+        let v = self.busy_violations(cluster, n, g, gp, reserved);
         if v > 0 {
             cluster.counters.busy_destroyed += v;
             return Ok(false);
         }
-        let mut destroys = Vec::with_capacity(gp.destroy.len());
-        for d in &gp.destroy {
-            destroys.push(self.placed_of(&d.profile, d.start)?);
-        }
-        let mut layout = Vec::with_capacity(gp.layout.len());
-        for l in &gp.layout {
-            layout.push(self.placed_of(&l.profile, l.start)?);
-        }
-        if !destroys.is_empty() {
+        if !gp.destroy.is_empty() {
             cluster.note_repartition();
         }
-        for p in destroys {
+        for &p in &gp.destroy {
             cluster.destroy(n, g, p).map_err(|e| self.op_err(e))?;
         }
-        for c in &gp.create {
-            let p = self.placed_of(&c.profile, c.start)?;
+        for &p in &gp.create {
             cluster.create(n, g, p, false).map_err(|e| self.op_err(e))?;
         }
         let mut now: Vec<Placed> = cluster.nodes()[n].gpus[g]
@@ -276,6 +244,7 @@ impl<'m> Planned<'m> {
             .map(|i| i.placed)
             .collect();
         now.sort();
+        let mut layout = gp.layout.clone();
         layout.sort();
         if now != layout {
             let m = self.mapping.model();
@@ -342,50 +311,44 @@ impl<'m> Planned<'m> {
         if classes.is_empty() {
             return Ok(false);
         }
-        let spec = ClusterSpec {
+        let problem = typed::Problem {
             nodes: classes
                 .iter()
-                .enumerate()
-                .map(|(c, members)| NodeSpec {
-                    name: format!("s{c:06}"),
+                .map(|members| typed::Node {
                     gpus: (0..cluster.nodes()[members[0]].gpus.len())
-                        .map(|g| self.gpu_spec(cluster, members[0], g))
+                        .map(|g| self.gpu_input(cluster, members[0], g, &[]))
                         .collect(),
                 })
                 .collect(),
+            requests: vec![typed::Request {
+                id: RequestId(0),
+                ask: Ask::Mig { model, profile: p },
+                priority: 1,
+            }],
         };
-        let request = RequestSpec::mig("pod", &model.profile(p).name);
-        let plan = self.call(&spec, std::slice::from_ref(&request))?;
-        // A plan node `sNNNNNN` stands for the first cluster node of class NNNNNN.
-        let node_of = |name: &str| -> Option<usize> {
-            let c: usize = name.strip_prefix('s')?.parse().ok()?;
-            Some(classes.get(c)?[0])
-        };
-        let Some(a) = plan.assignments.iter().find(|a| a.request == request.id) else {
-            self.skip_unapplied(cluster, &plan, None, node_of)?;
+        let plan = self.call(&problem)?;
+        // Plan node `c` stands for the first cluster node of class `c`.
+        let node_of = |c: usize| -> Option<usize> { Some(classes.get(c)?[0]) };
+        let Some(a) = plan.grants.first() else {
+            self.skip_unapplied(cluster, &plan, None, node_of);
             return Ok(false);
         };
-        let AssignedSlice::Mig { profile, start } = &a.slice else {
+        let Slice::Mig(placed) = a.slice else {
             return Err(self.unexpected("a MIG request got a non-MIG slice".into()));
         };
-        let c: usize = a
-            .node
-            .strip_prefix('s')
-            .and_then(|s| s.parse().ok())
-            .filter(|&c| c < classes.len())
-            .ok_or_else(|| self.unexpected(format!("the plan names unknown node `{}`", a.node)))?;
         // Nodes of one class are interchangeable: take the first in cluster order.
-        let (n, g) = (classes[c][0], a.gpu);
+        let (n, g) = (classes[a.node][0], a.gpu);
         let gp = plan
             .gpus
             .iter()
             .find(|x| x.node == a.node && x.gpu == g)
-            .ok_or_else(|| self.unexpected(format!("the plan has no GPU {} on `{}`", g, a.node)))?;
-        self.skip_unapplied(cluster, &plan, Some((&a.node, g)), node_of)?;
+            .ok_or_else(|| {
+                self.unexpected(format!("the plan has no GPU {g} on node {}", a.node))
+            })?;
+        self.skip_unapplied(cluster, &plan, Some((a.node, g)), node_of);
         if !self.apply(cluster, n, g, gp, &[])? {
             return Ok(false);
         }
-        let placed = self.placed_of(profile, *start)?;
         cluster
             .bind_pod(id, pod, n, vec![(g, placed)])
             .map_err(|e| self.op_err(e))?;
@@ -400,7 +363,7 @@ impl<'m> Planned<'m> {
         count: usize,
     ) -> Result<bool, SimError> {
         let full = self.mapping.full();
-        let full_name = self.mapping.model().profile(full).name.clone();
+        let model = self.mapping.model();
         let mut cands = gang_candidates(cluster, full, pod, count);
         if self.opts.policy == Policy::Nos {
             cands.sort_by_key(|(n, _)| *n);
@@ -416,39 +379,42 @@ impl<'m> Planned<'m> {
             // One full-GPU request at a time, each seeing the instances already taken.
             let mut taken: Vec<(usize, Placed)> = Vec::with_capacity(count);
             for k in 0..count {
-                let node = &cluster.nodes()[n];
-                let gpus = (0..node.gpus.len())
-                    .map(|g| {
-                        let mut spec = self.gpu_spec(cluster, n, g);
-                        for (i, inst) in spec.instances.iter_mut().enumerate() {
-                            let placed = node.gpus[g].instances()[i].placed;
-                            inst.used |= taken.contains(&(g, placed));
-                        }
-                        spec
-                    })
-                    .collect();
-                let spec = ClusterSpec {
-                    nodes: vec![NodeSpec {
-                        name: node.name.clone(),
-                        gpus,
+                let reserved_on = |g: usize| -> Vec<Placed> {
+                    taken
+                        .iter()
+                        .filter(|(t, _)| *t == g)
+                        .map(|&(_, p)| p)
+                        .collect()
+                };
+                let problem = typed::Problem {
+                    nodes: vec![typed::Node {
+                        gpus: (0..cluster.nodes()[n].gpus.len())
+                            .map(|g| self.gpu_input(cluster, n, g, &reserved_on(g)))
+                            .collect(),
+                    }],
+                    requests: vec![typed::Request {
+                        id: RequestId(k as u64),
+                        ask: Ask::Mig {
+                            model,
+                            profile: full,
+                        },
+                        priority: 1,
                     }],
                 };
-                let request = RequestSpec::mig(&format!("pod-{k}"), &full_name);
-                let plan = self.call(&spec, std::slice::from_ref(&request))?;
-                let Some(a) = plan.assignments.first() else {
-                    self.skip_unapplied(cluster, &plan, None, |_| Some(n))?;
+                let plan = self.call(&problem)?;
+                let Some(a) = plan.grants.first() else {
+                    self.skip_unapplied(cluster, &plan, None, |_| Some(n));
                     continue 'node;
                 };
-                let AssignedSlice::Mig { profile, start } = &a.slice else {
+                let Slice::Mig(placed) = a.slice else {
                     return Err(self.unexpected("a MIG request got a non-MIG slice".into()));
                 };
-                let placed = self.placed_of(profile, *start)?;
                 let gp = plan
                     .gpus
                     .iter()
                     .find(|x| x.gpu == a.gpu)
                     .ok_or_else(|| self.unexpected(format!("the plan has no GPU {}", a.gpu)))?;
-                self.skip_unapplied(cluster, &plan, Some((&a.node, a.gpu)), |_| Some(n))?;
+                self.skip_unapplied(cluster, &plan, Some((a.node, a.gpu)), |_| Some(n));
                 // An instance taken by an earlier request is marked used, so the planner
                 // cannot destroy it; `apply` refuses (and counts) it if it tried.
                 let reserved: Vec<Placed> = taken
@@ -580,24 +546,26 @@ impl Placer for Planned<'_> {
 mod tests {
     use super::*;
     use crate::trace::TraceNode;
-    use tessera_planner::{GpuMode, InstanceRef};
+    use tessera_model::Catalog;
+    use tessera_planner::GpuMode;
 
-    fn iref(profile: &str, start: u8) -> InstanceRef {
-        InstanceRef {
-            profile: profile.into(),
-            start,
-        }
+    fn iref(profile: &str, start: u8) -> Placed {
+        Catalog::builtin()
+            .lookup("a100-80gb")
+            .unwrap()
+            .parse_spec(&format!("{profile}@{start}"))
+            .unwrap()
     }
 
     fn gpu_plan(
-        layout: Vec<InstanceRef>,
-        create: Vec<InstanceRef>,
-        destroy: Vec<InstanceRef>,
-    ) -> GpuPlan {
-        GpuPlan {
-            node: "s000000".into(),
+        layout: Vec<Placed>,
+        create: Vec<Placed>,
+        destroy: Vec<Placed>,
+    ) -> GpuOutcome<'static> {
+        GpuOutcome {
+            node: 0,
             gpu: 0,
-            model: "a100-80gb".into(),
+            model: Catalog::builtin().lookup("a100-80gb").unwrap(),
             mode: GpuMode::Mig,
             layout,
             create,

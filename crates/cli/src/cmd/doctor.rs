@@ -472,7 +472,7 @@ fn socket(path: &Path) -> Check {
 
 /// Run the command.
 pub fn run(args: &Args, ctx: &Ctx) -> Result<ExitCode, CliError> {
-    let spec = BackendSpec::parse(&args.backend).map_err(CliError::Usage)?;
+    let spec = BackendSpec::parse(&args.backend).map_err(|e| CliError::Usage(e.to_string()))?;
     let env = Env::system(spec, args.socket.clone());
     let checks = diagnose(&env, &ctx.catalog);
     emit(ctx.output, &checks, || render(&checks))?;

@@ -245,9 +245,12 @@ impl SimRunner {
             });
         }
         let out = op(&mut d.servers)?;
-        Self::write(pipe_dir, &d).map_err(|detail| TwinError::Write {
+        Self::write(pipe_dir, &d).map_err(|e| TwinError::Write {
             pipe_dir: pipe_dir.to_path_buf(),
-            detail,
+            detail: match e {
+                super::RunnerError::Io { source, .. } => source.to_string(),
+                other => other.to_string(),
+            },
         })?;
         Ok(out)
     }
