@@ -33,6 +33,9 @@ pub enum Mode {
 /// `tessera k8s node` flags.
 #[derive(Debug, clap::Args)]
 pub struct Args {
+    /// Log format on stderr: `text` (the default) or `json`; `RUST_LOG` sets the levels.
+    #[arg(long, value_enum, default_value_t = crate::cmd::serve::LogFormat::Text, value_name = "FORMAT")]
+    pub log_format: crate::cmd::serve::LogFormat,
     /// The kubelet's root directory (its `device-plugins/`, `plugins_registry/`, `plugins/`
     /// and `pod-resources/` are used).
     #[arg(long, value_name = "DIR", default_value = "/var/lib/kubelet")]
@@ -145,7 +148,7 @@ fn open_gpus(ctx: &Ctx, backend: &Backend) -> Result<Box<dyn GpuBackend>, CliErr
 
 /// Run until Ctrl-C or SIGTERM.
 pub fn run(a: &Args, ctx: &Ctx) -> Result<ExitCode, CliError> {
-    crate::cmd::serve::init_logging();
+    crate::cmd::serve::init_logging(a.log_format);
     if !a.desired.is_file() {
         return Err(CliError::Usage(format!(
             "--desired {}: no such file; write the layout first, e.g. `gpus: {{0: [3g.40gb@0]}}`",
