@@ -148,6 +148,27 @@ fn a_vgpu_is_released_only_by_its_owner_and_proxmox_output_names_it() {
     ));
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["handle"]["uuid"], "00000000-0000-0000-0000-000000000101");
+    // A typo is bad input (2); a size the same-size rule forbids is a request the host
+    // cannot meet now (1), said in words.
+    let e = tessera(
+        s,
+        &["vgpu", "create", "--gpu", "0000:41:00.0", "--type", "A30-6"],
+    );
+    assert_eq!(e.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&e.stderr).contains("did you mean `A30-6C`"));
+    let e = tessera(
+        s,
+        &[
+            "vgpu",
+            "create",
+            "--gpu",
+            "0000:41:00.0",
+            "--type",
+            "A30-12C",
+        ],
+    );
+    assert_eq!(e.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&e.stderr).contains("same frame buffer size"));
     let r = tessera(
         s,
         &[

@@ -7,8 +7,9 @@
 //! twin. `STATE` (`--state-dir`, default `./tessera-vgpu`) also keeps the journal, the type
 //! names learned from the host, and who each vGPU was created for.
 //!
-//! Exit codes: 0 done; 1 a valid request the host cannot meet now (a GPU refused by `apply` or
-//! `plan`, a vGPU a VM holds); 2 bad input or an error.
+//! Exit codes (docs/cli.md): 0 done; 1 a valid request the host cannot meet now (a GPU refused
+//! by `apply` or `plan`, a vGPU a VM holds, a driver refusal, no room); 2 bad input (an unknown
+//! board, type, GPU or vGPU, a bad desired file).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -300,8 +301,27 @@ pub enum TwinCmd {
     },
 }
 
-fn err<E: std::fmt::Display>(e: E) -> CliError {
-    CliError::Other(e.to_string())
+/// A failure while running (exit 1); input errors the library names are exit 2.
+fn err<E: std::fmt::Display + 'static>(e: E) -> CliError {
+    use tessera_vgpu::agent::AgentError;
+    use tessera_vgpu::host::HostError;
+    let any: &dyn std::any::Any = &e;
+    let usage = match (
+        any.downcast_ref::<AgentError>(),
+        any.downcast_ref::<HostError>(),
+    ) {
+        (Some(AgentError::UnknownGpu { .. }), _) => true,
+        (Some(AgentError::Host(h)), _) | (None, Some(h)) => matches!(
+            h,
+            HostError::Catalog(_) | HostError::UnknownGpu { .. } | HostError::UnknownVgpu { .. }
+        ),
+        _ => false,
+    };
+    if usage {
+        CliError::Usage(e.to_string())
+    } else {
+        CliError::Failed(e.to_string())
+    }
 }
 
 fn twin_path(state: &Path) -> PathBuf {
