@@ -242,6 +242,131 @@ pub fn small_instance(catalog: &Catalog, seed: u64) -> (ClusterSpec, Vec<Request
     (ClusterSpec { nodes }, requests)
 }
 
+/// Models of the contended instances: A30, A100 40GB and 80GB, H100, H100 NVL.
+pub const CONTENDED_MODELS: [&str; 5] = [
+    "a30-24gb",
+    "a100-40gb",
+    "a100-80gb",
+    "h100-80gb",
+    "h100-nvl-94gb",
+];
+
+/// The shape of a contended instance ([`contended_instance`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ContendedSpec {
+    /// GPUs, drawn uniformly from this inclusive range.
+    pub gpus: (usize, usize),
+    /// Pending requests, drawn from this inclusive range; `None`: 2–4 per GPU.
+    pub requests: Option<(usize, usize)>,
+    /// Share of existing instances that are busy (default 1/3).
+    pub busy: f64,
+    /// Demand skew `s`: a profile of `g` compute slices is asked for with weight `g^-s`
+    /// (0: every profile alike; default 1, small profiles more often).
+    pub skew: f64,
+}
+
+impl ContendedSpec {
+    /// The shape with `gpus` GPUs: 2–4 requests per GPU, a third busy, skew 1.
+    pub fn new(gpus: (usize, usize)) -> Self {
+        ContendedSpec {
+            gpus,
+            requests: None,
+            busy: 1.0 / 3.0,
+            skew: 1.0,
+        }
+    }
+}
+
+/// A contended MIG-only instance: GPUs of [`CONTENDED_MODELS`] on nodes of 4 or 8 (one model
+/// per node), 15 % of them empty, the others 50–100 % partitioned with `spec.busy` of their
+/// instances busy; requests for the ordinary profiles of the cluster's models (weighted by
+/// `spec.skew`), priority 1 (50 %), 2 (30 %) or 3 (20 %), more than fits.
+pub fn contended_instance(
+    catalog: &Catalog,
+    spec: &ContendedSpec,
+    seed: u64,
+) -> (ClusterSpec, Vec<RequestSpec>) {
+    let all = models(catalog, &CONTENDED_MODELS);
+    let mut rng = rng(seed);
+    let (lo, hi) = (spec.gpus.0.max(1), spec.gpus.1.max(spec.gpus.0.max(1)));
+    let n = rng.random_range(lo..=hi);
+    let mut nodes = Vec::new();
+    let mut used: Vec<&GpuModel> = Vec::new();
+    let mut left = n;
+    while left > 0 {
+        let size = (*[4usize, 8].choose(&mut rng).expect("non-empty")).min(left);
+        left -= size;
+        let m = *all.choose(&mut rng).expect("non-empty");
+        if !used.iter().any(|u| u.key == m.key) {
+            used.push(m);
+        }
+        let gpus = (0..size)
+            .map(|_| {
+                let instances = if rng.random_bool(0.15) {
+                    Vec::new()
+                } else {
+                    let fill = rng.random_range(0.5..1.0);
+                    random_layout(m, &mut rng, fill)
+                        .into_iter()
+                        .map(|p| InstanceSpec {
+                            profile: m.profile(p.profile).name.clone(),
+                            start: p.start,
+                            used: rng.random_bool(spec.busy.clamp(0.0, 1.0)),
+                        })
+                        .collect()
+                };
+                GpuSpec::mig(&m.key, instances)
+            })
+            .collect();
+        nodes.push(NodeSpec {
+            name: format!("node-{:03}", nodes.len()),
+            gpus,
+        });
+    }
+    // Every ordinary profile name of the cluster's models, once, with its compute slices.
+    let mut pool: Vec<(String, u8)> = Vec::new();
+    for m in &used {
+        for p in &m.profiles {
+            if p.media_kind() == MediaKind::Standard
+                && !pool.iter().any(|(n, _)| n.eq_ignore_ascii_case(&p.name))
+            {
+                pool.push((p.name.clone(), p.compute_slices));
+            }
+        }
+    }
+    pool.sort();
+    let weights: Vec<f64> = pool
+        .iter()
+        .map(|&(_, g)| f64::from(g.max(1)).powf(-spec.skew))
+        .collect();
+    let total: f64 = weights.iter().sum();
+    let count = match spec.requests {
+        Some((a, b)) => rng.random_range(a.min(b)..=b.max(a)),
+        None => rng.random_range(2 * n..=4 * n),
+    };
+    let w = count.max(1).to_string().len().max(3);
+    let requests = (0..count)
+        .map(|i| {
+            let mut roll = rng.random_range(0.0..total);
+            let mut pick = pool.len() - 1;
+            for (k, wk) in weights.iter().enumerate() {
+                if roll < *wk {
+                    pick = k;
+                    break;
+                }
+                roll -= wk;
+            }
+            let prio = match rng.random_range(0..10u32) {
+                0..=4 => 1,
+                5..=7 => 2,
+                _ => 3,
+            };
+            RequestSpec::mig(&format!("r{i:0w$}"), &pool[pick].0).with_priority(prio)
+        })
+        .collect();
+    (ClusterSpec { nodes }, requests)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -265,6 +390,15 @@ mod tests {
         crate::plan(c, &a.0, &a.1, &crate::PlanOptions::default()).unwrap();
         for seed in 0..50 {
             let (cl, rq) = small_instance(c, seed);
+            crate::plan(c, &cl, &rq, &crate::PlanOptions::default()).unwrap();
+        }
+        let spec = ContendedSpec::new((16, 48));
+        for seed in 0..5 {
+            let (cl, rq) = contended_instance(c, &spec, seed);
+            assert_eq!((cl.clone(), rq.clone()), contended_instance(c, &spec, seed));
+            let n: usize = cl.nodes.iter().map(|n| n.gpus.len()).sum();
+            assert!((16..=48).contains(&n), "{n} GPUs");
+            assert!(rq.len() >= 2 * n && rq.len() <= 4 * n);
             crate::plan(c, &cl, &rq, &crate::PlanOptions::default()).unwrap();
         }
     }

@@ -46,6 +46,7 @@
 //! compares the policies with the optimum.
 
 mod check;
+mod columns;
 mod dp;
 mod error;
 mod exact;
@@ -53,6 +54,8 @@ mod explain;
 mod firstfit;
 pub mod gen;
 mod holds;
+#[cfg(feature = "ilp")]
+pub mod ilp;
 pub mod input;
 mod memo;
 mod mps;

@@ -20,8 +20,12 @@
 //! per-profile counts of every maximal valid layout), which is generous to nos (it knew only
 //! A30/A100 and no `+me` profiles); each changed geometry is turned into a hardware-valid layout
 //! that keeps the busy instances where they are and as many idle ones as possible, or the GPU
-//! keeps its current layout when no placement realises the counts. Pods are then bound
-//! first-fit (node name order, GPU index order) to free devices, as the scheduler would; an MPS
+//! keeps its current layout when no placement realises the counts. Geometries of equal score
+//! are chosen at random from a fixed seed (nos iterates a Go map; taking the first of the list
+//! would always start from the most fragmented geometry and inflate its churn). Pods are then
+//! bound first-fit (node name order, GPU index order) to free devices, as the scheduler would,
+//! with a per-resource cursor past GPUs that have no free device left (binding is not part of
+//! nos's algorithm and should not dominate its measured time); an MPS
 //! pod whose client breaks our memory, SM or client limits is not served. nos has no
 //! time-slicing: time-slice requests go first-fit.
 
@@ -72,8 +76,19 @@ struct Pod {
     res: usize,
 }
 
-/// Plan with the nos algorithm.
+/// Seed of the geometry tie-breaks of the `nos` policy (fixed: plans are deterministic).
+pub(crate) const NOS_SEED: u64 = 0x006e_6f73;
+
+/// Plan with the nos algorithm, ties broken with [`NOS_SEED`].
 pub(crate) fn solve(p: &Problem<'_>) -> Solution {
+    solve_seeded(p, NOS_SEED)
+}
+
+/// Plan with the nos algorithm; geometries of equal score are chosen at random from `seed`
+/// (nos iterates a Go map, whose order is random), not the first of the list.
+pub(crate) fn solve_seeded(p: &Problem<'_>, seed: u64) -> Solution {
+    use rand::SeedableRng;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     let mut sol = p.empty_solution();
     let np = p.profiles.len();
     // Resources: MIG global profiles, then MPS slice sizes in GB.
@@ -193,7 +208,14 @@ pub(crate) fn solve(p: &Problem<'_>) -> Solution {
             for &gi in &node_gpus[n] {
                 let range = n * nres..(n + 1) * nres;
                 add_free(p, &fork.gpus[gi], &mut fork.node_free[range.clone()], -1);
-                update_geometry(p, &mut fork.gpus[gi], &geometries, &lacking, &mps_sizes);
+                update_geometry(
+                    p,
+                    &mut fork.gpus[gi],
+                    &geometries,
+                    &lacking,
+                    &mps_sizes,
+                    &mut rng,
+                );
                 add_free(p, &fork.gpus[gi], &mut fork.node_free[range], 1);
                 // Subtract this GPU's free devices from the lacking vector.
                 for (r, l) in lacking.iter_mut().enumerate() {
@@ -248,15 +270,30 @@ pub(crate) fn solve(p: &Problem<'_>) -> Solution {
     for g in &p.gpus {
         on_node[g.node].push((g.mode, g.slot));
     }
+    // Binding never frees a device, so a GPU without a free device of a resource never gets
+    // one: each resource keeps a cursor past such GPUs (the same binding as a scan from the
+    // first node every time, without its quadratic cost, which real nos does not have).
+    let flat: Vec<(crate::GpuMode, usize)> = order
+        .iter()
+        .flat_map(|&n| on_node[n].iter().copied())
+        .collect();
+    let mut cursor = vec![0usize; nres];
     for pod in &pods {
-        'nodes: for &n in order {
-            for &(mode, slot) in &on_node[n] {
+        let start = cursor[pod.res];
+        'nodes: for (at, &(mode, slot)) in flat.iter().enumerate().skip(start) {
+            {
                 match (mode, p.reqs[pod.req].kind) {
                     (crate::GpuMode::Mig, ReqKind::Mig(gp)) => {
                         let Some(lp) = p.local[p.mig[slot].t][gp] else {
+                            if cursor[pod.res] == at {
+                                cursor[pod.res] = at + 1;
+                            }
                             continue;
                         };
                         let free = p.free_of(slot, sol.layouts[slot], lp) & !held[slot];
+                        if free == 0 && cursor[pod.res] == at {
+                            cursor[pod.res] = at + 1;
+                        }
                         if free != 0 {
                             let c = free.trailing_zeros() as usize;
                             held[slot] |= 1 << c;
@@ -266,6 +303,9 @@ pub(crate) fn solve(p: &Problem<'_>) -> Solution {
                     }
                     (crate::GpuMode::Mps, ReqKind::Mps { mem, sm }) => {
                         let k = pod.res - np;
+                        if mps_free[slot][k] == 0 && cursor[pod.res] == at {
+                            cursor[pod.res] = at + 1;
+                        }
                         if mps_free[slot][k] > 0 {
                             mps_free[slot][k] -= 1;
                             let r = &mut room[slot];
@@ -277,7 +317,11 @@ pub(crate) fn solve(p: &Problem<'_>) -> Solution {
                             break 'nodes;
                         }
                     }
-                    _ => {}
+                    _ => {
+                        if cursor[pod.res] == at {
+                            cursor[pod.res] = at + 1;
+                        }
+                    }
                 }
             }
         }
@@ -414,6 +458,7 @@ fn update_geometry(
     geos: &[Vec<Counts>],
     lacking: &[i64],
     mps_sizes: &[u32],
+    rng: &mut impl rand::Rng,
 ) {
     let np = p.profiles.len();
     match st {
@@ -421,7 +466,9 @@ fn update_geometry(
             let t = p.mig[*m].t;
             let nprof = p.tables[t].profiles();
             let loc = &p.local[t];
+            // The best score and the geometries that reach it; one of them at random.
             let mut best: Option<(i64, &Counts)> = None;
+            let mut ties = 0u32;
             for g in &geos[t] {
                 if (0..nprof).any(|lp| g[lp] < used[lp]) {
                     continue;
@@ -433,8 +480,19 @@ fn update_geometry(
                         score += provided.min(lacking[gp]);
                     }
                 }
-                if best.is_none_or(|(b, _)| score > b) {
-                    best = Some((score, g));
+                match best {
+                    Some((b, _)) if score < b => {}
+                    Some((b, _)) if score == b => {
+                        // Reservoir choice: each tied geometry is kept with equal chance.
+                        ties += 1;
+                        if rng.random_range(0..ties) == 0 {
+                            best = Some((score, g));
+                        }
+                    }
+                    _ => {
+                        best = Some((score, g));
+                        ties = 1;
+                    }
                 }
             }
             if let Some((score, g)) = best {
@@ -514,6 +572,33 @@ mod tests {
         assert_eq!(realise(&t, busy, busy, &want), None);
         let l = realise(&t, 0, 0, &want).unwrap();
         assert_eq!(counts_of(&t, l), want);
+    }
+
+    #[test]
+    fn geometry_ties_fall_by_seed_and_each_seed_is_deterministic() {
+        use crate::input::{ClusterSpec, GpuSpec, NodeSpec, RequestSpec};
+        use crate::PlanOptions;
+        let c = Catalog::builtin();
+        let cluster = ClusterSpec {
+            nodes: vec![NodeSpec {
+                name: "a".into(),
+                gpus: vec![GpuSpec::mig("a100-80gb", Vec::new())],
+            }],
+        };
+        let requests = vec![RequestSpec::mig("r1", "1g.10gb")];
+        let opts = PlanOptions::with_policy(crate::Policy::Nos);
+        let mut layouts = std::collections::BTreeSet::new();
+        for seed in 0..20 {
+            let (a, oa) = crate::quality::nos_seeded(c, &cluster, &requests, seed).unwrap();
+            let (b, _) = crate::quality::nos_seeded(c, &cluster, &requests, seed).unwrap();
+            assert_eq!(a, b, "seed {seed}");
+            assert_eq!(oa.served, 1);
+            crate::check_plan(c, &cluster, &requests, &opts, &a).unwrap();
+            layouts.insert(format!("{:?}", a.gpus[0].layout));
+        }
+        // Every geometry with a 1g.10gb scores 1: the seeds pick different ones, not always the
+        // first of the list.
+        assert!(layouts.len() >= 3, "{layouts:?}");
     }
 
     #[test]

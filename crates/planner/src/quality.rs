@@ -107,3 +107,153 @@ pub fn quality(catalog: &Catalog, instances: u64, seed: u64) -> QualityReport {
         policies: rows,
     }
 }
+
+/// One policy's totals on contended instances.
+#[cfg(feature = "ilp")]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ContendedPolicy {
+    /// The policy.
+    pub policy: Policy,
+    /// Requests served, summed.
+    pub served: u64,
+    /// Served priority, summed.
+    pub served_priority: u64,
+    /// `served_priority` over the optimum's, summed over instances.
+    pub share_of_optimum: f64,
+    /// The lowest share of the optimum on one instance.
+    pub worst_share: f64,
+    /// Instances where the policy reached the optimum's served priority.
+    pub optimal_instances: u64,
+    /// Operations, summed.
+    pub operations: u64,
+    /// Plans that broke a guarantee (always 0 unless there is a bug).
+    pub invalid_plans: u64,
+}
+
+/// The report of a contended quality run ([`contended_quality`]).
+#[cfg(feature = "ilp")]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ContendedReport {
+    /// Instances generated.
+    pub instances: u64,
+    /// Seed of the first instance (instance `k` uses `seed + k`).
+    pub seed: u64,
+    /// GPUs, summed over instances.
+    pub gpus: u64,
+    /// Pending requests, summed over instances.
+    pub requests: u64,
+    /// GPU groups of the reference program, summed over instances.
+    pub groups: u64,
+    /// Layout columns of the reference program, summed over instances.
+    pub columns: u64,
+    /// The optimum's served priority, summed.
+    pub optimum_priority: u64,
+    /// The optimum's served requests, summed.
+    pub optimum_served: u64,
+    /// Per policy: tessera, nos, first-fit.
+    pub policies: Vec<ContendedPolicy>,
+}
+
+/// Generate `instances` contended instances ([`gen::contended_instance`]) from `seed`, plan
+/// each with tessera, nos and first-fit, check every plan, and total the results against the
+/// integer-programming optimum ([`crate::ilp::optimum`]).
+#[cfg(feature = "ilp")]
+pub fn contended_quality(
+    catalog: &Catalog,
+    spec: &gen::ContendedSpec,
+    instances: u64,
+    seed: u64,
+) -> Result<ContendedReport, crate::ilp::IlpError> {
+    let mut rows: Vec<ContendedPolicy> = [Policy::Tessera, Policy::Nos, Policy::FirstFit]
+        .into_iter()
+        .map(|policy| ContendedPolicy {
+            policy,
+            served: 0,
+            served_priority: 0,
+            share_of_optimum: 0.0,
+            worst_share: 1.0,
+            optimal_instances: 0,
+            operations: 0,
+            invalid_plans: 0,
+        })
+        .collect();
+    let mut r = ContendedReport {
+        instances,
+        seed,
+        gpus: 0,
+        requests: 0,
+        groups: 0,
+        columns: 0,
+        optimum_priority: 0,
+        optimum_served: 0,
+        policies: Vec::new(),
+    };
+    for k in 0..instances {
+        let (cluster, requests) = gen::contended_instance(catalog, spec, seed.wrapping_add(k));
+        let best = crate::ilp::optimum(catalog, &cluster, &requests)?;
+        r.gpus += cluster
+            .nodes
+            .iter()
+            .map(|n| n.gpus.len() as u64)
+            .sum::<u64>();
+        r.requests += requests.len() as u64;
+        r.groups += best.groups as u64;
+        r.columns += best.columns as u64;
+        let opt = best.objective.served_priority;
+        r.optimum_priority += opt;
+        r.optimum_served += best.objective.served as u64;
+        for row in rows.iter_mut() {
+            let opts = PlanOptions::with_policy(row.policy);
+            let obj = plan(catalog, &cluster, &requests, &opts)
+                .map_err(|e| vec![e.to_string()])
+                .and_then(|pl| check_plan(catalog, &cluster, &requests, &opts, &pl));
+            match obj {
+                Ok(o) => {
+                    row.served += o.served as u64;
+                    row.served_priority += o.served_priority;
+                    row.operations += o.operations;
+                    if o.served_priority >= opt {
+                        row.optimal_instances += 1;
+                    }
+                    if opt > 0 {
+                        row.worst_share =
+                            row.worst_share.min(o.served_priority as f64 / opt as f64);
+                    }
+                }
+                Err(_) => row.invalid_plans += 1,
+            }
+        }
+    }
+    for row in &mut rows {
+        row.share_of_optimum = if r.optimum_priority == 0 {
+            1.0
+        } else {
+            row.served_priority as f64 / r.optimum_priority as f64
+        };
+    }
+    r.policies = rows;
+    Ok(r)
+}
+
+/// Plan with the nos algorithm, its geometry ties broken at random from `seed` (the `nos`
+/// policy uses one fixed seed): for measurements averaged over seeds, as real nos's ties fall
+/// in Go's random map order.
+pub fn nos_seeded(
+    catalog: &Catalog,
+    cluster: &crate::ClusterSpec,
+    requests: &[crate::RequestSpec],
+    seed: u64,
+) -> Result<(crate::Plan, Objective), crate::PlanError> {
+    use crate::problem::Problem;
+    let opts = PlanOptions::with_policy(Policy::Nos);
+    let (input, labels) = crate::input::resolve(catalog, cluster, requests)?;
+    let p = Problem::new(&input, &opts, Some(cluster), &[])?;
+    let sol = if crate::holds::any(&input) {
+        let v = crate::holds::view(&input, &p);
+        let view = Problem::new(&v.input, &opts, Some(cluster), &v.phantoms)?;
+        crate::holds::back(&p, &v, &crate::nos::solve_seeded(&view, seed))
+    } else {
+        crate::nos::solve_seeded(&p, seed)
+    };
+    Ok((labels.plan(&p, &sol, Policy::Nos, false), p.objective(&sol)))
+}

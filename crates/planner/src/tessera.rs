@@ -1,6 +1,6 @@
 //! The `tessera` policy.
 //!
-//! **MIG** runs in four steps:
+//! **MIG** runs in five steps:
 //! 1. *Greedy, twice.* Requests are taken in groups of equal priority, highest first. Inside a
 //!    group one run takes larger profiles first, the other smaller first (as a fraction of a
 //!    GPU; loose clusters favour the first order, tight ones the second), then input order. Each
@@ -22,7 +22,13 @@
 //!    by a later set. Every pair is tried on clusters of up to 64 MIG GPUs, each GPU with its
 //!    next 8 otherwise, for up to 4 passes and within a fixed step budget, so large inputs stay
 //!    fast and the result deterministic.
-//! 3. *Floor.* When some MIG request still waits, first-fit's plan is computed too (and
+//! 3. *Repacking* (clusters of up to [`crate::columns::COLUMNS_UP_TO`] MIG GPUs, when some
+//!    MIG request still waits): a search over each GPU's *layout columns* (how many free
+//!    instances of each requested profile a valid layout offers) for the choice that serves the
+//!    most priority, realised GPU by GPU with the fewest operations and improved as in step 2;
+//!    kept when better ([`crate::columns`]). This is what frees whole placements for waiting
+//!    large profiles on contended clusters.
+//! 4. *Floor.* When some MIG request still waits, first-fit's plan is computed too (and
 //!    improved) and kept if it is better: tessera never serves less than first-fit. First-fit
 //!    stops early once the priority it can still serve is below the plan's.
 //!
@@ -558,6 +564,20 @@ fn mig(p: &Problem<'_>, sol: &mut Solution) {
         }
     };
     improve(p, &mut s);
+    // Contended clusters: repack by layout columns when some MIG request still waits.
+    let waits = p
+        .reqs
+        .iter()
+        .zip(&s.slots)
+        .any(|(r, slot)| matches!(r.kind, ReqKind::Mig(_)) && slot.is_none());
+    if waits {
+        if let Some(mut r) = crate::columns::repack(p, &s) {
+            improve(p, &mut r);
+            if p.better(&r, &s) {
+                s = r;
+            }
+        }
+    }
     // First-fit's plan is the fallback, so tessera never serves less than first-fit. It can
     // only serve more when some MIG request waits.
     let served_all = p

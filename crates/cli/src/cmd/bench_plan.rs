@@ -5,8 +5,8 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use serde::Serialize;
-use tessera_planner::gen::{bench_input, BenchSpec};
-use tessera_planner::quality::quality;
+use tessera_planner::gen::{bench_input, BenchSpec, ContendedSpec};
+use tessera_planner::quality::{contended_quality, quality};
 use tessera_planner::{plan, PlanOptions, Policy};
 
 use crate::cmd::plan::parse_policy;
@@ -118,17 +118,59 @@ pub fn run_plan(args: &PlanArgs, ctx: &Ctx) -> Result<ExitCode, CliError> {
 /// Arguments of `tessera bench quality`.
 #[derive(Debug, clap::Args)]
 pub struct QualityArgs {
-    /// Random small instances to plan.
-    #[arg(long, default_value_t = 1000)]
-    pub instances: u64,
+    /// Instances to plan (default: 1000 small ones, 20 contended ones).
+    #[arg(long)]
+    pub instances: Option<u64>,
     /// Seed of the first instance (instance k uses seed + k).
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// Instance shape: `small` (1-6 GPUs of every mode, against the exhaustive `exact` policy)
+    /// or `contended` (MIG clusters of mixed A30/A100/H100/H100 NVL GPUs, a third of the
+    /// instances busy, more demand than fits, against an integer-programming optimum).
+    #[arg(long, default_value = "small", value_parser = ["small", "contended"])]
+    pub shape: String,
+    /// Contended: GPUs per instance, `A-B` (or one number).
+    #[arg(long, default_value = "16-48", value_parser = parse_range)]
+    pub gpus: (usize, usize),
+    /// Contended: pending requests per instance, `A-B` (default: 2-4 per GPU).
+    #[arg(long, value_parser = parse_range)]
+    pub requests: Option<(usize, usize)>,
+    /// Contended: share of the existing instances that are busy (0-1).
+    #[arg(long, default_value_t = 1.0 / 3.0)]
+    pub busy: f64,
+    /// Contended: demand skew s; a profile of g compute slices is asked for with weight g^-s.
+    #[arg(long, default_value_t = 1.0)]
+    pub skew: f64,
+}
+
+/// Parse `A-B` or `N` into an inclusive range.
+fn parse_range(s: &str) -> Result<(usize, usize), String> {
+    let num = |x: &str| {
+        x.trim()
+            .parse::<usize>()
+            .map_err(|_| format!("`{s}` is not a range; write A-B (e.g. 16-48) or one number"))
+    };
+    let (a, b) = match s.split_once('-') {
+        Some((a, b)) => (num(a)?, num(b)?),
+        None => {
+            let n = num(s)?;
+            (n, n)
+        }
+    };
+    if a == 0 || a > b {
+        return Err(format!(
+            "`{s}`: the range must start at 1 or more and not end below its start"
+        ));
+    }
+    Ok((a, b))
 }
 
 /// Run `bench quality`.
 pub fn run_quality(args: &QualityArgs, ctx: &Ctx) -> Result<ExitCode, CliError> {
-    let r = quality(&ctx.catalog, args.instances, args.seed);
+    if args.shape == "contended" {
+        return run_contended(args, ctx);
+    }
+    let r = quality(&ctx.catalog, args.instances.unwrap_or(1000), args.seed);
     emit(ctx.output, &r, || {
         let mut t = table(&[
             "POLICY",
@@ -152,6 +194,76 @@ pub fn run_quality(args: &QualityArgs, ctx: &Ctx) -> Result<ExitCode, CliError> 
         s.push_str(&format!(
             "{} instances from seed {} ({} skipped: too large for exact); optimum: {} requests, priority {}\n",
             r.instances, r.seed, r.skipped, r.optimum_served, r.optimum_priority
+        ));
+        s
+    })?;
+    let broken: u64 = r.policies.iter().map(|p| p.invalid_plans).sum();
+    if broken > 0 {
+        return Err(CliError::Other(format!(
+            "{broken} plans broke a guarantee; this is a planner bug"
+        )));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Run `bench quality --shape contended`.
+fn run_contended(args: &QualityArgs, ctx: &Ctx) -> Result<ExitCode, CliError> {
+    if !(0.0..=1.0).contains(&args.busy) {
+        return Err(CliError::Usage(format!(
+            "--busy {} is not a share; give a number from 0 to 1",
+            args.busy
+        )));
+    }
+    if !args.skew.is_finite() || args.skew < 0.0 {
+        return Err(CliError::Usage(format!(
+            "--skew {} must be 0 or more",
+            args.skew
+        )));
+    }
+    let spec = ContendedSpec {
+        gpus: args.gpus,
+        requests: args.requests,
+        busy: args.busy,
+        skew: args.skew,
+    };
+    let instances = args.instances.unwrap_or(20);
+    let r = contended_quality(&ctx.catalog, &spec, instances, args.seed)
+        .map_err(|e| CliError::Other(e.to_string()))?;
+    emit(ctx.output, &r, || {
+        let mut t = table(&[
+            "POLICY",
+            "SERVED",
+            "PRIORITY",
+            "OF OPTIMUM",
+            "WORST INSTANCE",
+            "OPTIMAL INSTANCES",
+            "OPERATIONS",
+        ]);
+        for row in &r.policies {
+            t.add_row(vec![
+                row.policy.to_string(),
+                row.served.to_string(),
+                row.served_priority.to_string(),
+                format!("{:.2} %", row.share_of_optimum * 100.0),
+                format!("{:.2} %", row.worst_share * 100.0),
+                format!("{} / {}", row.optimal_instances, r.instances),
+                row.operations.to_string(),
+            ]);
+        }
+        let mut s = format!("{t}\n");
+        s.push_str(&format!(
+            "{} contended instances from seed {} ({} GPUs, {} requests in all; {:.0} % busy, skew {}); \
+             optimum (integer program, {} GPU groups, {} layout columns): {} requests, priority {}\n",
+            r.instances,
+            r.seed,
+            r.gpus,
+            r.requests,
+            args.busy * 100.0,
+            args.skew,
+            r.groups,
+            r.columns,
+            r.optimum_served,
+            r.optimum_priority
         ));
         s
     })?;
