@@ -78,10 +78,7 @@ enum Command {
     /// libraries, cgroups, the daemon; each line ok / warn / fail with the fix (exit 1 on a
     /// failure, e.g. no GPU).
     Doctor(cmd::doctor::Args),
-    /// Hidden alias of `tessera k8s node`.
-    #[command(name = "k8s-node", hide = true)]
-    K8sNode(cmd::k8s_node::Args),
-    /// Kubernetes, cluster side: the TesseraNode CRD, the controller, an in-process demo cluster.
+    /// Kubernetes: the node agent, the TesseraNode CRD, the controller, an in-process demo cluster.
     #[command(subcommand)]
     K8s(cmd::k8s::K8sCmd),
     /// Print the shell completion script (bash, zsh, fish, elvish, powershell).
@@ -158,7 +155,6 @@ fn run(command: &Command, ctx: &Ctx) -> Result<ExitCode, CliError> {
         Command::Agent(c) => cmd::agent::run(c, ctx),
         Command::Bench(c) => cmd::bench::run(c, ctx),
         Command::Sim(a) => cmd::sim::run(a, ctx),
-        Command::K8sNode(a) => cmd::k8s_node::run(a, ctx),
         Command::Serve(a) => cmd::serve::run(a, ctx),
         Command::Run(a) => cmd::run::run(a, ctx),
         Command::Ps(a) => cmd::ps::run(a, ctx),

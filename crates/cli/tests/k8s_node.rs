@@ -1,4 +1,4 @@
-//! `tessera k8s-node` (standalone `tessera k8s node`) as a real process against the fake
+//! `tessera k8s node` (standalone mode) as a real process against the fake
 //! kubelet: it registers NVIDIA-compatible resources, follows the desired file onto the open
 //! ListAndWatch stream, writes its status, and stops cleanly on SIGTERM.
 
@@ -33,7 +33,7 @@ fn standalone_dra_without_claims_is_refused_with_the_fix() {
     let desired = tmp.path().join("d.yaml");
     std::fs::write(&desired, "gpus: {}\n").unwrap();
     let o = tessera()
-        .args(["k8s-node", "--mode", "dra", "--backend", "sim:/nonexistent"])
+        .args(["k8s", "node", "--mode", "dra", "--backend", "sim:/nonexistent"])
         .arg("--desired")
         .arg(&desired)
         .output()
@@ -53,7 +53,7 @@ async fn node_process_serves_the_kubelet_and_follows_the_desired_file() {
     std::fs::write(&desired, "gpus:\n  0: [1g.10gb@0, 1g.10gb@1, 3g.40gb@4]\n").unwrap();
     let kubelet = FakeKubelet::start(&kdir).await.unwrap();
     let mut child = tessera()
-        .args(["k8s-node", "--mode", "device-plugin", "--poll-ms", "50"])
+        .args(["k8s", "node", "--mode", "device-plugin", "--poll-ms", "50"])
         .arg("--backend")
         .arg(format!("sim:{state}"))
         .arg("--kubelet-dir")
