@@ -412,3 +412,53 @@ pub fn run_hybrid(
         policies,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Trace;
+    use tessera_model::Catalog;
+
+    fn ctx() -> FracContext {
+        let nodes =
+            "sn,cpu_milli,memory_mib,gpu,model\nn0,64000,262144,4,G2\nn1,64000,262144,2,T4\n";
+        let mut pods = String::from(
+            "name,cpu_milli,memory_mib,num_gpu,gpu_milli,creation_time,deletion_time\n",
+        );
+        for i in 0..30u32 {
+            let (n, m) = match i % 5 {
+                0 => (1, 1000),
+                1 => (0, 0),
+                _ => (1, 100 + (i * 131) % 800),
+            };
+            pods.push_str(&format!("p{i},1000,1024,{n},{m},0,1\n"));
+        }
+        FracContext::new(&Trace::parse(nodes, &pods).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn tessera_is_mps_only_without_isolation_and_mig_only_with_all_isolated() {
+        let c = ctx();
+        let m = Mapping::new(Catalog::builtin().lookup("a100-80gb").unwrap()).unwrap();
+        let r = |p, f| run(&c, &m, p, f, 42);
+        assert_eq!(
+            r(HybridPolicy::Tessera, 0.0).curve,
+            r(HybridPolicy::MpsOnly, 0.0).curve
+        );
+        assert_eq!(
+            r(HybridPolicy::Tessera, 1.0).curve,
+            r(HybridPolicy::MigOnly, 1.0).curve
+        );
+        let half = r(HybridPolicy::Tessera, 0.5);
+        assert!(half.mig_gpus > 0 && half.mps_gpus > 0, "{half:?}");
+        assert_eq!(half, r(HybridPolicy::Tessera, 0.5));
+        let mig = r(HybridPolicy::MigOnly, 0.5);
+        assert_eq!(mig.mps_gpus, 0);
+        for run in [&half, &mig, &r(HybridPolicy::MpsOnly, 0.5)] {
+            for w in run.curve.windows(2) {
+                assert!(w[1] >= w[0]);
+            }
+            assert!(run.curve.iter().all(|&a| a <= 100.0 + 1e-9));
+        }
+    }
+}

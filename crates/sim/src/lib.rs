@@ -9,6 +9,9 @@
 //! * [`policy`], [`planned`] and [`static_layout`] are the five policies.
 //! * [`saturate`] and [`replay`] are the two modes; [`report`] aggregates runs over seeds;
 //!   [`output`] writes CSV files and PNG/SVG plots.
+//! * [`fractional`] (with [`frac_report`]) is the FGD paper's own model — GPU fractions on the
+//!   trace's heterogeneous GPUs — with its six baselines and tessera; [`hybrid`] lets each GPU
+//!   be MIG or MPS.
 
 pub mod cluster;
 pub mod frac_report;
