@@ -2,8 +2,9 @@
 //!
 //! Each subcommand lives in `cmd/<name>.rs` and follows four steps: parse (clap), resolve
 //! (catalog, files, backends), run (library calls), render (`output`, `render`). This file only
-//! dispatches and turns errors into exit codes: 0 done, 1 a valid request that cannot be met,
-//! 2 bad input or an error.
+//! dispatches and turns errors into exit codes: 0 done, 1 a valid request that cannot be met or
+//! a failure while running (the daemon unreachable, a backend or database error), 2 bad input
+//! (see `CliError::exit_code` and `docs/cli.md`).
 
 mod backend;
 mod cmd;
@@ -77,6 +78,12 @@ enum Command {
     /// libraries, cgroups, the daemon; each line ok / warn / fail with the fix (exit 1 on a
     /// failure, e.g. no GPU).
     Doctor(cmd::doctor::Args),
+    /// `tessera k8s node` in standalone mode (until the `k8s` group hooks it in).
+    #[command(name = "k8s-node", hide = true)]
+    K8sNode(cmd::k8s_node::Args),
+    /// Kubernetes, cluster side: the TesseraNode CRD, the controller, an in-process demo cluster.
+    #[command(subcommand)]
+    K8s(cmd::k8s::K8sCmd),
 }
 
 fn main() -> ExitCode {
@@ -101,7 +108,7 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e}");
+            eprintln!("error: {}", output::error_chain(&e));
             e.exit_code()
         }
     }
@@ -144,6 +151,7 @@ fn run(command: &Command, ctx: &Ctx) -> Result<ExitCode, CliError> {
         Command::Agent(c) => cmd::agent::run(c, ctx),
         Command::Bench(c) => cmd::bench::run(c, ctx),
         Command::Sim(a) => cmd::sim::run(a, ctx),
+        Command::K8sNode(a) => cmd::k8s_node::run(a, ctx),
         Command::Serve(a) => cmd::serve::run(a, ctx),
         Command::Run(a) => cmd::run::run(a, ctx),
         Command::Ps(a) => cmd::ps::run(a, ctx),
@@ -152,5 +160,6 @@ fn run(command: &Command, ctx: &Ctx) -> Result<ExitCode, CliError> {
         Command::Drain(a) => cmd::drain::run(a, ctx),
         Command::Demo(a) => cmd::demo::run(a, ctx),
         Command::Doctor(a) => cmd::doctor::run(a, ctx),
+        Command::K8s(c) => cmd::k8s::run(c, ctx),
     }
 }

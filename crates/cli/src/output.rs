@@ -43,7 +43,9 @@ impl Ctx {
     }
 }
 
-/// Errors a command reports; each maps to an exit code.
+/// Errors a command reports. The exit code follows the error's kind: 2 for bad input (a flag,
+/// file, value or request the user must fix), 1 for a failure while running (the daemon cannot
+/// be reached or failed, a backend or database error). See `docs/cli.md`.
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
     /// Bad input: a flag, file or value the user must fix (exit 2).
@@ -52,7 +54,7 @@ pub enum CliError {
     /// A catalog problem (exit 2).
     #[error(transparent)]
     Catalog(#[from] CatalogError),
-    /// A file could not be read or written (exit 2).
+    /// A file could not be read or written (exit 2: a path the user gave).
     #[error("{path}: {source}")]
     Io {
         /// The file.
@@ -63,12 +65,38 @@ pub enum CliError {
     /// Anything else from a library, with context (exit 2).
     #[error("{0}")]
     Other(String),
+    /// A failure while running, not the input's fault (exit 1).
+    #[error("{0}")]
+    Failed(String),
+    /// A call to the daemon failed: refused as bad (4xx: exit 2), or the daemon is unreachable
+    /// or failed (exit 1).
+    #[error(transparent)]
+    Client(#[from] tessera_api::client::ClientError),
+    /// The daemon (`tessera serve`, `tessera demo`) could not start or stopped: a
+    /// configuration that does not fit (exit 2) or a failure while running (exit 1).
+    #[error(transparent)]
+    Server(#[from] tessera_server::ServerError),
 }
 
 impl CliError {
-    /// The process exit code for this error.
+    /// Whether the input is at fault (exit 2) rather than the run (exit 1).
+    pub fn is_usage(&self) -> bool {
+        use tessera_api::client::ClientError;
+        match self {
+            CliError::Usage(_)
+            | CliError::Catalog(_)
+            | CliError::Io { .. }
+            | CliError::Other(_) => true,
+            CliError::Failed(_) => false,
+            CliError::Client(ClientError::Api { status, .. }) => (400..500).contains(status),
+            CliError::Client(_) => false,
+            CliError::Server(e) => e.kind() == tessera_server::error::ErrorKind::Usage,
+        }
+    }
+
+    /// The process exit code for this error: 2 for bad input, 1 for a failure while running.
     pub fn exit_code(&self) -> ExitCode {
-        ExitCode::from(2)
+        ExitCode::from(if self.is_usage() { 2 } else { 1 })
     }
 
     /// An I/O error on a path.
@@ -78,6 +106,22 @@ impl CliError {
             source,
         }
     }
+}
+
+/// An error and its causes as one line, each cause once: a cause whose text the message
+/// already holds (many errors quote their cause) is not repeated.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let t = c.to_string();
+        if !t.is_empty() && !text.contains(&t) {
+            text.push_str(": ");
+            text.push_str(&t);
+        }
+        cause = c.source();
+    }
+    text
 }
 
 /// Read a text file, naming it in the error.
@@ -267,6 +311,57 @@ fn needs_escape(c: char) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Exit codes by kind: the daemon's 4xx answers and configuration errors are bad input
+    /// (2); an unreachable or failing daemon and backend failures are failures (1).
+    #[test]
+    fn the_exit_code_follows_the_errors_kind() {
+        use tessera_api::client::ClientError;
+        use tessera_server::ServerError;
+        let api = |status| {
+            CliError::Client(ClientError::Api {
+                status,
+                message: "m".into(),
+            })
+        };
+        assert!(api(404).is_usage() && api(409).is_usage() && api(400).is_usage());
+        assert!(!api(500).is_usage() && !api(503).is_usage());
+        let connect = CliError::Client(ClientError::Connect {
+            socket: "/x".into(),
+            source: std::io::Error::from(std::io::ErrorKind::NotFound),
+        });
+        assert!(!connect.is_usage());
+        assert!(CliError::Server(ServerError::Config {
+            path: "c.yaml".into(),
+            problem: "p".into()
+        })
+        .is_usage());
+        assert!(CliError::Server(ServerError::fleet("GPU 3 is not there")).is_usage());
+        let backend = ServerError::backend("open NVML", tessera_gpu::GpuError::DriverNotLoaded);
+        assert!(!CliError::Server(backend).is_usage());
+        assert!(!CliError::Server(ServerError::NoGpu).is_usage());
+        assert!(CliError::Usage("u".into()).is_usage());
+        assert!(!CliError::Failed("f".into()).is_usage());
+    }
+
+    /// The chain is printed once: a cause the message already quotes is not repeated, one it
+    /// does not is appended.
+    #[test]
+    fn the_error_chain_names_each_cause_once() {
+        let quoted = tessera_server::ServerError::backend(
+            "open NVML",
+            tessera_gpu::GpuError::DriverNotLoaded,
+        );
+        let text = error_chain(&quoted);
+        assert_eq!(text, quoted.to_string());
+        let cause = tessera_gpu::GpuError::DriverNotLoaded.to_string();
+        assert_eq!(text.matches(&cause).count(), 1, "{text}");
+        #[derive(Debug, thiserror::Error)]
+        #[error("outer")]
+        struct Outer(#[source] std::io::Error);
+        let e = Outer(std::io::Error::other("inner cause"));
+        assert_eq!(error_chain(&e), "outer: inner cause");
+    }
 
     #[test]
     fn control_characters_are_escaped_and_text_is_kept() {

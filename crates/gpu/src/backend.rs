@@ -222,6 +222,43 @@ pub struct GpuEvent {
     pub ci_id: Option<u32>,
 }
 
+/// What a backend is, as far as a server driving it must know; asked instead of testing the
+/// backend's type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capabilities {
+    /// The backend sees the processes on each MIG instance itself (NVML lists them). When
+    /// false it knows which instances hold work only from [`GpuBackend::attach_work`] and
+    /// [`GpuBackend::sync_work`] (the simulator, whose "processes" are marks).
+    pub observes_processes: bool,
+    /// The GPUs are device nodes of this host (`/dev/nvidiaN`, `/dev/nvidia-caps/…`), so
+    /// per-lease device isolation and real MPS control daemons apply to them.
+    pub device_nodes: bool,
+    /// A server may switch MIG mode itself to match its configuration: no reset is needed
+    /// and no one else's work can be lost (simulated GPUs). Real GPUs are switched by their
+    /// administrator.
+    pub switches_mig_mode: bool,
+}
+
+impl Capabilities {
+    /// Real GPUs driven through the driver: processes observed, device nodes present, MIG
+    /// mode left to the administrator.
+    pub const HARDWARE: Capabilities = Capabilities {
+        observes_processes: true,
+        device_nodes: true,
+        switches_mig_mode: false,
+    };
+}
+
+/// One MIG instance that holds work according to the caller (a leased instance), for
+/// [`GpuBackend::sync_work`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeldInstance {
+    /// Placement start of the instance.
+    pub start: u8,
+    /// The process the work runs as, when the caller knows it.
+    pub pid: Option<u32>,
+}
+
 /// One machine's GPUs: inventory, MIG instances, processes, modes and events.
 ///
 /// Every method names what fails and when. In all methods an unknown `gpu` index is
@@ -321,6 +358,29 @@ pub trait GpuBackend: Send {
     /// XID events since the last poll, waiting up to `timeout_ms` for the first one
     /// (0: do not wait). Events come in the order the GPUs reported them.
     fn poll_events(&mut self, timeout_ms: u32) -> Result<Vec<GpuEvent>, GpuError>;
+
+    /// What this backend is (see [`Capabilities`]). Default: real hardware.
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::HARDWARE
+    }
+
+    /// The caller started work (process `pid`, when known) on the MIG instance of `gpu` that
+    /// starts at `start`. A backend that observes processes ignores it (the work's own CUDA
+    /// context makes the instance busy); one that does not marks the instance busy, so that
+    /// nothing destroys it. [`GpuError::NotFound`] when no instance starts there.
+    fn attach_work(&mut self, gpu: u32, start: u8, pid: Option<u32>) -> Result<(), GpuError> {
+        let _ = (gpu, start, pid);
+        Ok(())
+    }
+
+    /// The caller's full list of the MIG instances of `gpu` that hold work now. A backend
+    /// that observes processes ignores it; one that does not makes its marks equal to the
+    /// list: listed instances without work become busy, unlisted busy ones idle. Returns
+    /// whether anything changed (then [`GpuBackend::instances`] reads differently).
+    fn sync_work(&mut self, gpu: u32, held: &[HeldInstance]) -> Result<bool, GpuError> {
+        let _ = (gpu, held);
+        Ok(false)
+    }
 }
 
 #[cfg(test)]

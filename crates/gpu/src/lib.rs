@@ -19,7 +19,8 @@ pub mod sim;
 use std::path::PathBuf;
 
 pub use backend::{
-    ComputeInstance, ComputeMode, GpuBackend, GpuEvent, GpuInfo, GpuInstance, IdleInstance, MigMode,
+    Capabilities, ComputeInstance, ComputeMode, GpuBackend, GpuEvent, GpuInfo, GpuInstance,
+    HeldInstance, IdleInstance, MigMode,
 };
 pub use error::GpuError;
 pub use health::{Health, HealthTracker};

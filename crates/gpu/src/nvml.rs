@@ -1038,6 +1038,24 @@ impl GpuBackend for NvmlBackend {
         "nvml".into()
     }
 
+    fn capabilities(&self) -> crate::backend::Capabilities {
+        crate::backend::Capabilities::HARDWARE
+    }
+
+    /// Nothing to record: NVML lists the work's processes itself once its CUDA context exists.
+    fn attach_work(&mut self, _gpu: u32, _start: u8, _pid: Option<u32>) -> Result<(), GpuError> {
+        Ok(())
+    }
+
+    /// Nothing to record: [`GpuBackend::instances`] reports the processes NVML sees.
+    fn sync_work(
+        &mut self,
+        _gpu: u32,
+        _held: &[crate::backend::HeldInstance],
+    ) -> Result<bool, GpuError> {
+        Ok(false)
+    }
+
     fn gpus(&mut self) -> Result<Vec<GpuInfo>, GpuError> {
         (0..self.count()?).map(|i| self.info(i)).collect()
     }

@@ -39,7 +39,8 @@ use serde::{Deserialize, Serialize};
 use tessera_model::{Catalog, GpuModel, LayoutState, Placed};
 
 use crate::backend::{
-    ComputeInstance, ComputeMode, GpuBackend, GpuEvent, GpuInfo, GpuInstance, IdleInstance, MigMode,
+    Capabilities, ComputeInstance, ComputeMode, GpuBackend, GpuEvent, GpuInfo, GpuInstance,
+    HeldInstance, IdleInstance, MigMode,
 };
 use crate::checks;
 use crate::error::GpuError;
@@ -1053,6 +1054,47 @@ impl GpuBackend for SimBackend {
         }
         Ok(events)
     }
+
+    /// Simulated GPUs: "processes" are marks only the caller sets, there are no device nodes,
+    /// and MIG mode may be switched to match a configuration.
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            observes_processes: false,
+            device_nodes: false,
+            switches_mig_mode: true,
+        }
+    }
+
+    /// Marks the instance busy with `pid` (or a fresh simulated PID), as [`SimBackend::set_busy`].
+    fn attach_work(&mut self, gpu: u32, start: u8, pid: Option<u32>) -> Result<(), GpuError> {
+        self.set_busy(gpu, start, pid).map(|_| ())
+    }
+
+    fn sync_work(&mut self, gpu: u32, held: &[HeldInstance]) -> Result<bool, GpuError> {
+        let mut next = self.state.next_pid;
+        let g = self.gpu_mut(gpu, "record which instances hold work")?;
+        let mut changed = false;
+        for gi in &mut g.instances {
+            match held.iter().find(|h| h.start == gi.start) {
+                Some(h) if gi.pids.is_empty() && !gi.cis.is_empty() => {
+                    let pid = h.pid.unwrap_or(next);
+                    next = next.max(pid + 1);
+                    gi.pids.push(pid);
+                    changed = true;
+                }
+                None if !gi.pids.is_empty() => {
+                    gi.pids.clear();
+                    changed = true;
+                }
+                _ => {}
+            }
+        }
+        if changed {
+            self.state.next_pid = next;
+            self.persist()?;
+        }
+        Ok(changed)
+    }
 }
 
 /// Take an exclusive advisory lock on `PATH.lock` (released when the file is closed,
@@ -1189,6 +1231,46 @@ mod tests {
             e.starts_with("GPU 0: stop the processes on the instance at 4")
                 && e.contains("no GPU instance starts at memory slice 4"),
             "{e}"
+        );
+    }
+
+    /// The attachment seam: the caller's list of held instances becomes the marks (listed
+    /// idle ones busy, unlisted busy ones idle), and a second identical sync changes nothing.
+    #[test]
+    fn sync_work_makes_the_marks_equal_to_the_held_list() {
+        let mut s = sim("h100-80gb:1");
+        s.create_gi(0, "1g.10gb", 0).unwrap();
+        s.create_gi(0, "1g.10gb", 1).unwrap();
+        s.create_gi(0, "1g.10gb", 2).unwrap();
+        s.set_busy(0, 2, Some(500)).unwrap();
+        assert!(!s.capabilities().observes_processes);
+        let held = [
+            HeldInstance {
+                start: 0,
+                pid: Some(42),
+            },
+            HeldInstance {
+                start: 1,
+                pid: None,
+            },
+        ];
+        assert!(s.sync_work(0, &held).unwrap());
+        let pids: Vec<(u8, Vec<u32>)> = s
+            .instances(0)
+            .unwrap()
+            .into_iter()
+            .map(|i| (i.start, i.pids))
+            .collect();
+        assert_eq!(pids[0], (0, vec![42]));
+        assert_eq!(pids[1].0, 1);
+        assert_eq!(pids[1].1.len(), 1, "a held instance without a PID gets one");
+        assert_eq!(pids[2], (2, vec![]), "an unlisted busy instance is idle");
+        assert!(!s.sync_work(0, &held).unwrap(), "nothing left to change");
+        s.attach_work(0, 2, Some(7)).unwrap();
+        assert!(s.instances(0).unwrap()[2].is_busy());
+        assert!(
+            s.attach_work(0, 5, None).is_err(),
+            "no instance starts at 5"
         );
     }
 

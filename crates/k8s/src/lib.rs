@@ -1,3 +1,15 @@
-//! tessera on Kubernetes: the node agent (a DRA kubelet plugin and a device-plugin mode, speaking the
-//! kubelet's gRPC contracts) and the cluster controller (plans slices for pending pods and writes
-//! each node's desired layout).
+//! tessera on Kubernetes, cluster side: the `TesseraNode` custom resource ([`crd`]), the
+//! controller that plans slices for gated pods and writes each node's desired layout
+//! ([`controller`]), leader election on a Lease ([`lease`]), the node agent's cluster mode
+//! ([`node`]), an in-process fake apiserver for tests ([`fake`]) and `tessera k8s demo`
+//! ([`demo`]).
+
+pub mod controller;
+pub mod crd;
+pub mod demo;
+pub mod fake;
+pub mod lease;
+pub mod node;
+pub mod pods;
+
+pub use crd::{crd_yaml, TesseraNode, TesseraNodeSpec, TesseraNodeStatus};

@@ -305,28 +305,29 @@ impl Config {
             path: origin.to_path_buf(),
             problem,
         };
+        let range = |e: OutOfRange| bad(e.to_string());
         let mut seen = std::collections::BTreeSet::new();
         for (i, g) in self.gpus.iter().enumerate() {
             let key = |k: &str| format!("gpus[{i}].{k}");
-            check_int(&key("index"), g.index, 0, MAX_GPUS - 1).map_err(&bad)?;
+            check_int(&key("index"), g.index, 0, MAX_GPUS - 1).map_err(&range)?;
             if !seen.insert(g.index) {
                 return Err(bad(format!("GPU {} is listed twice under `gpus`", g.index)));
             }
-            check_int(&key("replicas"), g.replicas, 1, MAX_REPLICAS).map_err(&bad)?;
+            check_int(&key("replicas"), g.replicas, 1, MAX_REPLICAS).map_err(&range)?;
             check_int(
                 &key("mps.reserve_mib"),
                 g.mps.reserve_mib,
                 0,
                 MAX_RESERVE_MIB,
             )
-            .map_err(&bad)?;
+            .map_err(&range)?;
             check_int(
                 &key("mps.max_clients"),
                 g.mps.max_clients,
                 1,
                 MAX_MPS_CLIENTS,
             )
-            .map_err(&bad)?;
+            .map_err(&range)?;
             let x = g.mps.sm_oversubscription;
             if !x.is_finite() || !(1.0..=MAX_SM_OVERSUBSCRIPTION).contains(&x) {
                 return Err(bad(format!(
@@ -336,15 +337,15 @@ impl Config {
             }
         }
         let s = &self.scheduler;
-        check_int("scheduler.tick_ms", s.tick_ms, 1, 60_000).map_err(&bad)?;
+        check_int("scheduler.tick_ms", s.tick_ms, 1, 60_000).map_err(&range)?;
         check_int(
             "scheduler.max_reserved_gpus",
             s.max_reserved_gpus,
             0,
             MAX_GPUS,
         )
-        .map_err(&bad)?;
-        check_int("scheduler.reserve_after_ms", s.reserve_after_ms, 0, DAY_MS).map_err(&bad)?;
+        .map_err(&range)?;
+        check_int("scheduler.reserve_after_ms", s.reserve_after_ms, 0, DAY_MS).map_err(&range)?;
         let l = &self.lease;
         check_int(
             "lease.heartbeat_interval_ms",
@@ -352,7 +353,7 @@ impl Config {
             1,
             600_000,
         )
-        .map_err(&bad)?;
+        .map_err(&range)?;
         check_int(
             "lease.heartbeat_timeout_ms",
             l.heartbeat_timeout_ms,
@@ -365,20 +366,20 @@ impl Config {
                 l.heartbeat_interval_ms
             ))
         })?;
-        check_int("lease.cancel_grace_ms", l.cancel_grace_ms, 0, DAY_MS).map_err(&bad)?;
+        check_int("lease.cancel_grace_ms", l.cancel_grace_ms, 0, DAY_MS).map_err(&range)?;
         let c = &self.connections;
-        check_int("connections.max_per_uid", c.max_per_uid, 1, 65_536).map_err(&bad)?;
+        check_int("connections.max_per_uid", c.max_per_uid, 1, 65_536).map_err(&range)?;
         check_int(
             "connections.idle_timeout_ms",
             c.idle_timeout_ms,
             1_000,
             DAY_MS,
         )
-        .map_err(&bad)?;
+        .map_err(&range)?;
         // (uid_t)-1 means "no change" to chown and is nobody's uid.
-        check_int("http_uid", self.http_uid, 0, u32::MAX - 1).map_err(&bad)?;
+        check_int("http_uid", self.http_uid, 0, u32::MAX - 1).map_err(&range)?;
         for (i, a) in self.admins.iter().enumerate() {
-            check_int(&format!("admins[{i}]"), *a, 0, u32::MAX - 1).map_err(&bad)?;
+            check_int(&format!("admins[{i}]"), *a, 0, u32::MAX - 1).map_err(&range)?;
         }
         if let Some(name) = &self.isolation_cgroup {
             if name.is_empty() || name.contains('/') || name.starts_with('.') {
@@ -394,7 +395,7 @@ impl Config {
                 )));
             }
         }
-        parse_sim_gpus(&self.sim_gpus).map_err(bad)?;
+        parse_sim_gpus(&self.sim_gpus).map_err(|e| bad(e.to_string()))?;
         Ok(())
     }
 
@@ -477,39 +478,72 @@ pub const MAX_RESERVE_MIB: u64 = 1 << 20;
 pub const MAX_SM_OVERSUBSCRIPTION: f64 = 10.0;
 const DAY_MS: u64 = 86_400_000;
 
+/// A number outside its allowed range.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{key}` is {value}; allowed: {lo} to {hi}")]
+struct OutOfRange {
+    key: String,
+    value: String,
+    lo: String,
+    hi: String,
+}
+
 /// `Err` naming the key, the value and the allowed range when `v` is outside `lo..=hi`.
-fn check_int<T>(key: &str, v: T, lo: T, hi: T) -> Result<(), String>
+fn check_int<T>(key: &str, v: T, lo: T, hi: T) -> Result<(), OutOfRange>
 where
     T: PartialOrd + std::fmt::Display + Copy,
 {
     if v < lo || v > hi {
-        return Err(format!("`{key}` is {v}; allowed: {lo} to {hi}"));
+        return Err(OutOfRange {
+            key: key.into(),
+            value: v.to_string(),
+            lo: lo.to_string(),
+            hi: hi.to_string(),
+        });
     }
     Ok(())
 }
 
+/// Why a `sim_gpus` list does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SimGpusError {
+    /// The count after `:` is not a number.
+    #[error("sim GPUs `{part}`: the count after `:` must be a number")]
+    NotANumber {
+        /// The entry.
+        part: String,
+    },
+    /// No model, or a count outside 1..=64.
+    #[error("sim GPUs `{part}`: write MODEL:COUNT with a count from 1 to 64, e.g. h100-80gb:2")]
+    BadEntry {
+        /// The entry.
+        part: String,
+    },
+    /// Nothing given.
+    #[error("sim GPUs: give at least one MODEL:COUNT, e.g. h100-80gb:2")]
+    Empty,
+}
+
 /// Parse `h100-80gb:2,a100-40gb:1` into (model, count) pairs.
-pub fn parse_sim_gpus(text: &str) -> Result<Vec<(String, u32)>, String> {
+pub fn parse_sim_gpus(text: &str) -> Result<Vec<(String, u32)>, SimGpusError> {
     let mut out = Vec::new();
     for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         let (model, count) = match part.rsplit_once(':') {
             Some((m, c)) => (
                 m.trim(),
-                c.trim().parse::<u32>().map_err(|_| {
-                    format!("sim GPUs `{part}`: the count after `:` must be a number")
-                })?,
+                c.trim()
+                    .parse::<u32>()
+                    .map_err(|_| SimGpusError::NotANumber { part: part.into() })?,
             ),
             None => (part, 1),
         };
         if model.is_empty() || count == 0 || count > 64 {
-            return Err(format!(
-                "sim GPUs `{part}`: write MODEL:COUNT with a count from 1 to 64, e.g. h100-80gb:2"
-            ));
+            return Err(SimGpusError::BadEntry { part: part.into() });
         }
         out.push((model.to_string(), count));
     }
     if out.is_empty() {
-        return Err("sim GPUs: give at least one MODEL:COUNT, e.g. h100-80gb:2".into());
+        return Err(SimGpusError::Empty);
     }
     Ok(out)
 }

@@ -41,11 +41,36 @@ pub enum ServerError {
         source: std::io::Error,
     },
     /// The GPU backend could not be set up or failed.
-    #[error("GPU backend: {0}")]
-    Backend(String),
-    /// The GPU fleet does not match the configuration.
-    #[error("{0}")]
-    Fleet(String),
+    #[error("GPU backend: {context}: {source}")]
+    Backend {
+        /// What was being done (`open NVML`, `list GPUs`, …).
+        context: String,
+        /// The backend's error.
+        #[source]
+        source: tessera_gpu::GpuError,
+    },
+    /// NVML works but sees no GPU.
+    #[error("GPU backend: NVML found no GPU; use --backend sim to simulate one")]
+    NoGpu,
+    /// An MPS control daemon could not be started for a GPU in MPS mode.
+    #[error("GPU {gpu}: start MPS: {source}")]
+    Mps {
+        /// The GPU.
+        gpu: u32,
+        /// MPS control's error.
+        #[source]
+        source: tessera_gpu::mps::MpsError,
+    },
+    /// The GPU fleet does not match the configuration (or a simulated GPU cannot be put in
+    /// the mode the configuration needs).
+    #[error("{problem}")]
+    Fleet {
+        /// What does not match and how to fix it.
+        problem: String,
+        /// The backend's error behind it, if any (its text is part of `problem`).
+        #[source]
+        source: Option<tessera_gpu::GpuError>,
+    },
     /// Per-lease device isolation was required but cannot be set up.
     #[error("device isolation: {0}")]
     Isolation(String),
@@ -54,7 +79,49 @@ pub enum ServerError {
     SchedulerDied(String),
 }
 
+/// What kind of failure an error is, for a caller's exit status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// Bad input: the configuration, a flag or a file the user must fix.
+    Usage,
+    /// A failure while running: the backend, the database, the OS.
+    Runtime,
+}
+
 impl ServerError {
+    /// A fleet mismatch without a further cause.
+    pub fn fleet(problem: impl Into<String>) -> Self {
+        ServerError::Fleet {
+            problem: problem.into(),
+            source: None,
+        }
+    }
+
+    /// A backend failure while doing `context`.
+    pub fn backend(context: impl Into<String>, source: tessera_gpu::GpuError) -> Self {
+        ServerError::Backend {
+            context: context.into(),
+            source,
+        }
+    }
+
+    /// Whether the user's input is at fault ([`ErrorKind::Usage`]: the configuration, or a
+    /// fleet or isolation setting that does not fit the machine) or the run failed.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            ServerError::Config { .. } | ServerError::Fleet { .. } | ServerError::Isolation(_) => {
+                ErrorKind::Usage
+            }
+            ServerError::Store { .. }
+            | ServerError::Schema { .. }
+            | ServerError::Io { .. }
+            | ServerError::Backend { .. }
+            | ServerError::NoGpu
+            | ServerError::Mps { .. }
+            | ServerError::SchedulerDied(_) => ErrorKind::Runtime,
+        }
+    }
+
     /// An I/O error on a path.
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         ServerError::Io {

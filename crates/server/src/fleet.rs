@@ -14,9 +14,11 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use tessera_agent::{ApplyResult, Journal, OpRecord, Reconciler, RetryPolicy, ThreadSleeper};
-use tessera_gpu::mps::{ClientLimits, MpsControl, MpsOptions, MpsTarget};
+use tessera_gpu::mps::{ClientLimits, MpsControl, MpsError, MpsOptions, MpsTarget};
 use tessera_gpu::sim::{SimBackend, SimConfig, SimState};
-use tessera_gpu::{GpuBackend, GpuError, GpuInstance, Health, HealthTracker, MigMode};
+use tessera_gpu::{
+    Capabilities, GpuBackend, GpuError, GpuInstance, Health, HealthTracker, HeldInstance, MigMode,
+};
 use tessera_model::{Catalog, GpuModel, Placed};
 use tessera_planner::GpuMode;
 
@@ -68,7 +70,7 @@ impl ApplyReport {
 }
 
 /// Why a layout could not be applied.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
     /// The agent refused (a busy instance in the way, an invalid layout, MIG off); nothing
     /// was changed on the GPU.
@@ -80,13 +82,23 @@ pub enum ApplyError {
         message: String,
     },
     /// A backend call failed (after the agent's retries), or the journal failed.
-    #[error("{0}")]
-    Backend(String),
+    #[error(transparent)]
+    Backend(#[from] tessera_agent::AgentError),
+    /// The desired layout could not be recorded first, so nothing was changed.
+    #[error("cannot record GPU {gpu}'s desired layout: {source}")]
+    Desired {
+        /// The GPU.
+        gpu: u32,
+        /// The store's error.
+        #[source]
+        source: Box<ServerError>,
+    },
 }
 
 /// The GPUs, the backend and MPS control, owned by the scheduler thread.
 pub struct Fleet {
-    backend: Hw,
+    backend: Box<dyn GpuBackend>,
+    caps: Capabilities,
     mps: MpsControl,
     health: HealthTracker,
     catalog: Catalog,
@@ -101,21 +113,6 @@ impl std::fmt::Debug for Fleet {
             .field("backend", &self.describe)
             .field("gpus", &self.gpus)
             .finish()
-    }
-}
-
-/// The backend: the simulator is kept by type, since the daemon also marks its instances busy.
-enum Hw {
-    Sim(Box<SimBackend>),
-    Other(Box<dyn GpuBackend>),
-}
-
-impl Hw {
-    fn get(&mut self) -> &mut dyn GpuBackend {
-        match self {
-            Hw::Sim(b) => b.as_mut(),
-            Hw::Other(b) => b.as_mut(),
-        }
     }
 }
 
@@ -142,28 +139,26 @@ impl Fleet {
         state_dir: &Path,
         catalog: &Catalog,
     ) -> Result<(Fleet, String), ServerError> {
-        let (backend, why): (Hw, String) = match cfg.backend {
+        let (backend, why): (Box<dyn GpuBackend>, String) = match cfg.backend {
             BackendChoice::Sim => sim_fleet(cfg, state_dir, catalog, None, " (--backend sim)")?,
             BackendChoice::Nvml => {
                 let mut b = tessera_gpu::nvml::NvmlBackend::open(catalog.clone())
-                    .map_err(|e| ServerError::Backend(e.to_string()))?;
+                    .map_err(|e| ServerError::backend("open NVML", e))?;
                 let n = b
                     .gpus()
-                    .map_err(|e| ServerError::Backend(e.to_string()))?
+                    .map_err(|e| ServerError::backend("list GPUs", e))?
                     .len();
                 if n == 0 {
-                    return Err(ServerError::Backend(
-                        "NVML found no GPU; use --backend sim to simulate one".into(),
-                    ));
+                    return Err(ServerError::NoGpu);
                 }
-                (Hw::Other(Box::new(b)), format!("NVML with {n} GPU(s)"))
+                (Box::new(b), format!("NVML with {n} GPU(s)"))
             }
             BackendChoice::Auto => match tessera_gpu::nvml::NvmlBackend::open(catalog.clone()) {
                 Ok(mut b) => match b.gpus() {
                     Ok(g) if !g.is_empty() => {
                         let n = g.len();
                         (
-                            Hw::Other(Box::new(b)),
+                            Box::new(b),
                             format!("NVML with {n} GPU(s) (--backend auto)"),
                         )
                     }
@@ -193,30 +188,34 @@ impl Fleet {
         Ok((fleet, why))
     }
 
-    /// A fleet over a simulator built by the caller (the demo's in-memory one, tests).
-    pub fn with_sim(
-        sim: SimBackend,
+    /// A fleet over a backend built by the caller (the demo's in-memory simulator, tests).
+    pub fn with_backend(
+        backend: Box<dyn GpuBackend>,
         cfg: &Config,
         state_dir: &Path,
         catalog: &Catalog,
     ) -> Result<Fleet, ServerError> {
-        Fleet::build(Hw::Sim(Box::new(sim)), cfg, state_dir, catalog)
+        Fleet::build(backend, cfg, state_dir, catalog)
     }
 
     fn build(
-        mut backend: Hw,
+        backend: Box<dyn GpuBackend>,
         cfg: &Config,
         state_dir: &Path,
         catalog: &Catalog,
     ) -> Result<Fleet, ServerError> {
         let mps_opts = MpsOptions::new(mps_root(state_dir));
-        let mps = match backend {
-            Hw::Sim(_) => MpsControl::sim(mps_opts),
-            Hw::Other(_) => MpsControl::real(mps_opts),
+        let caps = backend.capabilities();
+        // MPS control daemons run only for GPUs that are device nodes of this host.
+        let mps = if caps.device_nodes {
+            MpsControl::real(mps_opts)
+        } else {
+            MpsControl::sim(mps_opts)
         };
-        let describe = backend.get().describe();
+        let describe = backend.describe();
         let mut fleet = Fleet {
             backend,
+            caps,
             mps,
             health: HealthTracker::default(),
             catalog: catalog.clone(),
@@ -230,9 +229,9 @@ impl Fleet {
     fn resolve(&mut self, cfg: &Config) -> Result<(), ServerError> {
         let infos = self
             .backend
-            .get()
+            .as_mut()
             .gpus()
-            .map_err(|e| ServerError::Backend(e.to_string()))?;
+            .map_err(|e| ServerError::backend("list GPUs", e))?;
         // The daemon addresses GPUs by index everywhere (API paths, the database, the
         // config): index N must be the N-th GPU.
         for (pos, info) in infos.iter().enumerate() {
@@ -243,7 +242,7 @@ impl Fleet {
                     ),
                     None => "the backend numbers its GPUs out of order; report this with `nvidia-smi -L`".into(),
                 };
-                return Err(ServerError::Fleet(format!(
+                return Err(ServerError::fleet(format!(
                     "{}: GPU number {} in the list has index {}, but indices must run 0, 1, 2, … in list order; {fix}",
                     self.describe,
                     pos + 1,
@@ -254,7 +253,7 @@ impl Fleet {
         for info in infos {
             let settings = cfg.gpu(info.index);
             let model_key = info.model.clone().ok_or_else(|| {
-                ServerError::Fleet(format!(
+                ServerError::fleet(format!(
                     "GPU {} ({}) is not in the catalog; add it with `tessera catalog import` and --catalog",
                     info.index, info.name
                 ))
@@ -262,7 +261,9 @@ impl Fleet {
             let mig_on = info.mig.map(|m| m.current).unwrap_or(false);
             let mig_capable = info.mig.is_some();
             let mode = match settings.mode {
-                ModeChoice::Auto if mig_capable && (self.is_sim() || mig_on) => GpuMode::Mig,
+                ModeChoice::Auto if mig_capable && (self.caps.switches_mig_mode || mig_on) => {
+                    GpuMode::Mig
+                }
                 ModeChoice::Auto => GpuMode::Timeslice,
                 ModeChoice::Mig => GpuMode::Mig,
                 ModeChoice::Mps => GpuMode::Mps,
@@ -270,16 +271,16 @@ impl Fleet {
             };
             let want_mig = mode == GpuMode::Mig;
             if want_mig && !mig_capable {
-                return Err(ServerError::Fleet(format!(
+                return Err(ServerError::fleet(format!(
                     "GPU {} ({}) cannot do MIG; set `mode: mps` or `mode: timeslice` for it in the config",
                     info.index, info.name
                 )));
             }
             if mig_capable && want_mig != mig_on {
-                if self.is_sim() {
-                    self.set_sim_mig(info.index, want_mig)?;
+                if self.caps.switches_mig_mode {
+                    self.switch_mig(info.index, want_mig)?;
                 } else {
-                    return Err(ServerError::Fleet(format!(
+                    return Err(ServerError::fleet(format!(
                         "GPU {}: configured mode {} needs MIG mode {}, but it is {}; change it with `nvidia-smi -i {} -mig {}` (Ampere: then reset the GPU), or change the GPU's mode in the config",
                         info.index,
                         mode,
@@ -308,16 +309,17 @@ impl Fleet {
             if mode == GpuMode::Mps {
                 let target = MpsTarget::gpu(facts.index, facts.uuid.clone());
                 self.mps
-                    .start(&target, Some(self.backend.get()))
-                    .map_err(|e| {
-                        ServerError::Backend(format!("GPU {}: start MPS: {e}", facts.index))
+                    .start(&target, Some(self.backend.as_mut()))
+                    .map_err(|source| ServerError::Mps {
+                        gpu: facts.index,
+                        source,
                     })?;
             }
             self.gpus.push(facts);
         }
         for g in &cfg.gpus {
             if !self.gpus.iter().any(|f| f.index == g.index) {
-                return Err(ServerError::Fleet(format!(
+                return Err(ServerError::fleet(format!(
                     "the config sets GPU {} but the machine has GPUs 0..{}",
                     g.index,
                     self.gpus.len().saturating_sub(1)
@@ -327,14 +329,18 @@ impl Fleet {
         Ok(())
     }
 
-    fn set_sim_mig(&mut self, gpu: u32, on: bool) -> Result<(), ServerError> {
-        let m = self.backend.get().set_mig_mode(gpu, on).map_err(|e| {
-            ServerError::Fleet(format!(
-                "simulated GPU {gpu}: {e}; delete the sim state file to start afresh"
-            ))
-        })?;
+    fn switch_mig(&mut self, gpu: u32, on: bool) -> Result<(), ServerError> {
+        let m = self
+            .backend
+            .set_mig_mode(gpu, on)
+            .map_err(|e| ServerError::Fleet {
+                problem: format!(
+                    "simulated GPU {gpu}: {e}; delete the sim state file to start afresh"
+                ),
+                source: Some(e),
+            })?;
         if m != MigMode::steady(on) {
-            return Err(ServerError::Fleet(format!(
+            return Err(ServerError::fleet(format!(
                 "simulated GPU {gpu}: MIG mode is {m} after the change"
             )));
         }
@@ -346,9 +352,9 @@ impl Fleet {
         &self.describe
     }
 
-    /// Whether the GPUs are simulated.
-    pub fn is_sim(&self) -> bool {
-        matches!(self.backend, Hw::Sim(_))
+    /// What the backend is (see [`Capabilities`]).
+    pub fn capabilities(&self) -> Capabilities {
+        self.caps
     }
 
     /// The catalog.
@@ -368,7 +374,7 @@ impl Fleet {
     /// is not an application error marks the whole GPU unhealthy until the daemon restarts
     /// (every slice of it, not just the instance NVML names).
     pub fn poll_health(&mut self) -> BTreeMap<u32, Health> {
-        match self.backend.get().poll_events(0) {
+        match self.backend.as_mut().poll_events(0) {
             Ok(events) => {
                 for e in events {
                     if self.health.observe(&e) {
@@ -391,28 +397,27 @@ impl Fleet {
 
     /// The GPU instances of a MIG GPU now.
     pub fn instances(&mut self, gpu: u32) -> Result<Vec<GpuInstance>, GpuError> {
-        let b = self.backend.get();
+        let b = self.backend.as_mut();
         retry(|| b.instances(gpu))
     }
 
-    /// Mark the simulated instance at `start` busy with `pid` (a no-op on real GPUs, where
-    /// the command's own CUDA context makes it busy).
+    /// A lease's work starts on the instance at `start` (see [`GpuBackend::attach_work`]:
+    /// the simulator marks it busy, NVML sees the work's processes itself).
     pub fn attach(&mut self, gpu: u32, start: u8, pid: Option<u32>) {
-        let Hw::Sim(sim) = &mut self.backend else {
-            return;
-        };
-        if let Err(e) = sim.set_busy(gpu, start, pid) {
-            tracing::warn!("GPU {gpu}: cannot mark the simulated instance at {start} busy: {e}");
+        if let Err(e) = self.backend.attach_work(gpu, start, pid) {
+            tracing::warn!("GPU {gpu}: cannot record work on the instance at {start}: {e}");
         }
     }
 
-    /// Remove the simulated processes of the instance at `start` (no-op on real GPUs).
-    pub fn detach(&mut self, gpu: u32, start: u8) {
-        let Hw::Sim(sim) = &mut self.backend else {
-            return;
-        };
-        if let Err(e) = sim.set_idle(gpu, start) {
-            tracing::warn!("GPU {gpu}: cannot mark the simulated instance at {start} idle: {e}");
+    /// The leased instances of a MIG GPU, for backends that learn work only from the daemon
+    /// (see [`GpuBackend::sync_work`]). Returns whether the backend's view changed.
+    pub fn sync_work(&mut self, gpu: u32, held: &[HeldInstance]) -> bool {
+        match self.backend.sync_work(gpu, held) {
+            Ok(changed) => changed,
+            Err(e) => {
+                tracing::warn!("GPU {gpu}: cannot record which instances hold work: {e}");
+                false
+            }
         }
     }
 
@@ -424,19 +429,17 @@ impl Fleet {
         uid: u32,
         memory_mib: u64,
         sm_percent: u8,
-    ) -> Result<BTreeMap<String, String>, String> {
+    ) -> Result<BTreeMap<String, String>, MpsError> {
         let f = &self.gpus[gpu as usize];
         let target = MpsTarget::gpu(gpu, f.uuid.clone());
-        self.mps.open_to(&target, uid).map_err(|e| e.to_string())?;
-        self.mps
-            .client_env(
-                &target,
-                &ClientLimits {
-                    active_thread_percentage: Some(sm_percent),
-                    pinned_mem_limit_mib: Some(memory_mib),
-                },
-            )
-            .map_err(|e| e.to_string())
+        self.mps.open_to(&target, uid)?;
+        self.mps.client_env(
+            &target,
+            &ClientLimits {
+                active_thread_percentage: Some(sm_percent),
+                pinned_mem_limit_mib: Some(memory_mib),
+            },
+        )
     }
 
     /// Change a MIG GPU to exactly `desired` through the agent's reconciler: destroy the idle
@@ -452,7 +455,7 @@ impl Fleet {
     ) -> Result<ApplyReport, ApplyError> {
         let catalog = self.catalog.clone();
         let mut sleeper = ThreadSleeper;
-        let mut rec = Reconciler::new(self.backend.get(), journal, &catalog, &mut sleeper)
+        let mut rec = Reconciler::new(self.backend.as_mut(), journal, &catalog, &mut sleeper)
             .with_policy(RetryPolicy {
                 max_failures: 4,
                 base_delay: std::time::Duration::from_millis(20),
@@ -460,9 +463,7 @@ impl Fleet {
                 max_rounds: 32,
             });
         // `apply_gpu` first recovers the intents a crash left without outcome.
-        let report = rec
-            .apply_gpu(gpu, desired)
-            .map_err(|e| ApplyError::Backend(e.to_string()))?;
+        let report = rec.apply_gpu(gpu, desired)?;
         if let ApplyResult::Refused { refusal } = &report.result {
             return Err(ApplyError::Refused {
                 busy: refusal.is_busy(),
@@ -563,7 +564,7 @@ fn sim_fleet(
     catalog: &Catalog,
     reason: Option<&str>,
     hint: &str,
-) -> Result<(Hw, String), ServerError> {
+) -> Result<(Box<dyn GpuBackend>, String), ServerError> {
     let s = open_sim(cfg, state_dir, catalog)?;
     let fleet = format!(
         "simulated fleet ({}){hint}{}",
@@ -574,7 +575,7 @@ fn sim_fleet(
         Some(r) => format!("{r}; using a {fleet}"),
         None => fleet,
     };
-    Ok((Hw::Sim(Box::new(s)), why))
+    Ok((Box::new(s), why))
 }
 
 /// Open `sim_state` (default `<state dir>/sim-gpus.json`), creating it from `sim_gpus` when
@@ -586,16 +587,16 @@ fn open_sim(cfg: &Config, state_dir: &Path, catalog: &Catalog) -> Result<SimBack
         .unwrap_or_else(|| sim_state_path(state_dir));
     if path.exists() {
         return SimBackend::open(&path, catalog.clone(), SimConfig::default())
-            .map_err(|e| ServerError::Backend(e.to_string()));
+            .map_err(|e| ServerError::backend("open the simulated fleet", e));
     }
     let list = parse_sim_gpus(&cfg.sim_gpus).map_err(|p| ServerError::Config {
         path: PathBuf::from("--sim-gpus"),
-        problem: p,
+        problem: p.to_string(),
     })?;
     let state = SimState::new(catalog, &list, 0x7e55e7a, true)
-        .map_err(|e| ServerError::Backend(e.to_string()))?;
+        .map_err(|e| ServerError::backend("create the simulated fleet", e))?;
     SimBackend::create(&path, state, catalog.clone())
-        .map_err(|e| ServerError::Backend(e.to_string()))
+        .map_err(|e| ServerError::backend("create the simulated fleet", e))
 }
 
 #[cfg(test)]

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use tessera_isolation::procs::kill_tree;
 use tessera_isolation::{
     base_rules, probe, probe_v1, probe_v2, Availability, DevRoots, DevicesV1, DevicesV2,
-    LeaseCgroups, SliceDevices, Stamp,
+    IsolationError, LeaseCgroups, SliceDevices, Stamp,
 };
 
 use crate::config::{Config, IsolationMode};
@@ -91,6 +91,50 @@ impl Quarantine {
     }
 }
 
+/// Why a request's client could not be confined (the grant must not happen).
+#[derive(Debug, thiserror::Error)]
+pub enum ConfineError {
+    /// The slice's device nodes could not be resolved.
+    #[error("request {request}: cannot isolate its slice {slice}: {source}")]
+    Devices {
+        /// The request.
+        request: u64,
+        /// The slice, as written.
+        slice: String,
+        /// The cause.
+        #[source]
+        source: IsolationError,
+    },
+    /// The lease's cgroup could not be made.
+    #[error("request {request}: cannot create its cgroup: {source}")]
+    Create {
+        /// The request.
+        request: u64,
+        /// The cause.
+        #[source]
+        source: IsolationError,
+    },
+    /// The client could not be moved into the lease's cgroup.
+    #[error("request {request}: cannot move its client {pid} into {}: {source}", path.display())]
+    Enter {
+        /// The request.
+        request: u64,
+        /// The client's PID.
+        pid: u32,
+        /// The cgroup.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: IsolationError,
+    },
+    /// The client exited (its PID was reused) while it was being confined.
+    #[error("request {request}: its client process is gone")]
+    ClientGone {
+        /// The request.
+        request: u64,
+    },
+}
+
 /// The daemon's per-lease isolation and process control. Dropping it (the scheduler thread
 /// ends) removes the directory of lease cgroups when it is empty.
 #[derive(Debug)]
@@ -108,12 +152,14 @@ pub struct Enforcer {
 impl Enforcer {
     /// Decide from the configuration and what the host offers. `isolation: devices` where no
     /// cgroup can be written is an error naming the cause and the opt-out; unset falls back
-    /// to no cgroups with a warning.
-    pub fn new(cfg: &Config, is_sim: bool) -> Result<Enforcer, ServerError> {
-        let roots = match (&cfg.isolation_root, is_sim) {
+    /// to no cgroups with a warning. `device_nodes`: the backend's GPUs are device nodes of
+    /// this host (see [`tessera_gpu::Capabilities`]); without them (simulated GPUs) lease
+    /// cgroups allow no GPU device unless `isolation_root` names a tree of stand-in nodes.
+    pub fn new(cfg: &Config, device_nodes: bool) -> Result<Enforcer, ServerError> {
+        let roots = match (&cfg.isolation_root, device_nodes) {
             (Some(r), _) => Some(DevRoots::under(r)),
-            (None, false) => Some(DevRoots::default()),
-            (None, true) => None,
+            (None, true) => Some(DevRoots::default()),
+            (None, false) => None,
         };
         let mut why_off = String::new();
         let cg: Option<Box<dyn LeaseCgroups>> = match cfg.isolation {
@@ -193,7 +239,7 @@ impl Enforcer {
         r: &RequestRow,
         slice: &Slice,
         devices: Option<SliceDevices>,
-    ) -> Result<String, String> {
+    ) -> Result<String, ConfineError> {
         let Some(client) = self.client_of(r) else {
             return Ok("none: the daemon knows no client process of this request".into());
         };
@@ -202,26 +248,32 @@ impl Enforcer {
         if let Some(cg) = self.cg.as_mut() {
             let mut rules = base_rules();
             if let (Some(roots), Some(d)) = (&self.roots, devices) {
-                rules.extend(roots.rules_for(d).map_err(|e| {
-                    format!("request {}: cannot isolate its slice {slice}: {e}", r.id)
+                rules.extend(roots.rules_for(d).map_err(|source| ConfineError::Devices {
+                    request: r.id,
+                    slice: slice.to_string(),
+                    source,
                 })?);
             }
             cg.create(r.id, &rules)
-                .map_err(|e| format!("request {}: cannot create its cgroup: {e}", r.id))?;
-            if let Err(e) = cg.enter(r.id, client.pid) {
+                .map_err(|source| ConfineError::Create {
+                    request: r.id,
+                    source,
+                })?;
+            if let Err(source) = cg.enter(r.id, client.pid) {
+                let path = cg.path(r.id);
                 let _ = cg.remove(r.id);
-                return Err(format!(
-                    "request {}: cannot move its client {} into {}: {e}",
-                    r.id,
-                    client.pid,
-                    cg.path(r.id).display()
-                ));
+                return Err(ConfineError::Enter {
+                    request: r.id,
+                    pid: client.pid,
+                    path,
+                    source,
+                });
             }
             if !client.is_alive() {
                 // The PID was reused between the check and the move: undo it.
                 let _ = cg.leave(client.pid);
                 let _ = cg.remove(r.id);
-                return Err(format!("request {}: its client process is gone", r.id));
+                return Err(ConfineError::ClientGone { request: r.id });
             }
             cgroup = true;
             value = format!("devices: {}", cg.path(r.id).display());
@@ -467,11 +519,11 @@ mod tests {
                 let _ = std::fs::remove_dir(root);
             } else {
                 eprintln!("skipped v{version}: {}", found.explain());
-                let e = Enforcer::new(&cfg, false).unwrap_err().to_string();
+                let e = Enforcer::new(&cfg, true).unwrap_err().to_string();
                 assert!(e.contains("isolation: off"), "{e}");
                 continue;
             }
-            let mut enf = Enforcer::new(&cfg, false).unwrap();
+            let mut enf = Enforcer::new(&cfg, true).unwrap();
             let cg = enf.cg.as_ref().expect("a cgroup mechanism");
             assert!(cg.describe().starts_with(want), "{}", cg.describe());
             let root = cg.path(1).parent().unwrap().to_path_buf();

@@ -11,28 +11,37 @@
 //! Modules, in the order a request meets them:
 //! - [`wire`]: the API's JSON types (version 1);
 //! - [`http`]: the axum router, peer-credential and bearer-token identity ([`ident`]);
-//! - [`daemon`]: the API operations, the scheduler thread, liveness ([`liveness`]) and recovery;
+//! - [`daemon`]: the shared state and start; [`api`]: the API operations; [`views`]: the views
+//!   they answer with;
+//! - `scheduler`: the scheduler thread, the executor of the sans-IO core ([`core`]: what a
+//!   pass does, from the observed state and the time), liveness ([`liveness`]) and recovery;
 //! - [`sched`]: the scheduling rule (queue order, reservations against starvation);
 //! - [`fleet`]: the GPUs (NVML or simulated), MPS, layout changes;
 //! - [`isolate`]: a cgroup per lease (device allow-list, whole-tree kill), quarantine;
-//! - [`store`]: SQLite (queue, leases, desired layouts, journal, schema version);
+//! - [`store`]: SQLite (queue, leases, desired layouts, journal, schema version); [`journal`]:
+//!   the agent's journal in it;
 //! - [`metrics`]: Prometheus metrics; [`config`]: the YAML configuration;
-//! - [`client`]: the client used by the CLI; [`serve`]: sockets and signals;
-//! - [`demo`]: the scripted in-process demonstration behind `tessera demo`.
+//! - [`client`]: the client used by the CLI; [`serve`]: sockets and signals.
+//!
+//! `tessera demo` (the CLI's `cmd/demo_run.rs`) uses this crate as a library.
 
+pub mod api;
 pub mod config;
+pub mod core;
 pub mod daemon;
-pub mod demo;
 pub mod error;
 pub mod fleet;
 pub mod http;
 pub mod ident;
 pub mod isolate;
+pub mod journal;
 pub mod liveness;
 pub mod metrics;
 pub mod sched;
+mod scheduler;
 pub mod serve;
 pub mod store;
+pub mod views;
 
 /// The API's client and wire types live in `tessera-api` (no SQLite, HTTP server or NVML there).
 pub use tessera_api::{client, wire};

@@ -7,16 +7,89 @@
 //! another start time mean *gone*; any other failure to read (out of file descriptors,
 //! `EACCES`, a short read) means *unknown*, and the lease is kept (see [`Liveness`]).
 //!
-//! Heartbeat deadlines are kept on a [`Clock`], so tests can jump time.
+//! Heartbeat deadlines are kept on a [`Clock`] and process checks go through
+//! [`ClientLiveness`], so tests can jump time and decide which clients are gone.
 
 use std::path::Path;
 use std::time::Instant;
 
-/// The monotonic time the daemon measures heartbeats on; a trait so that tests can make
-/// time jump as if the daemon had been paused.
+/// The time the daemon runs on: monotonic time for heartbeats and wall-clock time for
+/// request timestamps (how long a request waited decides its reservation). A trait so that
+/// tests run the scheduler on virtual time, making it jump as if the daemon had been paused.
 pub trait Clock: Send + Sync + 'static {
-    /// Now.
+    /// Now, on the monotonic clock.
     fn now(&self) -> Instant;
+
+    /// Now, in milliseconds since the Unix epoch (default: the system clock).
+    fn unix_ms(&self) -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0)
+    }
+}
+
+/// Virtual time for tests and simulations: it stands still until [`VirtualClock::advance`]
+/// moves it, monotonic and wall-clock time together.
+#[derive(Debug)]
+pub struct VirtualClock {
+    base: Instant,
+    unix_base_ms: u64,
+    offset_ms: std::sync::atomic::AtomicU64,
+}
+
+impl VirtualClock {
+    /// A clock standing at the real time of its creation.
+    pub fn new() -> Self {
+        VirtualClock {
+            base: Instant::now(),
+            unix_base_ms: MonotonicClock.unix_ms(),
+            offset_ms: 0.into(),
+        }
+    }
+
+    /// Move time forward by `by`.
+    pub fn advance(&self, by: std::time::Duration) {
+        self.offset_ms
+            .fetch_add(by.as_millis() as u64, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn offset(&self) -> u64 {
+        self.offset_ms.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Default for VirtualClock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Clock for VirtualClock {
+    fn now(&self) -> Instant {
+        self.base + std::time::Duration::from_millis(self.offset())
+    }
+
+    fn unix_ms(&self) -> u64 {
+        self.unix_base_ms + self.offset()
+    }
+}
+
+/// Whether a client process still runs; a trait so that scheduler tests give verdicts
+/// without real processes.
+pub trait ClientLiveness: Send + Sync + 'static {
+    /// The verdict on the process `stamp` names.
+    fn check(&self, stamp: ProcessStamp) -> Liveness;
+}
+
+/// The real check: `/proc/PID/stat` (see [`ProcessStamp::check`]).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ProcLiveness;
+
+impl ClientLiveness for ProcLiveness {
+    fn check(&self, stamp: ProcessStamp) -> Liveness {
+        stamp.check()
+    }
 }
 
 /// The real monotonic clock (`CLOCK_MONOTONIC`).

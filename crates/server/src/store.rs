@@ -10,7 +10,10 @@
 //! # Tables
 //! - `requests`: one row per request; its `id` is also its lease's ID and its arrival order.
 //!   `state` is `queued`, `leased`, `done`, `cancelled` or `expired`; `slice` and `env` (JSON)
-//!   are set when it is leased. `pid`/`pid_start` identify the client process.
+//!   are set when it is leased. `pid`/`pid_start` identify the client process. The `ask` and
+//!   `slice` columns hold the store's own row types ([`StoredAsk`], [`StoredSlice`]), not the
+//!   API's: their JSON is fixed by the schema version (the one version 1 has always written,
+//!   e.g. `{"kind":"mig","profile":"3g.40gb"}`), whatever the API's types become.
 //! - `desired`: per GPU, the layout the daemon wants (JSON list of `PROFILE@START`). Written
 //!   *before* the agent starts changing the GPU, so a restart knows where it was going.
 //! - `journal`: the agent's records, append-only: an *intent* before each operation on a GPU,
@@ -30,9 +33,200 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use rusqlite::{params, Connection, OptionalExtension};
+use serde::{Deserialize, Serialize};
 
 use crate::error::ServerError;
 use crate::wire::{RequestState, Slice, SliceAsk};
+
+/// The stored form of what a request asks (column `requests.ask`), converted to and from the
+/// API's [`SliceAsk`] at the store's edge.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum StoredAsk {
+    /// A MIG instance of this profile.
+    Mig {
+        /// Profile name.
+        profile: String,
+    },
+    /// Device memory (MIG or MPS).
+    Mem {
+        /// MiB.
+        memory_mib: u64,
+        /// SM percentage for MPS.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        sm_percent: Option<u8>,
+    },
+    /// An MPS client.
+    Mps {
+        /// MiB.
+        memory_mib: u64,
+        /// SM percentage.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        sm_percent: Option<u8>,
+    },
+    /// A time-slice replica.
+    Share,
+}
+
+impl From<&SliceAsk> for StoredAsk {
+    fn from(a: &SliceAsk) -> Self {
+        match a.clone() {
+            SliceAsk::Mig { profile } => StoredAsk::Mig { profile },
+            SliceAsk::Mem {
+                memory_mib,
+                sm_percent,
+            } => StoredAsk::Mem {
+                memory_mib,
+                sm_percent,
+            },
+            SliceAsk::Mps {
+                memory_mib,
+                sm_percent,
+            } => StoredAsk::Mps {
+                memory_mib,
+                sm_percent,
+            },
+            SliceAsk::Share => StoredAsk::Share,
+        }
+    }
+}
+
+impl From<StoredAsk> for SliceAsk {
+    fn from(a: StoredAsk) -> Self {
+        match a {
+            StoredAsk::Mig { profile } => SliceAsk::Mig { profile },
+            StoredAsk::Mem {
+                memory_mib,
+                sm_percent,
+            } => SliceAsk::Mem {
+                memory_mib,
+                sm_percent,
+            },
+            StoredAsk::Mps {
+                memory_mib,
+                sm_percent,
+            } => SliceAsk::Mps {
+                memory_mib,
+                sm_percent,
+            },
+            StoredAsk::Share => SliceAsk::Share,
+        }
+    }
+}
+
+/// The stored form of a granted slice (column `requests.slice`), converted to and from the
+/// API's [`Slice`] at the store's edge.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum StoredSlice {
+    /// A MIG GPU instance.
+    Mig {
+        /// GPU index.
+        gpu: u32,
+        /// Profile name.
+        profile: String,
+        /// Placement start.
+        start: u8,
+        /// `MIG-…` UUID.
+        uuid: String,
+    },
+    /// An MPS client share.
+    Mps {
+        /// GPU index.
+        gpu: u32,
+        /// MiB.
+        memory_mib: u64,
+        /// SM percentage.
+        sm_percent: u8,
+    },
+    /// A time-slice replica.
+    Timeslice {
+        /// GPU index.
+        gpu: u32,
+        /// Replica number.
+        replica: u32,
+    },
+}
+
+impl From<&Slice> for StoredSlice {
+    fn from(s: &Slice) -> Self {
+        match s.clone() {
+            Slice::Mig {
+                gpu,
+                profile,
+                start,
+                uuid,
+            } => StoredSlice::Mig {
+                gpu,
+                profile,
+                start,
+                uuid,
+            },
+            Slice::Mps {
+                gpu,
+                memory_mib,
+                sm_percent,
+            } => StoredSlice::Mps {
+                gpu,
+                memory_mib,
+                sm_percent,
+            },
+            Slice::Timeslice { gpu, replica } => StoredSlice::Timeslice { gpu, replica },
+        }
+    }
+}
+
+impl From<StoredSlice> for Slice {
+    fn from(s: StoredSlice) -> Self {
+        match s {
+            StoredSlice::Mig {
+                gpu,
+                profile,
+                start,
+                uuid,
+            } => Slice::Mig {
+                gpu,
+                profile,
+                start,
+                uuid,
+            },
+            StoredSlice::Mps {
+                gpu,
+                memory_mib,
+                sm_percent,
+            } => Slice::Mps {
+                gpu,
+                memory_mib,
+                sm_percent,
+            },
+            StoredSlice::Timeslice { gpu, replica } => Slice::Timeslice { gpu, replica },
+        }
+    }
+}
+
+/// The stored spelling of a request's state (column `requests.state`).
+fn state_text(s: RequestState) -> &'static str {
+    match s {
+        RequestState::Queued => "queued",
+        RequestState::Leased => "leased",
+        RequestState::Done => "done",
+        RequestState::Cancelled => "cancelled",
+        RequestState::Expired => "expired",
+    }
+}
+
+/// A stored state's meaning; `None` for a spelling this schema does not have.
+fn parse_state(text: &str) -> Option<RequestState> {
+    [
+        RequestState::Queued,
+        RequestState::Leased,
+        RequestState::Done,
+        RequestState::Cancelled,
+        RequestState::Expired,
+    ]
+    .into_iter()
+    .find(|s| state_text(*s) == text)
+}
 
 /// The schema version this build reads and writes.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -295,7 +489,7 @@ impl Store {
 
     /// Insert a queued request; returns its ID.
     pub fn insert(&mut self, r: &NewRequest) -> Result<u64, ServerError> {
-        let ask = serde_json::to_string(&r.ask).map_err(|e| self.err(e))?;
+        let ask = serde_json::to_string(&StoredAsk::from(&r.ask)).map_err(|e| self.err(e))?;
         let command = serde_json::to_string(&r.command).map_err(|e| self.err(e))?;
         self.conn
             .execute(
@@ -344,7 +538,7 @@ impl Store {
         let bad = |what: &str, e: &dyn std::fmt::Display| {
             self.err(format!("request {}: cannot read its {what}: {e}", raw.id))
         };
-        let state = RequestState::parse(&raw.state)
+        let state = parse_state(&raw.state)
             .ok_or_else(|| bad("state", &format!("unknown state `{}`", raw.state)))?;
         let uid = u32::try_from(raw.uid)
             .ok()
@@ -381,7 +575,9 @@ impl Store {
             user: raw.user.clone(),
             pid,
             pid_start: raw.pid_start,
-            ask: serde_json::from_str(&raw.ask).map_err(|e| bad("ask", &e))?,
+            ask: serde_json::from_str::<StoredAsk>(&raw.ask)
+                .map_err(|e| bad("ask", &e))?
+                .into(),
             gpu_model: raw.gpu_model.clone(),
             priority: raw.priority,
             command: serde_json::from_str(&raw.command).map_err(|e| bad("command", &e))?,
@@ -390,7 +586,11 @@ impl Store {
             leased_ms: raw.leased_ms,
             ended_ms: raw.ended_ms,
             slice: match &raw.slice {
-                Some(s) => Some(serde_json::from_str(s).map_err(|e| bad("slice", &e))?),
+                Some(s) => Some(
+                    serde_json::from_str::<StoredSlice>(s)
+                        .map_err(|e| bad("slice", &e))?
+                        .into(),
+                ),
                 None => None,
             },
             env: match &raw.env {
@@ -461,7 +661,7 @@ impl Store {
         env: &BTreeMap<String, String>,
         now_ms: u64,
     ) -> Result<bool, ServerError> {
-        let slice = serde_json::to_string(slice).map_err(|e| self.err(e))?;
+        let slice = serde_json::to_string(&StoredSlice::from(slice)).map_err(|e| self.err(e))?;
         let env = serde_json::to_string(env).map_err(|e| self.err(e))?;
         let n = self
             .conn
@@ -489,7 +689,13 @@ impl Store {
             .execute(
                 "UPDATE requests SET state = ?2, exit_code = ?3, end_reason = ?4, ended_ms = ?5
                  WHERE id = ?1 AND state IN ('queued', 'leased')",
-                params![id as i64, state.as_str(), exit_code, reason, now_ms as i64],
+                params![
+                    id as i64,
+                    state_text(state),
+                    exit_code,
+                    reason,
+                    now_ms as i64
+                ],
             )
             .map_err(|e| self.err(e))?;
         Ok(n == 1)

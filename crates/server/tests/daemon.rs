@@ -1,7 +1,9 @@
 //! The daemon core without sockets: identities, heartbeats, and recovery of a re-partition a
-//! crash cut short.
+//! crash cut short. Scheduling runs on a virtual clock ([`VirtualClock`]): tests move time and
+//! wait for scheduler passes, never sleep for the scheduler.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tessera_gpu::sim::{CrashPlan, CrashPoint, SimBackend, SimConfig, SimState};
@@ -10,6 +12,7 @@ use tessera_server::config::{BackendChoice, Config, LeaseSettings, SchedulerSett
 use tessera_server::daemon::SchedulerHandle;
 use tessera_server::fleet::{sim_state_path, Fleet};
 use tessera_server::ident::Identity;
+use tessera_server::liveness::VirtualClock;
 use tessera_server::store::Store;
 use tessera_server::wire::{ReleaseBody, RequestState, SliceAsk, SubmitBody};
 use tessera_server::Daemon;
@@ -32,14 +35,16 @@ fn config(dir: &Path) -> Config {
     }
 }
 
-fn start_in_memory(dir: &Path) -> (Daemon, SchedulerHandle) {
+fn start_in_memory(dir: &Path) -> (Daemon, SchedulerHandle, Arc<VirtualClock>) {
     let cfg = config(dir);
     let catalog = Catalog::builtin().clone();
     let st = SimState::new(&catalog, &[("h100-80gb".into(), 1)], 3, true).unwrap();
     let sim = SimBackend::new(st, catalog.clone(), SimConfig::default()).unwrap();
     std::fs::create_dir_all(cfg.state_dir()).unwrap();
-    let fleet = Fleet::with_sim(sim, &cfg, &cfg.state_dir(), &catalog).unwrap();
-    Daemon::start(cfg, catalog, fleet).unwrap()
+    let fleet = Fleet::with_backend(Box::new(sim), &cfg, &cfg.state_dir(), &catalog).unwrap();
+    let clock = Arc::new(VirtualClock::new());
+    let (d, sched) = Daemon::start_with_clock(cfg, catalog, fleet, clock.clone()).unwrap();
+    (d, sched, clock)
 }
 
 fn mig(p: &str) -> SubmitBody {
@@ -62,10 +67,17 @@ async fn until<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
     }
 }
 
+/// Wait until the scheduler has run `n` more passes (so at least `n - 1` whole passes saw
+/// everything done before the call).
+async fn passes(d: &Daemon, n: u64) {
+    let target = d.passes() + n;
+    until("scheduler passes", || (d.passes() >= target).then_some(())).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_user_sees_and_cancels_only_their_own_requests() {
     let dir = tempfile::tempdir().unwrap();
-    let (d, sched) = start_in_memory(dir.path());
+    let (d, sched, _) = start_in_memory(dir.path());
     let alice = Identity::in_process(1000, "alice");
     let bob = Identity::in_process(1001, "bob");
     let root = Identity::in_process(0, "root");
@@ -106,7 +118,7 @@ async fn a_user_sees_and_cancels_only_their_own_requests() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_without_heartbeats_loses_its_lease() {
     let dir = tempfile::tempdir().unwrap();
-    let (d, sched) = start_in_memory(dir.path());
+    let (d, sched, clock) = start_in_memory(dir.path());
     // An HTTP caller has no process to watch: only heartbeats keep it.
     let who = Identity::http(1000);
     let v = d.submit(&who, mig("1g.10gb")).unwrap();
@@ -115,18 +127,25 @@ async fn a_client_without_heartbeats_loses_its_lease() {
         (v.state == RequestState::Leased).then_some(v)
     })
     .await;
-    let v = until("the expiry", || {
-        let x = d.get(&who, v.id).ok()?;
-        (x.state == RequestState::Expired).then_some(x)
-    })
-    .await;
+    // Virtual time: the 400 ms timeout has not passed yet, however long the test takes.
+    passes(&d, 2).await;
+    assert_eq!(d.get(&who, v.id).unwrap().state, RequestState::Leased);
+    clock.advance(Duration::from_millis(500));
+    passes(&d, 2).await;
+    let v = d.get(&who, v.id).unwrap();
+    assert_eq!(v.state, RequestState::Expired, "{v:?}");
     assert!(v.end_reason.unwrap().contains("no heartbeat"));
     // With heartbeats a lease lasts.
     let w = d.submit(&who, mig("1g.10gb")).unwrap();
-    let start = Instant::now();
-    while start.elapsed() < Duration::from_millis(1000) {
-        let _ = d.heartbeat(&who, w.id);
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    until("the second lease", || {
+        let x = d.get(&who, w.id).ok()?;
+        (x.state == RequestState::Leased).then_some(x)
+    })
+    .await;
+    for _ in 0..10 {
+        d.heartbeat(&who, w.id).unwrap();
+        clock.advance(Duration::from_millis(100));
+        passes(&d, 2).await;
     }
     let w = d.get(&who, w.id).unwrap();
     assert_eq!(w.state, RequestState::Leased, "{w:?}");
@@ -154,8 +173,10 @@ async fn a_repartition_cut_short_by_a_crash_is_finished_on_restart() {
         ..SimConfig::default()
     };
     let sim = SimBackend::open(&path, catalog.clone(), crash).unwrap();
-    let fleet = Fleet::with_sim(sim, &cfg, &state_dir, &catalog).unwrap();
-    let (d, sched) = Daemon::start(cfg.clone(), catalog.clone(), fleet).unwrap();
+    let fleet = Fleet::with_backend(Box::new(sim), &cfg, &state_dir, &catalog).unwrap();
+    let clock = Arc::new(VirtualClock::new());
+    let (d, sched) =
+        Daemon::start_with_clock(cfg.clone(), catalog.clone(), fleet, clock.clone()).unwrap();
     let who = Identity::in_process(1000, "alice");
     let v = d.submit(&who, mig("3g.40gb")).unwrap();
     until("the crash", || {
@@ -186,7 +207,7 @@ async fn a_repartition_cut_short_by_a_crash_is_finished_on_restart() {
     }
     // Restart on the same machine state, without the crash.
     let (fleet, _) = Fleet::open(&cfg, &state_dir, &catalog).unwrap();
-    let (d, sched) = Daemon::start(cfg, catalog, fleet).unwrap();
+    let (d, sched) = Daemon::start_with_clock(cfg, catalog, fleet, clock).unwrap();
     let v = until("the lease after the restart", || {
         let x = d.get(&who, v.id).ok()?;
         (x.state == RequestState::Leased).then_some(x)
@@ -232,7 +253,7 @@ async fn a_gpu_with_an_xid_gets_no_new_leases() {
     });
     let sim = SimBackend::new(st, catalog.clone(), SimConfig::default()).unwrap();
     std::fs::create_dir_all(cfg.state_dir()).unwrap();
-    let fleet = Fleet::with_sim(sim, &cfg, &cfg.state_dir(), &catalog).unwrap();
+    let fleet = Fleet::with_backend(Box::new(sim), &cfg, &cfg.state_dir(), &catalog).unwrap();
     let (d, sched) = Daemon::start(cfg, catalog, fleet).unwrap();
     let who = Identity::in_process(1000, "alice");
     let v = d.submit(&who, mig("7g.80gb")).unwrap();
@@ -246,7 +267,7 @@ async fn a_gpu_with_an_xid_gets_no_new_leases() {
     assert!(st.gpus[0].last_error.as_deref().unwrap().contains("XID"));
     // A second whole-GPU request waits: GPU 0 is unhealthy, GPU 1 is taken.
     let w = d.submit(&who, mig("7g.80gb")).unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    passes(&d, 3).await;
     assert_eq!(d.get(&who, w.id).unwrap().state, RequestState::Queued);
     d.stop();
     tokio::task::spawn_blocking(move || sched.join())

@@ -37,7 +37,7 @@ fn start(cfg: &Config, gpus: u32) -> (Daemon, SchedulerHandle) {
     let st = SimState::new(&catalog, &[("h100-80gb".into(), gpus)], 3, true).unwrap();
     let sim = SimBackend::new(st, catalog.clone(), SimConfig::default()).unwrap();
     std::fs::create_dir_all(cfg.state_dir()).unwrap();
-    let fleet = Fleet::with_sim(sim, cfg, &cfg.state_dir(), &catalog).unwrap();
+    let fleet = Fleet::with_backend(Box::new(sim), cfg, &cfg.state_dir(), &catalog).unwrap();
     Daemon::start(cfg.clone(), catalog, fleet).unwrap()
 }
 
@@ -361,7 +361,7 @@ async fn a_paused_daemon_keeps_healthy_leases() {
     let st = SimState::new(&catalog, &[("h100-80gb".into(), 1)], 3, true).unwrap();
     let sim = SimBackend::new(st, catalog.clone(), SimConfig::default()).unwrap();
     std::fs::create_dir_all(cfg.state_dir()).unwrap();
-    let fleet = Fleet::with_sim(sim, &cfg, &cfg.state_dir(), &catalog).unwrap();
+    let fleet = Fleet::with_backend(Box::new(sim), &cfg, &cfg.state_dir(), &catalog).unwrap();
     let (d, sched) = Daemon::start_with_clock(cfg, catalog, fleet, clock.clone()).unwrap();
     // HTTP callers have no process to watch: only heartbeats keep their leases.
     let healthy = Identity::http(1000);

@@ -40,7 +40,7 @@ fn start(dir: &Path, isolation: Option<IsolationMode>) -> (Daemon, SchedulerHand
     let st = SimState::new(&catalog, &[("h100-80gb".into(), 1)], 3, true).unwrap();
     let sim = SimBackend::new(st, catalog.clone(), SimConfig::default()).unwrap();
     std::fs::create_dir_all(cfg.state_dir()).unwrap();
-    let fleet = Fleet::with_sim(sim, &cfg, &cfg.state_dir(), &catalog).unwrap();
+    let fleet = Fleet::with_backend(Box::new(sim), &cfg, &cfg.state_dir(), &catalog).unwrap();
     Daemon::start(cfg, catalog, fleet).unwrap()
 }
 
@@ -256,8 +256,12 @@ async fn quarantine_holds_the_slice(isolation: Option<IsolationMode>) {
         note.contains(&format!("request {}", v.id)) && note.contains(&client.id().to_string()),
         "{note}"
     );
-    // Several passes (50 ms each) later bob still waits, and the instance shows busy.
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    // Several passes later bob still waits, and the instance shows busy.
+    let target = d.passes() + 8;
+    until("eight scheduler passes", || {
+        (d.passes() >= target).then_some(())
+    })
+    .await;
     assert_eq!(d.get(&bob, w.id).unwrap().state, RequestState::Queued);
     let st = d.status(&root).unwrap();
     assert!(st.gpus[0].instances.iter().all(|i| i.busy), "{st:?}");

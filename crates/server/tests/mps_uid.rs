@@ -58,7 +58,7 @@ fn start(dir: &Path, modes: &[ModeChoice], reserve_after_ms: u64) -> (Daemon, Sc
     .unwrap();
     let sim = SimBackend::new(st, catalog.clone(), SimConfig::default()).unwrap();
     std::fs::create_dir_all(cfg.state_dir()).unwrap();
-    let fleet = Fleet::with_sim(sim, &cfg, &cfg.state_dir(), &catalog).unwrap();
+    let fleet = Fleet::with_backend(Box::new(sim), &cfg, &cfg.state_dir(), &catalog).unwrap();
     Daemon::start(cfg, catalog, fleet).unwrap()
 }
 

@@ -34,11 +34,11 @@ pub fn block_on<F: Future>(f: F) -> Result<F::Output, CliError> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| CliError::Other(format!("cannot start the async runtime: {e}")))?;
+        .map_err(|e| CliError::Failed(format!("cannot start the async runtime: {e}")))?;
     Ok(rt.block_on(f))
 }
 
 /// A client error as the CLI reports it.
 pub fn client_error(e: ClientError) -> CliError {
-    CliError::Other(e.to_string())
+    CliError::Client(e)
 }

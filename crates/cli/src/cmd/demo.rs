@@ -5,7 +5,7 @@
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
-use tessera_server::demo::{run_demo, DemoOptions, Frame, Summary};
+use super::demo_run::{run_demo, DemoError, DemoOptions, Frame, Summary};
 use tessera_server::wire::RequestState;
 
 use super::ps::slice_text;
@@ -186,7 +186,7 @@ pub fn run(args: &Args, ctx: &Ctx) -> Result<ExitCode, CliError> {
         .worker_threads(2)
         .enable_all()
         .build()
-        .map_err(|e| CliError::Other(format!("cannot start the async runtime: {e}")))?;
+        .map_err(|e| CliError::Failed(format!("cannot start the async runtime: {e}")))?;
     let bar = if live {
         let pb = indicatif::ProgressBar::new(1);
         let style = indicatif::ProgressStyle::with_template(
@@ -203,7 +203,7 @@ pub fn run(args: &Args, ctx: &Ctx) -> Result<ExitCode, CliError> {
     if print_plain || live {
         crate::output::print_out(&format!(
             "tessera demo: 3 simulated H100 80GB (GPU 0 MIG, GPU 1 MPS, GPU 2 time-sliced ×4), {} scripted requests from 5 users over {}s of scenario time{}\n",
-            tessera_server::demo::script(args.duration, args.seed).len(),
+            super::demo_run::script(args.duration, args.seed).len(),
             args.duration,
             if args.speed != 1.0 { format!(", {}× speed", args.speed) } else { String::new() }
         ));
@@ -227,7 +227,11 @@ pub fn run(args: &Args, ctx: &Ctx) -> Result<ExitCode, CliError> {
                 crate::output::print_out(&format!("{}\n", plain_line(f)));
             }
         }))
-        .map_err(|e| CliError::Other(e.to_string()))?;
+        .map_err(|e| match e {
+            DemoError::Usage(m) => CliError::Usage(m),
+            DemoError::Server(e) => CliError::Server(e),
+            other => CliError::Failed(crate::output::error_chain(&other)),
+        })?;
     if let Some(pb) = bar {
         pb.finish();
     }

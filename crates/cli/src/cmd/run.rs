@@ -194,6 +194,12 @@ fn ordinal(n: u32) -> String {
 
 /// Build the request body from the flags; also how `--mem` was understood.
 fn body(args: &Args) -> Result<(SubmitBody, Option<String>), CliError> {
+    if args.mps && args.mem.is_none() {
+        return Err(CliError::Usage(
+            "--mps asks for an MPS client with a memory limit, so it goes with --mem only (tessera run --mps --mem SIZE -- CMD)"
+                .into(),
+        ));
+    }
     if let Some(sm) = args.sm {
         if !args.mps {
             let what = if args.mig.is_some() {

@@ -97,8 +97,7 @@ pub fn run(args: &Args, ctx: &Ctx) -> Result<ExitCode, CliError> {
         .worker_threads(2)
         .enable_all()
         .build()
-        .map_err(|e| CliError::Other(format!("cannot start the async runtime: {e}")))?;
-    rt.block_on(tessera_server::serve::serve(cfg, ctx.catalog.clone()))
-        .map_err(|e| CliError::Other(e.to_string()))?;
+        .map_err(|e| CliError::Failed(format!("cannot start the async runtime: {e}")))?;
+    rt.block_on(tessera_server::serve::serve(cfg, ctx.catalog.clone()))?;
     Ok(ExitCode::SUCCESS)
 }

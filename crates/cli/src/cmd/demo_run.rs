@@ -13,6 +13,9 @@
 //! planner, the simulated backend; only the socket is skipped (clients call the daemon's
 //! operations directly, as named users).
 //!
+//! The demo uses the server as a library (it is not part of it): [`Daemon`] on a
+//! [`Fleet`] over an in-memory simulator, driven through the daemon's public operations.
+//!
 //! Time: `duration` is the scenario's length in scenario seconds (default 30); `speed` runs it
 //! that many times faster than real time. Waits in the summary are in scenario seconds.
 
@@ -27,14 +30,36 @@ use tessera_gpu::mps::{Admission, SimRunner};
 use tessera_gpu::sim::{SimBackend, SimConfig, SimState, SplitMix64};
 use tessera_model::Catalog;
 
-use crate::config::{
+use tessera_server::config::{
     BackendChoice, Config, GpuSettings, LeaseSettings, ModeChoice, MpsSettings, SchedulerSettings,
 };
-use crate::daemon::Daemon;
-use crate::error::ServerError;
-use crate::fleet::Fleet;
-use crate::ident::Identity;
-use crate::wire::{ReleaseBody, RequestState, RequestView, SliceAsk, StatusView, SubmitBody};
+use tessera_server::daemon::Daemon;
+use tessera_server::fleet::Fleet;
+use tessera_server::ident::Identity;
+use tessera_server::wire::{
+    ReleaseBody, RequestState, RequestView, SliceAsk, StatusView, SubmitBody,
+};
+use tessera_server::{ApiError, ServerError};
+
+/// Why a demo run failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    /// Bad options.
+    #[error("{0}")]
+    Usage(String),
+    /// The daemon (or its simulated fleet) failed.
+    #[error(transparent)]
+    Server(#[from] ServerError),
+    /// The simulated fleet could not be made.
+    #[error("the demo's simulated fleet: {0}")]
+    Sim(#[from] tessera_gpu::GpuError),
+    /// A daemon operation the demo called failed.
+    #[error("the daemon refused the demo's call: {0}")]
+    Api(#[from] ApiError),
+    /// An MPS client of the demo would block behind another user's MPS server.
+    #[error("the demo's MPS clients would block behind another user's MPS server: {0}")]
+    Blocked(String),
+}
 
 /// Options of a demo run.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -242,7 +267,7 @@ pub fn demo_config(state_dir: PathBuf, speed: f64) -> Config {
             ..LeaseSettings::default()
         },
         // In-process users: no client processes to confine.
-        isolation: Some(crate::config::IsolationMode::Off),
+        isolation: Some(tessera_server::config::IsolationMode::Off),
         ..Config::default()
     }
 }
@@ -260,9 +285,9 @@ pub async fn run_demo(
     opts: DemoOptions,
     catalog: &Catalog,
     mut on_frame: impl FnMut(&Frame),
-) -> Result<Summary, ServerError> {
+) -> Result<Summary, DemoError> {
     if !(opts.speed > 0.0 && opts.duration_s > 0.0) {
-        return Err(ServerError::Fleet(
+        return Err(DemoError::Usage(
             "the demo needs a positive --speed and --duration".into(),
         ));
     }
@@ -270,12 +295,10 @@ pub async fn run_demo(
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).map_err(|e| ServerError::io(&dir, e))?;
     let cfg = demo_config(dir.join("state"), opts.speed);
-    let state = SimState::new(catalog, &[("h100-80gb".to_string(), 3)], opts.seed, true)
-        .map_err(|e| ServerError::Backend(e.to_string()))?;
-    let sim = SimBackend::new(state, catalog.clone(), SimConfig::default())
-        .map_err(|e| ServerError::Backend(e.to_string()))?;
+    let state = SimState::new(catalog, &[("h100-80gb".to_string(), 3)], opts.seed, true)?;
+    let sim = SimBackend::new(state, catalog.clone(), SimConfig::default())?;
     std::fs::create_dir_all(cfg.state_dir()).map_err(|e| ServerError::io(cfg.state_dir(), e))?;
-    let fleet = Fleet::with_sim(sim, &cfg, &cfg.state_dir(), catalog)?;
+    let fleet = Fleet::with_backend(Box::new(sim), &cfg, &cfg.state_dir(), catalog)?;
     let (daemon, sched) = Daemon::start(cfg, catalog.clone(), fleet)?;
     let result = drive(&daemon, opts, &mut on_frame).await;
     daemon.stop();
@@ -288,7 +311,7 @@ async fn drive(
     daemon: &Daemon,
     opts: DemoOptions,
     on_frame: &mut impl FnMut(&Frame),
-) -> Result<Summary, ServerError> {
+) -> Result<Summary, DemoError> {
     let items = script(opts.duration_s, opts.seed);
     let total = items.len();
     let start = Instant::now();
@@ -362,12 +385,10 @@ async fn drive(
     let root = Identity::in_process(0, "root");
     let mut samples: BTreeMap<u32, (String, f64, u64)> = BTreeMap::new();
     let frame_every = Duration::from_millis(opts.frame_ms.max(20));
-    let start_ms = crate::daemon::now_ms();
+    let start_ms = tessera_server::daemon::now_ms();
     loop {
         let all_done = tasks.iter().all(|t| t.is_finished());
-        let status = daemon
-            .status(&root)
-            .map_err(|e| ServerError::Fleet(e.message))?;
+        let status = daemon.status(&root)?;
         let rows = daemon.all_rows()?;
         let finished = rows.iter().filter(|r| !r.state.is_active()).count();
         let t_s = start.elapsed().as_secs_f64() * opts.speed;
@@ -377,9 +398,7 @@ async fn drive(
             e.1 += used;
             e.2 += 1;
         }
-        let active = daemon
-            .list(&root, false)
-            .map_err(|e| ServerError::Fleet(e.message))?;
+        let active = daemon.list(&root, false)?;
         on_frame(&Frame {
             t_s,
             duration_s: opts.duration_s,
@@ -395,10 +414,7 @@ async fn drive(
     }
     let blocked = std::mem::take(&mut *blocked.lock().unwrap());
     if !blocked.is_empty() {
-        return Err(ServerError::Fleet(format!(
-            "the demo's MPS clients would block behind another user's MPS server: {}",
-            blocked.join("; ")
-        )));
+        return Err(DemoError::Blocked(blocked.join("; ")));
     }
     let rows = daemon.all_rows()?;
     let mut waits: Vec<f64> = rows
@@ -417,9 +433,7 @@ async fn drive(
         .iter()
         .filter(|r| r.state == RequestState::Done && r.slice.is_some())
         .count();
-    let status = daemon
-        .status(&root)
-        .map_err(|e| ServerError::Fleet(e.message))?;
+    let status = daemon.status(&root)?;
     Ok(Summary {
         requests: total,
         served,
@@ -451,7 +465,7 @@ async fn drive(
 }
 
 /// The share of a GPU leased now, 0 to 1.
-fn gpu_use(daemon: &Daemon, g: &crate::wire::GpuView) -> f64 {
+fn gpu_use(daemon: &Daemon, g: &tessera_server::wire::GpuView) -> f64 {
     match g.mode.as_str() {
         "mig" => {
             let Some(model) = daemon.catalog().get(&g.model) else {

@@ -1,0 +1,172 @@
+//! `tessera k8s`: the cluster side on Kubernetes — `crd` prints the `TesseraNode` CRD,
+//! `controller` runs the controller (leader election on a Lease), `demo` runs the whole
+//! cluster in-process on simulated GPUs (fake apiserver, controller, node agents).
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use tessera_k8s::controller::{lease_api, Controller};
+use tessera_k8s::demo::{run_demo, DemoOptions, DemoSummary};
+use tessera_k8s::lease::LeaderElector;
+use tessera_planner::{PlanOptions, Policy};
+
+use crate::output::{emit, print_out, table, CliError, Ctx};
+
+/// `tessera k8s` subcommands.
+#[derive(Debug, clap::Subcommand)]
+pub enum K8sCmd {
+    /// Print the TesseraNode CustomResourceDefinition (YAML), as the Helm chart ships it.
+    Crd,
+    /// Run the cluster controller: plan slices for gated pods, write each node's layout.
+    Controller(ControllerArgs),
+    /// The whole cluster in one process on simulated GPUs with a scripted mix of pods.
+    Demo(DemoArgs),
+}
+
+/// Arguments of `tessera k8s controller`.
+#[derive(Debug, clap::Args)]
+pub struct ControllerArgs {
+    /// Namespace of the leader-election Lease.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "tessera-system")]
+    pub lease_namespace: String,
+    /// Name of the leader-election Lease.
+    #[arg(long, default_value = "tessera-controller")]
+    pub lease_name: String,
+    /// This replica's identity in the Lease (default: the pod name).
+    #[arg(long, env = "POD_NAME", default_value = "tessera-controller")]
+    pub identity: String,
+    /// Seconds a leader holds the Lease without renewing it.
+    #[arg(long, default_value_t = 15)]
+    pub lease_duration_s: u64,
+    /// Seconds between rounds when nothing changes.
+    #[arg(long, default_value_t = 10)]
+    pub resync_s: u64,
+    /// Planning policy.
+    #[arg(long, default_value = "tessera")]
+    pub policy: String,
+}
+
+/// Arguments of `tessera k8s demo`.
+#[derive(Debug, clap::Args)]
+pub struct DemoArgs {
+    /// Nodes of the simulated cluster.
+    #[arg(long, default_value_t = 4)]
+    pub nodes: usize,
+    /// GPUs of each node, `MODEL:COUNT[,MODEL:COUNT]`.
+    #[arg(long, default_value = "h100-80gb:8")]
+    pub gpus: String,
+    /// Pods in the scripted mix.
+    #[arg(long, default_value_t = 320)]
+    pub pods: usize,
+    /// Seed of the scripted mix.
+    #[arg(long, default_value_t = 7)]
+    pub seed: u64,
+    /// Virtual seconds per controller/agent cycle.
+    #[arg(long, default_value_t = 10)]
+    pub tick_s: u64,
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::Other(format!("cannot start the async runtime: {e}")))
+}
+
+/// Run a `tessera k8s` subcommand.
+pub fn run(cmd: &K8sCmd, ctx: &Ctx) -> Result<ExitCode, CliError> {
+    match cmd {
+        K8sCmd::Crd => {
+            print_out(&tessera_k8s::crd_yaml());
+            Ok(ExitCode::SUCCESS)
+        }
+        K8sCmd::Controller(a) => controller(a, ctx),
+        K8sCmd::Demo(a) => demo(a, ctx),
+    }
+}
+
+fn controller(a: &ControllerArgs, ctx: &Ctx) -> Result<ExitCode, CliError> {
+    let policy: Policy = a
+        .policy
+        .parse()
+        .map_err(|e: tessera_planner::UnknownPolicy| CliError::Usage(e.to_string()))?;
+    if a.lease_duration_s == 0 || a.resync_s == 0 {
+        return Err(CliError::Usage(
+            "--lease-duration-s and --resync-s must be at least 1".into(),
+        ));
+    }
+    let rt = runtime()?;
+    rt.block_on(async {
+        let client = kube::Client::try_default().await.map_err(|e| {
+            CliError::Other(format!(
+                "cannot reach the Kubernetes API (in-cluster config or KUBECONFIG): {e}"
+            ))
+        })?;
+        let elector = LeaderElector::new(
+            lease_api(client.clone(), &a.lease_namespace),
+            &a.lease_name,
+            &a.identity,
+            Duration::from_secs(a.lease_duration_s),
+        );
+        let c = Controller::new(
+            client,
+            ctx.catalog.clone(),
+            PlanOptions::with_policy(policy),
+        );
+        let shutdown = async {
+            let _ = tokio::signal::ctrl_c().await;
+        };
+        c.run(elector, Duration::from_secs(a.resync_s), shutdown)
+            .await
+            .map_err(|e| CliError::Other(e.to_string()))
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn demo(a: &DemoArgs, ctx: &Ctx) -> Result<ExitCode, CliError> {
+    if a.nodes == 0 || a.tick_s == 0 {
+        return Err(CliError::Usage(
+            "--nodes and --tick-s must be at least 1".into(),
+        ));
+    }
+    let opts = DemoOptions {
+        nodes: a.nodes,
+        gpus: a.gpus.clone(),
+        pods: a.pods,
+        seed: a.seed,
+        tick: Duration::from_secs(a.tick_s),
+    };
+    let rt = runtime()?;
+    let s = rt
+        .block_on(run_demo(&opts, ctx.catalog.clone()))
+        .map_err(|e| CliError::Other(e.to_string()))?;
+    let s = DemoSummary {
+        mean_wait_s: (s.mean_wait_s * 100.0).round() / 100.0,
+        ..s
+    };
+    emit(ctx.output, &s, || summary_text(&s))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn summary_text(s: &DemoSummary) -> String {
+    let mut t = table(&["SUMMARY", ""]);
+    let rows = [
+        ("cluster", format!("{} nodes, {} GPUs", s.nodes, s.gpus)),
+        ("pods bound", format!("{} of {}", s.bound, s.pods)),
+        ("unschedulable", s.unschedulable.to_string()),
+        ("busy instances destroyed", s.busy_destroyed.to_string()),
+        ("pods overtaken", s.overtaken.to_string()),
+        ("GPU re-partitions", s.repartitions.to_string()),
+        ("MIG instances created + destroyed", s.mig_ops.to_string()),
+        (
+            "mean wait",
+            format!("{:.1}s (cycles of {:.0}s)", s.mean_wait_s, s.tick_s),
+        ),
+        ("longest wait", format!("{:.1}s", s.max_wait_s)),
+    ];
+    for (k, v) in rows {
+        t.add_row(vec![k.to_string(), v]);
+    }
+    format!("{t}\n")
+}

@@ -1,0 +1,641 @@
+//! The cluster controller: one level-triggered [`Controller::round`] reads every `TesseraNode`
+//! and pod, plans the gated pods' slices over the whole cluster with the tessera planner, writes
+//! each node's desired layout into its `TesseraNode` spec, earmarks a slice for each planned pod
+//! and removes the pod's scheduling gate once its node reports the slice.
+//!
+//! # Race freedom
+//! - A pod asks with the gate [`crate::pods::GATE`]; kube-scheduler does not look at it while
+//!   gated, so nothing can schedule it onto a node whose slice does not exist yet.
+//! - The controller earmarks one slice per pod (annotation + `kubernetes.io/hostname` node
+//!   selector) in the same round that writes the layout holding it. An earmarked slice counts
+//!   as **used** in every later plan, so it is never destroyed, moved or given to another pod,
+//!   and a failed-over controller rebuilds the same state from the annotations (no memory of
+//!   its own).
+//! - Among pods asking for the same slice kind (same MIG profile, or same MPS limits), the
+//!   planner's served set is handed out oldest first (creation time, then name): a later pod
+//!   never takes a slice while an earlier one of the same kind keeps waiting.
+//! - The gate comes off only when the node's status shows the slice (a MIG instance with its
+//!   UUID and idle, or the MPS share), so the pod is scheduled onto a node that can run it and
+//!   waits no longer than the slice takes to create.
+//!
+//! # Planner input
+//! A node's GPUs come from its status (model, mode, observed instances). A MIG GPU's current
+//! layout is its desired spec layout (the controller's own earlier decision, possibly not yet
+//! applied) plus any busy instance the node observed; instances that are busy or earmarked by
+//! a live pod are `used`. An MPS GPU's clients are the shares earmarked by live pods.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::Client;
+use serde::Serialize;
+use serde_json::json;
+use tessera_model::Catalog;
+use tessera_planner::{
+    AssignedSlice, Assignment, ClusterSpec, GpuMode, GpuSpec, InstanceSpec, MpsClientSpec,
+    NodeSpec, PlanError, PlanOptions, RequestKind, RequestSpec,
+};
+use tokio::sync::Notify;
+
+use crate::crd::{GpuLayout, MigInstance, MpsShare, SliceMode, TesseraNode};
+use crate::lease::{LeaderElector, Leadership};
+use crate::pods::{
+    is_finished, is_gated, pod_key, requested_slice, Earmark, EarmarkedSlice, ERROR_ANNOTATION,
+    GATE, HOSTNAME_LABEL, SLICE_ANNOTATION,
+};
+
+/// Why a controller round failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ControllerError {
+    /// The apiserver refused or could not be reached.
+    #[error("apiserver request failed: {0}")]
+    Kube(#[from] kube::Error),
+    /// The planner refused its input (a bad catalog model or layout in a node's status).
+    #[error("planning failed: {0}")]
+    Plan(#[from] PlanError),
+}
+
+/// What one round did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct RoundReport {
+    /// Gated pods without a slice at the start of the round.
+    pub waiting: usize,
+    /// Pods earmarked this round, with their slice (`ns/name=NODE/GPU/SLICE`).
+    pub earmarked: Vec<String>,
+    /// Pods whose gate was removed this round.
+    pub released: Vec<String>,
+    /// Pods the plan could not serve this round.
+    pub unassigned: Vec<String>,
+    /// Pods whose request cannot be read (annotated with the reason).
+    pub invalid: Vec<String>,
+    /// Nodes whose spec was written.
+    pub spec_writes: Vec<String>,
+    /// MIG instances the written layouts create plus destroy.
+    pub operations: usize,
+}
+
+/// The controller (stateless between rounds: everything is read from the apiserver).
+#[derive(Clone)]
+pub struct Controller {
+    client: Client,
+    catalog: Arc<Catalog>,
+    opts: PlanOptions,
+    field_manager: String,
+}
+
+fn kind_key(k: &RequestKind) -> String {
+    match k {
+        RequestKind::Mig(p) => format!("mig:{}", p.to_ascii_lowercase()),
+        RequestKind::Mps(m) => format!("mps:{}:{}", m.memory_mib, m.sm_percent),
+        RequestKind::Timeslice => "timeslice".into(),
+    }
+}
+
+/// One GPU of the planner's input, with where it lives.
+struct PlannedGpu {
+    index: u32,
+    mode: SliceMode,
+    held_mps: Vec<MpsShare>,
+    /// MIG: the layout given to the planner (kept if the plan does not list the GPU).
+    current: Vec<MigInstance>,
+}
+
+impl Controller {
+    /// A controller planning with `opts` (policy and MPS limits).
+    pub fn new(client: Client, catalog: Catalog, opts: PlanOptions) -> Self {
+        Controller {
+            client,
+            catalog: Arc::new(catalog),
+            opts,
+            field_manager: "tessera-controller".into(),
+        }
+    }
+
+    /// One level-triggered pass; safe to run any number of times (the same cluster state
+    /// gives no further writes).
+    pub async fn round(&self) -> Result<RoundReport, ControllerError> {
+        let nodes_api: Api<TesseraNode> = Api::all(self.client.clone());
+        let pods_api: Api<Pod> = Api::all(self.client.clone());
+        let mut nodes = nodes_api.list(&ListParams::default()).await?.items;
+        nodes.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+        let pods = pods_api.list(&ListParams::default()).await?.items;
+        let mut report = RoundReport::default();
+
+        // Slices held by live pods, by (node, GPU).
+        let mut held: BTreeMap<(String, u32), Vec<EarmarkedSlice>> = BTreeMap::new();
+        for p in pods.iter().filter(|p| !is_finished(p)) {
+            if let Some(e) = Earmark::of(p) {
+                held.entry((e.node, e.gpu)).or_default().push(e.slice);
+            }
+        }
+
+        // The planner's view of the cluster.
+        let mut cluster = ClusterSpec::default();
+        let mut where_: BTreeMap<String, Vec<PlannedGpu>> = BTreeMap::new();
+        for n in &nodes {
+            let name = n.metadata.name.clone().unwrap_or_default();
+            let Some(status) = n.status.as_ref().filter(|s| !s.gpus.is_empty()) else {
+                continue;
+            };
+            let mut gpus = Vec::new();
+            let mut planned = Vec::new();
+            for g in &status.gpus {
+                let Some(model) = self.catalog.get(&g.model) else {
+                    tracing::warn!(node = %name, gpu = g.index, model = %g.model, "GPU model not in the catalog; not planned");
+                    continue;
+                };
+                let held_here = held.get(&(name.clone(), g.index));
+                match g.mode {
+                    SliceMode::Mig => {
+                        let busy: Vec<(String, u8)> = g
+                            .instances
+                            .iter()
+                            .filter(|i| i.busy)
+                            .map(|i| (i.profile.clone(), i.start))
+                            .collect();
+                        let desired: Vec<(String, u8)> =
+                            match n.spec.gpus.iter().find(|l| l.index == g.index) {
+                                Some(l) => l
+                                    .instances
+                                    .iter()
+                                    .map(|i| (i.profile.clone(), i.start))
+                                    .collect(),
+                                None => g
+                                    .instances
+                                    .iter()
+                                    .map(|i| (i.profile.clone(), i.start))
+                                    .collect(),
+                            };
+                        let mut layout = busy.clone();
+                        let mask_of = |p: &str, s: u8| {
+                            model
+                                .parse_spec(&format!("{p}@{s}"))
+                                .ok()
+                                .map(|pl| model.mask(pl))
+                        };
+                        let busy_mask: u32 = busy
+                            .iter()
+                            .filter_map(|(p, s)| mask_of(p, *s))
+                            .fold(0, |a, m| a | m);
+                        for (p, s) in desired {
+                            if layout.contains(&(p.clone(), s)) {
+                                continue;
+                            }
+                            match mask_of(&p, s) {
+                                Some(m) if m & busy_mask == 0 => layout.push((p, s)),
+                                _ => {}
+                            }
+                        }
+                        layout.sort_by_key(|(_, s)| *s);
+                        let current = layout
+                            .iter()
+                            .map(|(profile, start)| MigInstance {
+                                profile: profile.clone(),
+                                start: *start,
+                            })
+                            .collect();
+                        let instances = layout
+                            .into_iter()
+                            .map(|(profile, start)| {
+                                let used = busy.contains(&(profile.clone(), start))
+                                    || held_here.is_some_and(|h| {
+                                        h.contains(&EarmarkedSlice::Mig {
+                                            profile: profile.clone(),
+                                            start,
+                                        })
+                                    });
+                                InstanceSpec {
+                                    profile,
+                                    start,
+                                    used,
+                                }
+                            })
+                            .collect();
+                        gpus.push(GpuSpec::mig(&model.key, instances));
+                        planned.push(PlannedGpu {
+                            index: g.index,
+                            mode: SliceMode::Mig,
+                            held_mps: Vec::new(),
+                            current,
+                        });
+                    }
+                    SliceMode::Mps => {
+                        let shares: Vec<MpsShare> = held_here
+                            .into_iter()
+                            .flatten()
+                            .filter_map(|h| match h {
+                                EarmarkedSlice::Mps {
+                                    memory_mib,
+                                    sm_percent,
+                                } => Some(MpsShare {
+                                    memory_mib: *memory_mib,
+                                    sm_percent: *sm_percent,
+                                }),
+                                EarmarkedSlice::Mig { .. } => None,
+                            })
+                            .collect();
+                        gpus.push(GpuSpec {
+                            model: model.key.clone(),
+                            mode: GpuMode::Mps,
+                            instances: Vec::new(),
+                            clients: shares
+                                .iter()
+                                .map(|s| MpsClientSpec {
+                                    memory_mib: s.memory_mib,
+                                    sm_percent: s.sm_percent,
+                                })
+                                .collect(),
+                            replicas: None,
+                            replicas_used: 0,
+                        });
+                        planned.push(PlannedGpu {
+                            index: g.index,
+                            mode: SliceMode::Mps,
+                            held_mps: shares,
+                            current: Vec::new(),
+                        });
+                    }
+                    SliceMode::Timeslice => {}
+                }
+            }
+            if !gpus.is_empty() {
+                cluster.nodes.push(NodeSpec {
+                    name: name.clone(),
+                    gpus,
+                });
+                where_.insert(name, planned);
+            }
+        }
+
+        // Gated pods waiting for a slice, oldest first.
+        let mut waiting: Vec<(&Pod, RequestKind)> = Vec::new();
+        for p in pods.iter().filter(|p| is_gated(p) && !is_finished(p)) {
+            if Earmark::of(p).is_some() {
+                continue;
+            }
+            match requested_slice(p) {
+                Ok(kind) => waiting.push((p, kind)),
+                Err(e) => {
+                    report.invalid.push(pod_key(p));
+                    let msg = e.to_string();
+                    let has = p
+                        .metadata
+                        .annotations
+                        .as_ref()
+                        .and_then(|a| a.get(ERROR_ANNOTATION));
+                    if has != Some(&msg) {
+                        self.patch_pod(
+                            p,
+                            json!({"metadata": {"annotations": {ERROR_ANNOTATION: msg}}}),
+                        )
+                        .await?;
+                    }
+                }
+            }
+        }
+        waiting.sort_by(|(a, _), (b, _)| {
+            let ta = a.metadata.creation_timestamp.as_ref().map(|t| t.0);
+            let tb = b.metadata.creation_timestamp.as_ref().map(|t| t.0);
+            ta.cmp(&tb).then_with(|| pod_key(a).cmp(&pod_key(b)))
+        });
+        report.waiting = waiting.len();
+
+        if !waiting.is_empty() && !cluster.nodes.is_empty() {
+            let requests: Vec<RequestSpec> = waiting
+                .iter()
+                .map(|(p, k)| RequestSpec {
+                    id: pod_key(p),
+                    kind: k.clone(),
+                    priority: 1,
+                })
+                .collect();
+            let plan = tessera_planner::plan(&self.catalog, &cluster, &requests, &self.opts)?;
+            let assignments = oldest_first(&requests, &plan.assignments);
+            report.unassigned = requests
+                .iter()
+                .filter(|r| !assignments.contains_key(&r.id))
+                .map(|r| r.id.clone())
+                .collect();
+
+            // New MPS shares per (node, GPU).
+            let mut new_mps: BTreeMap<(String, usize), Vec<MpsShare>> = BTreeMap::new();
+            let mut touched: BTreeSet<String> = BTreeSet::new();
+            for a in assignments.values() {
+                touched.insert(a.node.to_string());
+                if let AssignedSlice::Mps {
+                    memory_mib,
+                    sm_percent,
+                } = a.slice
+                {
+                    new_mps
+                        .entry((a.node.to_string(), a.gpu))
+                        .or_default()
+                        .push(MpsShare {
+                            memory_mib,
+                            sm_percent,
+                        });
+                }
+            }
+            for g in plan.gpus.iter().filter(|g| g.changed()) {
+                touched.insert(g.node.to_string());
+                report.operations += g.create.len() + g.destroy.len();
+            }
+            // Layouts first: an earmark always points into a written layout.
+            for node in &touched {
+                let Some(planned) = where_.get(node) else {
+                    continue;
+                };
+                let mut layouts = Vec::new();
+                for (i, pg) in planned.iter().enumerate() {
+                    let gp = plan.gpus.iter().find(|g| g.node == *node && g.gpu == i);
+                    let layout = match pg.mode {
+                        SliceMode::Mig => GpuLayout {
+                            index: pg.index,
+                            mode: SliceMode::Mig,
+                            instances: gp
+                                .map(|g| {
+                                    g.layout
+                                        .iter()
+                                        .map(|r| MigInstance {
+                                            profile: r.profile.to_string(),
+                                            start: r.start,
+                                        })
+                                        .collect()
+                                })
+                                .unwrap_or_else(|| pg.current.clone()),
+                            mps: Vec::new(),
+                        },
+                        _ => {
+                            let mut shares = pg.held_mps.clone();
+                            shares.extend(
+                                new_mps.get(&(node.clone(), i)).cloned().unwrap_or_default(),
+                            );
+                            GpuLayout {
+                                index: pg.index,
+                                mode: pg.mode,
+                                instances: Vec::new(),
+                                mps: shares,
+                            }
+                        }
+                    };
+                    layouts.push(layout);
+                }
+                let current = nodes
+                    .iter()
+                    .find(|n| n.metadata.name.as_deref() == Some(node.as_str()))
+                    .map(|n| n.spec.gpus.clone());
+                if current.as_ref() != Some(&layouts) {
+                    nodes_api
+                        .patch(
+                            node,
+                            &self.patch_params(),
+                            &Patch::Merge(json!({"spec": {"gpus": layouts}})),
+                        )
+                        .await?;
+                    report.spec_writes.push(node.clone());
+                }
+            }
+            for (p, _) in &waiting {
+                let key = pod_key(p);
+                let Some(a) = assignments.get(&key) else {
+                    continue;
+                };
+                let Some(pg) = where_.get(a.node.as_str()).and_then(|v| v.get(a.gpu)) else {
+                    continue;
+                };
+                let slice = match &a.slice {
+                    AssignedSlice::Mig { profile, start } => EarmarkedSlice::Mig {
+                        profile: profile.to_string(),
+                        start: *start,
+                    },
+                    AssignedSlice::Mps {
+                        memory_mib,
+                        sm_percent,
+                    } => EarmarkedSlice::Mps {
+                        memory_mib: *memory_mib,
+                        sm_percent: *sm_percent,
+                    },
+                    AssignedSlice::Timeslice { .. } => continue,
+                };
+                let mark = Earmark {
+                    node: a.node.to_string(),
+                    gpu: pg.index,
+                    slice,
+                };
+                self.patch_pod(
+                    p,
+                    json!({"metadata": {"annotations": {SLICE_ANNOTATION: mark.to_string(), ERROR_ANNOTATION: null}},
+                           "spec": {"nodeSelector": {HOSTNAME_LABEL: a.node.to_string()}}}),
+                )
+                .await?;
+                report.earmarked.push(format!("{key}={mark}"));
+            }
+        }
+
+        // Gates come off once the node shows the slice.
+        for p in pods.iter().filter(|p| is_gated(p) && !is_finished(p)) {
+            let Some(mark) = Earmark::of(p) else {
+                continue;
+            };
+            if !slice_ready(&nodes, &mark) {
+                continue;
+            }
+            let gates: Vec<_> = p
+                .spec
+                .as_ref()
+                .and_then(|s| s.scheduling_gates.clone())
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|g| g.name != GATE)
+                .collect();
+            self.patch_pod(
+                p,
+                json!({"metadata": {"resourceVersion": p.metadata.resource_version},
+                       "spec": {"schedulingGates": gates}}),
+            )
+            .await?;
+            report.released.push(pod_key(p));
+        }
+        Ok(report)
+    }
+
+    fn patch_params(&self) -> PatchParams {
+        PatchParams {
+            field_manager: Some(self.field_manager.clone()),
+            ..PatchParams::default()
+        }
+    }
+
+    async fn patch_pod(&self, p: &Pod, body: serde_json::Value) -> Result<(), kube::Error> {
+        let api: Api<Pod> = Api::namespaced(
+            self.client.clone(),
+            p.metadata.namespace.as_deref().unwrap_or("default"),
+        );
+        api.patch(
+            p.metadata.name.as_deref().unwrap_or(""),
+            &self.patch_params(),
+            &Patch::Merge(body),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Run rounds while leading: after every change to pods or `TesseraNode`s, and every
+    /// `resync`, until `shutdown` completes. Followers only try to take the Lease.
+    pub async fn run(
+        &self,
+        elector: LeaderElector,
+        resync: Duration,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), ControllerError> {
+        let notify = Arc::new(Notify::new());
+        let pods: Api<Pod> = Api::all(self.client.clone());
+        let nodes: Api<TesseraNode> = Api::all(self.client.clone());
+        let n1 = Arc::clone(&notify);
+        let w1 = tokio::spawn(async move {
+            let mut s = kube::runtime::watcher(pods, Default::default()).boxed();
+            while s.next().await.is_some() {
+                n1.notify_one();
+            }
+        });
+        let n2 = Arc::clone(&notify);
+        let w2 = tokio::spawn(async move {
+            let mut s = kube::runtime::watcher(nodes, Default::default()).boxed();
+            while s.next().await.is_some() {
+                n2.notify_one();
+            }
+        });
+        tokio::pin!(shutdown);
+        let result = loop {
+            let now = k8s_openapi::jiff::Timestamp::now();
+            match elector.try_acquire_or_renew(now).await {
+                Ok(Leadership::Leader { acquired }) => {
+                    if acquired {
+                        tracing::info!(identity = elector.identity(), "leading");
+                    }
+                    match self.round().await {
+                        Ok(r) if r != RoundReport::default() => {
+                            tracing::info!(?r, "round")
+                        }
+                        Ok(_) => {}
+                        Err(e) => tracing::warn!("round failed: {e}"),
+                    }
+                }
+                Ok(Leadership::Follower { holder }) => {
+                    tracing::debug!(?holder, "following");
+                }
+                Err(e) => tracing::warn!("lease: {e}"),
+            }
+            tokio::select! {
+                _ = &mut shutdown => break Ok(()),
+                _ = notify.notified() => {}
+                _ = tokio::time::sleep(resync) => {}
+            }
+        };
+        w1.abort();
+        w2.abort();
+        result
+    }
+}
+
+/// A Lease API for leader election in `namespace`.
+pub fn lease_api(client: Client, namespace: &str) -> Api<Lease> {
+    Api::namespaced(client, namespace)
+}
+
+/// Whether the node's status shows the earmarked slice ready for its pod.
+fn slice_ready(nodes: &[TesseraNode], mark: &Earmark) -> bool {
+    let Some(g) = nodes
+        .iter()
+        .find(|n| n.metadata.name.as_deref() == Some(mark.node.as_str()))
+        .and_then(|n| n.status.as_ref())
+        .and_then(|s| s.gpus.iter().find(|g| g.index == mark.gpu))
+    else {
+        return false;
+    };
+    match &mark.slice {
+        EarmarkedSlice::Mig { profile, start } => g.instances.iter().any(|i| {
+            i.profile.eq_ignore_ascii_case(profile) && i.start == *start && i.uuid.is_some()
+        }),
+        EarmarkedSlice::Mps {
+            memory_mib,
+            sm_percent,
+        } => g
+            .mps
+            .iter()
+            .any(|s| s.memory_mib == *memory_mib && s.sm_percent == *sm_percent),
+    }
+}
+
+/// The plan's assignments, with the slices of each kind handed to the oldest requests of that
+/// kind (requests are in age order; same-kind slices are interchangeable).
+fn oldest_first(
+    requests: &[RequestSpec],
+    assignments: &[Assignment],
+) -> BTreeMap<String, Assignment> {
+    let by_id: BTreeMap<&str, &Assignment> = assignments
+        .iter()
+        .map(|a| (a.request.as_str(), a))
+        .collect();
+    let mut slices: BTreeMap<String, Vec<&Assignment>> = BTreeMap::new();
+    for r in requests {
+        if let Some(a) = by_id.get(r.id.as_str()) {
+            slices.entry(kind_key(&r.kind)).or_default().push(a);
+        }
+    }
+    let mut next: BTreeMap<String, usize> = BTreeMap::new();
+    let mut out = BTreeMap::new();
+    for r in requests {
+        let k = kind_key(&r.kind);
+        let Some(list) = slices.get(&k) else { continue };
+        let i = next.entry(k).or_default();
+        if let Some(a) = list.get(*i) {
+            let mut a = (*a).clone();
+            a.request = r.id.clone();
+            out.insert(r.id.clone(), a);
+            *i += 1;
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tessera_planner::Name;
+
+    fn mig(req: &str, node: &str, start: u8) -> Assignment {
+        Assignment {
+            request: req.into(),
+            node: Name::from(node),
+            gpu: 0,
+            slice: AssignedSlice::Mig {
+                profile: Name::from("1g.10gb"),
+                start,
+            },
+        }
+    }
+
+    #[test]
+    fn a_later_request_never_takes_a_slice_an_earlier_one_of_its_kind_waits_for() {
+        let reqs = vec![
+            RequestSpec::mig("old", "1g.10gb"),
+            RequestSpec::mig("mid", "2g.20gb"),
+            RequestSpec::mig("new", "1g.10gb"),
+        ];
+        // The planner served only the later one of the two same-kind requests.
+        let out = oldest_first(&reqs, &[mig("new", "n1", 6)]);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out["old"].node, "n1");
+        assert!(!out.contains_key("new"));
+        // Two slices for two requests: each gets one, in order.
+        let out = oldest_first(&reqs, &[mig("new", "n1", 6), mig("old", "n2", 0)]);
+        assert_eq!(out.len(), 2);
+    }
+}
