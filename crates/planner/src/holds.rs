@@ -23,33 +23,58 @@ use crate::problem::{Phantom, Problem, Slot, Solution};
 use crate::tables::Tables;
 use crate::typed::{self, Ask, Instance, Sharing};
 
+/// What is wrong with a MIG GPU's held regions.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum HoldProblem {
+    /// A region is not a placement of the GPU's model.
+    #[error("the region held for request {holder} is not a placement of {model}; hold a profile at one of its starts")]
+    NotAPlacement {
+        /// The holder's id.
+        holder: u64,
+        /// The model key.
+        model: String,
+    },
+    /// Two regions conflict.
+    #[error("the regions held for requests {first} and {second} overlap; hold disjoint regions")]
+    Overlap {
+        /// The earlier holder.
+        first: u64,
+        /// The later holder.
+        second: u64,
+    },
+    /// One instance is in the way of two regions.
+    #[error("the instance {instance} is in the way of two held regions; hold one region per instance in the way")]
+    TwoInTheWay {
+        /// The instance, as `PROFILE@START`.
+        instance: String,
+    },
+}
+
 /// Check a MIG GPU's holds: each region a placement of the model, no two regions in conflict,
-/// no current instance in the way of two regions. `Err` is the problem in words.
+/// no current instance in the way of two regions.
 pub(crate) fn check(
     model: &GpuModel,
     t: &Tables<'_>,
     instances: &[Instance],
     holds: &[typed::Hold],
-) -> Result<(), String> {
+) -> Result<(), HoldProblem> {
     let mut cands = Vec::with_capacity(holds.len());
     for h in holds {
         let c = t
             .cand_index(h.region)
             .filter(|_| usize::from(h.region.profile.0) < model.profiles.len())
-            .ok_or_else(|| {
-                format!(
-                    "the region held for request {} is not a placement of {}; hold a profile at one of its starts",
-                    h.holder.0, model.key
-                )
+            .ok_or_else(|| HoldProblem::NotAPlacement {
+                holder: h.holder.0,
+                model: model.key.clone(),
             })?;
         if let Some(o) = cands
             .iter()
             .position(|&o: &usize| t.conflict[c] & 1 << o != 0)
         {
-            return Err(format!(
-                "the regions held for requests {} and {} overlap; hold disjoint regions",
-                holds[o].holder.0, h.holder.0
-            ));
+            return Err(HoldProblem::Overlap {
+                first: holds[o].holder.0,
+                second: h.holder.0,
+            });
         }
         cands.push(c);
     }
@@ -63,10 +88,9 @@ pub(crate) fn check(
             .count()
             > 1
         {
-            return Err(format!(
-                "the instance {} is in the way of two held regions; hold one region per instance in the way",
-                model.spec(i.placed)
-            ));
+            return Err(HoldProblem::TwoInTheWay {
+                instance: model.spec(i.placed),
+            });
         }
     }
     Ok(())

@@ -90,16 +90,24 @@ impl fmt::Display for GpuMode {
     }
 }
 
+/// A GPU mode name that is not `mig`, `mps` or `timeslice`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown GPU mode `{name}`; use mig, mps or timeslice")]
+pub struct UnknownMode {
+    /// The name given (trimmed, lower case).
+    pub name: String,
+}
+
 impl FromStr for GpuMode {
-    type Err = String;
+    type Err = UnknownMode;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s.trim().to_ascii_lowercase().as_str() {
             "mig" => Ok(GpuMode::Mig),
             "mps" => Ok(GpuMode::Mps),
             "timeslice" | "time-slice" => Ok(GpuMode::Timeslice),
-            other => Err(format!(
-                "unknown GPU mode `{other}`; use mig, mps or timeslice"
-            )),
+            other => Err(UnknownMode {
+                name: other.to_string(),
+            }),
         }
     }
 }
@@ -254,17 +262,34 @@ struct RawRequest {
     priority: Option<u32>,
 }
 
+/// A request document entry that does not say what it wants exactly once.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RequestShapeError {
+    /// No kind or several kinds.
+    #[error("request `{id}` must have exactly one of `mig: PROFILE`, `mps: {{memory_mib, sm_percent}}` or `timeslice: true` (found {kinds})")]
+    Kinds {
+        /// The request id.
+        id: String,
+        /// How many kinds it gives.
+        kinds: usize,
+    },
+    /// `timeslice: false` as the only kind.
+    #[error("request `{id}`: `timeslice: false` asks for nothing; write `timeslice: true` or drop the request")]
+    TimesliceFalse {
+        /// The request id.
+        id: String,
+    },
+}
+
 impl TryFrom<RawRequest> for RequestSpec {
-    type Error = String;
-    fn try_from(r: RawRequest) -> Result<Self, String> {
+    type Error = RequestShapeError;
+    fn try_from(r: RawRequest) -> Result<Self, RequestShapeError> {
         let id = r.id;
         let kinds = usize::from(r.mig.is_some())
             + usize::from(r.mps.is_some())
             + usize::from(r.timeslice.is_some());
         if kinds != 1 {
-            return Err(format!(
-                "request `{id}` must have exactly one of `mig: PROFILE`, `mps: {{memory_mib, sm_percent}}` or `timeslice: true` (found {kinds})"
-            ));
+            return Err(RequestShapeError::Kinds { id, kinds });
         }
         let kind = if let Some(p) = r.mig {
             RequestKind::Mig(p)
@@ -273,9 +298,7 @@ impl TryFrom<RawRequest> for RequestSpec {
         } else if r.timeslice == Some(true) {
             RequestKind::Timeslice
         } else {
-            return Err(format!(
-                "request `{id}`: `timeslice: false` asks for nothing; write `timeslice: true` or drop the request"
-            ));
+            return Err(RequestShapeError::TimesliceFalse { id });
         };
         Ok(RequestSpec {
             id,

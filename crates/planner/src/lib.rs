@@ -79,7 +79,7 @@ pub use explain::{WaitReason, Waiting};
 pub use holds::{choose_hold, same_profile};
 pub use input::{
     ClusterSpec, GpuMode, GpuSpec, InstanceSpec, MpsClientSpec, MpsRequest, NodeSpec, PlanDocument,
-    RequestKind, RequestSpec, RequestsFile,
+    RequestKind, RequestShapeError, RequestSpec, RequestsFile, UnknownMode,
 };
 pub use plan::{AssignedSlice, Assignment, GpuPlan, InstanceRef, Name, Plan, PlanStats};
 

@@ -291,7 +291,7 @@ impl<'a> Problem<'a> {
                         }
                         if !holds.is_empty() {
                             crate::holds::check(model, &tables[mi], instances, holds)
-                                .map_err(bad)?;
+                                .map_err(|e| bad(e.to_string()))?;
                         }
                         mig.push(MigGpu {
                             gpu: at,
