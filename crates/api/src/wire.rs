@@ -16,7 +16,9 @@
 //! | `GET /v1/status` | | 200 [`StatusView`] |
 //! | `POST /v1/gpus/{n}/drain` | [`DrainBody`] | 200 [`GpuView`] (root) |
 //! | `POST /v1/gpus/{n}/layout` | [`LayoutBody`] | 200 [`GpuView`] (root; forced re-partition) |
+//! | `GET /v1/overview` | | 200 [`crate::overview::OverviewView`] (the web view's data) |
 //! | `GET /metrics` | | Prometheus text |
+//! | `GET /` | | the web view (HTML; its data comes from `/v1/overview`) |
 //!
 //! Errors are `{"error": "..."}` with a 4xx status for the caller's mistakes and 5xx (with a
 //! logged incident id instead of details) for the daemon's own.
@@ -30,6 +32,7 @@ use serde::{Deserialize, Serialize};
 pub const API_VERSION: &str = "v1";
 
 /// What kind of slice a request asks for.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum SliceAsk {
@@ -89,10 +92,13 @@ impl fmt::Display for SliceAsk {
 }
 
 /// Body of `POST /v1/requests`.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SubmitBody {
-    /// The slice wanted.
+    /// The slice wanted; `ask`, as in [`RequestView::ask`]. `slice`, its name before, is still
+    /// accepted.
+    #[serde(rename = "ask", alias = "slice")]
     pub slice: SliceAsk,
     /// Only GPUs of this catalog model (key or alias).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -106,6 +112,7 @@ pub struct SubmitBody {
 }
 
 /// Body of `POST /v1/requests/{id}/release`.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ReleaseBody {
@@ -118,6 +125,7 @@ pub struct ReleaseBody {
 }
 
 /// Body of `POST /v1/gpus/{n}/drain`.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DrainBody {
@@ -126,6 +134,7 @@ pub struct DrainBody {
 }
 
 /// Body of `POST /v1/gpus/{n}/layout`: a forced re-partition to `PROFILE@START` instances.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LayoutBody {
@@ -134,6 +143,7 @@ pub struct LayoutBody {
 }
 
 /// Where a request is in its life.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RequestState {
@@ -186,6 +196,7 @@ impl fmt::Display for RequestState {
 }
 
 /// A granted slice.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Slice {
@@ -256,6 +267,7 @@ impl fmt::Display for Slice {
 }
 
 /// One request as the API shows it.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RequestView {
     /// Request (and lease) ID.
@@ -312,6 +324,7 @@ pub struct RequestView {
 }
 
 /// One instance drawn by `tessera status`.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InstanceView {
     /// Profile name.
@@ -332,6 +345,7 @@ pub struct InstanceView {
 }
 
 /// One MPS client or time-slice replica holder.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ShareView {
     /// Leasing request, when visible to the caller.
@@ -347,6 +361,7 @@ pub struct ShareView {
 }
 
 /// One GPU in `GET /v1/status`.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GpuView {
     /// GPU index.
@@ -390,6 +405,7 @@ fn is_zero<T: Default + PartialEq>(v: &T) -> bool {
 }
 
 /// Body of `GET /v1/status`.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StatusView {
     /// `nvml` or `sim:PATH`.
@@ -405,6 +421,7 @@ pub struct StatusView {
 }
 
 /// Body of every error answer.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorBody {
     /// What went wrong and what to do.
@@ -593,8 +610,19 @@ mod tests {
             );
         }
         let body: SubmitBody =
-            serde_json::from_str(r#"{"slice": {"kind": "mig", "profile": "1g.10gb"}}"#).unwrap();
+            serde_json::from_str(r#"{"ask": {"kind": "mig", "profile": "1g.10gb"}}"#).unwrap();
         assert_eq!(body.priority, 0);
+        // The request's field has the response's name; the old name still parses.
+        let old: SubmitBody =
+            serde_json::from_str(r#"{"slice": {"kind": "mig", "profile": "1g.10gb"}}"#).unwrap();
+        assert_eq!(old, body);
+        assert!(serde_json::to_string(&body)
+            .unwrap()
+            .starts_with(r#"{"ask":"#));
+        assert!(serde_json::from_str::<SubmitBody>(
+            r#"{"ask": {"kind": "share"}, "slice": {"kind": "share"}}"#
+        )
+        .is_err());
         assert!(serde_json::from_str::<SubmitBody>(r#"{"slice": {"kind": "tpu"}}"#).is_err());
         assert!(serde_json::from_str::<SubmitBody>(
             r#"{"slice": {"kind": "share"}, "colour": "red"}"#

@@ -78,12 +78,19 @@ enum Command {
     /// libraries, cgroups, the daemon; each line ok / warn / fail with the fix (exit 1 on a
     /// failure, e.g. no GPU).
     Doctor(cmd::doctor::Args),
-    /// `tessera k8s node` in standalone mode (until the `k8s` group hooks it in).
+    /// Hidden alias of `tessera k8s node`.
     #[command(name = "k8s-node", hide = true)]
     K8sNode(cmd::k8s_node::Args),
     /// Kubernetes, cluster side: the TesseraNode CRD, the controller, an in-process demo cluster.
     #[command(subcommand)]
     K8s(cmd::k8s::K8sCmd),
+    /// Print the shell completion script (bash, zsh, fish, elvish, powershell).
+    Completion(cmd::completion::Args),
+    /// Print the manual page (roff), or write one per command into a directory.
+    Man(cmd::man::Args),
+    /// NVIDIA vGPUs for VMs on a KVM/Proxmox host (time-sliced and MIG-backed), on the twin by
+    /// default; AMD Instinct partition modes.
+    Vgpu(cmd::vgpu::Args),
 }
 
 fn main() -> ExitCode {
@@ -161,5 +168,8 @@ fn run(command: &Command, ctx: &Ctx) -> Result<ExitCode, CliError> {
         Command::Demo(a) => cmd::demo::run(a, ctx),
         Command::Doctor(a) => cmd::doctor::run(a, ctx),
         Command::K8s(c) => cmd::k8s::run(c, ctx),
+        Command::Completion(a) => cmd::completion::run(a, ctx),
+        Command::Man(a) => cmd::man::run(a, ctx),
+        Command::Vgpu(a) => cmd::vgpu::run(a, ctx),
     }
 }

@@ -88,6 +88,15 @@ fn layers_depend_only_downwards() {
             ][..],
         ),
         (
+            "vgpu",
+            &[
+                "tessera-model",
+                "tessera-planner",
+                "tessera-gpu",
+                "tessera-agent",
+            ][..],
+        ),
+        (
             "sim",
             &[
                 "tessera-model",

@@ -257,8 +257,8 @@ async fn register(cfg: &DevicePluginConfig, resource: &str) -> Result<(), Kubele
     Ok(())
 }
 
-/// Serve every resource of the inventory as a device plugin until `shutdown` resolves; then
-/// stop the servers and remove their sockets. Returns early only on an error that retrying
+/// Serve every resource of the inventory as a device plugin until `shutdown` resolves or the
+/// inventory's sender is dropped; then stop the servers and remove their sockets. Returns early only on an error that retrying
 /// cannot fix (a socket that cannot be bound).
 pub async fn run_device_plugins(
     cfg: DevicePluginConfig,

@@ -353,10 +353,12 @@ async fn a_desired_file_change_reaches_the_kubelet_and_pods_keep_their_instances
         .expect("the new profile registers");
     assert_eq!(kubelet.registrations_of("nvidia.com/mig-1g.10gb"), 1);
 
-    stop.send(()).unwrap();
+    // The plugins first: they also end on their own once the runner (their inventory's
+    // sender) is gone.
     stop_dp.send(()).unwrap();
-    run.await.unwrap().unwrap();
     plugins.await.unwrap().unwrap();
+    stop.send(()).unwrap();
+    run.await.unwrap().unwrap();
     kubelet.stop().await;
 }
 

@@ -9,6 +9,7 @@
 //! listen: 127.0.0.1:9400        # optional HTTP API + /metrics (bearer token)
 //! token_file: /etc/tessera/token   # or token: ..., or the TESSERA_TOKEN environment variable
 //! http_uid: 0                   # who an HTTP caller with the token acts as (0: sees everything)
+//! web_public: false             # true: the web view's data needs no token (holders shown, commands not)
 //! admins: [1000]                # uids with root's powers over the daemon (see all, cancel, drain)
 //! default_mode: auto            # auto: MIG where the GPU can (and, on NVML, has MIG on), else timeslice
 //! gpus:                         # per-GPU overrides, by NVML index
@@ -219,6 +220,9 @@ pub struct Config {
     pub token_file: Option<PathBuf>,
     /// uid an HTTP caller with the token acts as.
     pub http_uid: u32,
+    /// Serve the web view's data (`/v1/overview`) on `--listen` without the bearer token:
+    /// every slice and holder is shown, commands are not. The rest of the API keeps the token.
+    pub web_public: bool,
     /// uids that may do what root may: see and cancel everyone's requests, drain GPUs, force
     /// layouts.
     pub admins: Vec<u32>,
@@ -263,6 +267,7 @@ impl Default for Config {
             token: None,
             token_file: None,
             http_uid: 0,
+            web_public: false,
             admins: Vec::new(),
             default_mode: ModeChoice::Auto,
             gpus: Vec::new(),

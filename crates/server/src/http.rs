@@ -1,7 +1,7 @@
 //! The HTTP surface: an axum router over the [`Daemon`]'s operations, served on the Unix
 //! socket (caller identity from `SO_PEERCRED`) and optionally on TCP (`--listen`, bearer token).
 //!
-//! Every answer is JSON (`/metrics` excepted). Malformed input never reaches the daemon: bodies
+//! Every answer is JSON (`/metrics` and the web view's page, `/`, excepted). Malformed input never reaches the daemon: bodies
 //! are parsed here and a parse error is a 400 naming the problem; unknown paths are 404 and
 //! wrong methods 405.
 //!
@@ -304,15 +304,60 @@ async fn layout(
     .into_response())
 }
 
-async fn metrics(State(s): State<AppState>) -> Response {
+async fn metrics(State(s): State<AppState>, mut parts: Parts) -> Response {
+    // Holders (the `user` label) only for callers who may see everyone's: root and admins
+    // (on TCP: the token with an admin `http_uid`), or anyone when the web view is public.
+    let holders = s.daemon.config().web_public
+        || Caller::from_request_parts(&mut parts, &s)
+            .await
+            .is_ok_and(|Caller(who)| who.is_admin());
+    let root = Identity::in_process(0, "metrics");
+    let text = match crate::web::overview(&s.daemon, &root, false) {
+        Ok(overview) => s
+            .daemon
+            .metrics()
+            .render_with(&crate::metrics::State { overview, holders }),
+        Err(e) => {
+            tracing::warn!(
+                "metrics: the daemon's state could not be read: {}",
+                e.message
+            );
+            s.daemon.metrics().render()
+        }
+    };
     (
         [(
             header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        s.daemon.metrics().render(),
+        text,
     )
         .into_response()
+}
+
+/// `GET /v1/overview`: the web view's document. With `web_public: true`, a TCP caller without
+/// a token gets the public view (no commands); a wrong token is still refused.
+async fn overview(State(s): State<AppState>, mut parts: Parts) -> Result<Response, ApiError> {
+    let public = s.daemon.config().web_public
+        && matches!(
+            parts.extensions.get::<ConnectInfo<Peer>>(),
+            Some(ConnectInfo(Peer::Tcp(_)))
+        )
+        && !parts.headers.contains_key(header::AUTHORIZATION);
+    let view = if public {
+        crate::web::overview(&s.daemon, &Identity::in_process(0, "web"), true)?
+    } else {
+        let Caller(who) = Caller::from_request_parts(&mut parts, &s).await?;
+        crate::web::overview(&s.daemon, &who, false)?
+    };
+    Ok(Json(view).into_response())
+}
+
+/// The web view's page, script and style sheet (no data: served without a token).
+async fn page(uri: axum::http::Uri) -> Response {
+    crate::web::asset(uri.path()).unwrap_or_else(|| {
+        ApiError::not_found("no such page; the web view is at /").into_response()
+    })
 }
 
 async fn not_found() -> ApiError {
@@ -331,6 +376,11 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/status", get(status))
         .route("/v1/gpus/{gpu}/drain", post(drain))
         .route("/v1/gpus/{gpu}/layout", post(layout))
+        .route("/v1/overview", get(overview))
+        .route("/", get(page))
+        .route("/index.html", get(page))
+        .route("/app.js", get(page))
+        .route("/style.css", get(page))
         .route("/metrics", get(metrics))
         .fallback(not_found)
         .with_state(state)

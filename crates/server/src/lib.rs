@@ -20,7 +20,7 @@
 //! - [`isolate`]: a cgroup per lease (device allow-list, whole-tree kill), quarantine;
 //! - [`store`]: SQLite (queue, leases, desired layouts, journal, schema version); [`journal`]:
 //!   the agent's journal in it;
-//! - [`metrics`]: Prometheus metrics; [`config`]: the YAML configuration;
+//! - [`metrics`]: Prometheus metrics; [`web`]: the web view at `/`; [`config`]: the YAML configuration;
 //! - [`client`]: the client used by the CLI; [`serve`]: sockets and signals.
 //!
 //! `tessera demo` (the CLI's `cmd/demo_run.rs`) uses this crate as a library.
@@ -42,9 +42,10 @@ mod scheduler;
 pub mod serve;
 pub mod store;
 pub mod views;
+pub mod web;
 
 /// The API's client and wire types live in `tessera-api` (no SQLite, HTTP server or NVML there).
-pub use tessera_api::{client, wire};
+pub use tessera_api::{client, overview, wire};
 
 pub use config::Config;
 pub use daemon::Daemon;

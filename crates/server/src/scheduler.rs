@@ -133,6 +133,8 @@ impl Scheduler {
         let open: Option<usize> = match tessera_agent::dangling(&DbJournal {
             store: &d.inner.store,
             clock: d.inner.clock.as_ref(),
+            metrics: &d.inner.metrics,
+            started: BTreeMap::new(),
         }) {
             Ok(open) => Some(open.len()),
             Err(e) => {
@@ -173,6 +175,8 @@ impl Scheduler {
             let mut j = DbJournal {
                 store: &d.inner.store,
                 clock: d.inner.clock.as_ref(),
+                metrics: &d.inner.metrics,
+                started: BTreeMap::new(),
             };
             match self.fleet.apply(gpu, &layout, &mut j) {
                 Ok(rep) if rep.changed() => tracing::info!(
@@ -412,6 +416,7 @@ impl Scheduler {
             let mut g = GpuState::empty(f.clone());
             g.drained = drained.contains(&f.index);
             if let Some(tessera_gpu::Health::Unhealthy { xids }) = health.get(&f.index) {
+                self.inner().metrics.xids(f.index, xids.iter().copied());
                 g.healthy = false;
                 errors.insert(
                     f.index,
@@ -517,13 +522,25 @@ impl Scheduler {
         let mut j = DbJournal {
             store: &d.inner.store,
             clock: d.inner.clock.as_ref(),
+            metrics: &d.inner.metrics,
+            started: BTreeMap::new(),
         };
+        let began = Instant::now();
         let res = self.fleet.apply(gpu, layout, &mut j);
         match &res {
             Ok(rep) => {
                 let _ = lock(&self.inner().store).prune_journal(2_000);
                 if rep.changed() {
-                    self.inner().metrics.repartitions.inc();
+                    self.inner()
+                        .metrics
+                        .repartitioned(tessera_api::overview::RepartitionView {
+                            gpu,
+                            at_ms: self.now_ms(),
+                            took_ms: began.elapsed().as_millis() as u64,
+                            layout: specs.clone(),
+                            destroyed: rep.destroyed.clone(),
+                            created: rep.created.clone(),
+                        });
                     let _ = lock(&self.inner().store).bump("repartitions", 1);
                     tracing::info!(
                         "GPU {gpu}: re-partitioned to [{}] (destroyed {:?}, created {:?})",

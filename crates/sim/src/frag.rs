@@ -314,6 +314,7 @@ mod tests {
                         gpu_milli: milli,
                         creation_time: 0,
                         deletion_time: 1,
+                        gpu_spec: String::new(),
                     },
                     &m,
                 )

@@ -11,7 +11,10 @@
 //!   [`output`] writes CSV files and PNG/SVG plots.
 
 pub mod cluster;
+pub mod frac_report;
+pub mod fractional;
 pub mod frag;
+pub mod hybrid;
 pub mod mapping;
 pub mod output;
 pub mod planned;

@@ -13,6 +13,9 @@ use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::FontStyle;
 
+use crate::frac_report::FracReport;
+use crate::fractional::Policy as FracPolicy;
+use crate::hybrid::HybridReport;
 use crate::policy::PolicyKind;
 use crate::report::{ReplayReport, SaturateReport};
 
@@ -567,4 +570,233 @@ where
     }
     root.present().map_err(text)?;
     Ok(())
+}
+
+/// Line colour of a fractional-mode policy.
+fn frac_colour(p: FracPolicy) -> RGBColor {
+    match p {
+        FracPolicy::Tessera => RGBColor(0xd6, 0x27, 0x28),
+        FracPolicy::Fgd => RGBColor(0x1f, 0x77, 0xb4),
+        FracPolicy::BestFit => RGBColor(0x2c, 0xa0, 0x2c),
+        FracPolicy::GpuPacking => RGBColor(0x94, 0x67, 0xbd),
+        FracPolicy::GpuClustering => RGBColor(0x8c, 0x56, 0x4b),
+        FracPolicy::DotProduct => RGBColor(0xff, 0x7f, 0x0e),
+        FracPolicy::Random => RGBColor(0x7f, 0x7f, 0x7f),
+    }
+}
+
+/// Write the fractional-mode CSVs and plot into `dir`; returns the files written.
+pub fn write_fractional(report: &FracReport, dir: &Path) -> Result<Vec<PathBuf>, OutputError> {
+    ensure_dir(dir)?;
+    let mut files = Vec::new();
+    let opt = |v: Option<f64>| v.map_or(String::new(), |v| format!("{v:.2}"));
+    let mut s = String::from(
+        "policy,allocated_pct_at_100,paper_allocated_pct_at_100,unallocated_pct_at_100,allocated_pct_at_100_sd,\
+allocated_pct_at_130,paper_allocated_pct_at_130,failed_pods,failed_pods_total,unallocated_vs_fgd_pct,seeds_better_than_fgd\n",
+    );
+    for p in &report.policies {
+        let _ = writeln!(
+            s,
+            "{},{:.3},{},{:.3},{:.3},{:.3},{},{:.3},{:.3},{},{}",
+            p.policy,
+            p.allocated_pct_at_100,
+            opt(p.paper_allocated_pct_at_100),
+            p.unallocated_pct_at_100,
+            p.allocated_pct_at_100_sd,
+            p.allocated_pct_at_130,
+            opt(p.paper_allocated_pct_at_130),
+            p.failed_pods,
+            p.failed_pods_total,
+            p.unallocated_vs_fgd_pct
+                .map_or(String::new(), |v| format!("{v:.3}")),
+            p.seeds_better_than_fgd
+                .map_or(String::new(), |v| v.to_string()),
+        );
+    }
+    files.push(write(dir.join("fractional_summary.csv"), &s)?);
+
+    let mut s = String::from("policy,arrived_pct,allocated_pct,allocated_pct_sd,failed_gpu_pods\n");
+    for p in &report.policies {
+        for c in &p.curve {
+            let _ = writeln!(
+                s,
+                "{},{},{:.3},{:.3},{:.3}",
+                p.policy, c.arrived_pct, c.allocated_pct, c.allocated_pct_sd, c.failed_gpu_pods
+            );
+        }
+    }
+    files.push(write(dir.join("fractional_curve.csv"), &s)?);
+
+    let mut s = String::from(
+        "policy,seed,pods,allocated_pct_at_100,allocated_pct_at_130,failed_gpu_pods_at_100\n",
+    );
+    for r in &report.runs {
+        let _ = writeln!(
+            s,
+            "{},{},{},{:.3},{:.3},{}",
+            r.policy,
+            r.seed,
+            r.pods,
+            r.allocated_pct_at_100,
+            r.allocated_pct_at_130,
+            r.failed_gpu_pods_at_100
+        );
+    }
+    files.push(write(dir.join("fractional_runs.csv"), &s)?);
+
+    let title = format!(
+        "{} GPUs, {} ({} seeds)",
+        report.setup.gpus,
+        report.setup.pod_list,
+        report.seeds.len()
+    );
+    // The paper's points only belong on its own pod list.
+    let paper = report.setup.pod_list.ends_with(crate::trace::POD_FILE);
+    draw_png_and_svg!(files, dir, "fractional_allocation", |root| fractional_plot(
+        root, report, &title, paper
+    ));
+    Ok(files)
+}
+
+/// Left: allocated GPU share against arrived workload; right: a zoom on 80–130 % arrived,
+/// with the paper's published values at 100 % and 130 % as crosses.
+fn fractional_plot<DB: DrawingBackend>(
+    root: DrawingArea<DB, Shift>,
+    report: &FracReport,
+    title: &str,
+    paper: bool,
+) -> Result<(), String>
+where
+    DB::ErrorType: 'static,
+{
+    root.fill(&WHITE).map_err(text)?;
+    let root = root
+        .titled(
+            &format!("Fractional sharing (FGD model): {title}"),
+            ("sans-serif", 24),
+        )
+        .map_err(text)?;
+    let (left, right) = root.split_horizontally(SIZE.0 / 2);
+    let mut chart = panel(
+        &left,
+        Axes {
+            caption: "GPU allocation ratio",
+            x: 0f64..130f64,
+            y: 0f64..100f64,
+            x_desc: "Arrived workload (% of GPU capacity)",
+            y_desc: "Allocated (% of GPU capacity)",
+            y_decimals: 0,
+            y_area: 56,
+        },
+    )?;
+    chart
+        .draw_series(LineSeries::new(
+            [(0.0, 0.0), (100.0, 100.0), (130.0, 100.0)],
+            ShapeStyle::from(&BLACK.mix(0.35)).stroke_width(1),
+        ))
+        .map_err(text)?
+        .label("ideal")
+        .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], BLACK.mix(0.35)));
+    for p in &report.policies {
+        let c = frac_colour(p.policy);
+        chart
+            .draw_series(LineSeries::new(
+                p.curve
+                    .iter()
+                    .map(|c| (f64::from(c.arrived_pct), c.allocated_pct)),
+                c.stroke_width(2),
+            ))
+            .map_err(text)?
+            .label(p.policy.name())
+            .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], c.stroke_width(3)));
+    }
+    legend(&mut chart, SeriesLabelPosition::LowerRight)?;
+
+    const X0: f64 = 80.0;
+    let lo = report
+        .policies
+        .iter()
+        .flat_map(|p| {
+            p.curve
+                .iter()
+                .filter(|c| f64::from(c.arrived_pct) >= 100.0)
+                .map(|c| c.allocated_pct)
+                .chain(p.paper_allocated_pct_at_100.into_iter().filter(|_| paper))
+        })
+        .fold(100.0f64, f64::min);
+    let y0 = ((lo - 2.0) / 2.0).floor() * 2.0;
+    let y0 = y0.clamp(0.0, 98.0);
+    let caption = if paper {
+        "Zoom (lines: ours; crosses: the paper's values at 100 % and 130 %)"
+    } else {
+        "Zoom"
+    };
+    let mut chart = panel(
+        &right,
+        Axes {
+            caption,
+            x: X0..131f64,
+            y: y0..100f64,
+            x_desc: "Arrived workload (% of GPU capacity)",
+            y_desc: "Allocated (% of GPU capacity)",
+            y_decimals: 0,
+            y_area: 56,
+        },
+    )?;
+    chart
+        .draw_series(LineSeries::new(
+            [(X0.max(y0), X0.max(y0)), (100.0, 100.0), (131.0, 100.0)],
+            ShapeStyle::from(&BLACK.mix(0.35)).stroke_width(1),
+        ))
+        .map_err(text)?;
+    for p in &report.policies {
+        let c = frac_colour(p.policy);
+        chart
+            .draw_series(LineSeries::new(
+                p.curve
+                    .iter()
+                    .filter(|c| f64::from(c.arrived_pct) >= X0)
+                    .map(|c| (f64::from(c.arrived_pct), c.allocated_pct.max(y0))),
+                c.stroke_width(2),
+            ))
+            .map_err(text)?;
+        if let (true, Some(a), Some(b)) = (
+            paper,
+            p.paper_allocated_pct_at_100,
+            p.paper_allocated_pct_at_130,
+        ) {
+            chart
+                .draw_series(
+                    [(100.0, a), (130.0, b)].map(|pt| Cross::new(pt, 7, c.stroke_width(3))),
+                )
+                .map_err(text)?;
+        }
+    }
+    root.present().map_err(text)?;
+    Ok(())
+}
+
+/// Write the hybrid summary CSV into `dir`; returns the files written.
+pub fn write_hybrid(report: &HybridReport, dir: &Path) -> Result<Vec<PathBuf>, OutputError> {
+    ensure_dir(dir)?;
+    let mut s = String::from(
+        "policy,isolation_share,allocated_pct_at_100,unallocated_pct_at_100,allocated_pct_at_100_sd,\
+allocated_pct_at_130,failed_pods,mig_gpus,mps_gpus\n",
+    );
+    for p in &report.policies {
+        let _ = writeln!(
+            s,
+            "{},{},{:.3},{:.3},{:.3},{:.3},{:.3},{:.1},{:.1}",
+            p.policy,
+            report.isolation_share,
+            p.allocated_pct_at_100,
+            p.unallocated_pct_at_100,
+            p.allocated_pct_at_100_sd,
+            p.allocated_pct_at_130,
+            p.failed_pods,
+            p.mig_gpus,
+            p.mps_gpus
+        );
+    }
+    Ok(vec![write(dir.join("hybrid_summary.csv"), &s)?])
 }

@@ -227,6 +227,7 @@ mod tests {
             gpu_milli: milli,
             creation_time: 0,
             deletion_time: 1,
+            gpu_spec: String::new(),
         };
         SimPod::from_trace(0, &t, m)
     }

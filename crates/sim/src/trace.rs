@@ -89,6 +89,8 @@ pub struct TracePod {
     pub creation_time: u64,
     /// Deletion time, seconds from the start of the trace.
     pub deletion_time: u64,
+    /// Allowed GPU models, `|`-separated (empty: any); the column is optional.
+    pub gpu_spec: String,
 }
 
 /// A trace: GPU nodes and pods, in file order.
@@ -103,18 +105,29 @@ pub struct Trace {
 impl Trace {
     /// Read `NODE_FILE` and `POD_FILE` from a directory.
     pub fn load(dir: &Path) -> Result<Trace, TraceError> {
+        Trace::load_with(dir, POD_FILE)
+    }
+
+    /// Read `NODE_FILE` and the pod list `pod_file` (a file name inside `dir`, or a path).
+    pub fn load_with(dir: &Path, pod_file: &str) -> Result<Trace, TraceError> {
         let read = |name: &str| {
             let path = dir.join(name);
             std::fs::read_to_string(&path).map_err(|source| TraceError::Io { path, source })
         };
-        Trace::parse(&read(NODE_FILE)?, &read(POD_FILE)?)
+        let file = Path::new(pod_file)
+            .file_name()
+            .map_or(pod_file.to_string(), |f| f.to_string_lossy().into_owned());
+        Ok(Trace {
+            nodes: parse_nodes(&read(NODE_FILE)?)?,
+            pods: parse_pods(&file, &read(pod_file)?)?,
+        })
     }
 
     /// Parse the two CSV texts.
     pub fn parse(nodes_csv: &str, pods_csv: &str) -> Result<Trace, TraceError> {
         Ok(Trace {
             nodes: parse_nodes(nodes_csv)?,
-            pods: parse_pods(pods_csv)?,
+            pods: parse_pods(POD_FILE, pods_csv)?,
         })
     }
 
@@ -230,8 +243,9 @@ fn parse_nodes(text: &str) -> Result<Vec<TraceNode>, TraceError> {
         .collect()
 }
 
-fn parse_pods(text: &str) -> Result<Vec<TracePod>, TraceError> {
-    let t = Table::parse(POD_FILE, text)?;
+fn parse_pods(file: &str, text: &str) -> Result<Vec<TracePod>, TraceError> {
+    let t = Table::parse(file, text)?;
+    let spec = t.column("gpu_spec").ok();
     let (name, cpu, mem, num, milli, created, deleted) = (
         t.column("name")?,
         t.column("cpu_milli")?,
@@ -252,10 +266,11 @@ fn parse_pods(text: &str) -> Result<Vec<TracePod>, TraceError> {
                 gpu_milli: t.number(r, milli)?,
                 creation_time: t.number(r, created)?,
                 deletion_time: t.number(r, deleted)?,
+                gpu_spec: spec.map_or(String::new(), |c| t.text(r, c).to_string()),
             };
             if pod.gpu_milli > 1000 {
                 return Err(TraceError::BadValue {
-                    file: POD_FILE.into(),
+                    file: file.into(),
                     line: r.0,
                     column: "gpu_milli".into(),
                     value: pod.gpu_milli.to_string(),

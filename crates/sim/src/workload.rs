@@ -127,6 +127,7 @@ mod tests {
                     gpu_milli: milli,
                     creation_time: 5,
                     deletion_time: 12,
+                    gpu_spec: String::new(),
                 },
                 &m,
             )

@@ -28,8 +28,8 @@ pub struct Args {
     /// Default: $TESSERA_SOCKET, else $XDG_RUNTIME_DIR/tessera/tessera.sock, else /tmp/tessera/tessera.sock.
     #[arg(long, value_name = "PATH")]
     pub socket: Option<PathBuf>,
-    /// Also serve the API and /metrics over HTTP on this address (needs a bearer token:
-    /// $TESSERA_TOKEN, or token_file in the config).
+    /// Also serve the API, /metrics and the web view (/) over HTTP on this address (needs a
+    /// bearer token: $TESSERA_TOKEN, or token_file in the config).
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<String>,
     /// YAML configuration (per-GPU modes, scheduler and lease settings); flags override it.
@@ -39,6 +39,21 @@ pub struct Args {
     /// checksums (layouts are then taken from the GPUs as they are).
     #[arg(long)]
     pub discard_journal: bool,
+    /// Log format on stderr: `text` (human, the default) or `json` (one object per line, for
+    /// journald or a log shipper). `RUST_LOG` sets the levels (default `info`; e.g.
+    /// `RUST_LOG=tessera_server=debug`).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, value_name = "FORMAT")]
+    pub log_format: LogFormat,
+}
+
+/// How `tessera serve` writes its log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// One human-readable line per event.
+    Text,
+    /// One JSON object per event (`timestamp`, `level`, `fields.message`, the event's fields,
+    /// the spans).
+    Json,
 }
 
 /// The configuration the flags describe (file first, flags on top).
@@ -77,22 +92,26 @@ pub fn resolve_config(args: &Args) -> Result<Config, CliError> {
     Ok(cfg)
 }
 
-/// Log to stderr; `RUST_LOG` overrides the default level (info).
-pub fn init_logging() {
+/// Log to stderr in `format`; `RUST_LOG` overrides the default level (info).
+pub fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .with_target(false)
+            .try_init(),
+        LogFormat::Json => builder.json().with_ansi(false).try_init(),
+    };
 }
 
 /// Run the command.
 pub fn run(args: &Args, ctx: &Ctx) -> Result<ExitCode, CliError> {
     let cfg = resolve_config(args)?;
-    init_logging();
+    init_logging(args.log_format);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

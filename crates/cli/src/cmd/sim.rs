@@ -21,19 +21,41 @@ pub enum Mode {
     Replay,
 }
 
+/// How GPUs are shared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Sharing {
+    /// MIG instances of one model (`--gpu-model`), the default.
+    Mig,
+    /// The FGD paper's model: GPU fractions (`gpu_milli`) on the trace's own GPUs.
+    Fractional,
+    /// Each GPU MIG (pods that need isolation) or MPS (the rest), chosen when it is idle.
+    Hybrid,
+}
+
 /// Arguments of `tessera sim`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Trace directory holding openb_node_list_gpu_node.csv and openb_pod_list_default.csv.
     #[arg(long, value_name = "DIR")]
     pub trace: PathBuf,
-    /// Policies to compare, comma-separated.
-    #[arg(
-        long = "policy",
-        value_delimiter = ',',
-        default_value = "tessera,nos,best-fit,static-mig,whole-gpu"
-    )]
+    /// Policies to compare, comma-separated (default: every policy of the sharing mode; mig:
+    /// tessera,nos,best-fit,static-mig,whole-gpu; fractional: tessera,fgd,best-fit,gpu-packing,
+    /// gpu-clustering,dot-product,random).
+    #[arg(long = "policy", value_delimiter = ',')]
     pub policies: Vec<String>,
+    /// How GPUs are shared: MIG instances, or GPU fractions as in the FGD paper.
+    #[arg(long, value_enum, default_value_t = Sharing::Mig)]
+    pub sharing: Sharing,
+    /// The pod list inside the trace directory (fractional mode).
+    #[arg(
+        long,
+        value_name = "FILE",
+        default_value = "openb_pod_list_default.csv"
+    )]
+    pub pod_list: String,
+    /// Hybrid mode: the share of shared pods that need isolation (0 to 1), drawn per pod.
+    #[arg(long, default_value_t = 0.5, value_name = "F")]
+    pub isolation_share: f64,
     /// The MIG model every trace GPU becomes.
     #[arg(long, default_value = "a100-80gb", value_name = "KEY")]
     pub gpu_model: String,
@@ -94,7 +116,7 @@ pub fn parse_seeds(text: &str) -> Result<Vec<u64>, CliError> {
     Ok(seeds)
 }
 
-struct Bar(ProgressBar);
+pub(crate) struct Bar(pub(crate) ProgressBar);
 
 impl Progress for Bar {
     fn advance(&self, pods: u64) {
@@ -102,7 +124,7 @@ impl Progress for Bar {
     }
 }
 
-fn bar(total: u64) -> Bar {
+pub(crate) fn bar(total: u64) -> Bar {
     let pb = if std::io::stderr().is_terminal() {
         ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr())
     } else {
@@ -118,9 +140,26 @@ fn bar(total: u64) -> Bar {
 
 /// Run the command.
 pub fn run(args: &Args, ctx: &Ctx) -> Result<ExitCode, CliError> {
+    if args.sharing != Sharing::Mig {
+        return crate::cmd::sim_fractional::run(args, ctx);
+    }
+    if args.pod_list != tessera_sim::trace::POD_FILE {
+        return Err(CliError::Usage(
+            "--pod-list applies to --sharing fractional; MIG mode reads openb_pod_list_default.csv"
+                .into(),
+        ));
+    }
     let model = ctx.model(&args.gpu_model)?;
     let mut policies = Vec::new();
-    for p in &args.policies {
+    let defaults: Vec<String> = ["tessera", "nos", "best-fit", "static-mig", "whole-gpu"]
+        .map(String::from)
+        .to_vec();
+    let names = if args.policies.is_empty() {
+        &defaults
+    } else {
+        &args.policies
+    };
+    for p in names {
         let p: PolicyKind = p
             .parse()
             .map_err(|e: tessera_planner::UnknownPolicy| CliError::Usage(e.to_string()))?;
