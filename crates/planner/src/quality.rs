@@ -152,7 +152,15 @@ pub struct ContendedReport {
     pub optimum_served: u64,
     /// Per policy: tessera, nos, first-fit.
     pub policies: Vec<ContendedPolicy>,
+    /// nos's share of the optimum with its geometry ties broken by each of the seeds
+    /// `0..NOS_TIE_SEEDS` ([`nos_seeded`]), in seed order; the `nos` row uses the policy's one
+    /// fixed seed.
+    pub nos_by_tie_seed: Vec<f64>,
 }
+
+/// Tie seeds [`contended_quality`] runs nos with.
+#[cfg(feature = "ilp")]
+pub const NOS_TIE_SEEDS: u64 = 5;
 
 /// Generate `instances` contended instances ([`gen::contended_instance`]) from `seed`, plan
 /// each with tessera, nos and first-fit, check every plan, and total the results against the
@@ -187,7 +195,9 @@ pub fn contended_quality(
         optimum_priority: 0,
         optimum_served: 0,
         policies: Vec::new(),
+        nos_by_tie_seed: Vec::new(),
     };
+    let mut nos_seeds = vec![0u64; NOS_TIE_SEEDS as usize];
     for k in 0..instances {
         let (cluster, requests) = gen::contended_instance(catalog, spec, seed.wrapping_add(k));
         let best = crate::ilp::optimum(catalog, &cluster, &requests)?;
@@ -202,6 +212,10 @@ pub fn contended_quality(
         let opt = best.objective.served_priority;
         r.optimum_priority += opt;
         r.optimum_served += best.objective.served as u64;
+        for (tie, total) in nos_seeds.iter_mut().enumerate() {
+            let (_, o) = nos_seeded(catalog, &cluster, &requests, tie as u64)?;
+            *total += o.served_priority;
+        }
         for row in rows.iter_mut() {
             let opts = PlanOptions::with_policy(row.policy);
             let obj = plan(catalog, &cluster, &requests, &opts)
@@ -232,6 +246,16 @@ pub fn contended_quality(
         };
     }
     r.policies = rows;
+    r.nos_by_tie_seed = nos_seeds
+        .iter()
+        .map(|&v| {
+            if r.optimum_priority == 0 {
+                1.0
+            } else {
+                v as f64 / r.optimum_priority as f64
+            }
+        })
+        .collect();
     Ok(r)
 }
 

@@ -265,6 +265,16 @@ fn run_contended(args: &QualityArgs, ctx: &Ctx) -> Result<ExitCode, CliError> {
             r.optimum_served,
             r.optimum_priority
         ));
+        let shares: Vec<String> = r
+            .nos_by_tie_seed
+            .iter()
+            .map(|x| format!("{:.2} %", x * 100.0))
+            .collect();
+        s.push_str(&format!(
+            "nos with geometry ties from seeds 0-{}: {} of the optimum\n",
+            r.nos_by_tie_seed.len().saturating_sub(1),
+            shares.join(", ")
+        ));
         s
     })?;
     let broken: u64 = r.policies.iter().map(|p| p.invalid_plans).sum();
