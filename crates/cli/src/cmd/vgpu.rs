@@ -355,7 +355,8 @@ fn with_host<T>(
     if let Some(root) = &a.sysfs_root {
         let mut fs = RealFs::new(root);
         if let Some(spec) = &a.mig_backend {
-            let spec = tessera_gpu::BackendSpec::parse(spec).map_err(CliError::Usage)?;
+            let spec = tessera_gpu::BackendSpec::parse(spec)
+                .map_err(|e| CliError::Usage(e.to_string()))?;
             let mig = tessera_gpu::open_backend(
                 &spec,
                 tessera_model::Catalog::builtin(),
