@@ -78,7 +78,7 @@ enum Command {
     /// libraries, cgroups, the daemon; each line ok / warn / fail with the fix (exit 1 on a
     /// failure, e.g. no GPU).
     Doctor(cmd::doctor::Args),
-    /// `tessera k8s node` in standalone mode (until the `k8s` group hooks it in).
+    /// Hidden alias of `tessera k8s node`.
     #[command(name = "k8s-node", hide = true)]
     K8sNode(cmd::k8s_node::Args),
     /// Kubernetes, cluster side: the TesseraNode CRD, the controller, an in-process demo cluster.

@@ -81,3 +81,38 @@ fn controller_without_a_cluster_says_how_to_reach_one() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown policy"));
 }
+
+#[test]
+fn node_without_desired_is_cluster_mode_and_says_how_to_reach_the_cluster() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("gpus.json");
+    let out = tessera(&[
+        "sim-gpu",
+        "init",
+        state.to_str().unwrap(),
+        "--gpus",
+        "h100-80gb:1",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .args(["k8s", "node", "--mode", "device-plugin"])
+        .arg(format!("--backend=sim:{}", state.display()))
+        .arg(format!("--kubelet-dir={}", dir.path().display()))
+        .arg(format!(
+            "--state-dir={}",
+            dir.path().join("state").display()
+        ))
+        .env("KUBECONFIG", "/nonexistent/kubeconfig")
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .env("HOME", "/nonexistent")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cluster mode (no --desired)"), "{err}");
+    assert!(err.contains("--desired FILE"), "{err}");
+}

@@ -4,6 +4,7 @@
 //! ([`node`]), an in-process fake apiserver for tests ([`fake`]) and `tessera k8s demo`
 //! ([`demo`]).
 
+pub mod cluster_mode;
 pub mod controller;
 pub mod crd;
 pub mod demo;

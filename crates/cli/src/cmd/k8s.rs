@@ -1,6 +1,7 @@
-//! `tessera k8s`: the cluster side on Kubernetes — `crd` prints the `TesseraNode` CRD,
-//! `controller` runs the controller (leader election on a Lease), `demo` runs the whole
-//! cluster in-process on simulated GPUs (fake apiserver, controller, node agents).
+//! `tessera k8s`: tessera on Kubernetes — `crd` prints the `TesseraNode` CRD, `controller`
+//! runs the controller (leader election on a Lease), `demo` runs the whole cluster in-process
+//! on simulated GPUs (fake apiserver, controller, node agents), `node` is the per-node process
+//! (`cmd/k8s_node.rs`).
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -21,11 +22,18 @@ pub enum K8sCmd {
     Controller(ControllerArgs),
     /// The whole cluster in one process on simulated GPUs with a scripted mix of pods.
     Demo(DemoArgs),
+    /// The per-node process (privileged DaemonSet): carves the node's slices and serves them to
+    /// the kubelet (DRA and/or device plugins); standalone with --desired FILE, otherwise
+    /// following the node's TesseraNode.
+    Node(crate::cmd::k8s_node::Args),
 }
 
 /// Arguments of `tessera k8s controller`.
 #[derive(Debug, clap::Args)]
 pub struct ControllerArgs {
+    /// Log format on stderr: `text` (the default) or `json`; `RUST_LOG` sets the levels.
+    #[arg(long, value_enum, default_value_t = crate::cmd::serve::LogFormat::Text, value_name = "FORMAT")]
+    pub log_format: crate::cmd::serve::LogFormat,
     /// Namespace of the leader-election Lease.
     #[arg(long, env = "POD_NAMESPACE", default_value = "tessera-system")]
     pub lease_namespace: String,
@@ -83,10 +91,12 @@ pub fn run(cmd: &K8sCmd, ctx: &Ctx) -> Result<ExitCode, CliError> {
         }
         K8sCmd::Controller(a) => controller(a, ctx),
         K8sCmd::Demo(a) => demo(a, ctx),
+        K8sCmd::Node(a) => crate::cmd::k8s_node::run(a, ctx),
     }
 }
 
 fn controller(a: &ControllerArgs, ctx: &Ctx) -> Result<ExitCode, CliError> {
+    crate::cmd::serve::init_logging(a.log_format);
     let policy: Policy = a
         .policy
         .parse()

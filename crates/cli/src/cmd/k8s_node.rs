@@ -1,5 +1,6 @@
 //! `tessera k8s node`: the per-node process of tessera on Kubernetes, in standalone mode
-//! (`--desired FILE`, no apiserver). It takes the GPUs to the file's layout with the agent
+//! (`--desired FILE`, no apiserver) or, without `--desired`, in cluster mode (the node's
+//! `TesseraNode` spec is the layout; see `tessera_k8s::cluster_mode`). It takes the GPUs to the file's layout with the agent
 //! (re-reading the file when it changes), serves the kubelet as device plugins and/or a DRA
 //! plugin, and writes its status and the node's ResourceSlices under `--state-dir`.
 
@@ -11,8 +12,11 @@ use std::time::Duration;
 use clap::ValueEnum;
 use tessera_agent::journal::FileJournal;
 use tessera_gpu::{open_backend, BackendSpec, GpuBackend, SimConfig};
+use tessera_k8s::cluster_mode::{ApiClaims, CrdDesired};
 use tessera_kubelet::deviceplugin::{run_device_plugins, DevicePluginConfig};
-use tessera_kubelet::dra::{resource_slices, DirClaims, DraConfig, DraPlugin, DEFAULT_DRIVER};
+use tessera_kubelet::dra::{
+    resource_slices, ClaimReader, DirClaims, DraConfig, DraPlugin, DEFAULT_DRIVER,
+};
 use tessera_kubelet::node::{FileDesired, NodeConfig, NodeRunner, NodeStatus, StatusSink};
 use tessera_kubelet::KubeletError;
 
@@ -49,8 +53,11 @@ pub struct Args {
     /// The desired layout: the `tessera agent apply --desired` format (plus an optional
     /// `mps:` map of GPU index to `{memory_mib, thread_percent}` shares); re-read when it
     /// changes.
+    /// Without it: cluster mode — the layout is the node's `TesseraNode` spec (the controller
+    /// writes it), status goes to its status subresource and, with DRA, ResourceSlices and
+    /// ResourceClaims go through the apiserver (in-cluster config or KUBECONFIG).
     #[arg(long, value_name = "FILE")]
-    pub desired: PathBuf,
+    pub desired: Option<PathBuf>,
     /// Where the journal, the DRA claims' status and the written status go.
     #[arg(long, value_name = "DIR", default_value = "/var/lib/tessera-node")]
     pub state_dir: PathBuf,
@@ -149,13 +156,13 @@ fn open_gpus(ctx: &Ctx, backend: &Backend) -> Result<Box<dyn GpuBackend>, CliErr
 /// Run until Ctrl-C or SIGTERM.
 pub fn run(a: &Args, ctx: &Ctx) -> Result<ExitCode, CliError> {
     crate::cmd::serve::init_logging(a.log_format);
-    if !a.desired.is_file() {
+    if let Some(desired) = a.desired.as_ref().filter(|d| !d.is_file()) {
         return Err(CliError::Usage(format!(
             "--desired {}: no such file; write the layout first, e.g. `gpus: {{0: [3g.40gb@0]}}`",
-            a.desired.display()
+            desired.display()
         )));
     }
-    if a.mode != Mode::DevicePlugin && a.claims_dir.is_none() {
+    if a.desired.is_some() && a.mode != Mode::DevicePlugin && a.claims_dir.is_none() {
         return Err(CliError::Usage(
             "--mode dra|both in standalone mode needs --claims-dir DIR (ResourceClaims as DIR/<namespace>/<name>.yaml): there is no apiserver to read them from; or use --mode device-plugin".into(),
         ));
@@ -174,6 +181,15 @@ pub fn run(a: &Args, ctx: &Ctx) -> Result<ExitCode, CliError> {
         .build()
         .map_err(|e| CliError::Other(format!("tokio runtime: {e}")))?;
     rt.block_on(async {
+        // Cluster mode talks to the apiserver.
+        let client = match &a.desired {
+            Some(_) => None,
+            None => Some(kube::Client::try_default().await.map_err(|e| {
+                CliError::Other(format!(
+                    "cluster mode (no --desired) cannot reach the Kubernetes API (in-cluster config or KUBECONFIG): {e}; or run standalone with --desired FILE"
+                ))
+            })?),
+        };
         let (mut runner, inventory) = NodeRunner::new(
             backend,
             Box::new(journal),
@@ -196,7 +212,10 @@ pub fn run(a: &Args, ctx: &Ctx) -> Result<ExitCode, CliError> {
                 kubelet_dir: a.kubelet_dir.clone(),
                 cdi_dir: a.cdi_dir.clone(),
             };
-            let claims = Arc::new(DirClaims(a.claims_dir.clone().unwrap_or_default()));
+            let claims: Arc<dyn ClaimReader> = match &client {
+                Some(c) => Arc::new(ApiClaims(c.clone())),
+                None => Arc::new(DirClaims(a.claims_dir.clone().unwrap_or_default())),
+            };
             let plugin = DraPlugin::new(cfg, claims, inventory.clone())
                 .map_err(|e| CliError::Other(e.to_string()))?;
             runner.add_holds(plugin.clone());
@@ -211,15 +230,26 @@ pub fn run(a: &Args, ctx: &Ctx) -> Result<ExitCode, CliError> {
                 stopped(stop_tx.subscribe()),
             ));
         }
-        let sink = FileSink {
-            dir: a.state_dir.clone(),
-            driver: a.driver.clone(),
-            node: a.node_name.clone(),
-            generation: 0,
-            dra: a.mode != Mode::DevicePlugin,
-        };
-        let source = FileDesired::new(&a.desired, Duration::from_millis(a.poll_ms.max(10)));
-        tasks.spawn(runner.run(source, sink, stopped(stop_tx.subscribe())));
+        let poll = Duration::from_millis(a.poll_ms.max(10));
+        if let Some(c) = &client {
+            let source = CrdDesired::new(kube::Api::all(c.clone()), &a.node_name, poll);
+            let mut sink = source.sink();
+            if a.mode != Mode::DevicePlugin {
+                sink = sink.with_resource_slices(kube::Api::all(c.clone()), &a.driver);
+            }
+            tasks.spawn(runner.run(source, sink, stopped(stop_tx.subscribe())));
+        } else {
+            let sink = FileSink {
+                dir: a.state_dir.clone(),
+                driver: a.driver.clone(),
+                node: a.node_name.clone(),
+                generation: 0,
+                dra: a.mode != Mode::DevicePlugin,
+            };
+            let desired = a.desired.clone().unwrap_or_default();
+            let source = FileDesired::new(&desired, poll);
+            tasks.spawn(runner.run(source, sink, stopped(stop_tx.subscribe())));
+        }
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .map_err(|e| CliError::Other(format!("SIGTERM handler: {e}")))?;
         let mut failure = None;
