@@ -631,9 +631,6 @@ impl Scheduler {
             };
             if self.serve(row, grant.serve, &mut core) {
                 changed = true;
-                // Status shows a lease as soon as the database does.
-                let (gpus, reservations, errors, queued) = core.view();
-                self.publish(gpus, reservations, errors.clone(), queued);
             }
         }
         let ready = core.finish();
@@ -752,18 +749,30 @@ impl Scheduler {
             }
         }
         let now = self.now_ms();
-        let granted = match lock(&self.inner().store).grant(r.id, &slice, &env, now) {
-            Ok(g) => g,
-            Err(e) => {
-                tracing::error!("request {}: cannot record the lease: {e}", r.id);
-                false
+        let granted = {
+            // Status shows a lease as soon as the database does: the view is published
+            // before the store is let go, so a reader that sees the lease in the store (the
+            // API reads the store, then the snapshot) also sees it in the snapshot.
+            let d = self.d.clone();
+            let mut store = lock(&d.inner.store);
+            match store.grant(r.id, &slice, &env, now) {
+                Ok(true) => {
+                    core.granted(r.id, &slice);
+                    let (gpus, reservations, errors, queued) = core.view();
+                    self.publish(gpus, reservations, errors.clone(), queued);
+                    true
+                }
+                Ok(false) => false,
+                Err(e) => {
+                    tracing::error!("request {}: cannot record the lease: {e}", r.id);
+                    false
+                }
             }
         };
         if !granted {
             self.iso.unconfine(r.id);
             return false;
         }
-        core.granted(r.id, &slice);
         if let Slice::Mig { start, .. } = &slice {
             self.fleet.attach(gpu, *start, r.pid);
         }
