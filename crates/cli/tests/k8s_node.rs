@@ -33,7 +33,14 @@ fn standalone_dra_without_claims_is_refused_with_the_fix() {
     let desired = tmp.path().join("d.yaml");
     std::fs::write(&desired, "gpus: {}\n").unwrap();
     let o = tessera()
-        .args(["k8s", "node", "--mode", "dra", "--backend", "sim:/nonexistent"])
+        .args([
+            "k8s",
+            "node",
+            "--mode",
+            "dra",
+            "--backend",
+            "sim:/nonexistent",
+        ])
         .arg("--desired")
         .arg(&desired)
         .output()

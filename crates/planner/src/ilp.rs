@@ -22,9 +22,14 @@
 //! priority onto the free instances) and checked like any policy's plan, so the reported
 //! optimum is a plan that exists, not only a bound.
 
+// Without the `ilp` feature only the types and a refusing `optimum` are compiled.
+#![cfg_attr(not(feature = "ilp"), allow(dead_code, unused_imports))]
+
 use std::collections::BTreeMap;
 
+#[cfg(feature = "ilp")]
 use good_lp::solvers::coin_cbc::coin_cbc;
+#[cfg(feature = "ilp")]
 use good_lp::{
     constraint, variable, Expression, ProblemVariables, ResolutionError, Solution as _,
     SolutionStatus, SolverModel, Variable,
@@ -48,6 +53,9 @@ pub enum IlpError {
         /// What is not MIG.
         what: String,
     },
+    /// This build has no solver.
+    #[error("this tessera was built without the integer-programming reference; rebuild with `--features ilp` (needs CBC: Debian `coinor-libcbc-dev`)")]
+    NotBuilt,
     /// The solver failed or stopped without a proven optimum.
     #[error("the solver gave no proven optimum: {message}")]
     Solver {
@@ -76,7 +84,19 @@ struct Group {
     columns: Vec<(Vec<u32>, u64)>,
 }
 
+/// Solve the reference for a MIG-only input: without the `ilp` feature,
+/// [`IlpError::NotBuilt`].
+#[cfg(not(feature = "ilp"))]
+pub fn optimum(
+    _catalog: &Catalog,
+    _cluster: &ClusterSpec,
+    _requests: &[RequestSpec],
+) -> Result<IlpOptimum, IlpError> {
+    Err(IlpError::NotBuilt)
+}
+
 /// Solve the reference for a MIG-only input.
+#[cfg(feature = "ilp")]
 pub fn optimum(
     catalog: &Catalog,
     cluster: &ClusterSpec,
@@ -169,6 +189,7 @@ fn groups(p: &Problem<'_>, dims: &[usize]) -> Vec<Group> {
         .collect()
 }
 
+#[cfg(feature = "ilp")]
 fn solver_error(e: ResolutionError) -> IlpError {
     IlpError::Solver {
         message: e.to_string(),
@@ -176,6 +197,7 @@ fn solver_error(e: ResolutionError) -> IlpError {
 }
 
 /// Build and solve the program; turn its values into a solution.
+#[cfg(feature = "ilp")]
 fn solve(
     p: &Problem<'_>,
     dims: &[usize],
@@ -270,7 +292,7 @@ fn solve(
     Ok(sol)
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "ilp"))]
 mod tests {
     use super::*;
     use crate::gen;

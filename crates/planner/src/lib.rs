@@ -54,7 +54,6 @@ mod explain;
 mod firstfit;
 pub mod gen;
 mod holds;
-#[cfg(feature = "ilp")]
 pub mod ilp;
 pub mod input;
 mod memo;

@@ -109,7 +109,6 @@ pub fn quality(catalog: &Catalog, instances: u64, seed: u64) -> QualityReport {
 }
 
 /// One policy's totals on contended instances.
-#[cfg(feature = "ilp")]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ContendedPolicy {
     /// The policy.
@@ -131,7 +130,6 @@ pub struct ContendedPolicy {
 }
 
 /// The report of a contended quality run ([`contended_quality`]).
-#[cfg(feature = "ilp")]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ContendedReport {
     /// Instances generated.
@@ -159,13 +157,11 @@ pub struct ContendedReport {
 }
 
 /// Tie seeds [`contended_quality`] runs nos with.
-#[cfg(feature = "ilp")]
 pub const NOS_TIE_SEEDS: u64 = 5;
 
 /// Generate `instances` contended instances ([`gen::contended_instance`]) from `seed`, plan
 /// each with tessera, nos and first-fit, check every plan, and total the results against the
 /// integer-programming optimum ([`crate::ilp::optimum`]).
-#[cfg(feature = "ilp")]
 pub fn contended_quality(
     catalog: &Catalog,
     spec: &gen::ContendedSpec,
