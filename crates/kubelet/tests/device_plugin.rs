@@ -18,6 +18,8 @@ use tessera_model::Catalog;
 use tokio::sync::{oneshot, watch};
 use tokio_stream::StreamExt;
 
+mod common;
+
 const T: Duration = Duration::from_secs(5);
 
 fn sim(spec: &str, mig: bool) -> SimBackend {
@@ -91,17 +93,7 @@ async fn layout_changes_reach_the_open_stream_without_reregistration() {
         .exists());
 
     // ListAndWatch lists the node's slices.
-    let mut client = kubelet.dial(&r1).await.unwrap();
-    let mut stream = client
-        .list_and_watch(pb::Empty {})
-        .await
-        .unwrap()
-        .into_inner();
-    let first = tokio::time::timeout(T, stream.next())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let (mut client, mut stream, first) = common::watch(&kubelet, &r1).await;
     assert_eq!(ids(&first), uuids_of(&inv0, "1g.10gb"));
     assert!(first.devices.iter().all(|d| d.health == "Healthy"));
     assert!(first.devices.iter().all(|d| d.id.starts_with("MIG-")));
@@ -178,17 +170,7 @@ async fn layout_changes_reach_the_open_stream_without_reregistration() {
         .wait_registered("nvidia.com/mig-1g.10gb", 2, T)
         .await
         .unwrap();
-    let mut client = kubelet.dial(&r1).await.unwrap();
-    let mut stream = client
-        .list_and_watch(pb::Empty {})
-        .await
-        .unwrap()
-        .into_inner();
-    let again = tokio::time::timeout(T, stream.next())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let (_client, _stream, again) = common::watch(&kubelet, &r1).await;
     assert_eq!(ids(&again), want);
 
     stop.send(()).unwrap();
@@ -216,17 +198,7 @@ async fn whole_gpus_register_as_nvidia_com_gpu() {
         .await
         .expect("whole GPUs register");
     assert_eq!(r.endpoint, "nvidia-gpu.sock");
-    let mut client = kubelet.dial(&r).await.unwrap();
-    let mut stream = client
-        .list_and_watch(pb::Empty {})
-        .await
-        .unwrap()
-        .into_inner();
-    let first = tokio::time::timeout(T, stream.next())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let (mut client, _stream, first) = common::watch(&kubelet, &r).await;
     let want: Vec<String> = inv.gpus.iter().map(|g| g.uuid.clone()).collect();
     let mut got = ids(&first);
     got.sort();
@@ -285,17 +257,7 @@ async fn mps_shares_register_under_nos_names_with_their_limits() {
         .unwrap();
     assert_eq!(ids(&wl), vec![inv.gpus[0].uuid.clone()]);
 
-    let mut client = kubelet.dial(&r).await.unwrap();
-    let mut stream = client
-        .list_and_watch(pb::Empty {})
-        .await
-        .unwrap()
-        .into_inner();
-    let listed = tokio::time::timeout(T, stream.next())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let (mut client, _stream, listed) = common::watch(&kubelet, &r).await;
     assert_eq!(listed.devices.len(), 2);
     let id = listed.devices[0].id.clone();
     let resp = client

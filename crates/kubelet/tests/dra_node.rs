@@ -18,12 +18,13 @@ use tessera_kubelet::node::{
     parse_desired_file, DesiredLayout, FileDesired, GpuOutcome, NodeConfig, NodeRunner, NodeStatus,
     WatchSink,
 };
-use tessera_kubelet::proto::deviceplugin as dp;
 use tessera_kubelet::proto::dra as pb;
 use tessera_kubelet::testkit::FakeKubelet;
 use tessera_model::Catalog;
 use tokio::sync::{oneshot, watch};
 use tokio_stream::StreamExt;
+
+mod common;
 
 const T: Duration = Duration::from_secs(5);
 const DRIVER: &str = "gpu.tessera.dev";
@@ -273,17 +274,7 @@ async fn a_desired_file_change_reaches_the_kubelet_and_pods_keep_their_instances
         .wait_registered("nvidia.com/mig-1g.10gb", 1, T)
         .await
         .unwrap();
-    let mut client = kubelet.dial(&reg).await.unwrap();
-    let mut stream = client
-        .list_and_watch(dp::Empty {})
-        .await
-        .unwrap()
-        .into_inner();
-    let listed = tokio::time::timeout(T, stream.next())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let (_client, mut stream, listed) = common::watch(&kubelet, &reg).await;
     assert_eq!(listed.devices.len(), 2);
 
     // A pod is admitted on 1g.10gb (the first listed device, 1g.10gb@0; PodResources lists
@@ -481,17 +472,7 @@ async fn an_xid_lists_the_gpus_devices_unhealthy() {
         .wait_registered("nvidia.com/gpu", 1, T)
         .await
         .unwrap();
-    let mut client = kubelet.dial(&reg).await.unwrap();
-    let mut stream = client
-        .list_and_watch(dp::Empty {})
-        .await
-        .unwrap()
-        .into_inner();
-    let listed = tokio::time::timeout(T, stream.next())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let (_client, _stream, listed) = common::watch(&kubelet, &reg).await;
     let health: BTreeMap<String, String> = listed
         .devices
         .iter()
