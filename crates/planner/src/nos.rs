@@ -107,6 +107,23 @@ pub(crate) fn solve(p: &Problem<'_>) -> Solution {
 /// Plan with the nos algorithm; geometries of equal score are chosen at random from `seed`
 /// (nos iterates a Go map, whose order is random), not the first of the list.
 pub(crate) fn solve_seeded(p: &Problem<'_>, seed: u64) -> Solution {
+    bind(p, algorithm(p, seed))
+}
+
+/// What nos's algorithm leaves for the binding step.
+pub(crate) struct Planned {
+    /// The desired layouts (no pod bound yet).
+    sol: Solution,
+    /// Free MPS slices per MPS GPU and slice size.
+    mps_free: Vec<Vec<u16>>,
+    /// Pods in nos's order.
+    pods: Vec<Pod>,
+    /// Resources: MIG profiles, then MPS slice sizes.
+    nres: usize,
+}
+
+/// nos's algorithm proper (steps 1–4): the desired layouts, random choices drawn from `seed`.
+pub(crate) fn algorithm(p: &Problem<'_>, seed: u64) -> Planned {
     use rand::seq::SliceRandom;
     use rand::SeedableRng;
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
@@ -313,7 +330,24 @@ pub(crate) fn solve_seeded(p: &Problem<'_>, seed: u64) -> Solution {
         }
     }
 
-    // Bind pods first-fit, as the scheduler would.
+    Planned {
+        sol,
+        mps_free,
+        pods,
+        nres,
+    }
+}
+
+/// Bind pods first-fit to the planned layouts, as the scheduler would (not part of nos).
+pub(crate) fn bind(p: &Problem<'_>, planned: Planned) -> Solution {
+    let Planned {
+        mut sol,
+        mut mps_free,
+        pods,
+        nres,
+    } = planned;
+    let np = p.profiles.len();
+    let nodes = p.node_order.len();
     let order = &p.node_order;
     let mut held: Vec<u64> = p.mig.iter().map(|g| g.busy).collect();
     let mut room = p.mps_room();
@@ -749,6 +783,33 @@ mod tests {
         assert!(
             (800..1200).contains(&seen[1]) && (800..1200).contains(&seen[2]),
             "{seen:?}"
+        );
+    }
+
+    #[test]
+    fn the_phased_nos_plan_is_the_policy_plan_and_marks_each_phase_once_in_order() {
+        use crate::quality::{nos_phases, NosPhase};
+        let c = Catalog::builtin();
+        let spec = crate::gen::BenchSpec {
+            nodes: 12,
+            gpus_per_node: 4,
+            pending: 60,
+            seed: 3,
+        };
+        let (cluster, requests) = crate::gen::bench_input(c, &spec);
+        let opts = crate::PlanOptions::with_policy(crate::Policy::Nos);
+        let want = crate::plan(c, &cluster, &requests, &opts).unwrap();
+        let mut marks = Vec::new();
+        let (got, _) = nos_phases(c, &cluster, &requests, &mut |ph| marks.push(ph)).unwrap();
+        assert_eq!(got, want);
+        assert_eq!(
+            marks,
+            [
+                NosPhase::Setup,
+                NosPhase::Algorithm,
+                NosPhase::Binding,
+                NosPhase::Output
+            ]
         );
     }
 
