@@ -107,7 +107,87 @@ pub(crate) fn solve(p: &Problem<'_>) -> Solution {
 /// Plan with the nos algorithm; geometries of equal score are chosen at random from `seed`
 /// (nos iterates a Go map, whose order is random), not the first of the list.
 pub(crate) fn solve_seeded(p: &Problem<'_>, seed: u64) -> Solution {
-    bind(p, algorithm(p, seed))
+    bind(p, algorithm(p, seed, NosLists::Catalog))
+}
+
+/// The allowed MIG geometries nos plans with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum NosLists {
+    /// The per-profile counts of every maximal valid layout in the catalog, for every model
+    /// (the `nos` policy; generous to nos).
+    #[default]
+    Catalog,
+    /// nos's built-in lists (`pkg/gpu/mig/known_configs.go`): 4 geometries for the A30 and 12
+    /// each for the A100 40GB and 80GB, no `+me` or `1g.20gb` profiles. Two 80GB entries name
+    /// profiles of the 40GB card (`3g.20gb`, `2g.10gb`); those devices are left out of the
+    /// counts, as no such device can be created. A MIG GPU of any other model makes nos's
+    /// snapshot fail (its `NewGPU` knows no geometries for it), so nothing is re-partitioned.
+    NosDefault,
+}
+
+/// nos's default geometry lists, per catalog model: `(profile, count)` per geometry.
+fn default_lists(model: &str) -> Option<&'static [&'static [(&'static str, u8)]]> {
+    const A30: &[&[(&str, u8)]] = &[
+        &[("4g.24gb", 1)],
+        &[("2g.12gb", 2)],
+        &[("2g.12gb", 1), ("1g.6gb", 2)],
+        &[("1g.6gb", 4)],
+    ];
+    const A100_40: &[&[(&str, u8)]] = &[
+        &[("7g.40gb", 1)],
+        &[("4g.20gb", 1), ("2g.10gb", 1), ("1g.5gb", 1)],
+        &[("4g.20gb", 1), ("1g.5gb", 3)],
+        &[("3g.20gb", 2)],
+        &[("3g.20gb", 1), ("2g.10gb", 1), ("1g.5gb", 1)],
+        &[("3g.20gb", 1), ("1g.5gb", 3)],
+        &[("2g.10gb", 2), ("3g.20gb", 1)],
+        &[("2g.10gb", 1), ("1g.5gb", 2), ("3g.20gb", 1)],
+        &[("2g.10gb", 3), ("1g.5gb", 1)],
+        &[("2g.10gb", 2), ("1g.5gb", 3)],
+        &[("2g.10gb", 1), ("1g.5gb", 5)],
+        &[("1g.5gb", 7)],
+    ];
+    // As nos lists them, with its two 40GB profile names on this card.
+    const A100_80: &[&[(&str, u8)]] = &[
+        &[("7g.80gb", 1)],
+        &[("4g.40gb", 1), ("2g.20gb", 1), ("1g.10gb", 1)],
+        &[("4g.40gb", 1), ("1g.10gb", 3)],
+        &[("3g.40gb", 2)],
+        &[("3g.40gb", 1), ("2g.20gb", 1), ("1g.10gb", 1)],
+        &[("3g.40gb", 1), ("1g.10gb", 3)],
+        &[("2g.20gb", 2), ("3g.20gb", 1)],
+        &[("2g.10gb", 1), ("1g.10gb", 2), ("3g.40gb", 1)],
+        &[("2g.20gb", 3), ("1g.10gb", 1)],
+        &[("2g.20gb", 2), ("1g.10gb", 3)],
+        &[("2g.20gb", 1), ("1g.10gb", 5)],
+        &[("1g.10gb", 7)],
+    ];
+    match model {
+        "a30-24gb" => Some(A30),
+        "a100-40gb" => Some(A100_40),
+        "a100-80gb" => Some(A100_80),
+        _ => None,
+    }
+}
+
+/// nos's default list for a model as per-profile counts (profiles the model lacks left out).
+fn default_geometries(t: &Tables<'_>) -> Option<Vec<Counts>> {
+    let lists = default_lists(&t.model.key)?;
+    Some(
+        lists
+            .iter()
+            .map(|geo| {
+                let mut c = [0u8; MAXP];
+                for &(name, n) in *geo {
+                    if let Some(idx) = t.model.profile_named(name) {
+                        c[usize::from(idx.0)] += n;
+                    }
+                }
+                c
+            })
+            .collect(),
+    )
 }
 
 /// What nos's algorithm leaves for the binding step.
@@ -123,7 +203,7 @@ pub(crate) struct Planned {
 }
 
 /// nos's algorithm proper (steps 1–4): the desired layouts, random choices drawn from `seed`.
-pub(crate) fn algorithm(p: &Problem<'_>, seed: u64) -> Planned {
+pub(crate) fn algorithm(p: &Problem<'_>, seed: u64, lists: NosLists) -> Planned {
     use rand::seq::SliceRandom;
     use rand::SeedableRng;
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
@@ -248,8 +328,22 @@ pub(crate) fn algorithm(p: &Problem<'_>, seed: u64) -> Planned {
     pods.sort_by_key(|pod| (Reverse(p.reqs[pod.req].prio), size_of(pod.res), pod.req));
 
     // 3. Candidate nodes (free capacity in the snapshot before planning) by name.
-    if lacking.iter().any(|&l| l > 0) {
-        let geometries: Vec<Vec<Counts>> = p.tables.iter().map(allowed_geometries).collect();
+    let geometries: Option<Vec<Vec<Counts>>> = match lists {
+        NosLists::Catalog => Some(p.tables.iter().map(allowed_geometries).collect()),
+        // nos's snapshot fails on a MIG GPU of a model its lists do not know.
+        NosLists::NosDefault => p
+            .mig
+            .iter()
+            .map(|g| default_geometries(&p.tables[g.t]))
+            .collect::<Option<Vec<_>>>()
+            .map(|_| {
+                p.tables
+                    .iter()
+                    .map(|t| default_geometries(t).unwrap_or_default())
+                    .collect()
+            }),
+    };
+    if let (true, Some(geometries)) = (lacking.iter().any(|&l| l > 0), geometries) {
         let candidates: Vec<usize> = p
             .node_order
             .iter()
@@ -811,6 +905,45 @@ mod tests {
                 NosPhase::Output
             ]
         );
+    }
+
+    #[test]
+    fn nos_default_lists_know_a30_and_a100_only_and_another_mig_model_stops_the_round() {
+        use crate::input::{ClusterSpec, GpuSpec, NodeSpec, RequestSpec};
+        use crate::quality::{nos_seeded_with, NosLists};
+        let c = Catalog::builtin();
+        let node = |name: &str, model: &str| NodeSpec {
+            name: name.into(),
+            gpus: vec![GpuSpec::mig(model, Vec::new())],
+        };
+        let requests = vec![RequestSpec::mig("r1", "1g.10gb")];
+        let a100 = ClusterSpec {
+            nodes: vec![node("a", "a100-80gb")],
+        };
+        let mut seen = std::collections::BTreeSet::new();
+        for seed in 0..10 {
+            let (plan, o) =
+                nos_seeded_with(c, &a100, &requests, seed, NosLists::NosDefault).unwrap();
+            assert_eq!(o.served, 1);
+            let layout: Vec<&str> = plan.gpus[0].layout.iter().map(|i| &*i.profile).collect();
+            // Only the listed profiles: no 1g.20gb, no +me.
+            assert!(
+                layout.iter().all(|p| !p.contains('+') && *p != "1g.20gb"),
+                "{layout:?}"
+            );
+            seen.insert(layout.join(" "));
+        }
+        // The catalog's geometries for the same GPU include 1g.20gb ones; nos's list does not.
+        assert!(seen.len() >= 2, "{seen:?}");
+        // An H100 anywhere in the cluster: nos's snapshot fails, nothing is re-partitioned.
+        let mixed = ClusterSpec {
+            nodes: vec![node("a", "a100-80gb"), node("h", "h100-80gb")],
+        };
+        let (plan, o) = nos_seeded_with(c, &mixed, &requests, 0, NosLists::NosDefault).unwrap();
+        assert_eq!(o.served, 0);
+        assert!(plan.gpus.iter().all(|g| !g.changed()));
+        let (_, o) = nos_seeded_with(c, &mixed, &requests, 0, NosLists::Catalog).unwrap();
+        assert_eq!(o.served, 1);
     }
 
     #[test]

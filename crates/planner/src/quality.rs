@@ -5,6 +5,8 @@ use tessera_model::Catalog;
 
 use crate::{check_plan, gen, plan, Objective, PlanOptions, Policy};
 
+pub use crate::nos::NosLists;
+
 /// One policy's totals over the instances.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PolicyQuality {
@@ -45,6 +47,9 @@ pub struct QualityReport {
     pub nos_by_tie_seed: Vec<f64>,
     /// nos's operations (creates + destroys) with each of those seeds.
     pub nos_ops_by_tie_seed: Vec<u64>,
+    /// nos's share of the optimum with its own default geometry lists
+    /// ([`NosLists::NosDefault`]) instead of the catalog's, per seed as above.
+    pub nos_default_lists_by_tie_seed: Vec<f64>,
 }
 
 /// Generate `instances` small instances from `seed` ([`gen::small_instance`]), plan each with
@@ -67,6 +72,7 @@ pub fn quality(catalog: &Catalog, instances: u64, seed: u64) -> QualityReport {
     let mut opt_served = 0u64;
     let mut nos_prio = vec![0u64; NOS_TIE_SEEDS as usize];
     let mut nos_ops = vec![0u64; NOS_TIE_SEEDS as usize];
+    let mut nos_default = vec![0u64; NOS_TIE_SEEDS as usize];
     for k in 0..instances {
         let (cluster, requests) = gen::small_instance(catalog, seed.wrapping_add(k));
         let exact_opts = PlanOptions::with_policy(Policy::Exact);
@@ -81,6 +87,10 @@ pub fn quality(catalog: &Catalog, instances: u64, seed: u64) -> QualityReport {
             if let Ok((_, o)) = nos_seeded(catalog, &cluster, &requests, tie as u64) {
                 nos_prio[tie] += o.served_priority;
                 nos_ops[tie] += o.operations;
+            }
+            let lists = NosLists::NosDefault;
+            if let Ok((_, o)) = nos_seeded_with(catalog, &cluster, &requests, tie as u64, lists) {
+                nos_default[tie] += o.served_priority;
             }
         }
         for row in rows.iter_mut() {
@@ -122,6 +132,7 @@ pub fn quality(catalog: &Catalog, instances: u64, seed: u64) -> QualityReport {
         policies: rows,
         nos_by_tie_seed: nos_prio.iter().map(|&v| share(v, opt_total)).collect(),
         nos_ops_by_tie_seed: nos_ops,
+        nos_default_lists_by_tie_seed: nos_default.iter().map(|&v| share(v, opt_total)).collect(),
     }
 }
 
@@ -173,6 +184,9 @@ pub struct ContendedReport {
     pub nos_by_tie_seed: Vec<f64>,
     /// nos's operations (creates + destroys) with each of those seeds.
     pub nos_ops_by_tie_seed: Vec<u64>,
+    /// nos's share of the optimum with its own default geometry lists
+    /// ([`NosLists::NosDefault`]) instead of the catalog's, per seed as above.
+    pub nos_default_lists_by_tie_seed: Vec<f64>,
 }
 
 /// Tie seeds [`contended_quality`] runs nos with.
@@ -212,7 +226,9 @@ pub fn contended_quality(
         policies: Vec::new(),
         nos_by_tie_seed: Vec::new(),
         nos_ops_by_tie_seed: Vec::new(),
+        nos_default_lists_by_tie_seed: Vec::new(),
     };
+    let mut nos_default = vec![0u64; NOS_TIE_SEEDS as usize];
     let mut nos_seeds = vec![0u64; NOS_TIE_SEEDS as usize];
     let mut nos_ops = vec![0u64; NOS_TIE_SEEDS as usize];
     for k in 0..instances {
@@ -233,6 +249,9 @@ pub fn contended_quality(
             let (_, o) = nos_seeded(catalog, &cluster, &requests, tie as u64)?;
             *total += o.served_priority;
             nos_ops[tie] += o.operations;
+            let lists = NosLists::NosDefault;
+            let (_, o) = nos_seeded_with(catalog, &cluster, &requests, tie as u64, lists)?;
+            nos_default[tie] += o.served_priority;
         }
         for row in rows.iter_mut() {
             let opts = PlanOptions::with_policy(row.policy);
@@ -269,6 +288,10 @@ pub fn contended_quality(
         .map(|&v| share(v, r.optimum_priority))
         .collect();
     r.nos_ops_by_tie_seed = nos_ops;
+    r.nos_default_lists_by_tie_seed = nos_default
+        .iter()
+        .map(|&v| share(v, r.optimum_priority))
+        .collect();
     Ok(r)
 }
 
@@ -298,7 +321,19 @@ pub fn nos_seeded(
     requests: &[crate::RequestSpec],
     seed: u64,
 ) -> Result<(crate::Plan, Objective), crate::PlanError> {
-    nos_phases_seeded(catalog, cluster, requests, seed, &mut |_| {})
+    nos_seeded_with(catalog, cluster, requests, seed, NosLists::Catalog)
+}
+
+/// [`nos_seeded`] with the given allowed geometries: the catalog's (as the `nos` policy) or
+/// nos's own default lists.
+pub fn nos_seeded_with(
+    catalog: &Catalog,
+    cluster: &crate::ClusterSpec,
+    requests: &[crate::RequestSpec],
+    seed: u64,
+    lists: NosLists,
+) -> Result<(crate::Plan, Objective), crate::PlanError> {
+    nos_phases_seeded(catalog, cluster, requests, seed, lists, &mut |_| {})
 }
 
 /// The phases of one nos plan ([`nos_phases`]).
@@ -323,7 +358,14 @@ pub fn nos_phases(
     requests: &[crate::RequestSpec],
     mark: &mut dyn FnMut(NosPhase),
 ) -> Result<(crate::Plan, Objective), crate::PlanError> {
-    nos_phases_seeded(catalog, cluster, requests, crate::nos::NOS_SEED, mark)
+    nos_phases_seeded(
+        catalog,
+        cluster,
+        requests,
+        crate::nos::NOS_SEED,
+        NosLists::Catalog,
+        mark,
+    )
 }
 
 fn nos_phases_seeded(
@@ -331,6 +373,7 @@ fn nos_phases_seeded(
     cluster: &crate::ClusterSpec,
     requests: &[crate::RequestSpec],
     seed: u64,
+    lists: NosLists,
     mark: &mut dyn FnMut(NosPhase),
 ) -> Result<(crate::Plan, Objective), crate::PlanError> {
     use crate::nos;
@@ -342,14 +385,14 @@ fn nos_phases_seeded(
         let v = crate::holds::view(&input, &p);
         let view = Problem::new(&v.input, &opts, Some(cluster), &v.phantoms)?;
         mark(NosPhase::Setup);
-        let planned = nos::algorithm(&view, seed);
+        let planned = nos::algorithm(&view, seed, lists);
         mark(NosPhase::Algorithm);
         let sol = crate::holds::back(&p, &v, &nos::bind(&view, planned));
         mark(NosPhase::Binding);
         sol
     } else {
         mark(NosPhase::Setup);
-        let planned = nos::algorithm(&p, seed);
+        let planned = nos::algorithm(&p, seed, lists);
         mark(NosPhase::Algorithm);
         let sol = nos::bind(&p, planned);
         mark(NosPhase::Binding);

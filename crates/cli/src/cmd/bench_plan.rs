@@ -269,6 +269,7 @@ pub fn run_quality(args: &QualityArgs, ctx: &Ctx) -> Result<ExitCode, CliError> 
             &r.nos_ops_by_tie_seed,
             3,
         ));
+        s.push_str(&nos_default_lists(&r.nos_default_lists_by_tie_seed, 3));
         s
     })?;
     let broken: u64 = r.policies.iter().map(|p| p.invalid_plans).sum();
@@ -344,6 +345,7 @@ fn run_contended(args: &QualityArgs, ctx: &Ctx) -> Result<ExitCode, CliError> {
             &r.nos_ops_by_tie_seed,
             2,
         ));
+        s.push_str(&nos_default_lists(&r.nos_default_lists_by_tie_seed, 2));
         s
     })?;
     let broken: u64 = r.policies.iter().map(|p| p.invalid_plans).sum();
@@ -376,6 +378,22 @@ fn nos_over_seeds(shares: &[f64], ops: &[u64], digits: usize) -> String {
         lo * 100.0,
         hi * 100.0,
         each.join(", "),
+        d = digits
+    )
+}
+
+/// The line on nos with its own default geometry lists.
+fn nos_default_lists(shares: &[f64], digits: usize) -> String {
+    if shares.is_empty() {
+        return String::new();
+    }
+    let (m, lo, hi) = mean_range(shares);
+    format!(
+        "nos with its own default geometry lists (A30, A100 40/80GB; an instance with another MIG \
+         model is not re-partitioned), same seeds: mean {:.d$} % (range {:.d$}-{:.d$} %)\n",
+        m * 100.0,
+        lo * 100.0,
+        hi * 100.0,
         d = digits
     )
 }
