@@ -50,6 +50,8 @@ pub struct QualityReport {
     /// nos's share of the optimum with its own default geometry lists
     /// ([`NosLists::NosDefault`]) instead of the catalog's, per seed as above.
     pub nos_default_lists_by_tie_seed: Vec<f64>,
+    /// The same with GPUs of other models only left alone ([`NosLists::NosDefaultPerGpu`]).
+    pub nos_default_lists_per_gpu_by_tie_seed: Vec<f64>,
 }
 
 /// Generate `instances` small instances from `seed` ([`gen::small_instance`]), plan each with
@@ -73,6 +75,7 @@ pub fn quality(catalog: &Catalog, instances: u64, seed: u64) -> QualityReport {
     let mut nos_prio = vec![0u64; NOS_TIE_SEEDS as usize];
     let mut nos_ops = vec![0u64; NOS_TIE_SEEDS as usize];
     let mut nos_default = vec![0u64; NOS_TIE_SEEDS as usize];
+    let mut nos_lenient = vec![0u64; NOS_TIE_SEEDS as usize];
     for k in 0..instances {
         let (cluster, requests) = gen::small_instance(catalog, seed.wrapping_add(k));
         let exact_opts = PlanOptions::with_policy(Policy::Exact);
@@ -91,6 +94,10 @@ pub fn quality(catalog: &Catalog, instances: u64, seed: u64) -> QualityReport {
             let lists = NosLists::NosDefault;
             if let Ok((_, o)) = nos_seeded_with(catalog, &cluster, &requests, tie as u64, lists) {
                 nos_default[tie] += o.served_priority;
+            }
+            let lists = NosLists::NosDefaultPerGpu;
+            if let Ok((_, o)) = nos_seeded_with(catalog, &cluster, &requests, tie as u64, lists) {
+                nos_lenient[tie] += o.served_priority;
             }
         }
         for row in rows.iter_mut() {
@@ -133,6 +140,10 @@ pub fn quality(catalog: &Catalog, instances: u64, seed: u64) -> QualityReport {
         nos_by_tie_seed: nos_prio.iter().map(|&v| share(v, opt_total)).collect(),
         nos_ops_by_tie_seed: nos_ops,
         nos_default_lists_by_tie_seed: nos_default.iter().map(|&v| share(v, opt_total)).collect(),
+        nos_default_lists_per_gpu_by_tie_seed: nos_lenient
+            .iter()
+            .map(|&v| share(v, opt_total))
+            .collect(),
     }
 }
 
@@ -187,6 +198,8 @@ pub struct ContendedReport {
     /// nos's share of the optimum with its own default geometry lists
     /// ([`NosLists::NosDefault`]) instead of the catalog's, per seed as above.
     pub nos_default_lists_by_tie_seed: Vec<f64>,
+    /// The same with GPUs of other models only left alone ([`NosLists::NosDefaultPerGpu`]).
+    pub nos_default_lists_per_gpu_by_tie_seed: Vec<f64>,
 }
 
 /// Tie seeds [`contended_quality`] runs nos with.
@@ -227,8 +240,10 @@ pub fn contended_quality(
         nos_by_tie_seed: Vec::new(),
         nos_ops_by_tie_seed: Vec::new(),
         nos_default_lists_by_tie_seed: Vec::new(),
+        nos_default_lists_per_gpu_by_tie_seed: Vec::new(),
     };
     let mut nos_default = vec![0u64; NOS_TIE_SEEDS as usize];
+    let mut nos_lenient = vec![0u64; NOS_TIE_SEEDS as usize];
     let mut nos_seeds = vec![0u64; NOS_TIE_SEEDS as usize];
     let mut nos_ops = vec![0u64; NOS_TIE_SEEDS as usize];
     for k in 0..instances {
@@ -252,6 +267,9 @@ pub fn contended_quality(
             let lists = NosLists::NosDefault;
             let (_, o) = nos_seeded_with(catalog, &cluster, &requests, tie as u64, lists)?;
             nos_default[tie] += o.served_priority;
+            let lists = NosLists::NosDefaultPerGpu;
+            let (_, o) = nos_seeded_with(catalog, &cluster, &requests, tie as u64, lists)?;
+            nos_lenient[tie] += o.served_priority;
         }
         for row in rows.iter_mut() {
             let opts = PlanOptions::with_policy(row.policy);
@@ -289,6 +307,10 @@ pub fn contended_quality(
         .collect();
     r.nos_ops_by_tie_seed = nos_ops;
     r.nos_default_lists_by_tie_seed = nos_default
+        .iter()
+        .map(|&v| share(v, r.optimum_priority))
+        .collect();
+    r.nos_default_lists_per_gpu_by_tie_seed = nos_lenient
         .iter()
         .map(|&v| share(v, r.optimum_priority))
         .collect();

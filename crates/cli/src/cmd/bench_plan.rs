@@ -269,7 +269,11 @@ pub fn run_quality(args: &QualityArgs, ctx: &Ctx) -> Result<ExitCode, CliError> 
             &r.nos_ops_by_tie_seed,
             3,
         ));
-        s.push_str(&nos_default_lists(&r.nos_default_lists_by_tie_seed, 3));
+        s.push_str(&nos_default_lists(
+            &r.nos_default_lists_by_tie_seed,
+            &r.nos_default_lists_per_gpu_by_tie_seed,
+            3,
+        ));
         s
     })?;
     let broken: u64 = r.policies.iter().map(|p| p.invalid_plans).sum();
@@ -345,7 +349,11 @@ fn run_contended(args: &QualityArgs, ctx: &Ctx) -> Result<ExitCode, CliError> {
             &r.nos_ops_by_tie_seed,
             2,
         ));
-        s.push_str(&nos_default_lists(&r.nos_default_lists_by_tie_seed, 2));
+        s.push_str(&nos_default_lists(
+            &r.nos_default_lists_by_tie_seed,
+            &r.nos_default_lists_per_gpu_by_tie_seed,
+            2,
+        ));
         s
     })?;
     let broken: u64 = r.policies.iter().map(|p| p.invalid_plans).sum();
@@ -382,18 +390,24 @@ fn nos_over_seeds(shares: &[f64], ops: &[u64], digits: usize) -> String {
     )
 }
 
-/// The line on nos with its own default geometry lists.
-fn nos_default_lists(shares: &[f64], digits: usize) -> String {
-    if shares.is_empty() {
+/// The line on nos with its own default geometry lists: as nos runs (another MIG model fails
+/// its round) and leaving only such GPUs alone.
+fn nos_default_lists(strict: &[f64], per_gpu: &[f64], digits: usize) -> String {
+    if strict.is_empty() || per_gpu.is_empty() {
         return String::new();
     }
-    let (m, lo, hi) = mean_range(shares);
+    let (m, lo, hi) = mean_range(strict);
+    let (pm, plo, phi) = mean_range(per_gpu);
     format!(
-        "nos with its own default geometry lists (A30, A100 40/80GB; an instance with another MIG \
-         model is not re-partitioned), same seeds: mean {:.d$} % (range {:.d$}-{:.d$} %)\n",
+        "nos with its own default geometry lists (A30, A100 40/80GB), same seeds: mean {:.d$} % \
+         (range {:.d$}-{:.d$} %; a MIG GPU of another model stops nos's round); with only such GPUs \
+         left alone: mean {:.d$} % (range {:.d$}-{:.d$} %)\n",
         m * 100.0,
         lo * 100.0,
         hi * 100.0,
+        pm * 100.0,
+        plo * 100.0,
+        phi * 100.0,
         d = digits
     )
 }
