@@ -352,6 +352,25 @@ fn variants<'c>(catalog: &'c Catalog, gpus: &[GpuState], w: &Waiting) -> Vec<Var
     out
 }
 
+/// An ask that no GPU of this fleet could ever serve: what exists instead, and for a memory
+/// ask the largest slice and the flags that ask for it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "no GPU{} of this machine can ever serve `{ask}`; it has {}{hint}",
+    model.as_ref().map(|m| format!(" of model {m}")).unwrap_or_default(),
+    have.join("; ")
+)]
+pub struct Unservable {
+    /// The ask.
+    pub ask: SliceAsk,
+    /// The GPU model the ask was restricted to, if any.
+    pub model: Option<String>,
+    /// Each GPU of the fleet with its mode and what it offers (`GPU 0 h100-80gb (mig: …)`).
+    pub have: Vec<String>,
+    /// For a memory ask: `; the largest … ask --mem …` (empty otherwise).
+    pub hint: String,
+}
+
 /// Whether no GPU of this fleet could ever serve the ask (ignoring what runs now and drains).
 /// `Err` says why and what exists instead.
 pub fn check_feasible(
@@ -359,7 +378,7 @@ pub fn check_feasible(
     gpus: &[GpuFacts],
     ask: &SliceAsk,
     model: Option<&str>,
-) -> Result<(), String> {
+) -> Result<(), Unservable> {
     let states: Vec<GpuState> = gpus.iter().cloned().map(GpuState::empty).collect();
     let w = Waiting {
         id: 0,
@@ -371,7 +390,6 @@ pub fn check_feasible(
     if decide(catalog, &states, &w, &[]).is_some() {
         return Ok(());
     }
-    let restriction = model.map(|m| format!(" of model {m}")).unwrap_or_default();
     let mut have: Vec<String> = Vec::new();
     for g in gpus {
         let desc = match g.mode {
@@ -390,11 +408,12 @@ pub fn check_feasible(
         };
         have.push(desc);
     }
-    Err(format!(
-        "no GPU{restriction} of this machine can ever serve `{ask}`; it has {}{}",
-        have.join("; "),
-        largest_hint(catalog, gpus, ask, model)
-    ))
+    Err(Unservable {
+        ask: ask.clone(),
+        model: model.map(str::to_string),
+        have,
+        hint: largest_hint(catalog, gpus, ask, model),
+    })
 }
 
 /// For a memory ask nothing can serve: the largest MIG instance and MPS client this machine
@@ -1151,9 +1170,13 @@ mod tests {
             facts(1, "h100-80gb", GpuMode::Mps),
         ];
         assert!(check_feasible(c, &gpus, &mig("7g.80gb"), None).is_ok());
-        let e = check_feasible(c, &gpus, &mig("7g.40gb"), None).unwrap_err();
+        let e = check_feasible(c, &gpus, &mig("7g.40gb"), None)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("7g.40gb") && e.contains("3g.40gb"), "{e}");
-        let e = check_feasible(c, &gpus, &SliceAsk::Share, None).unwrap_err();
+        let e = check_feasible(c, &gpus, &SliceAsk::Share, None)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("share"), "{e}");
         let e = check_feasible(
             c,
@@ -1164,7 +1187,8 @@ mod tests {
             },
             None,
         )
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("mps"), "{e}");
     }
 
@@ -1177,7 +1201,9 @@ mod tests {
             memory_mib: 80 * 1024,
             sm_percent: None,
         };
-        let e = check_feasible(c, &gpus, &ask, None).unwrap_err();
+        let e = check_feasible(c, &gpus, &ask, None)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("7g.80gb on h100-80gb with 79.25 GiB"), "{e}");
         assert!(e.contains("--mem 79GiB or --mig 7g.80gb"), "{e}");
         // 80 GB (decimal) is 76294 MiB and fits.
@@ -1196,7 +1222,9 @@ mod tests {
             memory_mib: 4096,
             sm_percent: Some(20),
         };
-        let e = check_feasible(c, &mig_only, &ask, None).unwrap_err();
+        let e = check_feasible(c, &mig_only, &ask, None)
+            .unwrap_err()
+            .to_string();
         assert!(!e.contains("largest MIG"), "{e}");
         let both = [
             facts(0, "h100-80gb", GpuMode::Mig),

@@ -14,7 +14,7 @@ use tessera_planner::GpuMode;
 
 use crate::core::{self, PassCore, Verdict};
 use crate::daemon::{api_err, lock, Cmd, Daemon, Inner, Snapshot};
-use crate::error::{ApiError, ServerError};
+use crate::error::{ApiError, SchedulerDeath, ServerError};
 use crate::fleet::{ApplyError, Fleet};
 use crate::isolate::Enforcer;
 use crate::journal::DbJournal;
@@ -65,7 +65,9 @@ impl Scheduler {
                 "the scheduler thread died: {why}; no lease can be granted or ended, so the daemon stops (leases and the queue are kept in the database)"
             );
             d.inner.stopped.store(true, Ordering::SeqCst);
-            d.inner.failure.send_replace(Some(format!("panic: {why}")));
+            d.inner
+                .failure
+                .send_replace(Some(SchedulerDeath::Panic { message: why }));
         }
     }
 
