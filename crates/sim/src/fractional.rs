@@ -8,10 +8,11 @@
 //!   the trace's own.
 //! * Policies score every node that fits (an integer score, the highest wins) and choose the
 //!   GPU(s) on the winner. The six baselines follow the paper's definitions and its public
-//!   simulator's integer scores; `tessera` is ours ([`tessera_delta`], [`stranded`]). Equal scores go to the
-//!   first node in the trace's order: with uniformly random ties (what a stock Kubernetes
-//!   scheduler does) FGD lost 5 points and GPU packing 2.8 against the published values, with
-//!   first-in-order ties every baseline lands within 0.7 of them (`docs/sim-fractional.md`).
+//!   simulator's integer scores; `tessera` is ours ([`tessera_delta`], [`stranded`]). Equal
+//!   scores go to the first node in the trace's order: with uniformly random ties (what a stock
+//!   Kubernetes scheduler does) FGD lost 5 points and GPU packing 2.8 against the published
+//!   values, with first-in-order ties every baseline lands within 0.7 of them
+//!   (`docs/sim-fractional.md`).
 //!   `random` draws its node and GPU from the run's seed.
 //! * The saturate protocol: the trace's pods are shuffled per seed and arrive one at a time;
 //!   pods drawn with replacement follow until the requested GPU share reaches 130 % of the
