@@ -634,11 +634,17 @@ fn cap(q: String) -> rv1::DeviceCapacity {
     }
 }
 
-/// The node's `ResourceSlice`s for `driver`: one slice, pool = the node's name, listing whole
-/// GPUs (`gpu-<i>`), MIG instances (`gpu-<i>-mig-<profile>-<start>`) and MPS shares
+/// The node's `ResourceSlice`s for `driver`, pool = the node's name. Whole GPUs
+/// (`gpu-<i>`), MIG instances (`gpu-<i>-mig-<profile>-<start>`) and MPS shares
 /// (`gpu-<i>-mps-<id>`) with attributes (`type`, `uuid`, `model`, `index`, `profile`, …) and
-/// capacity (`memory`, `computeSlices` or `threadPercent`). Pure: the same inventory gives the
-/// same slices.
+/// capacity (`memory`, `computeSlices` or `threadPercent`) go in the slice `<node>-<driver>`.
+///
+/// A GPU with [`crate::InvGpu::partitions`] (partitionable devices, Kubernetes 1.36+) is
+/// published instead as one counter set (`gpu-<i>-counters`, in the slices
+/// `<node>-<driver>-counters[-k]`, at most 8 sets each, since a slice holds either devices or
+/// counters) and one device per placement in the slice `<node>-<driver>-gpu-<i>`, each device
+/// consuming its placement's counters, in tessera's placement preference order. Pure: the
+/// same inventory gives the same slices.
 pub fn resource_slices(
     driver: &str,
     node_name: &str,
@@ -646,11 +652,56 @@ pub fn resource_slices(
     generation: i64,
 ) -> Vec<rv1::ResourceSlice> {
     let mut devices = Vec::new();
+    // (slice name suffix, devices or counter sets)
+    let mut partitioned: Vec<(u32, Vec<rv1::Device>)> = Vec::new();
+    let mut counter_sets: Vec<rv1::CounterSet> = Vec::new();
     for g in &inv.gpus {
         let mut base = BTreeMap::new();
         base.insert("index".to_string(), attr_i(i64::from(g.index)));
         if let Some(m) = &g.model {
             base.insert("model".to_string(), attr_s(m));
+        }
+        if let Some(parts) = &g.partitions {
+            counter_sets.push(rv1::CounterSet {
+                name: parts.counter_set.clone(),
+                counters: parts
+                    .counters
+                    .iter()
+                    .map(|(k, v)| (k.clone(), counter(*v)))
+                    .collect(),
+            });
+            let mut devs = Vec::new();
+            for p in &parts.placements {
+                let mut a = base.clone();
+                a.insert("type".into(), attr_s("mig"));
+                a.insert("parentUUID".into(), attr_s(&g.uuid));
+                a.insert("profile".into(), attr_s(&p.profile));
+                a.insert("placementStart".into(), attr_i(i64::from(p.start)));
+                if let Some(m) = g
+                    .mig
+                    .iter()
+                    .find(|m| m.profile == p.profile && m.start == p.start)
+                {
+                    a.insert("uuid".into(), attr_s(&m.uuid));
+                }
+                let mut c = BTreeMap::new();
+                if let Some(mib) = p.memory_mib {
+                    c.insert("memory".into(), cap(format!("{mib}Mi")));
+                }
+                c.insert("computeSlices".into(), cap(p.compute_slices.to_string()));
+                let mut d = device(names::dra_mig_name(g.index, &p.profile, p.start), a, c);
+                d.consumes_counters = Some(vec![rv1::DeviceCounterConsumption {
+                    counter_set: parts.counter_set.clone(),
+                    counters: p
+                        .consumes
+                        .iter()
+                        .map(|(k, v)| (k.clone(), counter(*v)))
+                        .collect(),
+                }]);
+                devs.push(d);
+            }
+            partitioned.push((g.index, devs));
+            continue;
         }
         match g.sharing {
             Sharing::Whole => {
@@ -696,23 +747,58 @@ pub fn resource_slices(
             }
         }
     }
-    vec![rv1::ResourceSlice {
-        metadata: ObjectMeta {
-            name: Some(format!("{node_name}-{driver}")),
-            ..Default::default()
-        },
-        spec: rv1::ResourceSliceSpec {
+    let base = format!("{node_name}-{driver}");
+    let mut specs: Vec<(String, rv1::ResourceSliceSpec)> = Vec::new();
+    let spec = |devices: Option<Vec<rv1::Device>>, counters: Option<Vec<rv1::CounterSet>>| {
+        rv1::ResourceSliceSpec {
             driver: driver.to_string(),
             node_name: Some(node_name.to_string()),
-            pool: rv1::ResourcePool {
+            devices,
+            shared_counters: counters,
+            ..Default::default()
+        }
+    };
+    if !devices.is_empty() || partitioned.is_empty() {
+        specs.push((base.clone(), spec(Some(devices), None)));
+    }
+    for (k, sets) in counter_sets.chunks(MAX_COUNTER_SETS).enumerate() {
+        let name = if k == 0 {
+            format!("{base}-counters")
+        } else {
+            format!("{base}-counters-{k}")
+        };
+        specs.push((name, spec(None, Some(sets.to_vec()))));
+    }
+    for (gpu, devs) in partitioned {
+        specs.push((format!("{base}-gpu-{gpu}"), spec(Some(devs), None)));
+    }
+    let count = specs.len() as i64;
+    specs
+        .into_iter()
+        .map(|(name, mut spec)| {
+            spec.pool = rv1::ResourcePool {
                 name: node_name.to_string(),
                 generation,
-                resource_slice_count: 1,
-            },
-            devices: Some(devices),
-            ..Default::default()
-        },
-    }]
+                resource_slice_count: count,
+            };
+            rv1::ResourceSlice {
+                metadata: ObjectMeta {
+                    name: Some(name),
+                    ..Default::default()
+                },
+                spec,
+            }
+        })
+        .collect()
+}
+
+/// At most this many counter sets go in one ResourceSlice (Kubernetes 1.36's limit).
+pub const MAX_COUNTER_SETS: usize = 8;
+
+fn counter(v: u64) -> rv1::Counter {
+    rv1::Counter {
+        value: Quantity(v.to_string()),
+    }
 }
 
 fn device(

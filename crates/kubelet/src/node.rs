@@ -326,6 +326,7 @@ pub struct NodeRunner {
     holds: Vec<Arc<dyn HoldSource>>,
     desired: DesiredLayout,
     inventory: watch::Sender<NodeInventory>,
+    partitionable: bool,
 }
 
 impl std::fmt::Debug for NodeRunner {
@@ -360,6 +361,7 @@ impl NodeRunner {
                 holds: Vec::new(),
                 desired: DesiredLayout::default(),
                 inventory: tx,
+                partitionable: false,
             },
             rx,
         ))
@@ -368,6 +370,24 @@ impl NodeRunner {
     /// Also protect what `source` says is held (e.g. the DRA plugin's prepared claims).
     pub fn add_holds(&mut self, source: Arc<dyn HoldSource>) {
         self.holds.push(source);
+    }
+
+    /// Publish MIG GPUs that the desired layout does not list as partitionable devices
+    /// ([`crate::partition`]): every placement, created when a DRA claim is prepared on it.
+    /// Off by default (Kubernetes 1.34/1.35 clusters without the alpha gate reject them).
+    pub fn set_partitionable(&mut self, on: bool) {
+        self.partitionable = on;
+        let catalog = &self.catalog;
+        let skip: BTreeSet<u32> = self.desired.gpus.keys().copied().collect();
+        self.inventory.send_modify(|inv| {
+            if on {
+                inv.add_partitions(catalog, &skip);
+            } else {
+                for g in &mut inv.gpus {
+                    g.partitions = None;
+                }
+            }
+        });
     }
 
     /// Another receiver of the inventory.
@@ -407,7 +427,11 @@ impl NodeRunner {
         .await
         .map_err(|e| KubeletError::Invalid(format!("the apply task failed: {e}")))?;
         self.hw = Some(hw);
-        let inventory = inv?;
+        let mut inventory = inv?;
+        if self.partitionable {
+            let skip: BTreeSet<u32> = desired.gpus.keys().copied().collect();
+            inventory.add_partitions(&self.catalog, &skip);
+        }
         self.inventory.send_if_modified(|cur| {
             let changed = *cur != inventory;
             if changed {

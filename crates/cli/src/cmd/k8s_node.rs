@@ -72,6 +72,12 @@ pub struct Args {
     /// DRA driver name.
     #[arg(long, value_name = "NAME", default_value = DEFAULT_DRIVER)]
     pub driver: String,
+    /// Publish MIG GPUs that the layout does not list as partitionable devices (KEP-4815,
+    /// Kubernetes 1.36+, or 1.34/1.35 with the `DRAPartitionableDevices` gate): one counter set
+    /// per GPU and every placement of every profile as a device; the instance is created when
+    /// a claim on it is prepared. Off by default.
+    #[arg(long)]
+    pub dra_partitionable: bool,
     /// Where the DRA plugin writes CDI specs.
     #[arg(long, value_name = "DIR", default_value = "/var/run/cdi")]
     pub cdi_dir: PathBuf,
@@ -200,6 +206,7 @@ pub fn run(a: &Args, ctx: &Ctx) -> Result<ExitCode, CliError> {
             },
         )
         .map_err(|e| CliError::Other(e.to_string()))?;
+        runner.set_partitionable(a.dra_partitionable && a.mode != Mode::DevicePlugin);
         let (stop_tx, _) = tokio::sync::watch::channel(false);
         let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|s| *s).await;
