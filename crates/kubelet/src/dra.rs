@@ -24,12 +24,14 @@ use tonic::{Request, Response, Status};
 use crate::error::KubeletError;
 use crate::inventory::{NodeInventory, Sharing};
 use crate::names::{self, DpDevice, Slice};
-use crate::node::{Held, HoldSource};
+use crate::node::{Destroyed, Held, HoldSource, MigOps};
 use crate::proto::dra as pb;
 use crate::proto::dra::dra_plugin_server::{DraPlugin as DraService, DraPluginServer};
 use crate::proto::pluginregistration as reg;
 use crate::proto::pluginregistration::registration_server::{Registration, RegistrationServer};
 use crate::uds;
+pub use tessera_isolation::DevRoots;
+use tessera_isolation::{DeviceRule, SliceDevices};
 
 /// The DRA service version this plugin offers in `GetInfo`.
 pub const DRA_VERSION: &str = "v1.DRAPlugin";
@@ -51,6 +53,12 @@ pub struct DraConfig {
     pub kubelet_dir: PathBuf,
     /// Where CDI specs go (`/var/run/cdi`).
     pub cdi_dir: PathBuf,
+    /// Where `/dev` and `/proc` are, to list each prepared device's nodes in its CDI spec
+    /// (`nvidiactl`, `nvidia-uvm`, `nvidia<minor>`, and a MIG instance's two
+    /// `nvidia-caps/nvidia-cap<N>` nodes from `/proc/driver/nvidia-caps/mig-minors`). `None`:
+    /// environment only (simulated GPUs have no device nodes). A GPU's minor is taken to be
+    /// its NVML index, as on ordinary hosts.
+    pub dev: Option<DevRoots>,
 }
 
 impl DraConfig {
@@ -145,6 +153,17 @@ pub struct PreparedClaim {
     pub devices: Vec<PreparedDevice>,
 }
 
+/// A MIG placement the plugin created an instance at.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OwnedInstance {
+    /// GPU index.
+    pub gpu: u32,
+    /// Profile.
+    pub profile: String,
+    /// Placement start.
+    pub start: u8,
+}
+
 /// The checkpoint file's content.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Checkpoint {
@@ -152,6 +171,26 @@ pub struct Checkpoint {
     pub version: u32,
     /// Prepared claims by UID.
     pub claims: BTreeMap<String, PreparedClaim>,
+    /// MIG instances the plugin created (recorded before creating), by DRA device name; one
+    /// that no claim holds is destroyed once it is idle (never while processes run on it).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub owned: BTreeMap<String, OwnedInstance>,
+}
+
+impl Checkpoint {
+    /// Owned instances no prepared claim holds.
+    pub fn unclaimed(&self) -> Vec<(String, OwnedInstance)> {
+        self.owned
+            .iter()
+            .filter(|(d, _)| {
+                !self
+                    .claims
+                    .values()
+                    .any(|c| c.devices.iter().any(|x| &x.device == *d))
+            })
+            .map(|(d, o)| (d.clone(), o.clone()))
+            .collect()
+    }
 }
 
 fn load_checkpoint(path: &Path) -> Result<Checkpoint, KubeletError> {
@@ -162,7 +201,7 @@ fn load_checkpoint(path: &Path) -> Result<Checkpoint, KubeletError> {
         }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Checkpoint {
             version: 1,
-            claims: BTreeMap::new(),
+            ..Default::default()
         }),
         Err(source) => Err(KubeletError::Io {
             path: path.to_path_buf(),
@@ -188,18 +227,58 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), KubeletError> {
     std::fs::rename(&tmp, path).map_err(io)
 }
 
-/// The CDI spec of one claim: one CDI device per prepared device, with its environment.
+/// One CDI device of a claim's spec.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CdiDevice {
+    /// The DRA device name (the CDI device is `<claim-uid>-<name>`).
+    pub name: String,
+    /// Its environment.
+    pub env: BTreeMap<String, String>,
+    /// Its device nodes (empty without [`DraConfig::dev`]).
+    pub nodes: Vec<DeviceRule>,
+}
+
+/// The CDI spec (version [`CDI_VERSION`], kind [`CDI_KIND`]) of one claim: one CDI device per
+/// prepared device, with its environment and its `deviceNodes` (container path under `/dev`,
+/// `hostPath` when the host's device tree is elsewhere, type `c`, major and minor).
 pub fn cdi_spec(
     claim_uid: &str,
-    devices: &[(String, BTreeMap<String, String>)],
+    devices: &[CdiDevice],
+    dev_root: Option<&Path>,
 ) -> serde_json::Value {
     let devs: Vec<serde_json::Value> = devices
         .iter()
-        .map(|(name, env)| {
-            let env: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        .map(|d| {
+            let env: Vec<String> = d.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            let mut edits = serde_json::json!({ "env": env });
+            if !d.nodes.is_empty() {
+                let nodes: Vec<serde_json::Value> = d
+                    .nodes
+                    .iter()
+                    .map(|r| {
+                        let rel = dev_root
+                            .and_then(|root| r.path.strip_prefix(root).ok())
+                            .map(|rel| Path::new("/dev").join(rel))
+                            .unwrap_or_else(|| r.path.clone());
+                        let mut n = serde_json::json!({
+                            "path": rel.display().to_string(),
+                            "type": "c",
+                            "major": r.major,
+                        });
+                        if let Some(m) = r.minor {
+                            n["minor"] = m.into();
+                        }
+                        if rel != r.path {
+                            n["hostPath"] = r.path.display().to_string().into();
+                        }
+                        n
+                    })
+                    .collect();
+                edits["deviceNodes"] = nodes.into();
+            }
             serde_json::json!({
-                "name": format!("{claim_uid}-{name}"),
-                "containerEdits": { "env": env },
+                "name": format!("{claim_uid}-{}", d.name),
+                "containerEdits": edits,
             })
         })
         .collect();
@@ -210,6 +289,22 @@ pub fn cdi_spec(
     })
 }
 
+/// What a device reaches on the device side, for its CDI device nodes.
+fn slice_devices(inv: &NodeInventory, dp: &DpDevice) -> Option<SliceDevices> {
+    match &dp.slice {
+        Slice::Whole { uuid } | Slice::Mps { gpu_uuid: uuid, .. } => inv
+            .gpus
+            .iter()
+            .find(|g| &g.uuid == uuid)
+            .map(|g| SliceDevices::Gpu { minor: g.index }),
+        Slice::Mig { uuid, .. } => inv.mig_by_uuid(uuid).map(|(g, m)| SliceDevices::Mig {
+            minor: g.index,
+            gi: m.gi_id,
+            ci: m.ci_id,
+        }),
+    }
+}
+
 /// The DRA plugin: its state, services and hold list.
 pub struct DraPlugin {
     cfg: DraConfig,
@@ -217,6 +312,9 @@ pub struct DraPlugin {
     inventory: watch::Receiver<NodeInventory>,
     checkpoint: Mutex<Checkpoint>,
     registered: watch::Sender<Option<reg::RegistrationStatus>>,
+    mig: Option<MigOps>,
+    /// Prepare and unprepare run one at a time (creating and reclaiming instances).
+    serial: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for DraPlugin {
@@ -232,6 +330,30 @@ impl DraPlugin {
         claims: Arc<dyn ClaimReader>,
         inventory: watch::Receiver<NodeInventory>,
     ) -> Result<Arc<DraPlugin>, KubeletError> {
+        Self::build(cfg, claims, inventory, None)
+    }
+
+    /// A plugin that also creates the MIG instance of a prepared claim's partitionable device
+    /// when it does not exist yet, and destroys the instances it created once no claim holds
+    /// them and they are idle. At start it reclaims what a crash left: instances it created
+    /// (per its checkpoint) that no claim holds, if idle; it never touches other instances.
+    pub async fn with_mig(
+        cfg: DraConfig,
+        claims: Arc<dyn ClaimReader>,
+        inventory: watch::Receiver<NodeInventory>,
+        mig: MigOps,
+    ) -> Result<Arc<DraPlugin>, KubeletError> {
+        let plugin = Self::build(cfg, claims, inventory, Some(mig))?;
+        plugin.reclaim().await;
+        Ok(plugin)
+    }
+
+    fn build(
+        cfg: DraConfig,
+        claims: Arc<dyn ClaimReader>,
+        inventory: watch::Receiver<NodeInventory>,
+        mig: Option<MigOps>,
+    ) -> Result<Arc<DraPlugin>, KubeletError> {
         let checkpoint = load_checkpoint(&cfg.checkpoint_path())?;
         Ok(Arc::new(DraPlugin {
             cfg,
@@ -239,7 +361,91 @@ impl DraPlugin {
             inventory,
             checkpoint: Mutex::new(checkpoint),
             registered: watch::channel(None).0,
+            mig,
+            serial: tokio::sync::Mutex::new(()),
         }))
+    }
+
+    /// Destroy the idle instances this plugin created that no claim holds; busy ones stay
+    /// (and are tried again at the next unprepare or start).
+    async fn reclaim(&self) {
+        let Some(ops) = self.mig.clone() else { return };
+        for (device, o) in self.checkpoint().unclaimed() {
+            let ops = ops.clone();
+            let oc = o.clone();
+            let r = tokio::task::spawn_blocking(move || ops.destroy(oc.gpu, &oc.profile, oc.start))
+                .await;
+            match r {
+                Ok(Ok(Destroyed::Gone)) => {
+                    let mut cp = self.checkpoint.lock().expect("checkpoint lock");
+                    cp.owned.remove(&device);
+                    if let Err(e) = self.save(&cp) {
+                        tracing::warn!("checkpoint: {e}");
+                        cp.owned.insert(device, o);
+                    }
+                }
+                Ok(Ok(Destroyed::Busy)) => tracing::warn!(
+                    "{device}: no claim holds it but processes run on it; it is kept until they end"
+                ),
+                Ok(Err(e)) => tracing::warn!("{device}: cannot destroy it: {e}"),
+                Err(e) => tracing::warn!("{device}: the destroy task failed: {e}"),
+            }
+        }
+    }
+
+    /// Record `device` as owned before creating it (so a crash cannot lose it); whether it
+    /// was not recorded before.
+    fn own(&self, device: &str, o: OwnedInstance) -> Result<bool, KubeletError> {
+        let mut cp = self.checkpoint.lock().expect("checkpoint lock");
+        if cp.owned.contains_key(device) {
+            return Ok(false);
+        }
+        cp.owned.insert(device.to_string(), o);
+        if let Err(e) = self.save(&cp) {
+            cp.owned.remove(device);
+            return Err(e);
+        }
+        Ok(true)
+    }
+
+    fn disown(&self, device: &str) {
+        let mut cp = self.checkpoint.lock().expect("checkpoint lock");
+        if let Some(o) = cp.owned.remove(device) {
+            if let Err(e) = self.save(&cp) {
+                tracing::warn!("checkpoint: {e}");
+                cp.owned.insert(device.to_string(), o);
+            }
+        }
+    }
+
+    /// Create the instance of partitionable device `device` if it is not there yet.
+    async fn create(
+        &self,
+        ops: &MigOps,
+        device: &str,
+        o: &OwnedInstance,
+    ) -> Result<bool, KubeletError> {
+        let fresh = self.own(device, o.clone())?;
+        let ops = ops.clone();
+        let oc = o.clone();
+        let made = tokio::task::spawn_blocking(move || ops.create(oc.gpu, &oc.profile, oc.start))
+            .await
+            .map_err(|e| KubeletError::Invalid(format!("the create task failed: {e}")))?;
+        match made {
+            Ok(m) => {
+                if m.existed && fresh {
+                    // Not made by this plugin: not ours to destroy.
+                    self.disown(device);
+                }
+                Ok(!m.existed)
+            }
+            Err(e) => {
+                if fresh {
+                    self.disown(device);
+                }
+                Err(e)
+            }
+        }
     }
 
     /// The prepared claims now.
@@ -253,6 +459,37 @@ impl DraPlugin {
     }
 
     async fn prepare(&self, claim: &pb::Claim) -> Result<Vec<pb::Device>, KubeletError> {
+        let _serial = self.serial.lock().await;
+        let mut made = Vec::new();
+        let r = self.prepare_inner(claim, &mut made).await;
+        if r.is_err() {
+            // Leave nothing half-made: destroy what this call created.
+            if let Some(ops) = &self.mig {
+                for (device, o) in made {
+                    let ops = ops.clone();
+                    let oc: OwnedInstance = o;
+                    let d = tokio::task::spawn_blocking(move || {
+                        ops.destroy(oc.gpu, &oc.profile, oc.start)
+                    })
+                    .await;
+                    if matches!(d, Ok(Ok(Destroyed::Gone))) {
+                        self.disown(&device);
+                    } else {
+                        tracing::warn!(
+                            "{device}: rolling back its creation failed; it is reclaimed later"
+                        );
+                    }
+                }
+            }
+        }
+        r
+    }
+
+    async fn prepare_inner(
+        &self,
+        claim: &pb::Claim,
+        made: &mut Vec<(String, OwnedInstance)>,
+    ) -> Result<Vec<pb::Device>, KubeletError> {
         if let Some(done) = self.checkpoint().claims.get(&claim.uid) {
             return Ok(done.devices.iter().map(to_pb).collect());
         }
@@ -281,7 +518,6 @@ impl DraPlugin {
                 claim.namespace, claim.name, self.cfg.driver
             )));
         }
-        let inv = self.inventory.borrow().clone();
         let mut devices: Vec<PreparedDevice> = Vec::new();
         let mut cdi = Vec::new();
         for r in &results {
@@ -291,13 +527,36 @@ impl DraPlugin {
                     r.device, r.pool, self.cfg.node_name
                 )));
             }
-            let dp = dra_device(&inv, &r.device).ok_or_else(|| {
+            let inv = self.inventory.borrow().clone();
+            let mut dp = dra_device(&inv, &r.device);
+            if dp.is_none() {
+                if let (Some(o), Some(ops)) = (placement_of(&inv, &r.device), &self.mig) {
+                    if self.create(ops, &r.device, &o).await? {
+                        made.push((r.device.clone(), o));
+                    }
+                    dp = dra_device(&self.inventory.borrow(), &r.device);
+                }
+            }
+            let dp = dp.ok_or_else(|| {
                 KubeletError::Invalid(format!(
                     "device {} is not on node {} now (its layout changed); the claim must be allocated again",
                     r.device, self.cfg.node_name
                 ))
             })?;
             let edits = names::container_edits(&[&dp], CDI_KIND)?;
+            let nodes = match &self.cfg.dev {
+                Some(roots) => {
+                    let inv = self.inventory.borrow().clone();
+                    let what = slice_devices(&inv, &dp).ok_or_else(|| {
+                        KubeletError::Invalid(format!(
+                            "device {} vanished while it was prepared",
+                            r.device
+                        ))
+                    })?;
+                    roots.rules_for(what)?
+                }
+                None => Vec::new(),
+            };
             let request = r
                 .request
                 .split('/')
@@ -320,14 +579,21 @@ impl DraPlugin {
                 },
                 cdi_ids: vec![format!("{CDI_KIND}={}-{}", claim.uid, r.device)],
             });
-            cdi.push((r.device.clone(), edits.env));
+            cdi.push(CdiDevice {
+                name: r.device.clone(),
+                env: edits.env,
+                nodes,
+            });
         }
         let spec_path = self.cfg.cdi_spec_path(&claim.uid);
-        let spec = serde_json::to_vec_pretty(&cdi_spec(&claim.uid, &cdi)).map_err(|source| {
-            KubeletError::Json {
-                path: spec_path.clone(),
-                source,
-            }
+        let spec = serde_json::to_vec_pretty(&cdi_spec(
+            &claim.uid,
+            &cdi,
+            self.cfg.dev.as_ref().map(|d| d.dev.as_path()),
+        ))
+        .map_err(|source| KubeletError::Json {
+            path: spec_path.clone(),
+            source,
         })?;
         write_atomic(&spec_path, &spec)?;
         let mut cp = self.checkpoint.lock().expect("checkpoint lock");
@@ -346,7 +612,14 @@ impl DraPlugin {
         Ok(devices.iter().map(to_pb).collect())
     }
 
-    fn unprepare(&self, claim: &pb::Claim) -> Result<(), KubeletError> {
+    async fn unprepare(&self, claim: &pb::Claim) -> Result<(), KubeletError> {
+        let _serial = self.serial.lock().await;
+        self.unprepare_inner(claim)?;
+        self.reclaim().await;
+        Ok(())
+    }
+
+    fn unprepare_inner(&self, claim: &pb::Claim) -> Result<(), KubeletError> {
         let spec_path = self.cfg.cdi_spec_path(&claim.uid);
         match std::fs::remove_file(&spec_path) {
             Ok(()) => {}
@@ -489,6 +762,19 @@ fn to_pb(d: &PreparedDevice) -> pb::Device {
     }
 }
 
+/// The partitionable placement a DRA device name stands for, on a GPU with partitions.
+fn placement_of(inv: &NodeInventory, name: &str) -> Option<OwnedInstance> {
+    inv.gpus.iter().find_map(|g| {
+        g.partitions.as_ref()?.placements.iter().find_map(|p| {
+            (names::dra_mig_name(g.index, &p.profile, p.start) == name).then(|| OwnedInstance {
+                gpu: g.index,
+                profile: p.profile.clone(),
+                start: p.start,
+            })
+        })
+    })
+}
+
 /// The device-plugin view of a DRA device name on this node, if it exists now.
 fn dra_device(inv: &NodeInventory, name: &str) -> Option<DpDevice> {
     for g in &inv.gpus {
@@ -574,6 +860,7 @@ impl DraService for DraServer {
             let error = self
                 .0
                 .unprepare(&c)
+                .await
                 .err()
                 .map(|e| e.to_string())
                 .unwrap_or_default();

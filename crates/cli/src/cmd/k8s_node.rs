@@ -15,7 +15,7 @@ use tessera_gpu::{open_backend, BackendSpec, GpuBackend, SimConfig};
 use tessera_k8s::cluster_mode::{ApiClaims, CrdDesired};
 use tessera_kubelet::deviceplugin::{run_device_plugins, DevicePluginConfig};
 use tessera_kubelet::dra::{
-    resource_slices, ClaimReader, DirClaims, DraConfig, DraPlugin, DEFAULT_DRIVER,
+    resource_slices, ClaimReader, DevRoots, DirClaims, DraConfig, DraPlugin, DEFAULT_DRIVER,
 };
 use tessera_kubelet::node::{FileDesired, NodeConfig, NodeRunner, NodeStatus, StatusSink};
 use tessera_kubelet::KubeletError;
@@ -81,6 +81,11 @@ pub struct Args {
     /// Where the DRA plugin writes CDI specs.
     #[arg(long, value_name = "DIR", default_value = "/var/run/cdi")]
     pub cdi_dir: PathBuf,
+    /// The root under which the host's `dev/` and `proc/` are, for the device nodes the DRA
+    /// plugin's CDI specs list (default: `/` with NVML; none with a `sim:` backend, whose
+    /// GPUs have no device nodes, so its specs carry the environment only).
+    #[arg(long, value_name = "DIR")]
+    pub dev_root: Option<PathBuf>,
     /// The CDI kind of the device names device plugins return (`<kind>=<UUID>`).
     #[arg(long, value_name = "KIND", default_value = "nvidia.com/gpu")]
     pub cdi_kind: String,
@@ -218,12 +223,18 @@ pub fn run(a: &Args, ctx: &Ctx) -> Result<ExitCode, CliError> {
                 node_name: a.node_name.clone(),
                 kubelet_dir: a.kubelet_dir.clone(),
                 cdi_dir: a.cdi_dir.clone(),
+                dev: match (&a.dev_root, &a.backend) {
+                    (Some(root), _) => Some(DevRoots::under(root)),
+                    (None, Backend::Sim(_)) => None,
+                    (None, _) => Some(DevRoots::default()),
+                },
             };
             let claims: Arc<dyn ClaimReader> = match &client {
                 Some(c) => Arc::new(ApiClaims(c.clone())),
                 None => Arc::new(DirClaims(a.claims_dir.clone().unwrap_or_default())),
             };
-            let plugin = DraPlugin::new(cfg, claims, inventory.clone())
+            let plugin = DraPlugin::with_mig(cfg, claims, inventory.clone(), runner.mig_ops())
+                .await
                 .map_err(|e| CliError::Other(e.to_string()))?;
             runner.add_holds(plugin.clone());
             tasks.spawn(plugin.serve(stopped(stop_tx.subscribe())));
