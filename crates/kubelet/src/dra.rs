@@ -23,6 +23,7 @@ use tonic::{Request, Response, Status};
 
 use crate::error::KubeletError;
 use crate::inventory::{NodeInventory, Sharing};
+use crate::ledger::{AllocPath, Ledger};
 use crate::names::{self, DpDevice, Slice};
 use crate::node::{Destroyed, Held, HoldSource, MigOps};
 use crate::proto::dra as pb;
@@ -59,6 +60,9 @@ pub struct DraConfig {
     /// environment only (simulated GPUs have no device nodes). A GPU's minor is taken to be
     /// its NVML index, as on ordinary hosts.
     pub dev: Option<DevRoots>,
+    /// The ledger shared with the device plugins (`--mode both`): a device they allocated is
+    /// not prepared, and a prepared one is recorded so they do not allocate it.
+    pub ledger: Option<Arc<Ledger>>,
 }
 
 impl DraConfig {
@@ -138,8 +142,23 @@ pub struct PreparedDevice {
     pub device: String,
     /// The `MIG-…`/`GPU-…` UUID behind it.
     pub uuid: String,
+    /// Its device-plugin device ID (the ledger's key; `GPU-…::mps-<id>` for an MPS share).
+    #[serde(default)]
+    pub id: String,
     /// CDI device IDs returned.
     pub cdi_ids: Vec<String>,
+}
+
+impl PreparedDevice {
+    /// The ledger's key: the device-plugin ID (the UUID in checkpoints written before it was
+    /// recorded).
+    pub fn ledger_id(&self) -> &str {
+        if self.id.is_empty() {
+            &self.uuid
+        } else {
+            &self.id
+        }
+    }
 }
 
 /// One prepared claim, as recorded.
@@ -355,6 +374,16 @@ impl DraPlugin {
         mig: Option<MigOps>,
     ) -> Result<Arc<DraPlugin>, KubeletError> {
         let checkpoint = load_checkpoint(&cfg.checkpoint_path())?;
+        if let Some(l) = &cfg.ledger {
+            for c in checkpoint.claims.values() {
+                let by = format!("claim {}/{}", c.namespace, c.name);
+                for d in &c.devices {
+                    if let Err(e) = l.take(d.ledger_id(), AllocPath::Dra, &by) {
+                        tracing::warn!("{e}");
+                    }
+                }
+            }
+        }
         Ok(Arc::new(DraPlugin {
             cfg,
             claims,
@@ -461,8 +490,14 @@ impl DraPlugin {
     async fn prepare(&self, claim: &pb::Claim) -> Result<Vec<pb::Device>, KubeletError> {
         let _serial = self.serial.lock().await;
         let mut made = Vec::new();
-        let r = self.prepare_inner(claim, &mut made).await;
+        let mut taken = Vec::new();
+        let r = self.prepare_inner(claim, &mut made, &mut taken).await;
         if r.is_err() {
+            if let Some(l) = &self.cfg.ledger {
+                for id in &taken {
+                    l.release(id, AllocPath::Dra);
+                }
+            }
             // Leave nothing half-made: destroy what this call created.
             if let Some(ops) = &self.mig {
                 for (device, o) in made {
@@ -489,6 +524,7 @@ impl DraPlugin {
         &self,
         claim: &pb::Claim,
         made: &mut Vec<(String, OwnedInstance)>,
+        taken: &mut Vec<String>,
     ) -> Result<Vec<pb::Device>, KubeletError> {
         if let Some(done) = self.checkpoint().claims.get(&claim.uid) {
             return Ok(done.devices.iter().map(to_pb).collect());
@@ -543,6 +579,17 @@ impl DraPlugin {
                     r.device, self.cfg.node_name
                 ))
             })?;
+            if let Some(l) = &self.cfg.ledger {
+                let before = l.snapshot();
+                l.take(
+                    &dp.id,
+                    AllocPath::Dra,
+                    &format!("claim {}/{}", claim.namespace, claim.name),
+                )?;
+                if !before.contains_key(&dp.id) {
+                    taken.push(dp.id.clone());
+                }
+            }
             let edits = names::container_edits(&[&dp], CDI_KIND)?;
             let nodes = match &self.cfg.dev {
                 Some(roots) => {
@@ -577,6 +624,7 @@ impl DraPlugin {
                     Slice::Whole { uuid } | Slice::Mig { uuid, .. } => uuid.clone(),
                     Slice::Mps { gpu_uuid, .. } => gpu_uuid.clone(),
                 },
+                id: dp.id.clone(),
                 cdi_ids: vec![format!("{CDI_KIND}={}-{}", claim.uid, r.device)],
             });
             cdi.push(CdiDevice {
@@ -636,6 +684,17 @@ impl DraPlugin {
             if let Err(e) = self.save(&cp) {
                 cp.claims.insert(claim.uid.clone(), old);
                 return Err(e);
+            }
+            if let Some(l) = &self.cfg.ledger {
+                for d in &old.devices {
+                    let still = cp
+                        .claims
+                        .values()
+                        .any(|c| c.devices.iter().any(|x| x.ledger_id() == d.ledger_id()));
+                    if !still {
+                        l.release(d.ledger_id(), AllocPath::Dra);
+                    }
+                }
             }
         }
         Ok(())
@@ -948,6 +1007,7 @@ pub fn resource_slices(
         if let Some(m) = &g.model {
             base.insert("model".to_string(), attr_s(m));
         }
+        let dp_held = |id: &str| inv.allocated.get(id) == Some(&AllocPath::DevicePlugin);
         if let Some(parts) = &g.partitions {
             counter_sets.push(rv1::CounterSet {
                 name: parts.counter_set.clone(),
@@ -959,6 +1019,13 @@ pub fn resource_slices(
             });
             let mut devs = Vec::new();
             for p in &parts.placements {
+                let made = g
+                    .mig
+                    .iter()
+                    .find(|m| m.profile == p.profile && m.start == p.start);
+                if made.is_some_and(|m| dp_held(&m.uuid)) {
+                    continue;
+                }
                 let mut a = base.clone();
                 a.insert("type".into(), attr_s("mig"));
                 a.insert("parentUUID".into(), attr_s(&g.uuid));
@@ -991,6 +1058,7 @@ pub fn resource_slices(
             continue;
         }
         match g.sharing {
+            Sharing::Whole if dp_held(&g.uuid) => {}
             Sharing::Whole => {
                 let mut a = base.clone();
                 a.insert("type".into(), attr_s("gpu"));
@@ -1000,7 +1068,7 @@ pub fn resource_slices(
                 devices.push(device(names::dra_gpu_name(g.index), a, c));
             }
             Sharing::Mig => {
-                for m in &g.mig {
+                for m in g.mig.iter().filter(|m| !dp_held(&m.uuid)) {
                     let mut a = base.clone();
                     a.insert("type".into(), attr_s("mig"));
                     a.insert("uuid".into(), attr_s(&m.uuid));
@@ -1022,7 +1090,11 @@ pub fn resource_slices(
                 }
             }
             Sharing::Mps => {
-                for s in &g.mps {
+                for s in g
+                    .mps
+                    .iter()
+                    .filter(|s| !dp_held(&names::mps_device_id(&g.uuid, s)))
+                {
                     let mut a = base.clone();
                     a.insert("type".into(), attr_s("mps"));
                     a.insert("parentUUID".into(), attr_s(&g.uuid));

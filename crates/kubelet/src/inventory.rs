@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use tessera_gpu::{GpuBackend, GpuError};
 use tessera_model::Catalog;
 
+use crate::ledger::AllocPath;
 use crate::partition::{self, GpuPartitions};
 
 /// Everything the node offers, by GPU index.
@@ -13,6 +14,10 @@ use crate::partition::{self, GpuPartitions};
 pub struct NodeInventory {
     /// The GPUs, by index.
     pub gpus: Vec<InvGpu>,
+    /// In `--mode both`: device ID → the kubelet path that holds it ([`crate::ledger`]); the
+    /// other path does not offer it.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub allocated: std::collections::BTreeMap<String, AllocPath>,
 }
 
 /// How a GPU is shared.
@@ -151,7 +156,10 @@ impl NodeInventory {
             });
         }
         gpus.sort_by_key(|g| g.index);
-        Ok(NodeInventory { gpus })
+        Ok(NodeInventory {
+            gpus,
+            allocated: Default::default(),
+        })
     }
 
     /// Fill in [`InvGpu::partitions`] for every MIG GPU of a catalog model that is not in

@@ -28,6 +28,7 @@ use tokio::sync::watch;
 
 use crate::error::KubeletError;
 use crate::inventory::{MpsShare, NodeInventory};
+use crate::ledger::Ledger;
 use crate::names;
 use crate::proto::podresources as pr;
 use crate::uds;
@@ -327,6 +328,7 @@ struct Shared {
     desired: std::sync::Mutex<DesiredLayout>,
     partitionable: AtomicBool,
     inventory: watch::Sender<NodeInventory>,
+    ledger: std::sync::Mutex<Option<Arc<Ledger>>>,
 }
 
 impl Shared {
@@ -350,6 +352,9 @@ impl Shared {
         if self.partitionable.load(Ordering::SeqCst) {
             let skip: BTreeSet<u32> = desired.gpus.keys().copied().collect();
             inventory.add_partitions(&self.catalog, &skip);
+        }
+        if let Some(l) = self.ledger.lock().ok().and_then(|l| l.clone()) {
+            l.stamp(&mut inventory);
         }
         self.inventory.send_if_modified(|cur| {
             let changed = *cur != inventory;
@@ -402,6 +407,7 @@ impl NodeRunner {
                     desired: std::sync::Mutex::new(DesiredLayout::default()),
                     partitionable: AtomicBool::new(false),
                     inventory: tx,
+                    ledger: std::sync::Mutex::new(None),
                 }),
                 cfg,
                 holds: Vec::new(),
@@ -441,6 +447,16 @@ impl NodeRunner {
         MigOps(self.shared.clone())
     }
 
+    /// Share `ledger` (`--mode both`): the published inventory carries what each kubelet
+    /// path holds, and device-plugin allocations that PodResources no longer lists are
+    /// released at each apply.
+    pub fn set_ledger(&mut self, ledger: Arc<Ledger>) {
+        if let Ok(mut l) = self.shared.ledger.lock() {
+            *l = Some(ledger.clone());
+        }
+        ledger.attach(self.shared.inventory.clone());
+    }
+
     /// Another receiver of the inventory.
     pub fn subscribe(&self) -> watch::Receiver<NodeInventory> {
         self.shared.inventory.subscribe()
@@ -455,10 +471,21 @@ impl NodeRunner {
         }
         // When the kubelet's PodResources socket exists but does not answer, what pods hold is
         // unknown: no instance is removed until it answers (creating is still fine).
+        let listed = self
+            .cfg
+            .kubelet_dir
+            .join("pod-resources")
+            .join("kubelet.sock")
+            .exists();
         let (mut held, unknown) = match pod_resources_held(&self.cfg.kubelet_dir).await {
             Ok(h) => (h, None),
             Err(e) => (Vec::new(), Some(e.to_string())),
         };
+        let ledger = self.shared.ledger.lock().ok().and_then(|l| l.clone());
+        if let (Some(l), true, None) = (&ledger, listed, &unknown) {
+            let ids: BTreeSet<String> = held.iter().map(|h| h.device.clone()).collect();
+            l.release_unlisted(&ids);
+        }
         for h in &self.holds {
             held.extend(h.held());
         }

@@ -66,6 +66,7 @@ fn cfg(dir: &Path) -> DraConfig {
         kubelet_dir: dir.to_path_buf(),
         cdi_dir: dir.join("cdi"),
         dev: host.is_dir().then(|| DevRoots::under(&host)),
+        ledger: None,
     }
 }
 

@@ -94,7 +94,7 @@ fn overlapping_pairs_never_fit_and_every_valid_pair_does() {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(400))]
+    #![proptest_config(ProptestConfig::with_cases(256))]
     /// Any set of placements of any MIG model fits the counters exactly when it is a valid
     /// layout: the scheduler can allocate no combination the GPU cannot hold, and every one
     /// it can.

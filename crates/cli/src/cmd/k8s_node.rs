@@ -17,6 +17,7 @@ use tessera_kubelet::deviceplugin::{run_device_plugins, DevicePluginConfig};
 use tessera_kubelet::dra::{
     resource_slices, ClaimReader, DevRoots, DirClaims, DraConfig, DraPlugin, DEFAULT_DRIVER,
 };
+use tessera_kubelet::ledger::{Ledger, DEFAULT_GRACE as LEDGER_GRACE};
 use tessera_kubelet::node::{FileDesired, NodeConfig, NodeRunner, NodeStatus, StatusSink};
 use tessera_kubelet::KubeletError;
 
@@ -212,6 +213,11 @@ pub fn run(a: &Args, ctx: &Ctx) -> Result<ExitCode, CliError> {
         )
         .map_err(|e| CliError::Other(e.to_string()))?;
         runner.set_partitionable(a.dra_partitionable && a.mode != Mode::DevicePlugin);
+        // Both paths: one allocation ledger, so no slice is handed out through both.
+        let ledger = (a.mode == Mode::Both).then(|| Arc::new(Ledger::new(LEDGER_GRACE)));
+        if let Some(l) = &ledger {
+            runner.set_ledger(l.clone());
+        }
         let (stop_tx, _) = tokio::sync::watch::channel(false);
         let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|s| *s).await;
@@ -228,6 +234,7 @@ pub fn run(a: &Args, ctx: &Ctx) -> Result<ExitCode, CliError> {
                     (None, Backend::Sim(_)) => None,
                     (None, _) => Some(DevRoots::default()),
                 },
+                ledger: ledger.clone(),
             };
             let claims: Arc<dyn ClaimReader> = match &client {
                 Some(c) => Arc::new(ApiClaims(c.clone())),
@@ -242,6 +249,7 @@ pub fn run(a: &Args, ctx: &Ctx) -> Result<ExitCode, CliError> {
         if a.mode != Mode::Dra {
             let mut cfg = DevicePluginConfig::new(&a.kubelet_dir);
             cfg.cdi_kind = a.cdi_kind.clone();
+            cfg.ledger = ledger.clone();
             tasks.spawn(run_device_plugins(
                 cfg,
                 inventory.clone(),
