@@ -3,12 +3,19 @@
 //! - registration: `plugins_registry/<driver>-reg.sock` serves `pluginregistration`
 //!   (`GetInfo` → type `DRAPlugin`, versions `["v1.DRAPlugin"]`);
 //! - service: `plugins/<driver>/dra.sock` serves `DRAPlugin`. `NodePrepareResources` reads
-//!   the claim through a [`ClaimReader`], checks its UID and allocation, writes one CDI spec
-//!   file per claim, records the claim in a checkpoint file (written before answering) and
-//!   answers the CDI device IDs; a claim already in the checkpoint gets the same answer again.
-//!   `NodeUnprepareResources` removes the spec and the record, and answers success for a
-//!   claim it does not know, so both calls are idempotent and Unprepare works after a restart;
-//! - [`resource_slices`]: the pure builder of the node's `ResourceSlice`s.
+//!   the claim through a [`ClaimReader`], checks its UID and allocation, creates the MIG
+//!   instance of a partitionable device that does not exist yet (through the node runner's
+//!   [`MigOps`], recorded as owned in the checkpoint first, rolled back on failure), writes one
+//!   CDI spec file per claim (environment and device nodes), records the claim in a checkpoint
+//!   file (written before answering) and answers the CDI device IDs; a claim already in the
+//!   checkpoint gets the same answer again. `NodeUnprepareResources` removes the spec and the
+//!   record, answers success for a claim it does not know, and destroys the idle owned
+//!   instances no claim holds, so both calls are idempotent and Unprepare works after a
+//!   restart. Instances the plugin did not create are never destroyed;
+//! - with a [`Ledger`] (`--mode both`), a device the device-plugin path holds is refused and a
+//!   prepared one recorded;
+//! - [`resource_slices`]: the pure builder of the node's `ResourceSlice`s, with partitionable
+//!   devices ([`crate::partition`]) for GPUs that have them.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
