@@ -3,7 +3,8 @@
 //! ListAndWatch stream, writes its status, and stops cleanly on SIGTERM; and in cluster mode
 //! against the in-process fake apiserver: it registers its `TesseraNode`, reports into its
 //! status, publishes its ResourceSlice, and a spec change reaches ListAndWatch with no new
-//! registration.
+//! registration; and standalone with partitionable devices: the counter set and placements are
+//! published, and NodePrepareResources creates the claimed instance on the simulated GPU.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -277,6 +278,102 @@ async fn cluster_mode_node_process_registers_reports_and_follows_its_tesseranode
     })
     .await;
     assert_eq!(slice["spec"]["nodeName"], "gpu-1");
+
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    kubelet.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standalone_partitionable_dra_publishes_placements_and_creates_on_prepare() {
+    use tessera_kubelet::proto::dra;
+
+    let tmp = tempfile::tempdir().unwrap();
+    let state = init(tmp.path());
+    let kdir = tmp.path().join("kubelet");
+    let sdir = tmp.path().join("state");
+    let desired = tmp.path().join("desired.yaml");
+    std::fs::write(&desired, "gpus: {}\n").unwrap();
+    let claims = tmp.path().join("claims");
+    std::fs::create_dir_all(claims.join("default")).unwrap();
+    std::fs::write(
+        claims.join("default/c1.yaml"),
+        "apiVersion: resource.k8s.io/v1\nkind: ResourceClaim\n\
+         metadata: {name: c1, namespace: default, uid: uid-1}\n\
+         spec: {}\n\
+         status:\n  allocation:\n    devices:\n      results:\n\
+         \x20       - {driver: gpu.tessera.dev, pool: localhost, device: gpu-0-mig-3g-40gb-4, request: gpu}\n",
+    )
+    .unwrap();
+    let kubelet = FakeKubelet::start(&kdir).await.unwrap();
+    let child = tessera()
+        .args(["k8s", "node", "--mode", "dra", "--dra-partitionable"])
+        .args(["--poll-ms", "50"])
+        .arg("--backend")
+        .arg(format!("sim:{state}"))
+        .arg("--kubelet-dir")
+        .arg(&kdir)
+        .arg("--desired")
+        .arg(&desired)
+        .arg("--claims-dir")
+        .arg(&claims)
+        .arg("--state-dir")
+        .arg(&sdir)
+        .arg("--cdi-dir")
+        .arg(tmp.path().join("cdi"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+
+    // The slices: a counter set and every placement (the full GPU's included).
+    let slices: serde_json::Value = eventually("resourceslices.json", || {
+        std::fs::read(sdir.join("resourceslices.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+    })
+    .await;
+    let text = slices.to_string();
+    assert!(text.contains("\"sharedCounters\"") && text.contains("gpu-0-counters"));
+    assert!(text.contains("gpu-0-mig-7g-80gb-0") && text.contains("gpu-0-mig-3g-40gb-4"));
+
+    // Prepare creates the instance on the simulated GPU.
+    let mut found = Vec::new();
+    let deadline = std::time::Instant::now() + T;
+    while found.is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the DRA plugin never registered"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        found = kubelet.dra_plugins().await.unwrap_or_default();
+    }
+    let r = found[0]
+        .client
+        .node_prepare_resources(dra::NodePrepareResourcesRequest {
+            claims: vec![dra::Claim {
+                namespace: "default".into(),
+                uid: "uid-1".into(),
+                name: "c1".into(),
+            }],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.claims["uid-1"].error, "", "{r:?}");
+    let sim: serde_json::Value = serde_json::from_slice(&std::fs::read(&state).unwrap()).unwrap();
+    assert!(sim.to_string().contains("\"profile\":\"3g.40gb\""), "{sim}");
 
     let killed = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])

@@ -27,6 +27,22 @@ use serde::{Deserialize, Serialize};
 use tessera_model::catalog::MediaKind;
 use tessera_model::{GpuModel, LayoutState, Placed};
 
+/// Whether an apiserver of this version (`/version`'s `major` and `minor`, e.g. `"1"` and
+/// `"36+"`) serves partitionable devices by default: Kubernetes 1.36 and later (beta, on by
+/// default). 1.34/1.35 have them only behind the alpha `DRAPartitionableDevices` gate, so they
+/// get `false`, as does a version that cannot be read.
+pub fn on_by_default(major: &str, minor: &str) -> bool {
+    let num = |s: &str| -> Option<u32> {
+        let digits: String = s.trim().chars().take_while(char::is_ascii_digit).collect();
+        digits.parse().ok()
+    };
+    match (num(major), num(minor)) {
+        (Some(1), Some(m)) => m >= 36,
+        (Some(maj), Some(_)) => maj > 1,
+        _ => false,
+    }
+}
+
 /// One GPU's counter set and its placement devices, in preference order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GpuPartitions {
@@ -197,5 +213,21 @@ pub fn partitions(index: u32, model: &GpuModel, existing: &[(String, u8)]) -> Gp
         counter_set: format!("gpu-{index}-counters"),
         counters: counters(model),
         placements,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partitionable_devices_are_on_by_default_from_1_36() {
+        assert!(!on_by_default("1", "34"));
+        assert!(!on_by_default("1", "35+"));
+        assert!(on_by_default("1", "36"));
+        assert!(on_by_default("1", "37+"));
+        assert!(on_by_default("2", "0"));
+        assert!(!on_by_default("", ""));
+        assert!(!on_by_default("1", "x"));
     }
 }

@@ -35,6 +35,17 @@ pub enum Mode {
     Both,
 }
 
+/// Whether to publish partitionable devices.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Partitionable {
+    /// Never (works with every Kubernetes 1.34+ cluster).
+    Off,
+    /// Always (Kubernetes 1.36+, or 1.34/1.35 with the `DRAPartitionableDevices` gate).
+    On,
+    /// In cluster mode, when the apiserver reports 1.36 or later; off in standalone mode.
+    Auto,
+}
+
 /// `tessera k8s node` flags.
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -76,9 +87,11 @@ pub struct Args {
     /// Publish MIG GPUs that the layout does not list as partitionable devices (KEP-4815,
     /// Kubernetes 1.36+, or 1.34/1.35 with the `DRAPartitionableDevices` gate): one counter set
     /// per GPU and every placement of every profile as a device; the instance is created when
-    /// a claim on it is prepared. Off by default.
-    #[arg(long)]
-    pub dra_partitionable: bool,
+    /// a claim on it is prepared. `off` by default; `--dra-partitionable` alone is `on`;
+    /// `auto` asks the apiserver's version (1.36+).
+    #[arg(long, value_enum, value_name = "WHEN", default_value_t = Partitionable::Off,
+          num_args = 0..=1, default_missing_value = "on")]
+    pub dra_partitionable: Partitionable,
     /// Where the DRA plugin writes CDI specs.
     #[arg(long, value_name = "DIR", default_value = "/var/run/cdi")]
     pub cdi_dir: PathBuf,
@@ -212,7 +225,31 @@ pub fn run(a: &Args, ctx: &Ctx) -> Result<ExitCode, CliError> {
             },
         )
         .map_err(|e| CliError::Other(e.to_string()))?;
-        runner.set_partitionable(a.dra_partitionable && a.mode != Mode::DevicePlugin);
+        let partitionable = match (a.dra_partitionable, &client) {
+            (Partitionable::Off, _) => false,
+            (Partitionable::On, _) => true,
+            (Partitionable::Auto, Some(c)) => match c.apiserver_version().await {
+                Ok(v) => {
+                    let on = tessera_kubelet::partition::on_by_default(&v.major, &v.minor);
+                    eprintln!(
+                        "tessera k8s node: apiserver {}.{}: partitionable devices {}",
+                        v.major,
+                        v.minor,
+                        if on { "on" } else { "off" }
+                    );
+                    on
+                }
+                Err(e) => {
+                    eprintln!("tessera k8s node: cannot read the apiserver's version ({e}); partitionable devices off");
+                    false
+                }
+            },
+            (Partitionable::Auto, None) => {
+                eprintln!("tessera k8s node: standalone mode has no apiserver version to read; partitionable devices off");
+                false
+            }
+        };
+        runner.set_partitionable(partitionable && a.mode != Mode::DevicePlugin);
         // Both paths: one allocation ledger, so no slice is handed out through both.
         let ledger = (a.mode == Mode::Both).then(|| Arc::new(Ledger::new(LEDGER_GRACE)));
         if let Some(l) = &ledger {
