@@ -462,9 +462,9 @@ impl DraPlugin {
         o: &OwnedInstance,
     ) -> Result<bool, KubeletError> {
         let fresh = self.own(device, o.clone())?;
-        let ops = ops.clone();
+        let ops_c = ops.clone();
         let oc = o.clone();
-        let made = tokio::task::spawn_blocking(move || ops.create(oc.gpu, &oc.profile, oc.start))
+        let made = tokio::task::spawn_blocking(move || ops_c.create(oc.gpu, &oc.profile, oc.start))
             .await
             .map_err(|e| KubeletError::Invalid(format!("the create task failed: {e}")))?;
         match made {
@@ -476,7 +476,14 @@ impl DraPlugin {
                 Ok(!m.existed)
             }
             Err(e) => {
-                if fresh {
+                // Keep the record while anything may be left at the placement (e.g. the
+                // backend failed mid-create): it is reclaimed once it can be destroyed.
+                let ops = ops.clone();
+                let oc = o.clone();
+                let left =
+                    tokio::task::spawn_blocking(move || ops.exists(oc.gpu, &oc.profile, oc.start))
+                        .await;
+                if fresh && matches!(left, Ok(Ok(false))) {
                     self.disown(device);
                 }
                 Err(e)

@@ -716,7 +716,11 @@ impl MigOps {
             .map(|i| i.spec())
             .collect();
         let before = specs.clone();
-        specs.push(format!("{profile}@{start}"));
+        let spec = format!("{profile}@{start}");
+        // A GPU instance left there without its compute instance is finished, not doubled.
+        if !specs.contains(&spec) {
+            specs.push(spec);
+        }
         let result = match self.reconcile(&mut hw, gpu, &specs) {
             Ok(None) => Ok(()),
             Ok(Some(refusal)) => Err(KubeletError::Invalid(format!(
@@ -742,6 +746,17 @@ impl MigOps {
             existed: false,
             ..made
         })
+    }
+
+    /// Whether any GPU instance (with or without a compute instance) is at `profile@start`.
+    /// Blocking: call from `spawn_blocking`.
+    pub fn exists(&self, gpu: u32, profile: &str, start: u8) -> Result<bool, KubeletError> {
+        let mut hw = self.0.hw()?;
+        Ok(hw
+            .backend
+            .instances(gpu)?
+            .iter()
+            .any(|i| i.profile == profile && i.start == start))
     }
 
     /// Destroy `profile@start` on `gpu` unless processes run on it (then it is kept and

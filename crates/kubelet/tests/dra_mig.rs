@@ -13,6 +13,7 @@ use k8s_openapi::api::resource::v1 as rv1;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use tessera_agent::journal::MemJournal;
 use tessera_gpu::sim::parse_gpu_list;
+use tessera_gpu::sim::{CrashPlan, CrashPoint};
 use tessera_gpu::{GpuBackend, SimBackend, SimConfig, SimState};
 use tessera_kubelet::dra::{DevRoots, DraConfig, DraPlugin, DraServing, MapClaims, CDI_KIND};
 use tessera_kubelet::node::{DesiredLayout, NodeConfig, NodeRunner};
@@ -136,8 +137,17 @@ struct Node {
 }
 
 async fn start(dir: &Path, kubelet: &FakeKubelet, claims: Arc<MapClaims>) -> Node {
+    start_with(dir, kubelet, claims, SimConfig::default()).await
+}
+
+async fn start_with(
+    dir: &Path,
+    kubelet: &FakeKubelet,
+    claims: Arc<MapClaims>,
+    sim: SimConfig,
+) -> Node {
     let c = Catalog::builtin().clone();
-    let b = SimBackend::open(&dir.join("sim.json"), c.clone(), SimConfig::default()).unwrap();
+    let b = SimBackend::open(&dir.join("sim.json"), c.clone(), sim).unwrap();
     let (mut runner, inv) = NodeRunner::new(
         Box::new(b),
         Box::new(MemJournal::new()),
@@ -408,5 +418,46 @@ async fn the_cdi_spec_lists_the_instances_device_nodes() {
         .collect();
     want.sort();
     assert_eq!(have, want);
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_inside_the_create_fails_the_claim_and_leaves_nothing_half_made() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    init(dir);
+    let kubelet = FakeKubelet::start(dir).await.unwrap();
+    let claims = Arc::new(MapClaims::default());
+    claims.put(claim("c1", "uid-1", "gpu-0-mig-3g-40gb-4"));
+    // The backend dies after the GPU instance exists and before its compute instance does.
+    let crash = SimConfig {
+        crash: Some(CrashPlan {
+            point: Some(CrashPoint::parse("create_gi:after_gi").unwrap()),
+            nth: 1,
+        }),
+        ..SimConfig::default()
+    };
+    let mut node = start_with(dir, &kubelet, claims.clone(), crash).await;
+    let got = node.prepare("c1", "uid-1").await;
+    assert!(!got.error.is_empty() && got.devices.is_empty(), "{got:?}");
+    assert_eq!(
+        instances(dir),
+        ["3g.40gb@4"],
+        "the half-made GPU instance is on the GPU"
+    );
+    let cp = node.plugin.checkpoint();
+    assert!(!cp.claims.contains_key("uid-1"));
+    assert!(
+        cp.owned.contains_key("gpu-0-mig-3g-40gb-4"),
+        "still recorded, so it is reclaimed"
+    );
+    node.stop().await;
+
+    // The next node process reclaims it at start; the claim then prepares normally.
+    let mut node = start(dir, &kubelet, claims).await;
+    assert!(instances(dir).is_empty());
+    assert!(node.plugin.checkpoint().owned.is_empty());
+    assert_eq!(node.prepare("c1", "uid-1").await.error, "");
+    assert_eq!(instances(dir), ["3g.40gb@4"]);
     node.stop().await;
 }
