@@ -1,7 +1,9 @@
 //! Partitionable devices (KEP-4815, `resource.k8s.io/v1`; beta and on by default from
 //! Kubernetes 1.36, alpha in 1.34/1.35): a MIG GPU published as one counter set and one device
 //! per valid placement of every profile, each device consuming the counters its placement
-//! uses, so kube-scheduler itself keeps allocations to layouts the GPU can hold.
+//! uses, so kube-scheduler itself keeps allocations to layouts the GPU can hold. The slices take
+//! the form of 1.35 and later (counter sets in their own slices of the pool); 1.34's alpha form
+//! (counters in the same slice as the devices) is not produced.
 //!
 //! The counters encode the catalog's layout rules ([`GpuModel::validate`]) exactly:
 //! - `memory-slice-<i>` = 1 per memory slice: a placement consumes the slices it covers, so two
@@ -29,8 +31,8 @@ use tessera_model::{GpuModel, LayoutState, Placed};
 
 /// Whether an apiserver of this version (`/version`'s `major` and `minor`, e.g. `"1"` and
 /// `"36+"`) serves partitionable devices by default: Kubernetes 1.36 and later (beta, on by
-/// default). 1.34/1.35 have them only behind the alpha `DRAPartitionableDevices` gate, so they
-/// get `false`, as does a version that cannot be read.
+/// default). 1.35 has them only behind the alpha `DRAPartitionableDevices` gate and 1.34 in an
+/// older form, so they get `false`, as does a version that cannot be read.
 pub fn on_by_default(major: &str, minor: &str) -> bool {
     let num = |s: &str| -> Option<u32> {
         let digits: String = s.trim().chars().take_while(char::is_ascii_digit).collect();

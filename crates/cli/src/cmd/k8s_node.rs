@@ -40,7 +40,7 @@ pub enum Mode {
 pub enum Partitionable {
     /// Never (works with every Kubernetes 1.34+ cluster).
     Off,
-    /// Always (Kubernetes 1.36+, or 1.34/1.35 with the `DRAPartitionableDevices` gate).
+    /// Always (Kubernetes 1.36+, or 1.35 with the `DRAPartitionableDevices` gate).
     On,
     /// In cluster mode, when the apiserver reports 1.36 or later; off in standalone mode.
     Auto,
@@ -85,7 +85,7 @@ pub struct Args {
     #[arg(long, value_name = "NAME", default_value = DEFAULT_DRIVER)]
     pub driver: String,
     /// Publish MIG GPUs that the layout does not list as partitionable devices (KEP-4815,
-    /// Kubernetes 1.36+, or 1.34/1.35 with the `DRAPartitionableDevices` gate): one counter set
+    /// Kubernetes 1.36+, or 1.35 with the `DRAPartitionableDevices` gate): one counter set
     /// per GPU and every placement of every profile as a device; the instance is created when
     /// a claim on it is prepared. `off` by default; `--dra-partitionable` alone is `on`;
     /// `auto` asks the apiserver's version (1.36+).
