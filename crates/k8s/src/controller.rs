@@ -243,6 +243,7 @@ impl Controller {
                         gpus.push(GpuSpec {
                             model: model.key.clone(),
                             mode: GpuMode::Mps,
+                            auto: None,
                             instances: Vec::new(),
                             clients: shares
                                 .iter()
