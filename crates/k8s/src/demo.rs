@@ -95,9 +95,9 @@ impl SimCluster {
     pub async fn new(nodes: usize, gpus: &str, catalog: Catalog) -> Result<SimCluster, DemoError> {
         let server = FakeApiServer::start().await?;
         let client = server.client();
-        let list = parse_gpu_list(gpus).map_err(|detail| DemoError::GpuList {
+        let list = parse_gpu_list(gpus).map_err(|e| DemoError::GpuList {
             spec: gpus.to_string(),
-            detail,
+            detail: e.to_string(),
         })?;
         let mut agents = Vec::new();
         for i in 0..nodes {

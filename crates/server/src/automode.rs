@@ -154,7 +154,7 @@ pub fn choose_modes(
 mod tests {
     use super::*;
     use crate::config::MpsSettings;
-    use crate::sched::{InstanceState, MpsClient};
+    use crate::sched::{InstanceAt, InstanceState, MpsClient};
     use tessera_planner::{GpuMode, ModeBlock};
 
     fn gpu(index: u32, mode: GpuMode, auto: bool) -> GpuState {
@@ -222,9 +222,9 @@ mod tests {
     #[test]
     fn a_busy_or_unswitchable_auto_gpu_is_reported_blocked() {
         let mut busy = gpu(0, GpuMode::Mig, true);
+        let h100 = Catalog::builtin().lookup("h100-80gb").unwrap();
         busy.instances.push(InstanceState {
-            profile: "1g.10gb".into(),
-            start: 0,
+            at: InstanceAt::resolve(h100, "1g.10gb", 0),
             uuid: None,
             lease: Some(9),
             pids: Vec::new(),
