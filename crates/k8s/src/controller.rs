@@ -22,7 +22,10 @@
 //! A node's GPUs come from its status (model, mode, observed instances). A MIG GPU's current
 //! layout is its desired spec layout (the controller's own earlier decision, possibly not yet
 //! applied) plus any busy instance the node observed; instances that are busy or earmarked by
-//! a live pod are `used`. An MPS GPU's clients are the shares earmarked by live pods.
+//! a live pod are `used`. An MPS GPU's clients are the shares earmarked by live pods. The
+//! nodes go to the planner's typed entry point (`plan_typed`: catalog models, placements, pod
+//! `i` as request id `i`); a GPU whose instance is not a placement of its model is left out,
+//! and a pod asking for a profile no GPU of the cluster has waits, without failing the round.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
@@ -36,10 +39,11 @@ use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::Client;
 use serde::Serialize;
 use serde_json::json;
-use tessera_model::Catalog;
+use tessera_model::{Catalog, GpuModel};
+use tessera_planner::typed::{self, Ask, Instance, RequestId, Sharing, Slice};
 use tessera_planner::{
-    AssignedSlice, Assignment, ClusterSpec, GpuMode, GpuSpec, InstanceSpec, MpsClientSpec,
-    NodeSpec, PlanError, PlanOptions, RequestKind, RequestSpec,
+    plan_typed, AssignedSlice, Assignment, MpsClientSpec, Name, PlanError, PlanOptions,
+    RequestKind, RequestSpec,
 };
 use tokio::sync::Notify;
 
@@ -135,8 +139,10 @@ impl Controller {
             }
         }
 
-        // The planner's view of the cluster.
-        let mut cluster = ClusterSpec::default();
+        // The planner's view of the cluster: typed nodes (catalog models, placements), and
+        // per planned node its name and GPUs.
+        let mut problem = typed::Problem::default();
+        let mut node_names: Vec<String> = Vec::new();
         let mut where_: BTreeMap<String, Vec<PlannedGpu>> = BTreeMap::new();
         for n in &nodes {
             let name = n.metadata.name.clone().unwrap_or_default();
@@ -173,12 +179,8 @@ impl Controller {
                                     .collect(),
                             };
                         let mut layout = busy.clone();
-                        let mask_of = |p: &str, s: u8| {
-                            model
-                                .parse_spec(&format!("{p}@{s}"))
-                                .ok()
-                                .map(|pl| model.mask(pl))
-                        };
+                        let placed_of = |p: &str, s: u8| model.parse_spec(&format!("{p}@{s}")).ok();
+                        let mask_of = |p: &str, s: u8| placed_of(p, s).map(|pl| model.mask(pl));
                         let busy_mask: u32 = busy
                             .iter()
                             .filter_map(|(p, s)| mask_of(p, *s))
@@ -200,24 +202,30 @@ impl Controller {
                                 start: *start,
                             })
                             .collect();
-                        let instances = layout
-                            .into_iter()
-                            .map(|(profile, start)| {
-                                let used = busy.contains(&(profile.clone(), start))
-                                    || held_here.is_some_and(|h| {
-                                        h.contains(&EarmarkedSlice::Mig {
-                                            profile: profile.clone(),
-                                            start,
-                                        })
-                                    });
-                                InstanceSpec {
-                                    profile,
-                                    start,
-                                    used,
-                                }
-                            })
-                            .collect();
-                        gpus.push(GpuSpec::mig(&model.key, instances));
+                        let mut instances = Vec::with_capacity(layout.len());
+                        let mut unknown = None;
+                        for (profile, start) in layout {
+                            let Some(placed) = placed_of(&profile, start) else {
+                                unknown = Some(format!("{profile}@{start}"));
+                                break;
+                            };
+                            let busy = busy.contains(&(profile.clone(), start))
+                                || held_here.is_some_and(|h| {
+                                    h.contains(&EarmarkedSlice::Mig {
+                                        profile: profile.clone(),
+                                        start,
+                                    })
+                                });
+                            instances.push(Instance { placed, busy });
+                        }
+                        if let Some(bad) = unknown {
+                            tracing::warn!(node = %name, gpu = g.index, instance = %bad, model = %model.key, "instance is not a placement of the GPU's model; not planned");
+                            continue;
+                        }
+                        gpus.push(typed::Gpu {
+                            model,
+                            sharing: Sharing::mig(instances),
+                        });
                         planned.push(PlannedGpu {
                             index: g.index,
                             mode: SliceMode::Mig,
@@ -240,20 +248,17 @@ impl Controller {
                                 EarmarkedSlice::Mig { .. } => None,
                             })
                             .collect();
-                        gpus.push(GpuSpec {
-                            model: model.key.clone(),
-                            mode: GpuMode::Mps,
-                            auto: None,
-                            instances: Vec::new(),
-                            clients: shares
-                                .iter()
-                                .map(|s| MpsClientSpec {
-                                    memory_mib: s.memory_mib,
-                                    sm_percent: s.sm_percent,
-                                })
-                                .collect(),
-                            replicas: None,
-                            replicas_used: 0,
+                        gpus.push(typed::Gpu {
+                            model,
+                            sharing: Sharing::Mps {
+                                clients: shares
+                                    .iter()
+                                    .map(|s| MpsClientSpec {
+                                        memory_mib: s.memory_mib,
+                                        sm_percent: s.sm_percent,
+                                    })
+                                    .collect(),
+                            },
                         });
                         planned.push(PlannedGpu {
                             index: g.index,
@@ -266,10 +271,8 @@ impl Controller {
                 }
             }
             if !gpus.is_empty() {
-                cluster.nodes.push(NodeSpec {
-                    name: name.clone(),
-                    gpus,
-                });
+                problem.nodes.push(typed::Node { gpus });
+                node_names.push(name.clone());
                 where_.insert(name, planned);
             }
         }
@@ -307,7 +310,7 @@ impl Controller {
         });
         report.waiting = waiting.len();
 
-        if !waiting.is_empty() && !cluster.nodes.is_empty() {
+        if !waiting.is_empty() && !problem.nodes.is_empty() {
             let requests: Vec<RequestSpec> = waiting
                 .iter()
                 .map(|(p, k)| RequestSpec {
@@ -316,7 +319,7 @@ impl Controller {
                     priority: 1,
                 })
                 .collect();
-            let plan = tessera_planner::plan(&self.catalog, &cluster, &requests, &self.opts)?;
+            let plan = plan_round(&mut problem, &node_names, &requests, &self.opts)?;
             let assignments = oldest_first(&requests, &plan.assignments);
             report.unassigned = requests
                 .iter()
@@ -344,7 +347,7 @@ impl Controller {
                 }
             }
             for g in plan.gpus.iter().filter(|g| g.changed()) {
-                touched.insert(g.node.to_string());
+                touched.insert(node_names[g.node].clone());
                 report.operations += g.create.len() + g.destroy.len();
             }
             // Layouts first: an earmark always points into a written layout.
@@ -354,7 +357,10 @@ impl Controller {
                 };
                 let mut layouts = Vec::new();
                 for (i, pg) in planned.iter().enumerate() {
-                    let gp = plan.gpus.iter().find(|g| g.node == *node && g.gpu == i);
+                    let gp = plan
+                        .gpus
+                        .iter()
+                        .find(|g| node_names[g.node] == *node && g.gpu == i);
                     let layout = match pg.mode {
                         SliceMode::Mig => GpuLayout {
                             index: pg.index,
@@ -364,7 +370,7 @@ impl Controller {
                                     g.layout
                                         .iter()
                                         .map(|r| MigInstance {
-                                            profile: r.profile.to_string(),
+                                            profile: g.model.profile(r.profile).name.clone(),
                                             start: r.start,
                                         })
                                         .collect()
@@ -574,6 +580,84 @@ fn slice_ready(nodes: &[TesseraNode], mark: &Earmark) -> bool {
     }
 }
 
+/// A round's plan: the typed outcome's GPUs and its grants as named assignments (the names
+/// the controller writes into annotations).
+struct RoundPlan<'c> {
+    gpus: Vec<typed::GpuOutcome<'c>>,
+    assignments: Vec<Assignment>,
+}
+
+/// The MIG ask of a profile name: on the first GPU model of the cluster that has the profile
+/// (GPUs of other models serve it with their profile of the same name); `None` when no GPU of
+/// the cluster has it (the request waits).
+fn mig_ask<'c>(problem: &typed::Problem<'c>, profile: &str) -> Option<Ask<'c>> {
+    let mut seen: Vec<&GpuModel> = Vec::new();
+    for g in problem.nodes.iter().flat_map(|n| &n.gpus) {
+        if seen.iter().any(|m| std::ptr::eq(*m, g.model)) {
+            continue;
+        }
+        seen.push(g.model);
+        if let Some(p) = g.model.profile_named(profile) {
+            return Some(Ask::Mig {
+                model: g.model,
+                profile: p,
+            });
+        }
+    }
+    None
+}
+
+/// Plan `requests` (request `i` is `RequestId(i)`) on the typed nodes with the planner's typed
+/// entry point; node `k` of the problem is `node_names[k]`.
+fn plan_round<'c>(
+    problem: &mut typed::Problem<'c>,
+    node_names: &[String],
+    requests: &[RequestSpec],
+    opts: &PlanOptions,
+) -> Result<RoundPlan<'c>, PlanError> {
+    problem.requests = requests
+        .iter()
+        .enumerate()
+        .filter_map(|(i, r)| {
+            let ask = match &r.kind {
+                RequestKind::Mig(profile) => mig_ask(problem, profile)?,
+                RequestKind::Mps(m) => Ask::Mps(*m),
+                RequestKind::Timeslice => Ask::Timeslice,
+            };
+            Some(typed::Request {
+                id: RequestId(i as u64),
+                ask,
+                priority: r.priority,
+            })
+        })
+        .collect();
+    let outcome = plan_typed(problem, opts)?;
+    let assignments = outcome
+        .grants
+        .iter()
+        .map(|a| Assignment {
+            request: requests[a.request.0 as usize].id.clone(),
+            node: Name::from(node_names[a.node].as_str()),
+            gpu: a.gpu,
+            slice: match a.slice {
+                Slice::Mig(p) => AssignedSlice::Mig {
+                    profile: Name::from(a.model.profile(p.profile).name.as_str()),
+                    start: p.start,
+                },
+                Slice::Mps(m) => AssignedSlice::Mps {
+                    memory_mib: m.memory_mib,
+                    sm_percent: m.sm_percent,
+                },
+                Slice::Timeslice => AssignedSlice::Timeslice { timeslice: true },
+            },
+        })
+        .collect();
+    Ok(RoundPlan {
+        gpus: outcome.gpus,
+        assignments,
+    })
+}
+
 /// The plan's assignments, with the slices of each kind handed to the oldest requests of that
 /// kind (requests are in age order; same-kind slices are interchangeable).
 fn oldest_first(
@@ -621,6 +705,90 @@ mod tests {
                 start,
             },
         }
+    }
+
+    /// The round plans on the typed path: node and request indices map back to names, a MIG
+    /// slice to its profile name on the GPU's own model; a pod asking for a profile no GPU of
+    /// the cluster has waits instead of failing the round (the file-format planner refused the
+    /// whole input for a profile no catalog model has).
+    #[test]
+    fn a_round_plans_typed_and_an_unknown_profile_only_waits() {
+        let cat = Catalog::builtin();
+        let h100 = cat.get("h100-80gb").unwrap();
+        let a30 = cat.get("a30-24gb").unwrap();
+        let idle = |m: &GpuModel, spec: &str| Instance {
+            placed: m.parse_spec(spec).unwrap(),
+            busy: false,
+        };
+        let mut problem = typed::Problem {
+            nodes: vec![
+                typed::Node {
+                    gpus: vec![typed::Gpu {
+                        model: a30,
+                        sharing: Sharing::mig(vec![idle(a30, "1g.6gb@0")]),
+                    }],
+                },
+                typed::Node {
+                    gpus: vec![
+                        typed::Gpu {
+                            model: h100,
+                            sharing: Sharing::mig(Vec::new()),
+                        },
+                        typed::Gpu {
+                            model: h100,
+                            sharing: Sharing::Mps {
+                                clients: Vec::new(),
+                            },
+                        },
+                    ],
+                },
+            ],
+            requests: Vec::new(),
+        };
+        let names = vec!["a".to_string(), "b".to_string()];
+        let requests = vec![
+            RequestSpec::mig("ns/bogus", "9g.99gb"),
+            RequestSpec::mig("ns/big", "3g.40gb"),
+            RequestSpec::mig("ns/small", "1G.6GB"),
+            RequestSpec::mps("ns/mps", 4096, 20),
+        ];
+        let plan = plan_round(&mut problem, &names, &requests, &PlanOptions::default()).unwrap();
+        let got: BTreeMap<&str, &Assignment> = plan
+            .assignments
+            .iter()
+            .map(|a| (a.request.as_str(), a))
+            .collect();
+        assert!(!got.contains_key("ns/bogus"));
+        assert_eq!(got["ns/big"].node, "b");
+        assert_eq!(got["ns/big"].gpu, 0);
+        assert!(
+            matches!(&got["ns/big"].slice, AssignedSlice::Mig { profile, .. } if profile == "3g.40gb"),
+            "{:?}",
+            got["ns/big"]
+        );
+        // The idle 1g.6gb on the A30 is reused, named as the A30 names it.
+        assert_eq!(got["ns/small"].node, "a");
+        assert_eq!(
+            got["ns/small"].slice,
+            AssignedSlice::Mig {
+                profile: Name::from("1g.6gb"),
+                start: 0
+            }
+        );
+        assert_eq!((got["ns/mps"].node.as_ref(), got["ns/mps"].gpu), ("b", 1));
+        // The file-format planner the controller used before refused the whole round.
+        let cluster = tessera_planner::ClusterSpec {
+            nodes: vec![tessera_planner::NodeSpec {
+                name: "b".into(),
+                gpus: vec![tessera_planner::GpuSpec::mig("h100-80gb", Vec::new())],
+            }],
+        };
+        assert!(
+            tessera_planner::plan(cat, &cluster, &requests[..2], &PlanOptions::default()).is_err()
+        );
+        // The H100's new layout is listed with its node index.
+        let g = plan.gpus.iter().find(|g| g.changed()).unwrap();
+        assert_eq!((names[g.node].as_str(), g.gpu), ("b", 0));
     }
 
     #[test]

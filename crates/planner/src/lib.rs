@@ -45,7 +45,9 @@
 //! [`plan_with_objective`]) is the same planner on the YAML/JSON documents of `tessera plan`; [`plan_explained`] adds why each
 //! waiting request waits ([`Waiting`]); [`check_plan`] verifies any plan
 //! against its input and computes its [`Objective`]; [`gen`] makes seeded inputs; [`quality`]
-//! compares the policies with the optimum.
+//! compares the policies with the optimum. [`incremental`] keeps a planner state between
+//! plans and places single MIG arrivals without reading the whole cluster, exactly as the full
+//! plan would, leaving everything else to [`plan_typed`].
 
 pub mod auto;
 mod check;
@@ -58,6 +60,7 @@ mod firstfit;
 pub mod gen;
 mod holds;
 pub mod ilp;
+pub mod incremental;
 pub mod input;
 mod memo;
 mod mps;
@@ -307,6 +310,16 @@ pub fn plan_with_objective(
     let mut plan = labels.plan(&problem, &sol, opts.policy, opts.only_changed);
     auto::annotate(&mut plan, cluster, &input, &changes);
     Ok((plan, problem.objective(&sol)))
+}
+
+/// The typed problem of the file-format documents (request `i` gets [`typed::RequestId`]`(i)`),
+/// for callers that hold documents but plan on the typed path or with [`incremental`].
+pub fn resolve_typed<'c>(
+    catalog: &'c Catalog,
+    cluster: &'c ClusterSpec,
+    requests: &'c [RequestSpec],
+) -> Result<typed::Problem<'c>, PlanError> {
+    Ok(input::resolve(catalog, cluster, requests)?.0)
 }
 
 /// Plan a typed problem: the planner's own entry point, for callers that hold models,

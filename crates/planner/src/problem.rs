@@ -252,6 +252,19 @@ impl<'a> Problem<'a> {
         let mut mig = Vec::with_capacity(n_gpus);
         let mut mps = Vec::new();
         let mut ts = Vec::new();
+        // Every model first, in first-use order, so that the tables of GPUs with held regions
+        // (pushed while resolving GPUs) come after all the models' tables.
+        let mut seen: Option<&GpuModel> = None;
+        for g in input.nodes.iter().flat_map(|n| &n.gpus) {
+            if seen.is_some_and(|m| std::ptr::eq(m, g.model)) {
+                continue;
+            }
+            seen = Some(g.model);
+            if !models.iter().any(|x| std::ptr::eq(*x, g.model)) {
+                models.push(g.model);
+                tables.push(Tables::new(g.model)?);
+            }
+        }
         // The last model seen: clusters repeat a few models many times.
         let mut last: Option<(&GpuModel, usize)> = None;
         let mut phantom_at = phantoms.iter().peekable();
@@ -265,14 +278,10 @@ impl<'a> Problem<'a> {
                 let mi = match last {
                     Some((m, i)) if std::ptr::eq(m, g.model) => i,
                     _ => {
-                        let i = match models.iter().position(|x| std::ptr::eq(*x, g.model)) {
-                            Some(i) => i,
-                            None => {
-                                models.push(g.model);
-                                tables.push(Tables::new(g.model)?);
-                                models.len() - 1
-                            }
-                        };
+                        let i = models
+                            .iter()
+                            .position(|x| std::ptr::eq(*x, g.model))
+                            .expect("every model was collected above");
                         last = Some((g.model, i));
                         i
                     }

@@ -1,6 +1,6 @@
 //! `tessera bench`: measurements. Each subcommand is its own module: `sharing` in
 //! `bench_sharing.rs` (plus the hidden `tenant` entry point it re-executes), `plan` and
-//! `quality` in `bench_plan.rs`.
+//! `quality` in `bench_plan.rs`, `incremental` in `bench_incremental.rs`.
 
 use std::process::ExitCode;
 
@@ -14,6 +14,9 @@ pub enum BenchCmd {
     /// Planning time and result of one policy on a generated cluster (`--nodes`,
     /// `--gpus-per-node`, `--pending`, `--seed`, `--policy`, `--runs`).
     Plan(super::bench_plan::PlanArgs),
+    /// The incremental planner on a generated cluster: state build time, per-arrival and
+    /// per-departure times, and the full plan of one arrival for comparison.
+    Incremental(super::bench_incremental::Args),
     /// Each planning policy against the exact optimum on random small instances.
     Quality(super::bench_plan::QualityArgs),
     /// Measure what time-slicing, MPS and MIG give each tenant of a GPU, idle and loaded
@@ -28,6 +31,7 @@ pub enum BenchCmd {
 pub fn run(cmd: &BenchCmd, ctx: &Ctx) -> Result<ExitCode, CliError> {
     match cmd {
         BenchCmd::Plan(a) => super::bench_plan::run_plan(a, ctx),
+        BenchCmd::Incremental(a) => super::bench_incremental::run(a, ctx),
         BenchCmd::Quality(a) => super::bench_plan::run_quality(a, ctx),
         BenchCmd::Sharing(a) => super::bench_sharing::run(a, ctx),
         BenchCmd::Tenant => super::bench_sharing::run_tenant(),

@@ -2,6 +2,7 @@
 
 pub mod agent;
 pub mod bench;
+pub mod bench_incremental;
 pub mod bench_plan;
 pub mod bench_sharing;
 pub mod cancel;
