@@ -7,10 +7,12 @@ use std::time::Duration;
 
 use server_common::{block, temp_dir, Daemon};
 
+/// GPU 0 is fixed `mig` (not `auto`, which could become time-sliced): a `share` ask is one no
+/// GPU of this machine can ever serve.
 fn daemon(dir: &std::path::Path) -> Daemon {
     Daemon::start(
         dir,
-        "sim_gpus: h100-80gb:2\ngpus: [{index: 1, mode: mps}]\nscheduler: {tick_ms: 100}\n",
+        "sim_gpus: h100-80gb:2\ngpus: [{index: 0, mode: mig}, {index: 1, mode: mps}]\nscheduler: {tick_ms: 100}\n",
     )
 }
 

@@ -16,7 +16,9 @@ use crate::{Objective, PlanOptions};
 /// every GPU listed once in input order; every final MIG layout valid and keeping every busy
 /// instance at its place; `create`/`destroy` exactly the difference to the current layout; every
 /// assignment on a free instance of the requested profile (or within the MPS limits, or on a free
-/// replica), no slice given twice; `unassigned` the rest, in input order; stats right.
+/// replica), no slice given twice; `unassigned` the rest, in input order; stats right. A planned
+/// mode change is allowed only on an idle `mode: auto` GPU that can switch, from its current
+/// mode; the rest of the plan is then checked against that GPU emptied into its new mode.
 pub fn check_plan(
     catalog: &Catalog,
     cluster: &ClusterSpec,
@@ -24,10 +26,45 @@ pub fn check_plan(
     opts: &PlanOptions,
     plan: &Plan,
 ) -> Result<Objective, Vec<String>> {
-    let (input, _) =
+    let (mut input, _) =
         crate::input::resolve(catalog, cluster, requests).map_err(|e| vec![e.to_string()])?;
-    let p = Problem::new(&input, opts, Some(cluster), &[]).map_err(|e| vec![e.to_string()])?;
     let mut errs = Vec::new();
+    for gp in &plan.gpus {
+        let Some(c) = gp.switches_mode() else {
+            continue;
+        };
+        let place = format!("node `{}` GPU {}", gp.node, gp.gpu);
+        let found = cluster
+            .nodes
+            .iter()
+            .position(|n| n.name == gp.node)
+            .and_then(|n| Some((n, cluster.nodes[n].gpus.get(gp.gpu)?)));
+        let Some((n, spec)) = found else {
+            errs.push(format!("{place}: a mode change on an unknown GPU"));
+            continue;
+        };
+        let sharing = &mut input.nodes[n].gpus[gp.gpu].sharing;
+        let problem = match spec.auto {
+            None => Some("changes the mode of a GPU that is not `mode: auto`"),
+            Some(a) if !a.can_switch => Some("changes the mode of a GPU that cannot switch"),
+            Some(_) if !crate::auto::is_idle(sharing) => {
+                Some("changes the mode of a GPU with work on it")
+            }
+            Some(_) if c.from != spec.mode || c.to != gp.mode || c.from == c.to => {
+                Some("its mode change does not go from its mode to its listed mode")
+            }
+            Some(_) => None,
+        };
+        if let Some(problem) = problem {
+            errs.push(format!("{place}: {problem}"));
+            continue;
+        }
+        *sharing = crate::auto::emptied(c.to, spec.replicas);
+    }
+    if !errs.is_empty() {
+        return Err(errs);
+    }
+    let p = Problem::new(&input, opts, Some(cluster), &[]).map_err(|e| vec![e.to_string()])?;
     if plan.gpus.len() != p.gpus.len() && !opts.only_changed {
         errs.push(format!(
             "the plan lists {} GPUs, the cluster has {}",

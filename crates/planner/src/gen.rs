@@ -132,6 +132,7 @@ pub fn random_gpu(model: &GpuModel, rng: &mut impl Rng, busy: f64, empty: f64) -
         GpuSpec {
             model: model.key.clone(),
             mode: GpuMode::Mps,
+            auto: None,
             instances: Vec::new(),
             clients,
             replicas: None,
@@ -142,6 +143,7 @@ pub fn random_gpu(model: &GpuModel, rng: &mut impl Rng, busy: f64, empty: f64) -
         GpuSpec {
             model: model.key.clone(),
             mode: GpuMode::Timeslice,
+            auto: None,
             instances: Vec::new(),
             clients: Vec::new(),
             replicas: Some(replicas),

@@ -19,6 +19,10 @@
 //!     mode: timeslice
 //!     replicas: 4
 //!     replicas_used: 1
+//!   - model: h100-80gb
+//!     mode: auto               # the planner may choose mig, mps or timeslice while it is idle
+//!     current: mps             # its mode now (default: from the fields given, else mig)
+//!     can_switch: false        # the backend cannot change its mode now (default true)
 //! # requests
 //! requests:
 //! - {id: r1, mig: 1g.5gb}
@@ -113,30 +117,174 @@ impl FromStr for GpuMode {
 }
 
 /// One GPU: its model, mode and current state.
+///
+/// On the wire `mode` may also be `auto` (see [`AutoSpec`]): then `mode` here is the mode the
+/// GPU is in now (the wire's `current`) and `auto` is set.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(try_from = "RawGpu", into = "RawGpu")]
 pub struct GpuSpec {
     /// Catalog key, alias, NVML product name or PCI device ID.
     pub model: String,
-    /// Sharing mode (default `mig`).
-    #[serde(default)]
+    /// Sharing mode now (default `mig`).
     pub mode: GpuMode,
+    /// `mode: auto` on the wire: the planner may give this GPU another mode while it is idle.
+    pub auto: Option<AutoSpec>,
     /// MIG mode: the GPU instances that exist now.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub instances: Vec<InstanceSpec>,
     /// MPS mode: the clients that run now.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub clients: Vec<MpsClientSpec>,
     /// Time-slice mode: replicas offered (default: [`crate::PlanOptions::timeslice_replicas`]).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// An `auto` GPU may give it whatever its mode now: it is what it offers once time-sliced.
     pub replicas: Option<u32>,
     /// Time-slice mode: replicas in use now.
-    #[serde(default, skip_serializing_if = "is_zero")]
     pub replicas_used: u32,
+}
+
+/// What `mode: auto` adds to a GPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AutoSpec {
+    /// Whether its mode can be changed now (the wire's `can_switch`, default `true`): `false`
+    /// where the backend would need a GPU reset, or cannot switch at all. A change the rule
+    /// would make is then reported as blocked instead of planned.
+    pub can_switch: bool,
 }
 
 fn is_zero(v: &u32) -> bool {
     *v == 0
+}
+
+fn is_true(v: &bool) -> bool {
+    *v
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// A GPU's `mode` as written: one of the modes, or `auto`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum ModeWord {
+    #[default]
+    Mig,
+    Mps,
+    Timeslice,
+    Auto,
+}
+
+/// The wire shape of a GPU.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGpu {
+    model: String,
+    #[serde(default)]
+    mode: ModeWord,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    current: Option<GpuMode>,
+    #[serde(default = "default_true", skip_serializing_if = "is_true")]
+    can_switch: bool,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    instances: Vec<InstanceSpec>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    clients: Vec<MpsClientSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    replicas: Option<u32>,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    replicas_used: u32,
+}
+
+/// A GPU entry whose `current` or `can_switch` does not fit its `mode`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GpuShapeError {
+    /// `current` or `can_switch` on a GPU that is not `mode: auto`.
+    #[error("`{field}` is only for `mode: auto` GPUs (this one is `mode: {mode}`); drop it or set `mode: auto`")]
+    AutoOnly {
+        /// The field.
+        field: &'static str,
+        /// The GPU's mode.
+        mode: GpuMode,
+    },
+}
+
+impl TryFrom<RawGpu> for GpuSpec {
+    type Error = GpuShapeError;
+    fn try_from(r: RawGpu) -> Result<Self, GpuShapeError> {
+        let fixed = match r.mode {
+            ModeWord::Mig => Some(GpuMode::Mig),
+            ModeWord::Mps => Some(GpuMode::Mps),
+            ModeWord::Timeslice => Some(GpuMode::Timeslice),
+            ModeWord::Auto => None,
+        };
+        let (mode, auto) = match fixed {
+            Some(mode) => {
+                if r.current.is_some() {
+                    return Err(GpuShapeError::AutoOnly {
+                        field: "current",
+                        mode,
+                    });
+                }
+                if !r.can_switch {
+                    return Err(GpuShapeError::AutoOnly {
+                        field: "can_switch",
+                        mode,
+                    });
+                }
+                (mode, None)
+            }
+            None => {
+                // The mode now: as given, else what the listed slices say, else MIG.
+                let mode = r.current.unwrap_or(if !r.clients.is_empty() {
+                    GpuMode::Mps
+                } else if r.replicas_used > 0 {
+                    GpuMode::Timeslice
+                } else {
+                    GpuMode::Mig
+                });
+                (
+                    mode,
+                    Some(AutoSpec {
+                        can_switch: r.can_switch,
+                    }),
+                )
+            }
+        };
+        Ok(GpuSpec {
+            model: r.model,
+            mode,
+            auto,
+            instances: r.instances,
+            clients: r.clients,
+            replicas: r.replicas,
+            replicas_used: r.replicas_used,
+        })
+    }
+}
+
+impl From<GpuSpec> for RawGpu {
+    fn from(g: GpuSpec) -> Self {
+        let (mode, current, can_switch) = match g.auto {
+            None => (
+                match g.mode {
+                    GpuMode::Mig => ModeWord::Mig,
+                    GpuMode::Mps => ModeWord::Mps,
+                    GpuMode::Timeslice => ModeWord::Timeslice,
+                },
+                None,
+                true,
+            ),
+            Some(a) => (ModeWord::Auto, Some(g.mode), a.can_switch),
+        };
+        RawGpu {
+            model: g.model,
+            mode,
+            current,
+            can_switch,
+            instances: g.instances,
+            clients: g.clients,
+            replicas: g.replicas,
+            replicas_used: g.replicas_used,
+        }
+    }
 }
 
 impl GpuSpec {
@@ -145,6 +293,7 @@ impl GpuSpec {
         GpuSpec {
             model: model.to_string(),
             mode: GpuMode::Mig,
+            auto: None,
             instances,
             clients: Vec::new(),
             replicas: None,
@@ -480,7 +629,10 @@ pub(crate) fn resolve<'c>(
                     g.mode
                 )));
             }
-            if g.mode != GpuMode::Timeslice && (g.replicas.is_some() || g.replicas_used > 0) {
+            // An `auto` GPU may say how many replicas it offers once time-sliced.
+            if g.mode != GpuMode::Timeslice
+                && ((g.replicas.is_some() && g.auto.is_none()) || g.replicas_used > 0)
+            {
                 return Err(bad(format!(
                     "it is in {} mode but sets time-slice replicas; drop `replicas`/`replicas_used` or set `mode: timeslice`",
                     g.mode
@@ -649,6 +801,7 @@ impl Labels<'_> {
                 layout,
                 create,
                 destroy,
+                mode_change: None,
             });
         }
         let stats = p.stats(sol);

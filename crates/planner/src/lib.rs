@@ -4,7 +4,9 @@
 //! ([`gen`]); the same input gives the same [`Plan`] byte for byte.
 //!
 //! # Semantics
-//! - A GPU is in one mode, `mig`, `mps` or `timeslice`; the planner never changes modes.
+//! - A GPU is in one mode, `mig`, `mps` or `timeslice`; the policies never change modes. A GPU
+//!   marked `auto` may be given another mode while idle, by the rule of [`auto`], which plans
+//!   around the policy.
 //! - **MIG**: a request names a profile exactly (`1g.10gb`; names compare without case and
 //!   match any model that has the profile). The plan may destroy idle instances and create new
 //!   ones at exact placements; it never destroys or moves a busy (`used`) instance. A request is
@@ -47,6 +49,7 @@
 //! plans and places single MIG arrivals without reading the whole cluster, exactly as the full
 //! plan would, leaving everything else to [`plan_typed`].
 
+pub mod auto;
 mod check;
 mod columns;
 mod dp;
@@ -76,15 +79,19 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 use tessera_model::Catalog;
 
+pub use auto::{plan_auto, AutoChange, AutoGpu, AutoOutcome};
 pub use check::check_plan;
 pub use error::PlanError;
 pub use explain::{WaitReason, Waiting};
 pub use holds::{choose_hold, same_profile};
 pub use input::{
-    ClusterSpec, GpuMode, GpuSpec, InstanceSpec, MpsClientSpec, MpsRequest, NodeSpec, PlanDocument,
-    RequestKind, RequestShapeError, RequestSpec, RequestsFile, UnknownMode,
+    AutoSpec, ClusterSpec, GpuMode, GpuShapeError, GpuSpec, InstanceSpec, MpsClientSpec,
+    MpsRequest, NodeSpec, PlanDocument, RequestKind, RequestShapeError, RequestSpec, RequestsFile,
+    UnknownMode,
 };
-pub use plan::{AssignedSlice, Assignment, GpuPlan, InstanceRef, Name, Plan, PlanStats};
+pub use plan::{
+    AssignedSlice, Assignment, GpuPlan, InstanceRef, ModeBlock, ModeChange, Name, Plan, PlanStats,
+};
 
 /// A planning algorithm.
 #[derive(
@@ -269,8 +276,25 @@ pub fn plan(
     opts: &PlanOptions,
 ) -> Result<Plan, PlanError> {
     let (input, labels) = input::resolve(catalog, cluster, requests)?;
+    let (input, changes) = with_modes(input, cluster, opts)?;
     let (problem, sol) = solve_input(&input, opts, Some(cluster))?;
-    Ok(labels.plan(&problem, &sol, opts.policy, opts.only_changed))
+    let mut plan = labels.plan(&problem, &sol, opts.policy, opts.only_changed);
+    auto::annotate(&mut plan, cluster, &input, &changes);
+    Ok(plan)
+}
+
+/// The input with the `auto` GPUs' modes chosen (see [`auto`]), and the changes; the input
+/// itself, without any work, when no GPU is `auto`.
+fn with_modes<'c>(
+    input: typed::Problem<'c>,
+    cluster: &ClusterSpec,
+    opts: &PlanOptions,
+) -> Result<(typed::Problem<'c>, Vec<AutoChange>), PlanError> {
+    let list = auto::auto_gpus(cluster);
+    if list.is_empty() {
+        return Ok((input, Vec::new()));
+    }
+    auto::choose(&input, &list, opts, Some(cluster))
 }
 
 /// Plan and also return the objective of the plan (what `bench quality` compares).
@@ -281,11 +305,11 @@ pub fn plan_with_objective(
     opts: &PlanOptions,
 ) -> Result<(Plan, Objective), PlanError> {
     let (input, labels) = input::resolve(catalog, cluster, requests)?;
+    let (input, changes) = with_modes(input, cluster, opts)?;
     let (problem, sol) = solve_input(&input, opts, Some(cluster))?;
-    Ok((
-        labels.plan(&problem, &sol, opts.policy, opts.only_changed),
-        problem.objective(&sol),
-    ))
+    let mut plan = labels.plan(&problem, &sol, opts.policy, opts.only_changed);
+    auto::annotate(&mut plan, cluster, &input, &changes);
+    Ok((plan, problem.objective(&sol)))
 }
 
 /// The typed problem of the file-format documents (request `i` gets [`typed::RequestId`]`(i)`),
@@ -319,11 +343,11 @@ pub fn plan_explained(
     opts: &PlanOptions,
 ) -> Result<(Plan, Vec<Waiting>), PlanError> {
     let (input, labels) = input::resolve(catalog, cluster, requests)?;
+    let (input, changes) = with_modes(input, cluster, opts)?;
     let (problem, sol) = solve_input(&input, opts, Some(cluster))?;
-    Ok((
-        labels.plan(&problem, &sol, opts.policy, opts.only_changed),
-        explain::explain(&problem, &sol, opts.policy, &labels),
-    ))
+    let mut plan = labels.plan(&problem, &sol, opts.policy, opts.only_changed);
+    auto::annotate(&mut plan, cluster, &input, &changes);
+    Ok((plan, explain::explain(&problem, &sol, opts.policy, &labels)))
 }
 
 /// Resolve and solve a typed input: directly, or through the view of its held regions.

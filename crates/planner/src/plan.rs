@@ -166,7 +166,8 @@ pub struct GpuPlan {
     pub gpu: usize,
     /// Catalog key of the model.
     pub model: Name,
-    /// Sharing mode (unchanged by the plan).
+    /// Sharing mode after the plan: the input's, unless `mode_change` is a planned change of
+    /// a `mode: auto` GPU.
     pub mode: GpuMode,
     /// MIG: every instance after the plan, sorted by start (busy ones included).
     pub layout: Vec<InstanceRef>,
@@ -174,12 +175,65 @@ pub struct GpuPlan {
     pub create: Vec<InstanceRef>,
     /// MIG: idle instances to destroy, sorted by start.
     pub destroy: Vec<InstanceRef>,
+    /// A `mode: auto` GPU whose mode the plan changes, or would change but cannot (see
+    /// [`ModeChange::blocked`]); absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode_change: Option<ModeChange>,
+}
+
+/// A mode change of a `mode: auto` GPU (see `docs/mode-auto.md`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModeChange {
+    /// The mode now.
+    pub from: GpuMode,
+    /// The mode the rule chose.
+    pub to: GpuMode,
+    /// Why, in words: which waiting requests it serves.
+    pub reason: String,
+    /// The served priority the change adds to the plan (what it was chosen for).
+    pub gain: u64,
+    /// Set when the change is not made: the plan keeps the GPU in `from` and says why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blocked: Option<ModeBlock>,
+}
+
+/// Why a mode change the rule would make is not made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ModeBlock {
+    /// Work runs on the GPU; a mode changes only while it is idle.
+    Busy,
+    /// The backend cannot change this GPU's mode now (`can_switch: false`: it would need a GPU
+    /// reset, or the GPU cannot switch at all).
+    CannotSwitch,
+}
+
+impl ModeBlock {
+    /// The stable code (`busy`, `cannot-switch`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ModeBlock::Busy => "busy",
+            ModeBlock::CannotSwitch => "cannot-switch",
+        }
+    }
+}
+
+impl fmt::Display for ModeBlock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 impl GpuPlan {
-    /// Whether the plan creates or destroys anything on this GPU.
+    /// Whether the plan creates or destroys anything on this GPU (a mode change is
+    /// [`GpuPlan::mode_change`]).
     pub fn changed(&self) -> bool {
         !self.create.is_empty() || !self.destroy.is_empty()
+    }
+
+    /// The planned (not blocked) mode change, if any.
+    pub fn switches_mode(&self) -> Option<&ModeChange> {
+        self.mode_change.as_ref().filter(|c| c.blocked.is_none())
     }
 }
 

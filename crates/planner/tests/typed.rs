@@ -104,6 +104,7 @@ fn named(o: &Outcome<'_>, c: &ClusterSpec, r: &[RequestSpec], policy: Policy) ->
                 layout: refs(g.model, &g.layout),
                 create: refs(g.model, &g.create),
                 destroy: refs(g.model, &g.destroy),
+                mode_change: None,
             })
             .collect(),
         assignments: o

@@ -11,7 +11,8 @@
 //! http_uid: 0                   # who an HTTP caller with the token acts as (0: sees everything)
 //! web_public: false             # true: the web view's data needs no token (holders shown, commands not)
 //! admins: [1000]                # uids with root's powers over the daemon (see all, cancel, drain)
-//! default_mode: auto            # auto: MIG where the GPU can (and, on NVML, has MIG on), else timeslice
+//! default_mode: auto            # auto: start MIG where the GPU can (on NVML: has MIG on), else timeslice;
+//!                               # then idle GPUs follow what waits (docs/mode-auto.md)
 //! gpus:                         # per-GPU overrides, by NVML index
 //! - {index: 0, mode: mig}
 //! - {index: 1, mode: mps, mps: {reserve_mib: 1024, max_clients: 48, sm_oversubscription: 1.0}}
@@ -59,7 +60,8 @@ pub enum BackendChoice {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ModeChoice {
-    /// MIG where possible, else time-slicing.
+    /// At start MIG where possible, else time-slicing; then, while idle, the mode the waiting
+    /// requests need, chosen by the planner's mode rule (docs/mode-auto.md).
     Auto,
     /// MIG instances.
     Mig,

@@ -359,6 +359,8 @@ mod tests {
             uuid: format!("GPU-{index}"),
             model: m.key.clone(),
             mode: GpuMode::Mig,
+            auto: false,
+            mig_capable: true,
             memory_mib: m.memory_mib().unwrap(),
             mps: MpsSettings::default(),
             replicas: 2,

@@ -5,10 +5,11 @@
 //! creates) `<state dir>/sim-gpus.json`; `auto` tries NVML and falls back to the simulator when
 //! no driver or no GPU is found, saying so in the daemon's first log line.
 //!
-//! Modes: a GPU's configured mode, or for `auto`: MIG when the GPU can do MIG (on NVML: when
-//! its MIG mode is already on, since tessera never switches MIG mode), else time-slicing. The
-//! simulator's GPUs are put in the MIG mode their configured mode needs when the state file is
-//! first created.
+//! Modes: a GPU's configured mode, or for `auto`: at start, MIG when the GPU can do MIG (on
+//! NVML: when its MIG mode is already on, since tessera never switches MIG mode on real GPUs),
+//! else time-slicing; then the scheduler may change an idle `auto` GPU's mode from what waits
+//! ([`Fleet::switch_mode`], docs/mode-auto.md). The simulator's GPUs are put in the MIG mode
+//! their configured mode needs when the state file is first created.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -34,8 +35,12 @@ pub struct GpuFacts {
     pub uuid: String,
     /// Catalog key of its model.
     pub model: String,
-    /// Sharing mode.
+    /// Sharing mode (of an `auto` GPU: the mode it is in now).
     pub mode: GpuMode,
+    /// Configured `mode: auto`: the scheduler may change its mode while it is idle.
+    pub auto: bool,
+    /// The GPU can do MIG (NVML reports a MIG mode for it).
+    pub mig_capable: bool,
     /// Device memory, MiB.
     pub memory_mib: u64,
     /// MPS settings (mode MPS).
@@ -302,6 +307,8 @@ impl Fleet {
                 uuid: info.uuid.clone(),
                 model: model_key,
                 mode,
+                auto: settings.mode == ModeChoice::Auto,
+                mig_capable,
                 memory_mib,
                 mps: settings.mps,
                 replicas: settings.replicas,
@@ -344,6 +351,59 @@ impl Fleet {
                 "simulated GPU {gpu}: MIG mode is {m} after the change"
             )));
         }
+        Ok(())
+    }
+
+    /// Whether the mode of `gpu` may be changed by the daemon now, given what the backend can
+    /// do: MIG mode is switched only where [`Capabilities::switches_mig_mode`] (no reset, no one
+    /// else's work: the simulator); a GPU without MIG changes between MPS and time-slicing
+    /// anywhere. The caller checks that nothing runs on it.
+    pub fn can_switch(&self, gpu: u32) -> bool {
+        self.gpus
+            .get(gpu as usize)
+            .is_some_and(|f| f.auto && (self.caps.switches_mig_mode || !f.mig_capable))
+    }
+
+    /// Whether MIG mode is on now on `gpu` (`false` when the GPU cannot do MIG or the backend
+    /// cannot tell).
+    pub fn mig_on(&mut self, gpu: u32) -> bool {
+        self.backend.mig_mode(gpu).is_ok_and(|m| m.current)
+    }
+
+    /// Change an idle `auto` GPU's mode (the caller checked it is idle and, for MIG, destroyed
+    /// its instances through [`Fleet::apply`] first): stop its MPS daemon when it leaves MPS,
+    /// switch MIG mode on or off when it enters or leaves MIG, start the MPS daemon when it
+    /// enters MPS. Each step is idempotent, so a switch cut short is finished by calling this
+    /// again. Refused, changing nothing, where [`Fleet::can_switch`] is false.
+    pub fn switch_mode(&mut self, gpu: u32, to: GpuMode) -> Result<(), ServerError> {
+        if !self.can_switch(gpu) {
+            return Err(ServerError::fleet(format!(
+                "GPU {gpu}: its mode cannot be changed by the daemon (it is not `mode: auto`, or its MIG mode needs the administrator: `nvidia-smi -i {gpu} -mig 0|1`)"
+            )));
+        }
+        let f = self.gpus[gpu as usize].clone();
+        let target = MpsTarget::gpu(f.index, f.uuid.clone());
+        if to != GpuMode::Mps {
+            self.mps
+                .stop(&target, Some(self.backend.as_mut()))
+                .map_err(|source| ServerError::Mps { gpu, source })?;
+        }
+        if f.mig_capable {
+            let want = to == GpuMode::Mig;
+            let now = self
+                .backend
+                .mig_mode(gpu)
+                .map_err(|e| ServerError::backend("read MIG mode", e))?;
+            if now != MigMode::steady(want) {
+                self.switch_mig(gpu, want)?;
+            }
+        }
+        if to == GpuMode::Mps {
+            self.mps
+                .start(&target, Some(self.backend.as_mut()))
+                .map_err(|source| ServerError::Mps { gpu, source })?;
+        }
+        self.gpus[gpu as usize].mode = to;
         Ok(())
     }
 

@@ -16,7 +16,8 @@
 //! - `scheduler`: the scheduler thread, the executor of the sans-IO core ([`core`]: what a
 //!   pass does, from the observed state and the time), liveness ([`liveness`]) and recovery;
 //! - [`sched`]: the scheduling rule (queue order, reservations against starvation);
-//! - [`fleet`]: the GPUs (NVML or simulated), MPS, layout changes;
+//! - [`fleet`]: the GPUs (NVML or simulated), MPS, layout changes; [`automode`]: which idle
+//!   `mode: auto` GPUs change mode;
 //! - [`isolate`]: a cgroup per lease (device allow-list, whole-tree kill), quarantine;
 //! - [`store`]: SQLite (queue, leases, desired layouts, journal, schema version); [`journal`]:
 //!   the agent's journal in it;
@@ -26,6 +27,7 @@
 //! `tessera demo` (the CLI's `cmd/demo_run.rs`) uses this crate as a library.
 
 pub mod api;
+pub mod automode;
 pub mod config;
 pub mod core;
 pub mod daemon;

@@ -183,7 +183,8 @@ impl GpuState {
             || !self.replicas.is_empty()
     }
 
-    fn usable(&self) -> bool {
+    /// Not drained, healthy, and no change failed on it in this pass.
+    pub fn usable(&self) -> bool {
         !self.drained && self.healthy && !self.failed
     }
 
@@ -426,7 +427,21 @@ pub fn check_feasible(
     ask: &SliceAsk,
     model: Option<&str>,
 ) -> Result<(), Unservable> {
-    let states: Vec<GpuState> = gpus.iter().cloned().map(GpuState::empty).collect();
+    // An `auto` GPU may serve the ask in any mode it could be given (docs/mode-auto.md): it
+    // is tried in each, as copies numbered past the real GPUs.
+    let mut states: Vec<GpuState> = gpus.iter().cloned().map(GpuState::empty).collect();
+    let mut spare = gpus.iter().map(|g| g.index + 1).max().unwrap_or(0);
+    for g in gpus.iter().filter(|g| g.auto) {
+        for mode in [GpuMode::Mig, GpuMode::Mps, GpuMode::Timeslice] {
+            if mode != g.mode && (mode != GpuMode::Mig || g.mig_capable) {
+                let mut other = g.clone();
+                other.mode = mode;
+                other.index = spare;
+                spare += 1;
+                states.push(GpuState::empty(other));
+            }
+        }
+    }
     let w = Waiting {
         id: 0,
         uid: 0,
@@ -537,7 +552,11 @@ fn floor_size(mib: u64) -> String {
 /// A GPU as the planner sees it, with the regions `holds` reserved on it; `None` (with a
 /// warning) when an instance's profile is not one of its model's, since the planner must see
 /// every instance to keep the busy ones.
-fn planner_gpu<'c>(model: &'c GpuModel, g: &GpuState, holds: Vec<Hold>) -> Option<typed::Gpu<'c>> {
+pub(crate) fn planner_gpu<'c>(
+    model: &'c GpuModel,
+    g: &GpuState,
+    holds: Vec<Hold>,
+) -> Option<typed::Gpu<'c>> {
     let sharing = match g.facts.mode {
         GpuMode::Mig => {
             let mut instances = Vec::with_capacity(g.instances.len());
@@ -578,7 +597,7 @@ fn planner_gpu<'c>(model: &'c GpuModel, g: &GpuState, holds: Vec<Hold>) -> Optio
     Some(typed::Gpu { model, sharing })
 }
 
-fn options_for(g: &GpuState) -> PlanOptions {
+pub(crate) fn options_for(g: &GpuState) -> PlanOptions {
     PlanOptions {
         mps_reserve_mib: g.facts.mps.reserve_mib,
         mps_sm_oversubscription: g.facts.mps.sm_oversubscription,
@@ -861,6 +880,8 @@ mod tests {
             uuid: format!("GPU-{index}"),
             model: m.key.clone(),
             mode,
+            auto: false,
+            mig_capable: true,
             memory_mib: m.memory_mib().unwrap(),
             mps: MpsSettings::default(),
             replicas: 2,

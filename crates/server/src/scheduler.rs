@@ -12,6 +12,7 @@ use tessera_gpu::{GpuError, GpuInstance, HeldInstance};
 use tessera_model::Placed;
 use tessera_planner::GpuMode;
 
+use crate::automode;
 use crate::core::{self, PassCore, Verdict};
 use crate::daemon::{api_err, lock, Cmd, Daemon, Inner, Snapshot};
 use crate::error::{ApiError, SchedulerDeath, ServerError};
@@ -156,8 +157,9 @@ impl Scheduler {
                 self.fleet.attach(*gpu, *start, r.pid);
             }
         }
+        self.recover_modes(&active)?;
         for (gpu, specs) in desired {
-            let Some(f) = self.inner().gpus.get(gpu as usize) else {
+            let Some(f) = self.fleet.gpus.get(gpu as usize) else {
                 continue;
             };
             if f.mode != GpuMode::Mig {
@@ -213,6 +215,117 @@ impl Scheduler {
         Ok(())
     }
 
+    /// Finish the mode switches of `auto` GPUs that a stop or crash cut short: a GPU whose
+    /// recorded mode ([`crate::store::Store::set_mode`]) is not the mode it started in is
+    /// switched now, unless leases of the mode it is in hold it.
+    fn recover_modes(&mut self, active: &[RequestRow]) -> Result<(), ServerError> {
+        let modes = lock(&self.inner().store).modes()?;
+        for (gpu, want) in modes {
+            let Some(f) = self.fleet.gpus.get(gpu as usize).cloned() else {
+                continue;
+            };
+            if !f.auto || f.mode == want {
+                continue;
+            }
+            let held = active
+                .iter()
+                .filter(|r| r.state == RequestState::Leased)
+                .filter_map(|r| r.slice.as_ref())
+                .filter(|s| s.gpu() == gpu)
+                .any(|s| slice_mode(s) == f.mode);
+            if held || !self.fleet.can_switch(gpu) {
+                tracing::warn!(
+                    "GPU {gpu}: recorded mode {want} (mode: auto), but it is in {} and {}; leaving it so",
+                    f.mode,
+                    if held { "leases hold it" } else { "the backend cannot switch it" }
+                );
+                continue;
+            }
+            match self.switch_mode(gpu, want) {
+                Ok(()) => tracing::info!("GPU {gpu}: finished the switch to {want} cut short"),
+                Err(e) => tracing::warn!("GPU {gpu}: cannot finish the switch to {want}: {e}"),
+            }
+        }
+        Ok(())
+    }
+
+    /// Switch an idle `auto` GPU to `to`: the mode is recorded first, then MIG instances are
+    /// destroyed through the journal (leaving MIG), then the fleet switches MIG mode and the
+    /// MPS daemon.
+    fn switch_mode(&mut self, gpu: u32, to: GpuMode) -> Result<(), ServerError> {
+        let from = self.fleet.gpus[gpu as usize].mode;
+        lock(&self.inner().store).set_mode(gpu, to)?;
+        if from == GpuMode::Mig {
+            // Also after a crash: the instances may be gone, MIG mode still on.
+            if self.fleet.mig_on(gpu) {
+                self.apply(gpu, &[]).map_err(|e| {
+                    ServerError::fleet(format!(
+                        "GPU {gpu}: cannot remove its idle MIG instances before leaving MIG mode: {e}"
+                    ))
+                })?;
+            }
+        }
+        self.fleet.switch_mode(gpu, to)?;
+        let _ = lock(&self.inner().store).bump("mode_switches", 1);
+        tracing::info!("GPU {gpu}: mode {from} -> {to} (mode: auto)");
+        Ok(())
+    }
+
+    /// The mode rule for `auto` GPUs ([`crate::automode`]): planned changes are made now, on
+    /// idle GPUs, before the core decides; blocked ones are shown on the GPU's status.
+    fn auto_modes(
+        &mut self,
+        active: &[RequestRow],
+        gpus: &mut [GpuState],
+        errors: &mut BTreeMap<u32, String>,
+    ) {
+        if !gpus.iter().any(|g| g.facts.auto) {
+            return;
+        }
+        let now = self.now_ms();
+        let queue: Vec<sched::Waiting> = core::queued_in_order(active)
+            .into_iter()
+            .map(|r| sched::Waiting {
+                id: r.id,
+                uid: r.uid,
+                ask: r.ask.clone(),
+                gpu_model: r.gpu_model.clone(),
+                waited_ms: now.saturating_sub(r.submitted_ms),
+            })
+            .collect();
+        let catalog = self.inner().catalog.clone();
+        let decisions = {
+            let fleet = &self.fleet;
+            automode::choose_modes(&catalog, gpus, &queue, |f| fleet.can_switch(f.index))
+        };
+        for d in decisions {
+            let Some(g) = gpus.iter_mut().find(|g| g.facts.index == d.gpu) else {
+                continue;
+            };
+            let c = &d.change;
+            if let Some(b) = c.blocked {
+                errors.entry(d.gpu).or_insert_with(|| {
+                    format!(
+                        "mode auto: stays {}, not switched to {} ({b}): {}",
+                        c.from, c.to, c.reason
+                    )
+                });
+                continue;
+            }
+            match self.switch_mode(d.gpu, c.to) {
+                Ok(()) => {
+                    g.facts = self.fleet.gpus[d.gpu as usize].clone();
+                    g.instances.clear();
+                }
+                Err(e) => {
+                    tracing::warn!("{e}");
+                    errors.insert(d.gpu, e.to_string());
+                    g.failed = true;
+                }
+            }
+        }
+    }
+
     /// Log a start warning and keep it for [`Daemon::notices`].
     fn notice(&self, text: String) {
         tracing::warn!("{text}");
@@ -229,7 +342,7 @@ impl Scheduler {
                 "its journal holds {journal_rows} record(s) of re-partitions"
             ));
         }
-        for f in self.inner().gpus.clone() {
+        for f in self.fleet.gpus.clone() {
             if f.mode != GpuMode::Mig {
                 continue;
             }
@@ -414,7 +527,8 @@ impl Scheduler {
         let drained = lock(&self.inner().store).drained().unwrap_or_default();
         let health = self.fleet.poll_health();
         let mut out = Vec::new();
-        for f in self.inner().gpus.clone() {
+        // The fleet's facts: an `auto` GPU's mode is the one it is in now.
+        for f in self.fleet.gpus.clone() {
             let mut g = GpuState::empty(f.clone());
             g.drained = drained.contains(&f.index);
             if let Some(tessera_gpu::Health::Unhealthy { xids }) = health.get(&f.index) {
@@ -617,6 +731,7 @@ impl Scheduler {
         let mut errors = BTreeMap::new();
         let mut gpus = self.observe(&active, &mut errors);
         self.hold_quarantined(&mut gpus);
+        self.auto_modes(&active, &mut gpus, &mut errors);
 
         let catalog = self.inner().catalog.clone();
         let settings = self.inner().cfg.scheduler.clone();
@@ -841,5 +956,14 @@ impl Scheduler {
             errors,
             waits,
         };
+    }
+}
+
+/// The mode a leased slice belongs to.
+fn slice_mode(s: &Slice) -> GpuMode {
+    match s {
+        Slice::Mig { .. } => GpuMode::Mig,
+        Slice::Mps { .. } => GpuMode::Mps,
+        Slice::Timeslice { .. } => GpuMode::Timeslice,
     }
 }

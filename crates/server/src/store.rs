@@ -34,6 +34,7 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
+use tessera_planner::GpuMode;
 
 use crate::error::ServerError;
 use crate::wire::{RequestState, Slice, SliceAsk};
@@ -851,6 +852,42 @@ impl Store {
             )
             .map_err(|e| self.err(e))?;
         Ok(())
+    }
+
+    /// Record the mode an `auto` GPU is being switched to, before switching it (like
+    /// [`Store::set_desired`] for layouts): a switch cut short is finished at the next start.
+    /// Kept in `meta` as `gpu_mode.N` (no schema change).
+    pub fn set_mode(&mut self, gpu: u32, mode: GpuMode) -> Result<(), ServerError> {
+        self.conn
+            .execute(
+                "INSERT INTO meta(key, value) VALUES (?1, ?2)
+                 ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                params![format!("gpu_mode.{gpu}"), mode.as_str()],
+            )
+            .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// The recorded modes of `auto` GPUs (see [`Store::set_mode`]), by GPU.
+    pub fn modes(&self) -> Result<BTreeMap<u32, GpuMode>, ServerError> {
+        let rows: Vec<(String, String)> = self.rows(
+            "SELECT key, value FROM meta WHERE substr(key, 1, 9) = 'gpu_mode.' ORDER BY key",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        let mut out = BTreeMap::new();
+        for (key, value) in rows {
+            let bad = || {
+                self.err(format!(
+                    "table `meta`: `{key}` = `{value}` is not a GPU index and a mode (mig, mps, timeslice); the row was written outside tessera. Delete it (`sqlite3 {} \"DELETE FROM meta WHERE key = '{key}'\"`) and start again",
+                    self.path.display()
+                ))
+            };
+            let gpu: u32 = key["gpu_mode.".len()..].parse().map_err(|_| bad())?;
+            let mode: GpuMode = value.parse().map_err(|_| bad())?;
+            out.insert(gpu, mode);
+        }
+        Ok(out)
     }
 
     /// Drain or undrain a GPU.

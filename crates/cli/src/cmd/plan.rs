@@ -142,6 +142,22 @@ fn spec_list(list: &[InstanceRef]) -> String {
 /// The plan for people: each changed GPU before and after, the assignments, what waits and why.
 pub fn render(ctx: &Ctx, cluster: &ClusterSpec, p: &Plan, waiting: &[Waiting]) -> String {
     let mut out = String::new();
+    for g in &p.gpus {
+        let Some(c) = &g.mode_change else { continue };
+        match c.blocked {
+            None => out.push_str(&format!(
+                "{} GPU {} ({}): mode {} -> {}: {}\n",
+                g.node, g.gpu, g.model, c.from, c.to, c.reason
+            )),
+            Some(b) => out.push_str(&format!(
+                "{} GPU {} ({}): stays {}, not switched to {} ({b}): {}\n",
+                g.node, g.gpu, g.model, c.from, c.to, c.reason
+            )),
+        }
+    }
+    if p.gpus.iter().any(|g| g.mode_change.is_some()) {
+        out.push('\n');
+    }
     for g in p.changed_gpus() {
         let Some(node) = cluster.nodes.iter().find(|n| n.name == g.node) else {
             continue;
@@ -279,6 +295,47 @@ mod tests {
         assert_eq!(
             serde_yaml_ng::to_string(&out).unwrap(),
             serde_yaml_ng::to_string(&p).unwrap()
+        );
+    }
+
+    /// A `mode: auto` GPU's change is printed first, with its reason, planned or blocked.
+    #[test]
+    fn the_table_says_which_auto_gpu_changes_mode_and_why() {
+        let doc = tessera_planner::PlanDocument::from_str_any(
+            "nodes:
+- name: a
+  gpus:
+  - {model: h100-80gb, mode: auto}
+  - {model: a30-24gb, mode: auto, current: mps, clients: [{memory_mib: 1000, sm_percent: 10}]}
+requests:
+- {id: m1, mps: {memory_mib: 30000, sm_percent: 50}}
+- {id: r1, mig: 1g.6gb}
+",
+        )
+        .unwrap();
+        let (cluster, requests) = doc.into_parts();
+        let requests = requests.unwrap();
+        let (p, waiting) = plan_explained(
+            Catalog::builtin(),
+            &cluster,
+            &requests,
+            &PlanOptions::default(),
+        )
+        .unwrap();
+        let ctx = Ctx {
+            catalog: Catalog::builtin().clone(),
+            output: crate::output::Format::Table,
+        };
+        let text = render(&ctx, &cluster, &p, &waiting);
+        assert!(
+            text.starts_with(
+                "a GPU 0 (h100-80gb): mode mig -> mps: idle, and 1 waiting request(s) ask for mps"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("a GPU 1 (a30-24gb): stays mps, not switched to mig (busy): "),
+            "{text}"
         );
     }
 }
