@@ -49,6 +49,8 @@ fn small_demo_reports_its_summary_as_json() {
         "busy_destroyed",
         "repartitions",
         "mean_wait_s",
+        "kubelet_registrations",
+        "allocate_calls",
     ] {
         assert!(v.get(k).is_some(), "missing {k}: {v}");
     }
@@ -56,6 +58,9 @@ fn small_demo_reports_its_summary_as_json() {
     assert_eq!(v["busy_destroyed"], 0);
     assert_eq!(v["unschedulable"], 1, "only the A100-only pod: {v}");
     assert_eq!(v["bound"], 40);
+    // Every bound pod went through its node's device plugin.
+    assert_eq!(v["allocate_calls"], 40);
+    assert_eq!(v["plugin_reregistrations"], 0);
 }
 
 #[test]

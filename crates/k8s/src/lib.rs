@@ -9,6 +9,7 @@ pub mod controller;
 pub mod crd;
 pub mod demo;
 pub mod fake;
+pub mod kubelet_cluster;
 pub mod lease;
 pub mod node;
 pub mod pods;

@@ -1,6 +1,7 @@
 //! `tessera k8s`: tessera on Kubernetes — `crd` prints the `TesseraNode` CRD, `controller`
 //! runs the controller (leader election on a Lease), `demo` runs the whole cluster in-process
-//! on simulated GPUs (fake apiserver, controller, node agents), `node` is the per-node process
+//! on simulated GPUs (fake apiserver, controller, node runners and device plugins with a fake
+//! kubelet each), `node` is the per-node process
 //! (`cmd/k8s_node.rs`).
 
 use std::process::ExitCode;
@@ -20,7 +21,9 @@ pub enum K8sCmd {
     Crd,
     /// Run the cluster controller: plan slices for gated pods, write each node's layout.
     Controller(ControllerArgs),
-    /// The whole cluster in one process on simulated GPUs with a scripted mix of pods.
+    /// The whole cluster in one process on simulated GPUs with a scripted mix of pods: fake
+    /// apiserver, controller, and per node the node runner and device plugins talking to a fake
+    /// kubelet over Unix sockets.
     Demo(DemoArgs),
     /// The per-node process (privileged DaemonSet): carves the node's slices and serves them to
     /// the kubelet (DRA and/or device plugins); standalone with --desired FILE, otherwise
@@ -174,6 +177,18 @@ fn summary_text(s: &DemoSummary) -> String {
             format!("{:.1}s (cycles of {:.0}s)", s.mean_wait_s, s.tick_s),
         ),
         ("longest wait", format!("{:.1}s", s.max_wait_s)),
+        (
+            "kubelet registrations",
+            format!(
+                "{} ({} again)",
+                s.kubelet_registrations, s.plugin_reregistrations
+            ),
+        ),
+        ("Allocate calls", s.allocate_calls.to_string()),
+        (
+            "ListAndWatch updates read",
+            s.list_and_watch_updates.to_string(),
+        ),
     ];
     for (k, v) in rows {
         t.add_row(vec![k.to_string(), v]);
