@@ -565,7 +565,9 @@ impl KubeletCluster {
                 .patch_status(
                     &name,
                     &PatchParams::default(),
-                    &Patch::Merge(json!({"status": {"phase": "Running"}})),
+                    &Patch::Merge(
+                        json!({"status": {"phase": "Running", "startTime": self.server.now()}}),
+                    ),
                 )
                 .await?;
             self.running.insert(
