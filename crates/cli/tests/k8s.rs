@@ -121,3 +121,27 @@ fn node_without_desired_is_cluster_mode_and_says_how_to_reach_the_cluster() {
     assert!(err.contains("cluster mode (no --desired)"), "{err}");
     assert!(err.contains("--desired FILE"), "{err}");
 }
+
+#[test]
+fn controller_web_view_needs_a_token_or_public() {
+    let out = tessera(&["k8s", "controller", "--listen", "127.0.0.1:0"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--web-token-file") && err.contains("--web-public"),
+        "{err}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let empty = dir.path().join("token");
+    std::fs::write(&empty, "\n").unwrap();
+    let out = tessera(&[
+        "k8s",
+        "controller",
+        "--listen",
+        "127.0.0.1:0",
+        "--web-token-file",
+        empty.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("the file is empty"));
+}

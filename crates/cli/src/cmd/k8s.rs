@@ -162,7 +162,7 @@ fn controller(a: &ControllerArgs, ctx: &Ctx) -> Result<ExitCode, CliError> {
                 let listener = tokio::net::TcpListener::bind(addr)
                     .await
                     .map_err(|e| CliError::Other(format!("--listen {addr}: cannot listen: {e}")))?;
-                tracing::info!("web view on http://{addr}/");
+                eprintln!("tessera k8s controller: web view on http://{addr}/");
                 let state = WebState::new(
                     client.clone(),
                     ctx.catalog.clone(),
@@ -199,8 +199,8 @@ fn controller(a: &ControllerArgs, ctx: &Ctx) -> Result<ExitCode, CliError> {
         drop(stop_rx);
         if let Some(w) = web {
             match w.await {
-                Ok(Err(e)) => tracing::warn!("web view: {e}"),
-                Err(e) => tracing::warn!("web view task: {e}"),
+                Ok(Err(e)) => eprintln!("tessera k8s controller: web view: {e}"),
+                Err(e) => eprintln!("tessera k8s controller: web view task: {e}"),
                 Ok(Ok(())) => {}
             }
         }
