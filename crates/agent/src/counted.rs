@@ -154,7 +154,7 @@ pub struct TargetGpu {
 
 /// Why a counted configuration cannot be turned into layouts. Each names the config (or nos
 /// model and geometry), the device and the profile where one is involved.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 pub enum DesiredError {
     /// The text is not YAML/JSON of any known shape.
     #[error("{format}: {message}")]
@@ -164,6 +164,9 @@ pub enum DesiredError {
         /// What is wrong.
         message: String,
     },
+    /// A file of explicit layouts (`gpus:`) that is malformed.
+    #[error("desired-state file: {0}")]
+    Layouts(#[from] crate::desired::LayoutsError),
     /// A mig-parted file, but no `--select`.
     #[error("this is a mig-parted config file: choose a config with --select NAME (configs: {})", configs.join(", "))]
     NoSelect {
@@ -328,12 +331,7 @@ pub fn read_desired(text: &str) -> Result<DesiredDoc, DesiredError> {
             return read_nos(doc);
         }
     }
-    crate::parse_desired(text)
-        .map(DesiredDoc::Layouts)
-        .map_err(|message| DesiredError::Parse {
-            format: "desired-state file",
-            message,
-        })
+    Ok(DesiredDoc::Layouts(crate::parse_desired(text)?))
 }
 
 fn read_parted(map: &serde_yaml_ng::Mapping) -> Result<DesiredDoc, DesiredError> {
@@ -908,8 +906,8 @@ mod tests {
         assert!(got.values().all(Vec::is_empty) && got.len() == 3);
         // Deterministic: the same input, the same layouts.
         assert_eq!(
-            select(PARTED, "mixed", &machine()),
-            select(PARTED, "mixed", &machine())
+            select(PARTED, "mixed", &machine()).unwrap(),
+            select(PARTED, "mixed", &machine()).unwrap()
         );
     }
 

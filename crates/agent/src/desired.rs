@@ -17,32 +17,82 @@ use serde_yaml_ng::Value;
 /// The desired-file format version this build reads.
 pub const DESIRED_VERSION: u64 = 1;
 
+/// The shape a desired-state file must have, for messages.
+const SHAPE: &str = "expected `gpus:` mapping GPU indices to lists of PROFILE@START, e.g. `gpus: {0: [3g.40gb@0, 2g.20gb@4]}`";
+
+/// Why a desired-state file (`gpus:` layouts) cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub enum LayoutsError {
+    /// The text is not YAML or JSON.
+    #[error("not YAML/JSON: {0}")]
+    NotYaml(#[source] serde_yaml_ng::Error),
+    /// The document or its `gpus` entry is not a mapping.
+    #[error("{SHAPE}")]
+    Shape,
+    /// A top-level key other than `version` and `gpus`.
+    #[error("unknown key `{key}`; {SHAPE}")]
+    UnknownKey {
+        /// The key, as YAML.
+        key: String,
+    },
+    /// `version` is not a number.
+    #[error("`version` must be a number")]
+    VersionNotNumber,
+    /// `version` names a format this build does not read.
+    #[error("desired-state version {found} is not supported (this build reads version {DESIRED_VERSION})")]
+    Version {
+        /// The version in the file.
+        found: u64,
+    },
+    /// A key of `gpus` is not a GPU index.
+    #[error("GPU key `{key}` is not a GPU index; {SHAPE}")]
+    GpuKey {
+        /// The key, as YAML.
+        key: String,
+    },
+    /// A GPU's entry is neither a list nor empty.
+    #[error("GPU {gpu}: {SHAPE}")]
+    GpuShape {
+        /// The GPU index.
+        gpu: u32,
+    },
+    /// An item of a GPU's list is not a string.
+    #[error("GPU {gpu}: `{item}` is not a PROFILE@START string")]
+    NotSpec {
+        /// The GPU index.
+        gpu: u32,
+        /// The item, as YAML.
+        item: String,
+    },
+    /// The same GPU index appears twice (e.g. `0` and `"0"`).
+    #[error("GPU {gpu} is listed twice")]
+    Twice {
+        /// The GPU index.
+        gpu: u32,
+    },
+}
+
 /// Parse a desired-state file into `GPU index → PROFILE@START specs`. Errors say what is
 /// wrong and show the expected shape.
-pub fn parse_desired(text: &str) -> Result<BTreeMap<u32, Vec<String>>, String> {
-    const SHAPE: &str = "expected `gpus:` mapping GPU indices to lists of PROFILE@START, e.g. `gpus: {0: [3g.40gb@0, 2g.20gb@4]}`";
-    let doc: Value = serde_yaml_ng::from_str(text).map_err(|e| format!("not YAML/JSON: {e}"))?;
-    let map = doc.as_mapping().ok_or_else(|| SHAPE.to_string())?;
+pub fn parse_desired(text: &str) -> Result<BTreeMap<u32, Vec<String>>, LayoutsError> {
+    let doc: Value = serde_yaml_ng::from_str(text).map_err(LayoutsError::NotYaml)?;
+    let map = doc.as_mapping().ok_or(LayoutsError::Shape)?;
     for (k, _) in map {
         match k.as_str() {
             Some("version") | Some("gpus") => {}
-            _ => return Err(format!("unknown key `{}`; {SHAPE}", show(k))),
+            _ => return Err(LayoutsError::UnknownKey { key: show(k) }),
         }
     }
     if let Some(v) = map.get("version") {
-        let n = v
-            .as_u64()
-            .ok_or_else(|| "`version` must be a number".to_string())?;
+        let n = v.as_u64().ok_or(LayoutsError::VersionNotNumber)?;
         if n != DESIRED_VERSION {
-            return Err(format!(
-                "desired-state version {n} is not supported (this build reads version {DESIRED_VERSION})"
-            ));
+            return Err(LayoutsError::Version { found: n });
         }
     }
     let gpus = map
         .get("gpus")
         .and_then(Value::as_mapping)
-        .ok_or_else(|| SHAPE.to_string())?;
+        .ok_or(LayoutsError::Shape)?;
     let mut out = BTreeMap::new();
     for (k, v) in gpus {
         let idx: u32 = match k {
@@ -50,21 +100,24 @@ pub fn parse_desired(text: &str) -> Result<BTreeMap<u32, Vec<String>>, String> {
             Value::String(s) => s.trim().parse().ok(),
             _ => None,
         }
-        .ok_or_else(|| format!("GPU key `{}` is not a GPU index; {SHAPE}", show(k)))?;
+        .ok_or_else(|| LayoutsError::GpuKey { key: show(k) })?;
         let list = match v {
             Value::Null => Vec::new(),
             Value::Sequence(items) => items
                 .iter()
                 .map(|i| {
-                    i.as_str().map(str::to_string).ok_or_else(|| {
-                        format!("GPU {idx}: `{}` is not a PROFILE@START string", show(i))
-                    })
+                    i.as_str()
+                        .map(str::to_string)
+                        .ok_or_else(|| LayoutsError::NotSpec {
+                            gpu: idx,
+                            item: show(i),
+                        })
                 })
                 .collect::<Result<Vec<_>, _>>()?,
-            _ => return Err(format!("GPU {idx}: {SHAPE}")),
+            _ => return Err(LayoutsError::GpuShape { gpu: idx }),
         };
         if out.insert(idx, list).is_some() {
-            return Err(format!("GPU {idx} is listed twice"));
+            return Err(LayoutsError::Twice { gpu: idx });
         }
     }
     Ok(out)
@@ -92,16 +145,26 @@ mod tests {
 
     #[test]
     fn mistakes_are_named() {
-        assert!(parse_desired("gpus: {x: []}").unwrap_err().contains("`x`"));
-        assert!(parse_desired("gpu: {0: []}")
-            .unwrap_err()
+        let err = |text: &str| parse_desired(text).unwrap_err();
+        assert!(err("gpus: {x: []}").to_string().contains("`x`"));
+        assert!(err("gpu: {0: []}")
+            .to_string()
             .contains("unknown key `gpu`"));
-        assert!(parse_desired("version: 2\ngpus: {}")
-            .unwrap_err()
+        assert!(matches!(
+            err("version: 2\ngpus: {}"),
+            LayoutsError::Version { found: 2 }
+        ));
+        assert!(err("version: 2\ngpus: {}")
+            .to_string()
             .contains("version 2"));
-        assert!(parse_desired("gpus: {0: [3]}")
-            .unwrap_err()
-            .contains("PROFILE@START"));
-        assert!(parse_desired("[").is_err());
+        assert!(err("gpus: {0: [3]}").to_string().contains("PROFILE@START"));
+        assert!(matches!(
+            err("gpus: {0: [3]}"),
+            LayoutsError::NotSpec { gpu: 0, .. }
+        ));
+        // The YAML parser's error is kept as the cause.
+        let e = err("[");
+        assert!(matches!(e, LayoutsError::NotYaml(_)));
+        assert!(std::error::Error::source(&e).is_some());
     }
 }

@@ -22,7 +22,7 @@ pub mod plan;
 pub mod reconcile;
 
 pub use counted::{read_desired, resolve, DesiredDoc, DesiredError, TargetGpu};
-pub use desired::parse_desired;
+pub use desired::{parse_desired, LayoutsError};
 pub use journal::{
     dangling, Entry, EntryKind, FileJournal, Journal, JournalError, MemJournal, Outcome,
 };

@@ -34,9 +34,9 @@ const PEAK: RGBColor = RGBColor(200, 40, 40);
 /// Draw the chart of `workload` into `path` (PNG, 1000×560).
 pub fn draw(report: &Report, workload: Workload, path: &Path) -> Result<(), BenchError> {
     ensure_font();
-    let err = |e: String| BenchError::Chart {
+    let err = |source: Box<dyn std::error::Error + Send + Sync>| BenchError::Chart {
         path: path.to_path_buf(),
-        message: e,
+        source,
     };
     let cells: Vec<_> = report
         .modes
@@ -56,7 +56,7 @@ pub fn draw(report: &Report, workload: Workload, path: &Path) -> Result<(), Benc
     let groups = cells.len().max(1) as f64;
 
     let root = BitMapBackend::new(path, (1000, 560)).into_drawing_area();
-    root.fill(&WHITE).map_err(|e| err(e.to_string()))?;
+    root.fill(&WHITE).map_err(|e| err(Box::new(e)))?;
     let title = format!(
         "{} ({}) on {}, {} tenants",
         workload.title(),
@@ -70,7 +70,7 @@ pub fn draw(report: &Report, workload: Workload, path: &Path) -> Result<(), Benc
         .x_label_area_size(36)
         .y_label_area_size(90)
         .build_cartesian_2d(0f64..groups, 0f64..y_max)
-        .map_err(|e| err(e.to_string()))?;
+        .map_err(|e| err(Box::new(e)))?;
     chart
         .configure_mesh()
         .disable_x_mesh()
@@ -81,7 +81,7 @@ pub fn draw(report: &Report, workload: Workload, path: &Path) -> Result<(), Benc
         .y_label_formatter(&|v| sig3(*v))
         .label_style(("sans-serif", 15))
         .draw()
-        .map_err(|e| err(e.to_string()))?;
+        .map_err(|e| err(Box::new(e)))?;
 
     let series: [(&str, RGBColor, usize); 3] = [
         ("idle (one tenant alone)", IDLE, 0),
@@ -103,7 +103,7 @@ pub fn draw(report: &Report, workload: Workload, path: &Path) -> Result<(), Benc
                 bars.iter()
                     .map(|&(x, v)| Rectangle::new([(x, 0.0), (x + bar_w, v)], color.filled())),
             )
-            .map_err(|e| err(e.to_string()))?
+            .map_err(|e| err(Box::new(e)))?
             .label(label)
             .legend(move |(x, y)| Rectangle::new([(x, y - 6), (x + 14, y + 6)], color.filled()));
         chart
@@ -123,7 +123,7 @@ pub fn draw(report: &Report, workload: Workload, path: &Path) -> Result<(), Benc
                     ),
                 )
             }))
-            .map_err(|e| err(e.to_string()))?;
+            .map_err(|e| err(Box::new(e)))?;
     }
     if let Some(p) = peak {
         chart
@@ -133,7 +133,7 @@ pub fn draw(report: &Report, workload: Workload, path: &Path) -> Result<(), Benc
                 5,
                 PEAK.stroke_width(2),
             ))
-            .map_err(|e| err(e.to_string()))?
+            .map_err(|e| err(Box::new(e)))?
             .label(format!("spec-sheet peak {} {unit}", sig3(p)))
             .legend(|(x, y)| PathElement::new([(x, y), (x + 14, y)], PEAK.stroke_width(2)));
     }
@@ -144,7 +144,7 @@ pub fn draw(report: &Report, workload: Workload, path: &Path) -> Result<(), Benc
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK)
         .draw()
-        .map_err(|e| err(e.to_string()))?;
+        .map_err(|e| err(Box::new(e)))?;
     // Mode names under each group, in pixel space below the x axis.
     for (g, c) in cells.iter().enumerate() {
         let (px, py) = chart.backend_coord(&(g as f64 + 0.5, 0.0));
@@ -158,8 +158,8 @@ pub fn draw(report: &Report, workload: Workload, path: &Path) -> Result<(), Benc
                 ),
             ),
         ))
-        .map_err(|e| err(e.to_string()))?;
+        .map_err(|e| err(Box::new(e)))?;
     }
-    root.present().map_err(|e| err(e.to_string()))?;
+    root.present().map_err(|e| err(Box::new(e)))?;
     Ok(())
 }

@@ -97,12 +97,13 @@ pub enum BenchError {
     #[error("interrupted: tenant processes stopped, MPS daemon (if any) stopped and GPU settings restored")]
     Interrupted,
     /// A chart could not be drawn.
-    #[error("chart {path}: {message}")]
+    #[error("chart {path}: {source}")]
     Chart {
         /// The PNG file.
         path: PathBuf,
         /// What plotters reported.
-        message: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
 }
 

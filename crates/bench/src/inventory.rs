@@ -123,28 +123,43 @@ pub fn parse_states(text: &str) -> BTreeMap<u32, GpuState> {
     out
 }
 
-fn nvidia_smi(args: &[&str]) -> Result<String, String> {
+/// Why `nvidia-smi` could not be asked.
+#[derive(Debug, thiserror::Error)]
+pub enum SmiError {
+    /// The program could not be started (not installed, not on `PATH`).
+    #[error("cannot run nvidia-smi: {0}")]
+    Spawn(#[source] std::io::Error),
+    /// It ran and failed.
+    #[error("nvidia-smi {args} failed: {stderr}")]
+    Failed {
+        /// The arguments, joined by spaces.
+        args: String,
+        /// Its standard error, trimmed.
+        stderr: String,
+    },
+}
+
+fn nvidia_smi(args: &[&str]) -> Result<String, SmiError> {
     let out = Command::new("nvidia-smi")
         .args(args)
         .output()
-        .map_err(|e| format!("cannot run nvidia-smi: {e}"))?;
+        .map_err(SmiError::Spawn)?;
     if !out.status.success() {
-        return Err(format!(
-            "nvidia-smi {} failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
+        return Err(SmiError::Failed {
+            args: args.join(" "),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// Run `nvidia-smi -L` and parse it.
-pub fn read_listing() -> Result<Vec<GpuListing>, String> {
+pub fn read_listing() -> Result<Vec<GpuListing>, SmiError> {
     nvidia_smi(&["-L"]).map(|t| parse_listing(&t))
 }
 
 /// Run the MIG-mode/compute-mode query and parse it.
-pub fn read_states() -> Result<BTreeMap<u32, GpuState>, String> {
+pub fn read_states() -> Result<BTreeMap<u32, GpuState>, SmiError> {
     nvidia_smi(&[
         "--query-gpu=index,mig.mode.current,compute_mode",
         "--format=csv,noheader",

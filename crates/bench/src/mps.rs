@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use tessera_gpu::mps::{ClientLimits, MpsControl, MpsOptions, MpsTarget};
+use tessera_gpu::mps::{ClientLimits, MpsControl, MpsError, MpsOptions, MpsTarget};
 use tessera_gpu::nvml::NvmlBackend;
 use tessera_gpu::GpuBackend;
 use tessera_model::Catalog;
@@ -122,14 +122,12 @@ impl MpsDaemon {
         &self,
         percentage: u32,
         memory_mib: Option<u64>,
-    ) -> Result<BTreeMap<String, String>, String> {
+    ) -> Result<BTreeMap<String, String>, MpsError> {
         let limits = ClientLimits {
             active_thread_percentage: Some(percentage.clamp(1, 100) as u8),
             pinned_mem_limit_mib: memory_mib.filter(|m| *m > 0),
         };
-        self.control
-            .client_env(&self.target, &limits)
-            .map_err(|e| e.to_string())
+        self.control.client_env(&self.target, &limits)
     }
 
     /// Stop the daemon, wait for it to go, and restore the compute mode if it was changed.

@@ -18,7 +18,9 @@ use crate::report::{
     aggregate, failed, CellReport, GpuReport, ModeReport, ModeStatus, PeaksReport, Report,
     REPORT_FORMAT,
 };
-use crate::slots::{mps_precheck, plan_mig, plan_mps, plan_timeslice, Mode, Slot, Target};
+use crate::slots::{
+    mps_precheck, plan_mig, plan_mps, plan_timeslice, Mode, Slot, SlotError, Target,
+};
 use crate::workload::{check_scale, Workload};
 
 /// Most tenants a run accepts (MPS serves at most 48 clients per GPU on many drivers).
@@ -239,7 +241,7 @@ pub fn run_sharing(
                             daemon = Some(d);
                             p
                         }
-                        Err(e) => Err(format!("cannot start the MPS daemon: {e}")),
+                        Err(e) => Err(SlotError::MpsDaemon(Box::new(e))),
                     }
                 }
             },
@@ -247,6 +249,7 @@ pub fn run_sharing(
         let slots = match plan {
             Ok(s) => s,
             Err(reason) => {
+                let reason = reason.to_string();
                 progress.warn(&format!("{}: skipped: {reason}", mode.name()));
                 progress.advance(runs_per_mode);
                 modes.push(ModeReport {

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::BenchError;
 use crate::inventory::MigDevice;
+use tessera_gpu::mps::MpsError;
 
 /// How the tenants share the GPU.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -98,6 +99,88 @@ impl Target {
     }
 }
 
+/// Why a sharing mode cannot run on the GPU (the mode is skipped with this reason).
+#[derive(Debug, thiserror::Error)]
+pub enum SlotError {
+    /// Time-slicing on a GPU in MIG mode.
+    #[error(
+        "GPU {gpu} is in MIG mode, so no process can use the whole GPU; time-slicing needs MIG \
+         off (this command never changes MIG mode)"
+    )]
+    MigOnForTimeslice {
+        /// GPU index.
+        gpu: u32,
+    },
+    /// Several tenants on a GPU whose compute mode lets one process in.
+    #[error(
+        "GPU {gpu} is in {mode} compute mode, so processes cannot share it; time-slicing \
+         needs the Default compute mode (`nvidia-smi -i {gpu} -c DEFAULT`, not done by this \
+         command)"
+    )]
+    ComputeMode {
+        /// GPU index.
+        gpu: u32,
+        /// The compute mode as `nvidia-smi` names it.
+        mode: String,
+    },
+    /// MPS on the whole GPU while MIG is on.
+    #[error(
+        "GPU {gpu} is in MIG mode; MPS on the whole GPU needs MIG off (this command never \
+         changes MIG mode)"
+    )]
+    MigOnForMps {
+        /// GPU index.
+        gpu: u32,
+    },
+    /// The MIG mode on a GPU with MIG off.
+    #[error(
+        "GPU {gpu} ({name}) is not in MIG mode; this command never enables MIG or creates \
+         instances: an administrator can (`nvidia-smi -i {gpu} -mig 1`, then \
+         `nvidia-smi mig -i {gpu} -cgi <profile>,... -C`)"
+    )]
+    MigOff {
+        /// GPU index.
+        gpu: u32,
+        /// GPU name.
+        name: String,
+    },
+    /// The MIG mode on a GPU without MIG devices.
+    #[error(
+        "GPU {gpu} ({name}) has no MIG devices to use; this command never creates instances \
+         (create {tenants} with `nvidia-smi mig -i {gpu} -cgi <profile>,... -C`)"
+    )]
+    NoMigDevices {
+        /// GPU index.
+        gpu: u32,
+        /// GPU name.
+        name: String,
+        /// Tenants asked for.
+        tenants: u32,
+    },
+    /// Fewer MIG devices than tenants.
+    #[error(
+        "GPU {gpu} has {} MIG device(s) ({}) but {tenants} tenants need one each; create more \
+         instances or pass --tenants {}",
+        have.len(),
+        have.join(", "),
+        have.len()
+    )]
+    TooFewMigDevices {
+        /// GPU index.
+        gpu: u32,
+        /// The profiles of the MIG devices there are.
+        have: Vec<String>,
+        /// Tenants asked for.
+        tenants: u32,
+    },
+    /// The MPS daemon could not be started.
+    #[error("cannot start the MPS daemon: {0}")]
+    MpsDaemon(#[source] Box<BenchError>),
+    /// The MPS client environment could not be built.
+    #[error("MPS client environment: {0}")]
+    ClientEnv(#[source] MpsError),
+}
+
 /// Where one tenant runs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Slot {
@@ -126,22 +209,16 @@ fn base_env(visible: &str) -> BTreeMap<String, String> {
 
 /// Time-slicing: every tenant on the whole GPU. `no_mps_dir` is an empty directory given as the
 /// MPS pipe directory, so that a system-wide MPS daemon (if one runs) does not capture the tenants.
-pub fn plan_timeslice(t: &Target, tenants: u32, no_mps_dir: &Path) -> Result<Vec<Slot>, String> {
+pub fn plan_timeslice(t: &Target, tenants: u32, no_mps_dir: &Path) -> Result<Vec<Slot>, SlotError> {
     if t.mig_enabled == Some(true) {
-        return Err(format!(
-            "GPU {} is in MIG mode, so no process can use the whole GPU; time-slicing needs MIG \
-             off (this command never changes MIG mode)",
-            t.index
-        ));
+        return Err(SlotError::MigOnForTimeslice { gpu: t.index });
     }
     if let Some(mode) = &t.compute_mode {
         if !mode.eq_ignore_ascii_case("default") && tenants > 1 {
-            return Err(format!(
-                "GPU {} is in {mode} compute mode, so processes cannot share it; time-slicing \
-                 needs the Default compute mode (`nvidia-smi -i {} -c DEFAULT`, not done by this \
-                 command)",
-                t.index, t.index
-            ));
+            return Err(SlotError::ComputeMode {
+                gpu: t.index,
+                mode: mode.clone(),
+            });
         }
     }
     let mut env = base_env(&t.visible_devices());
@@ -164,13 +241,9 @@ pub fn mps_share(tenants: u32, memory_mib: Option<u64>) -> (u32, Option<u64>) {
 }
 
 /// Why MPS on the whole GPU cannot run here, if it cannot (checked before starting a daemon).
-pub fn mps_precheck(t: &Target) -> Result<(), String> {
+pub fn mps_precheck(t: &Target) -> Result<(), SlotError> {
     if t.mig_enabled == Some(true) {
-        return Err(format!(
-            "GPU {} is in MIG mode; MPS on the whole GPU needs MIG off (this command never \
-             changes MIG mode)",
-            t.index
-        ));
+        return Err(SlotError::MigOnForMps { gpu: t.index });
     }
     Ok(())
 }
@@ -180,9 +253,9 @@ pub fn mps_precheck(t: &Target) -> Result<(), String> {
 pub fn plan_mps(
     t: &Target,
     tenants: u32,
-    client_env: &dyn Fn(u32, Option<u64>) -> Result<BTreeMap<String, String>, String>,
+    client_env: &dyn Fn(u32, Option<u64>) -> Result<BTreeMap<String, String>, MpsError>,
     note: &str,
-) -> Result<Vec<Slot>, String> {
+) -> Result<Vec<Slot>, SlotError> {
     mps_precheck(t)?;
     let (pct, mem) = mps_share(tenants, t.memory_mib);
     let mut env = base_env(&t.visible_devices());
@@ -190,7 +263,7 @@ pub fn plan_mps(
     // index could see the wrong device or none. Only a UUID is passed on; the control's client
     // environment decides (it leaves the variable out without one).
     env.remove("CUDA_VISIBLE_DEVICES");
-    env.extend(client_env(pct, mem)?);
+    env.extend(client_env(pct, mem).map_err(SlotError::ClientEnv)?);
     let mut label = format!("MPS client {pct}% SMs");
     if let Some(m) = mem {
         label.push_str(&format!(", {m} MiB"));
@@ -208,33 +281,27 @@ pub fn plan_mps(
 /// seed's four equal instances); otherwise takes the first `tenants` in listing order. Like
 /// time-slicing, each slot gets the empty `no_mps_dir` as its MPS pipe directory, so that a
 /// system-wide MPS daemon does not capture the tenants.
-pub fn plan_mig(t: &Target, tenants: u32, no_mps_dir: &Path) -> Result<Vec<Slot>, String> {
+pub fn plan_mig(t: &Target, tenants: u32, no_mps_dir: &Path) -> Result<Vec<Slot>, SlotError> {
     let n = tenants as usize;
     if t.mig_devices.is_empty() {
         return Err(match t.mig_enabled {
-            Some(false) => format!(
-                "GPU {} ({}) is not in MIG mode; this command never enables MIG or creates \
-                 instances: an administrator can (`nvidia-smi -i {} -mig 1`, then \
-                 `nvidia-smi mig -i {} -cgi <profile>,... -C`)",
-                t.index, t.name, t.index, t.index
-            ),
-            _ => format!(
-                "GPU {} ({}) has no MIG devices to use; this command never creates instances \
-                 (create {tenants} with `nvidia-smi mig -i {} -cgi <profile>,... -C`)",
-                t.index, t.name, t.index
-            ),
+            Some(false) => SlotError::MigOff {
+                gpu: t.index,
+                name: t.name.clone(),
+            },
+            _ => SlotError::NoMigDevices {
+                gpu: t.index,
+                name: t.name.clone(),
+                tenants,
+            },
         });
     }
     if t.mig_devices.len() < n {
-        let have: Vec<String> = t.mig_devices.iter().map(|m| m.profile.clone()).collect();
-        return Err(format!(
-            "GPU {} has {} MIG device(s) ({}) but {tenants} tenants need one each; create more \
-             instances or pass --tenants {}",
-            t.index,
-            t.mig_devices.len(),
-            have.join(", "),
-            t.mig_devices.len()
-        ));
+        return Err(SlotError::TooFewMigDevices {
+            gpu: t.index,
+            have: t.mig_devices.iter().map(|m| m.profile.clone()).collect(),
+            tenants,
+        });
     }
     let mut by_profile: BTreeMap<&str, Vec<&MigDevice>> = BTreeMap::new();
     for d in &t.mig_devices {
@@ -342,7 +409,9 @@ mod tests {
         let four = plan_mig(&t, 4, Path::new("/tmp/x")).unwrap();
         assert!(four[0].label.starts_with("MIG 3g.40gb"));
         // Five: not enough, and the reason says how many there are.
-        let err = plan_mig(&t, 5, Path::new("/tmp/x")).unwrap_err();
+        let err = plan_mig(&t, 5, Path::new("/tmp/x"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("has 4 MIG device(s)"), "{err}");
     }
 
@@ -351,7 +420,9 @@ mod tests {
         let mut t = target("a30_L_1.txt");
         t.mig_devices.clear();
         t.mig_enabled = Some(false);
-        let err = plan_mig(&t, 2, Path::new("/tmp/x")).unwrap_err();
+        let err = plan_mig(&t, 2, Path::new("/tmp/x"))
+            .unwrap_err()
+            .to_string();
         assert!(
             err.contains("not in MIG mode") && err.contains("never enables MIG"),
             "{err}"
@@ -363,7 +434,9 @@ mod tests {
         let mut t = target("a30_L_1.txt");
         t.mig_enabled = Some(false);
         t.compute_mode = Some("Exclusive_Process".into());
-        let err = plan_timeslice(&t, 2, Path::new("/tmp/x")).unwrap_err();
+        let err = plan_timeslice(&t, 2, Path::new("/tmp/x"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("Exclusive_Process compute mode"), "{err}");
         assert!(plan_timeslice(&t, 1, Path::new("/tmp/x")).is_ok());
         t.compute_mode = Some("Default".into());

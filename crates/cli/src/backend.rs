@@ -30,8 +30,27 @@ impl std::fmt::Display for Backend {
 /// The values, for help texts and errors.
 pub const BACKEND_VALUES: &str = "auto, nvml, sim or sim:STATE";
 
+/// A `--backend` value that is none of the forms.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BackendError {
+    /// `sim:` without a file.
+    #[error("`sim:` needs a state file: sim:STATE (`tessera sim-gpu init STATE` makes one), or plain `sim`")]
+    NoStateFile,
+    /// Not a backend name.
+    #[error(
+        "unknown backend `{text}`{guess}; use {BACKEND_VALUES} (sim: the daemon's simulated \
+         GPUs; sim:STATE: a file made by `tessera sim-gpu init`)"
+    )]
+    Unknown {
+        /// The value as given.
+        text: String,
+        /// ` (did you mean `nvml`?)` or empty.
+        guess: String,
+    },
+}
+
 /// Parse `auto`, `nvml`, `sim` or `sim:STATE` (a clap value parser).
-pub fn parse_backend(text: &str) -> Result<Backend, String> {
+pub fn parse_backend(text: &str) -> Result<Backend, BackendError> {
     let t = text.trim();
     match t {
         "auto" => return Ok(Backend::Auto),
@@ -41,16 +60,16 @@ pub fn parse_backend(text: &str) -> Result<Backend, String> {
     }
     if let Some(p) = t.strip_prefix("sim:") {
         if p.trim().is_empty() {
-            return Err("`sim:` needs a state file: sim:STATE (`tessera sim-gpu init STATE` makes one), or plain `sim`".into());
+            return Err(BackendError::NoStateFile);
         }
         return Ok(Backend::Sim(Some(PathBuf::from(p))));
     }
     let head = t.split(':').next().unwrap_or(t);
     let guess = tessera_model::suggest::hint(head, ["auto", "nvml", "sim"]);
-    Err(format!(
-        "unknown backend `{text}`{guess}; use {BACKEND_VALUES} (sim: the daemon's simulated \
-         GPUs; sim:STATE: a file made by `tessera sim-gpu init`)"
-    ))
+    Err(BackendError::Unknown {
+        text: text.to_string(),
+        guess,
+    })
 }
 
 #[cfg(test)]
@@ -66,13 +85,17 @@ mod tests {
             parse_backend("sim:/tmp/m.json"),
             Ok(Backend::Sim(Some(PathBuf::from("/tmp/m.json"))))
         );
-        assert!(parse_backend("sim:").unwrap_err().contains("sim:STATE"));
-        let e = parse_backend("nvlm").unwrap_err();
+        assert_eq!(parse_backend("sim:"), Err(BackendError::NoStateFile));
+        assert!(parse_backend("sim:")
+            .unwrap_err()
+            .to_string()
+            .contains("sim:STATE"));
+        let e = parse_backend("nvlm").unwrap_err().to_string();
         assert!(
             e.contains("did you mean `nvml`?") && e.contains(BACKEND_VALUES),
             "{e}"
         );
-        let e = parse_backend("simm:/x").unwrap_err();
+        let e = parse_backend("simm:/x").unwrap_err().to_string();
         assert!(e.contains("did you mean `sim`?"), "{e}");
     }
 }

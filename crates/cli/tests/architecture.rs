@@ -235,3 +235,102 @@ fn client_commands_use_only_the_api_crate() {
     }
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
+
+/// The `Result<…, String>` types in `text`, as `line: type`: a `Result` whose last generic
+/// argument is `String`, however the type is spread over lines (line comments are skipped, and
+/// the `->` of an `Fn(..) -> ..` inside the type is not taken for a closing bracket).
+fn string_results(text: &str) -> Vec<(usize, String)> {
+    let code: String = text
+        .lines()
+        .map(|l| match l.find("//") {
+            Some(i) => &l[..i],
+            None => l,
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let bytes = code.as_bytes();
+    let mut found = Vec::new();
+    let mut from = 0;
+    while let Some(at) = code[from..].find("Result<") {
+        let start = from + at;
+        from = start + 1;
+        // `io::Result<` and `fmt::Result<` are aliases with a fixed error type.
+        let before = code[..start].trim_end();
+        if before.ends_with("::") && !before.ends_with("result::") {
+            continue;
+        }
+        if start > 0 && (bytes[start - 1].is_ascii_alphanumeric() || bytes[start - 1] == b'_') {
+            continue;
+        }
+        let open = start + "Result<".len();
+        let (mut depth, mut i) = (1usize, open);
+        // Start of the last and of the one-before-last top-level argument (a trailing comma
+        // leaves the last one empty).
+        let (mut prev_arg, mut last_arg) = (open, open);
+        while i < bytes.len() && depth > 0 {
+            match bytes[i] {
+                b'-' | b'=' if bytes.get(i + 1) == Some(&b'>') => i += 1,
+                b'<' | b'(' | b'[' => depth += 1,
+                b'>' | b')' | b']' => depth -= 1,
+                b',' if depth == 1 => (prev_arg, last_arg) = (last_arg, i + 1),
+                b';' | b'{' => break,
+                _ => {}
+            }
+            i += 1;
+        }
+        let error = match code[last_arg..i.saturating_sub(1)].trim() {
+            "" => code[prev_arg..last_arg.saturating_sub(1)].trim(),
+            e => e,
+        };
+        if depth == 0 && last_arg > open && error == "String" {
+            let line = code[..start].matches('\n').count() + 1;
+            let ty: String = code[start..i]
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ");
+            found.push((line, ty));
+        }
+    }
+    found
+}
+
+#[test]
+fn the_string_result_scanner_finds_what_it_should() {
+    let text = "fn a() -> Result<(), String> {}\n\
+                fn b() -> Result<\n    BTreeMap<String, String>,\n    String,\n> {}\n\
+                fn c(f: &dyn Fn(u32) -> Result<u32, String>) {}\n\
+                fn d() -> Result<BTreeMap<String, String>, MpsError> {}\n\
+                fn e() -> io::Result<String> {}\n\
+                // fn f() -> Result<(), String>\n\
+                fn g() -> Result<String, Error> {}\n";
+    let lines: Vec<usize> = string_results(text).into_iter().map(|(l, _)| l).collect();
+    assert_eq!(lines, vec![1, 2, 6]);
+}
+
+/// Libraries return typed errors (thiserror, causes kept with `#[source]`); a `String` error
+/// loses the cause and the kind the CLI chooses its exit code from. Issue 13 item 5.
+#[test]
+fn no_library_returns_a_string_error() {
+    let root = workspace_root();
+    let mut problems = Vec::new();
+    for entry in std::fs::read_dir(root.join("crates")).unwrap() {
+        let src = entry.unwrap().path().join("src");
+        for file in rust_files(&src) {
+            let text = std::fs::read_to_string(&file).unwrap();
+            for (line, ty) in string_results(&text) {
+                let rel = file
+                    .strip_prefix(&root)
+                    .unwrap_or(&file)
+                    .display()
+                    .to_string();
+                problems.push(format!("{rel}:{line}: {ty}"));
+            }
+        }
+    }
+    assert!(
+        problems.is_empty(),
+        "these return a `String` error: give them a thiserror type that names the problem and the \
+         fix, with the cause as #[source]:\n  {}",
+        problems.join("\n  ")
+    );
+}

@@ -352,6 +352,14 @@ fn where_cgroups_cannot_be_written_the_daemon_says_so_and_offers_the_opt_out() {
     assert!(!st.success());
     assert!(log.contains("`isolation: devices` is set"), "{log}");
     assert!(log.contains("set `isolation: off`"), "{log}");
+    // A configuration that does not fit the machine: exit 2, and the OS error behind it (the
+    // typed cause of `ServerError::Isolation`) printed once on the one `error:` line.
+    assert_eq!(st.code(), Some(2), "{log}");
+    let line = log
+        .lines()
+        .find(|l| l.starts_with("error:"))
+        .unwrap_or_else(|| panic!("no error line: {log}"));
+    assert_eq!(line.matches("Permission denied").count(), 1, "{line}");
     // Opted out: it serves without a warning.
     let (st, log) = serve_unprivileged(dir.path(), "sim_gpus: h100-80gb:1\nisolation: off\n");
     assert!(st.is_none(), "{log}");

@@ -125,28 +125,52 @@ pub struct SimCi {
     pub uuid: String,
 }
 
+/// Why a `MODEL:COUNT[,MODEL:COUNT...]` GPU list cannot be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GpuListError {
+    /// The count after `:` is not a whole number.
+    #[error("`{part}`: the count after `:` must be a whole number, e.g. h100-80gb:2")]
+    BadCount {
+        /// The list item.
+        part: String,
+        /// Why the count does not parse.
+        #[source]
+        source: std::num::ParseIntError,
+    },
+    /// A count of 0.
+    #[error("`{part}`: the count must be at least 1")]
+    ZeroCount {
+        /// The list item.
+        part: String,
+    },
+    /// Nothing but commas and spaces.
+    #[error("no GPUs given; write MODEL:COUNT[,MODEL:COUNT...], e.g. h100-80gb:2")]
+    Empty,
+}
+
 /// Parse `h100-80gb:2,a100-40gb:1` (a count of 1 may be left out) into (model, count) pairs.
-pub fn parse_gpu_list(spec: &str) -> Result<Vec<(String, u32)>, String> {
+pub fn parse_gpu_list(spec: &str) -> Result<Vec<(String, u32)>, GpuListError> {
     let mut out = Vec::new();
     for part in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
         let (model, count) = match part.rsplit_once(':') {
             Some((m, c)) => {
-                let n: u32 = c.trim().parse().map_err(|_| {
-                    format!(
-                        "`{part}`: the count after `:` must be a whole number, e.g. h100-80gb:2"
-                    )
+                let n: u32 = c.trim().parse().map_err(|source| GpuListError::BadCount {
+                    part: part.to_string(),
+                    source,
                 })?;
                 (m.trim().to_string(), n)
             }
             None => (part.to_string(), 1),
         };
         if count == 0 {
-            return Err(format!("`{part}`: the count must be at least 1"));
+            return Err(GpuListError::ZeroCount {
+                part: part.to_string(),
+            });
         }
         out.push((model, count));
     }
     if out.is_empty() {
-        return Err("no GPUs given; write MODEL:COUNT[,MODEL:COUNT...], e.g. h100-80gb:2".into());
+        return Err(GpuListError::Empty);
     }
     Ok(out)
 }
@@ -1210,11 +1234,14 @@ mod tests {
             parse_gpu_list("h100-80gb:2, a30").unwrap(),
             vec![("h100-80gb".to_string(), 2), ("a30".to_string(), 1)]
         );
-        assert!(parse_gpu_list("h100-80gb:x")
-            .unwrap_err()
-            .contains("whole number"));
-        assert!(parse_gpu_list("h100-80gb:0").is_err());
-        assert!(parse_gpu_list(" ").is_err());
+        let e = parse_gpu_list("h100-80gb:x").unwrap_err();
+        assert!(e.to_string().contains("whole number"), "{e}");
+        assert!(std::error::Error::source(&e).is_some());
+        assert!(matches!(
+            parse_gpu_list("h100-80gb:0"),
+            Err(GpuListError::ZeroCount { .. })
+        ));
+        assert_eq!(parse_gpu_list(" "), Err(GpuListError::Empty));
     }
 
     #[test]

@@ -79,7 +79,43 @@ pub enum Availability {
     Absent,
 }
 
+/// Why lease cgroups cannot be made on this host: an [`Availability`] other than `V1` and
+/// `V2`, as an error (its cause, for `NotWritable`, is the OS error).
+#[derive(Debug)]
+pub struct Unavailable(Availability);
+
+impl Unavailable {
+    /// What the probe found.
+    pub fn availability(&self) -> &Availability {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for Unavailable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0.explain())
+    }
+}
+
+impl std::error::Error for Unavailable {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match &self.0 {
+            Availability::NotWritable { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
 impl Availability {
+    /// The probe's result as an error when it found no usable controller (`None` for `V1`
+    /// and `V2`).
+    pub fn into_unavailable(self) -> Option<Unavailable> {
+        match self {
+            Availability::V1 { .. } | Availability::V2 { .. } => None,
+            other => Some(Unavailable(other)),
+        }
+    }
+
     /// One line for the log and for errors: what was found and what it means.
     pub fn explain(&self) -> String {
         match self {

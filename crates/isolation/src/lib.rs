@@ -16,7 +16,9 @@ pub mod devices;
 pub mod error;
 pub mod procs;
 
-pub use cgroup::{probe, probe_v1, probe_v2, Availability, DevicesV1, DevicesV2, LeaseCgroups};
+pub use cgroup::{
+    probe, probe_v1, probe_v2, Availability, DevicesV1, DevicesV2, LeaseCgroups, Unavailable,
+};
 pub use devices::{base_rules, DevRoots, DeviceRule, SliceDevices};
 pub use error::IsolationError;
 pub use procs::Stamp;

@@ -167,7 +167,7 @@ impl Controller {
                     Ok(m) => m,
                     Err(why) => {
                         tracing::warn!("{why}");
-                        report.not_planned.push(why);
+                        report.not_planned.push(why.to_string());
                         continue;
                     }
                 };

@@ -28,6 +28,7 @@ use crate::fake::{FakeApiServer, FakeStartError};
 use crate::kubelet_cluster::KubeletCluster;
 use crate::node::{NodeAgent, NodeError};
 use crate::pods::{is_gated, pod_key, Earmark, EarmarkedSlice, GATE, SM_PERCENT_ANNOTATION};
+use tessera_kubelet::KubeletError;
 
 /// Why the simulated cluster failed.
 #[derive(Debug, thiserror::Error)]
@@ -53,14 +54,37 @@ pub enum DemoError {
     /// The simulated GPUs could not be made.
     #[error("simulated GPUs: {0}")]
     Sim(#[from] tessera_gpu::GpuError),
-    /// A node's kubelet side (fake kubelet, device plugins, node runner) failed.
-    #[error("node {node}: kubelet: {detail}")]
+    /// A node's kubelet side (fake kubelet, device plugins, node runner, a kubelet call)
+    /// failed.
+    #[error("node {node}: {source}")]
     Kubelet {
         /// The node.
         node: String,
         /// What failed.
+        #[source]
+        source: KubeletError,
+    },
+    /// A pod could not be admitted on its node (a plugin that never registered or listed the
+    /// slice, or an `Allocate` answer for another device).
+    #[error("node {node}: admitting a pod: {detail}")]
+    Admission {
+        /// The node.
+        node: String,
+        /// What went wrong.
         detail: String,
     },
+    /// The device plugins' task of a node failed to stop.
+    #[error("node {node}: the device plugins' task: {source}")]
+    PluginTask {
+        /// The node.
+        node: String,
+        /// Why it ended.
+        #[source]
+        source: tokio::task::JoinError,
+    },
+    /// No temporary directory for the kubelet sockets.
+    #[error("cannot make a temporary directory for the kubelet sockets: {0}")]
+    TempDir(#[source] std::io::Error),
     /// A bad `--gpus` list.
     #[error("bad GPU list `{spec}`: {detail}")]
     GpuList {
@@ -130,9 +154,9 @@ impl SimCluster {
     pub async fn new(nodes: usize, gpus: &str, catalog: Catalog) -> Result<SimCluster, DemoError> {
         let server = FakeApiServer::start().await?;
         let client = server.client();
-        let list = parse_gpu_list(gpus).map_err(|detail| DemoError::GpuList {
+        let list = parse_gpu_list(gpus).map_err(|e| DemoError::GpuList {
             spec: gpus.to_string(),
-            detail,
+            detail: e.to_string(),
         })?;
         let mut agents = Vec::new();
         for i in 0..nodes {
@@ -452,9 +476,9 @@ fn script(opts: &DemoOptions) -> Vec<Scripted> {
 /// Run the demo: the cluster of [`KubeletCluster`] (node runners, device plugins and a fake
 /// kubelet per node over Unix sockets) under the scripted mix, on the virtual clock.
 pub async fn run_demo(opts: &DemoOptions, catalog: Catalog) -> Result<DemoSummary, DemoError> {
-    let list = parse_gpu_list(&opts.gpus).map_err(|detail| DemoError::GpuList {
+    let list = parse_gpu_list(&opts.gpus).map_err(|e| DemoError::GpuList {
         spec: opts.gpus.clone(),
-        detail,
+        detail: e.to_string(),
     })?;
     let gpus_per_node: usize = list.iter().map(|(_, n)| *n as usize).sum();
     // The last node's last two GPUs run with MIG off and serve MPS (nos-style

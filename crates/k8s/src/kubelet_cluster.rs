@@ -191,32 +191,45 @@ impl KubeletNode {
         Ok(out)
     }
 
+    fn admission(&self, detail: String) -> DemoError {
+        DemoError::Admission {
+            node: self.name.clone(),
+            detail,
+        }
+    }
+
+    fn call_failed(node: &str, call: String, status: tonic::Status) -> DemoError {
+        DemoError::Kubelet {
+            node: node.to_string(),
+            source: KubeletError::Call { call, status },
+        }
+    }
+
     /// Wait until the plugin of `resource` lists `id` on its ListAndWatch stream (opened on
     /// first use after the resource registered, then kept open).
     async fn listed(&mut self, resource: &str, id: &str) -> Result<(), DemoError> {
-        let fail = |detail: String| DemoError::Kubelet {
-            node: self.name.clone(),
-            detail,
-        };
         if !self.watched.contains_key(resource) {
-            let reg = self
+            let Some(reg) = self
                 .kubelet
                 .wait_registered(resource, 1, KUBELET_WAIT)
                 .await
-                .ok_or_else(|| {
-                    fail(format!(
-                        "no device plugin registered {resource} within {KUBELET_WAIT:?}"
-                    ))
-                })?;
-            let mut client = self
-                .kubelet
-                .dial(&reg)
-                .await
-                .map_err(|e| fail(e.to_string()))?;
+            else {
+                return Err(self.admission(format!(
+                    "no device plugin registered {resource} within {KUBELET_WAIT:?}"
+                )));
+            };
+            let mut client =
+                self.kubelet
+                    .dial(&reg)
+                    .await
+                    .map_err(|source| DemoError::Kubelet {
+                        node: self.name.clone(),
+                        source,
+                    })?;
             let stream = client
                 .list_and_watch(dp::Empty {})
                 .await
-                .map_err(|s| fail(format!("ListAndWatch {resource}: {s}")))?
+                .map_err(|s| Self::call_failed(&self.name, format!("ListAndWatch {resource}"), s))?
                 .into_inner();
             self.watched.insert(
                 resource.to_string(),
@@ -227,34 +240,38 @@ impl KubeletNode {
                 },
             );
         }
-        let name = self.name.clone();
-        let w = self.watched.get_mut(resource).expect("inserted above");
         let deadline = tokio::time::Instant::now() + KUBELET_WAIT;
-        while !w
-            .devices
-            .iter()
-            .any(|d| d.id == id && d.health == names::HEALTHY)
-        {
-            let msg = tokio::time::timeout_at(deadline, w.stream.message())
-                .await
-                .map_err(|_| DemoError::Kubelet {
-                    node: name.clone(),
-                    detail: format!(
+        loop {
+            let w = self.watched.get_mut(resource).expect("inserted above");
+            if w.devices
+                .iter()
+                .any(|d| d.id == id && d.health == names::HEALTHY)
+            {
+                return Ok(());
+            }
+            let msg = match tokio::time::timeout_at(deadline, w.stream.message()).await {
+                Err(_) => {
+                    return Err(self.admission(format!(
                         "{resource}: device {id} not listed on ListAndWatch within {KUBELET_WAIT:?}"
-                    ),
-                })?
-                .map_err(|s| DemoError::Kubelet {
-                    node: name.clone(),
-                    detail: format!("ListAndWatch {resource}: {s}"),
-                })?
-                .ok_or_else(|| DemoError::Kubelet {
-                    node: name.clone(),
-                    detail: format!("{resource}: the plugin closed ListAndWatch"),
-                })?;
+                    )))
+                }
+                Ok(Err(s)) => {
+                    return Err(Self::call_failed(
+                        &self.name,
+                        format!("ListAndWatch {resource}"),
+                        s,
+                    ))
+                }
+                Ok(Ok(None)) => {
+                    return Err(
+                        self.admission(format!("{resource}: the plugin closed ListAndWatch"))
+                    )
+                }
+                Ok(Ok(Some(msg))) => msg,
+            };
             w.devices = msg.devices;
             self.stream_updates += 1;
         }
-        Ok(())
     }
 
     /// `Allocate` device `id` of `resource` for pod `ns/name`, as the kubelet's device
@@ -267,7 +284,6 @@ impl KubeletNode {
         id: &str,
     ) -> Result<dp::ContainerAllocateResponse, DemoError> {
         self.listed(resource, id).await?;
-        let name = self.name.clone();
         let w = self.watched.get_mut(resource).expect("listed opened it");
         let resp = w
             .client
@@ -277,20 +293,14 @@ impl KubeletNode {
                 }],
             })
             .await
-            .map_err(|s| DemoError::Kubelet {
-                node: name.clone(),
-                detail: format!("Allocate {resource} {id}: {s}"),
-            })?
+            .map_err(|s| Self::call_failed(&self.name, format!("Allocate {resource} {id}"), s))?
             .into_inner();
         self.allocate_calls += 1;
-        let container =
-            resp.container_responses
-                .into_iter()
-                .next()
-                .ok_or_else(|| DemoError::Kubelet {
-                    node: name,
-                    detail: format!("Allocate {resource} {id}: no container in the answer"),
-                })?;
+        let Some(container) = resp.container_responses.into_iter().next() else {
+            return Err(self.admission(format!(
+                "Allocate {resource} {id}: no container in the answer"
+            )));
+        };
         self.admitted.push(pr::PodResources {
             name: pod.into(),
             namespace: ns.into(),
@@ -362,17 +372,14 @@ impl KubeletCluster {
     ) -> Result<KubeletCluster, DemoError> {
         let server = FakeApiServer::start().await?;
         let client = server.client();
-        let list = parse_gpu_list(gpus).map_err(|detail| DemoError::GpuList {
+        let list = parse_gpu_list(gpus).map_err(|e| DemoError::GpuList {
             spec: gpus.to_string(),
-            detail,
+            detail: e.to_string(),
         })?;
         let dir = tempfile::Builder::new()
             .prefix("tessera-k8s-demo")
             .tempdir()
-            .map_err(|e| DemoError::Kubelet {
-                node: "-".into(),
-                detail: format!("cannot make a temporary directory for the kubelet sockets: {e}"),
-            })?;
+            .map_err(DemoError::TempDir)?;
         let mut out = Vec::new();
         for i in 0..nodes {
             let name = node_name(i);
@@ -393,9 +400,9 @@ impl KubeletCluster {
                 SimConfig::default(),
             )?);
             let kubelet_dir = dir.path().join(&name);
-            let kfail = |e: KubeletError| DemoError::Kubelet {
+            let kfail = |source: KubeletError| DemoError::Kubelet {
                 node: name.clone(),
-                detail: e.to_string(),
+                source,
             };
             let kubelet = FakeKubelet::start(&kubelet_dir).await.map_err(kfail)?;
             let (runner, inventory) = NodeRunner::new(
@@ -457,14 +464,14 @@ impl KubeletCluster {
                 }
             };
             let before = n.layouts()?;
-            let status =
-                n.runner
-                    .apply(&desired_of(&obj.spec))
-                    .await
-                    .map_err(|e| DemoError::Kubelet {
-                        node: n.name.clone(),
-                        detail: e.to_string(),
-                    })?;
+            let status = n
+                .runner
+                .apply(&desired_of(&obj.spec))
+                .await
+                .map_err(|source| DemoError::Kubelet {
+                    node: n.name.clone(),
+                    source,
+                })?;
             let after = n.layouts()?;
             let mut s = status_of(&status);
             s.observed_generation = obj.metadata.generation;
@@ -541,7 +548,7 @@ impl KubeletCluster {
                 // What the container gets must be the earmarked instance.
                 let visible = answer.envs.get("NVIDIA_VISIBLE_DEVICES");
                 if visible != Some(uuid) {
-                    return Err(DemoError::Kubelet {
+                    return Err(DemoError::Admission {
                         node: node.name.clone(),
                         detail: format!(
                             "Allocate {resource} {uuid} answered NVIDIA_VISIBLE_DEVICES={visible:?}"
@@ -685,13 +692,13 @@ impl KubeletCluster {
                     Ok(Err(e)) => {
                         return Err(DemoError::Kubelet {
                             node: n.name.clone(),
-                            detail: format!("device plugins: {e}"),
+                            source: e,
                         })
                     }
                     Err(e) => {
-                        return Err(DemoError::Kubelet {
+                        return Err(DemoError::PluginTask {
                             node: n.name.clone(),
-                            detail: format!("device plugins task: {e}"),
+                            source: e,
                         })
                     }
                 }

@@ -35,6 +35,31 @@ pub enum LabelledMode {
     },
 }
 
+/// Why a labelled node's GPU is left out of the plan: its slices belong to the other mode.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ModeConflict {
+    /// Labelled `mps`, but MIG is on with instances.
+    #[error("node {node} GPU {gpu}: labelled mps, but MIG is on with {instances} instance(s); the GPU is not planned until its instances are gone and MIG is off (or label the node mig)")]
+    MigOnMpsNode {
+        /// The node.
+        node: String,
+        /// The GPU.
+        gpu: u32,
+        /// Its MIG instances.
+        instances: usize,
+    },
+    /// Labelled `mig`, but the node runs the GPU without MIG.
+    #[error("node {node} GPU {gpu}: labelled mig, but the node runs it as {runs}; the GPU is not planned until MIG is on (or label the node mps)")]
+    NotMigOnMigNode {
+        /// The node.
+        node: String,
+        /// The GPU.
+        gpu: u32,
+        /// How it runs: `MPS (MIG off)` or `time-slices`.
+        runs: &'static str,
+    },
+}
+
 /// The sharing mode each labelled node asks for, by node name.
 pub fn labelled_modes(nodes: &[Node]) -> BTreeMap<String, LabelledMode> {
     let mut out = BTreeMap::new();
@@ -68,8 +93,8 @@ pub fn labelled_modes(nodes: &[Node]) -> BTreeMap<String, LabelledMode> {
 }
 
 /// The mode the controller plans GPU `g` of a node in: the label's (when valid and the GPU
-/// can take it), else the status's. `Err` says why the GPU is left out of the plan: its
-/// observed slices belong to the other mode.
+/// can take it), else the status's. [`ModeConflict`] says why the GPU is left out of the
+/// plan: its observed slices belong to the other mode.
 ///
 /// A GPU the status reports as MIG with no instances takes the `mps` label: an empty GPU
 /// shows nothing of its MIG state (older node agents report a MIG-off GPU that way).
@@ -77,7 +102,7 @@ pub fn plan_mode(
     node: &str,
     label: Option<&LabelledMode>,
     g: &GpuStatus,
-) -> Result<SliceMode, String> {
+) -> Result<SliceMode, ModeConflict> {
     let want = match label {
         Some(LabelledMode::Mode(m)) => *m,
         Some(LabelledMode::Invalid { .. }) | None => return Ok(g.mode),
@@ -85,19 +110,19 @@ pub fn plan_mode(
     match (want, g.mode) {
         (w, s) if w == s => Ok(w),
         (SliceMode::Mps, SliceMode::Mig) if g.instances.is_empty() => Ok(SliceMode::Mps),
-        (SliceMode::Mps, _) => Err(format!(
-            "node {node} GPU {}: labelled mps, but MIG is on with {} instance(s); the GPU is not planned until its instances are gone and MIG is off (or label the node mig)",
-            g.index,
-            g.instances.len()
-        )),
-        (SliceMode::Mig, _) => Err(format!(
-            "node {node} GPU {}: labelled mig, but the node runs it as {}; the GPU is not planned until MIG is on (or label the node mps)",
-            g.index,
-            match g.mode {
+        (SliceMode::Mps, _) => Err(ModeConflict::MigOnMpsNode {
+            node: node.to_string(),
+            gpu: g.index,
+            instances: g.instances.len(),
+        }),
+        (SliceMode::Mig, _) => Err(ModeConflict::NotMigOnMigNode {
+            node: node.to_string(),
+            gpu: g.index,
+            runs: match g.mode {
                 SliceMode::Mps => "MPS (MIG off)",
                 _ => "time-slices",
-            }
-        )),
+            },
+        }),
         (SliceMode::Timeslice, _) => Ok(g.mode),
     }
 }
@@ -157,7 +182,7 @@ mod tests {
             Ok(SliceMode::Mps)
         );
         let e = plan_mode("n", Some(&mps), &gpu(SliceMode::Mig, 2)).unwrap_err();
-        assert!(e.contains("MIG is on with 2 instance"), "{e}");
+        assert!(e.to_string().contains("MIG is on with 2 instance"), "{e}");
         assert!(plan_mode("n", Some(&mig), &gpu(SliceMode::Mps, 0)).is_err());
         assert_eq!(
             plan_mode("n", Some(&mig), &gpu(SliceMode::Mig, 0)),

@@ -77,6 +77,17 @@ pub enum ImportError {
         /// What is wrong, and what was expected.
         problem: String,
     },
+    /// A token of a line is missing, malformed or too large.
+    #[error("{input} line {line}: {problem}")]
+    Token {
+        /// Which output the line belongs to.
+        input: Input,
+        /// Line number, counted from 1 over the whole text.
+        line: usize,
+        /// Which token, what was expected and what was found.
+        #[source]
+        problem: LineProblem,
+    },
     /// The input holds no rows at all (or none for the chosen GPU).
     #[error("{input}: {problem}")]
     NoRows {
@@ -113,7 +124,9 @@ impl ImportError {
     /// The output the error refers to, when it is about one.
     pub fn input(&self) -> Option<Input> {
         match self {
-            ImportError::Line { input, .. } | ImportError::NoRows { input, .. } => Some(*input),
+            ImportError::Line { input, .. }
+            | ImportError::Token { input, .. }
+            | ImportError::NoRows { input, .. } => Some(*input),
             ImportError::MissingPlacements { .. } => Some(Input::Lgip),
             ImportError::BadKey(_) | ImportError::Invalid(_) => None,
         }
@@ -122,10 +135,58 @@ impl ImportError {
     /// The line number the error refers to, when it is about one line.
     pub fn line(&self) -> Option<usize> {
         match self {
-            ImportError::Line { line, .. } | ImportError::MissingPlacements { line, .. } => {
-                Some(*line)
-            }
+            ImportError::Line { line, .. }
+            | ImportError::Token { line, .. }
+            | ImportError::MissingPlacements { line, .. } => Some(*line),
             _ => None,
+        }
+    }
+}
+
+/// What is wrong with a token of one line (the `problem` of [`ImportError::Token`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LineProblem {
+    /// A token is missing or is not what the format has there.
+    #[error("expected {expected}, found {found}")]
+    Expected {
+        /// What the format has there, with an example.
+        expected: String,
+        /// The token found, quoted and shortened (or `the end of the line`).
+        found: String,
+    },
+    /// A number does not fit 32 bits.
+    #[error("{what} `{value}` is too large")]
+    TooLarge {
+        /// Which number (`GPU index`, `the number`).
+        what: String,
+        /// The digits.
+        value: String,
+    },
+    /// A value cell of a table row.
+    #[error("column {column} of {row}: {problem}")]
+    Column {
+        /// The column's name (`SM`, `DEC`, …).
+        column: String,
+        /// The row (`profile `1g.10gb``).
+        row: String,
+        /// What is wrong with the cell.
+        #[source]
+        problem: Box<LineProblem>,
+    },
+}
+
+impl LineProblem {
+    fn expected(expected: impl Into<String>, found: Option<&str>) -> Self {
+        LineProblem::Expected {
+            expected: expected.into(),
+            found: show(found),
+        }
+    }
+
+    fn too_large(what: impl Into<String>, value: &str) -> Self {
+        LineProblem::TooLarge {
+            what: what.into(),
+            value: value.to_string(),
         }
     }
 }
@@ -437,9 +498,14 @@ impl<H> Record<H> {
 fn read_table<H>(
     text: &str,
     spec: &TableSpec,
-    head: impl Fn(&[&str]) -> Result<(H, String, usize), String>,
+    head: impl Fn(&[&str]) -> Result<(H, String, usize), LineProblem>,
 ) -> Result<Vec<Record<H>>, ImportError> {
     let err = |line: usize, problem: String| ImportError::Line {
+        input: spec.input,
+        line,
+        problem,
+    };
+    let token = |line: usize, problem: LineProblem| ImportError::Token {
         input: spec.input,
         line,
         problem,
@@ -522,14 +588,14 @@ fn read_table<H>(
                 ));
             }
             for t in toks {
-                r.values.push(cell(t).map_err(|p| err(n, p))?);
+                r.values.push(cell(t).map_err(|p| token(n, p))?);
             }
             continue;
         }
         if is_digits(toks[0]) {
             finish(&mut pending, &mut records)?;
             header_open = false;
-            let (h, label, used) = head(&toks).map_err(|p| err(n, p))?;
+            let (h, label, used) = head(&toks).map_err(|p| token(n, p))?;
             let cols = if columns.is_empty() {
                 defaults.clone()
             } else {
@@ -549,7 +615,16 @@ fn read_table<H>(
             }
             let mut values = Vec::with_capacity(cols.len());
             for (t, c) in rest.iter().zip(&cols) {
-                values.push(cell(t).map_err(|p| err(n, format!("column {c} of {label}: {p}")))?);
+                values.push(cell(t).map_err(|p| {
+                    token(
+                        n,
+                        LineProblem::Column {
+                            column: c.clone(),
+                            row: label.clone(),
+                            problem: Box::new(p),
+                        },
+                    )
+                })?);
             }
             pending = Some(Record {
                 line: n,
@@ -604,15 +679,15 @@ fn read_table<H>(
     Ok(records)
 }
 
-fn cell(t: &str) -> Result<Option<u32>, String> {
+fn cell(t: &str) -> Result<Option<u32>, LineProblem> {
     if is_digits(t) {
         t.parse()
             .map(Some)
-            .map_err(|_| format!("the number `{t}` is too large"))
+            .map_err(|_| LineProblem::too_large("the number", t))
     } else if is_value(t) {
         Ok(None)
     } else {
-        Err(format!("expected a number, found {}", show(Some(t))))
+        Err(LineProblem::expected("a number", Some(t)))
     }
 }
 
@@ -651,9 +726,8 @@ const LGIP_SPEC: TableSpec = TableSpec {
     example: "0  MIG 1g.10gb  19  7/7  9.62  No  14  1  0",
 };
 
-fn lgip_head(t: &[&str]) -> Result<(LgipHead, String, usize), String> {
-    let gpu =
-        parse_u32(t[0]).ok_or_else(|| format!("GPU index {} is too large", show(Some(t[0]))))?;
+fn lgip_head(t: &[&str]) -> Result<(LgipHead, String, usize), LineProblem> {
+    let gpu = parse_u32(t[0]).ok_or_else(|| LineProblem::too_large("GPU index", t[0]))?;
     let mut i = 1;
     if t.get(i).is_some_and(|s| s.eq_ignore_ascii_case("MIG")) {
         i += 1;
@@ -661,32 +735,32 @@ fn lgip_head(t: &[&str]) -> Result<(LgipHead, String, usize), String> {
     let name = match t.get(i) {
         Some(s) if is_gi_name(s) => s.to_string(),
         other => {
-            return Err(format!(
-                "expected a profile name like `MIG 1g.10gb` after the GPU index, found {}",
-                show(other.copied())
+            return Err(LineProblem::expected(
+                "a profile name like `MIG 1g.10gb` after the GPU index",
+                other.copied(),
             ))
         }
     };
     i += 1;
     let label = format!("profile `{name}`");
     let id = t.get(i).and_then(|s| parse_u32(s)).ok_or_else(|| {
-        format!(
-            "expected a profile ID after the name `{name}`, found {}",
-            show(t.get(i).copied())
+        LineProblem::expected(
+            format!("a profile ID after the name `{name}`"),
+            t.get(i).copied(),
         )
     })?;
     i += 1;
     let (free, total) = t.get(i).and_then(|s| parse_free_total(s)).ok_or_else(|| {
-        format!(
-            "expected instances free/total like `7/7` after the ID of `{name}`, found {}",
-            show(t.get(i).copied())
+        LineProblem::expected(
+            format!("instances free/total like `7/7` after the ID of `{name}`"),
+            t.get(i).copied(),
         )
     })?;
     i += 1;
     let (gib, mib) = t.get(i).and_then(|s| parse_gib(s)).ok_or_else(|| {
-        format!(
-            "expected the memory in GiB like `9.62` for `{name}`, found {}",
-            show(t.get(i).copied())
+        LineProblem::expected(
+            format!("the memory in GiB like `9.62` for `{name}`"),
+            t.get(i).copied(),
         )
     })?;
     i += 1;
@@ -785,29 +859,23 @@ const LCIP_SPEC: TableSpec = TableSpec {
     example: "0  1  MIG 1c.3g.40gb  0  3/3  14  2  0  0",
 };
 
-fn lcip_head(t: &[&str]) -> Result<(LcipHead, String, usize), String> {
-    let gpu =
-        parse_u32(t[0]).ok_or_else(|| format!("GPU index {} is too large", show(Some(t[0]))))?;
+fn lcip_head(t: &[&str]) -> Result<(LcipHead, String, usize), LineProblem> {
+    let gpu = parse_u32(t[0]).ok_or_else(|| LineProblem::too_large("GPU index", t[0]))?;
     let gi = t.get(1).and_then(|s| parse_u32(s)).ok_or_else(|| {
-        format!(
-            "expected the GPU instance ID after the GPU index, found {}",
-            show(t.get(1).copied())
-        )
+        LineProblem::expected("the GPU instance ID after the GPU index", t.get(1).copied())
     })?;
     let mut i = 2;
     if t.get(i).is_some_and(|s| s.eq_ignore_ascii_case("MIG")) {
         i += 1;
     }
-    let name = match t.get(i) {
-        Some(s) if ci_parent(s).is_some() => s.to_string(),
-        other => {
-            return Err(format!(
-                "expected a compute-instance profile name like `MIG 1c.3g.40gb` after the GPU \
-                 instance ID, found {}",
-                show(other.copied())
-            ))
-        }
-    };
+    let name =
+        match t.get(i) {
+            Some(s) if ci_parent(s).is_some() => s.to_string(),
+            other => return Err(LineProblem::expected(
+                "a compute-instance profile name like `MIG 1c.3g.40gb` after the GPU instance ID",
+                other.copied(),
+            )),
+        };
     i += 1;
     let label = format!("compute-instance profile `{name}`");
     let (id, default) = t
@@ -820,16 +888,16 @@ fn lcip_head(t: &[&str]) -> Result<(LcipHead, String, usize), String> {
             parse_u32(digits).map(|id| (id, star))
         })
         .ok_or_else(|| {
-            format!(
-                "expected a profile ID (optionally with `*`) after the name `{name}`, found {}",
-                show(t.get(i).copied())
+            LineProblem::expected(
+                format!("a profile ID (optionally with `*`) after the name `{name}`"),
+                t.get(i).copied(),
             )
         })?;
     i += 1;
     let (free, total) = t.get(i).and_then(|s| parse_free_total(s)).ok_or_else(|| {
-        format!(
-            "expected instances free/total like `3/3` after the ID of `{name}`, found {}",
-            show(t.get(i).copied())
+        LineProblem::expected(
+            format!("instances free/total like `3/3` after the ID of `{name}`"),
+            t.get(i).copied(),
         )
     })?;
     i += 1;
@@ -891,7 +959,7 @@ impl<'a> Cursor<'a> {
         self.rest.split_whitespace().next()
     }
 
-    fn word(&mut self, words: &[&str], what: &str) -> Result<(), String> {
+    fn word(&mut self, words: &[&str], what: &str) -> Result<(), LineProblem> {
         let r = self.rest.trim_start();
         for w in words {
             if r.len() >= w.len()
@@ -902,13 +970,10 @@ impl<'a> Cursor<'a> {
                 return Ok(());
             }
         }
-        Err(format!(
-            "expected {what}, found {}",
-            show(self.next_token())
-        ))
+        Err(LineProblem::expected(what, self.next_token()))
     }
 
-    fn number(&mut self, what: &str) -> Result<u32, String> {
+    fn number(&mut self, what: &str) -> Result<u32, LineProblem> {
         let r = self.rest.trim_start();
         let end = r.find(|c: char| !c.is_ascii_digit()).unwrap_or(r.len());
         match parse_u32(&r[..end]) {
@@ -916,16 +981,13 @@ impl<'a> Cursor<'a> {
                 self.rest = &r[end..];
                 Ok(v)
             }
-            None if end > 0 => Err(format!("{what} `{}` is too large", &r[..end])),
-            None => Err(format!(
-                "expected {what}, found {}",
-                show(self.next_token())
-            )),
+            None if end > 0 => Err(LineProblem::too_large(what, &r[..end])),
+            None => Err(LineProblem::expected(what, self.next_token())),
         }
     }
 }
 
-fn lgipp_line(n: usize, line: &str) -> Result<LgippRow, String> {
+fn lgipp_line(n: usize, line: &str) -> Result<LgippRow, LineProblem> {
     let mut c = Cursor {
         rest: line.trim_matches(|ch: char| ch.is_whitespace() || ch == '|'),
     };
@@ -947,9 +1009,9 @@ fn lgipp_line(n: usize, line: &str) -> Result<LgippRow, String> {
     )?;
     let compact: String = c.rest.chars().filter(|ch| !ch.is_whitespace()).collect();
     let bad = || {
-        format!(
-            "expected placements like `{{0,2,4}}:2` for profile ID {id}, found {}",
-            show(Some(compact.as_str()).filter(|s| !s.is_empty()))
+        LineProblem::expected(
+            format!("placements like `{{0,2,4}}:2` for profile ID {id}"),
+            Some(compact.as_str()).filter(|s| !s.is_empty()),
         )
     };
     let inner = compact.strip_prefix('{').ok_or_else(bad)?;
@@ -977,7 +1039,7 @@ fn lgipp_line(n: usize, line: &str) -> Result<LgippRow, String> {
 pub fn parse_lgipp(text: &str) -> Result<Vec<LgippRow>, ImportError> {
     let mut rows = Vec::new();
     for (n, line) in content_lines(text) {
-        rows.push(lgipp_line(n, line).map_err(|problem| ImportError::Line {
+        rows.push(lgipp_line(n, line).map_err(|problem| ImportError::Token {
             input: Input::Lgipp,
             line: n,
             problem,

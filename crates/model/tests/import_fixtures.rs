@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use tessera_model::catalog::{CiProfile, Engines};
 use tessera_model::import::{
     compute_profiles_from_lcip, import_model, import_model_for_gpu, parse_lcip, parse_lgip,
-    parse_lgipp, ImportError, Input, LgipRow,
+    parse_lgipp, ImportError, Input, LgipRow, LineProblem,
 };
 use tessera_model::{Catalog, GpuModel};
 
@@ -820,6 +820,36 @@ fn malformed_lgipp_names_the_line() {
         parse_lgipp("").unwrap_err(),
         ImportError::NoRows { .. }
     ));
+}
+
+#[test]
+fn a_bad_token_is_a_typed_problem_on_its_line() {
+    let e = parse_lgipp("GPU  0 Profile ID 99999999999 Placements: {0}:1\n").unwrap_err();
+    match &e {
+        ImportError::Token {
+            input: Input::Lgipp,
+            line: 1,
+            problem: LineProblem::TooLarge { what, value },
+        } => assert_eq!(
+            (what.as_str(), value.as_str()),
+            ("a profile ID after `Profile ID`", "99999999999")
+        ),
+        other => panic!("{other:?}"),
+    }
+    // The problem is the error's cause, and its text is part of the message.
+    let cause = std::error::Error::source(&e).expect("a cause");
+    assert!(e.to_string().ends_with(&cause.to_string()), "{e}");
+    let e = parse_lgipp("GPU 0 Profile ID 9 Placements: {0,x}:4\n").unwrap_err();
+    assert!(
+        matches!(
+            &e,
+            ImportError::Token {
+                problem: LineProblem::Expected { found, .. },
+                ..
+            } if found == "`{0,x}:4`"
+        ),
+        "{e:?}"
+    );
 }
 
 #[test]

@@ -56,6 +56,10 @@ pub enum IlpError {
     /// This build has no solver.
     #[error("this tessera was built without the integer-programming reference; rebuild with `--features ilp` (needs CBC: Debian `coinor-libcbc-dev`)")]
     NotBuilt,
+    /// The solver's solution breaks an invariant of the problem (a bug in the model
+    /// building).
+    #[error("the solution does not make a valid plan: {0}")]
+    InvalidSolution(#[from] crate::problem::SolutionError),
     /// The solver failed or stopped without a proven optimum.
     #[error("the solver gave no proven optimum: {message}")]
     Solver {
@@ -141,9 +145,7 @@ pub fn optimum(
         .collect();
     let groups = groups(&p, &dims);
     let sol = solve(&p, &dims, &classes, &groups)?;
-    p.check(&sol).map_err(|message| IlpError::Solver {
-        message: format!("the solution does not make a valid plan: {message}"),
-    })?;
+    p.check(&sol)?;
     Ok(IlpOptimum {
         plan: labels.plan(&p, &sol, Policy::Exact, false),
         objective: p.objective(&sol),

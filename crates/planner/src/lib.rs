@@ -61,6 +61,7 @@ mod mps;
 mod nos;
 pub mod plan;
 mod problem;
+pub use problem::SolutionError;
 pub mod quality;
 mod tables;
 mod tessera;

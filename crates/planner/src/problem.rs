@@ -16,6 +16,60 @@ use crate::tables::Tables;
 use crate::typed::{self, Ask, GpuOutcome, Grant, Outcome, RequestId, Sharing, Slice};
 use crate::{Objective, PlanError, PlanOptions};
 
+/// A broken invariant of a planner solution, found by the planner's own check after solving
+/// (a bug in a policy or in the reference solver's model, never the input's fault).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SolutionError {
+    /// A MIG GPU's layout lost an instance that holds work.
+    #[error("MIG GPU {gpu}: a busy instance was removed")]
+    BusyRemoved {
+        /// Index of the MIG GPU in the problem.
+        gpu: usize,
+    },
+    /// A MIG GPU's layout breaks a placement rule.
+    #[error("MIG GPU {gpu}: the layout is invalid")]
+    InvalidLayout {
+        /// Index of the MIG GPU in the problem.
+        gpu: usize,
+    },
+    /// Two requests got the same MIG instance.
+    #[error("request {request}: its slot is given twice")]
+    SlotTwice {
+        /// Index of the request in the problem.
+        request: usize,
+    },
+    /// A request got an instance that is busy or not in the final layout.
+    #[error("request {request}: its instance is not free in the final layout")]
+    InstanceNotFree {
+        /// Index of the request in the problem.
+        request: usize,
+    },
+    /// A request got an instance of another profile.
+    #[error("request {request}: wrong profile")]
+    WrongProfile {
+        /// Index of the request in the problem.
+        request: usize,
+    },
+    /// A request got a slot of another sharing mode.
+    #[error("request {request}: slot of the wrong mode")]
+    WrongMode {
+        /// Index of the request in the problem.
+        request: usize,
+    },
+    /// An MPS GPU's clients ask for more memory, SMs or client slots than it has free.
+    #[error("MPS GPU {gpu}: over capacity")]
+    MpsOverCapacity {
+        /// Index of the MPS GPU in the problem.
+        gpu: usize,
+    },
+    /// A time-sliced GPU got more replicas than it has free.
+    #[error("time-slice GPU {gpu}: over capacity")]
+    TsOverCapacity {
+        /// Index of the time-sliced GPU in the problem.
+        gpu: usize,
+    },
+}
+
 /// Where a GPU sits and which per-mode list holds its state.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct GpuAt {
@@ -688,7 +742,7 @@ impl<'a> Problem<'a> {
 
     /// Check a solution's invariants (debug aid for policies and tests): busy instances kept,
     /// layouts valid, each assignment on a free slice of its profile, room respected.
-    pub fn check(&self, sol: &Solution) -> Result<(), String> {
+    pub fn check(&self, sol: &Solution) -> Result<(), SolutionError> {
         let mut taken = BTreeMap::new();
         let mut mps_mem: Vec<u64> = vec![0; self.mps.len()];
         let mut mps_sm: Vec<u32> = vec![0; self.mps.len()];
@@ -698,28 +752,26 @@ impl<'a> Problem<'a> {
             let t = self.t(m);
             let l = sol.layouts[m];
             if l & g.busy != g.busy {
-                return Err(format!("MIG GPU {m}: a busy instance was removed"));
+                return Err(SolutionError::BusyRemoved { gpu: m });
             }
             if !t.valid(l) {
-                return Err(format!("MIG GPU {m}: the layout is invalid"));
+                return Err(SolutionError::InvalidLayout { gpu: m });
             }
         }
         for (i, (r, s)) in self.reqs.iter().zip(&sol.slots).enumerate() {
             let Some(s) = *s else { continue };
             if taken.insert(s, i).is_some() && !matches!(s, Slot::Mps(_) | Slot::Ts(_)) {
-                return Err(format!("request {i}: its slot is given twice"));
+                return Err(SolutionError::SlotTwice { request: i });
             }
             match (s, r.kind) {
                 (Slot::Mig(m, c), ReqKind::Mig(gp)) => {
                     let t = self.t(m);
                     let l = sol.layouts[m];
                     if l & (1 << c) == 0 || self.mig[m].busy & (1 << c) != 0 {
-                        return Err(format!(
-                            "request {i}: its instance is not free in the final layout"
-                        ));
+                        return Err(SolutionError::InstanceNotFree { request: i });
                     }
                     if self.local[self.mig[m].t][gp] != Some(usize::from(t.prof[c])) {
-                        return Err(format!("request {i}: wrong profile"));
+                        return Err(SolutionError::WrongProfile { request: i });
                     }
                 }
                 (Slot::Mps(g), ReqKind::Mps { mem, sm }) => {
@@ -728,17 +780,17 @@ impl<'a> Problem<'a> {
                     mps_n[g] += 1;
                 }
                 (Slot::Ts(g), ReqKind::Ts) => ts_n[g] += 1,
-                _ => return Err(format!("request {i}: slot of the wrong mode")),
+                _ => return Err(SolutionError::WrongMode { request: i }),
             }
         }
         for (g, s) in self.mps.iter().enumerate() {
             if mps_mem[g] > s.mem_free || mps_sm[g] > s.sm_free || mps_n[g] > s.clients_free {
-                return Err(format!("MPS GPU {g}: over capacity"));
+                return Err(SolutionError::MpsOverCapacity { gpu: g });
             }
         }
         for (g, s) in self.ts.iter().enumerate() {
             if ts_n[g] > s.free {
-                return Err(format!("time-slice GPU {g}: over capacity"));
+                return Err(SolutionError::TsOverCapacity { gpu: g });
             }
         }
         Ok(())

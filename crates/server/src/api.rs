@@ -113,7 +113,7 @@ impl Daemon {
             &ask,
             gpu_model.as_deref(),
         )
-        .map_err(ApiError::unsatisfiable)?;
+        .map_err(|e| ApiError::unsatisfiable(e.to_string()))?;
         let (pid, pid_start) = match who.process {
             Some(p) => (Some(p.pid), Some(p.start_ticks)),
             None => (None, None),

@@ -287,7 +287,7 @@ impl<'a> PassCore<'a> {
         };
         match slice {
             Slice::Mig { start, .. } => {
-                if let Some(i) = g.instances.iter_mut().find(|i| i.start == *start) {
+                if let Some(i) = g.instances.iter_mut().find(|i| i.at.start() == *start) {
                     i.lease = Some(request);
                     i.pids = vec![pid.unwrap_or(0)];
                 }
@@ -366,9 +366,9 @@ mod tests {
     }
 
     fn inst(profile: &str, start: u8, lease: Option<u64>) -> InstanceState {
+        let h100 = Catalog::builtin().lookup("h100-80gb").unwrap();
         InstanceState {
-            profile: profile.into(),
-            start,
+            at: crate::sched::InstanceAt::resolve(h100, profile, start),
             uuid: Some(format!("MIG-{profile}-{start}")),
             lease,
             pids: lease.map(|_| vec![1]).unwrap_or_default(),
@@ -402,11 +402,12 @@ mod tests {
 
     /// Carry a grant out as the executor would on a GPU that does what it is told.
     fn carry_out(core: &mut PassCore<'_>, g: &Grant) {
-        let crate::sched::Pick::Mig { profile, start } = &g.serve.pick else {
+        let crate::sched::Pick::Mig(placed) = &g.serve.pick else {
             panic!("a MIG pick: {g:?}")
         };
+        let model = Catalog::builtin().lookup("h100-80gb").unwrap();
+        let (profile, start) = (&model.profile(placed.profile).name, &placed.start);
         if let Some(layout) = &g.serve.layout {
-            let model = Catalog::builtin().lookup("h100-80gb").unwrap();
             let old = core.gpu(g.serve.gpu).unwrap().instances.clone();
             let list = layout
                 .iter()
@@ -414,7 +415,7 @@ mod tests {
                     let name = model.profile(p.profile).name.clone();
                     let lease = old
                         .iter()
-                        .find(|i| i.start == p.start && i.profile == name)
+                        .find(|i| i.at.placed() == Some(*p))
                         .and_then(|i| i.lease);
                     inst(&name, p.start, lease)
                 })

@@ -56,7 +56,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use tessera_model::{Catalog, Placed};
 
 use crate::config::Config;
-use crate::error::{ApiError, ServerError};
+use crate::error::{ApiError, SchedulerDeath, ServerError};
 use crate::fleet::{Fleet, GpuFacts};
 use crate::isolate::{Enforcer, Quarantine};
 use crate::liveness::{ClientLiveness, Clock, MonotonicClock, ProcLiveness};
@@ -117,7 +117,7 @@ pub(crate) struct Inner {
     pub(crate) metrics: Metrics,
     pub(crate) stopped: AtomicBool,
     /// Why the scheduler thread died (`None` while it runs or after a clean stop).
-    pub(crate) failure: tokio::sync::watch::Sender<Option<String>>,
+    pub(crate) failure: tokio::sync::watch::Sender<Option<SchedulerDeath>>,
     /// Warnings from the start (a state directory fixed, a database that looks emptied).
     pub(crate) notices: Mutex<Vec<String>>,
     pub(crate) state_dir: PathBuf,
@@ -252,20 +252,20 @@ impl Daemon {
 
     /// Why the scheduler thread died, if it did. Without it nothing is granted or expired,
     /// so the daemon must stop (see [`Daemon::scheduler_died`]).
-    pub fn scheduler_failure(&self) -> Option<String> {
+    pub fn scheduler_failure(&self) -> Option<SchedulerDeath> {
         self.inner.failure.borrow().clone()
     }
 
     /// Resolves (with the reason) once the scheduler thread has died; `tessera serve` stops
     /// the daemon with an error then, so that a supervisor restarts it.
-    pub async fn scheduler_died(&self) -> String {
+    pub async fn scheduler_died(&self) -> SchedulerDeath {
         let mut rx = self.inner.failure.subscribe();
         loop {
             if let Some(why) = rx.borrow_and_update().clone() {
                 return why;
             }
             if rx.changed().await.is_err() {
-                return "the scheduler thread is gone".into();
+                return SchedulerDeath::Gone;
             }
         }
     }
@@ -363,7 +363,10 @@ mod tests {
         let why = tokio::time::timeout(Duration::from_secs(10), d.scheduler_died())
             .await
             .expect("the scheduler's death is reported");
-        assert!(why.contains("injected by a test"), "{why}");
+        assert!(
+            matches!(&why, SchedulerDeath::Panic { message } if message.contains("injected by a test")),
+            "{why:?}"
+        );
         let who = Identity::in_process(1000, "alice");
         let body = SubmitBody {
             slice: SliceAsk::Mig {
@@ -376,8 +379,14 @@ mod tests {
         let e = d.submit(&who, body).unwrap_err();
         assert_eq!(e.status, 503, "{e}");
         assert!(e.message.contains("scheduler stopped"), "{e}");
-        let e = ServerError::SchedulerDied(why).to_string();
-        assert!(e.contains("restart"), "{e}");
+        let e = ServerError::SchedulerDied { cause: why };
+        assert_eq!(e.kind(), crate::error::ErrorKind::Runtime);
+        assert!(std::error::Error::source(&e).is_some());
+        let e = e.to_string();
+        assert!(
+            e.contains("restart") && e.contains("panic: injected"),
+            "{e}"
+        );
         tokio::task::spawn_blocking(move || sched.join())
             .await
             .unwrap();
@@ -409,7 +418,9 @@ mod tests {
             .expect("serve stopped")
             .unwrap();
         match r {
-            Err(ServerError::SchedulerDied(why)) => assert!(why.contains("injected"), "{why}"),
+            Err(ServerError::SchedulerDied {
+                cause: SchedulerDeath::Panic { message },
+            }) => assert!(message.contains("injected"), "{message}"),
             other => panic!("expected SchedulerDied, got {other:?}"),
         }
         tokio::task::spawn_blocking(move || sched.join())

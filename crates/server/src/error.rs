@@ -71,12 +71,35 @@ pub enum ServerError {
         #[source]
         source: Option<tessera_gpu::GpuError>,
     },
-    /// Per-lease device isolation was required but cannot be set up.
-    #[error("device isolation: {0}")]
-    Isolation(String),
+    /// Per-lease device isolation was required (`isolation: devices`) but this host cannot
+    /// make lease cgroups.
+    #[error("device isolation: `isolation: devices` is set, but {source}. Fix that, or set `isolation: off` in the config to run without device isolation")]
+    Isolation {
+        /// What the cgroup probe found instead of a usable controller.
+        #[source]
+        source: tessera_isolation::Unavailable,
+    },
     /// The scheduler thread died; the daemon stops so that it can be restarted.
-    #[error("the scheduler thread died ({0}); stopping the daemon: restart it (leases and the queue are kept)")]
-    SchedulerDied(String),
+    #[error("the scheduler thread died ({cause}); stopping the daemon: restart it (leases and the queue are kept)")]
+    SchedulerDied {
+        /// Why it died.
+        #[source]
+        cause: SchedulerDeath,
+    },
+}
+
+/// Why the scheduler thread stopped for good.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SchedulerDeath {
+    /// It panicked.
+    #[error("panic: {message}")]
+    Panic {
+        /// The panic's message (`a panic without a message` when its payload was no text).
+        message: String,
+    },
+    /// The thread is gone without recording why.
+    #[error("the scheduler thread is gone")]
+    Gone,
 }
 
 /// What kind of failure an error is, for a caller's exit status.
@@ -109,16 +132,16 @@ impl ServerError {
     /// fleet or isolation setting that does not fit the machine) or the run failed.
     pub fn kind(&self) -> ErrorKind {
         match self {
-            ServerError::Config { .. } | ServerError::Fleet { .. } | ServerError::Isolation(_) => {
-                ErrorKind::Usage
-            }
+            ServerError::Config { .. }
+            | ServerError::Fleet { .. }
+            | ServerError::Isolation { .. } => ErrorKind::Usage,
             ServerError::Store { .. }
             | ServerError::Schema { .. }
             | ServerError::Io { .. }
             | ServerError::Backend { .. }
             | ServerError::NoGpu
             | ServerError::Mps { .. }
-            | ServerError::SchedulerDied(_) => ErrorKind::Runtime,
+            | ServerError::SchedulerDied { .. } => ErrorKind::Runtime,
         }
     }
 
@@ -201,5 +224,50 @@ impl ApiError {
             status: 500,
             message: format!("internal error (incident {id}; see the daemon's log)"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::error::Error as _;
+    use tessera_isolation::Availability;
+
+    #[test]
+    fn isolation_and_scheduler_errors_keep_their_typed_causes_and_kinds() {
+        let probe = Availability::NotWritable {
+            path: "/sys/fs/cgroup/devices/tessera".into(),
+            source: std::io::Error::from(std::io::ErrorKind::PermissionDenied),
+        };
+        let e = ServerError::Isolation {
+            source: probe.into_unavailable().unwrap(),
+        };
+        assert_eq!(e.kind(), ErrorKind::Usage);
+        let text = e.to_string();
+        assert!(
+            text.contains("cannot create cgroups in /sys/fs/cgroup/devices/tessera")
+                && text.contains("set `isolation: off`"),
+            "{text}"
+        );
+        // ServerError -> Unavailable -> the OS error.
+        let unavailable = e.source().expect("the probe result is the cause");
+        let os = unavailable.source().expect("the OS error is kept");
+        assert!(os.downcast_ref::<std::io::Error>().is_some());
+        assert!(Availability::V1 { root: "/x".into() }
+            .into_unavailable()
+            .is_none());
+
+        let e = ServerError::SchedulerDied {
+            cause: SchedulerDeath::Panic {
+                message: "index out of bounds".into(),
+            },
+        };
+        assert_eq!(e.kind(), ErrorKind::Runtime);
+        assert_eq!(
+            e.source().and_then(|c| c.downcast_ref::<SchedulerDeath>()),
+            Some(&SchedulerDeath::Panic {
+                message: "index out of bounds".into()
+            })
+        );
     }
 }

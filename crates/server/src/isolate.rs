@@ -188,10 +188,11 @@ impl Enforcer {
                     Some(Box::new(DevicesV2::new(root)))
                 }
                 other if mode == Some(IsolationMode::Devices) => {
-                    return Err(ServerError::Isolation(format!(
-                        "`isolation: devices` is set, but {}. Fix that, or set `isolation: off` in the config to run without device isolation",
-                        other.explain()
-                    )))
+                    // Always `Some`: `V1` and `V2` matched above.
+                    if let Some(source) = other.into_unavailable() {
+                        return Err(ServerError::Isolation { source });
+                    }
+                    None
                 }
                 other => {
                     why_off = format!("unavailable: {}", other.explain());

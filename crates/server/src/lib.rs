@@ -49,4 +49,4 @@ pub use tessera_api::{client, overview, wire};
 
 pub use config::Config;
 pub use daemon::Daemon;
-pub use error::{ApiError, ServerError};
+pub use error::{ApiError, SchedulerDeath, ServerError};

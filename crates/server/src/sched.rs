@@ -48,13 +48,64 @@ use tessera_planner::{plan_typed, GpuMode, MpsClientSpec, MpsRequest, PlanOption
 use crate::fleet::GpuFacts;
 use crate::wire::SliceAsk;
 
+/// Where a MIG instance sits, in its GPU model's terms: the backend's profile name is resolved
+/// once, when the instance is observed ([`InstanceAt::resolve`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InstanceAt {
+    /// A profile of the GPU's model at one of its placements.
+    Placed(Placed),
+    /// A profile the GPU's model does not have (another driver or catalog): the planner
+    /// cannot see the GPU whole, so the GPU takes no new leases while the instance exists.
+    Unknown {
+        /// The profile name as the backend reported it.
+        profile: String,
+        /// Placement start.
+        start: u8,
+    },
+}
+
+impl InstanceAt {
+    /// Resolve a backend's `profile` at `start` against the GPU's model.
+    pub fn resolve(model: &GpuModel, profile: &str, start: u8) -> InstanceAt {
+        match model.profile_named(profile) {
+            Some(p) => InstanceAt::Placed(Placed::new(p, start)),
+            None => InstanceAt::Unknown {
+                profile: profile.to_string(),
+                start,
+            },
+        }
+    }
+
+    /// The placement, when the profile is one of the model's.
+    pub fn placed(&self) -> Option<Placed> {
+        match self {
+            InstanceAt::Placed(p) => Some(*p),
+            InstanceAt::Unknown { .. } => None,
+        }
+    }
+
+    /// Placement start.
+    pub fn start(&self) -> u8 {
+        match self {
+            InstanceAt::Placed(p) => p.start,
+            InstanceAt::Unknown { start, .. } => *start,
+        }
+    }
+
+    /// The profile's name (`model` is the GPU's, the one it was resolved against).
+    pub fn profile<'a>(&'a self, model: &'a GpuModel) -> &'a str {
+        match self {
+            InstanceAt::Placed(p) => &model.profile(p.profile).name,
+            InstanceAt::Unknown { profile, .. } => profile,
+        }
+    }
+}
+
 /// A MIG instance as the scheduler sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InstanceState {
-    /// Profile name.
-    pub profile: String,
-    /// Placement start.
-    pub start: u8,
+    /// Its profile and placement.
+    pub at: InstanceAt,
     /// `MIG-…` UUID (none while it has no compute instance).
     pub uuid: Option<String>,
     /// The lease holding it.
@@ -178,13 +229,9 @@ pub struct Waiting {
 /// The slice picked for a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Pick {
-    /// A MIG instance at this placement (existing, or created by the new layout).
-    Mig {
-        /// Profile name.
-        profile: String,
-        /// Placement start.
-        start: u8,
-    },
+    /// A MIG instance at this placement of the GPU's model (existing, or created by the new
+    /// layout).
+    Mig(Placed),
     /// An MPS client.
     Mps {
         /// Memory limit, MiB.
@@ -352,6 +399,25 @@ fn variants<'c>(catalog: &'c Catalog, gpus: &[GpuState], w: &Waiting) -> Vec<Var
     out
 }
 
+/// An ask that no GPU of this fleet could ever serve: what exists instead, and for a memory
+/// ask the largest slice and the flags that ask for it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "no GPU{} of this machine can ever serve `{ask}`; it has {}{hint}",
+    model.as_ref().map(|m| format!(" of model {m}")).unwrap_or_default(),
+    have.join("; ")
+)]
+pub struct Unservable {
+    /// The ask.
+    pub ask: SliceAsk,
+    /// The GPU model the ask was restricted to, if any.
+    pub model: Option<String>,
+    /// Each GPU of the fleet with its mode and what it offers (`GPU 0 h100-80gb (mig: …)`).
+    pub have: Vec<String>,
+    /// For a memory ask: `; the largest … ask --mem …` (empty otherwise).
+    pub hint: String,
+}
+
 /// Whether no GPU of this fleet could ever serve the ask (ignoring what runs now and drains).
 /// `Err` says why and what exists instead.
 pub fn check_feasible(
@@ -359,7 +425,7 @@ pub fn check_feasible(
     gpus: &[GpuFacts],
     ask: &SliceAsk,
     model: Option<&str>,
-) -> Result<(), String> {
+) -> Result<(), Unservable> {
     let states: Vec<GpuState> = gpus.iter().cloned().map(GpuState::empty).collect();
     let w = Waiting {
         id: 0,
@@ -371,7 +437,6 @@ pub fn check_feasible(
     if decide(catalog, &states, &w, &[]).is_some() {
         return Ok(());
     }
-    let restriction = model.map(|m| format!(" of model {m}")).unwrap_or_default();
     let mut have: Vec<String> = Vec::new();
     for g in gpus {
         let desc = match g.mode {
@@ -390,11 +455,12 @@ pub fn check_feasible(
         };
         have.push(desc);
     }
-    Err(format!(
-        "no GPU{restriction} of this machine can ever serve `{ask}`; it has {}{}",
-        have.join("; "),
-        largest_hint(catalog, gpus, ask, model)
-    ))
+    Err(Unservable {
+        ask: ask.clone(),
+        model: model.map(str::to_string),
+        have,
+        hint: largest_hint(catalog, gpus, ask, model),
+    })
 }
 
 /// For a memory ask nothing can serve: the largest MIG instance and MPS client this machine
@@ -476,18 +542,19 @@ fn planner_gpu<'c>(model: &'c GpuModel, g: &GpuState, holds: Vec<Hold>) -> Optio
         GpuMode::Mig => {
             let mut instances = Vec::with_capacity(g.instances.len());
             for i in &g.instances {
-                let Some(p) = model.profile_named(&i.profile) else {
-                    tracing::warn!(
-                        "GPU {}: instance {}@{} is not a profile of {}; no new leases on it",
-                        g.facts.index,
-                        i.profile,
-                        i.start,
-                        model.key
-                    );
-                    return None;
+                let placed = match &i.at {
+                    InstanceAt::Placed(p) => *p,
+                    InstanceAt::Unknown { profile, start } => {
+                        tracing::warn!(
+                            "GPU {}: instance {profile}@{start} is not a profile of {}; no new leases on it",
+                            g.facts.index,
+                            model.key
+                        );
+                        return None;
+                    }
                 };
                 instances.push(Instance {
-                    placed: Placed::new(p, i.start),
+                    placed,
                     busy: i.used(),
                 });
             }
@@ -522,11 +589,11 @@ fn options_for(g: &GpuState) -> PlanOptions {
 }
 
 /// The used instances of a MIG GPU as placements of its model (unknown profiles skipped).
-fn used_placements(model: &GpuModel, g: &GpuState) -> Vec<Placed> {
+fn used_placements(g: &GpuState) -> Vec<Placed> {
     g.instances
         .iter()
         .filter(|i| i.used())
-        .filter_map(|i| Some(Placed::new(model.profile_named(&i.profile)?, i.start)))
+        .filter_map(|i| i.at.placed())
         .collect()
 }
 
@@ -595,10 +662,7 @@ pub fn decide(
         let gpu = candidates[a.gpu];
         let g = by_index[&gpu];
         let pick = match a.slice {
-            Slice::Mig(p) => Pick::Mig {
-                profile: a.model.profile(p.profile).name.clone(),
-                start: p.start,
-            },
+            Slice::Mig(p) => Pick::Mig(p),
             Slice::Mps(m) => Pick::Mps {
                 memory_mib: m.memory_mib,
                 sm_percent: m.sm_percent.clamp(1, 100) as u8,
@@ -656,7 +720,7 @@ pub fn reserve(
                     let Some(p) = tessera_planner::same_profile(of, *profile, model) else {
                         continue;
                     };
-                    let used = used_placements(model, g);
+                    let used = used_placements(g);
                     if let Some((region, blockers)) = tessera_planner::choose_hold(model, &used, p)
                     {
                         consider((blockers, 0, *gi, region.start), Some(region));
@@ -803,10 +867,11 @@ mod tests {
         }
     }
 
+    /// An instance of an H100 80GB (the model of every MIG GPU in these tests).
     fn inst(profile: &str, start: u8, lease: Option<u64>) -> InstanceState {
+        let h100 = Catalog::builtin().lookup("h100-80gb").unwrap();
         InstanceState {
-            profile: profile.into(),
-            start,
+            at: InstanceAt::resolve(h100, profile, start),
             uuid: Some(format!("MIG-{profile}-{start}")),
             lease,
             pids: vec![],
@@ -832,14 +897,36 @@ mod tests {
         let mut g = GpuState::empty(facts(0, "h100-80gb", GpuMode::Mig));
         g.instances = vec![inst("3g.40gb", 0, Some(1)), inst("3g.40gb", 4, None)];
         let s = decide(Catalog::builtin(), &[g], &waiting(2, mig("3g.40gb")), &[]).unwrap();
-        assert_eq!(
-            s.pick,
-            Pick::Mig {
-                profile: "3g.40gb".into(),
-                start: 4
-            }
-        );
+        let h100 = Catalog::builtin().lookup("h100-80gb").unwrap();
+        assert_eq!(s.pick, Pick::Mig(h100.parse_spec("3g.40gb@4").unwrap()));
         assert_eq!(s.layout, None);
+    }
+
+    /// A profile name is resolved once, when observed; an instance of a profile the model
+    /// lacks keeps the whole GPU from the planner (it could not keep that instance).
+    #[test]
+    fn an_instance_of_an_unknown_profile_closes_its_gpu_to_new_leases() {
+        let c = Catalog::builtin();
+        let h100 = c.lookup("h100-80gb").unwrap();
+        let at = InstanceAt::resolve(h100, "3g.40gb", 4);
+        assert_eq!(
+            at,
+            InstanceAt::Placed(h100.parse_spec("3g.40gb@4").unwrap())
+        );
+        assert_eq!((at.profile(h100), at.start()), ("3g.40gb", 4));
+        let odd = InstanceAt::resolve(h100, "1g.12gb", 0);
+        assert_eq!(
+            (odd.placed(), odd.profile(h100), odd.start()),
+            (None, "1g.12gb", 0)
+        );
+        let mut g = GpuState::empty(facts(0, "h100-80gb", GpuMode::Mig));
+        g.instances = vec![inst("1g.12gb", 0, None)];
+        assert_eq!(
+            decide(c, &[g.clone()], &waiting(1, mig("1g.10gb")), &[]),
+            None
+        );
+        g.instances = vec![inst("1g.10gb", 0, None)];
+        assert!(decide(c, &[g], &waiting(1, mig("1g.10gb")), &[]).is_some());
     }
 
     #[test]
@@ -881,8 +968,8 @@ mod tests {
         )
         .unwrap();
         match later.pick {
-            Pick::Mig { start, .. } => {
-                assert!(start < 4, "landed in the reserved region at {start}")
+            Pick::Mig(p) => {
+                assert!(p.start < 4, "landed in the reserved region at {}", p.start)
             }
             other => panic!("{other:?}"),
         }
@@ -928,7 +1015,7 @@ mod tests {
         let s = decide(c, &[g0.clone(), g1.clone()], &waiting(1, ask.clone()), &[]).unwrap();
         assert_eq!(s.gpu, 0);
         assert!(
-            matches!(&s.pick, Pick::Mig { profile, .. } if profile == "1g.20gb"),
+            matches!(&s.pick, Pick::Mig(p) if c.lookup("h100-80gb").unwrap().profile(p.profile).name == "1g.20gb"),
             "{s:?}"
         );
         let mut drained = g0;
@@ -1151,9 +1238,13 @@ mod tests {
             facts(1, "h100-80gb", GpuMode::Mps),
         ];
         assert!(check_feasible(c, &gpus, &mig("7g.80gb"), None).is_ok());
-        let e = check_feasible(c, &gpus, &mig("7g.40gb"), None).unwrap_err();
+        let e = check_feasible(c, &gpus, &mig("7g.40gb"), None)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("7g.40gb") && e.contains("3g.40gb"), "{e}");
-        let e = check_feasible(c, &gpus, &SliceAsk::Share, None).unwrap_err();
+        let e = check_feasible(c, &gpus, &SliceAsk::Share, None)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("share"), "{e}");
         let e = check_feasible(
             c,
@@ -1164,7 +1255,8 @@ mod tests {
             },
             None,
         )
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("mps"), "{e}");
     }
 
@@ -1177,7 +1269,9 @@ mod tests {
             memory_mib: 80 * 1024,
             sm_percent: None,
         };
-        let e = check_feasible(c, &gpus, &ask, None).unwrap_err();
+        let e = check_feasible(c, &gpus, &ask, None)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("7g.80gb on h100-80gb with 79.25 GiB"), "{e}");
         assert!(e.contains("--mem 79GiB or --mig 7g.80gb"), "{e}");
         // 80 GB (decimal) is 76294 MiB and fits.
@@ -1196,7 +1290,9 @@ mod tests {
             memory_mib: 4096,
             sm_percent: Some(20),
         };
-        let e = check_feasible(c, &mig_only, &ask, None).unwrap_err();
+        let e = check_feasible(c, &mig_only, &ask, None)
+            .unwrap_err()
+            .to_string();
         assert!(!e.contains("largest MIG"), "{e}");
         let both = [
             facts(0, "h100-80gb", GpuMode::Mig),

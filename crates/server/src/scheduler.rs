@@ -14,13 +14,13 @@ use tessera_planner::GpuMode;
 
 use crate::core::{self, PassCore, Verdict};
 use crate::daemon::{api_err, lock, Cmd, Daemon, Inner, Snapshot};
-use crate::error::{ApiError, ServerError};
+use crate::error::{ApiError, SchedulerDeath, ServerError};
 use crate::fleet::{ApplyError, Fleet};
 use crate::isolate::Enforcer;
 use crate::journal::DbJournal;
 use crate::liveness::ClientLiveness;
 use crate::metrics::Metrics;
-use crate::sched::{self, GpuState, InstanceState, MpsClient, Pick, Reservation};
+use crate::sched::{self, GpuState, InstanceAt, InstanceState, MpsClient, Pick, Reservation};
 use crate::store::RequestRow;
 use crate::wire::{RequestState, Slice};
 
@@ -65,7 +65,9 @@ impl Scheduler {
                 "the scheduler thread died: {why}; no lease can be granted or ended, so the daemon stops (leases and the queue are kept in the database)"
             );
             d.inner.stopped.store(true, Ordering::SeqCst);
-            d.inner.failure.send_replace(Some(format!("panic: {why}")));
+            d.inner
+                .failure
+                .send_replace(Some(SchedulerDeath::Panic { message: why }));
         }
     }
 
@@ -323,7 +325,7 @@ impl Scheduler {
             };
             match &item.slice {
                 Slice::Mig { start, .. } => {
-                    if let Some(i) = g.instances.iter_mut().find(|i| i.start == *start) {
+                    if let Some(i) = g.instances.iter_mut().find(|i| i.at.start() == *start) {
                         if i.pids.is_empty() {
                             i.pids = item.pids.clone();
                         }
@@ -496,12 +498,13 @@ impl Scheduler {
         if self.fleet.sync_work(gpu, &held) {
             observed = self.fleet.instances(gpu)?;
         }
+        // The one place a backend's profile name becomes the model's profile.
+        let model = self.fleet.model(gpu);
         Ok(observed
             .into_iter()
             .map(|i| InstanceState {
                 lease: lease_of(&i).map(|r| r.id),
-                profile: i.profile,
-                start: i.start,
+                at: InstanceAt::resolve(model, &i.profile, i.start),
                 uuid: i.uuid,
                 pids: i.pids,
             })
@@ -681,11 +684,14 @@ impl Scheduler {
         let facts = state.facts.clone();
         let mut env = BTreeMap::new();
         let slice = match &serve.pick {
-            Pick::Mig { profile, start } => {
+            Pick::Mig(placed) => {
+                // Named for messages and the lease's slice (the wire keeps profile names).
+                let profile = self.fleet.model(gpu).profile(placed.profile).name.clone();
+                let start = placed.start;
                 let Some(inst) = state
                     .instances
                     .iter()
-                    .find(|i| i.profile == *profile && i.start == *start && !i.used())
+                    .find(|i| i.at == InstanceAt::Placed(*placed) && !i.used())
                 else {
                     core.fail(
                         gpu,
@@ -704,8 +710,8 @@ impl Scheduler {
                 env.insert("NVIDIA_VISIBLE_DEVICES".to_string(), uuid.clone());
                 Slice::Mig {
                     gpu,
-                    profile: profile.clone(),
-                    start: *start,
+                    profile,
+                    start,
                     uuid,
                 }
             }

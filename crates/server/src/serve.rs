@@ -186,7 +186,7 @@ pub async fn until_stopped(
     tokio::select! {
         r = servers => r,
         r = stop => r,
-        why = daemon.scheduler_died() => Err(ServerError::SchedulerDied(why)),
+        cause = daemon.scheduler_died() => Err(ServerError::SchedulerDied { cause }),
     }
 }
 

@@ -9,7 +9,7 @@ use crate::core::queued_in_order;
 use crate::daemon::{api_err, lock, Daemon, Snapshot};
 use crate::error::ApiError;
 use crate::ident::Identity;
-use crate::sched::GpuState;
+use crate::sched::{GpuState, InstanceAt};
 use crate::store::RequestRow;
 use crate::wire::{GpuView, InstanceView, RequestState, RequestView, ShareView, StatusView};
 
@@ -157,14 +157,20 @@ impl Daemon {
         holder: &dyn Fn(Option<u64>) -> (Option<u64>, Option<String>),
     ) -> GpuView {
         let f = &g.facts;
+        // A MIG GPU's model: resolved from the catalog when the fleet started.
+        let model = self.inner.catalog.get(&f.model);
         let instances = g
             .instances
             .iter()
             .map(|i| {
                 let (lease, user) = holder(i.lease);
                 InstanceView {
-                    profile: i.profile.clone(),
-                    start: i.start,
+                    profile: match (model, &i.at) {
+                        (Some(m), at) => at.profile(m).to_string(),
+                        (None, InstanceAt::Unknown { profile, .. }) => profile.clone(),
+                        (None, InstanceAt::Placed(p)) => format!("profile #{}", p.profile.0),
+                    },
+                    start: i.at.start(),
                     uuid: i.uuid.clone(),
                     lease,
                     user,

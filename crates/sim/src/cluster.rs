@@ -7,7 +7,7 @@
 //! that no policy ever destroys busy work.
 
 use serde::Serialize;
-use tessera_model::{GpuModel, LayoutState, Placed};
+use tessera_model::{GpuModel, LayoutState, Placed, Violation};
 
 use crate::trace::TraceNode;
 use crate::workload::SimPod;
@@ -151,6 +151,38 @@ pub struct Counters {
     pub repartitions: u64,
     /// Attempts to destroy an instance that held a pod (refused; must stay 0).
     pub busy_destroyed: u64,
+}
+
+/// A broken structural invariant of the cluster, found by [`Cluster::check`] (a simulator bug).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvariantError {
+    /// A node's pods use more CPU or memory than it has.
+    #[error("node {node} is over its CPU or memory")]
+    OverCapacity {
+        /// Node index.
+        node: usize,
+    },
+    /// A GPU's instances break a layout rule.
+    #[error("node {node} GPU {gpu}: {violation}")]
+    Layout {
+        /// Node index.
+        node: usize,
+        /// GPU index.
+        gpu: usize,
+        /// The first broken rule.
+        #[source]
+        violation: Violation,
+    },
+    /// An instance names a pod whose binding does not hold it.
+    #[error("node {node} GPU {gpu}: pod {pod} is not bound there")]
+    Unbound {
+        /// Node index.
+        node: usize,
+        /// GPU index.
+        gpu: usize,
+        /// The pod.
+        pod: PodId,
+    },
 }
 
 /// Why a checked operation was refused (a policy bug, never expected in a correct run).
@@ -414,17 +446,21 @@ impl<'m> Cluster<'m> {
     }
 
     /// Check every structural invariant (valid layouts, bindings consistent); for tests.
-    pub fn check(&self) -> Result<(), String> {
+    pub fn check(&self) -> Result<(), InvariantError> {
         let model = self.model;
         for (n, node) in self.nodes.iter().enumerate() {
             if node.cpu_used > node.cpu_total || node.mem_used > node.mem_total {
-                return Err(format!("node {n} is over its CPU or memory"));
+                return Err(InvariantError::OverCapacity { node: n });
             }
             for (g, gpu) in node.gpus.iter().enumerate() {
                 let items: Vec<Placed> = gpu.instances.iter().map(|i| i.placed).collect();
                 let v = model.validate(&items);
-                if !v.is_empty() {
-                    return Err(format!("node {n} GPU {g}: {}", v[0]));
+                if let Some(violation) = v.into_iter().next() {
+                    return Err(InvariantError::Layout {
+                        node: n,
+                        gpu: g,
+                        violation,
+                    });
                 }
                 for i in &gpu.instances {
                     if let Some(pod) = i.pod {
@@ -432,7 +468,11 @@ impl<'m> Cluster<'m> {
                             .binding(pod)
                             .is_some_and(|b| b.node == n && b.instances.contains(&(g, i.placed)));
                         if !ok {
-                            return Err(format!("node {n} GPU {g}: pod {pod} is not bound there"));
+                            return Err(InvariantError::Unbound {
+                                node: n,
+                                gpu: g,
+                                pod,
+                            });
                         }
                     }
                 }

@@ -34,7 +34,7 @@ use std::sync::{Mutex, OnceLock};
 
 use tessera_model::GpuModel;
 
-pub use cluster::{Cluster, Counters};
+pub use cluster::{Cluster, Counters, InvariantError};
 pub use mapping::{GpuDemand, Mapping, MappingError};
 pub use policy::{PolicyKind, SimError};
 pub use replay::ReplayRun;

@@ -39,12 +39,14 @@ pub enum OutputError {
         source: std::io::Error,
     },
     /// Drawing a plot failed.
-    #[error("cannot draw {path}: {message}")]
+    #[error("cannot draw {path}: {source}")]
     Plot {
         /// The plot file.
         path: PathBuf,
-        /// What went wrong.
-        message: String,
+        /// The drawing backend's error (plotters' `DrawingAreaErrorKind` of the PNG or SVG
+        /// backend, which differ in type).
+        #[source]
+        source: DrawError,
     },
 }
 
@@ -70,11 +72,11 @@ macro_rules! draw_png_and_svg {
         register_font();
         let png = $dir.join(concat!($stem, ".png"));
         let $root = BitMapBackend::new(&png, SIZE).into_drawing_area();
-        $draw.map_err(|message| plot_error(&png, message))?;
+        $draw.map_err(|source| plot_error(&png, source))?;
         $files.push(png);
         let svg = $dir.join(concat!($stem, ".svg"));
         let $root = SVGBackend::new(&svg, SIZE).into_drawing_area();
-        $draw.map_err(|message| plot_error(&svg, message))?;
+        $draw.map_err(|source| plot_error(&svg, source))?;
         $files.push(svg);
     }};
 }
@@ -291,16 +293,19 @@ allocated_mean_pct,allocated_peak_pct,repartitions,creates,destroys,busy_destroy
     Ok(files)
 }
 
-fn plot_error(path: &Path, message: String) -> OutputError {
+fn plot_error(path: &Path, source: DrawError) -> OutputError {
     OutputError::Plot {
         path: path.to_path_buf(),
-        message,
+        source,
     }
 }
 
-/// Turn a drawing error into text.
-fn text<E: std::error::Error + Send + Sync>(e: DrawingAreaErrorKind<E>) -> String {
-    e.to_string()
+/// A drawing error of either backend, kept whole as the cause of [`OutputError::Plot`].
+pub type DrawError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Box a drawing error.
+fn drawing<E: std::error::Error + Send + Sync + 'static>(e: DrawingAreaErrorKind<E>) -> DrawError {
+    Box::new(e)
 }
 
 /// The axes of one panel of a plot.
@@ -320,7 +325,7 @@ struct Axes<'t> {
 fn panel<'a, DB: DrawingBackend>(
     area: &'a DrawingArea<DB, Shift>,
     axes: Axes<'_>,
-) -> Result<ChartContext<'a, DB, Cartesian2d<RangedCoordf64, RangedCoordf64>>, String>
+) -> Result<ChartContext<'a, DB, Cartesian2d<RangedCoordf64, RangedCoordf64>>, DrawError>
 where
     DB::ErrorType: 'static,
 {
@@ -330,7 +335,7 @@ where
         .y_label_area_size(axes.y_area)
         .caption(axes.caption, ("sans-serif", 20))
         .build_cartesian_2d(axes.x, axes.y)
-        .map_err(text)?;
+        .map_err(drawing)?;
     let decimals = axes.y_decimals;
     chart
         .configure_mesh()
@@ -343,7 +348,7 @@ where
         .label_style(("sans-serif", 15))
         .axis_desc_style(("sans-serif", 16))
         .draw()
-        .map_err(text)?;
+        .map_err(drawing)?;
     Ok(chart)
 }
 
@@ -351,7 +356,7 @@ where
 fn legend<'a, DB: DrawingBackend + 'a>(
     chart: &mut ChartContext<'a, DB, Cartesian2d<RangedCoordf64, RangedCoordf64>>,
     position: SeriesLabelPosition,
-) -> Result<(), String>
+) -> Result<(), DrawError>
 where
     DB::ErrorType: 'static,
 {
@@ -362,7 +367,7 @@ where
         .background_style(WHITE.mix(0.9))
         .border_style(BLACK.mix(0.3))
         .draw()
-        .map_err(text)
+        .map_err(drawing)
 }
 
 /// Left: allocated share against arrived workload (with the ideal line); right: the
@@ -371,17 +376,17 @@ fn saturate_plot<DB: DrawingBackend>(
     root: DrawingArea<DB, Shift>,
     series: &[(PolicyKind, Vec<(f64, f64)>)],
     title: &str,
-) -> Result<(), String>
+) -> Result<(), DrawError>
 where
     DB::ErrorType: 'static,
 {
-    root.fill(&WHITE).map_err(text)?;
+    root.fill(&WHITE).map_err(drawing)?;
     let root = root
         .titled(
             &format!("Saturate (FGD protocol): {title}"),
             ("sans-serif", 24),
         )
-        .map_err(text)?;
+        .map_err(drawing)?;
     let (left, right) = root.split_horizontally(SIZE.0 / 2);
 
     let mut chart = panel(
@@ -401,14 +406,14 @@ where
             [(0.0, 0.0), (100.0, 100.0), (130.0, 100.0)],
             ShapeStyle::from(&BLACK.mix(0.35)).stroke_width(1),
         ))
-        .map_err(text)?
+        .map_err(drawing)?
         .label("ideal")
         .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], BLACK.mix(0.35)));
     for (p, pts) in series {
         let c = colour(*p);
         chart
             .draw_series(LineSeries::new(pts.iter().copied(), c.stroke_width(2)))
-            .map_err(text)?
+            .map_err(drawing)?
             .label(p.name())
             .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], c.stroke_width(3)));
     }
@@ -456,13 +461,13 @@ where
             [(x0, 100.0 - x0), (100.0, 0.0), (130.0, 0.0)],
             ShapeStyle::from(&BLACK.mix(0.35)).stroke_width(1),
         ))
-        .map_err(text)?;
+        .map_err(drawing)?;
     chart
         .draw_series(std::iter::once(PathElement::new(
             [(100.0, 0.0), (100.0, ymax)],
             ShapeStyle::from(&BLACK.mix(0.2)).stroke_width(1),
         )))
-        .map_err(text)?;
+        .map_err(drawing)?;
     let mut off = Vec::new();
     for (p, pts) in &zoom {
         if at100(pts) > ymax {
@@ -473,7 +478,7 @@ where
                 pts.iter().map(|&(x, y)| (x, y.min(ymax))),
                 colour(*p).stroke_width(2),
             ))
-            .map_err(text)?;
+            .map_err(drawing)?;
         // The value at 100 % arrived, as a dot.
         let y = at100(pts);
         if y <= ymax {
@@ -483,7 +488,7 @@ where
                     4,
                     colour(*p).filled(),
                 )))
-                .map_err(text)?;
+                .map_err(drawing)?;
         }
     }
     for (i, note) in off.iter().enumerate() {
@@ -493,9 +498,9 @@ where
                 (X0 + 12.0, ymax * (0.93 - 0.07 * i as f64)),
                 ("sans-serif", 16),
             )))
-            .map_err(text)?;
+            .map_err(drawing)?;
     }
-    root.present().map_err(text)?;
+    root.present().map_err(drawing)?;
     Ok(())
 }
 
@@ -504,14 +509,14 @@ fn replay_plot<DB: DrawingBackend>(
     root: DrawingArea<DB, Shift>,
     series: &[ReplaySeries],
     title: &str,
-) -> Result<(), String>
+) -> Result<(), DrawError>
 where
     DB::ErrorType: 'static,
 {
-    root.fill(&WHITE).map_err(text)?;
+    root.fill(&WHITE).map_err(drawing)?;
     let root = root
         .titled(&format!("Replay: {title}"), ("sans-serif", 24))
-        .map_err(text)?;
+        .map_err(drawing)?;
     let (left, right) = root.split_horizontally(SIZE.0 / 2);
     let all = || series.iter().flat_map(|(_, pts)| pts.iter());
     let t0 = all().map(|p| p.0).fold(f64::INFINITY, f64::min);
@@ -542,7 +547,7 @@ where
                 pts.iter().map(|q| (q.0, q.1)),
                 c.stroke_width(2),
             ))
-            .map_err(text)?
+            .map_err(drawing)?
             .label(p.name())
             .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], c.stroke_width(3)));
     }
@@ -566,9 +571,9 @@ where
                 pts.iter().map(|q| (q.0, q.2)),
                 colour(*p).stroke_width(2),
             ))
-            .map_err(text)?;
+            .map_err(drawing)?;
     }
-    root.present().map_err(text)?;
+    root.present().map_err(drawing)?;
     Ok(())
 }
 
@@ -665,17 +670,17 @@ fn fractional_plot<DB: DrawingBackend>(
     report: &FracReport,
     title: &str,
     paper: bool,
-) -> Result<(), String>
+) -> Result<(), DrawError>
 where
     DB::ErrorType: 'static,
 {
-    root.fill(&WHITE).map_err(text)?;
+    root.fill(&WHITE).map_err(drawing)?;
     let root = root
         .titled(
             &format!("Fractional sharing (FGD model): {title}"),
             ("sans-serif", 24),
         )
-        .map_err(text)?;
+        .map_err(drawing)?;
     let (left, right) = root.split_horizontally(SIZE.0 / 2);
     let mut chart = panel(
         &left,
@@ -694,7 +699,7 @@ where
             [(0.0, 0.0), (100.0, 100.0), (130.0, 100.0)],
             ShapeStyle::from(&BLACK.mix(0.35)).stroke_width(1),
         ))
-        .map_err(text)?
+        .map_err(drawing)?
         .label("ideal")
         .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], BLACK.mix(0.35)));
     for p in &report.policies {
@@ -706,7 +711,7 @@ where
                     .map(|c| (f64::from(c.arrived_pct), c.allocated_pct)),
                 c.stroke_width(2),
             ))
-            .map_err(text)?
+            .map_err(drawing)?
             .label(p.policy.name())
             .legend(move |(x, y)| PathElement::new([(x, y), (x + 20, y)], c.stroke_width(3)));
     }
@@ -748,7 +753,7 @@ where
             [(X0.max(y0), X0.max(y0)), (100.0, 100.0), (131.0, 100.0)],
             ShapeStyle::from(&BLACK.mix(0.35)).stroke_width(1),
         ))
-        .map_err(text)?;
+        .map_err(drawing)?;
     for p in &report.policies {
         let c = frac_colour(p.policy);
         chart
@@ -759,7 +764,7 @@ where
                     .map(|c| (f64::from(c.arrived_pct), c.allocated_pct.max(y0))),
                 c.stroke_width(2),
             ))
-            .map_err(text)?;
+            .map_err(drawing)?;
         if let (true, Some(a), Some(b)) = (
             paper,
             p.paper_allocated_pct_at_100,
@@ -769,10 +774,10 @@ where
                 .draw_series(
                     [(100.0, a), (130.0, b)].map(|pt| Cross::new(pt, 7, c.stroke_width(3))),
                 )
-                .map_err(text)?;
+                .map_err(drawing)?;
         }
     }
-    root.present().map_err(text)?;
+    root.present().map_err(drawing)?;
     Ok(())
 }
 

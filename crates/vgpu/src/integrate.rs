@@ -178,17 +178,26 @@ fn xml_attr(s: &str) -> String {
         .replace('>', "&gt;")
 }
 
+/// A VF handle whose address is not `DOMAIN:BUS:SLOT.FUNCTION`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{bdf}` is not a PCI address; expected DOMAIN:BUS:SLOT.FUNCTION, e.g. 0000:41:00.5")]
+pub struct BadPciAddress {
+    /// The address as given.
+    pub bdf: String,
+}
+
 /// The libvirt `<hostdev>` element for a vGPU.
-pub fn libvirt_hostdev(handle: &Handle) -> Result<String, String> {
+pub fn libvirt_hostdev(handle: &Handle) -> Result<String, BadPciAddress> {
     match handle {
         Handle::Mdev { uuid, .. } => Ok(format!(
             "<hostdev mode='subsystem' type='mdev' model='vfio-pci' managed='no'>\n  <source>\n    <address uuid='{}'/>\n  </source>\n</hostdev>\n",
             xml_attr(uuid)
         )),
         Handle::Vf { bdf } => {
-            let (dom, rest) = bdf.split_once(':').ok_or_else(|| format!("`{bdf}` is not a PCI address"))?;
-            let (bus, rest) = rest.split_once(':').ok_or_else(|| format!("`{bdf}` is not a PCI address"))?;
-            let (slot, func) = rest.split_once('.').ok_or_else(|| format!("`{bdf}` is not a PCI address"))?;
+            let bad = || BadPciAddress { bdf: bdf.clone() };
+            let (dom, rest) = bdf.split_once(':').ok_or_else(bad)?;
+            let (bus, rest) = rest.split_once(':').ok_or_else(bad)?;
+            let (slot, func) = rest.split_once('.').ok_or_else(bad)?;
             Ok(format!(
                 "<hostdev mode='subsystem' type='pci' managed='no'>\n  <source>\n    <address domain='0x{}' bus='0x{}' slot='0x{}' function='0x{}'/>\n  </source>\n</hostdev>\n",
                 xml_attr(dom),
@@ -477,9 +486,13 @@ mod tests {
             (num("domain"), num("bus"), num("slot"), num("function")),
             (0, 0x41, 0, 5)
         );
-        assert!(libvirt_hostdev(&Handle::Vf {
-            bdf: "nonsense".into()
-        })
-        .is_err());
+        assert_eq!(
+            libvirt_hostdev(&Handle::Vf {
+                bdf: "nonsense".into()
+            }),
+            Err(BadPciAddress {
+                bdf: "nonsense".into()
+            })
+        );
     }
 }

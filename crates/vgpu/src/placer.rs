@@ -103,6 +103,31 @@ struct GpuState<'a> {
     plannable: bool,
 }
 
+/// Why a vGPU type does not fit a GPU now (a reason in [`Unplaced::why`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+enum NoFit {
+    #[error("the GPU holds a vGPU whose type the host does not name")]
+    Unplannable,
+    #[error("all {vfs} VFs hold vGPUs")]
+    VfsFull { vfs: u32 },
+    #[error("{count} of {name} already, the maximum")]
+    AtMax { count: u32, name: String },
+    #[error("MIG mode is on: only MIG-backed types")]
+    MigOn,
+    #[error(
+        "time-sliced vGPUs of {fb_mib} MiB are there; without mixed-size mode one GPU holds one frame buffer size"
+    )]
+    MixedSize { fb_mib: u64 },
+    #[error("MIG mode is off: only time-sliced types")]
+    MigOff,
+    #[error("the board has no MIG model")]
+    NoMigModel,
+    #[error("a {profile} GPU instance does not fit beside the instances there")]
+    GiDoesNotFit { profile: String },
+    #[error("unknown profile `{profile}`")]
+    UnknownProfile { profile: String },
+}
+
 impl GpuState<'_> {
     fn total(&self) -> u32 {
         self.counts.values().sum()
@@ -123,28 +148,27 @@ impl GpuState<'_> {
     }
 
     /// Whether `t` fits now, and its cost (lower is better), and the GI it would take.
-    fn fit(&self, t: &VgpuType) -> Result<(Cost, Option<Placed>), String> {
+    fn fit(&self, t: &VgpuType) -> Result<(Cost, Option<Placed>), NoFit> {
         if !self.plannable {
-            return Err("the GPU holds a vGPU whose type the host does not name".into());
+            return Err(NoFit::Unplannable);
         }
         if self.total() >= self.vfs {
-            return Err(format!("all {} VFs hold vGPUs", self.vfs));
+            return Err(NoFit::VfsFull { vfs: self.vfs });
         }
         let n = self.counts.get(&t.name).copied().unwrap_or(0);
         if n >= t.max {
-            return Err(format!("{} of {} already, the maximum", n, t.name));
+            return Err(NoFit::AtMax {
+                count: n,
+                name: t.name.clone(),
+            });
         }
         match &t.mig {
             None => {
                 if self.obs.mig_on {
-                    return Err("MIG mode is on: only MIG-backed types".into());
+                    return Err(NoFit::MigOn);
                 }
                 let same = match self.sliced_fb() {
-                    Some(fb) if fb != t.fb_mib => {
-                        return Err(format!(
-                            "time-sliced vGPUs of {fb} MiB are there; without mixed-size mode one GPU holds one frame buffer size"
-                        ))
-                    }
+                    Some(fb) if fb != t.fb_mib => return Err(NoFit::MixedSize { fb_mib: fb }),
                     Some(_) => 0,
                     None => 1,
                 };
@@ -153,18 +177,20 @@ impl GpuState<'_> {
             }
             Some(p) => {
                 if !self.obs.mig_on {
-                    return Err("MIG mode is off: only time-sliced types".into());
+                    return Err(NoFit::MigOff);
                 }
                 if self.free_gis.contains(p) {
                     return Ok(((0, 0, self.obs.gpu.bdf.clone()), None));
                 }
-                let model = self.model.ok_or("the board has no MIG model")?;
+                let model = self.model.ok_or(NoFit::NoMigModel)?;
                 let placed = place_gis(model, &self.occupied, std::slice::from_ref(p))
                     .and_then(|v| v.into_iter().next())
-                    .ok_or_else(|| {
-                        format!("a {p} GPU instance does not fit beside the instances there")
+                    .ok_or_else(|| NoFit::GiDoesNotFit { profile: p.clone() })?;
+                let idx = model
+                    .profile_named(&placed.0)
+                    .ok_or_else(|| NoFit::UnknownProfile {
+                        profile: placed.0.clone(),
                     })?;
-                let idx = model.profile_named(&placed.0).ok_or("unknown profile")?;
                 let pl = Placed::new(idx, placed.1);
                 let left = self.free_slices() - u32::from(model.profile(idx).memory_slices);
                 Ok(((2, left, self.obs.gpu.bdf.clone()), Some(pl)))

@@ -143,12 +143,30 @@ pub struct QualityArgs {
     pub skew: f64,
 }
 
+/// A `--sizes`-style range that does not parse.
+#[derive(Debug, thiserror::Error)]
+enum RangeError {
+    /// Not `A-B` or one number.
+    #[error("`{text}` is not a range; write A-B (e.g. 16-48) or one number")]
+    NotARange {
+        text: String,
+        #[source]
+        source: std::num::ParseIntError,
+    },
+    /// Starts at 0 or ends below its start.
+    #[error("`{text}`: the range must start at 1 or more and not end below its start")]
+    Bounds { text: String },
+}
+
 /// Parse `A-B` or `N` into an inclusive range.
-fn parse_range(s: &str) -> Result<(usize, usize), String> {
+fn parse_range(s: &str) -> Result<(usize, usize), RangeError> {
     let num = |x: &str| {
         x.trim()
             .parse::<usize>()
-            .map_err(|_| format!("`{s}` is not a range; write A-B (e.g. 16-48) or one number"))
+            .map_err(|source| RangeError::NotARange {
+                text: s.to_string(),
+                source,
+            })
     };
     let (a, b) = match s.split_once('-') {
         Some((a, b)) => (num(a)?, num(b)?),
@@ -158,9 +176,9 @@ fn parse_range(s: &str) -> Result<(usize, usize), String> {
         }
     };
     if a == 0 || a > b {
-        return Err(format!(
-            "`{s}`: the range must start at 1 or more and not end below its start"
-        ));
+        return Err(RangeError::Bounds {
+            text: s.to_string(),
+        });
     }
     Ok((a, b))
 }

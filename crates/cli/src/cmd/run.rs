@@ -557,6 +557,29 @@ async fn run_command(
     }
 }
 
+/// Why `tessera run` could not tell the daemon that CMD ended.
+#[derive(Debug, thiserror::Error)]
+enum ReleaseError {
+    /// The daemon answered with an error that retrying does not mend.
+    #[error(transparent)]
+    Refused(ClientError),
+    /// The daemon stayed unavailable for the whole retry window.
+    #[error("gave up after {after}: {}", match last { Some(e) => e.to_string(), None => "no answer".into() })]
+    GaveUp {
+        /// The retry window.
+        after: String,
+        /// The last attempt's error (`None`: no attempt answered).
+        #[source]
+        last: Option<ClientError>,
+    },
+    /// A signal came while retrying.
+    #[error("signal {num} while retrying")]
+    Signal {
+        /// The signal number.
+        num: i32,
+    },
+}
+
 /// Tell the daemon CMD ended; retry for `window` while the daemon is down or not answering.
 /// Every attempt races the window and SIGINT/SIGTERM/SIGHUP, so a stopped daemon (whose socket
 /// accepts but never answers) cannot hold the client. `Err` says why it gave up.
@@ -567,10 +590,14 @@ async fn release_with_retry(
     window: Duration,
     signals: &mut mpsc::UnboundedReceiver<Sig>,
     quiet: bool,
-) -> Result<(), String> {
+) -> Result<(), ReleaseError> {
     let deadline = tokio::time::Instant::now() + window;
     let mut told = false;
-    let mut last = String::from("no answer");
+    let mut last: Option<ClientError> = None;
+    let gave_up = |last| ReleaseError::GaveUp {
+        after: format_ms(window.as_millis() as u64),
+        last,
+    };
     loop {
         let attempt = tokio::time::timeout_at(deadline, client.release(id, body));
         tokio::select! {
@@ -581,22 +608,19 @@ async fn release_with_retry(
                         say(quiet, &format!("{e}; retrying the release for up to {}", format_ms(window.as_millis() as u64)));
                         told = true;
                     }
-                    last = e.to_string();
+                    last = Some(e);
                 }
-                Ok(Err(e)) => return Err(e.to_string()),
-                Err(_) => return Err(format!("gave up after {}: {last}", format_ms(window.as_millis() as u64))),
+                Ok(Err(e)) => return Err(ReleaseError::Refused(e)),
+                Err(_) => return Err(gave_up(last)),
             },
-            Some(sig) = signals.recv() => return Err(format!("signal {} while retrying", sig.num)),
+            Some(sig) = signals.recv() => return Err(ReleaseError::Signal { num: sig.num }),
         }
         tokio::select! {
             _ = tokio::time::sleep_until(deadline.min(tokio::time::Instant::now() + Duration::from_millis(250))) => {}
-            Some(sig) = signals.recv() => return Err(format!("signal {} while retrying", sig.num)),
+            Some(sig) = signals.recv() => return Err(ReleaseError::Signal { num: sig.num }),
         }
         if tokio::time::Instant::now() >= deadline {
-            return Err(format!(
-                "gave up after {}: {last}",
-                format_ms(window.as_millis() as u64)
-            ));
+            return Err(gave_up(last));
         }
     }
 }

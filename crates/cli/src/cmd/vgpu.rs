@@ -426,7 +426,7 @@ pub fn run(a: &Args, ctx: &Ctx) -> Result<ExitCode, CliError> {
         VgpuCmd::Proxmox(p) => with_host(a, |h| proxmox(a, h, p)),
         VgpuCmd::Libvirt(l) => with_host(a, |h| {
             let v = find_vgpu(h, &l.handle)?;
-            print_out(&libvirt_hostdev(&v.handle).map_err(CliError::Usage)?);
+            print_out(&libvirt_hostdev(&v.handle).map_err(|e| CliError::Usage(e.to_string()))?);
             Ok(ExitCode::SUCCESS)
         }),
         VgpuCmd::Twin(t) => twin(a, t, cat),
