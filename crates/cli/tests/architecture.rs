@@ -74,7 +74,12 @@ fn layers_depend_only_downwards() {
         ),
         (
             "kubelet",
-            &["tessera-model", "tessera-gpu", "tessera-agent"][..],
+            &[
+                "tessera-model",
+                "tessera-gpu",
+                "tessera-agent",
+                "tessera-isolation",
+            ][..],
         ),
         (
             "k8s",

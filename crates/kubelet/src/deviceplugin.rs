@@ -20,6 +20,7 @@ use tonic::{Request, Response, Status};
 
 use crate::error::KubeletError;
 use crate::inventory::NodeInventory;
+use crate::ledger::{AllocPath, Ledger};
 use crate::names::{self, DpDevice, HEALTHY, UNHEALTHY};
 use crate::proto::deviceplugin as pb;
 use crate::proto::deviceplugin::device_plugin_server::{DevicePlugin, DevicePluginServer};
@@ -41,6 +42,9 @@ pub struct DevicePluginConfig {
     /// How often to check `kubelet.sock` for a kubelet restart and retry failed
     /// registrations.
     pub poll: Duration,
+    /// The ledger shared with the DRA plugin (`--mode both`): devices it holds are listed
+    /// `Unhealthy` and refused by `Allocate`; what `Allocate` hands out is recorded.
+    pub ledger: Option<Arc<Ledger>>,
 }
 
 impl DevicePluginConfig {
@@ -50,6 +54,7 @@ impl DevicePluginConfig {
             kubelet_dir: kubelet_dir.into(),
             cdi_kind: "nvidia.com/gpu".into(),
             poll: Duration::from_millis(500),
+            ledger: None,
         }
     }
 
@@ -65,13 +70,22 @@ struct Plugin {
     resource: String,
     inventory: watch::Receiver<NodeInventory>,
     cdi_kind: Arc<str>,
+    ledger: Option<Arc<Ledger>>,
 }
 
 impl Plugin {
+    /// The resource's devices; one a DRA claim holds is `Unhealthy`, so the kubelet does not
+    /// allocate it.
     fn devices(&self, inv: &NodeInventory) -> Vec<DpDevice> {
-        names::resources(inv)
+        let mut list = names::resources(inv)
             .remove(&self.resource)
-            .unwrap_or_default()
+            .unwrap_or_default();
+        for d in &mut list {
+            if inv.allocated.get(&d.id) == Some(&AllocPath::Dra) {
+                d.healthy = false;
+            }
+        }
+        list
     }
 }
 
@@ -155,6 +169,23 @@ impl DevicePlugin for Plugin {
                     ))
                 })?;
                 mine.push(d);
+            }
+            if let Some(ledger) = &self.ledger {
+                let before = ledger.snapshot();
+                for d in &mine {
+                    if let Err(e) = ledger.take(&d.id, AllocPath::DevicePlugin, &self.resource) {
+                        // Nothing half-taken: release what this request took.
+                        for t in &mine {
+                            if !before.contains_key(&t.id) {
+                                ledger.release(&t.id, AllocPath::DevicePlugin);
+                            }
+                        }
+                        return Err(Status::failed_precondition(format!(
+                            "{}: {e}",
+                            self.resource
+                        )));
+                    }
+                }
             }
             let edits = names::container_edits(&mine, &self.cdi_kind)
                 .map_err(|e| Status::invalid_argument(format!("{}: {e}", self.resource)))?;
@@ -286,6 +317,7 @@ pub async fn run_device_plugins(
                 resource: resource.clone(),
                 inventory: inventory.clone(),
                 cdi_kind: cdi_kind.clone(),
+                ledger: cfg.ledger.clone(),
             };
             match serve(
                 plugin,
@@ -322,6 +354,7 @@ pub async fn run_device_plugins(
                     resource: resource.clone(),
                     inventory: inventory.clone(),
                     cdi_kind: cdi_kind.clone(),
+                    ledger: cfg.ledger.clone(),
                 };
                 match serve(
                     plugin,

@@ -53,6 +53,9 @@ pub enum KubeletError {
     /// The desired layout or another input is wrong; the message says how to fix it.
     #[error("{0}")]
     Invalid(String),
+    /// A device node or the MIG capability table could not be read.
+    #[error("device nodes: {0}")]
+    Isolation(#[from] tessera_isolation::IsolationError),
     /// The GPU backend failed.
     #[error("GPU backend: {0}")]
     Gpu(#[from] tessera_gpu::GpuError),

@@ -6,11 +6,18 @@ use serde::{Deserialize, Serialize};
 use tessera_gpu::{GpuBackend, GpuError};
 use tessera_model::Catalog;
 
+use crate::ledger::AllocPath;
+use crate::partition::{self, GpuPartitions};
+
 /// Everything the node offers, by GPU index.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeInventory {
     /// The GPUs, by index.
     pub gpus: Vec<InvGpu>,
+    /// In `--mode both`: device ID → the kubelet path that holds it ([`crate::ledger`]); the
+    /// other path does not offer it.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub allocated: std::collections::BTreeMap<String, AllocPath>,
 }
 
 /// How a GPU is shared.
@@ -45,6 +52,10 @@ pub struct InvGpu {
     pub mig: Vec<MigSlice>,
     /// MPS shares (sharing `Mps`).
     pub mps: Vec<MpsShare>,
+    /// With partitionable devices on: the GPU's counter set and every placement it can take
+    /// now, which the DRA plugin publishes and creates on demand ([`crate::partition`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partitions: Option<GpuPartitions>,
 }
 
 /// One MIG instance.
@@ -58,6 +69,9 @@ pub struct MigSlice {
     pub start: u8,
     /// GPU-instance ID.
     pub gi_id: u32,
+    /// Compute-instance ID of the MIG device the UUID names (its GI's first CI).
+    #[serde(default)]
+    pub ci_id: u32,
     /// Memory in MiB from the catalog, when known.
     pub memory_mib: Option<u64>,
     /// Compute slices from the catalog, when known.
@@ -98,6 +112,12 @@ impl NodeInventory {
                 for i in backend.instances(g.index)? {
                     let Some(uuid) = i.uuid.clone() else { continue };
                     let prof = model.and_then(|m| m.profiles.iter().find(|p| p.name == i.profile));
+                    let ci_id = i
+                        .compute_instances
+                        .iter()
+                        .find(|c| c.uuid.as_deref() == Some(uuid.as_str()))
+                        .or(i.compute_instances.first())
+                        .map_or(0, |c| c.ci_id);
                     slices.push(MigSlice {
                         busy: i.is_busy(),
                         uuid,
@@ -106,6 +126,7 @@ impl NodeInventory {
                         profile: i.profile,
                         start: i.start,
                         gi_id: i.gi_id,
+                        ci_id,
                     });
                 }
                 slices.sort_by_key(|s| s.start);
@@ -131,10 +152,30 @@ impl NodeInventory {
                 healthy: true,
                 mig: slices,
                 mps: shares,
+                partitions: None,
             });
         }
         gpus.sort_by_key(|g| g.index);
-        Ok(NodeInventory { gpus })
+        Ok(NodeInventory {
+            gpus,
+            allocated: Default::default(),
+        })
+    }
+
+    /// Fill in [`InvGpu::partitions`] for every MIG GPU of a catalog model that is not in
+    /// `skip` (GPUs a desired layout manages); clear it on the others.
+    pub fn add_partitions(&mut self, catalog: &Catalog, skip: &std::collections::BTreeSet<u32>) {
+        for g in &mut self.gpus {
+            let model = g.model.as_deref().and_then(|k| catalog.get(k));
+            g.partitions = match model {
+                Some(m) if g.sharing == Sharing::Mig && !skip.contains(&g.index) => {
+                    let existing: Vec<(String, u8)> =
+                        g.mig.iter().map(|s| (s.profile.clone(), s.start)).collect();
+                    Some(partition::partitions(g.index, m, &existing))
+                }
+                _ => None,
+            };
+        }
     }
 
     /// The MIG instance with this `MIG-…` UUID, with its GPU.

@@ -6,6 +6,8 @@
 //! - [`inventory`]: the node's slices ([`NodeInventory`]), read from a GPU backend.
 //! - [`deviceplugin`]: device-plugin mode under NVIDIA/nos resource names ([`names`]).
 //! - [`dra`]: the DRA kubelet plugin, its checkpoint and CDI specs, and the ResourceSlice builder.
+//! - [`partition`]: partitionable devices (KEP-4815): a MIG GPU's counters and placements.
+//! - [`ledger`]: one allocation ledger for `--mode both`.
 //! - [`node`]: the node runner (agent + journal towards a desired layout, busy protection).
 //! - [`testkit`]: a fake kubelet speaking the real protocols over Unix sockets.
 
@@ -13,8 +15,10 @@ pub mod deviceplugin;
 pub mod dra;
 pub mod error;
 pub mod inventory;
+pub mod ledger;
 pub mod names;
 pub mod node;
+pub mod partition;
 pub mod proto;
 pub mod testkit;
 pub mod uds;

@@ -14,6 +14,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,6 +28,7 @@ use tokio::sync::watch;
 
 use crate::error::KubeletError;
 use crate::inventory::{MpsShare, NodeInventory};
+use crate::ledger::Ledger;
 use crate::names;
 use crate::proto::podresources as pr;
 use crate::uds;
@@ -318,14 +320,59 @@ impl Hw {
     }
 }
 
+/// What the runner and the DRA plugin's MIG operations share: the hardware (one agent
+/// operation at a time), the desired layout and the published inventory.
+struct Shared {
+    hw: std::sync::Mutex<Hw>,
+    catalog: Catalog,
+    desired: std::sync::Mutex<DesiredLayout>,
+    partitionable: AtomicBool,
+    inventory: watch::Sender<NodeInventory>,
+    ledger: std::sync::Mutex<Option<Arc<Ledger>>>,
+}
+
+impl Shared {
+    fn hw(&self) -> Result<std::sync::MutexGuard<'_, Hw>, KubeletError> {
+        self.hw.lock().map_err(|_| {
+            KubeletError::Invalid(
+                "the GPU backend was lost when an earlier operation panicked; restart the node process"
+                    .into(),
+            )
+        })
+    }
+
+    fn desired(&self) -> DesiredLayout {
+        self.desired.lock().map(|d| d.clone()).unwrap_or_default()
+    }
+
+    /// Re-read the GPUs (with `hw` locked) and publish the inventory when it changed.
+    fn publish(&self, hw: &mut Hw) -> Result<NodeInventory, KubeletError> {
+        let desired = self.desired();
+        let mut inventory = hw.observe(&self.catalog, &desired.mps)?;
+        if self.partitionable.load(Ordering::SeqCst) {
+            let skip: BTreeSet<u32> = desired.gpus.keys().copied().collect();
+            inventory.add_partitions(&self.catalog, &skip);
+        }
+        if let Some(l) = self.ledger.lock().ok().and_then(|l| l.clone()) {
+            l.stamp(&mut inventory);
+        }
+        self.inventory.send_if_modified(|cur| {
+            let changed = *cur != inventory;
+            if changed {
+                *cur = inventory.clone();
+            }
+            changed
+        });
+        Ok(inventory)
+    }
+}
+
 /// Runs the agent towards desired layouts and publishes the inventory.
 pub struct NodeRunner {
-    hw: Option<Hw>,
-    catalog: Catalog,
+    shared: Arc<Shared>,
     cfg: NodeConfig,
     holds: Vec<Arc<dyn HoldSource>>,
     desired: DesiredLayout,
-    inventory: watch::Sender<NodeInventory>,
 }
 
 impl std::fmt::Debug for NodeRunner {
@@ -354,12 +401,17 @@ impl NodeRunner {
         let (tx, rx) = watch::channel(inv);
         Ok((
             NodeRunner {
-                hw: Some(hw),
-                catalog,
+                shared: Arc::new(Shared {
+                    hw: std::sync::Mutex::new(hw),
+                    catalog,
+                    desired: std::sync::Mutex::new(DesiredLayout::default()),
+                    partitionable: AtomicBool::new(false),
+                    inventory: tx,
+                    ledger: std::sync::Mutex::new(None),
+                }),
                 cfg,
                 holds: Vec::new(),
                 desired: DesiredLayout::default(),
-                inventory: tx,
             },
             rx,
         ))
@@ -370,51 +422,87 @@ impl NodeRunner {
         self.holds.push(source);
     }
 
+    /// Publish MIG GPUs that the desired layout does not list as partitionable devices
+    /// ([`crate::partition`]): every placement, created when a DRA claim is prepared on it
+    /// (through [`NodeRunner::mig_ops`]). Off by default (Kubernetes 1.34/1.35 clusters
+    /// without the alpha gate reject them).
+    pub fn set_partitionable(&mut self, on: bool) {
+        self.shared.partitionable.store(on, Ordering::SeqCst);
+        let catalog = &self.shared.catalog;
+        let skip: BTreeSet<u32> = self.desired.gpus.keys().copied().collect();
+        self.shared.inventory.send_modify(|inv| {
+            if on {
+                inv.add_partitions(catalog, &skip);
+            } else {
+                for g in &mut inv.gpus {
+                    g.partitions = None;
+                }
+            }
+        });
+    }
+
+    /// The handle through which the DRA plugin creates and destroys MIG instances on the
+    /// runner's GPUs (same backend, journal and lock as the runner's applies).
+    pub fn mig_ops(&self) -> MigOps {
+        MigOps(self.shared.clone())
+    }
+
+    /// Share `ledger` (`--mode both`): the published inventory carries what each kubelet
+    /// path holds, and device-plugin allocations that PodResources no longer lists are
+    /// released at each apply.
+    pub fn set_ledger(&mut self, ledger: Arc<Ledger>) {
+        if let Ok(mut l) = self.shared.ledger.lock() {
+            *l = Some(ledger.clone());
+        }
+        ledger.attach(self.shared.inventory.clone());
+    }
+
     /// Another receiver of the inventory.
     pub fn subscribe(&self) -> watch::Receiver<NodeInventory> {
-        self.inventory.subscribe()
+        self.shared.inventory.subscribe()
     }
 
     /// Apply one desired layout now: refuse GPUs whose held instances it would remove, run
     /// the reconciler on the others, publish the new inventory.
     pub async fn apply(&mut self, desired: &DesiredLayout) -> Result<NodeStatus, KubeletError> {
         self.desired = desired.clone();
+        if let Ok(mut d) = self.shared.desired.lock() {
+            *d = desired.clone();
+        }
         // When the kubelet's PodResources socket exists but does not answer, what pods hold is
         // unknown: no instance is removed until it answers (creating is still fine).
+        let listed = self
+            .cfg
+            .kubelet_dir
+            .join("pod-resources")
+            .join("kubelet.sock")
+            .exists();
         let (mut held, unknown) = match pod_resources_held(&self.cfg.kubelet_dir).await {
             Ok(h) => (h, None),
             Err(e) => (Vec::new(), Some(e.to_string())),
         };
+        let ledger = self.shared.ledger.lock().ok().and_then(|l| l.clone());
+        if let (Some(l), true, None) = (&ledger, listed, &unknown) {
+            let ids: BTreeSet<String> = held.iter().map(|h| h.device.clone()).collect();
+            l.release_unlisted(&ids);
+        }
         for h in &self.holds {
             held.extend(h.held());
         }
         held.sort();
         held.dedup();
-        let Some(mut hw) = self.hw.take() else {
-            return Err(KubeletError::Invalid(
-                "the GPU backend was lost when an earlier apply panicked; restart the node process"
-                    .into(),
-            ));
-        };
-        let catalog = self.catalog.clone();
+        let shared = self.shared.clone();
         let want = desired.clone();
         let held_c = held.clone();
-        let (hw, outcomes, inv) = tokio::task::spawn_blocking(move || {
-            let outcomes = apply_blocking(&mut hw, &catalog, &want, &held_c, unknown.as_deref());
-            let inv = hw.observe(&catalog, &want.mps);
-            (hw, outcomes, inv)
+        let (outcomes, inventory) = tokio::task::spawn_blocking(move || {
+            let mut hw = shared.hw()?;
+            let outcomes =
+                apply_blocking(&mut hw, &shared.catalog, &want, &held_c, unknown.as_deref());
+            let inv = shared.publish(&mut hw)?;
+            Ok::<_, KubeletError>((outcomes, inv))
         })
         .await
-        .map_err(|e| KubeletError::Invalid(format!("the apply task failed: {e}")))?;
-        self.hw = Some(hw);
-        let inventory = inv?;
-        self.inventory.send_if_modified(|cur| {
-            let changed = *cur != inventory;
-            if changed {
-                *cur = inventory.clone();
-            }
-            changed
-        });
+        .map_err(|e| KubeletError::Invalid(format!("the apply task failed: {e}")))??;
         Ok(NodeStatus {
             inventory,
             gpus: outcomes,
@@ -552,4 +640,176 @@ fn apply_blocking(
         });
     }
     out
+}
+
+/// One MIG instance the DRA plugin asked for, as it exists on the GPU.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MadeInstance {
+    /// `MIG-…` UUID.
+    pub uuid: String,
+    /// GPU-instance ID.
+    pub gi_id: u32,
+    /// Whether it existed already (nothing was created).
+    pub existed: bool,
+}
+
+/// How [`MigOps::destroy`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Destroyed {
+    /// It was destroyed, or was not there.
+    Gone,
+    /// Processes run on it: it was kept.
+    Busy,
+}
+
+/// Creates and destroys single MIG instances for the DRA plugin, through the runner's agent
+/// (reconciler and journal, so a crash mid-operation is recovered like any agent apply) and
+/// under the runner's lock, then publishes the new inventory. Only GPUs the desired layout
+/// does not list are touched: those belong to the layout.
+#[derive(Clone)]
+pub struct MigOps(Arc<Shared>);
+
+impl std::fmt::Debug for MigOps {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MigOps")
+    }
+}
+
+impl MigOps {
+    fn layout_owned(&self, gpu: u32) -> Result<(), KubeletError> {
+        if self.0.desired().gpus.contains_key(&gpu) {
+            return Err(KubeletError::Invalid(format!(
+                "GPU {gpu} is managed by the node's desired layout, so the DRA plugin does not change its instances; remove it from the layout to let claims create instances on it"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Make sure `profile@start` exists on `gpu` (idempotent: an existing instance is
+    /// returned as is). The agent applies the GPU's current instances plus this one, so
+    /// nothing else changes; on failure the agent's journal and rollback leave no half-made
+    /// instance. Blocking: call from `spawn_blocking`.
+    pub fn create(&self, gpu: u32, profile: &str, start: u8) -> Result<MadeInstance, KubeletError> {
+        let mut hw = self.0.hw()?;
+        let find = |hw: &mut Hw| -> Result<Option<MadeInstance>, KubeletError> {
+            Ok(hw
+                .backend
+                .instances(gpu)?
+                .into_iter()
+                .find(|i| i.profile == profile && i.start == start)
+                .and_then(|i| {
+                    i.uuid.map(|uuid| MadeInstance {
+                        uuid,
+                        gi_id: i.gi_id,
+                        existed: true,
+                    })
+                }))
+        };
+        if let Some(found) = find(&mut hw)? {
+            return Ok(found);
+        }
+        self.layout_owned(gpu)?;
+        let mut specs: Vec<String> = hw
+            .backend
+            .instances(gpu)?
+            .iter()
+            .map(|i| i.spec())
+            .collect();
+        let before = specs.clone();
+        let spec = format!("{profile}@{start}");
+        // A GPU instance left there without its compute instance is finished, not doubled.
+        if !specs.contains(&spec) {
+            specs.push(spec);
+        }
+        let result = match self.reconcile(&mut hw, gpu, &specs) {
+            Ok(None) => Ok(()),
+            Ok(Some(refusal)) => Err(KubeletError::Invalid(format!(
+                "GPU {gpu}: the agent refused to create {profile}@{start}: {refusal}"
+            ))),
+            Err(e) => Err(e),
+        };
+        if result.is_err() {
+            // Take the GPU back to what it was, so no half-made instance stays.
+            if let Err(e) = self.reconcile(&mut hw, gpu, &before) {
+                tracing::warn!("GPU {gpu}: rolling back {profile}@{start}: {e}");
+            }
+        }
+        let published = self.0.publish(&mut hw);
+        result?;
+        published?;
+        let made = find(&mut hw)?.ok_or_else(|| {
+            KubeletError::Invalid(format!(
+                "GPU {gpu}: {profile}@{start} was applied but is not there afterwards"
+            ))
+        })?;
+        Ok(MadeInstance {
+            existed: false,
+            ..made
+        })
+    }
+
+    /// Whether any GPU instance (with or without a compute instance) is at `profile@start`.
+    /// Blocking: call from `spawn_blocking`.
+    pub fn exists(&self, gpu: u32, profile: &str, start: u8) -> Result<bool, KubeletError> {
+        let mut hw = self.0.hw()?;
+        Ok(hw
+            .backend
+            .instances(gpu)?
+            .iter()
+            .any(|i| i.profile == profile && i.start == start))
+    }
+
+    /// Destroy `profile@start` on `gpu` unless processes run on it (then it is kept and
+    /// [`Destroyed::Busy`] returned). Blocking: call from `spawn_blocking`.
+    pub fn destroy(&self, gpu: u32, profile: &str, start: u8) -> Result<Destroyed, KubeletError> {
+        let mut hw = self.0.hw()?;
+        let now = hw.backend.instances(gpu)?;
+        let Some(it) = now
+            .iter()
+            .find(|i| i.profile == profile && i.start == start)
+        else {
+            return Ok(Destroyed::Gone);
+        };
+        if it.is_busy() {
+            return Ok(Destroyed::Busy);
+        }
+        self.layout_owned(gpu)?;
+        let specs: Vec<String> = now
+            .iter()
+            .filter(|i| !(i.profile == profile && i.start == start))
+            .map(|i| i.spec())
+            .collect();
+        let result = self.reconcile(&mut hw, gpu, &specs);
+        let published = self.0.publish(&mut hw);
+        // The agent refuses to destroy an instance that became busy meanwhile.
+        let busy = result?.is_some();
+        published?;
+        Ok(if busy {
+            Destroyed::Busy
+        } else {
+            Destroyed::Gone
+        })
+    }
+
+    /// Apply `specs` to `gpu`: `Ok(None)` converged, `Ok(Some(why))` the agent refused.
+    fn reconcile(
+        &self,
+        hw: &mut Hw,
+        gpu: u32,
+        specs: &[String],
+    ) -> Result<Option<String>, KubeletError> {
+        let mut sleeper = ThreadSleeper;
+        let report = Reconciler::new(
+            hw.backend.as_mut(),
+            hw.journal.as_mut(),
+            &self.0.catalog,
+            &mut sleeper,
+        )
+        .apply_specs(gpu, specs)
+        .map_err(|e| KubeletError::Invalid(format!("GPU {gpu}: {e}")))?;
+        Ok(match report.result {
+            ApplyResult::Converged => None,
+            ApplyResult::Refused { refusal } => Some(refusal.to_string()),
+        })
+    }
 }

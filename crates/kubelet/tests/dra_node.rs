@@ -115,6 +115,8 @@ async fn dra_prepare_is_idempotent_survives_a_restart_and_protects_the_instance(
         node_name: "node-a".into(),
         kubelet_dir: tmp.path().to_path_buf(),
         cdi_dir: tmp.path().join("cdi"),
+        dev: None,
+        ledger: None,
     };
     let plugin = DraPlugin::new(cfg.clone(), claims.clone(), inv.clone()).unwrap();
     node.add_holds(plugin.clone());

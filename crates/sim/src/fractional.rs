@@ -8,10 +8,11 @@
 //!   the trace's own.
 //! * Policies score every node that fits (an integer score, the highest wins) and choose the
 //!   GPU(s) on the winner. The six baselines follow the paper's definitions and its public
-//!   simulator's integer scores; `tessera` is ours ([`tessera_delta`]). Equal scores go to the
-//!   first node in the trace's order: with uniformly random ties (what a stock Kubernetes
-//!   scheduler does) FGD lost 5 points and GPU packing 2.8 against the published values, with
-//!   first-in-order ties every baseline lands within 0.7 of them (`docs/sim-fractional.md`).
+//!   simulator's integer scores; `tessera` is ours ([`tessera_delta`], [`stranded`]). Equal
+//!   scores go to the first node in the trace's order: with uniformly random ties (what a stock
+//!   Kubernetes scheduler does) FGD lost 5 points and GPU packing 2.8 against the published
+//!   values, with first-in-order ties every baseline lands within 0.7 of them
+//!   (`docs/sim-fractional.md`).
 //!   `random` draws its node and GPU from the run's seed.
 //! * The saturate protocol: the trace's pods are shuffled per seed and arrive one at a time;
 //!   pods drawn with replacement follow until the requested GPU share reaches 130 % of the
@@ -65,7 +66,8 @@ pub enum Policy {
     /// Fragmentation gradient descent: the node and GPU whose expected fragmentation (the
     /// free GPU share that typical pods could not use) rises least.
     Fgd,
-    /// Ours: expected fragmentation over every GPU pod kind, then packing ([`tessera_delta`]).
+    /// Ours: expected fragmentation over every GPU pod kind plus the GPU share left without
+    /// CPU or memory, then packing ([`tessera_delta`]).
     Tessera,
 }
 
@@ -230,6 +232,10 @@ pub struct FracContext {
     pub tessera_typical: Vec<TypicalPod>,
     /// GPUs in the cluster.
     pub gpus: u64,
+    /// CPU (milli-CPU) the trace's GPU pods ask per milli-GPU they ask (see [`stranded`]).
+    pub cpu_per_milli: f64,
+    /// Memory (MiB) the trace's GPU pods ask per milli-GPU they ask.
+    pub mem_per_milli: f64,
 }
 
 /// Errors of fractional mode.
@@ -315,7 +321,26 @@ impl FracContext {
         .into_iter()
         .filter(|t| t.weight > 0.0)
         .collect();
+        // What a milli-GPU of the trace's GPU pods comes with, in CPU and memory.
+        let (mut cpu, mut mem, mut milli) = (0u64, 0u64, 0u64);
+        for &k in &pods {
+            let k = &kinds[k as usize];
+            if k.num_gpu > 0 {
+                cpu += k.cpu;
+                mem += k.mem;
+                milli += k.total_milli();
+            }
+        }
+        let per_milli = |x: u64| {
+            if milli == 0 {
+                0.0
+            } else {
+                x as f64 / milli as f64
+            }
+        };
         Ok(FracContext {
+            cpu_per_milli: per_milli(cpu),
+            mem_per_milli: per_milli(mem),
             models,
             nodes,
             kinds,
@@ -713,19 +738,40 @@ const TESSERA_QUANTUM: f64 = 40.0;
 /// quantum step.
 const PACK_RANGE: i64 = 1 << 20;
 
-/// `tessera`'s rise in expected fragmentation for a placement, in milli-GPU (lower is better).
+/// `tessera`'s rise in fragmentation for a placement, in milli-GPU (lower is better): the rise
+/// in expected fragmentation plus the rise in [`stranded`] GPU share.
 ///
-/// FGD's measure over different typical pods: every GPU pod kind of the trace, not only the
-/// most common ones covering 95 %, and no CPU-only pods (FGD counts the whole free GPU share of
-/// every node as a fragment for them, a term that only shrinks as GPUs fill). The policy then
-/// takes the node with the lowest rise in steps of 40 milli-GPU and, among those, the node left
-/// with the least free GPU share (packing; a CPU-only pod so goes where GPUs are already used),
-/// then the first in trace order.
+/// The expected fragmentation is FGD's measure over different typical pods: every GPU pod kind
+/// of the trace, not only the most common ones covering 95 %, and no CPU-only pods (FGD counts
+/// the whole free GPU share of every node as a fragment for them, a term that only shrinks as
+/// GPUs fill). FGD's measure asks only whether *one* typical pod still fits; the stranding term
+/// charges a placement for the free GPU share it leaves without the CPU and memory that GPU
+/// pods bring along on average, so CPU-heavy pods and CPU-only pods go where CPU is to spare.
+/// The policy then takes the node with the lowest rise in steps of 40 milli-GPU and, among
+/// those, the node left with the least free GPU share (packing; a CPU-only pod so goes where
+/// GPUs are already used), then the first in trace order.
 pub fn tessera_delta(ctx: &FracContext, s: &NodeState, k: &Kind, gpus: &[u8]) -> f64 {
     let (cpu, g) = after(s, k, gpus);
     let typ = &ctx.tessera_typical;
-    let before = fragmentation(s.cpu, &s.gpu, s.model, typ);
-    fragmentation(cpu, &g, s.model, typ) - before
+    let frag = fragmentation(cpu, &g, s.model, typ) - fragmentation(s.cpu, &s.gpu, s.model, typ);
+    let strand = stranded(ctx, cpu, s.mem - k.mem, &g) - stranded(ctx, s.cpu, s.mem, &s.gpu);
+    frag + strand
+}
+
+/// The free GPU share of a node (milli-GPU) that its free CPU and memory cannot serve: what is
+/// left beyond `cpu / cpu_per_milli` and `mem / mem_per_milli`, the CPU and memory the trace's
+/// GPU pods ask per milli-GPU ([`FracContext::cpu_per_milli`]). On the default pod list a GPU's
+/// worth of pods asks for about 11 cores; a node with 3 idle GPUs and 12 cores left strands 2.
+pub fn stranded(ctx: &FracContext, cpu: u64, mem: u64, gpu: &[u32]) -> f64 {
+    let free: f64 = gpu.iter().map(|&g| f64::from(g)).sum();
+    let mut usable = free;
+    if ctx.cpu_per_milli > 0.0 {
+        usable = usable.min(cpu as f64 / ctx.cpu_per_milli);
+    }
+    if ctx.mem_per_milli > 0.0 {
+        usable = usable.min(mem as f64 / ctx.mem_per_milli);
+    }
+    free - usable
 }
 
 fn tessera(ctx: &FracContext, s: &NodeState, k: &Kind) -> Eval {
@@ -1135,6 +1181,69 @@ n0,16000,65536,2,P100\nn1,96000,393216,8,G2\nn2,64000,262144,4,T4\n";
         // FGD and tessera put the second half on the half-used GPU (no new fragment).
         assert_eq!(e(Policy::Fgd, &used).gpus, vec![3]);
         assert_eq!(e(Policy::Tessera, &used).gpus, vec![3]);
+    }
+
+    /// A cluster of two 8-GPU nodes whose GPU pods ask 10 cores and 10 GiB per GPU, and
+    /// 20-core CPU-only pods.
+    fn stranding_ctx() -> FracContext {
+        let nodes =
+            "sn,cpu_milli,memory_mib,gpu,model\nn0,96000,960000,8,G2\nn1,96000,960000,8,G2\n";
+        let rows = [
+            (10_000, 10_240, 1, 1000, ""),
+            (20_000, 1024, 0, 0, ""),
+            (5000, 5120, 1, 500, ""),
+        ];
+        FracContext::new(&Trace::parse(nodes, &pods(&rows)).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn stranded_share_is_what_cpu_and_memory_cannot_serve() {
+        let c = stranding_ctx();
+        // 10 cores and 10 GiB per 1000 milli-GPU, over the two GPU kinds.
+        assert!((c.cpu_per_milli - 10.0).abs() < 1e-12);
+        assert!((c.mem_per_milli - 10.24).abs() < 1e-12);
+        // 3 idle GPUs, 12 cores: 1,200 milli served, 1,800 stranded.
+        let g = [1000, 1000, 1000, 0];
+        assert!((stranded(&c, 12_000, 1 << 20, &g) - 1800.0).abs() < 1e-9);
+        // Enough CPU, 15 GiB of memory: 1,500 served.
+        assert!((stranded(&c, 96_000, 15_360, &g) - 1500.0).abs() < 1e-9);
+        assert_eq!(stranded(&c, 96_000, 1 << 20, &g), 0.0);
+        assert_eq!(stranded(&c, 0, 0, &[0, 0]), 0.0);
+    }
+
+    #[test]
+    fn tessera_keeps_cpu_for_free_gpus_where_packing_alone_would_not() {
+        let c = stranding_ctx();
+        let gpu_pod = kind(&c, 10_000, 1, 1000);
+        let cpu_only = kind(&c, 20_000, 0, 0);
+        // Node a: 6 GPUs used, 2 idle, 36 cores left. Node b: 4 used, 4 idle, 64 cores left.
+        let mut a = NodeState::new_for(&c.nodes[0]);
+        for g in 0..6 {
+            a.take(&gpu_pod, &[g]);
+        }
+        a.cpu = 36_000;
+        let mut b = NodeState::new_for(&c.nodes[1]);
+        for g in 0..4 {
+            b.take(&gpu_pod, &[g]);
+        }
+        b.cpu = 64_000;
+        // The old rule: the 20-core pod raises the expected fragmentation of neither node (a
+        // 10-core GPU pod still fits both), so packing took a, the node with less GPU left,
+        // leaving its 2 idle GPUs 16 cores: 400 milli stranded.
+        let frag_rise = |s: &NodeState| {
+            let t = &c.tessera_typical;
+            fragmentation(s.cpu - cpu_only.cpu, &s.gpu, s.model, t)
+                - fragmentation(s.cpu, &s.gpu, s.model, t)
+        };
+        assert_eq!((frag_rise(&a), frag_rise(&b)), (0.0, 0.0));
+        assert!(a.gpu_left() < b.gpu_left());
+        assert!((tessera_delta(&c, &a, &cpu_only, &[]) - 400.0).abs() < 1e-9);
+        assert_eq!(tessera_delta(&c, &b, &cpu_only, &[]), 0.0);
+        let e = |s: &NodeState| evaluate(Policy::Tessera, &c, s, &cpu_only).score;
+        assert!(e(&b) > e(&a), "the CPU-only pod goes where CPU is to spare");
+        // With CPU to spare on both, packing decides again.
+        a.cpu = 96_000;
+        assert!(e(&a) > e(&b));
     }
 
     #[test]

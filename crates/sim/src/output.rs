@@ -805,3 +805,39 @@ allocated_pct_at_130,failed_pods,mig_gpus,mps_gpus\n",
     }
     Ok(vec![write(dir.join("hybrid_summary.csv"), &s)?])
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::Setup;
+
+    /// A plot that cannot be written is an `OutputError::Plot` naming the file, with the
+    /// drawing backend's error kept as its cause (not flattened into text).
+    #[test]
+    fn a_plot_that_cannot_be_written_keeps_the_drawing_error_as_its_cause() {
+        let dir = tempfile::tempdir().unwrap();
+        // A directory where the PNG goes: the bitmap backend cannot save it.
+        std::fs::create_dir(dir.path().join("saturate_allocation.png")).unwrap();
+        let report = SaturateReport {
+            setup: Setup {
+                mode: "saturate",
+                gpu_model: "h100-80gb".into(),
+                nodes: 1,
+                gpus: 1,
+                capacity_slices: 7,
+                trace_pods: 0,
+                static_mig_partition: None,
+            },
+            seeds: vec![1],
+            policies: Vec::new(),
+            runs: Vec::new(),
+        };
+        let e = write_saturate(&report, dir.path()).unwrap_err();
+        assert!(
+            matches!(&e, OutputError::Plot { path, .. } if path.ends_with("saturate_allocation.png")),
+            "{e}"
+        );
+        let cause = std::error::Error::source(&e).expect("the drawing error is kept");
+        assert!(e.to_string().ends_with(&cause.to_string()), "{e}");
+    }
+}

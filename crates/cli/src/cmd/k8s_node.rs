@@ -15,8 +15,9 @@ use tessera_gpu::{open_backend, BackendSpec, GpuBackend, SimConfig};
 use tessera_k8s::cluster_mode::{ApiClaims, CrdDesired};
 use tessera_kubelet::deviceplugin::{run_device_plugins, DevicePluginConfig};
 use tessera_kubelet::dra::{
-    resource_slices, ClaimReader, DirClaims, DraConfig, DraPlugin, DEFAULT_DRIVER,
+    resource_slices, ClaimReader, DevRoots, DirClaims, DraConfig, DraPlugin, DEFAULT_DRIVER,
 };
+use tessera_kubelet::ledger::{Ledger, DEFAULT_GRACE as LEDGER_GRACE};
 use tessera_kubelet::node::{FileDesired, NodeConfig, NodeRunner, NodeStatus, StatusSink};
 use tessera_kubelet::KubeletError;
 
@@ -32,6 +33,17 @@ pub enum Mode {
     DevicePlugin,
     /// Both.
     Both,
+}
+
+/// Whether to publish partitionable devices.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Partitionable {
+    /// Never (works with every Kubernetes 1.34+ cluster).
+    Off,
+    /// Always (Kubernetes 1.36+, or 1.35 with the `DRAPartitionableDevices` gate).
+    On,
+    /// In cluster mode, when the apiserver reports 1.36 or later; off in standalone mode.
+    Auto,
 }
 
 /// `tessera k8s node` flags.
@@ -72,9 +84,22 @@ pub struct Args {
     /// DRA driver name.
     #[arg(long, value_name = "NAME", default_value = DEFAULT_DRIVER)]
     pub driver: String,
+    /// Publish MIG GPUs that the layout does not list as partitionable devices (KEP-4815,
+    /// Kubernetes 1.36+, or 1.35 with the `DRAPartitionableDevices` gate): one counter set
+    /// per GPU and every placement of every profile as a device; the instance is created when
+    /// a claim on it is prepared. `off` by default; `--dra-partitionable` alone is `on`;
+    /// `auto` asks the apiserver's version (1.36+).
+    #[arg(long, value_enum, value_name = "WHEN", default_value_t = Partitionable::Off,
+          num_args = 0..=1, default_missing_value = "on")]
+    pub dra_partitionable: Partitionable,
     /// Where the DRA plugin writes CDI specs.
     #[arg(long, value_name = "DIR", default_value = "/var/run/cdi")]
     pub cdi_dir: PathBuf,
+    /// The root under which the host's `dev/` and `proc/` are, for the device nodes the DRA
+    /// plugin's CDI specs list (default: `/` with NVML; none with a `sim:` backend, whose
+    /// GPUs have no device nodes, so its specs carry the environment only).
+    #[arg(long, value_name = "DIR")]
+    pub dev_root: Option<PathBuf>,
     /// The CDI kind of the device names device plugins return (`<kind>=<UUID>`).
     #[arg(long, value_name = "KIND", default_value = "nvidia.com/gpu")]
     pub cdi_kind: String,
@@ -200,6 +225,36 @@ pub fn run(a: &Args, ctx: &Ctx) -> Result<ExitCode, CliError> {
             },
         )
         .map_err(|e| CliError::Other(e.to_string()))?;
+        let partitionable = match (a.dra_partitionable, &client) {
+            (Partitionable::Off, _) => false,
+            (Partitionable::On, _) => true,
+            (Partitionable::Auto, Some(c)) => match c.apiserver_version().await {
+                Ok(v) => {
+                    let on = tessera_kubelet::partition::on_by_default(&v.major, &v.minor);
+                    eprintln!(
+                        "tessera k8s node: apiserver {}.{}: partitionable devices {}",
+                        v.major,
+                        v.minor,
+                        if on { "on" } else { "off" }
+                    );
+                    on
+                }
+                Err(e) => {
+                    eprintln!("tessera k8s node: cannot read the apiserver's version ({e}); partitionable devices off");
+                    false
+                }
+            },
+            (Partitionable::Auto, None) => {
+                eprintln!("tessera k8s node: standalone mode has no apiserver version to read; partitionable devices off");
+                false
+            }
+        };
+        runner.set_partitionable(partitionable && a.mode != Mode::DevicePlugin);
+        // Both paths: one allocation ledger, so no slice is handed out through both.
+        let ledger = (a.mode == Mode::Both).then(|| Arc::new(Ledger::new(LEDGER_GRACE)));
+        if let Some(l) = &ledger {
+            runner.set_ledger(l.clone());
+        }
         let (stop_tx, _) = tokio::sync::watch::channel(false);
         let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|s| *s).await;
@@ -211,12 +266,19 @@ pub fn run(a: &Args, ctx: &Ctx) -> Result<ExitCode, CliError> {
                 node_name: a.node_name.clone(),
                 kubelet_dir: a.kubelet_dir.clone(),
                 cdi_dir: a.cdi_dir.clone(),
+                dev: match (&a.dev_root, &a.backend) {
+                    (Some(root), _) => Some(DevRoots::under(root)),
+                    (None, Backend::Sim(_)) => None,
+                    (None, _) => Some(DevRoots::default()),
+                },
+                ledger: ledger.clone(),
             };
             let claims: Arc<dyn ClaimReader> = match &client {
                 Some(c) => Arc::new(ApiClaims(c.clone())),
                 None => Arc::new(DirClaims(a.claims_dir.clone().unwrap_or_default())),
             };
-            let plugin = DraPlugin::new(cfg, claims, inventory.clone())
+            let plugin = DraPlugin::with_mig(cfg, claims, inventory.clone(), runner.mig_ops())
+                .await
                 .map_err(|e| CliError::Other(e.to_string()))?;
             runner.add_holds(plugin.clone());
             tasks.spawn(plugin.serve(stopped(stop_tx.subscribe())));
@@ -224,6 +286,7 @@ pub fn run(a: &Args, ctx: &Ctx) -> Result<ExitCode, CliError> {
         if a.mode != Mode::Dra {
             let mut cfg = DevicePluginConfig::new(&a.kubelet_dir);
             cfg.cdi_kind = a.cdi_kind.clone();
+            cfg.ledger = ledger.clone();
             tasks.spawn(run_device_plugins(
                 cfg,
                 inventory.clone(),
