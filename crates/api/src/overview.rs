@@ -69,6 +69,9 @@ pub struct OverviewGpu {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct RepartitionView {
+    /// The machine (Kubernetes node) of the GPU; `None` for the daemon's own GPUs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
     /// GPU index.
     pub gpu: u32,
     /// When it finished, milliseconds since the Unix epoch.

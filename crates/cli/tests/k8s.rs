@@ -49,6 +49,8 @@ fn small_demo_reports_its_summary_as_json() {
         "busy_destroyed",
         "repartitions",
         "mean_wait_s",
+        "kubelet_registrations",
+        "allocate_calls",
     ] {
         assert!(v.get(k).is_some(), "missing {k}: {v}");
     }
@@ -56,6 +58,9 @@ fn small_demo_reports_its_summary_as_json() {
     assert_eq!(v["busy_destroyed"], 0);
     assert_eq!(v["unschedulable"], 1, "only the A100-only pod: {v}");
     assert_eq!(v["bound"], 40);
+    // Every bound pod went through its node's device plugin.
+    assert_eq!(v["allocate_calls"], 40);
+    assert_eq!(v["plugin_reregistrations"], 0);
 }
 
 #[test]
@@ -115,4 +120,28 @@ fn node_without_desired_is_cluster_mode_and_says_how_to_reach_the_cluster() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("cluster mode (no --desired)"), "{err}");
     assert!(err.contains("--desired FILE"), "{err}");
+}
+
+#[test]
+fn controller_web_view_needs_a_token_or_public() {
+    let out = tessera(&["k8s", "controller", "--listen", "127.0.0.1:0"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--web-token-file") && err.contains("--web-public"),
+        "{err}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let empty = dir.path().join("token");
+    std::fs::write(&empty, "\n").unwrap();
+    let out = tessera(&[
+        "k8s",
+        "controller",
+        "--listen",
+        "127.0.0.1:0",
+        "--web-token-file",
+        empty.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("the file is empty"));
 }

@@ -73,9 +73,10 @@ pub fn status_of(s: &NodeStatus) -> TesseraNodeStatus {
             index: g.index,
             model: g.model.clone().unwrap_or_default(),
             uuid: g.uuid.clone(),
+            // MIG off: the only slices the controller can place there are MPS shares.
             mode: match g.sharing {
-                Sharing::Mps => SliceMode::Mps,
-                Sharing::Mig | Sharing::Whole => SliceMode::Mig,
+                Sharing::Mps | Sharing::Whole => SliceMode::Mps,
+                Sharing::Mig => SliceMode::Mig,
             },
             instances: g
                 .mig

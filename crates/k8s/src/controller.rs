@@ -19,7 +19,9 @@
 //!   waits no longer than the slice takes to create.
 //!
 //! # Planner input
-//! A node's GPUs come from its status (model, mode, observed instances). A MIG GPU's current
+//! A node's GPUs come from its status (model, mode, observed instances); a node labelled
+//! `tessera.dev/gpu-sharing` or nos's `nos.nebuly.com/gpu-partitioning` is planned in the
+//! label's mode ([`crate::sharing`]). A MIG GPU's current
 //! layout is its desired spec layout (the controller's own earlier decision, possibly not yet
 //! applied) plus any busy instance the node observed; instances that are busy or earmarked by
 //! a live pod are `used`. An MPS GPU's clients are the shares earmarked by live pods. The
@@ -34,7 +36,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::Client;
 use serde::Serialize;
@@ -53,6 +55,7 @@ use crate::pods::{
     is_finished, is_gated, pod_key, requested_slice, Earmark, EarmarkedSlice, ERROR_ANNOTATION,
     GATE, HOSTNAME_LABEL, SLICE_ANNOTATION,
 };
+use crate::sharing::{labelled_modes, plan_mode};
 
 /// Why a controller round failed.
 #[derive(Debug, thiserror::Error)]
@@ -82,6 +85,9 @@ pub struct RoundReport {
     pub spec_writes: Vec<String>,
     /// MIG instances the written layouts create plus destroy.
     pub operations: usize,
+    /// GPUs left out of the plan because their node's sharing label asks for the other mode
+    /// than the slices on them (see [`crate::sharing`]), with the reason.
+    pub not_planned: Vec<String>,
 }
 
 /// The controller (stateless between rounds: everything is read from the apiserver).
@@ -129,6 +135,12 @@ impl Controller {
         let mut nodes = nodes_api.list(&ListParams::default()).await?.items;
         nodes.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
         let pods = pods_api.list(&ListParams::default()).await?.items;
+        let labelled = labelled_modes(
+            &Api::<Node>::all(self.client.clone())
+                .list(&ListParams::default())
+                .await?
+                .items,
+        );
         let mut report = RoundReport::default();
 
         // Slices held by live pods, by (node, GPU).
@@ -157,7 +169,15 @@ impl Controller {
                     continue;
                 };
                 let held_here = held.get(&(name.clone(), g.index));
-                match g.mode {
+                let mode = match plan_mode(&name, labelled.get(&name), g) {
+                    Ok(m) => m,
+                    Err(why) => {
+                        tracing::warn!("{why}");
+                        report.not_planned.push(why.to_string());
+                        continue;
+                    }
+                };
+                match mode {
                     SliceMode::Mig => {
                         let busy: Vec<(String, u8)> = g
                             .instances
@@ -518,6 +538,14 @@ impl Controller {
                 n2.notify_one();
             }
         });
+        let n3 = Arc::clone(&notify);
+        let labels: Api<Node> = Api::all(self.client.clone());
+        let w3 = tokio::spawn(async move {
+            let mut s = kube::runtime::watcher(labels, Default::default()).boxed();
+            while s.next().await.is_some() {
+                n3.notify_one();
+            }
+        });
         tokio::pin!(shutdown);
         let result = loop {
             let now = k8s_openapi::jiff::Timestamp::now();
@@ -547,6 +575,7 @@ impl Controller {
         };
         w1.abort();
         w2.abort();
+        w3.abort();
         result
     }
 }

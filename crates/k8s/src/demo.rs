@@ -1,12 +1,12 @@
 //! `tessera k8s demo`: a whole simulated cluster in one process — the fake apiserver, the
-//! controller, one node agent per node on simulated GPUs, and an in-process binder standing in
-//! for kube-scheduler and the kubelet — driven by a scripted mix of pods on a virtual clock.
+//! controller, and per node the kubelet crate's node runner and device plugins on simulated
+//! GPUs, talking to a fake kubelet over Unix sockets ([`KubeletCluster`]) — driven by a
+//! scripted mix of pods on a virtual clock.
 //!
-//! The binder ([`SimCluster::bind`]) does what the real components do once a pod's gate is off:
-//! kube-scheduler binds the pod to the node its node selector names (`spec.nodeName`), and the
-//! kubelet starts it on the slice the device plugin hands out (here: the earmarked slice, marked
-//! busy on the node's simulated GPU). It is not a scheduler: it places only pods the
-//! controller pinned to a node.
+//! [`SimCluster`] is the lighter harness of the scenario tests: the node agent's cluster mode
+//! ([`NodeAgent`]) with an in-process binder ([`SimCluster::bind`]) that marks the earmarked
+//! slice busy on the node's simulated GPU instead of going through the kubelet protocols. Its
+//! binder is not a scheduler: it places only pods the controller pinned to a node.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -25,8 +25,10 @@ use tessera_planner::PlanOptions;
 use crate::controller::{Controller, ControllerError, RoundReport};
 use crate::crd::{SliceMode, TesseraNode};
 use crate::fake::{FakeApiServer, FakeStartError};
+use crate::kubelet_cluster::KubeletCluster;
 use crate::node::{NodeAgent, NodeError};
 use crate::pods::{is_gated, pod_key, Earmark, EarmarkedSlice, GATE, SM_PERCENT_ANNOTATION};
+use tessera_kubelet::KubeletError;
 
 /// Why the simulated cluster failed.
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +54,37 @@ pub enum DemoError {
     /// The simulated GPUs could not be made.
     #[error("simulated GPUs: {0}")]
     Sim(#[from] tessera_gpu::GpuError),
+    /// A node's kubelet side (fake kubelet, device plugins, node runner, a kubelet call)
+    /// failed.
+    #[error("node {node}: {source}")]
+    Kubelet {
+        /// The node.
+        node: String,
+        /// What failed.
+        #[source]
+        source: KubeletError,
+    },
+    /// A pod could not be admitted on its node (a plugin that never registered or listed the
+    /// slice, or an `Allocate` answer for another device).
+    #[error("node {node}: admitting a pod: {detail}")]
+    Admission {
+        /// The node.
+        node: String,
+        /// What went wrong.
+        detail: String,
+    },
+    /// The device plugins' task of a node failed to stop.
+    #[error("node {node}: the device plugins' task: {source}")]
+    PluginTask {
+        /// The node.
+        node: String,
+        /// Why it ended.
+        #[source]
+        source: tokio::task::JoinError,
+    },
+    /// No temporary directory for the kubelet sockets.
+    #[error("cannot make a temporary directory for the kubelet sockets: {0}")]
+    TempDir(#[source] std::io::Error),
     /// A bad `--gpus` list.
     #[error("bad GPU list `{spec}`: {detail}")]
     GpuList {
@@ -71,7 +104,7 @@ struct Running {
     uuid: Option<String>,
 }
 
-/// The simulated cluster: apiserver, controller, node agents.
+/// The scenario tests' cluster: apiserver, controller, node agents (no kubelet protocols).
 pub struct SimCluster {
     /// The fake apiserver.
     pub server: FakeApiServer,
@@ -83,6 +116,32 @@ pub struct SimCluster {
     pub agents: Vec<NodeAgent<SimBackend>>,
     running: BTreeMap<String, Running>,
     busy_destroyed: usize,
+}
+
+/// Create a gated pod `default/NAME` asking for `resource: 1` (e.g. `nvidia.com/mig-1g.10gb`),
+/// with the SM-percent annotation when given.
+pub async fn submit_pod(
+    client: &kube::Client,
+    name: &str,
+    resource: &str,
+    sm_percent: Option<u32>,
+) -> Result<Pod, DemoError> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let mut annotations = serde_json::Map::new();
+    if let Some(p) = sm_percent {
+        annotations.insert(SM_PERCENT_ANNOTATION.into(), json!(p.to_string()));
+    }
+    let pod: Pod = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "annotations": annotations},
+        "spec": {
+            "schedulingGates": [{"name": GATE}],
+            "containers": [{"name": "main", "image": "cuda:12",
+                            "resources": {"limits": {resource: "1"}}}]
+        }
+    }))
+    .expect("a valid pod");
+    Ok(pods.create(&PostParams::default(), &pod).await?)
 }
 
 /// Node `i`'s name.
@@ -142,22 +201,7 @@ impl SimCluster {
         resource: &str,
         sm_percent: Option<u32>,
     ) -> Result<Pod, DemoError> {
-        let pods: Api<Pod> = Api::namespaced(self.client.clone(), "default");
-        let mut annotations = serde_json::Map::new();
-        if let Some(p) = sm_percent {
-            annotations.insert(SM_PERCENT_ANNOTATION.into(), json!(p.to_string()));
-        }
-        let pod: Pod = serde_json::from_value(json!({
-            "apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": name, "annotations": annotations},
-            "spec": {
-                "schedulingGates": [{"name": GATE}],
-                "containers": [{"name": "main", "image": "cuda:12",
-                                "resources": {"limits": {resource: "1"}}}]
-            }
-        }))
-        .expect("a valid pod");
-        Ok(pods.create(&PostParams::default(), &pod).await?)
+        submit_pod(&self.client, name, resource, sm_percent).await
     }
 
     /// Every node agent's round, in order.
@@ -357,6 +401,16 @@ pub struct DemoSummary {
     pub cycles: usize,
     /// Virtual seconds per cycle.
     pub tick_s: f64,
+    /// `Register` calls the nodes' fake kubelets received (one per resource name a node's
+    /// device plugins serve; none again when the layout changes).
+    pub kubelet_registrations: usize,
+    /// `Register` calls beyond each node's first of a resource (0: layout changes reach the
+    /// kubelet on the open ListAndWatch streams, no plugin restarts).
+    pub plugin_reregistrations: usize,
+    /// `Allocate` calls the kubelets made, one per bound pod.
+    pub allocate_calls: usize,
+    /// ListAndWatch messages the kubelets read on the plugins' open streams.
+    pub list_and_watch_updates: usize,
 }
 
 /// One scripted pod.
@@ -419,24 +473,28 @@ fn script(opts: &DemoOptions) -> Vec<Scripted> {
     out
 }
 
-/// Run the demo.
+/// Run the demo: the cluster of [`KubeletCluster`] (node runners, device plugins and a fake
+/// kubelet per node over Unix sockets) under the scripted mix, on the virtual clock.
 pub async fn run_demo(opts: &DemoOptions, catalog: Catalog) -> Result<DemoSummary, DemoError> {
-    let mut c = SimCluster::new(opts.nodes, &opts.gpus, catalog).await?;
-    let gpus_per_node = c
-        .agents
-        .first_mut()
-        .map(|a| a.backend_mut().gpus().map(|g| g.len()))
-        .transpose()?
-        .unwrap_or(0);
-    // The last node's last two GPUs serve MPS (nos-style `nvidia.com/gpu-<N>gb` pods).
+    let list = parse_gpu_list(&opts.gpus).map_err(|e| DemoError::GpuList {
+        spec: opts.gpus.clone(),
+        detail: e.to_string(),
+    })?;
+    let gpus_per_node: usize = list.iter().map(|(_, n)| *n as usize).sum();
+    // The last node's last two GPUs run with MIG off and serve MPS (nos-style
+    // `nvidia.com/gpu-<N>gb` pods).
+    let mut mig_off = BTreeMap::new();
     if gpus_per_node >= 4 && opts.nodes > 0 {
-        let last = opts.nodes - 1;
-        for g in gpus_per_node - 2..gpus_per_node {
-            c.set_mode(last, g as u32, SliceMode::Mps);
-        }
+        mig_off.insert(
+            opts.nodes - 1,
+            (gpus_per_node - 2..gpus_per_node)
+                .map(|g| g as u32)
+                .collect::<Vec<_>>(),
+        );
     }
+    let mut c = KubeletCluster::new(opts.nodes, &opts.gpus, &mig_off, catalog).await?;
     // Register the nodes.
-    c.agents_round().await?;
+    c.nodes_round().await?;
     let base = Timestamp::from_second(1_767_225_600).expect("a valid time");
     let tick_s = opts.tick.as_secs_f64();
     let script = script(opts);
@@ -467,24 +525,16 @@ pub async fn run_demo(opts: &DemoOptions, catalog: Catalog) -> Result<DemoSummar
             next += 1;
         }
         let r1 = c.controller.round().await?;
-        let mut changed_gpus = 0;
-        for a in &mut c.agents {
-            let before = gpu_layouts(a)?;
-            a.round().await.map_err(|source| DemoError::Node {
-                node: a.name().to_string(),
-                source,
-            })?;
-            let after = gpu_layouts(a)?;
-            for (b, af) in before.iter().zip(&after) {
+        for node in c.nodes_round().await? {
+            for (b, af) in node {
                 if b != af {
-                    changed_gpus += 1;
+                    repartitions += 1;
                     let bs: std::collections::BTreeSet<_> = b.iter().collect();
                     let as_: std::collections::BTreeSet<_> = af.iter().collect();
                     mig_ops += bs.symmetric_difference(&as_).count();
                 }
             }
         }
-        repartitions += changed_gpus;
         c.controller.round().await?;
         let bound = c.bind().await?;
         c.check_busy();
@@ -508,7 +558,7 @@ pub async fn run_demo(opts: &DemoOptions, catalog: Catalog) -> Result<DemoSummar
         }
     }
     let bound = waits.len();
-    Ok(DemoSummary {
+    let summary = DemoSummary {
         nodes: opts.nodes,
         gpus: opts.nodes * gpus_per_node,
         pods: script.len(),
@@ -527,18 +577,13 @@ pub async fn run_demo(opts: &DemoOptions, catalog: Catalog) -> Result<DemoSummar
         overtaken,
         cycles: cycle,
         tick_s,
-    })
-}
-
-/// Each GPU's instances as `PROFILE@START` (MIG GPUs).
-fn gpu_layouts(a: &mut NodeAgent<SimBackend>) -> Result<Vec<Vec<String>>, DemoError> {
-    let b = a.backend_mut();
-    let n = b.gpus()?.len() as u32;
-    let mut out = Vec::new();
-    for g in 0..n {
-        out.push(b.instances(g)?.iter().map(|i| i.spec()).collect());
-    }
-    Ok(out)
+        kubelet_registrations: c.registrations(),
+        plugin_reregistrations: c.reregistrations(),
+        allocate_calls: c.allocate_calls(),
+        list_and_watch_updates: c.stream_updates(),
+    };
+    c.stop().await?;
+    Ok(summary)
 }
 
 /// Pods earmarked in `r` that arrived after a same-kind pod that `r` left waiting.

@@ -155,6 +155,14 @@ impl FakeApiServer {
         self.shared.lock().clock = t;
     }
 
+    /// The time objects are stamped with now: the virtual clock when set, else the real one.
+    pub fn now(&self) -> k8s_openapi::jiff::Timestamp {
+        self.shared
+            .lock()
+            .clock
+            .unwrap_or_else(k8s_openapi::jiff::Timestamp::now)
+    }
+
     /// Forget the recorded requests.
     pub fn clear_requests(&self) {
         self.shared.lock().requests.clear();

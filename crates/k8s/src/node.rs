@@ -79,7 +79,8 @@ impl<B: GpuBackend> NodeAgent<B> {
         }
     }
 
-    /// Set a GPU's sharing mode (as the node's configuration says).
+    /// Set a GPU's sharing mode (as the node's configuration says); a GPU without one runs
+    /// in the mode its spec layout names (MIG when the spec does not list it).
     pub fn with_mode(mut self, gpu: u32, mode: SliceMode) -> Self {
         self.modes.insert(gpu, mode);
         self
@@ -149,7 +150,7 @@ impl<B: GpuBackend> NodeAgent<B> {
                 &mut *self.sleeper,
             );
             for layout in &spec.gpus {
-                let mode = self.modes.get(&layout.index).copied().unwrap_or_default();
+                let mode = mode_of(&self.modes, spec, layout.index);
                 if mode != SliceMode::Mig || layout.mode != SliceMode::Mig {
                     continue;
                 }
@@ -164,7 +165,7 @@ impl<B: GpuBackend> NodeAgent<B> {
         let mut gpus = Vec::new();
         let mut converged = round.refused.is_empty();
         for info in &infos {
-            let mode = self.modes.get(&info.index).copied().unwrap_or_default();
+            let mode = mode_of(&self.modes, spec, info.index);
             let model = info
                 .model
                 .as_deref()
@@ -253,4 +254,13 @@ impl<B: GpuBackend> NodeAgent<B> {
         };
         Ok((round, status))
     }
+}
+
+/// A GPU's mode: the node's configuration, else the spec's layout for it, else MIG.
+fn mode_of(modes: &BTreeMap<u32, SliceMode>, spec: &TesseraNodeSpec, gpu: u32) -> SliceMode {
+    modes
+        .get(&gpu)
+        .copied()
+        .or_else(|| spec.gpus.iter().find(|l| l.index == gpu).map(|l| l.mode))
+        .unwrap_or_default()
 }

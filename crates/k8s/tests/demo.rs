@@ -18,4 +18,11 @@ async fn default_demo_binds_every_pod_that_fits_and_destroys_nothing_busy() {
     assert_eq!(s.unschedulable, 1);
     assert_eq!(s.bound, s.pods - 1);
     assert!(s.repartitions > 0);
+    // Through the kubelet protocols: every bound pod was admitted with one Allocate on its
+    // node's device plugin; each resource registered once per node, and the many layout
+    // changes reached the kubelets on the open ListAndWatch streams.
+    assert_eq!(s.allocate_calls, s.bound);
+    assert!(s.kubelet_registrations >= s.nodes, "{s:?}");
+    assert_eq!(s.plugin_reregistrations, 0);
+    assert!(s.list_and_watch_updates > s.kubelet_registrations, "{s:?}");
 }

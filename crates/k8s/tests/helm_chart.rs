@@ -80,19 +80,26 @@ fn run(cmd: &str, args: &[&str]) -> String {
 }
 
 fn render(dir: &Path, mode: &str) -> PathBuf {
+    render_with(dir, mode, &[], mode)
+}
+
+/// `helm template` with `mode` and extra `--set` values, written to `rendered-<name>.yaml`.
+fn render_with(dir: &Path, mode: &str, sets: &[&str], name: &str) -> PathBuf {
     let chart = chart();
-    let out = Command::new(helm())
-        .args(["template", "tessera", chart.to_str().unwrap()])
+    let mut cmd = Command::new(helm());
+    cmd.args(["template", "tessera", chart.to_str().unwrap()])
         .args(["--namespace", "tessera-system", "--include-crds"])
-        .args(["--set", &format!("mode={mode}")])
-        .output()
-        .unwrap();
+        .args(["--set", &format!("mode={mode}")]);
+    for s in sets {
+        cmd.args(["--set", s]);
+    }
+    let out = cmd.output().unwrap();
     assert!(
         out.status.success(),
-        "helm template (mode {mode}) failed: {}",
+        "helm template (mode {mode}, {sets:?}) failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let path = dir.join(format!("rendered-{mode}.yaml"));
+    let path = dir.join(format!("rendered-{name}.yaml"));
     std::fs::write(&path, &out.stdout).unwrap();
     path
 }
@@ -119,6 +126,41 @@ fn chart_lints_renders_and_validates_strictly_for_1_34_to_1_37() {
         );
         rendered.push(path.to_str().unwrap().to_string());
     }
+    // The controller's web view: off by default; on, a port, a Service, and the token from a
+    // Secret (or public).
+    let default = std::fs::read_to_string(&rendered[0]).unwrap();
+    assert!(!default.contains("--listen") && !default.contains("controller-web"));
+    let web = render_with(
+        dir.path(),
+        "dra",
+        &[
+            "controller.web.enabled=true",
+            "controller.web.tokenSecret=tessera-web",
+        ],
+        "web-token",
+    );
+    let text = std::fs::read_to_string(&web).unwrap();
+    assert!(text.contains("--listen=0.0.0.0:8080"));
+    assert!(text.contains("--web-token-file=/etc/tessera-web/token"));
+    assert!(text.contains("secretName: tessera-web"));
+    assert!(text.contains("name: tessera-controller-web"));
+    rendered.push(web.to_str().unwrap().to_string());
+    let public = render_with(
+        dir.path(),
+        "dra",
+        &["controller.web.enabled=true", "controller.web.public=true"],
+        "web-public",
+    );
+    let text = std::fs::read_to_string(&public).unwrap();
+    assert!(text.contains("--web-public") && !text.contains("--web-token-file"));
+    rendered.push(public.to_str().unwrap().to_string());
+    let out = Command::new(helm())
+        .args(["template", "t", chart().to_str().unwrap()])
+        .args(["--set", "controller.web.enabled=true"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("controller.web.tokenSecret"));
     for v in VERSIONS {
         let mut args = vec!["--strict", "--quiet", "-k", v];
         args.extend(rendered.iter().map(String::as_str));

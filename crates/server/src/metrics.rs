@@ -593,6 +593,7 @@ mod tests {
 
     fn repartition(gpu: u32, at_ms: u64) -> RepartitionView {
         RepartitionView {
+            node: None,
             gpu,
             at_ms,
             took_ms: 5,

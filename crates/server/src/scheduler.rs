@@ -651,6 +651,7 @@ impl Scheduler {
                     self.inner()
                         .metrics
                         .repartitioned(tessera_api::overview::RepartitionView {
+                            node: None,
                             gpu,
                             at_ms: self.now_ms(),
                             took_ms: began.elapsed().as_millis() as u64,

@@ -165,7 +165,7 @@ function gpuCard(o, g) {
   if (v.mode === "mig") body = migGrid(o, g);
   else if (v.mode === "mps") body = mpsView(o, g);
   else body = timesliceView(o, g);
-  return h("article", { class: "gpu " + v.mode + (v.drained ? " drained" : ""), "data-gpu": v.index },
+  return h("article", { class: "gpu " + v.mode + (v.drained ? " drained" : ""), "data-gpu": v.index, "data-node": g.node },
     h("h3", { text: title }),
     h("p", { class: "sub muted", text: mode + " · " + v.busy + " busy" + (v.drained ? " · drained" : "") + (v.reserved_for ? " · reserved for #" + v.reserved_for : "") }),
     v.last_error ? h("p", { class: "problem", text: v.last_error }) : null,
@@ -209,7 +209,7 @@ function render(o) {
     ["when", "GPU", "layout", "took"],
     o.repartitions.map(p => h("tr", {},
       h("td", { text: age(Math.max(o.now_ms - p.at_ms, 0)) + " ago" }),
-      h("td", { text: p.gpu }),
+      h("td", { text: (p.node ? p.node + " · " : "") + p.gpu }),
       h("td", { text: (p.layout.join(" ") || "(empty)") + (p.created.length ? "  +" + p.created.join(" +") : "") + (p.destroyed.length ? "  −" + p.destroyed.join(" −") : "") }),
       h("td", { text: p.took_ms + " ms" }))),
     "None since the daemon started."));

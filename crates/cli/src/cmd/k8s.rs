@@ -1,6 +1,7 @@
 //! `tessera k8s`: tessera on Kubernetes — `crd` prints the `TesseraNode` CRD, `controller`
-//! runs the controller (leader election on a Lease), `demo` runs the whole cluster in-process
-//! on simulated GPUs (fake apiserver, controller, node agents), `node` is the per-node process
+//! runs the controller (leader election on a Lease; with `--listen`, the web view), `demo` runs the whole cluster in-process
+//! on simulated GPUs (fake apiserver, controller, node runners and device plugins with a fake
+//! kubelet each), `node` is the per-node process
 //! (`cmd/k8s_node.rs`).
 
 use std::process::ExitCode;
@@ -9,6 +10,7 @@ use std::time::Duration;
 use tessera_k8s::controller::{lease_api, Controller};
 use tessera_k8s::demo::{run_demo, DemoOptions, DemoSummary};
 use tessera_k8s::lease::LeaderElector;
+use tessera_k8s::web::{WebAuth, WebState};
 use tessera_planner::{PlanOptions, Policy};
 
 use crate::output::{emit, print_out, table, CliError, Ctx};
@@ -20,7 +22,9 @@ pub enum K8sCmd {
     Crd,
     /// Run the cluster controller: plan slices for gated pods, write each node's layout.
     Controller(ControllerArgs),
-    /// The whole cluster in one process on simulated GPUs with a scripted mix of pods.
+    /// The whole cluster in one process on simulated GPUs with a scripted mix of pods: fake
+    /// apiserver, controller, and per node the node runner and device plugins talking to a fake
+    /// kubelet over Unix sockets.
     Demo(DemoArgs),
     /// The per-node process (privileged DaemonSet): carves the node's slices and serves them to
     /// the kubelet (DRA and/or device plugins); standalone with --desired FILE, otherwise
@@ -52,6 +56,17 @@ pub struct ControllerArgs {
     /// Planning policy.
     #[arg(long, default_value = "tessera")]
     pub policy: String,
+    /// Serve the web view (the page at `/`, its data at `/v1/overview`) on this address,
+    /// e.g. `0.0.0.0:8080`; every replica serves it, leader or not.
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<std::net::SocketAddr>,
+    /// The bearer token `/v1/overview` asks for, read from this file (a mounted Secret).
+    #[arg(long, value_name = "FILE", env = "TESSERA_WEB_TOKEN_FILE")]
+    pub web_token_file: Option<std::path::PathBuf>,
+    /// Anyone who reaches --listen may read the page's data (holders' commands and UUIDs
+    /// hidden); a wrong token is still refused.
+    #[arg(long)]
+    pub web_public: bool,
 }
 
 /// Arguments of `tessera k8s demo`.
@@ -106,6 +121,28 @@ fn controller(a: &ControllerArgs, ctx: &Ctx) -> Result<ExitCode, CliError> {
             "--lease-duration-s and --resync-s must be at least 1".into(),
         ));
     }
+    let token = match &a.web_token_file {
+        Some(path) => {
+            let t = std::fs::read_to_string(path).map_err(|source| CliError::Io {
+                path: path.clone(),
+                source,
+            })?;
+            let t = t.trim().to_string();
+            if t.is_empty() {
+                return Err(CliError::Usage(format!(
+                    "--web-token-file {}: the file is empty; put the token in it",
+                    path.display()
+                )));
+            }
+            Some(t)
+        }
+        None => None,
+    };
+    if a.listen.is_some() && token.is_none() && !a.web_public {
+        return Err(CliError::Usage(
+            "--listen needs --web-token-file FILE (the bearer token for the page's data) or --web-public".into(),
+        ));
+    }
     let rt = runtime()?;
     rt.block_on(async {
         let client = kube::Client::try_default().await.map_err(|e| {
@@ -119,6 +156,33 @@ fn controller(a: &ControllerArgs, ctx: &Ctx) -> Result<ExitCode, CliError> {
             &a.identity,
             Duration::from_secs(a.lease_duration_s),
         );
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let web = match a.listen {
+            Some(addr) => {
+                let listener = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(|e| CliError::Other(format!("--listen {addr}: cannot listen: {e}")))?;
+                eprintln!("tessera k8s controller: web view on http://{addr}/");
+                let state = WebState::new(
+                    client.clone(),
+                    ctx.catalog.clone(),
+                    WebAuth {
+                        token,
+                        public: a.web_public,
+                    },
+                    &format!("tessera k8s controller {}", a.identity),
+                );
+                let mut rx = stop_rx.clone();
+                Some(tokio::spawn(tessera_k8s::web::serve(
+                    listener,
+                    state,
+                    async move {
+                        let _ = rx.wait_for(|s| *s).await;
+                    },
+                )))
+            }
+            None => None,
+        };
         let c = Controller::new(
             client,
             ctx.catalog.clone(),
@@ -127,9 +191,20 @@ fn controller(a: &ControllerArgs, ctx: &Ctx) -> Result<ExitCode, CliError> {
         let shutdown = async {
             let _ = tokio::signal::ctrl_c().await;
         };
-        c.run(elector, Duration::from_secs(a.resync_s), shutdown)
+        let r = c
+            .run(elector, Duration::from_secs(a.resync_s), shutdown)
             .await
-            .map_err(|e| CliError::Other(e.to_string()))
+            .map_err(|e| CliError::Other(e.to_string()));
+        let _ = stop_tx.send(true);
+        drop(stop_rx);
+        if let Some(w) = web {
+            match w.await {
+                Ok(Err(e)) => eprintln!("tessera k8s controller: web view: {e}"),
+                Err(e) => eprintln!("tessera k8s controller: web view task: {e}"),
+                Ok(Ok(())) => {}
+            }
+        }
+        r
     })?;
     Ok(ExitCode::SUCCESS)
 }
@@ -174,6 +249,18 @@ fn summary_text(s: &DemoSummary) -> String {
             format!("{:.1}s (cycles of {:.0}s)", s.mean_wait_s, s.tick_s),
         ),
         ("longest wait", format!("{:.1}s", s.max_wait_s)),
+        (
+            "kubelet registrations",
+            format!(
+                "{} ({} again)",
+                s.kubelet_registrations, s.plugin_reregistrations
+            ),
+        ),
+        ("Allocate calls", s.allocate_calls.to_string()),
+        (
+            "ListAndWatch updates read",
+            s.list_and_watch_updates.to_string(),
+        ),
     ];
     for (k, v) in rows {
         t.add_row(vec![k.to_string(), v]);
