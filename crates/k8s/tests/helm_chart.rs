@@ -154,6 +154,17 @@ fn chart_lints_renders_and_validates_strictly_for_1_34_to_1_37() {
     let text = std::fs::read_to_string(&public).unwrap();
     assert!(text.contains("--web-public") && !text.contains("--web-token-file"));
     rendered.push(public.to_str().unwrap().to_string());
+    // Partitionable DRA devices: no flag by default, the value passed through when set.
+    assert!(!default.contains("--dra-partitionable"));
+    let part = render_with(
+        dir.path(),
+        "dra",
+        &["node.draPartitionable=auto"],
+        "partitionable",
+    );
+    let text = std::fs::read_to_string(&part).unwrap();
+    assert!(text.contains("--dra-partitionable=auto"));
+    rendered.push(part.to_str().unwrap().to_string());
     let out = Command::new(helm())
         .args(["template", "t", chart().to_str().unwrap()])
         .args(["--set", "controller.web.enabled=true"])
