@@ -264,6 +264,13 @@ fn bench_plan_prints_the_documented_fields() {
     let served = |policy: &str| bench_plan(policy, "1")["served_priority"].as_u64().unwrap();
     assert_eq!(served("tessera"), v["served_priority"].as_u64().unwrap());
     assert!(served("tessera") >= served("first-fit"));
+    // nos's time leaves out the binding step it lacks; each phase is reported.
+    let n = bench_plan("nos", "3");
+    let ph = n["nos_phases_ms"].as_object().unwrap();
+    let mut names: Vec<&String> = ph.keys().collect();
+    names.sort();
+    assert_eq!(names, ["algorithm", "binding", "output", "setup"]);
+    assert!(v.get("nos_phases_ms").is_none());
 }
 
 #[test]
@@ -287,6 +294,15 @@ fn bench_quality_compares_every_policy_with_the_optimum() {
         assert_eq!(r["invalid_plans"], 0);
         assert!(r["served_priority"].as_u64().unwrap() <= v["optimum_priority"].as_u64().unwrap());
     }
+    // nos over the seeds of its random choices, besides its fixed-seed row.
+    let shares = v["nos_by_tie_seed"].as_array().unwrap();
+    assert_eq!(shares.len(), 5);
+    assert_eq!(v["nos_ops_by_tie_seed"].as_array().unwrap().len(), 5);
+    for s in shares {
+        assert!((0.0..=1.0).contains(&s.as_f64().unwrap()));
+    }
     let table = tessera(&["bench", "quality", "--instances", "10"]);
-    assert!(String::from_utf8_lossy(&table.stdout).contains("OF OPTIMUM"));
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(text.contains("OF OPTIMUM"));
+    assert!(text.contains("from seeds 0-4: mean "), "{text}");
 }

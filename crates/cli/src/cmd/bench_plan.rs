@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 use tessera_planner::gen::{bench_input, BenchSpec, ContendedSpec};
-use tessera_planner::quality::{contended_quality, quality};
+use tessera_planner::quality::{contended_quality, mean_range, nos_phases, quality, NosPhase};
 use tessera_planner::{plan, PlanOptions, Policy};
 
 use crate::cmd::plan::parse_policy;
@@ -46,14 +46,44 @@ pub struct PlanBench {
     pub gpus: usize,
     /// Pending requests.
     pub pending: usize,
-    /// Median wall time of one `plan` call, in milliseconds.
+    /// Median wall time of one `plan` call, in milliseconds; for nos without the first-fit
+    /// binding step it lacks (`nos_phases_ms` has it).
     pub median_ms: f64,
-    /// Fastest call, in milliseconds.
+    /// Fastest call, in milliseconds (nos: without the binding step).
     pub min_ms: f64,
+    /// nos only: median milliseconds of each phase of the call.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nos_phases_ms: Option<NosPhasesMs>,
     /// Requests served by the plan.
     pub served: usize,
     /// Their summed priority.
     pub served_priority: u64,
+}
+
+/// Median milliseconds of each phase of a nos `plan` call.
+#[derive(Debug, Serialize)]
+pub struct NosPhasesMs {
+    /// Input read and problem built (as for every policy).
+    pub setup: f64,
+    /// nos's algorithm: tracker, node forks, geometries, layouts.
+    pub algorithm: f64,
+    /// First-fit binding of pods to the new layouts (ours; nos has no such step).
+    pub binding: f64,
+    /// Plan written out (as for every policy).
+    pub output: f64,
+}
+
+fn median(times: &mut [f64]) -> f64 {
+    times.sort_by(f64::total_cmp);
+    if times.len() % 2 == 1 {
+        times[times.len() / 2]
+    } else {
+        (times[times.len() / 2 - 1] + times[times.len() / 2]) / 2.0
+    }
+}
+
+fn ms3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
 }
 
 /// Run `bench plan`.
@@ -70,29 +100,60 @@ pub fn run_plan(args: &PlanArgs, ctx: &Ctx) -> Result<ExitCode, CliError> {
     let (cluster, requests) = bench_input(&ctx.catalog, &spec);
     let opts = PlanOptions::with_policy(args.policy);
     let mut times = Vec::with_capacity(args.runs);
+    // nos: per phase (setup, algorithm, binding, output) of every run.
+    let mut phases: [Vec<f64>; 4] = Default::default();
     let mut last = None;
     for _ in 0..args.runs {
         let t = Instant::now();
-        let p = plan(&ctx.catalog, &cluster, &requests, &opts)
+        let p = if args.policy == Policy::Nos {
+            let mut at = [0f64; 4];
+            let mut prev = t;
+            let (p, _) = nos_phases(&ctx.catalog, &cluster, &requests, &mut |ph| {
+                let now = Instant::now();
+                let i = match ph {
+                    NosPhase::Setup => 0,
+                    NosPhase::Algorithm => 1,
+                    NosPhase::Binding => 2,
+                    NosPhase::Output => 3,
+                };
+                at[i] = (now - prev).as_secs_f64() * 1e3;
+                prev = now;
+            })
             .map_err(|e| CliError::Usage(e.to_string()))?;
-        times.push(t.elapsed().as_secs_f64() * 1e3);
+            for (v, x) in phases.iter_mut().zip(at) {
+                v.push(x);
+            }
+            // The time nos's own planning takes: the whole call less the binding it lacks.
+            times.push(t.elapsed().as_secs_f64() * 1e3 - at[2]);
+            p
+        } else {
+            let p = plan(&ctx.catalog, &cluster, &requests, &opts)
+                .map_err(|e| CliError::Usage(e.to_string()))?;
+            times.push(t.elapsed().as_secs_f64() * 1e3);
+            p
+        };
         // Dropping the previous plan is not part of the measurement.
         last = Some(p);
     }
     let p = last.expect("at least one run");
-    times.sort_by(f64::total_cmp);
-    let median = if times.len() % 2 == 1 {
-        times[times.len() / 2]
-    } else {
-        (times[times.len() / 2 - 1] + times[times.len() / 2]) / 2.0
-    };
+    let med = median(&mut times);
+    let nos_phases_ms = (args.policy == Policy::Nos).then(|| {
+        let [a, b, c, d] = &mut phases;
+        NosPhasesMs {
+            setup: ms3(median(a)),
+            algorithm: ms3(median(b)),
+            binding: ms3(median(c)),
+            output: ms3(median(d)),
+        }
+    });
     let out = PlanBench {
         policy: args.policy,
         nodes: args.nodes,
         gpus: args.nodes * args.gpus_per_node,
         pending: args.pending,
-        median_ms: (median * 1000.0).round() / 1000.0,
-        min_ms: (times[0] * 1000.0).round() / 1000.0,
+        median_ms: ms3(med),
+        min_ms: ms3(times[0]),
+        nos_phases_ms,
         served: p.stats.served,
         served_priority: p.stats.served_priority,
     };
@@ -110,7 +171,15 @@ pub fn run_plan(args: &PlanArgs, ctx: &Ctx) -> Result<ExitCode, CliError> {
             out.served.to_string(),
             out.served_priority.to_string(),
         ]);
-        format!("{t}\n")
+        let mut s = format!("{t}\n");
+        if let Some(ph) = &out.nos_phases_ms {
+            s.push_str(&format!(
+                "nos times exclude the first-fit binding it lacks; medians per phase: setup {:.1} ms, \
+                 nos algorithm {:.1} ms, binding {:.1} ms (not timed), output {:.1} ms\n",
+                ph.setup, ph.algorithm, ph.binding, ph.output
+            ));
+        }
+        s
     })?;
     Ok(ExitCode::SUCCESS)
 }
@@ -213,6 +282,16 @@ pub fn run_quality(args: &QualityArgs, ctx: &Ctx) -> Result<ExitCode, CliError> 
             "{} instances from seed {} ({} skipped: too large for exact); optimum: {} requests, priority {}\n",
             r.instances, r.seed, r.skipped, r.optimum_served, r.optimum_priority
         ));
+        s.push_str(&nos_over_seeds(
+            &r.nos_by_tie_seed,
+            &r.nos_ops_by_tie_seed,
+            3,
+        ));
+        s.push_str(&nos_default_lists(
+            &r.nos_default_lists_by_tie_seed,
+            &r.nos_default_lists_per_gpu_by_tie_seed,
+            3,
+        ));
         s
     })?;
     let broken: u64 = r.policies.iter().map(|p| p.invalid_plans).sum();
@@ -283,15 +362,15 @@ fn run_contended(args: &QualityArgs, ctx: &Ctx) -> Result<ExitCode, CliError> {
             r.optimum_served,
             r.optimum_priority
         ));
-        let shares: Vec<String> = r
-            .nos_by_tie_seed
-            .iter()
-            .map(|x| format!("{:.2} %", x * 100.0))
-            .collect();
-        s.push_str(&format!(
-            "nos with geometry ties from seeds 0-{}: {} of the optimum\n",
-            r.nos_by_tie_seed.len().saturating_sub(1),
-            shares.join(", ")
+        s.push_str(&nos_over_seeds(
+            &r.nos_by_tie_seed,
+            &r.nos_ops_by_tie_seed,
+            2,
+        ));
+        s.push_str(&nos_default_lists(
+            &r.nos_default_lists_by_tie_seed,
+            &r.nos_default_lists_per_gpu_by_tie_seed,
+            2,
         ));
         s
     })?;
@@ -302,4 +381,51 @@ fn run_contended(args: &QualityArgs, ctx: &Ctx) -> Result<ExitCode, CliError> {
         )));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The line on nos over the seeds of its random choices: mean share of the optimum with its
+/// range and each seed's, mean operations with their range.
+fn nos_over_seeds(shares: &[f64], ops: &[u64], digits: usize) -> String {
+    if shares.is_empty() {
+        return String::new();
+    }
+    let (m, lo, hi) = mean_range(shares);
+    let opsf: Vec<f64> = ops.iter().map(|&o| o as f64).collect();
+    let (om, olo, ohi) = mean_range(&opsf);
+    let each: Vec<String> = shares
+        .iter()
+        .map(|x| format!("{:.d$}", x * 100.0, d = digits))
+        .collect();
+    format!(
+        "nos with its random choices (GPU order, geometry ties) from seeds 0-{}: mean {:.d$} % of \
+         the optimum (range {:.d$}-{:.d$} %; each: {} %), operations mean {om:.0} (range {olo:.0}-{ohi:.0})\n",
+        shares.len() - 1,
+        m * 100.0,
+        lo * 100.0,
+        hi * 100.0,
+        each.join(", "),
+        d = digits
+    )
+}
+
+/// The line on nos with its own default geometry lists: as nos runs (another MIG model fails
+/// its round) and leaving only such GPUs alone.
+fn nos_default_lists(strict: &[f64], per_gpu: &[f64], digits: usize) -> String {
+    if strict.is_empty() || per_gpu.is_empty() {
+        return String::new();
+    }
+    let (m, lo, hi) = mean_range(strict);
+    let (pm, plo, phi) = mean_range(per_gpu);
+    format!(
+        "nos with its own default geometry lists (A30, A100 40/80GB), same seeds: mean {:.d$} % \
+         (range {:.d$}-{:.d$} %; a MIG GPU of another model stops nos's round); with only such GPUs \
+         left alone: mean {:.d$} % (range {:.d$}-{:.d$} %)\n",
+        m * 100.0,
+        lo * 100.0,
+        hi * 100.0,
+        pm * 100.0,
+        plo * 100.0,
+        phi * 100.0,
+        d = digits
+    )
 }
