@@ -28,10 +28,22 @@
 //! nodes go to the planner's typed entry point (`plan_typed`: catalog models, placements, pod
 //! `i` as request id `i`); a GPU whose instance is not a placement of its model is left out,
 //! and a pod asking for a profile no GPU of the cluster has waits, without failing the round.
+//!
+//! # Incremental planning
+//! Between rounds the controller keeps a `tessera_planner::incremental::Incremental` state
+//! (owning an `Arc` of the catalog its models borrow from). Each planning round first brings
+//! it in line with the round's typed nodes: GPUs that differ are `observe`d, and the state is
+//! rebuilt when nodes or GPUs were added or removed, a GPU changed model or mode, or the state
+//! drifted. The state is a cache, never the truth: the nodes are still read in full every round.
+//! When exactly one MIG pod waits, the state places it (the full plan's answer for one request,
+//! byte for byte: same slice, layout, creates and destroys); anything else (several waiting
+//! pods, MPS or time-slice pods, no candidate GPU) is planned in full with `plan_typed` and the
+//! outcome taken into the state. [`RoundReport::planned_incrementally`] counts the pods the
+//! state placed; [`Controller::with_full_planning`] turns the state off.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -42,6 +54,7 @@ use kube::Client;
 use serde::Serialize;
 use serde_json::json;
 use tessera_model::{Catalog, GpuModel};
+use tessera_planner::incremental::Incremental;
 use tessera_planner::typed::{self, Ask, Instance, RequestId, Sharing, Slice};
 use tessera_planner::{
     plan_typed, AssignedSlice, Assignment, MpsClientSpec, Name, PlanError, PlanOptions,
@@ -55,7 +68,7 @@ use crate::pods::{
     is_finished, is_gated, pod_key, requested_slice, Earmark, EarmarkedSlice, ERROR_ANNOTATION,
     GATE, HOSTNAME_LABEL, SLICE_ANNOTATION,
 };
-use crate::sharing::{labelled_modes, plan_mode};
+use crate::sharing::{labelled_modes, plan_mode, LabelledMode};
 
 /// Why a controller round failed.
 #[derive(Debug, thiserror::Error)]
@@ -88,15 +101,35 @@ pub struct RoundReport {
     /// GPUs left out of the plan because their node's sharing label asks for the other mode
     /// than the slices on them (see [`crate::sharing`]), with the reason.
     pub not_planned: Vec<String>,
+    /// Pods placed by the incremental planner state instead of a full plan (one waiting MIG
+    /// pod; the answer is the full plan's).
+    pub planned_incrementally: usize,
 }
 
-/// The controller (stateless between rounds: everything is read from the apiserver).
+/// The incremental planner state's type, as `self_cell` names it.
+type IncrementalState<'c> = Incremental<'c>;
+
+self_cell::self_cell!(
+    /// The incremental planner state kept between rounds, owning the catalog its models
+    /// borrow from.
+    struct PlannerState {
+        owner: Arc<Catalog>,
+        #[not_covariant]
+        dependent: IncrementalState,
+    }
+);
+
+/// The controller. Everything it decides is read from the apiserver each round; it keeps only
+/// the incremental planner state between rounds, a cache checked against every round's nodes.
 #[derive(Clone)]
 pub struct Controller {
     client: Client,
     catalog: Arc<Catalog>,
     opts: PlanOptions,
     field_manager: String,
+    /// `None` until the first round that plans (shared by clones).
+    state: Arc<Mutex<Option<PlannerState>>>,
+    full_planning: bool,
 }
 
 fn kind_key(k: &RequestKind) -> String {
@@ -124,7 +157,56 @@ impl Controller {
             catalog: Arc::new(catalog),
             opts,
             field_manager: "tessera-controller".into(),
+            state: Arc::new(Mutex::new(None)),
+            full_planning: false,
         }
+    }
+
+    /// Plan every round in full, without the incremental state (the same writes; for tests and
+    /// comparisons).
+    pub fn with_full_planning(mut self, full: bool) -> Self {
+        self.full_planning = full;
+        self
+    }
+
+    /// Plan the round's `requests` on the nodes: the planner's result in the controller's
+    /// names, the node names and each planned node's GPUs; `None` when no node has a GPU to
+    /// plan.
+    #[allow(clippy::type_complexity)]
+    fn plan(
+        &self,
+        nodes: &[TesseraNode],
+        labelled: &BTreeMap<String, LabelledMode>,
+        held: &BTreeMap<(String, u32), Vec<EarmarkedSlice>>,
+        requests: &[RequestSpec],
+        not_planned: &mut Vec<String>,
+    ) -> Result<Option<(RoundPlan, Vec<String>, BTreeMap<String, Vec<PlannedGpu>>)>, PlanError>
+    {
+        if self.full_planning {
+            let (mut problem, names, where_) =
+                build_problem(&self.catalog, nodes, labelled, held, not_planned);
+            if problem.nodes.is_empty() {
+                return Ok(None);
+            }
+            let plan = plan_round(&mut problem, &names, requests, &self.opts)?;
+            return Ok(Some((plan, names, where_)));
+        }
+        let mut guard = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let state = guard.get_or_insert_with(|| {
+            PlannerState::new(Arc::clone(&self.catalog), |_| {
+                Incremental::new(&typed::Problem::default())
+                    .expect("an empty problem always builds")
+            })
+        });
+        state.with_dependent_mut(|catalog, state| {
+            let (mut problem, names, where_) =
+                build_problem(catalog, nodes, labelled, held, not_planned);
+            if problem.nodes.is_empty() {
+                return Ok(None);
+            }
+            let plan = plan_with_state(state, &mut problem, &names, requests, &self.opts)?;
+            Ok(Some((plan, names, where_)))
+        })
     }
 
     /// One level-triggered pass; safe to run any number of times (the same cluster state
@@ -148,152 +230,6 @@ impl Controller {
         for p in pods.iter().filter(|p| !is_finished(p)) {
             if let Some(e) = Earmark::of(p) {
                 held.entry((e.node, e.gpu)).or_default().push(e.slice);
-            }
-        }
-
-        // The planner's view of the cluster: typed nodes (catalog models, placements), and
-        // per planned node its name and GPUs.
-        let mut problem = typed::Problem::default();
-        let mut node_names: Vec<String> = Vec::new();
-        let mut where_: BTreeMap<String, Vec<PlannedGpu>> = BTreeMap::new();
-        for n in &nodes {
-            let name = n.metadata.name.clone().unwrap_or_default();
-            let Some(status) = n.status.as_ref().filter(|s| !s.gpus.is_empty()) else {
-                continue;
-            };
-            let mut gpus = Vec::new();
-            let mut planned = Vec::new();
-            for g in &status.gpus {
-                let Some(model) = self.catalog.get(&g.model) else {
-                    tracing::warn!(node = %name, gpu = g.index, model = %g.model, "GPU model not in the catalog; not planned");
-                    continue;
-                };
-                let held_here = held.get(&(name.clone(), g.index));
-                let mode = match plan_mode(&name, labelled.get(&name), g) {
-                    Ok(m) => m,
-                    Err(why) => {
-                        tracing::warn!("{why}");
-                        report.not_planned.push(why.to_string());
-                        continue;
-                    }
-                };
-                match mode {
-                    SliceMode::Mig => {
-                        let busy: Vec<(String, u8)> = g
-                            .instances
-                            .iter()
-                            .filter(|i| i.busy)
-                            .map(|i| (i.profile.clone(), i.start))
-                            .collect();
-                        let desired: Vec<(String, u8)> =
-                            match n.spec.gpus.iter().find(|l| l.index == g.index) {
-                                Some(l) => l
-                                    .instances
-                                    .iter()
-                                    .map(|i| (i.profile.clone(), i.start))
-                                    .collect(),
-                                None => g
-                                    .instances
-                                    .iter()
-                                    .map(|i| (i.profile.clone(), i.start))
-                                    .collect(),
-                            };
-                        let mut layout = busy.clone();
-                        let placed_of = |p: &str, s: u8| model.parse_spec(&format!("{p}@{s}")).ok();
-                        let mask_of = |p: &str, s: u8| placed_of(p, s).map(|pl| model.mask(pl));
-                        let busy_mask: u32 = busy
-                            .iter()
-                            .filter_map(|(p, s)| mask_of(p, *s))
-                            .fold(0, |a, m| a | m);
-                        for (p, s) in desired {
-                            if layout.contains(&(p.clone(), s)) {
-                                continue;
-                            }
-                            match mask_of(&p, s) {
-                                Some(m) if m & busy_mask == 0 => layout.push((p, s)),
-                                _ => {}
-                            }
-                        }
-                        layout.sort_by_key(|(_, s)| *s);
-                        let current = layout
-                            .iter()
-                            .map(|(profile, start)| MigInstance {
-                                profile: profile.clone(),
-                                start: *start,
-                            })
-                            .collect();
-                        let mut instances = Vec::with_capacity(layout.len());
-                        let mut unknown = None;
-                        for (profile, start) in layout {
-                            let Some(placed) = placed_of(&profile, start) else {
-                                unknown = Some(format!("{profile}@{start}"));
-                                break;
-                            };
-                            let busy = busy.contains(&(profile.clone(), start))
-                                || held_here.is_some_and(|h| {
-                                    h.contains(&EarmarkedSlice::Mig {
-                                        profile: profile.clone(),
-                                        start,
-                                    })
-                                });
-                            instances.push(Instance { placed, busy });
-                        }
-                        if let Some(bad) = unknown {
-                            tracing::warn!(node = %name, gpu = g.index, instance = %bad, model = %model.key, "instance is not a placement of the GPU's model; not planned");
-                            continue;
-                        }
-                        gpus.push(typed::Gpu {
-                            model,
-                            sharing: Sharing::mig(instances),
-                        });
-                        planned.push(PlannedGpu {
-                            index: g.index,
-                            mode: SliceMode::Mig,
-                            held_mps: Vec::new(),
-                            current,
-                        });
-                    }
-                    SliceMode::Mps => {
-                        let shares: Vec<MpsShare> = held_here
-                            .into_iter()
-                            .flatten()
-                            .filter_map(|h| match h {
-                                EarmarkedSlice::Mps {
-                                    memory_mib,
-                                    sm_percent,
-                                } => Some(MpsShare {
-                                    memory_mib: *memory_mib,
-                                    sm_percent: *sm_percent,
-                                }),
-                                EarmarkedSlice::Mig { .. } => None,
-                            })
-                            .collect();
-                        gpus.push(typed::Gpu {
-                            model,
-                            sharing: Sharing::Mps {
-                                clients: shares
-                                    .iter()
-                                    .map(|s| MpsClientSpec {
-                                        memory_mib: s.memory_mib,
-                                        sm_percent: s.sm_percent,
-                                    })
-                                    .collect(),
-                            },
-                        });
-                        planned.push(PlannedGpu {
-                            index: g.index,
-                            mode: SliceMode::Mps,
-                            held_mps: shares,
-                            current: Vec::new(),
-                        });
-                    }
-                    SliceMode::Timeslice => {}
-                }
-            }
-            if !gpus.is_empty() {
-                problem.nodes.push(typed::Node { gpus });
-                node_names.push(name.clone());
-                where_.insert(name, planned);
             }
         }
 
@@ -330,16 +266,21 @@ impl Controller {
         });
         report.waiting = waiting.len();
 
-        if !waiting.is_empty() && !problem.nodes.is_empty() {
-            let requests: Vec<RequestSpec> = waiting
-                .iter()
-                .map(|(p, k)| RequestSpec {
-                    id: pod_key(p),
-                    kind: k.clone(),
-                    priority: 1,
-                })
-                .collect();
-            let plan = plan_round(&mut problem, &node_names, &requests, &self.opts)?;
+        let requests: Vec<RequestSpec> = waiting
+            .iter()
+            .map(|(p, k)| RequestSpec {
+                id: pod_key(p),
+                kind: k.clone(),
+                priority: 1,
+            })
+            .collect();
+        let planned = if waiting.is_empty() {
+            None
+        } else {
+            self.plan(&nodes, &labelled, &held, &requests, &mut report.not_planned)?
+        };
+        if let Some((plan, node_names, where_)) = planned {
+            report.planned_incrementally = plan.incremental;
             let assignments = oldest_first(&requests, &plan.assignments);
             report.unassigned = requests
                 .iter()
@@ -366,9 +307,9 @@ impl Controller {
                         });
                 }
             }
-            for g in plan.gpus.iter().filter(|g| g.changed()) {
+            for g in plan.gpus.iter().filter(|g| g.operations > 0) {
                 touched.insert(node_names[g.node].clone());
-                report.operations += g.create.len() + g.destroy.len();
+                report.operations += g.operations;
             }
             // Layouts first: an earmark always points into a written layout.
             for node in &touched {
@@ -386,15 +327,7 @@ impl Controller {
                             index: pg.index,
                             mode: SliceMode::Mig,
                             instances: gp
-                                .map(|g| {
-                                    g.layout
-                                        .iter()
-                                        .map(|r| MigInstance {
-                                            profile: g.model.profile(r.profile).name.clone(),
-                                            start: r.start,
-                                        })
-                                        .collect()
-                                })
+                                .map(|g| g.layout.clone())
                                 .unwrap_or_else(|| pg.current.clone()),
                             mps: Vec::new(),
                         },
@@ -580,6 +513,166 @@ impl Controller {
     }
 }
 
+/// The planner's view of the cluster: typed nodes (catalog models, placements), their names,
+/// and per planned node its GPUs.
+fn build_problem<'c>(
+    catalog: &'c Catalog,
+    nodes: &[TesseraNode],
+    labelled: &BTreeMap<String, LabelledMode>,
+    held: &BTreeMap<(String, u32), Vec<EarmarkedSlice>>,
+    not_planned: &mut Vec<String>,
+) -> (
+    typed::Problem<'c>,
+    Vec<String>,
+    BTreeMap<String, Vec<PlannedGpu>>,
+) {
+    let mut problem = typed::Problem::default();
+    let mut node_names: Vec<String> = Vec::new();
+    let mut where_: BTreeMap<String, Vec<PlannedGpu>> = BTreeMap::new();
+    for n in nodes {
+        let name = n.metadata.name.clone().unwrap_or_default();
+        let Some(status) = n.status.as_ref().filter(|s| !s.gpus.is_empty()) else {
+            continue;
+        };
+        let mut gpus = Vec::new();
+        let mut planned = Vec::new();
+        for g in &status.gpus {
+            let Some(model) = catalog.get(&g.model) else {
+                tracing::warn!(node = %name, gpu = g.index, model = %g.model, "GPU model not in the catalog; not planned");
+                continue;
+            };
+            let held_here = held.get(&(name.clone(), g.index));
+            let mode = match plan_mode(&name, labelled.get(&name), g) {
+                Ok(m) => m,
+                Err(why) => {
+                    tracing::warn!("{why}");
+                    not_planned.push(why.to_string());
+                    continue;
+                }
+            };
+            match mode {
+                SliceMode::Mig => {
+                    let busy: Vec<(String, u8)> = g
+                        .instances
+                        .iter()
+                        .filter(|i| i.busy)
+                        .map(|i| (i.profile.clone(), i.start))
+                        .collect();
+                    let desired: Vec<(String, u8)> =
+                        match n.spec.gpus.iter().find(|l| l.index == g.index) {
+                            Some(l) => l
+                                .instances
+                                .iter()
+                                .map(|i| (i.profile.clone(), i.start))
+                                .collect(),
+                            None => g
+                                .instances
+                                .iter()
+                                .map(|i| (i.profile.clone(), i.start))
+                                .collect(),
+                        };
+                    let mut layout = busy.clone();
+                    let placed_of = |p: &str, s: u8| model.parse_spec(&format!("{p}@{s}")).ok();
+                    let mask_of = |p: &str, s: u8| placed_of(p, s).map(|pl| model.mask(pl));
+                    let busy_mask: u32 = busy
+                        .iter()
+                        .filter_map(|(p, s)| mask_of(p, *s))
+                        .fold(0, |a, m| a | m);
+                    for (p, s) in desired {
+                        if layout.contains(&(p.clone(), s)) {
+                            continue;
+                        }
+                        match mask_of(&p, s) {
+                            Some(m) if m & busy_mask == 0 => layout.push((p, s)),
+                            _ => {}
+                        }
+                    }
+                    layout.sort_by_key(|(_, s)| *s);
+                    let current = layout
+                        .iter()
+                        .map(|(profile, start)| MigInstance {
+                            profile: profile.clone(),
+                            start: *start,
+                        })
+                        .collect();
+                    let mut instances = Vec::with_capacity(layout.len());
+                    let mut unknown = None;
+                    for (profile, start) in layout {
+                        let Some(placed) = placed_of(&profile, start) else {
+                            unknown = Some(format!("{profile}@{start}"));
+                            break;
+                        };
+                        let busy = busy.contains(&(profile.clone(), start))
+                            || held_here.is_some_and(|h| {
+                                h.contains(&EarmarkedSlice::Mig {
+                                    profile: profile.clone(),
+                                    start,
+                                })
+                            });
+                        instances.push(Instance { placed, busy });
+                    }
+                    if let Some(bad) = unknown {
+                        tracing::warn!(node = %name, gpu = g.index, instance = %bad, model = %model.key, "instance is not a placement of the GPU's model; not planned");
+                        continue;
+                    }
+                    gpus.push(typed::Gpu {
+                        model,
+                        sharing: Sharing::mig(instances),
+                    });
+                    planned.push(PlannedGpu {
+                        index: g.index,
+                        mode: SliceMode::Mig,
+                        held_mps: Vec::new(),
+                        current,
+                    });
+                }
+                SliceMode::Mps => {
+                    let shares: Vec<MpsShare> = held_here
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|h| match h {
+                            EarmarkedSlice::Mps {
+                                memory_mib,
+                                sm_percent,
+                            } => Some(MpsShare {
+                                memory_mib: *memory_mib,
+                                sm_percent: *sm_percent,
+                            }),
+                            EarmarkedSlice::Mig { .. } => None,
+                        })
+                        .collect();
+                    gpus.push(typed::Gpu {
+                        model,
+                        sharing: Sharing::Mps {
+                            clients: shares
+                                .iter()
+                                .map(|s| MpsClientSpec {
+                                    memory_mib: s.memory_mib,
+                                    sm_percent: s.sm_percent,
+                                })
+                                .collect(),
+                        },
+                    });
+                    planned.push(PlannedGpu {
+                        index: g.index,
+                        mode: SliceMode::Mps,
+                        held_mps: shares,
+                        current: Vec::new(),
+                    });
+                }
+                SliceMode::Timeslice => {}
+            }
+        }
+        if !gpus.is_empty() {
+            problem.nodes.push(typed::Node { gpus });
+            node_names.push(name.clone());
+            where_.insert(name, planned);
+        }
+    }
+
+    (problem, node_names, where_)
+}
+
 /// A Lease API for leader election in `namespace`.
 pub fn lease_api(client: Client, namespace: &str) -> Api<Lease> {
     Api::namespaced(client, namespace)
@@ -609,11 +702,24 @@ fn slice_ready(nodes: &[TesseraNode], mark: &Earmark) -> bool {
     }
 }
 
-/// A round's plan: the typed outcome's GPUs and its grants as named assignments (the names
-/// the controller writes into annotations).
-struct RoundPlan<'c> {
-    gpus: Vec<typed::GpuOutcome<'c>>,
+/// A round's plan: per GPU of the outcome its new MIG layout (named as the controller writes
+/// it), and the grants as named assignments (the names the controller writes into
+/// annotations).
+struct RoundPlan {
+    gpus: Vec<PlannedLayout>,
     assignments: Vec<Assignment>,
+    /// Requests the incremental state placed (0 when the full plan decided).
+    incremental: usize,
+}
+
+/// One GPU of a round's plan.
+struct PlannedLayout {
+    node: usize,
+    gpu: usize,
+    /// MIG instances created plus destroyed.
+    operations: usize,
+    /// The GPU's MIG layout after the plan.
+    layout: Vec<MigInstance>,
 }
 
 /// The MIG ask of a profile name: on the first GPU model of the cluster that has the profile
@@ -636,15 +742,13 @@ fn mig_ask<'c>(problem: &typed::Problem<'c>, profile: &str) -> Option<Ask<'c>> {
     None
 }
 
-/// Plan `requests` (request `i` is `RequestId(i)`) on the typed nodes with the planner's typed
-/// entry point; node `k` of the problem is `node_names[k]`.
-fn plan_round<'c>(
-    problem: &mut typed::Problem<'c>,
-    node_names: &[String],
+/// The typed requests of `requests` (request `i` is `RequestId(i)`); a MIG request for a
+/// profile no GPU of the cluster has is left out (it waits).
+fn typed_requests<'c>(
+    problem: &typed::Problem<'c>,
     requests: &[RequestSpec],
-    opts: &PlanOptions,
-) -> Result<RoundPlan<'c>, PlanError> {
-    problem.requests = requests
+) -> Vec<typed::Request<'c>> {
+    requests
         .iter()
         .enumerate()
         .filter_map(|(i, r)| {
@@ -659,10 +763,18 @@ fn plan_round<'c>(
                 priority: r.priority,
             })
         })
-        .collect();
-    let outcome = plan_typed(problem, opts)?;
-    let assignments = outcome
-        .grants
+        .collect()
+}
+
+/// A typed plan's GPUs and grants in the controller's names; node `k` is `node_names[k]`.
+fn named_plan(
+    gpus: &[typed::GpuOutcome<'_>],
+    grants: &[typed::Grant<'_>],
+    node_names: &[String],
+    requests: &[RequestSpec],
+    incremental: usize,
+) -> RoundPlan {
+    let assignments = grants
         .iter()
         .map(|a| Assignment {
             request: requests[a.request.0 as usize].id.clone(),
@@ -681,10 +793,116 @@ fn plan_round<'c>(
             },
         })
         .collect();
-    Ok(RoundPlan {
-        gpus: outcome.gpus,
+    let gpus = gpus
+        .iter()
+        .map(|g| PlannedLayout {
+            node: g.node,
+            gpu: g.gpu,
+            operations: g.create.len() + g.destroy.len(),
+            layout: g
+                .layout
+                .iter()
+                .map(|r| MigInstance {
+                    profile: g.model.profile(r.profile).name.clone(),
+                    start: r.start,
+                })
+                .collect(),
+        })
+        .collect();
+    RoundPlan {
+        gpus,
         assignments,
-    })
+        incremental,
+    }
+}
+
+/// Plan `requests` (request `i` is `RequestId(i)`) on the typed nodes with the planner's typed
+/// entry point; node `k` of the problem is `node_names[k]`.
+fn plan_round(
+    problem: &mut typed::Problem<'_>,
+    node_names: &[String],
+    requests: &[RequestSpec],
+    opts: &PlanOptions,
+) -> Result<RoundPlan, PlanError> {
+    problem.requests = typed_requests(problem, requests);
+    let outcome = plan_typed(problem, opts)?;
+    Ok(named_plan(
+        &outcome.gpus,
+        &outcome.grants,
+        node_names,
+        requests,
+        0,
+    ))
+}
+
+/// Bring the incremental state in line with the round's nodes: `observe` every GPU that
+/// differs, `rebuild` when nodes or GPUs were added or removed, a GPU changed model or mode, or
+/// the state drifted. `false` when the state could not be built (the full plan decides and
+/// reports the input's problem).
+fn sync_state<'c>(state: &mut Incremental<'c>, problem: &typed::Problem<'c>) -> bool {
+    if !state.drifted() {
+        let have = state.to_problem();
+        let same_shape = have.nodes.len() == problem.nodes.len()
+            && have.nodes.iter().zip(&problem.nodes).all(|(a, b)| {
+                a.gpus.len() == b.gpus.len()
+                    && a.gpus.iter().zip(&b.gpus).all(|(x, y)| {
+                        std::ptr::eq(x.model, y.model) && x.sharing.mode() == y.sharing.mode()
+                    })
+            });
+        if same_shape {
+            let mut ok = true;
+            'nodes: for (n, (a, b)) in have.nodes.iter().zip(&problem.nodes).enumerate() {
+                for (g, (x, y)) in a.gpus.iter().zip(&b.gpus).enumerate() {
+                    if x.sharing != y.sharing && state.observe(n, g, y).is_err() {
+                        ok = false;
+                        break 'nodes;
+                    }
+                }
+            }
+            if ok {
+                return true;
+            }
+        }
+    }
+    state.rebuild(problem).is_ok()
+}
+
+/// Plan the round with the incremental state: one waiting MIG request is placed by the state
+/// (exactly the full plan's answer for it, see `tessera_planner::incremental`); anything else,
+/// or a fallback, is planned in full and the outcome taken into the state. Batches go to the
+/// full plan even when small: it orders a batch by size, one-by-one placement may differ.
+fn plan_with_state<'c>(
+    state: &mut Incremental<'c>,
+    problem: &mut typed::Problem<'c>,
+    node_names: &[String],
+    requests: &[RequestSpec],
+    opts: &PlanOptions,
+) -> Result<RoundPlan, PlanError> {
+    let synced = sync_state(state, problem);
+    problem.requests = typed_requests(problem, requests);
+    if synced && requests.len() == 1 && problem.requests.len() == 1 {
+        if let Ok(p) = state.place(&problem.requests[0]) {
+            return Ok(named_plan(
+                std::slice::from_ref(&p.gpu),
+                std::slice::from_ref(&p.grant),
+                node_names,
+                requests,
+                1,
+            ));
+        }
+    }
+    let outcome = plan_typed(problem, opts)?;
+    if synced {
+        // An outcome that does not fit marks the state drifted: rebuilt next round.
+        let _ = state.apply(&outcome);
+    }
+    Ok(named_plan(
+        &outcome.gpus,
+        &outcome.grants,
+        node_names,
+        requests,
+        0,
+    ))
 }
 
 /// The plan's assignments, with the slices of each kind handed to the oldest requests of that
@@ -816,7 +1034,7 @@ mod tests {
             tessera_planner::plan(cat, &cluster, &requests[..2], &PlanOptions::default()).is_err()
         );
         // The H100's new layout is listed with its node index.
-        let g = plan.gpus.iter().find(|g| g.changed()).unwrap();
+        let g = plan.gpus.iter().find(|g| g.operations > 0).unwrap();
         assert_eq!((names[g.node].as_str(), g.gpu), ("b", 0));
     }
 
