@@ -48,3 +48,13 @@ fn bench_incremental_refuses_a_share_out_of_range() {
     let err = tessera_fails(&["bench", "incremental", "--departures", "1.5"], 2);
     assert!(err.contains("--departures"), "{err}");
 }
+
+#[test]
+fn bench_incremental_refuses_a_cluster_without_gpus() {
+    for args in [["--nodes", "0"], ["--gpus-per-node", "0"]] {
+        let mut argv = vec!["bench", "incremental"];
+        argv.extend(args);
+        let err = tessera_fails(&argv, 2);
+        assert!(err.contains("at least 1"), "{err}");
+    }
+}

@@ -100,6 +100,12 @@ pub struct IncrementalBench {
 
 /// Run `bench incremental`.
 pub fn run(args: &Args, ctx: &Ctx) -> Result<ExitCode, CliError> {
+    if args.nodes == 0 || args.gpus_per_node == 0 {
+        return Err(CliError::Usage(
+            "--nodes and --gpus-per-node must be at least 1: the benchmark needs GPUs to place on"
+                .into(),
+        ));
+    }
     if !(0.0..=1.0).contains(&args.departures) {
         return Err(CliError::Usage(
             "--departures is a share between 0 and 1".into(),
