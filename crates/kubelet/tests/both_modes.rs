@@ -7,8 +7,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::resource::v1 as rv1;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use tessera_agent::journal::MemJournal;
 use tessera_gpu::sim::parse_gpu_list;
 use tessera_gpu::{SimBackend, SimConfig, SimState};
@@ -26,35 +24,7 @@ use tokio_stream::StreamExt;
 mod common;
 
 const T: Duration = Duration::from_secs(5);
-const DRIVER: &str = "gpu.tessera.dev";
-
-fn claim(name: &str, uid: &str, device: &str) -> rv1::ResourceClaim {
-    rv1::ResourceClaim {
-        metadata: ObjectMeta {
-            namespace: Some("default".into()),
-            name: Some(name.into()),
-            uid: Some(uid.into()),
-            ..Default::default()
-        },
-        spec: Default::default(),
-        status: Some(rv1::ResourceClaimStatus {
-            allocation: Some(rv1::AllocationResult {
-                devices: Some(rv1::DeviceAllocationResult {
-                    results: Some(vec![rv1::DeviceRequestAllocationResult {
-                        driver: DRIVER.into(),
-                        pool: "node-a".into(),
-                        device: device.into(),
-                        request: "gpu".into(),
-                        ..Default::default()
-                    }]),
-                    config: None,
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-    }
-}
+use common::DRIVER;
 
 fn claims_req(name: &str, uid: &str) -> Vec<pb::Claim> {
     vec![pb::Claim {
@@ -110,8 +80,18 @@ async fn one_slice_never_serves_both_paths() {
     };
 
     let claims = Arc::new(MapClaims::default());
-    claims.put(claim("c1", "uid-1", "gpu-0-mig-1g-10gb-0"));
-    claims.put(claim("c2", "uid-2", "gpu-0-mig-1g-10gb-1"));
+    claims.put(common::allocated_claim(
+        "default",
+        "c1",
+        "uid-1",
+        "gpu-0-mig-1g-10gb-0",
+    ));
+    claims.put(common::allocated_claim(
+        "default",
+        "c2",
+        "uid-2",
+        "gpu-0-mig-1g-10gb-1",
+    ));
     let cfg = DraConfig {
         driver: DRIVER.into(),
         node_name: "node-a".into(),

@@ -9,8 +9,6 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::resource::v1 as rv1;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use tessera_agent::journal::MemJournal;
 use tessera_gpu::sim::parse_gpu_list;
 use tessera_gpu::sim::{CrashPlan, CrashPoint};
@@ -21,35 +19,9 @@ use tessera_kubelet::proto::dra as pb;
 use tessera_kubelet::testkit::{DraPluginHandle, FakeKubelet};
 use tessera_model::Catalog;
 
-const DRIVER: &str = "gpu.tessera.dev";
+mod common;
 
-fn claim(name: &str, uid: &str, device: &str) -> rv1::ResourceClaim {
-    rv1::ResourceClaim {
-        metadata: ObjectMeta {
-            namespace: Some("default".into()),
-            name: Some(name.into()),
-            uid: Some(uid.into()),
-            ..Default::default()
-        },
-        spec: Default::default(),
-        status: Some(rv1::ResourceClaimStatus {
-            allocation: Some(rv1::AllocationResult {
-                devices: Some(rv1::DeviceAllocationResult {
-                    results: Some(vec![rv1::DeviceRequestAllocationResult {
-                        driver: DRIVER.into(),
-                        pool: "node-a".into(),
-                        device: device.into(),
-                        request: "gpu".into(),
-                        ..Default::default()
-                    }]),
-                    config: None,
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-    }
-}
+use common::DRIVER;
 
 fn pb_claim(name: &str, uid: &str) -> pb::Claim {
     pb::Claim {
@@ -233,8 +205,18 @@ async fn prepare_creates_the_placement_and_unprepare_after_a_restart_destroys_it
     init(dir);
     let kubelet = FakeKubelet::start(dir).await.unwrap();
     let claims = Arc::new(MapClaims::default());
-    claims.put(claim("c1", "uid-1", "gpu-0-mig-3g-40gb-4"));
-    claims.put(claim("c2", "uid-2", "gpu-0-mig-7g-80gb-0"));
+    claims.put(common::allocated_claim(
+        "default",
+        "c1",
+        "uid-1",
+        "gpu-0-mig-3g-40gb-4",
+    ));
+    claims.put(common::allocated_claim(
+        "default",
+        "c2",
+        "uid-2",
+        "gpu-0-mig-7g-80gb-0",
+    ));
     let mut node = start(dir, &kubelet, claims.clone()).await;
     assert!(instances(dir).is_empty());
 
@@ -293,7 +275,12 @@ async fn a_busy_instance_survives_unprepare_and_foreign_instances_are_never_touc
     init(dir);
     let kubelet = FakeKubelet::start(dir).await.unwrap();
     let claims = Arc::new(MapClaims::default());
-    claims.put(claim("c1", "uid-1", "gpu-0-mig-1g-10gb-6"));
+    claims.put(common::allocated_claim(
+        "default",
+        "c1",
+        "uid-1",
+        "gpu-0-mig-1g-10gb-6",
+    ));
     let mut node = start(dir, &kubelet, claims.clone()).await;
     assert_eq!(node.prepare("c1", "uid-1").await.error, "");
     assert_eq!(instances(dir), ["1g.10gb@6"]);
@@ -341,7 +328,12 @@ async fn the_cdi_spec_lists_the_instances_device_nodes() {
     init(dir);
     let kubelet = FakeKubelet::start(dir).await.unwrap();
     let claims = Arc::new(MapClaims::default());
-    claims.put(claim("c1", "uid-1", "gpu-0-mig-2g-20gb-2"));
+    claims.put(common::allocated_claim(
+        "default",
+        "c1",
+        "uid-1",
+        "gpu-0-mig-2g-20gb-2",
+    ));
     let mut node = start(dir, &kubelet, claims).await;
     let got = node.prepare("c1", "uid-1").await;
     assert_eq!(got.error, "");
@@ -428,7 +420,12 @@ async fn a_crash_inside_the_create_fails_the_claim_and_leaves_nothing_half_made(
     init(dir);
     let kubelet = FakeKubelet::start(dir).await.unwrap();
     let claims = Arc::new(MapClaims::default());
-    claims.put(claim("c1", "uid-1", "gpu-0-mig-3g-40gb-4"));
+    claims.put(common::allocated_claim(
+        "default",
+        "c1",
+        "uid-1",
+        "gpu-0-mig-3g-40gb-4",
+    ));
     // The backend dies after the GPU instance exists and before its compute instance does.
     let crash = SimConfig {
         crash: Some(CrashPlan {

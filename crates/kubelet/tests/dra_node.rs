@@ -7,8 +7,6 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::resource::v1 as rv1;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use tessera_agent::journal::MemJournal;
 use tessera_gpu::sim::parse_gpu_list;
 use tessera_gpu::{SimBackend, SimConfig, SimState};
@@ -27,7 +25,7 @@ use tokio_stream::StreamExt;
 mod common;
 
 const T: Duration = Duration::from_secs(5);
-const DRIVER: &str = "gpu.tessera.dev";
+use common::DRIVER;
 
 fn runner(
     dir: &std::path::Path,
@@ -59,34 +57,6 @@ fn converged(s: &NodeStatus) -> bool {
         .all(|g| matches!(g, GpuOutcome::Converged { .. }))
 }
 
-fn claim(ns: &str, name: &str, uid: &str, device: &str) -> rv1::ResourceClaim {
-    rv1::ResourceClaim {
-        metadata: ObjectMeta {
-            namespace: Some(ns.into()),
-            name: Some(name.into()),
-            uid: Some(uid.into()),
-            ..Default::default()
-        },
-        spec: Default::default(),
-        status: Some(rv1::ResourceClaimStatus {
-            allocation: Some(rv1::AllocationResult {
-                devices: Some(rv1::DeviceAllocationResult {
-                    results: Some(vec![rv1::DeviceRequestAllocationResult {
-                        driver: DRIVER.into(),
-                        pool: "node-a".into(),
-                        device: device.into(),
-                        request: "gpu".into(),
-                        ..Default::default()
-                    }]),
-                    config: None,
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-    }
-}
-
 fn pb_claim(ns: &str, name: &str, uid: &str) -> pb::Claim {
     pb::Claim {
         namespace: ns.into(),
@@ -109,7 +79,12 @@ async fn dra_prepare_is_idempotent_survives_a_restart_and_protects_the_instance(
     assert_eq!((mig0.profile.as_str(), mig0.start), ("1g.10gb", 0));
 
     let claims = Arc::new(MapClaims::default());
-    claims.put(claim("default", "c1", "uid-1", "gpu-0-mig-1g-10gb-0"));
+    claims.put(common::allocated_claim(
+        "default",
+        "c1",
+        "uid-1",
+        "gpu-0-mig-1g-10gb-0",
+    ));
     let cfg = DraConfig {
         driver: DRIVER.into(),
         node_name: "node-a".into(),
