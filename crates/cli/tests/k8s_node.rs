@@ -125,11 +125,15 @@ async fn node_process_serves_the_kubelet_and_follows_the_desired_file() {
     assert_eq!(kubelet.registrations_of("nvidia.com/mig-1g.10gb"), 1);
 
     // SIGTERM: a clean exit that removes the plugin sockets.
-    let killed = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
+    terminate_cleanly(child).await;
+    assert!(!kdir.join("device-plugins/nvidia-mig-1g.10gb.sock").exists());
+    kubelet.stop().await;
+}
+
+/// Send the node process SIGTERM and assert that it exits cleanly (status 0).
+async fn terminate_cleanly(child: std::process::Child) {
+    let pid = rustix::process::Pid::from_raw(child.id() as i32).expect("a child has a pid");
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).expect("SIGTERM delivered");
     let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
         .await
         .unwrap();
@@ -138,8 +142,6 @@ async fn node_process_serves_the_kubelet_and_follows_the_desired_file() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(!kdir.join("device-plugins/nvidia-mig-1g.10gb.sock").exists());
-    kubelet.stop().await;
 }
 
 /// Poll `f` every 20 ms until it answers, for at most `T`.
@@ -279,19 +281,7 @@ async fn cluster_mode_node_process_registers_reports_and_follows_its_tesseranode
     .await;
     assert_eq!(slice["spec"]["nodeName"], "gpu-1");
 
-    let killed = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
-    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
-        .await
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    terminate_cleanly(child).await;
     kubelet.stop().await;
 }
 
@@ -375,18 +365,6 @@ async fn standalone_partitionable_dra_publishes_placements_and_creates_on_prepar
     let sim: serde_json::Value = serde_json::from_slice(&std::fs::read(&state).unwrap()).unwrap();
     assert!(sim.to_string().contains("\"profile\":\"3g.40gb\""), "{sim}");
 
-    let killed = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
-    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
-        .await
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    terminate_cleanly(child).await;
     kubelet.stop().await;
 }
